@@ -1,0 +1,165 @@
+"""AdapterSpec: the schema of ``adapters/*.yaml`` registrations."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from broker.errors import AdapterSpecError
+from broker.settings import RetryPolicy
+from broker.yamlspec import load_model
+
+__all__ = ["AdapterSpec", "Subscription", "load_adapters"]
+
+_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+class Subscription(BaseModel):
+    """What an outbound adapter receives: events by pattern (``ADT^*``), optionally by source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[str] = Field(min_length=1)
+    sources: list[str] | None = None
+    """Inbound adapter ids; ``None`` means every source."""
+
+    def wants(self, event: str, source: str) -> bool:
+        """Tell whether a message of ``event`` from ``source`` is subscribed to."""
+        if self.sources is not None and source not in self.sources:
+            return False
+        return any(fnmatch.fnmatchcase(event, pattern) for pattern in self.events)
+
+
+class AdapterSpec(BaseModel):
+    """One registered system: an inbound source or an outbound subscriber.
+
+    Usage (``adapters/chu-rabat-adt.yaml``)::
+
+        id: chu-rabat-adt
+        name: CHU Rabat - ADT
+        direction: inbound
+        transport: mllp
+        listen: 127.0.0.1:2575
+        format: hl7v2
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str
+    direction: Literal["inbound", "outbound"]
+    transport: Literal["mllp", "fhir-rest"]
+    format: Literal["hl7v2", "fhir"] = "hl7v2"
+    enabled: bool = True
+    listen: str | None = None
+    """``host:port`` an inbound MLLP listener binds."""
+    connect: str | None = None
+    """``host:port`` an outbound MLLP sender connects to."""
+    url: str | None = None
+    """Base URL of an outbound FHIR REST server."""
+    subscribe: Subscription | None = None
+    charset: str = "utf-8"
+    """Text encoding when MSH-18 is empty (inbound) or for what is sent (outbound)."""
+    timezone: str = "Africa/Casablanca"
+    """The sender's time zone for HL7 times without an offset."""
+    version: str = "2.5.1"
+    """HL7 v2 version rendered for an outbound MLLP subscriber."""
+    receiving_application: str | None = None
+    """MSH-5 sent to an outbound HL7 subscriber (defaults to the adapter id)."""
+    receiving_facility: str | None = None
+    """MSH-6 sent to an outbound HL7 subscriber."""
+    ack_timeout_s: float = Field(10.0, gt=0)
+    retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("listen", "connect")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            match = _HOST_PORT.match(value)
+            if not match or not 0 < int(match["port"]) < 65536:
+                msg = f"expected host:port such as 127.0.0.1:2575, got {value!r}"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            msg = f"expected an http:// or https:// base URL, got {value!r}"
+            raise ValueError(msg)
+        return value.rstrip("/") if value else value
+
+    @field_validator("charset")
+    @classmethod
+    def _known_charset(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            msg = f"unknown character set {value!r}; expected a name such as utf-8 or latin-1"
+            raise ValueError(msg) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            msg = f"unknown time zone {value!r}; expected an IANA name such as Africa/Casablanca"
+            raise ValueError(msg) from None
+        return value
+
+    @model_validator(mode="after")
+    def _transport_needs(self) -> AdapterSpec:
+        needs: dict[tuple[str, str], str] = {
+            ("inbound", "mllp"): "listen",
+            ("outbound", "mllp"): "connect",
+            ("outbound", "fhir-rest"): "url",
+        }
+        required = needs.get((self.direction, self.transport))
+        if required is None:
+            msg = f"transport {self.transport!r} cannot be used {self.direction}"
+            raise ValueError(msg)
+        if getattr(self, required) is None:
+            msg = f"a {self.direction} {self.transport} adapter needs {required!r}"
+            raise ValueError(msg)
+        if self.direction == "outbound" and self.subscribe is None:
+            raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The ``listen`` or ``connect`` address as (host, port)."""
+        value = self.listen or self.connect
+        if value is None:
+            msg = f"adapter {self.id} has no listen/connect address"
+            raise AdapterSpecError(self.id, None, "listen", msg)
+        host, _, port = value.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def load_adapters(directory: Path) -> list[AdapterSpec]:
+    """Load every ``*.yaml`` registration in ``directory``, refusing duplicates.
+
+    Raises:
+        AdapterSpecError: naming the file, line, key and reason of the first problem.
+    """
+    specs: list[AdapterSpec] = []
+    seen: dict[str, Path] = {}
+    if not directory.is_dir():
+        raise AdapterSpecError(str(directory), None, "", "adapters directory does not exist")
+    for path in sorted(directory.glob("*.y*ml")):
+        spec = load_model(path, AdapterSpec, AdapterSpecError)
+        if spec.id in seen:
+            msg = f"adapter id {spec.id!r} is already registered by {seen[spec.id]}"
+            raise AdapterSpecError(str(path), 1, "id", msg)
+        seen[spec.id] = path
+        specs.append(spec)
+    return specs

@@ -1,0 +1,97 @@
+"""The Envelope: the one immutable object that moves between pipeline stages."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ContentType",
+    "Envelope",
+    "Finding",
+    "MappingRef",
+    "MessageState",
+    "new_id",
+]
+
+ContentType = Literal["application/hl7-v2", "application/fhir+json"]
+
+
+def new_id() -> str:
+    """Return a new sortable identifier: 12 hex digits of milliseconds then 16 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+class MessageState(enum.StrEnum):
+    """Where an envelope stands in its journey."""
+
+    RECEIVED = "received"  # journalled and acknowledged to the sender; not processed yet
+    ROUTED = "routed"  # mapped to canonical and queued for at least one subscriber
+    FILTERED = "filtered"  # mapped, but no subscriber's policy wants it
+    DELIVERED = "delivered"  # every subscriber it was routed to confirmed it
+    FAILED = "failed"  # could not be parsed, mapped or validated; kept in quarantine
+    REJECTED = "rejected"  # refused at the edge (AE/AR) before the journal; kept with reason
+    DEAD_LETTERED = "dead_lettered"  # a subscriber refused it for good or retries ran out
+
+
+class Finding(BaseModel):
+    """A data-quality observation about one element of a message. Never holds the value itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    severity: Literal["info", "warning", "error"] = "warning"
+    code: str
+    """Stable machine code, e.g. ``invalid-date``, ``unknown-code``."""
+    location: str
+    """Where in the source the problem is: ``PID-7``, ``OBX[3]-5``."""
+    message: str
+    """A sentence saying what is wrong and what was expected, without the patient's value."""
+
+
+class MappingRef(BaseModel):
+    """Which mapping produced a canonical message, and exactly which content of it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    sha256: str
+
+
+class Envelope(BaseModel):
+    """A message and what the broker knows about it.
+
+    Derive changes with ``envelope.model_copy(update={...})``; never mutate.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=new_id)
+    correlation_id: str | None = None
+    """The sender's identity of the exchange: MSH-10 for HL7 v2, the Bundle id for FHIR."""
+    source: str
+    """The inbound adapter's id."""
+    content_type: ContentType = "application/hl7-v2"
+    received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    journal_id: str | None = None
+    """Entry id of the raw bytes in the journal stream."""
+    event: str | None = None
+    """Message type and trigger event, ``ADT^A01``; ``Bundle`` or a resource type for FHIR."""
+    version: str | None = None
+    control_id: str | None = None
+    """MSH-10, the sender's message control id."""
+    sender: str | None = None
+    """MSH-3^MSH-4 (sending application and facility)."""
+    partition_key: str | None = None
+    """The patient identity that orders this message against the same patient's others."""
+    mappings: tuple[MappingRef, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    state: MessageState = MessageState.RECEIVED
+    reason: str | None = None
+    """Why the message is FAILED, REJECTED or DEAD_LETTERED."""
+    bundle: dict[str, Any] | None = None
+    """The canonical FHIR R4 message Bundle (validated JSON), once mapped."""

@@ -1,0 +1,91 @@
+"""Redis key names: the one place that knows how the journal, queues and records are laid out.
+
+Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id)::
+
+    pl:in:P              stream   raw inbound messages (the journal); group ``pipeline``
+    pl:out:SUB:P         stream   canonical envelope ids queued for one subscriber; group ``deliver``
+    pl:env:ID            string   an Envelope as JSON (retention TTL)
+    pl:dedupe:HASH       string   the ACK sent for (MSH-3, MSH-4, MSH-10); dedupe window TTL
+    pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
+    pl:quarantine        stream   journalled messages that failed parse/map/validation
+    pl:dead:SUB          stream   deliveries a subscriber refused for good
+    pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
+    pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
+    pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
+    pl:kick:STREAM       string   a drain task for STREAM is already queued
+    pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ATTEMPTS",
+    "DELIVER_GROUP",
+    "PIPELINE_GROUP",
+    "QUARANTINE",
+    "REJECTED",
+    "STATS",
+    "dead",
+    "dedupe",
+    "envelope",
+    "hold",
+    "inbound",
+    "kick",
+    "lock",
+    "outbound",
+    "partition_of",
+]
+
+import zlib
+
+PIPELINE_GROUP = "pipeline"
+DELIVER_GROUP = "deliver"
+REJECTED = "pl:rejected"
+QUARANTINE = "pl:quarantine"
+STATS = "pl:stats"
+ATTEMPTS = "pl:attempts:"
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Return the partition of a patient identity: stable across processes and restarts."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def inbound(partition: int) -> str:
+    """Journal stream of one partition."""
+    return f"pl:in:{partition}"
+
+
+def outbound(subscriber: str, partition: int) -> str:
+    """Delivery stream of one subscriber's partition."""
+    return f"pl:out:{subscriber}:{partition}"
+
+
+def envelope(envelope_id: str) -> str:
+    """Where an Envelope's JSON is kept."""
+    return f"pl:env:{envelope_id}"
+
+
+def dedupe(digest: str) -> str:
+    """Stored ACK of one (sender, control id)."""
+    return f"pl:dedupe:{digest}"
+
+
+def dead(subscriber: str) -> str:
+    """Dead-letter stream of one subscriber."""
+    return f"pl:dead:{subscriber}"
+
+
+def hold(subscriber: str, partition: int) -> str:
+    """Retry-after mark of one subscriber partition."""
+    return f"pl:hold:{subscriber}:{partition}"
+
+
+def lock(stream: str) -> str:
+    """Drainer lock of a stream."""
+    return f"pl:lock:{stream}"
+
+
+def kick(stream: str) -> str:
+    """Marker that a drain task for the stream is queued."""
+    return f"pl:kick:{stream}"

@@ -1,0 +1,1 @@
+"""Simulated external systems: capture endpoints and hospital senders for the demo, tests and benchmarks."""

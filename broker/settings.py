@@ -1,0 +1,87 @@
+"""Settings: one typed object built at each entrypoint from ``PASSERELLE_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["REPO_ROOT", "RetryPolicy", "Settings"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout the package was installed from (editable installs); default for mappings/adapters."""
+
+
+class RetryPolicy(BaseModel):
+    """How a delivery is retried: exponential backoff with jitter, capped.
+
+    Usage::
+
+        RetryPolicy(initial_delay_s=0.5, max_delay_s=30, max_attempts=None)
+    """
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    initial_delay_s: float = Field(0.5, gt=0)
+    max_delay_s: float = Field(30.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+    max_attempts: int | None = Field(None, ge=1)
+    """``None`` retries a retryable failure until it passes (a subscriber that is down)."""
+
+
+class Settings(BaseSettings):
+    """Everything a Passerelle process needs to know, with named defaults.
+
+    Built once per entrypoint (``cli.py``) and passed down. Tests build ``Settings(...)`` directly.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PASSERELLE_", extra="forbid", frozen=True)
+
+    data_dir: Path = Path("var")
+    adapters_dir: Path = REPO_ROOT / "adapters"
+    mappings_dir: Path = REPO_ROOT / "mappings"
+    redis_url: str | None = None
+    """Use this Redis instead of starting the embedded one (``redis://host:6379/0``)."""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    api_token: SecretStr | None = None
+    """Admin token for the API; when unset, ``serve`` generates one into ``data_dir/api-token``."""
+
+    partitions: int = Field(8, ge=1, le=256)
+    """Patient partitions per stream: the unit of ordering and of parallel delivery."""
+    workers: int = Field(4, ge=1)
+    """Celery worker processes started by ``serve``."""
+    batch_size: int = Field(200, ge=1)
+    """Stream entries one task drains per read."""
+    drain_budget_s: float = Field(2.0, gt=0)
+    """How long one drain task runs before handing over (keeps the pool fair)."""
+    rekick_interval_s: float = Field(5.0, gt=0)
+    """Period of the task that re-kicks streams with lag or with pending entries of dead consumers."""
+    claim_idle_s: float = Field(30.0, gt=0)
+    """A pending stream entry idle this long belongs to a dead drainer and is claimed again."""
+    dedupe_window_s: int = Field(86_400, ge=0)
+    """Same MSH-3, MSH-4 and MSH-10 within this window: resend the stored ACK, do not re-process."""
+    retention_s: int = Field(7 * 86_400, ge=60)
+    """How long envelopes and stream entries are kept in Redis."""
+    appendfsync: Literal["always", "everysec"] = "everysec"
+    """Embedded Redis AOF fsync policy; ``always`` makes each ACK survive a power cut."""
+    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    retry: RetryPolicy = RetryPolicy()
+    delivery_timeout_s: float = Field(10.0, gt=0)
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    @property
+    def redis_socket(self) -> Path:
+        """Unix socket of the embedded Redis."""
+        return self.data_dir.resolve() / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis every process connects to: the configured one or the embedded one."""
+        if self.redis_url:
+            return self.redis_url
+        return f"unix://{self.redis_socket}"
