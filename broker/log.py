@@ -55,6 +55,9 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
+    # Per-request and per-task lines from libraries drown the broker's own canonical lines.
+    for noisy in ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -1,1 +1,5 @@
-"""Passerelle."""
+"""The canonical model: FHIR R4 message Bundles, validated with fhir.resources (R4B models)."""
+
+from broker.canonical.validate import validate_bundle
+
+__all__ = ["validate_bundle"]

@@ -410,7 +410,7 @@ def parse(text: str) -> Message:
         lines = body.replace("\r\n", "\r").replace("\n", "\r").split("\r")
     else:
         lines = body.split("\n")
-    segments = []
+    segments: list[Segment] = []
     for index, line in enumerate(lines):
         line = line.strip("\n")
         if not line.strip():

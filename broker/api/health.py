@@ -1,0 +1,69 @@
+"""Operations routes: liveness, readiness, Prometheus metrics and queue depths."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from broker.api.auth import require_token
+from broker.ops import stats
+from broker.ops.health import readiness
+from broker.settings import Settings
+
+__all__ = ["get_redis", "router"]
+
+router = APIRouter()
+
+
+def get_redis(request: Request) -> redis.Redis:
+    """FastAPI dependency: the application's Redis client."""
+    client: redis.Redis = request.app.state.redis
+    return client
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Client = Annotated[redis.Redis, Depends(get_redis)]
+Config = Annotated[Settings, Depends(_settings)]
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers HTTP. Checks nothing else, so it never flaps on Redis."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses={503: {"description": "Redis is unreachable"}})
+def readyz(client: Client) -> JSONResponse:
+    """Readiness: Redis answers PING; 503 otherwise."""
+    result = readiness(client)
+    body = {
+        "status": "ready" if result.ready else "unavailable",
+        "checks": result.checks,
+        "redis_latency_ms": result.redis_latency_ms,
+    }
+    return JSONResponse(body, status_code=200 if result.ready else 503)
+
+
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    dependencies=[Depends(require_token)],
+    response_class=PlainTextResponse,
+)
+def metrics(client: Client, settings: Config) -> PlainTextResponse:
+    """Prometheus text: ``pl:stats`` counters, stream lengths, group lag/pending/age."""
+    text = stats.prometheus_text(client, settings.partitions)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/api/queues", tags=["ops"], dependencies=[Depends(require_token)])
+def queues(client: Client, settings: Config) -> dict[str, Any]:
+    """Per inbound partition and per subscriber: depth, pending, age of oldest, counters."""
+    return stats.queues(client, settings.partitions)

@@ -1,0 +1,199 @@
+"""``passerelle``: serve the broker, run its parts alone, translate offline, check configuration."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker.errors import BrokerError
+from broker.log import configure_logging
+from broker.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="passerelle",
+    help="Passerelle: HL7 v2 / FHIR R4 interoperability message broker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+AdaptersOpt = Annotated[
+    Path | None, typer.Option("--adapters", help="Directory of adapter registrations.")
+]
+MappingsOpt = Annotated[Path | None, typer.Option("--mappings", help="Directory of mapping files.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where Redis data, logs and tokens live.")
+]
+PortOpt = Annotated[int | None, typer.Option("--http-port", help="Port of the HTTP API.")]
+
+
+def _settings(
+    adapters: Path | None = None,
+    mappings: Path | None = None,
+    data_dir: Path | None = None,
+    http_port: int | None = None,
+) -> Settings:
+    overrides: dict[str, Any] = {}
+    if adapters is not None:
+        overrides["adapters_dir"] = adapters.resolve()
+    if mappings is not None:
+        overrides["mappings_dir"] = mappings.resolve()
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if http_port is not None:
+        overrides["http_port"] = http_port
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        _fail(f"invalid settings: {exc}".splitlines()[0])
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> Any:
+    typer.echo(f"passerelle: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    adapters: AdaptersOpt = None,
+    mappings: MappingsOpt = None,
+    data_dir: DataDirOpt = None,
+    http_port: PortOpt = None,
+) -> None:
+    """Run the whole system on this machine: Redis, listeners, workers, beat and the API."""
+    from broker.supervisor import Supervisor
+
+    settings = _settings(adapters, mappings, data_dir, http_port)
+    _check(settings)
+    supervisor = Supervisor(settings)
+    try:
+        supervisor.start()
+    except BrokerError as exc:
+        supervisor.stop()
+        _fail(str(exc))
+    supervisor.run_forever()
+
+
+@app.command()
+def listen(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
+    """Run only the inbound listeners (scale-out: needs PASSERELLE_REDIS_URL)."""
+    from broker.listen import run_listeners
+
+    settings = _settings(adapters, mappings)
+    _check(settings)
+    run_listeners(settings)
+
+
+@app.command()
+def worker(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
+    """Run Celery worker processes that drain the journal and deliver to subscribers."""
+    from broker.worker.celery_app import create_celery
+
+    settings = _settings(adapters, mappings)
+    _check(settings)
+    celery = create_celery(settings, register_tasks=True)
+    celery.worker_main(
+        [
+            "worker",
+            f"--concurrency={settings.workers}",
+            "--pool=prefork",
+            "--queues=passerelle",
+            "--hostname=passerelle@%h",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the periodic re-kick of streams with lag or a dead drainer's entries."""
+    from broker.worker.celery_app import create_celery
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery = create_celery(settings)
+    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    celery.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level}"])
+
+
+@app.command()
+def api(data_dir: DataDirOpt = None, http_port: PortOpt = None) -> None:
+    """Run the HTTP API (health, metrics, queues, messages)."""
+    import uvicorn
+
+    from broker.api import create_app
+    from broker.supervisor import ensure_api_token
+
+    settings = ensure_api_token(_settings(data_dir=data_dir, http_port=http_port))
+    uvicorn.run(
+        create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning"
+    )
+
+
+@app.command()
+def check(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
+    """Validate adapter registrations and mappings; print each problem as file:line: key: reason."""
+    settings = _settings(adapters, mappings)
+    _check(settings)
+    typer.echo("configuration ok")
+
+
+def _check(settings: Settings) -> None:
+    from broker.adapters.spec import load_adapters
+    from broker.mapping import MappingSet
+
+    try:
+        load_adapters(settings.adapters_dir)
+        MappingSet.load(settings.mappings_dir)
+    except BrokerError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def translate(
+    file: Annotated[Path, typer.Argument(help="An HL7 v2 message (ER7) to translate offline.")],
+    to: Annotated[str, typer.Option("--to", help="canonical | fhir | hl7v2")] = "canonical",
+    mappings: MappingsOpt = None,
+    charset: Annotated[str, typer.Option(help="Charset when MSH-18 is empty.")] = "utf-8",
+) -> None:
+    """Translate one message with the mappings, offline; the result alone goes to stdout."""
+    from broker.translate import translate as run
+
+    if to not in ("canonical", "fhir", "hl7v2"):
+        _fail(f"--to must be canonical, fhir or hl7v2, not {to!r}", 2)
+    settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        out = run(raw, to=to, mappings_dir=settings.mappings_dir, charset=charset)
+    except BrokerError as exc:
+        _fail(str(exc).splitlines()[0])
+    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = None,
+    messages: Annotated[int, typer.Option(help="Messages each simulated hospital sends.")] = 100,
+) -> None:
+    """Start the embedded system with capture subscribers, send synthetic traffic, report."""
+    from broker.demo import run_demo
+
+    settings = _settings(data_dir=data_dir or Path("var/demo"))
+    sys.exit(run_demo(settings, messages))
+
+
+def main() -> None:
+    """Entry point of the ``passerelle`` command."""
+    app()

@@ -1,0 +1,74 @@
+"""Kicks: ask the Celery pool to drain a stream, at most one queued kick per stream at a time.
+
+Tasks carry stream coordinates, never patient data. A ``pl:kick:STREAM`` flag (set with NX)
+keeps a burst of messages from queueing one task each: a drainer clears the flag when it starts
+and reads everything that arrived since, so one task per burst is enough (ARCHITECTURE §2: a
+Celery hop costs ~1.5 ms of CPU; the pool could not afford one per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from broker import keys
+
+__all__ = [
+    "DRAIN_INBOUND",
+    "DRAIN_OUTBOUND",
+    "REKICK",
+    "AsyncKicker",
+    "Kicker",
+    "stream_of",
+]
+
+DRAIN_INBOUND = "passerelle.drain_inbound"
+DRAIN_OUTBOUND = "passerelle.drain_outbound"
+REKICK = "passerelle.rekick"
+QUEUE = "passerelle"
+_FLAG_TTL_S = 60
+
+
+def stream_of(task: str, args: list[Any]) -> str:
+    """The stream a drain task works on."""
+    if task == DRAIN_INBOUND:
+        return keys.inbound(int(args[0]))
+    return keys.outbound(str(args[0]), int(args[1]))
+
+
+class Kicker:
+    """Synchronous kicks, used inside Celery tasks."""
+
+    def __init__(self, celery: Any, client: redis.Redis) -> None:
+        self.celery = celery
+        self.client = client
+
+    def kick(
+        self, task: str, args: list[Any], *, force: bool = False, countdown: float = 0
+    ) -> bool:
+        """Queue ``task(*args)`` unless a kick for its stream is already queued (or ``force``)."""
+        flag = keys.kick(stream_of(task, args))
+        fresh = self.client.set(flag, b"1", nx=True, ex=_FLAG_TTL_S)
+        if not (fresh or force):
+            return False
+        self.celery.send_task(task, args=args, queue=QUEUE, countdown=countdown or None)
+        return True
+
+
+class AsyncKicker:
+    """Kicks from an asyncio process (the listeners): the Celery publish runs in a thread."""
+
+    def __init__(self, celery: Any, client: redis.asyncio.Redis) -> None:
+        self.celery = celery
+        self.client = client
+
+    async def kick(self, task: str, args: list[Any]) -> bool:
+        """Queue ``task(*args)`` unless a kick for its stream is already queued."""
+        flag = keys.kick(stream_of(task, args))
+        if not await self.client.set(flag, b"1", nx=True, ex=_FLAG_TTL_S):
+            return False
+        await asyncio.to_thread(self.celery.send_task, task, args=args, queue=QUEUE)
+        return True

@@ -1,0 +1,103 @@
+"""The journal: raw inbound messages appended to Redis Streams before anything is acknowledged."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from broker import keys
+from broker.errors import JournalError
+
+__all__ = ["AppendResult", "Journal", "dedupe_digest"]
+
+# One round trip, atomically: a duplicate returns the stored ACK; otherwise the raw message is
+# appended to its partition stream and the ACK we are about to send is stored for resends.
+_APPEND = """
+if KEYS[2] ~= '' then
+  local previous = redis.call('GET', KEYS[2])
+  if previous then
+    redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+    return {0, previous}
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if KEYS[2] ~= '' and tonumber(ARGV[1]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+end
+redis.call('HINCRBY', KEYS[3], 'received', 1)
+return {1, id}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What the journal did with a message."""
+
+    entry_id: str | None
+    """The stream entry id; ``None`` for a duplicate."""
+    previous_ack: bytes | None
+    """For a duplicate, the ACK that was sent the first time."""
+
+
+def dedupe_digest(sending_application: str, sending_facility: str, control_id: str) -> str:
+    """The dedupe identity of a message: MSH-3, MSH-4 and MSH-10 (never patient data)."""
+    joined = "\x1f".join((sending_application, sending_facility, control_id))
+    return hashlib.sha1(joined.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class Journal:
+    """Appends inbound messages to ``pl:in:P`` streams; asyncio client for the listeners.
+
+    Args:
+        client: an asyncio Redis client.
+        dedupe_window_s: how long a stored ACK answers a resent duplicate.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, dedupe_window_s: int) -> None:
+        self.client = client
+        self.dedupe_window_s = dedupe_window_s
+        self._script = client.register_script(_APPEND)
+
+    async def append(
+        self, partition: int, fields: dict[str, Any], *, dedupe: str | None, ack: bytes
+    ) -> AppendResult:
+        """Append one message unless it is a duplicate; store ``ack`` for future duplicates.
+
+        Raises:
+            JournalError: Redis refused or could not be reached; the sender must get AR.
+        """
+        args: list[Any] = [self.dedupe_window_s, ack]
+        for name, value in fields.items():
+            args.extend((name, value))
+        dedupe_key = keys.dedupe(dedupe) if dedupe else ""
+        try:
+            created, value = await self._script(
+                keys=[keys.inbound(partition), dedupe_key, keys.STATS], args=args
+            )
+        except (redis.RedisError, OSError) as exc:
+            msg = f"the journal could not accept the message ({type(exc).__name__})"
+            raise JournalError(msg) from exc
+        if created:
+            return AppendResult(
+                entry_id=value.decode() if isinstance(value, bytes) else value, previous_ack=None
+            )
+        return AppendResult(entry_id=None, previous_ack=value)
+
+    async def reject(self, source: str, raw: bytes, reason: str, peer: str) -> None:
+        """Keep input refused at the edge, with its reason, in ``pl:rejected``.
+
+        Raises:
+            JournalError: Redis could not be reached.
+        """
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(keys.REJECTED, {"source": source, "raw": raw, "reason": reason, "peer": peer})
+            pipe.hincrby(keys.STATS, "rejected", 1)
+            await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            msg = f"the journal could not keep a rejected message ({type(exc).__name__})"
+            raise JournalError(msg) from exc

@@ -1,0 +1,85 @@
+"""The listener process: one MLLP server per inbound adapter, journalling before each ACK."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import redis.asyncio
+
+from broker.adapters.mllp import MllpServer
+from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.dispatch import AsyncKicker
+from broker.ingest import HL7v2Intake
+from broker.journal import Journal
+from broker.log import get_logger
+from broker.mapping import MappingSet
+from broker.settings import Settings
+from broker.worker.celery_app import create_celery
+
+__all__ = ["Listeners", "run_listeners"]
+
+log = get_logger(__name__)
+
+
+class Listeners:
+    """The inbound MLLP servers of a set of registrations, sharing one journal."""
+
+    def __init__(
+        self, settings: Settings, adapters: list[AdapterSpec], mappings: MappingSet
+    ) -> None:
+        self.settings = settings
+        self.adapters = [
+            a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
+        ]
+        self.mappings = mappings
+        self.servers: list[MllpServer] = []
+        self.client: redis.asyncio.Redis | None = None
+
+    async def start(self) -> None:
+        """Bind every listener; raises OSError when an address is taken."""
+        self.client = redis.asyncio.Redis.from_url(self.settings.effective_redis_url)
+        journal = Journal(self.client, self.settings.dedupe_window_s)
+        kicker = AsyncKicker(create_celery(self.settings), self.client)
+        for adapter in self.adapters:
+            host, port = adapter.host_port
+            intake = HL7v2Intake(
+                adapter, journal, self.mappings.supports, self.settings.partitions, kicker
+            )
+            server = MllpServer(
+                host,
+                port,
+                intake,
+                max_bytes=self.settings.max_message_bytes,
+                name=adapter.id,
+                on_oversize=intake.oversize,
+            )
+            await server.start()
+            self.servers.append(server)
+            log.info("listener.started", adapter=adapter.id, address=f"{host}:{server.port}")
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight messages finish (journal + ACK), close connections."""
+        for server in self.servers:
+            await server.stop()
+        if self.client is not None:
+            await self.client.aclose()
+        log.info("listener.stopped", adapters=len(self.servers))
+
+
+async def _serve(settings: Settings) -> None:
+    listeners = Listeners(
+        settings, load_adapters(settings.adapters_dir), MappingSet.load(settings.mappings_dir)
+    )
+    await listeners.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await listeners.stop()
+
+
+def run_listeners(settings: Settings) -> None:
+    """Run the listeners until SIGINT or SIGTERM."""
+    asyncio.run(_serve(settings))

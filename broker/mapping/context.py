@@ -1,0 +1,46 @@
+"""What a mapping run is given (MapContext) and what it returns (MapResult)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from broker.envelope import Finding, MappingRef
+
+__all__ = ["MapContext", "MapResult"]
+
+
+@dataclass(frozen=True)
+class MapContext:
+    """Facts about one message that are not in its text.
+
+    Attributes:
+        envelope_id: the envelope's id, for error messages.
+        source: the inbound adapter's id; part of every resource id, so two senders using the
+            same control id never collide.
+        timezone: the sender's IANA time zone, for HL7 times sent without an offset.
+        received_at: when the broker received the message (Bundle.timestamp); keyword-only.
+    """
+
+    envelope_id: str
+    source: str
+    timezone: str = "Africa/Casablanca"
+    received_at: datetime = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """A mapped and validated canonical message.
+
+    Attributes:
+        bundle: the FHIR R4 message Bundle (MessageHeader first), as validated plain JSON data.
+        findings: data-quality observations; never hold a patient's value.
+        mappings: the mapping files used, with their content hashes.
+        partition_key: the first Patient's first identifier as ``system|value``.
+    """
+
+    bundle: dict[str, Any]
+    findings: tuple[Finding, ...]
+    mappings: tuple[MappingRef, ...]
+    partition_key: str

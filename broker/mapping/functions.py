@@ -1,0 +1,918 @@
+"""Named transforms that mapping rules call with ``function:``: HL7 v2 data types to FHIR and back.
+
+Inbound transforms take the source values of one rule (one ``SourceValue`` per source path, or
+``None`` when the path is empty), the per-message ``Env`` and the rule's validated ``args``, and
+return FHIR JSON data, or ``None`` to leave the element out. They never return invalid FHIR:
+a value that cannot be converted is dropped with a ``Finding`` that names the location and
+never contains the value.
+
+Outbound transforms take one canonical element and return one ER7 field repetition, already
+escaped. Data-type references are v2.5.1 ch. 2A; FHIR mappings follow the HL7 v2-to-FHIR IG
+(``https://build.fhir.org/ig/HL7/v2-to-fhir/``) data-type maps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.envelope import Finding
+from broker.parsing.hl7v2 import Delimiters, Message, Path, Segment, escape, unescape
+
+__all__ = [
+    "INBOUND",
+    "OUTBOUND",
+    "Env",
+    "InboundTransform",
+    "OutboundTransform",
+    "SourceValue",
+    "hl7_date",
+    "hl7_datetime",
+]
+
+CIN_SYSTEM = "https://passerelle.ma/fhir/sid/cin"
+UCUM = "http://unitsofmeasure.org"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+# HL7 coding system names (table 0396) → FHIR code system URIs (v2-to-FHIR IG, CWE map).
+CODING_SYSTEMS: dict[str, str] = {
+    "LN": "http://loinc.org",
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "UCUM": UCUM,
+}
+
+# Common laboratory units that are already valid UCUM codes when the sender leaves CE-3 empty.
+UCUM_UNITS = frozenset(
+    {
+        "%",
+        "g/L",
+        "g/dL",
+        "mg/dL",
+        "mg/L",
+        "mmol/L",
+        "umol/L",
+        "nmol/L",
+        "pmol/L",
+        "mol/L",
+        "U/L",
+        "IU/L",
+        "[IU]/L",
+        "mL/min",
+        "10*9/L",
+        "10*12/L",
+        "10*3/uL",
+        "10*6/uL",
+        "fL",
+        "pg",
+        "s",
+        "min",
+        "h",
+        "mm[Hg]",
+        "kg",
+        "g",
+        "cm",
+        "m",
+        "Cel",
+        "/min",
+        "mEq/L",
+        "ng/mL",
+        "ug/L",
+        "mIU/L",
+        "mU/L",
+        "mm/h",
+        "L/L",
+        "1",
+    }
+)
+
+
+class SourceValue:
+    """One value read by a rule's source path: a field repetition or one of its components."""
+
+    __slots__ = ("delims", "path", "raw", "rep", "segment")
+
+    def __init__(self, raw: str, segment: Segment, path: Path, rep: int) -> None:
+        self.raw = raw
+        self.segment = segment
+        self.path = path
+        self.rep = rep
+        self.delims: Delimiters = segment.delims
+
+    @property
+    def text(self) -> str:
+        """The whole value, unescaped (components and all)."""
+        return unescape(self.raw, self.delims)
+
+    def comp(self, number: int, sub: int = 1) -> str:
+        """Component ``number`` (subcomponent ``sub``), unescaped; ``""`` when absent."""
+        d = self.delims
+        comps = self.raw.split(d.component)
+        if number > len(comps):
+            return ""
+        value = comps[number - 1]
+        if d.subcomponent in value or sub > 1:
+            subs = value.split(d.subcomponent)
+            value = subs[sub - 1] if sub <= len(subs) else ""
+        return unescape(value, d) if d.escape in value else value
+
+
+class Env:
+    """What a transform may use about the current message: context, findings and locations."""
+
+    __slots__ = ("findings", "message", "source", "timezone")
+
+    def __init__(self, message: Message, timezone: str, source: str) -> None:
+        self.message = message
+        self.timezone = timezone
+        self.source = source
+        self.findings: list[Finding] = []
+
+    @property
+    def sender(self) -> str:
+        """MSH-4.1, the sending facility."""
+        return self.message.msh.value(4)
+
+    def location(self, value: SourceValue) -> str:
+        """Name where ``value`` sits: ``PID-7``, ``OBX[3]-5``, ``PID-3(2)``; never the value."""
+        p = value.path
+        same = [s for s in self.message.segments if s.name == p.segment]
+        where = p.segment
+        if len(same) > 1:
+            where += f"[{next(i for i, s in enumerate(same, 1) if s is value.segment)}]"
+        where += f"-{p.field}"
+        if value.rep > 1:
+            where += f"({value.rep})"
+        if p.component is not None:
+            where += f".{p.component}"
+        return where
+
+    def warn(self, code: str, value: SourceValue, message: str) -> None:
+        """Record a warning about ``value``; ``message`` must not contain the value."""
+        self.findings.append(
+            Finding(severity="warning", code=code, location=self.location(value), message=message)
+        )
+
+
+InboundTransform = Callable[[Sequence[SourceValue | None], Env, Any], Any]
+"""An inbound transform: source values, the message's Env and validated args → FHIR data."""
+OutboundTransform = Callable[[Any, Delimiters], str]
+"""An outbound transform: one canonical element → one escaped ER7 field repetition."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A registered inbound transform and what it accepts.
+
+    Attributes:
+        fn: the function.
+        returns: the FHIR type of what it returns, checked against the target element at load.
+        sources: how many source paths it reads at most.
+        args: the pydantic model its ``args:`` are validated against at load, if any.
+    """
+
+    fn: InboundTransform
+    returns: str
+    sources: int = 1
+    args: type[BaseModel] | None = None
+
+
+# --- dates and times (v2.5.1 §2A.21 DT, §2A.22 DTM) ---------------------------------------------
+
+_DTM = re.compile(
+    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
+    r"([+-]\d{4})?$"
+)
+
+
+@lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _offset(minutes: int) -> str:
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def hl7_date(text: str) -> str | None:
+    """Convert an HL7 DT/DTM to a FHIR ``date`` keeping its precision; ``None`` when invalid.
+
+    A DTM's time part is dropped (PID-7 is often sent as DTM). Year 0000 and impossible
+    calendar days are invalid; unusual but real dates (year 1013) are kept.
+    """
+    m = _DTM.match(text.strip())
+    if not m:
+        return None
+    year, month, day = m.group(1), m.group(2), m.group(3)
+    if year == "0000":
+        return None
+    try:
+        if day:
+            date(int(year), int(month), int(day))
+            return f"{year}-{month}-{day}"
+        if month:
+            if not 1 <= int(month) <= 12:
+                return None
+            return f"{year}-{month}"
+    except ValueError:
+        return None
+    return year
+
+
+def hl7_datetime(text: str, timezone: str) -> str | None:
+    """Convert an HL7 DTM to a FHIR ``dateTime``; a time always carries an offset.
+
+    The offset is the one sent in the value, else the one in force in ``timezone`` at that
+    local time (FHIR R4 §2.24.0.1 dateTime: "If hours and minutes are specified, a time zone
+    SHALL be populated").
+    """
+    m = _DTM.match(text.strip())
+    if not m:
+        return None
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    day_part = hl7_date(f"{year}{month or ''}{day or ''}")
+    if day_part is None:
+        return None
+    if hour is None:
+        return day_part
+    if not day:
+        return None  # an hour without a day cannot be a FHIR dateTime
+    h, mi, s = int(hour), int(minute or 0), int(second or 0)
+    if h > 23 or mi > 59 or s > 59:
+        return None
+    if tz:
+        offset_min = (1 if tz[0] == "+" else -1) * (int(tz[1:3]) * 60 + int(tz[3:5]))
+        if int(tz[3:5]) > 59 or abs(offset_min) > 14 * 60:
+            return None
+    else:
+        local = datetime(int(year), int(month), int(day), h, mi, s)
+        delta = _zone(timezone).utcoffset(local) or timedelta(0)
+        offset_min = round(delta.total_seconds() / 60)
+    fraction = f".{frac}" if frac else ""
+    return f"{day_part}T{h:02d}:{mi:02d}:{s:02d}{fraction}{_offset(offset_min)}"
+
+
+def _first(values: Sequence[SourceValue | None]) -> SourceValue | None:
+    return values[0] if values else None
+
+
+def fn_date(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """DT/DTM → FHIR date (PID-7 → Patient.birthDate)."""
+    v = _first(values)
+    if v is None:
+        return None
+    result = hl7_date(v.text)
+    if result is None:
+        env.warn(
+            "invalid-date",
+            v,
+            "the value is not a valid HL7 DT/DTM date "
+            "(expected YYYY[MM[DD]] with a real calendar day); the element was left out",
+        )
+    return result
+
+
+def fn_datetime(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """DTM → FHIR dateTime with the sender's offset (PV1-44 → Encounter.period.start)."""
+    v = _first(values)
+    if v is None:
+        return None
+    result = hl7_datetime(v.text, env.timezone)
+    if result is None:
+        env.warn(
+            "invalid-date",
+            v,
+            "the value is not a valid HL7 DTM (expected "
+            "YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]); the element was left out",
+        )
+    return result
+
+
+# --- strings and codes --------------------------------------------------------------------------
+
+
+def fn_string(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """ST/TX/FT/ID → FHIR string, unescaped and trimmed; ``None`` when blank."""
+    v = _first(values)
+    text = v.text.strip() if v is not None else ""
+    return text or None
+
+
+_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
+
+
+def is_code(text: str) -> bool:
+    """Tell whether ``text`` is a valid FHIR ``code`` (no leading, trailing or double spaces)."""
+    return bool(_CODE.match(text))
+
+
+def fn_code(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """ID/IS or the first component of CWE → FHIR code (no inner whitespace runs)."""
+    v = _first(values)
+    if v is None:
+        return None
+    text = v.comp(1).strip()
+    if not text:
+        return None
+    if not is_code(text):
+        env.warn("invalid-code", v, "the value is not a valid FHIR code; the element was left out")
+        return None
+    return text
+
+
+def fn_annotation(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """FT/TX comment (NTE-3) → FHIR Annotation."""
+    text = fn_string(values, env, args)
+    return {"text": text} if text else None
+
+
+class _CodeArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    systems: dict[str, str] = {}
+    """Extra HL7 coding-system names → FHIR system URIs, on top of the built-in table."""
+
+
+def _coding(code: str, display: str, system_name: str, systems: dict[str, str]) -> dict[str, Any]:
+    coding: dict[str, Any] = {}
+    system = systems.get(system_name) or CODING_SYSTEMS.get(system_name)
+    if system is None and system_name.startswith("HL7") and system_name[3:].isdigit():
+        system = f"http://terminology.hl7.org/CodeSystem/v2-{system_name[3:]}"
+    if system:
+        coding["system"] = system
+    if code and is_code(code):
+        coding["code"] = code
+    if display:
+        coding["display"] = display
+    return coding
+
+
+def fn_codeable_concept(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """CE/CWE → CodeableConcept: primary and alternate codings, text (v2-to-FHIR CWE map)."""
+    v = _first(values)
+    if v is None:
+        return None
+    systems = args.systems if isinstance(args, _CodeArgs) else {}
+    codings = []
+    for base in (1, 4):
+        code, display = v.comp(base).strip(), v.comp(base + 1).strip()
+        if code:
+            codings.append(_coding(code, display, v.comp(base + 2).strip(), systems))
+    text = v.comp(9).strip() or (v.comp(2).strip() if not codings else "")
+    cc: dict[str, Any] = {}
+    if codings:
+        cc["coding"] = codings
+    if text:
+        cc["text"] = text
+    return cc or None
+
+
+# --- names, identifiers, addresses, telecom -----------------------------------------------------
+
+# HL7 table 0200 name type → FHIR name-use (v2-to-FHIR IG ConceptMap "NameType").
+_NAME_USE = {
+    "L": "official",
+    "D": "usual",
+    "A": "usual",
+    "M": "maiden",
+    "N": "nickname",
+    "B": "old",
+    "S": "anonymous",
+    "T": "temp",
+    "C": "official",
+}
+
+
+def _human_name(
+    family: str, given: list[str], suffix: str, prefix: str, type_code: str
+) -> dict[str, Any] | None:
+    name: dict[str, Any] = {}
+    if family:
+        name["family"] = family
+    given = [g for g in given if g]
+    if given:
+        name["given"] = given
+    if prefix:
+        name["prefix"] = [prefix]
+    if suffix:
+        name["suffix"] = [suffix]
+    if not name:
+        return None
+    use = _NAME_USE.get(type_code)
+    if use:
+        name["use"] = use
+    return name
+
+
+def fn_xpn_name(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
+    """XPN → HumanName: XPN-1 family, -2 given, -3 further given, -4 suffix, -5 prefix, -7 use."""
+    v = _first(values)
+    if v is None:
+        return None
+    return _human_name(
+        v.comp(1).strip(),
+        [v.comp(2).strip(), v.comp(3).strip()],
+        v.comp(4).strip(),
+        v.comp(5).strip(),
+        v.comp(7).strip(),
+    )
+
+
+def fn_xcn_name(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
+    """XCN → HumanName: XCN-2 family, -3 given, -4 further given, -5 suffix, -6 prefix."""
+    v = _first(values)
+    if v is None:
+        return None
+    return _human_name(
+        v.comp(2).strip(),
+        [v.comp(3).strip(), v.comp(4).strip()],
+        v.comp(5).strip(),
+        v.comp(6).strip(),
+        "",
+    )
+
+
+class CxSystem(BaseModel):
+    """One identifier-system rule: matches CX-4.1 authority and/or CX-5 type code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    authority: str | None = None
+    type: str | None = None
+    system: str
+    """The system URI; ``{authority}`` (CX-4.1), ``{facility}`` (CX-6.1, else CX-4.1) and
+    ``{sender}`` (MSH-4.1) are replaced by lower-case slugs; a rule whose placeholder is empty
+    does not match."""
+
+
+class _CxArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    systems: list[CxSystem] = Field(default_factory=list)
+    """Tried in order; the first match gives Identifier.system."""
+
+
+_SLUG = re.compile(r"[^a-z0-9-]+")
+
+
+def _slug(text: str) -> str:
+    return _SLUG.sub("-", text.lower()).strip("-")
+
+
+def _cx_system(
+    rules: Sequence[CxSystem], authority: str, type_code: str, facility: str, sender: str
+) -> str | None:
+    for rule in rules:
+        if rule.authority is not None and rule.authority != authority:
+            continue
+        if rule.type is not None and rule.type != type_code:
+            continue
+        slugs = {
+            "{authority}": _slug(authority),
+            "{facility}": _slug(facility or authority),
+            "{sender}": _slug(sender),
+        }
+        system = rule.system
+        for placeholder, slug in slugs.items():
+            if placeholder in system:
+                if not slug:
+                    break
+                system = system.replace(placeholder, slug)
+        else:
+            return system
+    return None
+    return None
+
+
+def fn_cx_identifier(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """CX → Identifier: CX-1 value, CX-4 assigning authority, CX-5 type (table 0203), CX-6 facility.
+
+    The system comes from the rule's ``systems`` list (e.g. the CIN for authority MA and type
+    NNMAR, an IPP per facility); without a match the identifier keeps no system and a finding
+    says so.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    value = v.comp(1).strip()
+    if not value:
+        return None
+    authority, type_code, facility = v.comp(4).strip(), v.comp(5).strip(), v.comp(6).strip()
+    rules = args.systems if isinstance(args, _CxArgs) else []
+    ident: dict[str, Any] = {}
+    system = _cx_system(rules, authority, type_code, facility, env.sender)
+    if system:
+        ident["system"] = system
+    else:
+        env.findings.append(
+            Finding(
+                severity="info",
+                code="unknown-identifier-system",
+                location=env.location(v),
+                message="no identifier system is configured for this "
+                "assigning authority and type; Identifier.system left out",
+            )
+        )
+    ident["value"] = value
+    if type_code and is_code(type_code):
+        ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
+    if authority:
+        ident["assigner"] = {"display": authority}
+    return ident
+
+
+class _JoinedArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: str
+    """System URI; ``{sender}`` is replaced by the MSH-4.1 slug."""
+
+
+def fn_joined_identifier(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """Identifier whose value joins the first components of several fields with ``-``.
+
+    Used for business identifiers HL7 v2 spreads over fields, e.g. an Observation's
+    OBR-3 (filler order number) + OBX-3 (code) + OBX-4 (sub-id), so that re-sending the same
+    result updates the same Observation.
+    """
+    parts = [v.comp(1).strip() for v in values if v is not None]
+    parts = [p for p in parts if p]
+    if not parts or not isinstance(args, _JoinedArgs):
+        return None
+    system = args.system.replace("{sender}", _slug(env.sender) or "unknown")
+    return {"system": system, "value": "-".join(parts)}
+
+
+# HL7 table 0190 address type → FHIR address use/type (v2-to-FHIR IG XAD map).
+_ADDRESS_USE = {"H": "home", "B": "work", "O": "work", "C": "temp", "BA": "old"}
+
+
+def fn_xad_address(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """XAD → Address: -1 street, -2 other designation, -3 city, -4 state, -5 zip, -6 country,
+    -7 address type (table 0190)."""
+    v = _first(values)
+    if v is None:
+        return None
+    address: dict[str, Any] = {}
+    lines = [line for line in (v.comp(1).strip(), v.comp(2).strip()) if line]
+    if lines:
+        address["line"] = lines
+    for number, key in ((3, "city"), (4, "state"), (5, "postalCode"), (6, "country")):
+        text = v.comp(number).strip()
+        if text:
+            address[key] = text
+    if not address:
+        return None
+    type_code = v.comp(7).strip()
+    if type_code in _ADDRESS_USE:
+        address["use"] = _ADDRESS_USE[type_code]
+    elif type_code == "M":
+        address["type"] = "postal"
+    return address
+
+
+# HL7 tables 0201 (use) and 0202 (equipment) → ContactPoint use/system (v2-to-FHIR XTN map).
+_TELECOM_USE = {
+    "PRN": "home",
+    "ORN": "home",
+    "WPN": "work",
+    "VHN": "home",
+    "EMR": "temp",
+    "ASN": "work",
+    "PRS": "mobile",
+}
+_TELECOM_SYSTEM = {
+    "PH": "phone",
+    "CP": "phone",
+    "FX": "fax",
+    "Internet": "email",
+    "X.400": "email",
+    "BP": "pager",
+    "MD": "other",
+    "TDD": "other",
+    "TTY": "other",
+}
+
+
+def fn_xtn_telecom(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """XTN → ContactPoint: -1 (or -5/-6/-7 parts, or -4 e-mail), -2 use, -3 equipment type."""
+    v = _first(values)
+    if v is None:
+        return None
+    equipment = v.comp(3).strip()
+    email = v.comp(4).strip()
+    if email or equipment in ("Internet", "X.400"):
+        value = email or v.comp(1).strip()
+        system = "email"
+    else:
+        parts = [v.comp(n).strip() for n in (5, 6, 7)]
+        value = v.comp(1).strip() or (("+" if parts[0] else "") + "".join(parts))
+        system = _TELECOM_SYSTEM.get(equipment, "phone")
+    if not value:
+        return None
+    point: dict[str, Any] = {"system": system, "value": value}
+    use = "mobile" if equipment == "CP" else _TELECOM_USE.get(v.comp(2).strip())
+    if use:
+        point["use"] = use
+    return point
+
+
+def fn_pl_location(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """PL → Encounter.location element: PL-1 point of care, -2 room, -3 bed as the display."""
+    v = _first(values)
+    if v is None:
+        return None
+    parts = [v.comp(n).strip() for n in (1, 2, 3)]
+    if not any(parts):
+        return None
+    # Keep the component positions so the reverse mapping can rebuild PL-1..3.
+    return {"location": {"display": "^".join(parts).rstrip("^")}}
+
+
+def fn_xcn_identifier(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """XCN → Identifier from XCN-1 (id) and XCN-9 (assigning authority)."""
+    v = _first(values)
+    if v is None:
+        return None
+    value = v.comp(1).strip()
+    if not value:
+        return None
+    ident: dict[str, Any] = {"value": value}
+    authority = v.comp(9).strip()
+    if authority:
+        ident["assigner"] = {"display": authority}
+    return ident
+
+
+# --- quantities (v2.5.1 §2A.48 NM, OBX-6 units as CE) --------------------------------------------
+
+_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
+
+
+def _number(text: str) -> tuple[str | None, int | float] | None:
+    m = _NUMBER.match(text)
+    if not m:
+        return None
+    digits = m.group(2)
+    number: int | float = float(digits) if "." in digits else int(digits)
+    return m.group(1), number
+
+
+def _units(units: SourceValue | None) -> dict[str, Any]:
+    if units is None:
+        return {}
+    code, text, system = units.comp(1).strip(), units.comp(2).strip(), units.comp(3).strip()
+    out: dict[str, Any] = {}
+    if code or text:
+        out["unit"] = text or code
+    if code and is_code(code) and (system == "UCUM" or (not system and code in UCUM_UNITS)):
+        out["system"] = UCUM
+        out["code"] = code
+    return out
+
+
+def fn_quantity(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
+    """NM (OBX-5) + CE units (OBX-6) → Quantity, UCUM-coded when the unit is UCUM."""
+    v = values[0] if values else None
+    if v is None:
+        return None
+    parsed = _number(v.text)
+    if parsed is None:
+        env.warn("invalid-number", v, "the value is not an HL7 NM number; the element was left out")
+        return None
+    comparator, number = parsed
+    quantity: dict[str, Any] = {"value": number}
+    if comparator:
+        quantity["comparator"] = comparator
+    quantity.update(_units(values[1] if len(values) > 1 else None))
+    return quantity
+
+
+def fn_reference_range(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """OBX-7 references range (``3.5-5.0``, ``<5``, ``>10``) + OBX-6 units → referenceRange."""
+    v = values[0] if values else None
+    if v is None:
+        return None
+    text = v.text.strip()
+    if not text:
+        return None
+    units = _units(values[1] if len(values) > 1 else None)
+    m = re.match(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$", text)
+    if m:
+        low, high = _number(m.group(1)), _number(m.group(2))
+        assert low is not None
+        assert high is not None
+        return {"low": {"value": low[1], **units}, "high": {"value": high[1], **units}}
+    parsed = _number(text)
+    if parsed and parsed[0] in ("<", "<="):
+        return {"high": {"value": parsed[1], **units}}
+    if parsed and parsed[0] in (">", ">="):
+        return {"low": {"value": parsed[1], **units}}
+    return {"text": text}
+
+
+INBOUND: dict[str, Transform] = {
+    "string": Transform(fn_string, "string"),
+    "code": Transform(fn_code, "code"),
+    "date": Transform(fn_date, "date"),
+    "datetime": Transform(fn_datetime, "dateTime"),
+    "annotation": Transform(fn_annotation, "Annotation"),
+    "codeable_concept": Transform(fn_codeable_concept, "CodeableConcept", args=_CodeArgs),
+    "xpn_name": Transform(fn_xpn_name, "HumanName"),
+    "xcn_name": Transform(fn_xcn_name, "HumanName"),
+    "xcn_identifier": Transform(fn_xcn_identifier, "Identifier"),
+    "cx_identifier": Transform(fn_cx_identifier, "Identifier", args=_CxArgs),
+    "joined_identifier": Transform(fn_joined_identifier, "Identifier", sources=4, args=_JoinedArgs),
+    "xad_address": Transform(fn_xad_address, "Address"),
+    "xtn_telecom": Transform(fn_xtn_telecom, "ContactPoint"),
+    "pl_location": Transform(fn_pl_location, "EncounterLocation"),
+    "quantity": Transform(fn_quantity, "Quantity", sources=2),
+    "reference_range": Transform(fn_reference_range, "ObservationReferenceRange", sources=2),
+}
+"""Inbound transforms by the name used in ``function:``."""
+
+
+# --- outbound: canonical → ER7 -------------------------------------------------------------------
+
+
+def _join(parts: Sequence[str], sep: str) -> str:
+    out = list(parts)
+    while out and not out[-1]:
+        out.pop()
+    return sep.join(out)
+
+
+def out_string(value: Any, d: Delimiters) -> str:
+    """A FHIR primitive → an escaped ER7 value."""
+    return escape(str(value), d) if value is not None else ""
+
+
+def out_date(value: Any, d: Delimiters) -> str:
+    """FHIR date/dateTime → HL7 DT (``YYYY[MM[DD]]``)."""
+    return str(value)[:10].replace("-", "") if value else ""
+
+
+def out_datetime(value: Any, d: Delimiters) -> str:
+    """FHIR dateTime → HL7 DTM ``YYYYMMDDHHMMSS+ZZZZ``."""
+    if not value:
+        return ""
+    text = str(value)
+    day, _, rest = text.partition("T")
+    out = day.replace("-", "")
+    if rest:
+        m = re.match(r"^(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})?$", rest)
+        if m:
+            zone = m.group(4) or ""
+            out += m.group(1) + m.group(2) + m.group(3)
+            out += "+0000" if zone == "Z" else zone.replace(":", "")
+    return out
+
+
+def out_cx(value: Any, d: Delimiters) -> str:
+    """Identifier → CX: -1 value, -4 assigning authority, -5 type code (table 0203)."""
+    if not isinstance(value, dict) or not value.get("value"):
+        return ""
+    authority = (value.get("assigner") or {}).get("display", "")
+    codings = (value.get("type") or {}).get("coding") or [{}]
+    type_code = codings[0].get("code", "")
+    if not authority and value.get("system") == CIN_SYSTEM:
+        authority, type_code = "MA", type_code or "NNMAR"
+    parts = [escape(value["value"], d), "", "", escape(authority, d), escape(type_code, d)]
+    return _join(parts, d.component)
+
+
+_USE_TO_0200 = {
+    "official": "L",
+    "usual": "D",
+    "maiden": "M",
+    "nickname": "N",
+    "old": "B",
+    "anonymous": "S",
+    "temp": "T",
+}
+
+
+def out_xpn(value: Any, d: Delimiters) -> str:
+    """HumanName → XPN: -1 family, -2 given, -3 further given, -4 suffix, -5 prefix, -7 type."""
+    if not isinstance(value, dict):
+        return ""
+    given = value.get("given") or []
+    parts = [
+        value.get("family", ""),
+        given[0] if given else "",
+        " ".join(given[1:]),
+        " ".join(value.get("suffix") or []),
+        " ".join(value.get("prefix") or []),
+        "",
+        _USE_TO_0200.get(value.get("use", ""), ""),
+    ]
+    return _join([escape(p, d) for p in parts], d.component)
+
+
+def out_xad(value: Any, d: Delimiters) -> str:
+    """Address → XAD: -1/-2 lines, -3 city, -4 state, -5 postal code, -6 country."""
+    if not isinstance(value, dict):
+        return ""
+    lines = value.get("line") or []
+    parts = [
+        lines[0] if lines else "",
+        " ".join(lines[1:]),
+        value.get("city", ""),
+        value.get("state", ""),
+        value.get("postalCode", ""),
+        value.get("country", ""),
+        {"home": "H", "work": "B", "temp": "C", "old": "BA"}.get(value.get("use", ""), ""),
+    ]
+    return _join([escape(p, d) for p in parts], d.component)
+
+
+def out_xtn(value: Any, d: Delimiters) -> str:
+    """ContactPoint → XTN: -1 value, -2 use (table 0201), -3 equipment (table 0202), -4 e-mail."""
+    if not isinstance(value, dict) or not value.get("value"):
+        return ""
+    use = {"home": "PRN", "work": "WPN", "mobile": "PRN"}.get(value.get("use", ""), "")
+    system = value.get("system", "phone")
+    if system == "email":
+        return _join(["", "NET", "Internet", escape(value["value"], d)], d.component)
+    equipment = (
+        "CP" if value.get("use") == "mobile" else {"fax": "FX", "pager": "BP"}.get(system, "PH")
+    )
+    return _join([escape(value["value"], d), use, equipment], d.component)
+
+
+def out_pl(value: Any, d: Delimiters) -> str:
+    """Encounter.location → PL-1..3 from the display the inbound mapping wrote."""
+    if not isinstance(value, dict):
+        return ""
+    display = (value.get("location") or {}).get("display", "")
+    return _join([escape(p, d) for p in display.split("^")], d.component)
+
+
+def out_xcn(value: Any, d: Delimiters) -> str:
+    """Practitioner (or a Reference with an identifier) → XCN: -1 id, -2 family, -3 given."""
+    if not isinstance(value, dict):
+        return ""
+    identifiers = value.get("identifier") or []
+    ident = identifiers[0] if isinstance(identifiers, list) and identifiers else identifiers
+    names = value.get("name") or [{}]
+    name = names[0] if isinstance(names, list) else {}
+    given = name.get("given") or []
+    parts = [
+        ident.get("value", "") if isinstance(ident, dict) else "",
+        name.get("family", ""),
+        given[0] if given else "",
+    ]
+    return _join([escape(p, d) for p in parts], d.component)
+
+
+def out_cwe(value: Any, d: Delimiters) -> str:
+    """CodeableConcept or Coding → CWE: -1 code, -2 display, -3 coding system name."""
+    if not isinstance(value, dict):
+        return ""
+    coding = (value.get("coding") or [value])[0]
+    reverse = {v: k for k, v in CODING_SYSTEMS.items()}
+    system = coding.get("system", "")
+    name = reverse.get(system, "")
+    if not name and system.startswith("http://terminology.hl7.org/CodeSystem/v2-"):
+        name = "HL7" + system.rsplit("-", 1)[1]
+    parts = [coding.get("code", ""), coding.get("display", "") or value.get("text", ""), name]
+    return _join([escape(p, d) for p in parts], d.component)
+
+
+OUTBOUND: dict[str, OutboundTransform] = {
+    "string": out_string,
+    "date": out_date,
+    "datetime": out_datetime,
+    "cx": out_cx,
+    "xpn": out_xpn,
+    "xad": out_xad,
+    "xtn": out_xtn,
+    "pl": out_pl,
+    "xcn": out_xcn,
+    "cwe": out_cwe,
+}
+"""Outbound transforms by the name used in ``function:`` of ``mappings/out`` files."""

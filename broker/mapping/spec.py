@@ -1,0 +1,238 @@
+"""The schema of ``mappings/**.yaml``: strict pydantic models, checked once at load.
+
+An inbound mapping (``mappings/hl7v2/*.yaml``, has ``source:``) reads an HL7 v2 message and
+builds FHIR R4 resources; an outbound mapping (``mappings/out/hl7v2/*.yaml``, has ``target:``)
+reads a canonical message Bundle and writes ER7 segments. Every model forbids unknown keys, so
+a misspelt key is an error that names its file and line (see ``broker.yamlspec``).
+
+Inbound example::
+
+    id: hl7v2-adt
+    source: {format: hl7v2, events: [ADT^A01], versions: ["2.5.1"]}
+    groups:                       # segment groups, v2.5.1 message structures
+      OBSERVATION: {starts: OBX, within: ORDER_OBSERVATION, members: [NTE]}
+    maps:                         # HL7 table → FHIR value; unknown codes give a finding
+      administrative-gender: {values: {F: female, M: male}, default: unknown}
+    resources:
+      - role: patient             # roles name resources for reference: and ids
+        type: Patient
+        each: PATIENT_RESULT      # optional: a group, or a repeating field (PV1-7(*))
+        when: {path: PID-3, present: true}
+        rules:
+          - {target: "identifier[]", from: "PID-3(*)", function: cx_identifier}
+          - {target: gender, from: PID-8, map: administrative-gender}
+          - {target: subject, reference: patient}
+          - target: "participant[]"
+            each: "PV1-7(*)"      # one element per repetition, built by rules:
+            rules: [{target: individual, reference: attending}]
+
+Rule grammar: exactly one of ``from`` (a source path, or a list for multi-field functions),
+``value`` (a constant), ``reference`` (a role) or ``rules`` (a sub-element); optionally
+``function`` *or* ``map``, ``default``, ``when`` and ``note``. Target element paths are dotted
+FHIR element names; ``name[]`` appends to a repeating element and is required for one.
+Source paths follow ``broker.parsing.hl7v2``'s grammar; ``(*)`` reads every repetition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Condition",
+    "GroupSpec",
+    "InboundSpec",
+    "OutFieldSpec",
+    "OutSegmentSpec",
+    "OutboundSpec",
+    "ResourceSpec",
+    "RuleSpec",
+    "SourceSpec",
+    "TargetSpec",
+    "ValueMapSpec",
+]
+
+HL7_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SourceSpec(_Strict):
+    """What an inbound mapping reads: format, message types and versions."""
+
+    format: Literal["hl7v2"]
+    events: list[str] = Field(min_length=1, json_schema_extra={"example": ["ADT^A01"]})
+    """``MSH-9.1^MSH-9.2`` pairs such as ``ADT^A01``."""
+    versions: list[Literal[HL7_VERSIONS]] = Field(min_length=1)  # type: ignore[valid-type]
+    """MSH-12 values this mapping accepts."""
+
+    @model_validator(mode="after")
+    def _events_are_pairs(self) -> SourceSpec:
+        for event in self.events:
+            code, _, trigger = event.partition("^")
+            if not (len(code) == 3 and code.isalnum() and trigger and trigger.isalnum()):
+                msg = f"event {event!r} must be MESSAGE^TRIGGER such as ADT^A01"
+                raise ValueError(msg)
+        return self
+
+
+class TargetSpec(_Strict):
+    """What an outbound mapping writes: format, events and the version sent."""
+
+    format: Literal["hl7v2"]
+    events: list[str] = Field(min_length=1)
+    version: Literal[HL7_VERSIONS] = "2.5.1"  # type: ignore[valid-type]
+    structures: dict[str, str] = {}
+    """Trigger event → message structure for MSH-9.3 (``A04: ADT_A01``)."""
+
+
+class GroupSpec(_Strict):
+    """A segment group (v2.5.1 ch. 2 message structures): where instances start and end.
+
+    An instance starts at each ``starts`` segment inside one instance of ``within`` (the whole
+    message when absent) and runs until the next ``starts`` segment, or, when ``members`` is set,
+    until the first segment that is not a member.
+    """
+
+    starts: str = Field(pattern=r"^[A-Z][A-Z0-9]{2}$")
+    within: str | None = None
+    members: list[str] | None = None
+
+
+class ValueMapSpec(_Strict):
+    """A code → value table (an HL7 table to a FHIR value set), used by rules' ``map:``."""
+
+    note: str | None = None
+    values: dict[str, Any] = Field(min_length=1)
+    default: Any = None
+    """Used for codes not in ``values``; when absent, such codes are dropped with a finding."""
+    system: str | None = None
+    """The HL7 table the codes come from, named in findings (``HL7 table 0001``)."""
+
+
+class Condition(_Strict):
+    """When a rule or resource applies: a source path is present, equals or is in values."""
+
+    path: str
+    present: bool | None = None
+    equals: str | None = None
+    in_: list[str] | None = Field(None, alias="in")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = [self.present is not None, self.equals is not None, self.in_ is not None]
+        if sum(tests) != 1:
+            raise ValueError("a condition needs exactly one of present, equals or in")
+        return self
+
+
+class RuleSpec(_Strict):
+    """One rule: where a value comes from, how it is transformed and where it goes."""
+
+    target: str
+    """FHIR element path inside the resource, e.g. ``identifier[]`` or ``valueQuantity``."""
+    from_: str | list[str] | None = Field(None, alias="from")
+    """Source path(s); a list passes several fields to one function (``[OBX-5, OBX-6]``)."""
+    value: Any = None
+    """A constant instead of ``from``."""
+    reference: str | None = None
+    """A resource role: the nearest instance (or, with ``[]``, all instances in scope)."""
+    function: str | None = None
+    args: dict[str, Any] | None = None
+    map: str | None = None
+    default: Any = None
+    """Value used when the source is empty."""
+    when: Condition | None = None
+    rules: list[RuleSpec] | None = None
+    """Sub-rules that build one element (a dict) for ``target``."""
+    each: str | None = None
+    """With ``rules:``, build one element per repetition of this field (``PV1-7(*)``)."""
+    note: str | None = None
+    """Why the rule exists; cite the v2-to-FHIR IG or the v2.5.1 chapter."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RuleSpec:
+        sources = [
+            self.from_ is not None,
+            self.value is not None,
+            self.reference is not None,
+            self.rules is not None,
+        ]
+        if sum(sources) != 1:
+            raise ValueError("a rule needs exactly one of from, value, reference or rules")
+        if self.function and self.map:
+            raise ValueError("a rule takes either a function or a map, not both")
+        if (self.function or self.map) and self.from_ is None:
+            raise ValueError("function and map apply to values read with from")
+        if self.args is not None and not self.function:
+            raise ValueError("args are given to a function; this rule has none")
+        return self
+
+
+class ResourceSpec(_Strict):
+    """One FHIR resource built per scope instance (the message, or each group instance)."""
+
+    role: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    type: str
+    each: str | None = None
+    """A group name (one resource per group instance) or a repeating field such as
+    ``PV1-7(*)`` (one resource per repetition; inside, ``PV1-7`` reads that repetition)."""
+    when: Condition | None = None
+    focus: bool = False
+    """Listed in MessageHeader.focus."""
+    rules: list[RuleSpec] = Field(min_length=1)
+
+
+class InboundSpec(_Strict):
+    """An inbound mapping file: an HL7 v2 message to a FHIR message Bundle."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str | None = None
+    source: SourceSpec
+    groups: dict[str, GroupSpec] = {}
+    maps: dict[str, ValueMapSpec] = {}
+    resources: list[ResourceSpec] = Field(min_length=1)
+
+
+class OutFieldSpec(_Strict):
+    """One ER7 field written from a canonical element."""
+
+    field: int = Field(ge=1)
+    from_: str | None = Field(None, alias="from")
+    """Dotted FHIR element path in the segment's resource; a list element gives repetitions."""
+    value: str | None = None
+    function: str | None = None
+    map: str | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OutFieldSpec:
+        if (self.from_ is None) == (self.value is None):
+            raise ValueError("a field needs exactly one of from or value")
+        if self.function and self.map:
+            raise ValueError("a field takes either a function or a map, not both")
+        return self
+
+
+class OutSegmentSpec(_Strict):
+    """One ER7 segment written from the first resource of a type."""
+
+    segment: str = Field(pattern=r"^[A-Z][A-Z0-9]{2}$")
+    resource: str
+    """A resource type in the Bundle (``MessageHeader``, ``Patient``, ``Encounter``)."""
+    required: bool = True
+    """Write the segment (with only its set id) even when the resource is absent."""
+    fields: list[OutFieldSpec] = []
+
+
+class OutboundSpec(_Strict):
+    """An outbound mapping file: a canonical FHIR message Bundle to an HL7 v2 message."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str | None = None
+    target: TargetSpec
+    maps: dict[str, ValueMapSpec] = {}
+    segments: list[OutSegmentSpec] = Field(min_length=1)

@@ -1,0 +1,77 @@
+"""The pipeline: the one place that chains parse → map → route for a journalled message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from broker.adapters.spec import AdapterSpec
+from broker.envelope import Envelope, MessageState
+from broker.errors import MessageError
+from broker.mapping import MapContext, MappingSet
+from broker.parsing.hl7v2 import decode, parse
+from broker.routing import route
+
+__all__ = ["envelope_from_journal", "process"]
+
+
+def envelope_from_journal(entry_id: str, fields: Mapping[bytes, bytes]) -> Envelope:
+    """Rebuild the RECEIVED envelope the edge journalled (without the raw bytes)."""
+    return Envelope(
+        id=fields[b"id"].decode(),
+        source=fields[b"source"].decode(),
+        content_type="application/hl7-v2",
+        received_at=datetime.fromisoformat(fields[b"received_at"].decode()),
+        journal_id=entry_id,
+    )
+
+
+def process(
+    envelope: Envelope,
+    raw: bytes,
+    mappings: MappingSet,
+    adapters: Mapping[str, AdapterSpec],
+    subscribers: Sequence[AdapterSpec],
+) -> tuple[Envelope, list[AdapterSpec]]:
+    """Run one message through parse → map → route.
+
+    Returns:
+        The envelope in its new state (ROUTED, FILTERED or FAILED with a reason) and the
+        subscribers it must be delivered to. Never raises for a bad message.
+    """
+    source = adapters.get(envelope.source)
+    charset = source.charset if source else "utf-8"
+    timezone = source.timezone if source else "Africa/Casablanca"
+    try:
+        message = parse(decode(raw, charset))
+        msh = message.msh
+        envelope = envelope.model_copy(
+            update={
+                "event": message.event,
+                "version": message.version,
+                "control_id": message.control_id,
+                "correlation_id": message.control_id,
+                "sender": f"{msh.value(3)}^{msh.value(4)}",
+            }
+        )
+        ctx = MapContext(
+            envelope_id=envelope.id,
+            source=envelope.source,
+            timezone=timezone,
+            received_at=envelope.received_at,
+        )
+        result = mappings.map_hl7v2(message, ctx)
+    except MessageError as exc:
+        failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
+        return failed, []
+    envelope = envelope.model_copy(
+        update={
+            "bundle": result.bundle,
+            "findings": result.findings,
+            "mappings": result.mappings,
+            "partition_key": result.partition_key,
+        }
+    )
+    destinations = route(envelope, subscribers)
+    state = MessageState.ROUTED if destinations else MessageState.FILTERED
+    return envelope.model_copy(update={"state": state}), destinations

@@ -1,0 +1,50 @@
+"""Tests of GET /api/messages/{envelope_id}."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from broker import keys
+from broker.api import create_app
+from broker.envelope import Envelope
+from broker.settings import Settings
+
+TOKEN = "synthetic-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(name="client")
+def fixture_client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
+    settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN))
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_stored_envelope_is_returned(client: TestClient, redis_client: redis.Redis) -> None:
+    """The envelope JSON stored at pl:env:<id> is returned as it was stored."""
+    envelope = Envelope(source="chu-rabat-adt", event="ADT^A01", control_id="SYN1")
+    redis_client.set(keys.envelope(envelope.id), envelope.model_dump_json())
+    reply = client.get(f"/api/messages/{envelope.id}", headers=AUTH)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert Envelope.model_validate(reply.json()) == envelope
+
+
+def test_unknown_id_is_404(client: TestClient) -> None:
+    """An id with no stored envelope is a 404."""
+    reply = client.get("/api/messages/0123456789abcdef0123456789ab", headers=AUTH)
+    assert reply.status_code == 404
+
+
+@pytest.mark.parametrize("bad_id", ["*", "a:b", "x" * 65])
+def test_ids_outside_the_id_alphabet_are_404(
+    client: TestClient, redis_client: redis.Redis, bad_id: str
+) -> None:
+    """Ids with pattern or separator characters never reach Redis and answer 404."""
+    redis_client.set(keys.envelope(bad_id), "{}")
+    assert client.get(f"/api/messages/{bad_id}", headers=AUTH).status_code == 404

@@ -1,0 +1,140 @@
+"""End to end on the real stack: MLLP in, FHIR REST and MLLP out, nothing lost."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+import pytest
+
+from broker import keys
+from broker.ack import read_ack
+from broker.adapters.mllp import MllpClient
+from broker.parsing.hl7v2 import parse
+from broker.synthetic import adt, oru_r01, patients, stream
+from broker.testing import wait_until
+
+pytestmark = pytest.mark.integration
+_ids = itertools.count(1)
+
+
+def control_id(prefix: str) -> str:
+    return f"{prefix}{next(_ids):06d}"
+
+
+def send_all(port: int, messages: list[str]) -> list[str]:
+    """Send each message on one connection, returning the ACK codes."""
+    codes = []
+    with MllpClient("127.0.0.1", port, timeout=10) as client:
+        for text in messages:
+            codes.append(read_ack(client.send(text.encode("utf-8"))).code)
+    return codes
+
+
+def journalled(stack, control: str) -> bool:
+    for partition in range(stack.settings.partitions):
+        for _, fields in stack.redis.xrange(keys.inbound(partition)):
+            if parse(fields[b"raw"].decode("utf-8")).control_id == control:
+                return True
+    return False
+
+
+class TestAcknowledgment:
+    def test_aa_comes_after_the_journal_append(self, stack):
+        """When the sender holds an AA, the raw message is already in the journal stream."""
+        patient = patients(1, seed=101)[0]
+        cid = control_id("JRN")
+        with MllpClient("127.0.0.1", stack.inbound_port, timeout=10) as client:
+            ack = read_ack(client.send(adt(patient, "A01", control_id=cid).encode()))
+            assert ack.code == "AA"
+            assert ack.control_id == cid
+            assert journalled(stack, cid)
+
+    def test_garbage_is_answered_and_kept_and_the_listener_stays_up(self, stack):
+        """Non-HL7 bytes get AE, an unmapped type gets AR; both are kept; the listener goes on."""
+        before = stack.redis.xlen(keys.REJECTED)
+        with MllpClient("127.0.0.1", stack.inbound_port, timeout=10) as client:
+            garbage = read_ack(client.send(b"\x00\x01 this is not HL7 at all"))
+            unmapped_text = adt(patients(1, seed=7)[0], "A01", control_id="UNMAPPED1").replace(
+                "ADT^A01^ADT_A01", "ADT^A17^ADT_A17", 1
+            )
+            unmapped = read_ack(client.send(unmapped_text.encode()))
+            good = read_ack(
+                client.send(
+                    adt(patients(1, seed=8)[0], "A04", control_id=control_id("OK")).encode()
+                )
+            )
+        assert garbage.code == "AE"
+        assert unmapped.code == "AR"
+        assert "ADT^A17" in unmapped.text
+        assert good.code == "AA"
+        assert stack.redis.xlen(keys.REJECTED) == before + 2
+
+    def test_a_duplicate_gets_the_stored_ack_and_is_processed_once(self, stack):
+        """The same MSH-3/4/10 twice: the same ACK back, one delivery."""
+        patient = patients(1, seed=202)[0]
+        cid = control_id("DUP")
+        text = adt(patient, "A08", control_id=cid).encode()
+        with MllpClient("127.0.0.1", stack.inbound_port, timeout=10) as client:
+            first = client.send(text)
+            second = client.send(text)
+        assert first == second
+        assert wait_until(lambda: cid in stack.lab.control_ids(), 30), stack.logs()
+        assert stack.lab.control_ids().count(cid) == 1
+
+
+class TestDelivery:
+    def test_every_message_reaches_both_subscribers_in_patient_order(self, stack):
+        """ADT goes to the FHIR server and the legacy lab, ORU to the FHIR server; valid FHIR."""
+        stack.lab.clear()
+        fhir_before = stack.fhir.count
+        messages = list(
+            stream(
+                60,
+                seed=303,
+                mix={"ADT^A01": 1, "ADT^A08": 1, "ORU^R01": 1},
+                n_obx=5,
+                control_prefix="FLOW",
+            )
+        )
+        adts = [(p, e, t) for p, e, t in messages if e.startswith("ADT")]
+        codes = send_all(stack.inbound_port, [t for _, _, t in messages])
+        assert codes == ["AA"] * len(messages)
+        assert wait_until(lambda: stack.fhir.count - fhir_before >= len(messages), 60), stack.logs()
+        assert wait_until(lambda: stack.lab.unique_count >= len(adts), 60), stack.logs()
+        assert stack.fhir.invalid == 0
+        order = defaultdict(list)
+        for captured in stack.lab.messages:
+            order[parse(captured.text).get("PID-3.1")].append(captured.control_id)
+        for sent in order.values():
+            assert sent == sorted(sent)
+
+    def test_a_subscriber_that_is_down_then_up_receives_everything(self, stack):
+        """Messages sent while both subscribers refuse are delivered once they come back."""
+        stack.lab.clear()
+        stack.fhir.mode = "error"
+        stack.lab.mode = "error"
+        batch = [adt(p, "A04", control_id=control_id("DOWN")) for p in patients(10, seed=404)]
+        fhir_before = stack.fhir.count
+        assert send_all(stack.inbound_port, batch) == ["AA"] * len(batch)
+        assert not wait_until(
+            lambda: stack.lab.unique_count >= len(batch) and stack.lab.mode == "ack", 2
+        )
+        stack.fhir.mode = "ok"
+        stack.lab.mode = "ack"
+        wanted = {parse(t).control_id for t in batch}
+        assert wait_until(lambda: wanted <= set(stack.lab.control_ids()), 60), stack.logs()
+        assert wait_until(lambda: stack.fhir.count - fhir_before >= len(batch), 60), stack.logs()
+
+    def test_an_oru_with_twenty_results_arrives_as_one_transaction(self, stack):
+        """A 20-OBX ORU^R01 becomes one transaction Bundle holding its Observations."""
+        patient = patients(1, seed=505)[0]
+        before = stack.fhir.count
+        assert send_all(stack.inbound_port, [oru_r01(patient, control_id=control_id("ORU"))]) == [
+            "AA"
+        ]
+        assert wait_until(lambda: stack.fhir.count > before, 30), stack.logs()
+        bundle = stack.fhir.received[-1]
+        kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+        assert kinds.count("Observation") == 20
+        assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
