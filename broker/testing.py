@@ -50,3 +50,101 @@ def write_adapter(directory: Path, spec: dict[str, Any]) -> Path:
     path = directory / f"{spec['id']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+class LoopbackStack:
+    """The whole broker as separate processes, with capture subscribers on loopback.
+
+    One inbound MLLP adapter (``chu-rabat-adt``), a FHIR REST subscriber (``dmp-national``, a
+    :class:`~broker.peers.fhir_capture.FhirCapture`) and an MLLP subscriber (``lab-legacy``, a
+    :class:`~broker.peers.mllp_capture.MllpCapture`), all on free ports; used by the integration
+    tests and ``make bench``.
+
+    Usage::
+
+        with LoopbackStack(tmp_path, workers=2) as stack:
+            ...  # send to 127.0.0.1:stack.inbound_port
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fhir_validate: bool = True,
+        retry: dict[str, Any] | None = None,
+        ack_timeout_s: float = 2.0,
+        **settings: Any,
+    ) -> None:
+        from broker.peers.fhir_capture import FhirCapture
+        from broker.peers.mllp_capture import MllpCapture
+        from broker.settings import Settings
+
+        self.data_dir = data_dir
+        self.fhir = FhirCapture(validate=fhir_validate, keep_bundles=fhir_validate)
+        self.lab = MllpCapture()
+        self.inbound_port = free_port()
+        self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
+        self._ack_timeout_s = ack_timeout_s
+        self._settings_overrides = settings
+        self.settings: Settings | None = None
+        self.supervisor: Any = None
+        self.redis: Any = None
+        self._settings_cls = Settings
+
+    def __enter__(self) -> LoopbackStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the peers, write the registrations, start the broker, wait for the listener."""
+        import redis
+
+        from broker.supervisor import Supervisor
+
+        fhir_port = self.fhir.start_in_thread()
+        _, lab_port = self.lab.start_in_thread()
+        adapters = self.data_dir / "adapters"
+        write_adapter(adapters, {"id": "chu-rabat-adt", "name": "CHU Rabat", "direction": "inbound",
+                                 "transport": "mllp", "listen": f"127.0.0.1:{self.inbound_port}"})
+        write_adapter(adapters, {"id": "dmp-national", "name": "DMP", "direction": "outbound",
+                                 "transport": "fhir-rest", "url": f"http://127.0.0.1:{fhir_port}/fhir",
+                                 "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
+                                 "retry": self._retry})
+        write_adapter(adapters, {"id": "lab-legacy", "name": "Lab", "direction": "outbound",
+                                 "transport": "mllp", "connect": f"127.0.0.1:{lab_port}",
+                                 "subscribe": {"events": ["ADT^*"]}, "ack_timeout_s": self._ack_timeout_s,
+                                 "retry": self._retry})
+        options: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "adapters_dir": adapters,
+            "http_port": free_port(),
+            "api_token": "loopback-stack-token",
+            **self._settings_overrides,
+        }
+        self.settings = self._settings_cls(**options)
+        self.supervisor = Supervisor(self.settings, log_dir=self.data_dir / "logs")
+        self.supervisor.start()
+        self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
+        if not wait_for_port("127.0.0.1", self.inbound_port, 30):
+            self.stop()
+            msg = f"the MLLP listener did not start; logs:\n{self.logs()}"
+            raise RuntimeError(msg)
+
+    def stop(self) -> None:
+        """Stop the broker and the peers."""
+        if self.redis is not None:
+            self.redis.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        self.fhir.stop()
+        self.lab.stop()
+
+    def logs(self, tail: int = 4000) -> str:
+        """The end of every child's log, for failure messages."""
+        out = []
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
+        return "\n".join(out)

@@ -18,6 +18,7 @@ import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -75,6 +76,7 @@ def _dotted(key: Key) -> str:
 class _Where:
     file: str
     lines: LineMap
+    versions: tuple[str, ...] = ()
 
     def error(self, key: Key, reason: str) -> MappingSpecError:
         line = None
@@ -248,11 +250,38 @@ class _Source:
         return SourceValue(raw, segment, p, p.repetition)
 
 
+@lru_cache(maxsize=512)
+def _field_count(segment: str, version: str) -> int | None:
+    """How many fields hl7apy's reference tables define for a segment, None if unknown."""
+    from hl7apy import load_reference
+    from hl7apy.exceptions import HL7apyException
+
+    try:
+        reference = load_reference(segment, "Segment", version)
+    except (HL7apyException, KeyError, ValueError):
+        return None
+    return len(reference[1])
+
+
+def _check_exists(path: Path, text: str, where: _Where, key: Key) -> None:
+    # Z-segments are site-defined (v2.5.1 §2.8.2): no reference table knows them.
+    if path.segment.startswith("Z") or not where.versions:
+        return
+    counts = [c for c in (_field_count(path.segment, v) for v in where.versions) if c is not None]
+    if not counts:
+        versions = ", ".join(where.versions)
+        raise where.error(key, f"{text!r}: {path.segment} is not a segment of HL7 v{versions}")
+    if path.field > max(counts):
+        reason = f"{text!r}: {path.segment} has {max(counts)} fields in the declared versions"
+        raise where.error(key, reason)
+
+
 def _source(text: str, where: _Where, key: Key) -> _Source:
     try:
         path = parse_path(text)
     except ValueError as exc:
         raise where.error(key, str(exc)) from None
+    _check_exists(path, text, where, key)
     head = text.strip().split("-", 1)[0]
     return _Source(text, path, head.endswith("(*)"))
 
@@ -852,7 +881,7 @@ def compile_inbound(spec: InboundSpec, file: str, lines: LineMap, sha256: str) -
     Raises:
         MappingSpecError: naming the file, line and key of the first problem.
     """
-    where = _Where(file, lines)
+    where = _Where(file, lines, tuple(spec.source.versions))
     order = _group_order(spec, where)
     roles = [r.role for r in spec.resources]
     for index, role in enumerate(roles):

@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import itertools
 import json
@@ -164,6 +165,7 @@ class FhirCapture:
         self._received: list[dict[str, Any]] = []
         self._received_count = 0
         self._control_ids: list[str] = []
+        self._arrivals: list[float] = []
         self._resources: dict[str, StoredResource] = {}
         self._statuses: Counter[int] = Counter()
         self._plain_creates: Counter[str] = Counter()
@@ -311,6 +313,11 @@ class FhirCapture:
         with self._lock:
             return list(self._control_ids)
 
+    def arrivals(self) -> list[tuple[str, float]]:
+        """``(Bundle.identifier.value, epoch seconds)`` of every accepted Bundle, in order."""
+        with self._lock:
+            return list(zip(self._control_ids, self._arrivals, strict=True))
+
     def duplicate_control_ids(self) -> dict[str, int]:
         """Identifier values received more than once → how many times."""
         with self._lock:
@@ -344,6 +351,7 @@ class FhirCapture:
             self._received.clear()
             self._received_count = 0
             self._control_ids.clear()
+            self._arrivals.clear()
             self._resources.clear()
             self._statuses.clear()
             self._plain_creates.clear()
@@ -578,6 +586,7 @@ class FhirCapture:
         )
         if isinstance(identifier, dict) and identifier.get("value"):
             self._control_ids.append(str(identifier["value"]))
+            self._arrivals.append(time.time())
 
 
 @dataclass(frozen=True, slots=True)

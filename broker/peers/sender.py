@@ -41,6 +41,7 @@ class MessageOutcome:
         latency_s: seconds from sending the frame to receiving the reply (last attempt).
         attempts: how many times it was sent.
         error: ``timeout`` or ``connection`` when no reply came.
+        sent_at: wall-clock time (epoch seconds) of the last attempt, for end-to-end latency.
     """
 
     index: int
@@ -48,6 +49,7 @@ class MessageOutcome:
     latency_s: float | None
     attempts: int
     error: str | None = None
+    sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -190,17 +192,18 @@ async def send_messages(
         while True:
             attempts += 1
             sent_at = time.perf_counter()
+            wall = time.time()
             try:
                 reply = await client.send(payloads[index])
             except MllpError as exc:  # MllpTimeout or MllpConnectionError
                 error = "timeout" if isinstance(exc, MllpTimeout) else "connection"
                 if attempts <= retries:
                     continue  # AsyncMllpClient reconnects on the next send
-                outcomes[index] = MessageOutcome(index, None, None, attempts, error)
+                outcomes[index] = MessageOutcome(index, None, None, attempts, error, wall)
                 return
             latency = time.perf_counter() - sent_at
             latencies.append(latency)
-            outcomes[index] = MessageOutcome(index, ack_code(reply), latency, attempts)
+            outcomes[index] = MessageOutcome(index, ack_code(reply), latency, attempts, None, wall)
             return
 
     async def worker(number: int) -> None:

@@ -147,3 +147,24 @@ def test_public_surface() -> None:
     assert broker.canonical.__all__ == ["validate_bundle"]
     for name in broker.mapping.__all__:
         assert getattr(broker.mapping, name).__doc__
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        pytest.param("PID-99", "PID has 39 fields", id="field-beyond-segment"),
+        pytest.param("QQQ-1", "not a segment of HL7", id="unknown-segment"),
+    ],
+)
+def test_source_paths_exist_in_declared_versions(tmp_path: Path, path: str, reason: str) -> None:
+    """A source path beyond hl7apy's reference structure for the declared versions is refused."""
+    with pytest.raises(MappingSpecError) as caught:
+        MappingSet.load(write(tmp_path, GOOD.replace("from: PID-7", f"from: {path}")))
+    assert caught.value.key == "resources[0].rules[0].from"
+    assert reason in caught.value.reason
+
+
+def test_z_segments_need_no_reference(tmp_path: Path) -> None:
+    """Site Z-segments are accepted without a reference structure."""
+    text = GOOD.replace("from: PID-7", "from: ZPI-3").replace("function: date", "function: date")
+    assert MappingSet.load(write(tmp_path, text)).supports("ADT^A01", "2.5.1")

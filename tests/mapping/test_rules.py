@@ -197,7 +197,9 @@ def test_full_validation_mode_validates_every_resource(tmp_path: Path) -> None:
     assert result.bundle["entry"][1]["resource"]["birthDate"] == "1962-03-12"
 
 
-def test_failing_function_is_a_mapping_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_function_is_a_mapping_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exception inside a transform becomes a MappingError naming the file, rule and source path."""
     from broker.errors import MappingError
     from broker.mapping import functions
@@ -206,13 +208,16 @@ def test_failing_function_is_a_mapping_error(tmp_path: Path, monkeypatch: pytest
         raise ZeroDivisionError
 
     monkeypatch.setitem(functions.INBOUND, "boom", functions.Transform(boom, "string"))
-    mappings = load(tmp_path, """\
+    mappings = load(
+        tmp_path,
+        """\
         resources:
           - role: patient
             type: Patient
             rules:
               - {target: "name[]", rules: [{target: text, from: PID-5, function: boom}]}
-        """)
+        """,
+    )
     with pytest.raises(MappingError) as caught:
         mappings.map_hl7v2(parse(MSG), CTX)
     err = caught.value
