@@ -28,6 +28,8 @@ from broker.peers.sender import SendResult, patient_key, send_messages
 from broker.synthetic import stream
 from broker.testing import LoopbackStack, wait_until
 
+from benchmarks.peers import RemotePeer
+
 
 def _pct(values: list[float], p: float) -> float:
     if not values:
@@ -111,8 +113,9 @@ def main() -> None:
     warm = [t for _, _, t in stream(200, seed=13, mix={"ADT^A01": 1, "ORU^R01": 1}, control_prefix="BW")]
     print(f"Passerelle benchmark: {os.cpu_count()} cores, {args.workers} worker processes, {args.partitions} partitions, "
           f"AOF appendfsync {args.appendfsync}, {args.connections} MLLP connections")
+    peers = (RemotePeer("fhir", validate=False, keep_bundles=False), RemotePeer("mllp"))
     with tempfile.TemporaryDirectory(prefix="passerelle-bench-") as tmp, LoopbackStack(
-        Path(tmp), fhir_validate=False, workers=args.workers, partitions=args.partitions,
+        Path(tmp), peers=peers, workers=args.workers, partitions=args.partitions,
         appendfsync=args.appendfsync, log_level="WARNING",
     ) as stack:
         run_phase(stack, "warm-up", warm, args.connections, to_lab=False)

@@ -73,6 +73,7 @@ class LoopbackStack:
         fhir_validate: bool = True,
         retry: dict[str, Any] | None = None,
         ack_timeout_s: float = 2.0,
+        peers: tuple[Any, Any] | None = None,
         **settings: Any,
     ) -> None:
         from broker.peers.fhir_capture import FhirCapture
@@ -80,8 +81,10 @@ class LoopbackStack:
         from broker.settings import Settings
 
         self.data_dir = data_dir
-        self.fhir = FhirCapture(validate=fhir_validate, keep_bundles=fhir_validate)
-        self.lab = MllpCapture()
+        # `peers` replaces the in-process captures (the benchmark runs them in other processes).
+        if peers is None:
+            peers = (FhirCapture(validate=fhir_validate, keep_bundles=fhir_validate), MllpCapture())
+        self.fhir, self.lab = peers
         self.inbound_port = free_port()
         self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
         self._ack_timeout_s = ack_timeout_s

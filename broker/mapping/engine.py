@@ -14,6 +14,7 @@ or, for a list target (``result[]``), every instance inside the current scope.
 
 from __future__ import annotations
 
+import re
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -291,10 +292,14 @@ def _source(text: str, where: _Where, key: Key) -> _Source:
 
 @dataclass(frozen=True)
 class _Condition:
-    source: _Source
+    source: _Source | None
+    """None for a segment test (``path: PV1``): is the segment in scope?"""
+    segment: str
     spec: Condition
 
     def holds(self, scope: Scope) -> bool:
+        if self.source is None:
+            return bool(scope.find(self.segment)) == self.spec.present
         value = self.source.first(scope)
         if self.spec.present is not None:
             return (value is not None) == self.spec.present
@@ -304,10 +309,18 @@ class _Condition:
         return code in (self.spec.in_ or ())
 
 
+_SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+
 def _condition(spec: Condition | None, where: _Where, key: Key) -> _Condition | None:
     if spec is None:
         return None
-    return _Condition(_source(spec.path, where, (*key, "path")), spec)
+    if _SEGMENT.match(spec.path):
+        if spec.present is None:
+            reason = "a segment name alone can only be tested with present: true|false"
+            raise where.error((*key, "path"), reason)
+        return _Condition(None, spec.path, spec)
+    return _Condition(_source(spec.path, where, (*key, "path")), "", spec)
 
 
 @dataclass(frozen=True)

@@ -128,18 +128,15 @@ class SourceValue:
 class Env:
     """What a transform may use about the current message: context, findings and locations."""
 
-    __slots__ = ("findings", "message", "source", "timezone")
+    __slots__ = ("findings", "message", "sender", "source", "timezone")
 
     def __init__(self, message: Message, timezone: str, source: str) -> None:
         self.message = message
         self.timezone = timezone
         self.source = source
-        self.findings: list[Finding] = []
-
-    @property
-    def sender(self) -> str:
+        self.sender = message.msh.value(4)
         """MSH-4.1, the sending facility."""
-        return self.message.msh.value(4)
+        self.findings: list[Finding] = []
 
     def location(self, value: SourceValue) -> str:
         """Name where ``value`` sits: ``PID-7``, ``OBX[3]-5``, ``PID-3(2)``; never the value."""
@@ -271,7 +268,8 @@ def fn_date(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | 
     v = _first(values)
     if v is None:
         return None
-    result = hl7_date(v.text)
+    # TS (v2.3-v2.5.1) is DTM^degree of precision: the time is component 1.
+    result = hl7_date(v.comp(1))
     if result is None:
         env.warn(
             "invalid-date",
@@ -287,7 +285,7 @@ def fn_datetime(values: Sequence[SourceValue | None], env: Env, args: Any) -> st
     v = _first(values)
     if v is None:
         return None
-    result = hl7_datetime(v.text, env.timezone)
+    result = hl7_datetime(v.comp(1), env.timezone)
     if result is None:
         env.warn(
             "invalid-date",

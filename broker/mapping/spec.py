@@ -114,7 +114,10 @@ class ValueMapSpec(_Strict):
 
 
 class Condition(_Strict):
-    """When a rule or resource applies: a source path is present, equals or is in values."""
+    """When a rule or resource applies: a source path is present, equals or is in values.
+
+    ``path`` may also be a bare segment name (``PV1``) tested with ``present``.
+    """
 
     path: str
     present: bool | None = None

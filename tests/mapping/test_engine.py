@@ -206,3 +206,27 @@ def test_invalid_number_names_the_segment_occurrence(mappings: MappingSet, ctx: 
     assert (finding.code, finding.location) == ("invalid-number", "OBX[2]-5")
     assert "1,32" not in finding.message
     validate_bundle(result.bundle)
+
+
+def test_ts_with_degree_of_precision(mappings: MappingSet, ctx: MapContext) -> None:
+    """A TS sent with its degree-of-precision component (PV1-44 = DTM^M, v2.3) reads its DTM."""
+    text = (
+        (SAMPLES / "adt_a01_v23.hl7")
+        .read_bytes()
+        .decode()
+        .replace("|20240315101500", "|20240315101500^M")
+    )
+    result = mappings.map_hl7v2(parse(text), ctx)
+    assert (
+        resources(result.bundle, "Encounter")[0]["period"]["start"] == "2024-03-15T10:15:00+00:00"
+    )
+    assert result.findings == ()
+
+
+def test_no_pv1_no_encounter(mappings: MappingSet, ctx: MapContext) -> None:
+    """An A08 without PV1 gives a Patient and no empty Encounter."""
+    text = (SAMPLES / "adt_a08.hl7").read_bytes().decode()
+    text = "\r".join(s for s in text.split("\r") if not s.startswith("PV1"))
+    bundle = mappings.map_hl7v2(parse(text), ctx).bundle
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["MessageHeader", "Patient"]
+    assert bundle["entry"][0]["resource"]["focus"] == [{"reference": bundle["entry"][1]["fullUrl"]}]
