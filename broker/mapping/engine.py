@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import typing
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,22 @@ V2_0003 = "http://terminology.hl7.org/CodeSystem/v2-0003"
 Key = tuple[str | int, ...]
 
 
+_NAMESPACE_BYTES = NAMESPACE.bytes
+
+
 def resource_id(source: str, control_id: str, role: str) -> str:
-    """A deterministic resource id: uuid5 of the source adapter, MSH-10 and the resource role."""
-    return str(uuid.uuid5(NAMESPACE, f"{source}|{control_id}|{role}"))
+    """A deterministic resource id: uuid5 of the source adapter, MSH-10 and the resource role.
+
+    Computed as RFC 4122 §4.3 describes (SHA-1 of namespace + name, version and variant bits
+    set) without building ``uuid.UUID`` objects: equal to ``uuid.uuid5`` and a third of its cost,
+    which showed in the worker profile (several ids per message).
+    """
+    name = f"{source}|{control_id}|{role}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fhir_model(type_name: str) -> type[BaseModel] | None:
