@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import RemotePeer
 from broker import keys
 from broker.peers.sender import SendResult, patient_key, send_messages
 from broker.synthetic import stream
 from broker.testing import LoopbackStack, wait_until
-
-from benchmarks.peers import RemotePeer
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -54,19 +53,34 @@ def _envelope_control_ids(stack: LoopbackStack, envelope_ids: list[str]) -> dict
     return out
 
 
-def run_phase(stack: LoopbackStack, name: str, messages: list[str], connections: int, to_lab: bool) -> dict[str, Any]:
+def run_phase(
+    stack: LoopbackStack, name: str, messages: list[str], connections: int, to_lab: bool
+) -> dict[str, Any]:
     """Send one batch and wait until every subscriber that wants it has it."""
     fhir_before = set(stack.fhir.envelope_ids)
     lab_before = stack.lab.count
     started = time.time()
-    result: SendResult = asyncio.run(send_messages("127.0.0.1", stack.inbound_port, messages, connections=connections, key=patient_key, timeout=30))
+    result: SendResult = asyncio.run(
+        send_messages(
+            "127.0.0.1",
+            stack.inbound_port,
+            messages,
+            connections=connections,
+            key=patient_key,
+            timeout=30,
+        )
+    )
     ack_done = time.time()
     n = len(messages)
     fhir_done = wait_until(lambda: len(stack.fhir.envelope_ids - fhir_before) >= n, 600, 0.2)
-    lab_done = (not to_lab) or wait_until(lambda: stack.lab.unique_count >= lab_before + n, 600, 0.2)
+    lab_done = (not to_lab) or wait_until(
+        lambda: stack.lab.unique_count >= lab_before + n, 600, 0.2
+    )
     if not (fhir_done and lab_done):
         print(f"  {name}: not everything was delivered within 10 minutes")
-    sent_at = {cid: o.sent_at for cid, o in zip(_control_ids(messages), result.outcomes, strict=True)}
+    sent_at = {
+        cid: o.sent_at for cid, o in zip(_control_ids(messages), result.outcomes, strict=True)
+    }
     arrival: dict[str, float] = {}
     fhir_arrivals = [(e, t) for e, t in stack.fhir.arrivals() if e not in fhir_before]
     by_envelope = _envelope_control_ids(stack, [e for e, _ in fhir_arrivals])
@@ -99,45 +113,87 @@ def run_phase(stack: LoopbackStack, name: str, messages: list[str], connections:
 
 def main() -> None:
     """Parse arguments, run the phases, print the table and save the figures as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adt", type=int, default=5000, help="ADT^A01 messages (default 5000)")
-    parser.add_argument("--oru", type=int, default=5000, help="ORU^R01 messages with 20 OBX (default 5000)")
+    parser.add_argument(
+        "--oru", type=int, default=5000, help="ORU^R01 messages with 20 OBX (default 5000)"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4, help="Celery worker processes")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--appendfsync", choices=["everysec", "always"], default="everysec")
     args = parser.parse_args()
 
-    adt = [t for _, _, t in stream(args.adt, seed=11, mix={"ADT^A01": 1}, n_patients=max(1, args.adt // 5), control_prefix="BA")]
-    oru = [t for _, _, t in stream(args.oru, seed=12, mix={"ORU^R01": 1}, n_patients=max(1, args.oru // 5), n_obx=20, control_prefix="BO")]
-    warm = [t for _, _, t in stream(200, seed=13, mix={"ADT^A01": 1, "ORU^R01": 1}, control_prefix="BW")]
-    print(f"Passerelle benchmark: {os.cpu_count()} cores, {args.workers} worker processes, {args.partitions} partitions, "
-          f"AOF appendfsync {args.appendfsync}, {args.connections} MLLP connections")
+    adt = [
+        t
+        for _, _, t in stream(
+            args.adt,
+            seed=11,
+            mix={"ADT^A01": 1},
+            n_patients=max(1, args.adt // 5),
+            control_prefix="BA",
+        )
+    ]
+    oru = [
+        t
+        for _, _, t in stream(
+            args.oru,
+            seed=12,
+            mix={"ORU^R01": 1},
+            n_patients=max(1, args.oru // 5),
+            n_obx=20,
+            control_prefix="BO",
+        )
+    ]
+    warm = [
+        t for _, _, t in stream(200, seed=13, mix={"ADT^A01": 1, "ORU^R01": 1}, control_prefix="BW")
+    ]
+    print(
+        f"Passerelle benchmark: {os.cpu_count()} cores, {args.workers} worker processes, {args.partitions} partitions, "
+        f"AOF appendfsync {args.appendfsync}, {args.connections} MLLP connections"
+    )
     peers = (RemotePeer("fhir", validate=False, keep_bundles=False), RemotePeer("mllp"))
-    with tempfile.TemporaryDirectory(prefix="passerelle-bench-") as tmp, LoopbackStack(
-        Path(tmp), peers=peers, workers=args.workers, partitions=args.partitions,
-        appendfsync=args.appendfsync, log_level="WARNING",
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="passerelle-bench-") as tmp,
+        LoopbackStack(
+            Path(tmp),
+            peers=peers,
+            workers=args.workers,
+            partitions=args.partitions,
+            appendfsync=args.appendfsync,
+            log_level="WARNING",
+        ) as stack,
+    ):
         run_phase(stack, "warm-up", warm, args.connections, to_lab=False)
         stack.lab.clear()
         rows = []
         if adt:
-            rows.append(run_phase(stack, "ADT^A01 -> FHIR + MLLP", adt, args.connections, to_lab=True))
+            rows.append(
+                run_phase(stack, "ADT^A01 -> FHIR + MLLP", adt, args.connections, to_lab=True)
+            )
         if oru:
-            rows.append(run_phase(stack, "ORU^R01 20 OBX -> FHIR", oru, args.connections, to_lab=False))
+            rows.append(
+                run_phase(stack, "ORU^R01 20 OBX -> FHIR", oru, args.connections, to_lab=False)
+            )
         duplicates = sum(n - 1 for n in stack.fhir.duplicate_control_ids().values())
     header = f"{'phase':26} {'msgs':>6} {'AA':>6} {'deliv':>6} {'ACK/s':>8} {'e2e/s':>8} {'ACK p50':>8} {'ACK p99':>8} {'e2e p50':>8} {'e2e p99':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['phase']:26} {r['messages']:>6} {r['acked_AA']:>6} {r['delivered']:>6} {r['ack_rate_per_s']:>8.0f} "
-              f"{r['sustained_per_s']:>8.0f} {r['ack_p50_ms']:>6.1f}ms {r['ack_p99_ms']:>6.1f}ms "
-              f"{r['e2e_p50_ms']:>6.0f}ms {r['e2e_p99_ms']:>6.0f}ms")
+        print(
+            f"{r['phase']:26} {r['messages']:>6} {r['acked_AA']:>6} {r['delivered']:>6} {r['ack_rate_per_s']:>8.0f} "
+            f"{r['sustained_per_s']:>8.0f} {r['ack_p50_ms']:>6.1f}ms {r['ack_p99_ms']:>6.1f}ms "
+            f"{r['e2e_p50_ms']:>6.0f}ms {r['e2e_p99_ms']:>6.0f}ms"
+        )
     print(f"duplicate FHIR deliveries: {duplicates}")
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / time.strftime("bench-%Y%m%d-%H%M%S.json")
-    path.write_text(json.dumps({"args": vars(args), "rows": rows, "duplicates": duplicates}, indent=2))
+    path.write_text(
+        json.dumps({"args": vars(args), "rows": rows, "duplicates": duplicates}, indent=2)
+    )
     print(f"figures saved to {path}")
 
 

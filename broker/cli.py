@@ -168,6 +168,8 @@ def translate(
     """Translate one message with the mappings, offline; the result alone goes to stdout."""
     from broker.translate import translate as run
 
+    # stdout carries the result alone; anything a library logs goes to stderr, errors only.
+    configure_logging("console", "ERROR")
     if to not in ("canonical", "fhir", "hl7v2"):
         _fail(f"--to must be canonical, fhir or hl7v2, not {to!r}", 2)
     settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
@@ -191,6 +193,7 @@ def demo(
     from broker.demo import run_demo
 
     settings = _settings(data_dir=data_dir or Path("var/demo"))
+    configure_logging(settings.log_format, "WARNING")  # the demo's own progress lines are the output
     sys.exit(run_demo(settings, messages))
 
 

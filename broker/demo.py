@@ -20,7 +20,7 @@ from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.errors import BrokerError
 from broker.peers.fhir_capture import FhirCapture
 from broker.peers.mllp_capture import MllpCapture
-from broker.peers.sender import send_messages
+from broker.peers.sender import SendResult, send_messages
 from broker.settings import Settings
 from broker.supervisor import Supervisor
 from broker.synthetic import stream
@@ -182,7 +182,7 @@ def run_demo(settings: Settings, count: int = 100, out: TextIO = sys.stdout) -> 
         mllp.stop()
 
 
-async def _send_all(hospitals: list[_Outgoing]) -> list[object]:
+async def _send_all(hospitals: list[_Outgoing]) -> list[SendResult]:
     tasks = []
     for source in hospitals:
         host, port = source.adapter.host_port

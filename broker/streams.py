@@ -114,8 +114,10 @@ def has_work(client: redis.Redis, stream: str, group: str) -> bool:
         if not last:
             return False
         delivered = info["last-delivered-id"]
-        delivered = delivered.decode() if isinstance(delivered, bytes) else delivered
-        return _id_tuple(last[0][0].decode()) > _id_tuple(delivered)
+        delivered_id = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+        newest = last[0][0]
+        newest_id = newest.decode() if isinstance(newest, bytes) else str(newest)
+        return _id_tuple(newest_id) > _id_tuple(delivered_id)
     return client.xlen(stream) > 0
 
 

@@ -84,7 +84,8 @@ class LoopbackStack:
         # `peers` replaces the in-process captures (the benchmark runs them in other processes).
         if peers is None:
             peers = (FhirCapture(validate=fhir_validate, keep_bundles=fhir_validate), MllpCapture())
-        self.fhir, self.lab = peers
+        self.fhir: Any = peers[0]
+        self.lab: Any = peers[1]
         self.inbound_port = free_port()
         self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
         self._ack_timeout_s = ack_timeout_s
@@ -110,16 +111,41 @@ class LoopbackStack:
         fhir_port = self.fhir.start_in_thread()
         _, lab_port = self.lab.start_in_thread()
         adapters = self.data_dir / "adapters"
-        write_adapter(adapters, {"id": "chu-rabat-adt", "name": "CHU Rabat", "direction": "inbound",
-                                 "transport": "mllp", "listen": f"127.0.0.1:{self.inbound_port}"})
-        write_adapter(adapters, {"id": "dmp-national", "name": "DMP", "direction": "outbound",
-                                 "transport": "fhir-rest", "url": f"http://127.0.0.1:{fhir_port}/fhir",
-                                 "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
-                                 "retry": self._retry})
-        write_adapter(adapters, {"id": "lab-legacy", "name": "Lab", "direction": "outbound",
-                                 "transport": "mllp", "connect": f"127.0.0.1:{lab_port}",
-                                 "subscribe": {"events": ["ADT^*"]}, "ack_timeout_s": self._ack_timeout_s,
-                                 "retry": self._retry})
+        write_adapter(
+            adapters,
+            {
+                "id": "chu-rabat-adt",
+                "name": "CHU Rabat",
+                "direction": "inbound",
+                "transport": "mllp",
+                "listen": f"127.0.0.1:{self.inbound_port}",
+            },
+        )
+        write_adapter(
+            adapters,
+            {
+                "id": "dmp-national",
+                "name": "DMP",
+                "direction": "outbound",
+                "transport": "fhir-rest",
+                "url": f"http://127.0.0.1:{fhir_port}/fhir",
+                "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
+                "retry": self._retry,
+            },
+        )
+        write_adapter(
+            adapters,
+            {
+                "id": "lab-legacy",
+                "name": "Lab",
+                "direction": "outbound",
+                "transport": "mllp",
+                "connect": f"127.0.0.1:{lab_port}",
+                "subscribe": {"events": ["ADT^*"]},
+                "ack_timeout_s": self._ack_timeout_s,
+                "retry": self._retry,
+            },
+        )
         options: dict[str, Any] = {
             "data_dir": self.data_dir,
             "adapters_dir": adapters,

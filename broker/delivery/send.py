@@ -75,10 +75,15 @@ class FhirRestSender:
         if self._conn is None:
             if self._https:
                 self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._timeout, context=ssl.create_default_context()
+                    self._host,
+                    self._port,
+                    timeout=self._timeout,
+                    context=ssl.create_default_context(),
                 )
             else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
         return self._conn
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
@@ -176,9 +181,8 @@ class MllpSender:
         if ack.code in ("AA", "CA"):
             return ack.code
         detail = f"{ack.code} {ack.error_code or ''} {ack.text}".strip()
-        raise RetryableDeliveryError(
-            f"{self.adapter.connect} answered {ack.code}", destination=self.adapter.id, reply=detail
-        )
+        msg = f"{self.adapter.connect} answered {ack.code}"
+        raise RetryableDeliveryError(msg, destination=self.adapter.id, reply=detail)
 
     def close(self) -> None:
         """Close the persistent connection."""

@@ -14,9 +14,9 @@ or, for a list target (``result[]``), every instance inside the current scope.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import typing
-import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field

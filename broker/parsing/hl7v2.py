@@ -20,7 +20,6 @@ Examples: ``PID-5.1`` (first family name), ``PID-3(*).1`` (every identifier's id
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -168,8 +167,18 @@ def unescape(value: str, delims: Delimiters = DEFAULT) -> str:
 
 def escape(value: str, delims: Delimiters = DEFAULT) -> str:
     """Escape delimiter characters in a value before it is written into ER7 text."""
-    if not any(ch in value for ch in (delims.field, delims.component, delims.repetition,
-                                      delims.escape, delims.subcomponent, "\r", "\n")):
+    if not any(
+        ch in value
+        for ch in (
+            delims.field,
+            delims.component,
+            delims.repetition,
+            delims.escape,
+            delims.subcomponent,
+            "\r",
+            "\n",
+        )
+    ):
         return value
     e = delims.escape
     out = value.replace(e, f"{e}E{e}")
@@ -228,7 +237,11 @@ def component_of(repetition: str, component: int, sub: int, delims: Delimiters) 
     """Extract and unescape ``component``.``sub`` of one field repetition."""
     if not repetition:
         return ""
-    comps = repetition.split(delims.component) if component > 1 or delims.component in repetition else [repetition]
+    comps = (
+        repetition.split(delims.component)
+        if component > 1 or delims.component in repetition
+        else [repetition]
+    )
     if component > len(comps):
         return ""
     value = comps[component - 1]
@@ -311,7 +324,11 @@ class Message:
         p = parse_path(path)
         found = self.segments_named(p.segment)
         if p.segment_index is not None:
-            found = found[p.segment_index - 1 : p.segment_index] if p.segment_index <= len(found) else []
+            found = (
+                found[p.segment_index - 1 : p.segment_index]
+                if p.segment_index <= len(found)
+                else []
+            )
         out = []
         for segment in found:
             reps = segment.repetitions(p.field)
@@ -370,7 +387,8 @@ def parse_path(text: str) -> Path:
     if path.segment_index is None and si is None:
         path = Path(path.segment, None, path.field, path.repetition, path.component, path.sub)
     if path.field == 0 or path.component == 0 or path.sub == 0 or path.repetition == 0:
-        raise ValueError(f"{text!r}: field, repetition, component and subcomponent numbers start at 1")
+        msg = f"{text!r}: field, repetition, component and subcomponent numbers start at 1"
+        raise ValueError(msg)
     _PATHS[text] = path
     return path
 
@@ -390,13 +408,25 @@ def parse(text: str) -> Message:
     body = text.lstrip("\ufeff \t\r\n")
     if not body.startswith("MSH"):
         head = body[:3] if body[:3].isalnum() else "non-text bytes"
-        msg = f"a message must start with an MSH segment; found {head!r}" if head.isalnum() else "a message must start with an MSH segment; found no segment name"
+        msg = (
+            f"a message must start with an MSH segment; found {head!r}"
+            if head.isalnum()
+            else "a message must start with an MSH segment; found no segment name"
+        )
         raise HL7v2ParseError(msg, location="MSH")
     if len(body) < 8:
-        raise HL7v2ParseError("the MSH segment is too short to hold MSH-1 and MSH-2", location="MSH-2")
+        raise HL7v2ParseError(
+            "the MSH segment is too short to hold MSH-1 and MSH-2", location="MSH-2"
+        )
     sep = body[3]
     enc = body[4:].split(sep, 1)[0]
-    if sep.isalnum() or sep in "\r\n " or not 2 <= len(enc) <= 5 or len(set(enc + sep)) != len(enc) + 1 or any(c.isalnum() or c in "\r\n " for c in enc):
+    if (
+        sep.isalnum()
+        or sep in "\r\n "
+        or not 2 <= len(enc) <= 5
+        or len(set(enc + sep)) != len(enc) + 1
+        or any(c.isalnum() or c in "\r\n " for c in enc)
+    ):
         msg = "MSH-1 and MSH-2 must be distinct non-alphanumeric encoding characters such as |^~\\&"
         raise HL7v2ParseError(msg, location="MSH-2")
     delims = Delimiters(
@@ -426,7 +456,11 @@ def parse(text: str) -> Message:
         segments.append(Segment(name, fields, delims))
     message = Message(body, delims, segments)
     if not message.message_type:
-        raise HL7v2ParseError("MSH-9 (message type) is empty; expected e.g. ADT^A01", location="MSH-9")
+        raise HL7v2ParseError(
+            "MSH-9 (message type) is empty; expected e.g. ADT^A01", location="MSH-9"
+        )
     if not message.control_id:
-        raise HL7v2ParseError("MSH-10 (message control id) is empty; every message needs one", location="MSH-10")
+        raise HL7v2ParseError(
+            "MSH-10 (message control id) is empty; every message needs one", location="MSH-10"
+        )
     return message

@@ -26,11 +26,11 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable

@@ -69,7 +69,8 @@ def runtime() -> Runtime:
     """This process's Runtime, built on first use (after Celery forked the pool process)."""
     global _runtime
     if _runtime is None:
-        assert _settings is not None and _celery is not None, "tasks.register() was not called"
+        if _settings is None or _celery is None:
+            raise RuntimeError("tasks.register() was not called in this process")
         _runtime = Runtime(_settings, _celery)
     return _runtime
 
