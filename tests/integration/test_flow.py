@@ -133,8 +133,47 @@ class TestDelivery:
         assert send_all(stack.inbound_port, [oru_r01(patient, control_id=control_id("ORU"))]) == [
             "AA"
         ]
-        assert wait_until(lambda: stack.fhir.count > before, 30), stack.logs()
-        bundle = stack.fhir.received[-1]
+
+        def oru_bundles():
+            return [
+                b
+                for b in stack.fhir.received[before:]
+                if any(e["resource"]["resourceType"] == "DiagnosticReport" for e in b["entry"])
+            ]
+
+        assert wait_until(oru_bundles, 30), stack.logs()
+        bundle = oru_bundles()[0]
         kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
         assert kinds.count("Observation") == 20
         assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
+
+
+class TestRefusals:
+    def test_a_4xx_is_kept_as_a_visible_dead_letter_and_others_go_on(self, stack):
+        """A bundle the FHIR server refuses (422) is dead-lettered with the reply, visible in the API."""
+        import urllib.request
+
+        patient = patients(1, seed=606)[0]
+        stack.fhir.mode = "reject"
+        try:
+            assert send_all(
+                stack.inbound_port, [adt(patient, "A01", control_id=control_id("REJ"))]
+            ) == ["AA"]
+            assert wait_until(lambda: stack.redis.xlen(keys.dead("dmp-national")) >= 1, 30), (
+                stack.logs()
+            )
+        finally:
+            stack.fhir.mode = "ok"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{stack.settings.http_port}/api/dead-letters/dmp-national",
+            headers={"Authorization": "Bearer loopback-stack-token"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            letters = __import__("json").load(response)
+        assert letters[0]["attempts"][0]["reply"].startswith("HTTP 422")
+        assert "refused" in letters[0]["reason"]
+        after = stack.fhir.count
+        assert send_all(
+            stack.inbound_port, [adt(patients(1, seed=607)[0], "A04", control_id=control_id("AFT"))]
+        ) == ["AA"]
+        assert wait_until(lambda: stack.fhir.count > after, 30), stack.logs()
