@@ -193,7 +193,9 @@ def demo(
     from broker.demo import run_demo
 
     settings = _settings(data_dir=data_dir or Path("var/demo"))
-    configure_logging(settings.log_format, "WARNING")  # the demo's own progress lines are the output
+    configure_logging(
+        settings.log_format, "WARNING"
+    )  # the demo's own progress lines are the output
     sys.exit(run_demo(settings, messages))
 
 

@@ -36,7 +36,10 @@ def list_dead_letters(
     if not _SUBSCRIBER.match(subscriber):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no subscriber with this id")
     out = []
-    for entry_id, fields in client.xrevrange(keys.dead(subscriber), count=limit):
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(
+        keys.dead(subscriber), count=limit
+    )  # type: ignore[assignment]
+    for entry_id, fields in entries:
         out.append(
             {
                 "id": _text(entry_id),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -11,7 +10,11 @@ from broker.errors import CanonicalError
 if TYPE_CHECKING:
     from broker.mapping import MappingSet
 
-__all__ = ["to_fhir_transaction", "to_hl7v2"]
+__all__ = ["ENVELOPE_SYSTEM", "to_fhir_transaction", "to_hl7v2"]
+
+ENVELOPE_SYSTEM = "urn:passerelle:envelope"
+"""``Bundle.identifier.system`` of a delivered transaction; the value is the envelope id, so a
+receiver can recognise a re-delivery."""
 
 
 def _business_identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
@@ -54,7 +57,8 @@ def to_fhir_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
         resource_type = source.get("resourceType")
         if resource_type == "MessageHeader":
             continue
-        resource = copy.deepcopy(source)
+        # A shallow copy: nothing below the top level is changed (deepcopy was 1 ms per ORU).
+        resource = dict(source)
         business = _business_identifier(resource)
         if business is not None:
             system, value = business

@@ -16,7 +16,7 @@ from typing import Protocol
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, MllpError
 from broker.adapters.spec import AdapterSpec
-from broker.delivery.render import to_fhir_transaction
+from broker.delivery.render import ENVELOPE_SYSTEM, to_fhir_transaction
 from broker.envelope import Envelope
 from broker.errors import (
     HL7v2ParseError,
@@ -25,10 +25,8 @@ from broker.errors import (
 )
 from broker.mapping import MappingSet
 
-__all__ = ["ENVELOPE_SYSTEM", "FhirRestSender", "MllpSender", "Sender", "make_sender"]
+__all__ = ["FhirRestSender", "MllpSender", "Sender", "make_sender"]
 
-ENVELOPE_SYSTEM = "urn:passerelle:envelope"
-"""Bundle.identifier system of a delivered transaction: the envelope id, for receivers' dedupe."""
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _REPLY_LIMIT = 2000
 

@@ -39,13 +39,11 @@ from typing import Any, Final, Literal, get_args
 
 from broker.log import get_logger
 
-__all__ = ["ENVELOPE_IDENTIFIER_SYSTEM", "FhirCapture", "Mode", "StoredResource"]
+__all__ = ["FhirCapture", "Mode", "StoredResource"]
 
 Mode = Literal["ok", "down", "error", "reject"]
 """``ok`` answers; ``down`` stops listening; ``error`` answers 503; ``reject`` answers 422."""
 
-ENVELOPE_IDENTIFIER_SYSTEM: Final = "urn:passerelle:envelope"
-"""``Bundle.identifier.system`` of the broker's deliveries; the value is the envelope id."""
 
 _MAX_HEADER_BYTES: Final = 64 * 1024
 _REASONS: Final[dict[int, str]] = {

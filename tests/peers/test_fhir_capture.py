@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.peers.fhir_capture import ENVELOPE_IDENTIFIER_SYSTEM, FhirCapture
+from broker.delivery.render import ENVELOPE_SYSTEM
+from broker.peers.fhir_capture import FhirCapture
 
 
 def _bundle(envelope_id: str, ipp: str = "IPP0000001", n_obs: int = 2) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def _bundle(envelope_id: str, ipp: str = "IPP0000001", n_obs: int = 2) -> dict[s
     return {
         "resourceType": "Bundle",
         "type": "transaction",
-        "identifier": {"system": ENVELOPE_IDENTIFIER_SYSTEM, "value": envelope_id},
+        "identifier": {"system": ENVELOPE_SYSTEM, "value": envelope_id},
         "entry": entries,
     }
 

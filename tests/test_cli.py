@@ -1,0 +1,180 @@
+"""The ``passerelle`` command as a real subprocess: stdout carries the result alone, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+
+from broker.settings import REPO_ROOT
+from broker.testing import write_adapter
+
+SAMPLES = REPO_ROOT / "tests" / "samples" / "hl7v2"
+BROKEN = ("broken_no_msh", "broken_encoding_chars", "broken_missing_msh10", "adt_a17_unsupported")
+VALID = sorted(p.stem for p in SAMPLES.glob("*.hl7") if p.stem not in BROKEN)
+ADT = [name for name in VALID if name.startswith("adt_")]
+# Near-identical A01 variants cost a second each; fhir and hl7v2 run on one sample per shape.
+FHIR_SAMPLES = ["adt_a01_v23", "adt_a01_latin1", "adt_a04", "adt_a08", "oru_r01_20obx"]
+HL7V2_SAMPLES = ["adt_a01_v23", "adt_a01_latin1", "adt_a04", "adt_a08"]
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def _cli(*args: str) -> Run:
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    return Run(
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )
+
+
+def _translate_args(name: str, to: str) -> tuple[str, ...]:
+    return ("translate", str(SAMPLES / f"{name}.hl7"), "--to", to)
+
+
+@pytest.fixture(scope="module")
+def translations() -> dict[tuple[str, ...], Run]:
+    """Every translate run this module asserts on, started concurrently (each costs ~1 s)."""
+    wanted = [_translate_args(n, "canonical") for n in VALID]
+    wanted += [_translate_args(n, "fhir") for n in FHIR_SAMPLES]
+    wanted += [_translate_args(n, "hl7v2") for n in HL7V2_SAMPLES]
+    wanted += [_translate_args(n, "canonical") for n in BROKEN]
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        runs = list(pool.map(lambda args: _cli(*args), wanted))
+    return dict(zip(wanted, runs, strict=True))
+
+
+def _inbound_msh10(name: str) -> str:
+    raw = (SAMPLES / f"{name}.hl7").read_bytes()
+    msh = re.split(rb"\r\n|\r|\n", raw.lstrip(b"\xef\xbb\xbf"))[0]
+    return msh.split(msh[3:4])[9].decode("ascii")
+
+
+def test_the_sample_folder_holds_what_these_tests_expect():
+    """Every sample is classified (valid or broken) and the named subsets exist."""
+    names = {p.stem for p in SAMPLES.glob("*.hl7")}
+    assert set(BROKEN) <= names
+    assert set(FHIR_SAMPLES) <= names
+    assert set(HL7V2_SAMPLES) <= set(ADT)
+    assert len(VALID) >= 8
+
+
+class TestTranslate:
+    @pytest.mark.parametrize("name", VALID)
+    def test_canonical_prints_one_envelope_and_nothing_else(self, translations, name):
+        """`--to canonical` exits 0, stderr empty, stdout exactly one Envelope JSON document."""
+        run = translations[_translate_args(name, "canonical")]
+        assert run.code == 0, run.stderr
+        assert run.stderr == ""
+        document = json.loads(run.stdout)  # raises on a second document or stray text
+        assert isinstance(document, dict)
+        assert {"bundle", "event", "control_id"} <= document.keys()
+        assert document["control_id"] == _inbound_msh10(name)
+        assert document["bundle"]["resourceType"] == "Bundle"
+
+    @pytest.mark.parametrize("name", FHIR_SAMPLES)
+    def test_fhir_prints_a_message_bundle_led_by_its_message_header(self, translations, name):
+        """`--to fhir` prints a Bundle of type message whose first entry is a MessageHeader."""
+        run = translations[_translate_args(name, "fhir")]
+        assert run.code == 0, run.stderr
+        assert run.stderr == ""
+        bundle = json.loads(run.stdout)
+        assert bundle["resourceType"] == "Bundle"
+        assert bundle["type"] == "message"
+        assert bundle["entry"][0]["resource"]["resourceType"] == "MessageHeader"
+
+    @pytest.mark.parametrize("name", HL7V2_SAMPLES)
+    def test_hl7v2_prints_er7_that_keeps_the_inbound_control_id(self, translations, name):
+        """`--to hl7v2` prints ER7 starting with MSH| whose MSH-10 is the inbound MSH-10."""
+        run = translations[_translate_args(name, "hl7v2")]
+        assert run.code == 0, run.stderr
+        assert run.stderr == ""
+        assert run.stdout.startswith("MSH|")
+        msh = re.split(r"\r\n|\r|\n", run.stdout)[0]
+        assert msh.split("|")[9] == _inbound_msh10(name)
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            pytest.param("broken_no_msh", id="no-msh"),
+            pytest.param("broken_encoding_chars", id="bad-encoding-chars"),
+            pytest.param("broken_missing_msh10", id="no-msh10"),
+            pytest.param("adt_a17_unsupported", id="unsupported-a17"),
+        ],
+    )
+    def test_a_bad_message_is_one_stderr_line_and_exit_1(self, translations, name):
+        """A broken or unmapped message: exit 1, stdout empty, exactly one stderr line, no traceback."""
+        run = translations[_translate_args(name, "canonical")]
+        assert run.code == 1, run
+        assert run.stdout == ""
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        assert "Traceback" not in run.stderr
+
+    def test_a_missing_file_is_one_stderr_line_and_exit_1(self, tmp_path):
+        """A file that does not exist: exit 1, stdout empty, exactly one stderr line, no traceback."""
+        run = _cli("translate", str(tmp_path / "absent.hl7"), "--to", "canonical")
+        assert run.code == 1, run
+        assert run.stdout == ""
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        assert "Traceback" not in run.stderr
+
+    def test_an_unknown_target_is_a_usage_error(self):
+        """`--to nonsense` exits 2 (usage error) and prints nothing on stdout."""
+        run = _cli("translate", str(SAMPLES / "adt_a04.hl7"), "--to", "nonsense")
+        assert run.code == 2, run
+        assert run.stdout == ""
+        assert "Traceback" not in run.stderr
+
+
+class TestCheck:
+    def test_the_repository_configuration_is_valid(self):
+        """`check` on the repository's adapters and mappings exits 0."""
+        run = _cli(
+            "check",
+            "--adapters",
+            str(REPO_ROOT / "adapters"),
+            "--mappings",
+            str(REPO_ROOT / "mappings"),
+        )
+        assert run.code == 0, run.stderr
+        assert "Traceback" not in run.stderr
+
+    def test_an_unknown_key_is_reported_as_file_line_key(self, tmp_path):
+        """A registration with an unknown key: exit 1, one stderr line `<file>:<line>: <key>: ...`."""
+        path = write_adapter(
+            tmp_path / "adapters",
+            {
+                "id": "typo-in",
+                "name": "Typo",
+                "direction": "inbound",
+                "transport": "mllp",
+                "listen": "127.0.0.1:2999",
+                "colour": "blue",
+            },
+        )
+        line = 1 + path.read_text(encoding="utf-8").splitlines().index("colour: blue")
+        run = _cli("check", "--adapters", str(tmp_path / "adapters"))
+        assert run.code == 1, run
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        # The program name may lead the line (`passerelle: `), as in `grep: file: ...`.
+        pattern = rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: colour: \S"
+        assert re.match(pattern, run.stderr), run.stderr

@@ -1,0 +1,70 @@
+"""The pipeline as one pure function: parse → map → route, bad messages become FAILED envelopes."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.adapters.spec import load_adapters
+from broker.envelope import Envelope, MessageState
+from broker.mapping import MappingSet
+from broker.pipeline import process
+from broker.settings import REPO_ROOT
+from broker.synthetic import adt, oru_r01, patients
+
+
+@pytest.fixture(scope="module")
+def mappings() -> MappingSet:
+    return MappingSet.load(REPO_ROOT / "mappings")
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    specs = load_adapters(REPO_ROOT / "adapters")
+    return {s.id: s for s in specs}, [s for s in specs if s.direction == "outbound"]
+
+
+def run(raw: str | bytes, mappings, adapters):
+    by_id, subscribers = adapters
+    raw = raw.encode() if isinstance(raw, str) else raw
+    return process(Envelope(source="chu-rabat-adt"), raw, mappings, by_id, subscribers)
+
+
+class TestProcess:
+    def test_adt_goes_to_both_subscribers(self, mappings, adapters):
+        """An ADT^A01 is routed to the FHIR server and the legacy lab, with its canonical bundle."""
+        envelope, destinations = run(
+            adt(patients(1, seed=3)[0], "A01", control_id="P1"), mappings, adapters
+        )
+        assert envelope.state is MessageState.ROUTED
+        assert sorted(d.id for d in destinations) == ["dmp-national", "lab-legacy"]
+        assert envelope.bundle["type"] == "message"
+        assert envelope.bundle["entry"][0]["resource"]["resourceType"] == "MessageHeader"
+        assert (envelope.event, envelope.control_id) == ("ADT^A01", "P1")
+        assert envelope.mappings
+
+    def test_oru_goes_to_the_fhir_server_only(self, mappings, adapters):
+        """lab-legacy subscribes to ADT^* only."""
+        _, destinations = run(
+            oru_r01(patients(1, seed=4)[0], control_id="P2", n_obx=3), mappings, adapters
+        )
+        assert [d.id for d in destinations] == ["dmp-national"]
+
+    def test_an_unreadable_journal_entry_fails_with_its_reason(self, mappings, adapters):
+        """Bytes that are not HL7 become a FAILED envelope, not an exception."""
+        envelope, destinations = run(b"not hl7", mappings, adapters)
+        assert envelope.state is MessageState.FAILED
+        assert "MSH" in (envelope.reason or "")
+        assert destinations == []
+
+    def test_an_event_nobody_subscribes_to_is_filtered(self, mappings, adapters):
+        """A mapped message with no subscriber is FILTERED, kept and delivered to nobody."""
+        by_id, _ = adapters
+        envelope, destinations = process(
+            Envelope(source="chu-rabat-adt"),
+            adt(patients(1, seed=5)[0], "A01", control_id="P3").encode(),
+            mappings,
+            by_id,
+            [],
+        )
+        assert envelope.state is MessageState.FILTERED
+        assert destinations == []
