@@ -172,7 +172,10 @@ def translate(
     configure_logging("console", "ERROR")
     if to not in ("canonical", "fhir", "hl7v2"):
         _fail(f"--to must be canonical, fhir or hl7v2, not {to!r}", 2)
-    settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
+    try:
+        settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
+    except ValueError as exc:
+        _fail(f"invalid settings: {exc}".splitlines()[0])
     try:
         raw = file.read_bytes()
     except OSError as exc:

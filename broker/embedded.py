@@ -65,7 +65,11 @@ class EmbeddedRedis:
         conf = self.directory / "redis.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
         self.socket.unlink(missing_ok=True)
-        self.process = subprocess.Popen([redis_executable(), str(conf)], stdin=subprocess.DEVNULL)
+        from broker.supervisor import die_with_parent
+
+        self.process = subprocess.Popen(
+            [redis_executable(), str(conf)], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         client = redis.Redis(unix_socket_path=str(self.socket))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

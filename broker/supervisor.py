@@ -8,6 +8,7 @@ tasks (Celery warm shutdown), then beat and the API, and Redis last, which flush
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -22,11 +23,26 @@ from broker.embedded import EmbeddedRedis
 from broker.log import get_logger
 from broker.settings import Settings
 
-__all__ = ["Supervisor", "ensure_api_token", "settings_env"]
+__all__ = ["Supervisor", "die_with_parent", "ensure_api_token", "settings_env"]
 
 log = get_logger(__name__)
 ROLES = ("listen", "worker", "beat", "api")
 STOP_ORDER = ("listen", "worker", "beat", "api")
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux to send SIGTERM when the supervisor dies.
+
+    Children run in their own session (a terminal's Ctrl-C must reach the supervisor only, which
+    stops them in order), so without this a SIGKILLed supervisor would leave them running.
+    """
+    # Runs between fork and exec, possibly beside other threads: only a C call, no import.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -122,7 +138,9 @@ class Supervisor:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor, which stops children in order
+            # Own session: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def watch_once(self) -> None:

@@ -87,19 +87,50 @@ def _dotted(key: Key) -> str:
     return dotted
 
 
+class SpecProblem(MappingSpecError):
+    """A MappingSpecError that keeps its key path as a tuple (lint turns it into a column)."""
+
+    def __init__(self, file: str, line: int | None, path: Key, reason: str) -> None:
+        super().__init__(file, line, _dotted(path), reason)
+        self.path = path
+
+
+_T = typing.TypeVar("_T")
+
+
 @dataclass(frozen=True)
 class _Where:
+    """Where compilation is: the file, its line map and versions, and what it has seen.
+
+    ``problems`` is None when loading (the first problem raises) and a list when linting
+    (``attempt`` records each problem and compilation goes on with the next part).
+    """
+
     file: str
     lines: LineMap
     versions: tuple[str, ...] = ()
+    problems: list[SpecProblem] | None = None
+    reads: set[tuple[str, int]] = field(default_factory=set)
+    """(segment, field) of every source path compiled: what the unmapped report leaves out."""
 
-    def error(self, key: Key, reason: str) -> MappingSpecError:
+    def error(self, key: Key, reason: str) -> SpecProblem:
         line = None
         for end in range(len(key), -1, -1):
             if key[:end] in self.lines:
                 line = self.lines[key[:end]]
                 break
-        return MappingSpecError(self.file, line, _dotted(key), reason)
+        return SpecProblem(self.file, line, key, reason)
+
+    def attempt(self, compile_part: Callable[[], _T]) -> _T | None:
+        """Run one part of the compilation; when linting, record its problem and go on."""
+        if self.problems is None:
+            return compile_part()
+        try:
+            return compile_part()
+        except SpecProblem as exc:
+            if not any(p.path == exc.path and p.reason == exc.reason for p in self.problems):
+                self.problems.append(exc)
+            return None
 
 
 # --- scopes --------------------------------------------------------------------------------------
@@ -297,6 +328,7 @@ def _source(text: str, where: _Where, key: Key) -> _Source:
     except ValueError as exc:
         raise where.error(key, str(exc)) from None
     _check_exists(path, text, where, key)
+    where.reads.add((path.segment, path.field))
     head = text.strip().split("-", 1)[0]
     return _Source(text, path, head.endswith("(*)"))
 
