@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cpu
 from benchmarks.peers import RemotePeer
 from broker import keys
 from broker.peers.sender import SendResult, patient_key, send_messages
@@ -57,6 +58,7 @@ def run_phase(
     stack: LoopbackStack, name: str, messages: list[str], connections: int, to_lab: bool
 ) -> dict[str, Any]:
     """Send one batch and wait until every subscriber that wants it has it."""
+    cpu_before = cpu.snapshot()
     fhir_before = set(stack.fhir.envelope_ids)
     lab_before = stack.lab.count
     started = time.time()
@@ -94,6 +96,7 @@ def run_phase(
                 at = captured.received_at.timestamp()
                 arrival[captured.control_id] = max(arrival.get(captured.control_id, 0.0), at)
     finished = max(arrival.values()) if arrival else time.time()
+    cpu_ms = {role: s * 1000 / n for role, s in cpu.per_role(cpu_before, cpu.snapshot()).items()}
     e2e = [arrival[c] - sent_at[c] for c in arrival]
     acks = [o.latency_s for o in result.outcomes if o.latency_s is not None]
     return {
@@ -108,6 +111,7 @@ def run_phase(
         "e2e_p50_ms": _pct(e2e, 50) * 1000,
         "e2e_p99_ms": _pct(e2e, 99) * 1000,
         "e2e_mean_ms": statistics.fmean(e2e) * 1000 if e2e else float("nan"),
+        "cpu_ms_per_message": cpu_ms,
     }
 
 
@@ -188,6 +192,9 @@ def main() -> None:
             f"{r['e2e_p50_ms']:>6.0f}ms {r['e2e_p99_ms']:>6.0f}ms"
         )
     print(f"duplicate FHIR deliveries: {duplicates}")
+    for r in rows:
+        parts = ", ".join(f"{role} {ms:.2f}" for role, ms in r["cpu_ms_per_message"].items())
+        print(f"CPU ms per message, {r['phase']}: {parts}")
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / time.strftime("bench-%Y%m%d-%H%M%S.json")

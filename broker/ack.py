@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 from broker.envelope import new_id
@@ -135,7 +135,8 @@ def build_ack(
     msg_type = f"ACK{d.component}{escape(trigger, d)}"
     if numeric >= (2, 3, 1):
         msg_type += f"{d.component}ACK"
-    stamp = (now or datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
+    # UTC with its offset: a valid DTM everywhere, and no local-zone lookup per ACK.
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
     msh_line = f.join(
         [
             "MSH",

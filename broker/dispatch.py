@@ -19,6 +19,7 @@ from broker import keys
 __all__ = [
     "DRAIN_INBOUND",
     "DRAIN_OUTBOUND",
+    "KICK_FLAG_TTL_S",
     "REKICK",
     "AsyncKicker",
     "Kicker",
@@ -29,7 +30,8 @@ DRAIN_INBOUND = "passerelle.drain_inbound"
 DRAIN_OUTBOUND = "passerelle.drain_outbound"
 REKICK = "passerelle.rekick"
 QUEUE = "passerelle"
-_FLAG_TTL_S = 60
+KICK_FLAG_TTL_S = 60
+"""A kick flag outlives a lost task by this long at most; the periodic re-kick covers the gap."""
 
 
 def stream_of(task: str, args: list[Any]) -> str:
@@ -51,7 +53,7 @@ class Kicker:
     ) -> bool:
         """Queue ``task(*args)`` unless a kick for its stream is already queued (or ``force``)."""
         flag = keys.kick(stream_of(task, args))
-        fresh = self.client.set(flag, b"1", nx=True, ex=_FLAG_TTL_S)
+        fresh = self.client.set(flag, b"1", nx=True, ex=KICK_FLAG_TTL_S)
         if not (fresh or force):
             return False
         self.celery.send_task(task, args=args, queue=QUEUE, countdown=countdown or None)
@@ -68,7 +70,11 @@ class AsyncKicker:
     async def kick(self, task: str, args: list[Any]) -> bool:
         """Queue ``task(*args)`` unless a kick for its stream is already queued."""
         flag = keys.kick(stream_of(task, args))
-        if not await self.client.set(flag, b"1", nx=True, ex=_FLAG_TTL_S):
+        if not await self.client.set(flag, b"1", nx=True, ex=KICK_FLAG_TTL_S):
             return False
-        await asyncio.to_thread(self.celery.send_task, task, args=args, queue=QUEUE)
+        await self.dispatch(task, args)
         return True
+
+    async def dispatch(self, task: str, args: list[Any]) -> None:
+        """Queue ``task(*args)`` whose kick flag the caller already set (the journal's Lua does)."""
+        await asyncio.to_thread(self.celery.send_task, task, args=args, queue=QUEUE)

@@ -99,7 +99,8 @@ class HL7v2Intake:
         if result.previous_ack is not None:
             log.info("message.duplicate", adapter=self.adapter.id, control_id=message.control_id)
             return result.previous_ack
-        await self.kicker.kick(DRAIN_INBOUND, [partition])
+        if result.kick:
+            await self.kicker.dispatch(DRAIN_INBOUND, [partition])
         log.info(
             "message.received",
             envelope_id=envelope_id,

@@ -10,12 +10,14 @@ import redis
 import redis.asyncio
 
 from broker import keys
+from broker.dispatch import KICK_FLAG_TTL_S
 from broker.errors import JournalError
 
 __all__ = ["AppendResult", "Journal", "dedupe_digest"]
 
 # One round trip, atomically: a duplicate returns the stored ACK; otherwise the raw message is
-# appended to its partition stream and the ACK we are about to send is stored for resends.
+# appended to its partition stream, the ACK we are about to send is stored for resends, and the
+# partition's kick flag is set (the third result says whether a drain task must be queued).
 _APPEND = """
 if KEYS[2] ~= '' then
   local previous = redis.call('GET', KEYS[2])
@@ -24,12 +26,13 @@ if KEYS[2] ~= '' then
     return {0, previous}
   end
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 if KEYS[2] ~= '' and tonumber(ARGV[1]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 end
 redis.call('HINCRBY', KEYS[3], 'received', 1)
-return {1, id}
+local kick = redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3])
+return {1, id, kick and 1 or 0}
 """
 
 
@@ -41,6 +44,8 @@ class AppendResult:
     """The stream entry id; ``None`` for a duplicate."""
     previous_ack: bytes | None
     """For a duplicate, the ACK that was sent the first time."""
+    kick: bool = False
+    """True when no drain task was queued for the partition yet: the caller must queue one."""
 
 
 def dedupe_digest(sending_application: str, sending_facility: str, control_id: str) -> str:
@@ -70,20 +75,29 @@ class Journal:
         Raises:
             JournalError: Redis refused or could not be reached; the sender must get AR.
         """
-        args: list[Any] = [self.dedupe_window_s, ack]
+        args: list[Any] = [self.dedupe_window_s, ack, KICK_FLAG_TTL_S]
         for name, value in fields.items():
             args.extend((name, value))
         dedupe_key = keys.dedupe(dedupe) if dedupe else ""
         try:
-            created, value = await self._script(
-                keys=[keys.inbound(partition), dedupe_key, keys.STATS], args=args
+            reply = await self._script(
+                keys=[
+                    keys.inbound(partition),
+                    dedupe_key,
+                    keys.STATS,
+                    keys.kick(keys.inbound(partition)),
+                ],
+                args=args,
             )
         except (redis.RedisError, OSError) as exc:
             msg = f"the journal could not accept the message ({type(exc).__name__})"
             raise JournalError(msg) from exc
+        created, value = reply[0], reply[1]
         if created:
             return AppendResult(
-                entry_id=value.decode() if isinstance(value, bytes) else value, previous_ack=None
+                entry_id=value.decode() if isinstance(value, bytes) else value,
+                previous_ack=None,
+                kick=bool(reply[2]),
             )
         return AppendResult(entry_id=None, previous_ack=value)
 

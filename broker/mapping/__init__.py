@@ -8,7 +8,7 @@ Usage::
                                 receiving_application="LAB", receiving_facility="CHU")
 """
 
-from broker.mapping.context import MapContext, MapResult
+from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.loader import MappingSet
 
-__all__ = ["MapContext", "MapResult", "MappingSet"]
+__all__ = ["MapContext", "MapResult", "MappingSet", "TraceStep"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from broker.envelope import Finding, MappingRef
 
-__all__ = ["MapContext", "MapResult"]
+__all__ = ["MapContext", "MapResult", "TraceStep"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,28 @@ class MapResult:
     findings: tuple[Finding, ...]
     mappings: tuple[MappingRef, ...]
     partition_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One output element and the rule that wrote it (``passerelle translate --trace``).
+
+    Holds the patient's values: a dry-run tool's output, never logged.
+
+    Attributes:
+        file: the mapping file.
+        line: the line of the rule in that file.
+        source: what the rule read (``PID-3(*)``, ``value``, ``reference:patient``).
+        target: the element written (``Patient.identifier[]``, ``Observation(2).code``).
+        value: the element's value.
+    """
+
+    file: str
+    line: int | None
+    source: str
+    target: str
+    value: Any
+
+    def __str__(self) -> str:
+        value = json.dumps(self.value, ensure_ascii=False, separators=(",", ":"))
+        return f"{self.file}:{self.line or 0} {self.source} -> {self.target} = {value}"

@@ -14,18 +14,20 @@ or, for a list target (``result[]``), every instance inside the current scope.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from broker.errors import CanonicalError, MappingError, MappingSpecError
+from broker.mapping.context import TraceStep
 from broker.mapping.functions import INBOUND, Env, SourceValue, Transform, is_code
 from broker.mapping.spec import Condition, InboundSpec, ResourceSpec, RuleSpec, ValueMapSpec
 from broker.parsing.hl7v2 import Message, Path, Segment, parse_path
@@ -37,6 +39,10 @@ NAMESPACE = uuid.UUID("6f1c3c52-4d8e-5a8f-9a57-0b1e5a7c2d11")
 """uuid5 namespace of every resource id Passerelle derives (fixed forever: ids must be stable)."""
 
 V2_0003 = "http://terminology.hl7.org/CodeSystem/v2-0003"
+
+ENGINE_READS = frozenset({("MSH", n) for n in (1, 2, 3, 4, 9, 10, 12, 18)})
+"""MSH fields the engine itself reads: delimiters, MSH-3/4 sender, MSH-9 type, MSH-10 control
+id, MSH-12 version, MSH-18 charset (v2.5.1 §2.14.9)."""
 
 Key = tuple[str | int, ...]
 
@@ -314,11 +320,18 @@ def _check_exists(path: Path, text: str, where: _Where, key: Key) -> None:
     if path.segment.startswith("Z") or not where.versions:
         return
     counts = [c for c in (_field_count(path.segment, v) for v in where.versions) if c is not None]
+    versions = ", ".join(where.versions)
     if not counts:
-        versions = ", ".join(where.versions)
-        raise where.error(key, f"{text!r}: {path.segment} is not a segment of HL7 v{versions}")
+        reason = (
+            f"{text!r}: {path.segment} is not a segment of HL7 v{versions}; "
+            "expected a segment of those versions or a Z-segment"
+        )
+        raise where.error(key, reason)
     if path.field > max(counts):
-        reason = f"{text!r}: {path.segment} has {max(counts)} fields in the declared versions"
+        reason = (
+            f"{text!r}: {path.segment} has {max(counts)} fields in HL7 v{versions}; "
+            f"expected a field number from 1 to {max(counts)}"
+        )
         raise where.error(key, reason)
 
 
@@ -491,7 +504,13 @@ def _target(text: str, model: type[BaseModel] | None, where: _Where, key: Key) -
         fields = {(f.alias or n): f for n, f in model.model_fields.items()}
         info = fields.get(name)
         if info is None or name in ("resourceType", "fhir_comments") or name.endswith("__ext"):
-            raise where.error(key, f"{model.__name__} has no element {name!r} (FHIR R4)")
+            names = [
+                n for n in fields if n[0] != "_" and n not in ("resourceType", "fhir_comments")
+            ]
+            close = difflib.get_close_matches(name, names, n=3)
+            expected = " or ".join(close) if close else f"an element of {model.__name__}"
+            reason = f"{model.__name__} has no element {name!r} (FHIR R4); expected {expected}"
+            raise where.error(key, reason)
         is_list, complex_name = _element_type(info.annotation)
         if is_list and not append:
             raise where.error(key, f"{model.__name__}.{name} repeats; write {name}[] to add to it")
@@ -550,13 +569,19 @@ def _put(target: dict[str, Any], steps: tuple[Step, ...], values: list[Any]) -> 
 
 
 class _Run:
-    """One message's mapping run: the Env, scopes, and the resource instances by role."""
+    """One message's mapping run: the Env, scopes, and the resource instances by role.
 
-    __slots__ = ("env", "instances")
+    ``trace`` is None except in a dry run, where each rule that writes appends TraceSteps
+    naming ``resource``, the instance being built.
+    """
 
-    def __init__(self, env: Env) -> None:
+    __slots__ = ("env", "instances", "resource", "trace")
+
+    def __init__(self, env: Env, trace: list[TraceStep] | None = None) -> None:
         self.env = env
         self.instances: dict[str, list[Instance]] = {}
+        self.trace = trace
+        self.resource = ""
 
     def nearest(self, role: str, scope: Scope) -> Instance | None:
         found = self.instances.get(role) or []
@@ -586,6 +611,11 @@ class _Rule:
     file: str = ""
     label: str = ""
     source: str | None = None
+    line: int | None = None
+    target: str = ""
+    """The target path from the resource (``participant[].individual``), for the trace."""
+    traced: bool = True
+    """False for rules: elements, whose sub-rules trace each value."""
 
     def run(self, node: dict[str, Any], scope: Scope, run: _Run) -> None:
         try:
@@ -607,6 +637,11 @@ class _Rule:
             ) from exc
         if values:
             _put(node, self.steps, values)
+            if run.trace is not None and self.traced:
+                origin = self.source or "value"
+                for value in values:
+                    target = f"{run.resource}.{self.target}"
+                    run.trace.append(TraceStep(self.file, self.line, origin, target, value))
 
 
 def _clone(value: Any) -> Any:
@@ -626,8 +661,11 @@ def _compile_rule(
     roles: set[str],
     where: _Where,
     key: Key,
+    prefix: str = "",
 ) -> _Rule:
     target = _target(spec.target, model, where, (*key, "target"))
+    full_target = prefix + spec.target
+    rule_line = where.lines.get(key)
     steps = target.steps
     append = steps[-1][1]
     label = f"{_dotted(key)} ({spec.target})"
@@ -640,8 +678,18 @@ def _compile_rule(
     if default is not None:
         target.check_constant(default, where, (*key, "default"))
 
-    def rule(apply: Callable[[Scope, _Run], list[Any]]) -> _Rule:
-        return _Rule(steps, apply, when, where.file, label, source_text)
+    def rule(apply: Callable[[Scope, _Run], list[Any]], origin: str | None = None) -> _Rule:
+        return _Rule(
+            steps,
+            apply,
+            when,
+            where.file,
+            label,
+            origin or source_text,
+            rule_line,
+            full_target,
+            spec.rules is None,
+        )
 
     if spec.value is not None:
         constant = spec.value
@@ -667,7 +715,7 @@ def _compile_rule(
             found = run.nearest(role, scope)
             return [{"reference": f"urn:uuid:{found.id}"}] if found else []
 
-        return rule(apply_reference)
+        return rule(apply_reference, f"reference:{role}")
 
     loop = _source(spec.each, where, (*key, "each")) if spec.each is not None else None
     if loop is not None and (spec.rules is None or not append or not loop.repeats):
@@ -678,10 +726,15 @@ def _compile_rule(
         if target.model is None:
             reason = f"rules: build a complex element; {spec.target} is a {target.type_name}"
             raise where.error((*key, "target"), reason)
-        subs = [
-            _compile_rule(r, target.model, mapping, roles, where, (*key, "rules", i))
-            for i, r in enumerate(spec.rules)
-        ]
+        subs: list[_Rule] = []
+        for i, sub_spec in enumerate(spec.rules):
+            sub_key = (*key, "rules", i)
+            compile_sub = partial(
+                _compile_rule, sub_spec, target.model, mapping, roles, where, sub_key
+            )
+            sub = where.attempt(partial(compile_sub, f"{full_target}."))
+            if sub is not None:
+                subs.append(sub)
         required, _ = requirements(target.model)
 
         def build(scope: Scope, run: _Run) -> dict[str, Any]:
@@ -722,7 +775,7 @@ def _compile_rule(
         if found_transform is None:
             raise where.error(
                 (*key, "function"),
-                f"unknown function {spec.function!r}; known: {', '.join(sorted(INBOUND))}",
+                f"unknown function {spec.function!r}; expected one of {', '.join(sorted(INBOUND))}",
             )
         transform = found_transform
         if len(sources) > transform.sources:
@@ -855,6 +908,8 @@ class CompiledMapping:
     group_order: list[str]
     events: frozenset[str] = field(default_factory=frozenset)
     versions: frozenset[str] = field(default_factory=frozenset)
+    reads: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    """(segment, field) of every field a rule or the engine reads."""
 
     def _groups(self, root: Scope) -> dict[str | None, list[Scope]]:
         found: dict[str | None, list[Scope]] = {None: [root]}
@@ -881,10 +936,19 @@ class CompiledMapping:
             found[name] = instances
         return found
 
-    def run(self, message: Message, source: str, timezone: str) -> tuple[list[Instance], Env]:
-        """Map ``message``: the resource instances in Bundle order, and the Env with findings."""
+    def run(
+        self,
+        message: Message,
+        source: str,
+        timezone: str,
+        trace: list[TraceStep] | None = None,
+    ) -> tuple[list[Instance], Env]:
+        """Map ``message``: the resource instances in Bundle order, and the Env with findings.
+
+        ``trace``, when given, receives one TraceStep per element written.
+        """
         env = Env(message, timezone, source)
-        run = _Run(env)
+        run = _Run(env, trace)
         root = Scope(None, message.segments, None)
         groups = self._groups(root)
         control_id = message.control_id
@@ -909,10 +973,20 @@ class CompiledMapping:
         by_role = {r.spec.role: r for r in self.resources}
         for index, instance in enumerate(ordered, 1):
             resource = by_role[instance.role]
+            if trace is not None:
+                run.resource = _trace_name(instance, run.instances[instance.role])
             for rule in resource.rules:
                 rule.run(instance.resource, instance.scope, run)
             resource.check(instance.resource, f"Bundle.entry[{index}].resource")
         return ordered, env
+
+
+def _trace_name(instance: Instance, same_role: list[Instance]) -> str:
+    """``Patient``, or ``Observation(2)`` when the role has several instances (1-based, as OBX(2))."""
+    kind = instance.resource["resourceType"]
+    if len(same_role) == 1:
+        return str(kind)
+    return f"{kind}({same_role.index(instance) + 1})"
 
 
 def _group_order(spec: InboundSpec, where: _Where) -> list[str]:
@@ -934,53 +1008,46 @@ def _group_order(spec: InboundSpec, where: _Where) -> list[str]:
     return order
 
 
-def compile_inbound(spec: InboundSpec, file: str, lines: LineMap, sha256: str) -> CompiledMapping:
+def compile_inbound(
+    spec: InboundSpec,
+    file: str,
+    lines: LineMap,
+    sha256: str,
+    problems: list[SpecProblem] | None = None,
+) -> CompiledMapping:
     """Check and compile an inbound mapping.
+
+    Args:
+        spec: the validated file.
+        file: its path, named in errors.
+        lines: its line map.
+        sha256: its content hash.
+        problems: when given, every problem is appended to it instead of raised (lint); the
+            mapping returned then leaves out the parts that failed.
 
     Raises:
         MappingSpecError: naming the file, line and key of the first problem.
     """
-    where = _Where(file, lines, tuple(spec.source.versions))
-    order = _group_order(spec, where)
+    where = _Where(file, lines, tuple(spec.source.versions), problems)
+    order = where.attempt(partial(_group_order, spec, where)) or []
+    for name, group in spec.groups.items():
+        for index, segment in enumerate([group.starts, *(group.members or ())]):
+            key: Key = ("groups", name, "starts") if index == 0 else ("groups", name, "members")
+            where.attempt(partial(_check_segment, segment, where, key))
     roles = [r.role for r in spec.resources]
     for index, role in enumerate(roles):
         if roles.index(role) != index:
-            raise where.error(("resources", index, "role"), f"role {role!r} is used twice")
+            where.attempt(
+                partial(
+                    _raise,
+                    where.error(("resources", index, "role"), f"role {role!r} is used twice"),
+                )
+            )
     compiled = []
     for index, resource in enumerate(spec.resources):
-        key: Key = ("resources", index)
-        model = fhir_model(resource.type)
-        if (
-            model is None
-            or model.__name__ != resource.type
-            or not issubclass(model, _resource_base())
-        ):
-            raise where.error((*key, "type"), f"{resource.type!r} is not a FHIR R4 resource type")
-        if resource.type == "MessageHeader":
-            raise where.error((*key, "type"), "the MessageHeader is built by the engine from MSH")
-        loop: _Source | None = None
-        if resource.each is not None and resource.each not in spec.groups:
-            if "-" not in resource.each:
-                raise where.error((*key, "each"), f"no group {resource.each!r} under groups:")
-            loop = _source(resource.each, where, (*key, "each"))
-            if not loop.repeats or loop.all_segments:
-                reason = "a field loop reads every repetition of one field, such as PV1-7(*)"
-                raise where.error((*key, "each"), reason)
-        rules = [
-            _compile_rule(r, model, spec, set(roles), where, (*key, "rules", i))
-            for i, r in enumerate(resource.rules)
-        ]
-        required, choices = requirements(model)
-        compiled.append(
-            _Resource(
-                resource,
-                _condition(resource.when, where, (*key, "when")),
-                rules,
-                tuple(r for r in required if r not in ("resourceType", "id")),
-                choices,
-                loop,
-            )
-        )
+        made = where.attempt(partial(_compile_resource, resource, spec, set(roles), where, index))
+        if made is not None:
+            compiled.append(made)
     return CompiledMapping(
         spec,
         file,
@@ -989,7 +1056,104 @@ def compile_inbound(spec: InboundSpec, file: str, lines: LineMap, sha256: str) -
         order,
         frozenset(spec.source.events),
         frozenset(spec.source.versions),
+        frozenset(where.reads | ENGINE_READS),
     )
+
+
+def _raise(error: SpecProblem) -> None:
+    raise error
+
+
+def _check_segment(segment: str, where: _Where, key: Key) -> None:
+    """A segment named by a group must exist in one of the declared versions (Z-segments may)."""
+    if segment.startswith("Z") or not where.versions:
+        return
+    if all(_field_count(segment, v) is None for v in where.versions):
+        versions = ", ".join(where.versions)
+        reason = f"{segment} is not a segment of HL7 v{versions}; expected a segment of those versions or a Z-segment"
+        raise where.error(key, reason)
+
+
+def _compile_resource(
+    resource: ResourceSpec, spec: InboundSpec, roles: set[str], where: _Where, index: int
+) -> _Resource:
+    key: Key = ("resources", index)
+    model = fhir_model(resource.type)
+    if model is None or model.__name__ != resource.type or not issubclass(model, _resource_base()):
+        reason = f"{resource.type!r} is not a FHIR R4 resource type; expected {_close_type(resource.type)}"
+        raise where.error((*key, "type"), reason)
+    if resource.type == "MessageHeader":
+        raise where.error((*key, "type"), "the MessageHeader is built by the engine from MSH")
+    loop: _Source | None = None
+    if resource.each is not None and resource.each not in spec.groups:
+        if "-" not in resource.each:
+            raise where.error((*key, "each"), f"no group {resource.each!r} under groups:")
+        loop = _source(resource.each, where, (*key, "each"))
+        if not loop.repeats or loop.all_segments:
+            reason = "a field loop reads every repetition of one field, such as PV1-7(*)"
+            raise where.error((*key, "each"), reason)
+    when = where.attempt(partial(_condition, resource.when, where, (*key, "when")))
+    rules: list[_Rule] = []
+    for i, rule_spec in enumerate(resource.rules):
+        rule_key = (*key, "rules", i)
+        if where.problems is not None:
+            _check_sources(rule_spec, where, rule_key)
+        rule = where.attempt(partial(_compile_rule, rule_spec, model, spec, roles, where, rule_key))
+        if rule is not None:
+            rules.append(rule)
+    required, choices = requirements(model)
+    return _Resource(
+        resource,
+        when,
+        rules,
+        tuple(r for r in required if r not in ("resourceType", "id")),
+        choices,
+        loop,
+    )
+
+
+def _close_type(name: str) -> str:
+    """The R4B resource types spelt like ``name`` (for a misspelt ``type:``)."""
+    import pkgutil
+
+    import fhir.resources.R4B as r4b
+
+    modules = [m.name for m in pkgutil.iter_modules(r4b.__path__)]
+    names = []
+    for module in difflib.get_close_matches(name.lower(), modules, n=3):
+        model = _fhir_model_by_module(module)
+        if model is not None and issubclass(model, _resource_base()):
+            names.append(model.__name__)
+    return " or ".join(names) if names else "a resource type such as Patient or Observation"
+
+
+def _fhir_model_by_module(module: str) -> type[BaseModel] | None:
+    """The model class a fhir.resources R4B module defines under its own name, if any."""
+    import importlib
+
+    loaded = importlib.import_module(f"fhir.resources.R4B.{module}")
+    for value in vars(loaded).values():
+        if isinstance(value, type) and value.__name__.lower() == module:
+            found: type[BaseModel] = value
+            return found
+    return None
+
+
+def _check_sources(spec: RuleSpec, where: _Where, key: Key) -> None:
+    """Lint only: check every source path of a rule on its own, so one bad part hides none."""
+    texts: list[tuple[str, Key]] = []
+    if isinstance(spec.from_, str):
+        texts.append((spec.from_, (*key, "from")))
+    elif spec.from_:
+        texts.extend((t, (*key, "from", i)) for i, t in enumerate(spec.from_))
+    if spec.each is not None:
+        texts.append((spec.each, (*key, "each")))
+    if spec.when is not None and not _SEGMENT.match(spec.when.path):
+        texts.append((spec.when.path, (*key, "when", "path")))
+    for text, text_key in texts:
+        where.attempt(partial(_source, text, where, text_key))
+    for i, sub in enumerate(spec.rules or ()):
+        _check_sources(sub, where, (*key, "rules", i))
 
 
 def message_header(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from pydantic import BaseModel, ValidationError
 from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import MappingError, MappingSpecError, NoMappingError
-from broker.mapping.context import MapContext, MapResult
+from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import CompiledMapping, compile_inbound, message_header, resource_id
 from broker.mapping.reverse import CompiledOutbound, compile_outbound
-from broker.mapping.spec import InboundSpec, OutboundSpec
+from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import read_yaml, validation_errors
 
@@ -135,23 +136,21 @@ class MappingSet:
         """Tell whether an inbound HL7 v2 mapping handles ``event`` (``ADT^A01``) in ``version``."""
         return (event, version) in self._inbound
 
-    def map_hl7v2(self, message: Message, ctx: MapContext) -> MapResult:
+    def map_hl7v2(
+        self, message: Message, ctx: MapContext, *, trace: list[TraceStep] | None = None
+    ) -> MapResult:
         """Map a tokenized HL7 v2 message to a validated FHIR R4 message Bundle.
+
+        ``trace``, for dry runs only (it receives the patient's values), gets one TraceStep per
+        element written; leaving it out costs nothing.
 
         Raises:
             NoMappingError: no mapping for the message's event and version.
             MappingError: a rule failed; names the mapping file, rule and source path.
             CanonicalError: the Bundle is not valid FHIR R4.
         """
-        event, version = message.event, message.version
-        mapping = self._inbound.get((event, version))
-        if mapping is None:
-            msg = f"no mapping for {event or '(no MSH-9)'} v{version or '(no MSH-12)'}"
-            raise NoMappingError(
-                msg,
-                location="MSH-9",
-            )
-        instances, env = mapping.run(message, ctx.source, ctx.timezone)
+        mapping = self._mapping_for(message)
+        instances, env = mapping.run(message, ctx.source, ctx.timezone, trace)
         control_id = message.control_id
         header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
         received = (
@@ -175,6 +174,37 @@ class MappingSet:
             mappings=(MappingRef(id=mapping.spec.id, sha256=mapping.sha256),),
             partition_key=_partition_key(bundle, ctx.source),
         )
+
+    def _mapping_for(self, message: Message) -> CompiledMapping:
+        event, version = message.event, message.version
+        mapping = self._inbound.get((event, version))
+        if mapping is None:
+            msg = f"no mapping for {event or '(no MSH-9)'} v{version or '(no MSH-12)'}"
+            raise NoMappingError(msg, location="MSH-9")
+        return mapping
+
+    def unmapped(self, message: Message) -> list[str]:
+        """The fields present in ``message`` that no rule of its mapping reads, in message order.
+
+        Each is named ``SEG-n`` (``ZPI-2``, ``IN1-3``), never with its value. Set ID fields
+        (data type SI, such as PID-1 and OBX-1) number segments and are not reported.
+
+        Raises:
+            NoMappingError: no mapping for the message's event and version.
+        """
+        reads = self._mapping_for(message).reads
+        version = message.version
+        found: dict[str, None] = {}
+        for segment in message.segments:
+            name = segment.name
+            for number in range(1, len(segment.fields)):
+                raw = segment.fields[number]
+                if not raw or (name, number) in reads or f"{name}-{number}" in found:
+                    continue
+                if not name.startswith("Z") and _is_set_id(name, number, version):
+                    continue
+                found[f"{name}-{number}"] = None
+        return list(found)
 
     def render_hl7v2(
         self,
@@ -216,6 +246,24 @@ class MappingSet:
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             msg = f"the Bundle could not be rendered as HL7 v2 ({type(exc).__name__})"
             raise MappingError(msg, mapping=out.file) from exc
+
+
+@lru_cache(maxsize=1024)
+def _is_set_id(segment: str, number: int, version: str) -> bool:
+    """Tell whether hl7apy's reference tables give field ``number`` of ``segment`` type SI."""
+    from hl7apy import load_reference
+    from hl7apy.exceptions import HL7apyException
+
+    try:
+        fields = load_reference(
+            segment, "Segment", version if version in HL7_VERSIONS else "2.5.1"
+        )[1]
+    except (HL7apyException, KeyError, ValueError):
+        return False
+    if number > len(fields):
+        return False
+    leaf = fields[number - 1][1]
+    return len(leaf) > 2 and leaf[2] == "SI"
 
 
 def _partition_key(bundle: dict[str, Any], source: str) -> str:

@@ -1,41 +1,27 @@
 """Golden files: each mappings/tests/<case>.hl7 maps exactly to <case>.expected.json.
 
-Regenerate a case after an intended change with ``PASSERELLE_REGOLD=1 pytest tests/mapping/test_golden.py``
-and review the diff before committing it.
+Regenerate after an intended change with ``passerelle mappings test --update`` (or
+``PASSERELLE_REGOLD=1 pytest tests/mapping/test_golden.py``) and review the diff.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from broker.canonical import validate_bundle
-from broker.mapping import MapContext, MappingSet
-from broker.parsing.hl7v2 import decode, parse
+from broker.mapping import MappingSet
+from broker.mapping.golden import golden_output
 
 CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
-CTX = MapContext("golden", "golden", received_at=datetime(2024, 1, 1, tzinfo=UTC))
-
-
-def golden_output(mappings: MappingSet, case: Path) -> str:
-    result = mappings.map_hl7v2(parse(decode(case.read_bytes())), CTX)
-    validate_bundle(result.bundle)
-    document = {
-        "bundle": result.bundle,
-        "findings": [f.model_dump() for f in result.findings],
-        "partition_key": result.partition_key,
-    }
-    return json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
 
 @pytest.mark.parametrize("case", sorted(CASES.glob("*.hl7")), ids=lambda p: p.stem)
 def test_golden(mappings: MappingSet, case: Path) -> None:
     """The mapped Bundle, findings and partition key equal the reviewed expected JSON."""
+    import difflib
+
     expected_file = case.with_suffix(".expected.json")
     actual = golden_output(mappings, case)
     if os.environ.get("PASSERELLE_REGOLD") == "1":

@@ -143,7 +143,7 @@ def test_public_surface() -> None:
     import broker.canonical
     import broker.mapping
 
-    assert sorted(broker.mapping.__all__) == ["MapContext", "MapResult", "MappingSet"]
+    assert sorted(broker.mapping.__all__) == ["MapContext", "MapResult", "MappingSet", "TraceStep"]
     assert broker.canonical.__all__ == ["validate_bundle"]
     for name in broker.mapping.__all__:
         assert getattr(broker.mapping, name).__doc__

@@ -1,0 +1,65 @@
+"""CPU time per role, read from /proc for this process and its descendants (Linux only)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+_ROLES = (
+    ("redis-server", "redis"),
+    ("broker listen", "listener"),
+    ("ForkPoolWorker", "workers"),
+    ("celeryd", "celery main"),
+    ("celery beat", "beat"),
+    ("broker api", "api"),
+    ("multiprocessing", "subscribers (captures)"),
+)
+
+
+def _role(cmdline: str) -> str:
+    for needle, role in _ROLES:
+        if needle in cmdline:
+            return role
+    return "hospital sender (benchmark)"
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), cmd)
+    return out
+
+
+def snapshot() -> dict[int, tuple[str, int]]:
+    """CPU ticks of this process and every descendant, by pid."""
+    procs = _processes()
+    root = os.getpid()
+    mine = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _, _) in procs.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    return {pid: (_role(procs[pid][2]), procs[pid][1]) for pid in mine if pid in procs}
+
+
+def per_role(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
+) -> dict[str, float]:
+    """CPU seconds spent per role between two snapshots."""
+    hz = os.sysconf("SC_CLK_TCK")
+    spent: Counter[str] = Counter()
+    for pid, (role, ticks) in after.items():
+        spent[role] += ticks - before.get(pid, (role, 0))[1]
+    return {role: ticks / hz for role, ticks in spent.most_common()}

@@ -1,0 +1,86 @@
+"""Golden cases: ``<root>/tests/<case>.hl7`` must map exactly to ``<case>.expected.json``.
+
+The expected document holds the Bundle, the findings and the partition key, or, for a message
+the broker must refuse, the error (its class and one-line message). Cases map with source
+``golden`` at 2024-01-01T00:00:00Z so ids and timestamps are stable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from broker.canonical import validate_bundle
+from broker.errors import MessageError
+from broker.mapping.context import MapContext
+from broker.mapping.loader import MappingSet
+from broker.parsing.hl7v2 import decode, parse
+
+__all__ = ["CaseResult", "golden_output", "run_cases"]
+
+CONTEXT = MapContext("golden", "golden", received_at=datetime(2024, 1, 1, tzinfo=UTC))
+"""The fixed context every golden case is mapped in."""
+
+
+def golden_output(mappings: MappingSet, case: Path) -> str:
+    """The canonical JSON document a case maps to (sorted keys, two-space indent)."""
+    document: dict[str, Any]
+    try:
+        result = mappings.map_hl7v2(parse(decode(case.read_bytes())), CONTEXT)
+        validate_bundle(result.bundle)
+    except MessageError as exc:
+        document = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    else:
+        document = {
+            "bundle": result.bundle,
+            "findings": [f.model_dump() for f in result.findings],
+            "partition_key": result.partition_key,
+        }
+    return json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One golden case's outcome: ``diff`` is empty when the case passes."""
+
+    case: Path
+    diff: str
+
+    @property
+    def passed(self) -> bool:
+        """True when the actual output equals the expected file."""
+        return not self.diff
+
+
+def run_cases(
+    root: Path, mappings: MappingSet | None = None, *, update: bool = False
+) -> list[CaseResult]:
+    """Run every case in ``root/tests``; with ``update``, write the actual output as expected.
+
+    Raises:
+        MappingSpecError: the mappings under ``root`` do not load.
+    """
+    loaded = mappings if mappings is not None else MappingSet.load(root)
+    results = []
+    for case in sorted((root / "tests").glob("*.hl7")):
+        expected_file = case.with_suffix(".expected.json")
+        actual = golden_output(loaded, case)
+        if update:
+            expected_file.write_text(actual, encoding="utf-8")
+        expected = expected_file.read_text(encoding="utf-8") if expected_file.exists() else ""
+        diff = ""
+        if actual != expected:
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(True),
+                    actual.splitlines(True),
+                    str(expected_file),
+                    f"{case} (actual)",
+                )
+            )
+        results.append(CaseResult(case, diff))
+    return results

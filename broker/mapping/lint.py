@@ -1,0 +1,300 @@
+"""``passerelle mappings lint``: every problem of every mapping file, with its line and column.
+
+Loading (``MappingSet.load``) stops at the first problem; lint goes on and reports them all:
+YAML syntax errors, duplicate keys, schema errors (unknown or missing keys, bad values), then
+what compilation checks (source paths against hl7apy's reference tables for the declared
+versions, target paths against the fhir.resources R4B models, functions, maps, groups and
+roles), and finally what spans files (ids, event/version pairs claimed twice). Each problem is
+reported at the offending value as ``file:line:col: what is wrong; what was expected``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from broker.errors import MappingSpecError
+from broker.mapping.engine import SpecProblem, compile_inbound
+from broker.mapping.reverse import compile_outbound
+from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec
+from broker.yamlspec import LineMap
+
+__all__ = ["Problem", "lint"]
+
+Key = tuple[str | int, ...]
+Positions = dict[Key, tuple[int, int]]
+"""Key path → 1-based (line, column) of its value; ``(*path, "__key__")`` → of the key."""
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One lint finding: where it is (1-based line and column) and what is wrong."""
+
+    file: str
+    line: int
+    col: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.reason}"
+
+
+def lint(path: Path) -> list[Problem]:
+    """Lint one mapping file, or every ``*.yaml`` under a mappings root except ``tests/``.
+
+    Returns:
+        Every problem found, sorted by file, line and column; empty when all is well.
+    """
+    if path.is_file():
+        files = [path]
+    else:
+        tests = path / "tests"
+        files = [p for p in sorted(path.rglob("*.yaml")) if not p.is_relative_to(tests)]
+    problems: list[Problem] = []
+    claims = _Claims()
+    for file in files:
+        problems.extend(_lint_file(file, claims))
+    problems.extend(claims.problems)
+    return sorted(set(problems))
+
+
+# --- reading YAML with positions -----------------------------------------------------------------
+
+
+def _walk(
+    node: yaml.Node, path: Key, positions: Positions, problems: list[Problem], file: str
+) -> None:
+    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in seen:
+                reason = f"duplicate key {key!r}; expected each key once (YAML keeps only the last)"
+                problems.append(Problem(file, *where, reason))
+            seen.add(key)
+            positions[(*path, key, "__key__")] = where
+            _walk(value_node, (*path, key), positions, problems, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, (*path, index), positions, problems, file)
+
+
+def _read(file: Path, problems: list[Problem]) -> tuple[Any, Positions] | None:
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(name, 1, 1, f"cannot read the file ({exc}); expected UTF-8 text"))
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        context = f" ({exc.context})" if exc.context else ""
+        reason = f"YAML syntax error: {exc.problem}{context}; expected well-formed YAML"
+        problems.append(Problem(name, line, col, reason))
+        return None
+    except yaml.YAMLError as exc:
+        problems.append(Problem(name, 1, 1, f"YAML syntax error: {exc}; expected well-formed YAML"))
+        return None
+    positions: Positions = {}
+    if node is not None:
+        _walk(node, (), positions, problems, name)
+    return data, positions
+
+
+def _position(positions: Positions, key: Key) -> tuple[int, int]:
+    for end in range(len(key), -1, -1):
+        found = positions.get(key[:end])
+        if found is not None:
+            return found
+    return (1, 1)
+
+
+def _dotted(key: Key) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_DOTTED_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _undotted(dotted: str) -> Key:
+    """``segments[2].fields[0].from`` → ``("segments", 2, "fields", 0, "from")``."""
+    return tuple(int(index) if index else name for name, index in _DOTTED_PART.findall(dotted))
+
+
+# --- schema errors -------------------------------------------------------------------------------
+
+
+def _allowed_keys(model: type[BaseModel], loc: Key) -> list[str]:
+    """The keys the model accepts at ``loc`` (the mapping holding an unknown key)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current, list if isinstance(part, int) else None)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            current = args[0] if args else None
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {(f.alias or n): f for n, f in current.model_fields.items()}
+            info = fields.get(part)
+            current = info.annotation if info is not None else None
+        else:
+            args = typing.get_args(current)
+            current = args[1] if len(args) == 2 else None
+    current = _unwrap(current, None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(f.alias or n for n, f in current.model_fields.items())
+    return []
+
+
+def _unwrap(annotation: Any, want: type | None) -> Any:
+    """From ``X | None`` or ``str | list[X]``, the member that is a model (or ``want``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        for arg in typing.get_args(annotation):
+            if want is not None and typing.get_origin(arg) is want:
+                return arg
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+            if want is None and typing.get_origin(arg) in (list, dict):
+                return arg
+    return annotation
+
+
+def _schema_problems(
+    exc: ValidationError, model: type[BaseModel], file: str, positions: Positions
+) -> list[Problem]:
+    found = []
+    for err in exc.errors(include_url=False):
+        # pydantic puts union members and validator names into loc; keep the document's keys.
+        loc: Key = ()
+        for part in err["loc"]:
+            if (*loc, part) in positions or (*loc, part, "__key__") in positions:
+                loc = (*loc, part)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            name = err["loc"][-1]
+            parent = loc[:-1] if loc and loc[-1] == name else loc
+            allowed = ", ".join(_allowed_keys(model, parent))
+            reason = f"unknown key {name!r}; expected one of {allowed}"
+            where = positions.get((*parent, name, "__key__")) or _position(positions, parent)
+        elif kind == "missing":
+            name = err["loc"][-1]
+            holder = _dotted(loc) or "the top of the file"
+            reason = f"missing key {name!r}; expected it in {holder}"
+            where = _position(positions, loc)
+        else:
+            message = str(err["msg"]).removeprefix("Value error, ")
+            reason = f"invalid {_dotted(loc) or 'file'}; {message}"
+            where = _position(positions, loc)
+        found.append(Problem(file, *where, reason))
+    return found
+
+
+# --- one file and the whole set ------------------------------------------------------------------
+
+
+class _Claims:
+    """What must be unique across files: mapping ids and (event, version) pairs."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self.events: dict[tuple[str, str], str] = {}
+        self.problems: list[Problem] = []
+
+    def claim_id(self, mapping_id: str, file: str, where: tuple[int, int]) -> None:
+        other = self.ids.setdefault(mapping_id, file)
+        if other != file:
+            reason = f"id {mapping_id!r} is also used by {other}; expected a unique id"
+            self.problems.append(Problem(file, *where, reason))
+
+    def claim_events(self, spec: InboundSpec, file: str, positions: Positions) -> None:
+        for index, event in enumerate(spec.source.events):
+            for version in spec.source.versions:
+                other = self.events.setdefault((event, version), file)
+                if other != file:
+                    reason = (
+                        f"{event} v{version} is already mapped by {other}; "
+                        "expected one mapping per event and version"
+                    )
+                    where = _position(positions, ("source", "events", index))
+                    self.problems.append(Problem(file, *where, reason))
+
+
+def _lint_file(path: Path, claims: _Claims) -> list[Problem]:
+    file = str(path)
+    problems: list[Problem] = []
+    read = _read(path, problems)
+    if read is None:
+        return problems
+    data, positions = read
+    if not isinstance(data, dict):
+        reason = "the file is not a mapping of keys; expected id:, source: or target:, ..."
+        return [*problems, Problem(file, 1, 1, reason)]
+    model: type[InboundSpec | OutboundSpec]
+    if "target" in data:
+        model = OutboundSpec
+    elif "source" in data:
+        model = InboundSpec
+    else:
+        reason = "neither source: nor target:; expected source: (inbound) or target: (outbound)"
+        return [*problems, Problem(file, 1, 1, reason)]
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        return problems + _schema_problems(exc, model, file, positions)
+    claims.claim_id(spec.id, file, _position(positions, ("id",)))
+    lines: LineMap = {key: line for key, (line, _) in positions.items()}
+    if isinstance(spec, OutboundSpec):
+        try:
+            compile_outbound(spec, file, lines)
+        except MappingSpecError as exc:
+            where = _position(positions, _undotted(exc.key))
+            problems.append(Problem(file, *where, f"{exc.key}: {exc.reason}"))
+        return problems
+    claims.claim_events(spec, file, positions)
+    found: list[SpecProblem] = []
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    compile_inbound(spec, file, lines, sha, found)
+    for problem in found:
+        where = _position(positions, problem.path)
+        problems.append(Problem(file, *where, f"{problem.key}: {problem.reason}"))
+    problems.extend(_unused_maps(spec, file, positions))
+    return problems
+
+
+def _unused_maps(spec: InboundSpec, file: str, positions: Positions) -> list[Problem]:
+    used: set[str] = set()
+
+    def visit(rules: list[RuleSpec]) -> None:
+        for rule in rules:
+            if rule.map:
+                used.add(rule.map)
+            visit(rule.rules or [])
+
+    for resource in spec.resources:
+        visit(resource.rules)
+    return [
+        Problem(
+            file,
+            *_position(positions, ("maps", name, "__key__")),
+            f"value map {name!r} is never used; expected a rule with map: {name}, or remove it",
+        )
+        for name in spec.maps
+        if name not in used
+    ]
