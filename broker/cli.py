@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from broker.cli_mappings import mappings_app
 from broker.errors import BrokerError
 from broker.log import configure_logging
 from broker.settings import Settings
@@ -164,9 +166,23 @@ def translate(
     to: Annotated[str, typer.Option("--to", help="canonical | fhir | hl7v2")] = "canonical",
     mappings: MappingsOpt = None,
     charset: Annotated[str, typer.Option(help="Charset when MSH-18 is empty.")] = "utf-8",
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="On stderr, one line per output element: file:line source -> target = value.",
+        ),
+    ] = False,
+    unmapped: Annotated[
+        bool,
+        typer.Option("--unmapped", help="On stderr, the fields present that no rule read."),
+    ] = False,
 ) -> None:
-    """Translate one message with the mappings, offline; the result alone goes to stdout."""
-    from broker.translate import translate as run
+    """Translate one message with the mappings, offline; the result alone goes to stdout.
+
+    --trace prints the patient's values to stderr: a dry-run tool, never for logs.
+    """
+    from broker.translate import dry_run
 
     # stdout carries the result alone; anything a library logs goes to stderr, errors only.
     configure_logging("console", "ERROR")
@@ -181,10 +197,18 @@ def translate(
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror}")
     try:
-        out = run(raw, to=to, mappings_dir=settings.mappings_dir, charset=charset)
+        done = dry_run(raw, to=to, mappings_dir=settings.mappings_dir, charset=charset, trace=trace)
     except BrokerError as exc:
         _fail(str(exc).splitlines()[0])
+    out = done.output
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    here = Path.cwd()
+    for step in done.trace:
+        file = Path(step.file)
+        shown = file.relative_to(here) if file.is_relative_to(here) else file
+        typer.echo(str(replace(step, file=str(shown))), err=True)
+    if trace or unmapped:
+        typer.echo(f"unmapped: {', '.join(done.unmapped) or '(none)'}", err=True)
 
 
 @app.command()
@@ -200,6 +224,9 @@ def demo(
         settings.log_format, "WARNING"
     )  # the demo's own progress lines are the output
     sys.exit(run_demo(settings, messages))
+
+
+app.add_typer(mappings_app, name="mappings")
 
 
 def main() -> None:

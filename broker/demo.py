@@ -149,13 +149,16 @@ def run_demo(settings: Settings, count: int = 100, out: TextIO = sys.stdout) -> 
         }
         received = {dmp.id: lambda: len(fhir.envelope_ids), lab.id: lambda: mllp.unique_count}
 
+        interactive = out.isatty()
+
         def progress() -> bool:
             line = ", ".join(f"{sub} {received[sub]()}/{n}" for sub, n in expected.items())
-            out.write(f"\r  delivered: {line}   ")
+            # A terminal gets one line updated in place; a log file one line per poll.
+            out.write(f"\r  delivered: {line}   " if interactive else f"  delivered: {line}\n")
             out.flush()
             return all(received[sub]() >= n for sub, n in expected.items())
 
-        wait_until(progress, timeout=120, interval=0.5)
+        wait_until(progress, timeout=120, interval=0.5 if interactive else 1.0)
         elapsed = time.monotonic() - started
         out.write(f"\nDone in {elapsed:.1f} s.\n")
         lost_total = 0

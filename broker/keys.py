@@ -14,6 +14,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
     pl:kick:STREAM       string   a drain task for STREAM is already queued
     pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
+    pl:trimmed           string   the retention trim ran within the last minute
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "QUARANTINE",
     "REJECTED",
     "STATS",
+    "TRIMMED",
     "dead",
     "dedupe",
     "envelope",
@@ -43,6 +45,7 @@ DELIVER_GROUP = "deliver"
 REJECTED = "pl:rejected"
 QUARANTINE = "pl:quarantine"
 STATS = "pl:stats"
+TRIMMED = "pl:trimmed"
 ATTEMPTS = "pl:attempts:"
 
 

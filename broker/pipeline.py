@@ -8,11 +8,14 @@ from datetime import datetime
 from broker.adapters.spec import AdapterSpec
 from broker.envelope import Envelope, MessageState
 from broker.errors import MessageError
+from broker.log import get_logger
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
 from broker.routing import route
 
 __all__ = ["envelope_from_journal", "process"]
+
+log = get_logger(__name__)
 
 
 def envelope_from_journal(entry_id: str, fields: Mapping[bytes, bytes]) -> Envelope:
@@ -64,6 +67,13 @@ def process(
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
         return failed, []
+    except Exception as exc:
+        # A bug must cost one quarantined message, never a worker or the partition behind it.
+        log.exception("pipeline.internal_error", envelope_id=envelope.id, adapter=envelope.source)
+        reason = (
+            f"internal error while parsing or mapping ({type(exc).__name__}); see the worker log"
+        )
+        return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
     envelope = envelope.model_copy(
         update={
             "bundle": result.bundle,

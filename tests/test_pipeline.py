@@ -68,3 +68,26 @@ class TestProcess:
         )
         assert envelope.state is MessageState.FILTERED
         assert destinations == []
+
+
+class _BrokenMappings(MappingSet):
+    """A mapping set whose engine has a bug: every message raises KeyError."""
+
+    def map_hl7v2(self, message, ctx):
+        raise KeyError("bug")
+
+
+def test_a_bug_in_mapping_quarantines_the_message_and_does_not_raise(mappings, adapters):
+    """An unexpected exception becomes a FAILED envelope that names the error type, not a crash."""
+    broken = _BrokenMappings(list(mappings._inbound_list), list(mappings._outbound_list))
+    by_id, subscribers = adapters
+    envelope, destinations = process(
+        Envelope(source="chu-rabat-adt"),
+        adt(patients(1, seed=6)[0], "A01", control_id="P4").encode(),
+        broken,
+        by_id,
+        subscribers,
+    )
+    assert envelope.state is MessageState.FAILED
+    assert "KeyError" in (envelope.reason or "")
+    assert destinations == []

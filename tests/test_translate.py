@@ -67,3 +67,31 @@ def test_bad_target() -> None:
     """An unknown --to is a ConfigurationError listing the choices."""
     with pytest.raises(ConfigurationError, match="canonical, fhir, hl7v2"):
         translate(raw("adt_a04.hl7"), to="xml", mappings_dir=MAPPINGS)
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        pytest.param(b'{"resourceType": "Patient", "id": "p1"}', "Patient", id="resource"),
+        pytest.param(
+            b'\xef\xbb\xbf{"resourceType": "Bundle", "type": "transaction"}',
+            "Bundle of type transaction",
+            id="bundle",
+        ),
+    ],
+)
+def test_fhir_json_input_is_refused_clearly(payload: bytes, kind: str) -> None:
+    """FHIR JSON input is a one-line NoMappingError naming what it is, not an HL7 parse error."""
+    with pytest.raises(NoMappingError, match=f"FHIR JSON input \\({kind}\\) is not supported yet"):
+        translate(payload, to="fhir", mappings_dir=MAPPINGS)
+
+
+def test_dry_run_gives_trace_and_unmapped_fields() -> None:
+    """dry_run returns the same output as translate, plus the trace and the unmapped fields."""
+    from broker.translate import dry_run
+
+    done = dry_run(raw("adt_a01_zsegments.hl7"), to="fhir", mappings_dir=MAPPINGS, trace=True)
+    assert json.loads(done.output)["type"] == "message"
+    assert any(step.target == "Patient.gender" for step in done.trace)
+    assert "ZPI-1" in done.unmapped
+    assert dry_run(raw("adt_a04.hl7"), to="fhir", mappings_dir=MAPPINGS).trace == ()

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from structlog.contextvars import clear_contextvars
 
 from broker import keys
 from broker.adapters.spec import AdapterSpec, load_adapters
@@ -92,6 +93,7 @@ def drain_inbound(partition: int) -> int:
     it, and the next drainer re-reads what was not acknowledged.
     """
     rt = runtime()
+    clear_contextvars()
     settings = rt.settings
     stream = keys.inbound(partition)
     rt.client.delete(keys.kick(stream))
@@ -108,9 +110,20 @@ def drain_inbound(partition: int) -> int:
             touched: set[str] = set()
             counts: dict[str, int] = {}
             for entry_id, fields in entries:
-                received = envelope_from_journal(entry_id, fields)
+                try:
+                    received = envelope_from_journal(entry_id, fields)
+                    raw = fields[b"raw"]
+                except (KeyError, ValueError):
+                    # Never a poison pill: an entry this code cannot read is set aside, not retried.
+                    reason = "the journal entry lacks id, source, received_at or raw"
+                    pipe.xadd(
+                        keys.QUARANTINE, {"entry": entry_id, "stream": stream, "reason": reason}
+                    )
+                    log.error("message.unreadable_entry", stream=stream, entry=entry_id)
+                    counts["failed"] = counts.get("failed", 0) + 1
+                    continue
                 envelope, destinations = process(
-                    received, fields[b"raw"], rt.mappings, rt.adapters, rt.subscribers
+                    received, raw, rt.mappings, rt.adapters, rt.subscribers
                 )
                 pipe.set(
                     keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
@@ -180,6 +193,7 @@ def drain_outbound(subscriber: str, partition: int) -> int:
     and schedules the next attempt after the backoff; other partitions go on.
     """
     rt = runtime()
+    clear_contextvars()
     settings = rt.settings
     stream = keys.outbound(subscriber, partition)
     rt.client.delete(keys.kick(stream))
@@ -202,14 +216,12 @@ def drain_outbound(subscriber: str, partition: int) -> int:
             entries = read_batch(rt.client, stream, keys.DELIVER_GROUP, settings.batch_size)
             if not entries:
                 break
-            raw_envelopes = rt.client.mget(
-                [keys.envelope(fields[b"env"].decode()) for _, fields in entries]
-            )
+            ids = [fields.get(b"env", b"").decode() for _, fields in entries]
+            raw_envelopes = rt.client.mget([keys.envelope(i) for i in ids])
             acked: list[str] = []
             batch_delivered = 0
             pipe = rt.client.pipeline(transaction=True)
-            for (entry_id, fields), raw in zip(entries, raw_envelopes, strict=True):
-                envelope_id = fields[b"env"].decode()
+            for (entry_id, _), envelope_id, raw in zip(entries, ids, raw_envelopes, strict=True):
                 if raw is None:
                     _dead_letter(
                         rt,
@@ -262,6 +274,17 @@ def drain_outbound(subscriber: str, partition: int) -> int:
                     _dead_letter(rt, pipe, subscriber, entry_id, envelope_id, str(exc), attempts)
                     acked.append(entry_id)
                     continue
+                except Exception as exc:
+                    # A bug in rendering must not block the partition forever: park the message
+                    # (replayable once fixed) and let the patients behind it through.
+                    log.exception(
+                        "delivery.internal_error", envelope_id=envelope_id, route=subscriber
+                    )
+                    reason = f"internal error while rendering or sending ({type(exc).__name__}); see the worker log"
+                    attempts = _record_attempt(rt, subscriber, entry_id, exc)
+                    _dead_letter(rt, pipe, subscriber, entry_id, envelope_id, reason, attempts)
+                    acked.append(entry_id)
+                    continue
                 acked.append(entry_id)
                 delivered += 1
                 batch_delivered += 1
@@ -309,4 +332,22 @@ def rekick() -> int:
                 rt.client, out, keys.DELIVER_GROUP
             ):
                 kicked += rt.kicker.kick(DRAIN_OUTBOUND, [sub.id, partition], force=True)
+    _trim(rt)
     return kicked
+
+
+def _trim(rt: Runtime) -> None:
+    """Drop journal and queue entries older than the retention, at most once a minute.
+
+    XTRIM MINID cuts by entry id, i.e. by arrival time; an entry is processed within seconds,
+    so only entries long done fall out. Dead letters, rejections and quarantine are kept.
+    """
+    if not rt.client.set(keys.TRIMMED, b"1", nx=True, ex=60):
+        return
+    oldest = f"{int((time.time() - rt.settings.retention_s) * 1000)}-0"
+    pipe = rt.client.pipeline(transaction=False)
+    for partition in range(rt.settings.partitions):
+        pipe.xtrim(keys.inbound(partition), minid=oldest, approximate=False)
+        for sub in rt.subscribers:
+            pipe.xtrim(keys.outbound(sub.id, partition), minid=oldest, approximate=False)
+    pipe.execute()

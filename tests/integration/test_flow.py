@@ -177,3 +177,27 @@ class TestRefusals:
             stack.inbound_port, [adt(patients(1, seed=607)[0], "A04", control_id=control_id("AFT"))]
         ) == ["AA"]
         assert wait_until(lambda: stack.fhir.count > after, 30), stack.logs()
+
+
+class TestRobustness:
+    def test_an_unreadable_journal_entry_is_quarantined_and_never_blocks(self, stack):
+        """A journal entry without the fields the pipeline needs is set aside; later messages flow."""
+        before = stack.redis.xlen(keys.QUARANTINE)
+        stack.redis.xadd(keys.inbound(0), {"junk": "1"})
+        assert wait_until(lambda: stack.redis.xlen(keys.QUARANTINE) > before, 30), stack.logs()
+        after = stack.fhir.count
+        assert send_all(
+            stack.inbound_port, [adt(patients(1, seed=707)[0], "A08", control_id=control_id("ROB"))]
+        ) == ["AA"]
+        assert wait_until(lambda: stack.fhir.count > after, 30), stack.logs()
+
+    def test_entries_older_than_the_retention_are_trimmed(self, stack):
+        """The periodic task drops queue entries older than the retention (here: an entry from 1970)."""
+        stream = keys.outbound("lab-legacy", 1)
+        # Earlier tests left only acknowledged entries here; an id from 1970 needs an empty stream.
+        stack.redis.delete(stream)
+        stack.redis.xadd(stream, {"env": "gone"}, id="1-0")
+        stack.redis.delete(keys.TRIMMED)
+        assert wait_until(lambda: not stack.redis.xrange(stream, min="1-0", max="1-0"), 30), (
+            stack.logs()
+        )
