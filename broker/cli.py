@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.cli_mappings import mappings_app
+from broker.cli_ops import dead_letters_app, replay_command
 from broker.errors import BrokerError
 from broker.log import configure_logging
 from broker.settings import Settings
@@ -227,6 +228,8 @@ def demo(
 
 
 app.add_typer(mappings_app, name="mappings")
+app.add_typer(dead_letters_app, name="dead-letters")
+app.command("replay")(replay_command)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "DRAIN_OUTBOUND",
     "KICK_FLAG_TTL_S",
     "REKICK",
+    "RELEASE_PATIENT",
     "AsyncKicker",
     "Kicker",
     "stream_of",
@@ -29,6 +30,7 @@ __all__ = [
 DRAIN_INBOUND = "passerelle.drain_inbound"
 DRAIN_OUTBOUND = "passerelle.drain_outbound"
 REKICK = "passerelle.rekick"
+RELEASE_PATIENT = "passerelle.release_patient"
 QUEUE = "passerelle"
 KICK_FLAG_TTL_S = 60
 """A kick flag outlives a lost task by this long at most; the periodic re-kick covers the gap."""

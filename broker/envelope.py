@@ -88,6 +88,8 @@ class Envelope(BaseModel):
     """MSH-3^MSH-4 (sending application and facility)."""
     partition_key: str | None = None
     """The patient identity that orders this message against the same patient's others."""
+    partition: int | None = None
+    """The patient partition of its journal and delivery streams."""
     mappings: tuple[MappingRef, ...] = ()
     findings: tuple[Finding, ...] = ()
     state: MessageState = MessageState.RECEIVED

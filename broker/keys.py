@@ -8,7 +8,11 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:dedupe:HASH       string   the ACK sent for (MSH-3, MSH-4, MSH-10); dedupe window TTL
     pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
     pl:quarantine        stream   journalled messages that failed parse/map/validation
-    pl:dead:SUB          stream   deliveries a subscriber refused for good
+    pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
+    pl:dl:SUB            hash     dead-letter id → JSON record with its current status
+    pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
+    pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
+    pl:audit             stream   who replayed, discarded or edited what, when and why
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "ATTEMPTS",
+    "AUDIT",
     "DELIVER_GROUP",
     "PIPELINE_GROUP",
     "QUARANTINE",
@@ -28,13 +33,16 @@ __all__ = [
     "STATS",
     "TRIMMED",
     "dead",
+    "dead_records",
     "dedupe",
     "envelope",
+    "held",
     "hold",
     "inbound",
     "kick",
     "lock",
     "outbound",
+    "parked",
     "partition_of",
 ]
 
@@ -45,6 +53,7 @@ DELIVER_GROUP = "deliver"
 REJECTED = "pl:rejected"
 QUARANTINE = "pl:quarantine"
 STATS = "pl:stats"
+AUDIT = "pl:audit"
 TRIMMED = "pl:trimmed"
 ATTEMPTS = "pl:attempts:"
 
@@ -77,6 +86,21 @@ def dedupe(digest: str) -> str:
 def dead(subscriber: str) -> str:
     """Dead-letter stream of one subscriber."""
     return f"pl:dead:{subscriber}"
+
+
+def dead_records(subscriber: str) -> str:
+    """Dead-letter records of one subscriber, by id."""
+    return f"pl:dl:{subscriber}"
+
+
+def held(subscriber: str) -> str:
+    """Patients whose messages are held for one subscriber, with the dead letter holding them."""
+    return f"pl:held:{subscriber}"
+
+
+def parked(subscriber: str, patient: str) -> str:
+    """One held patient's messages for one subscriber, in arrival order."""
+    return f"pl:parked:{subscriber}:{patient}"
 
 
 def hold(subscriber: str, partition: int) -> str:

@@ -30,6 +30,12 @@ class RetryPolicy(BaseModel):
     jitter: float = Field(0.2, ge=0, le=1)
     max_attempts: int | None = Field(None, ge=1)
     """``None`` retries a retryable failure until it passes (a subscriber that is down)."""
+    max_age_s: float | None = Field(None, gt=0)
+    """Stop retrying a message this long after its first failed attempt (``None``: no limit)."""
+    on_exhausted: Literal["hold", "skip"] = "hold"
+    """When a message is dead-lettered (refused for good, or retries exhausted): ``hold`` parks
+    that patient's later messages for this subscriber until the dead letter is replayed or
+    discarded, so one patient's events never arrive out of order; ``skip`` delivers them."""
 
 
 class Settings(BaseSettings):

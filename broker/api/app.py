@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from broker.api import dead_letters, health, messages
+from broker.api import dead_letters, health, messages, operations
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(dead_letters.router)
+    app.include_router(operations.router)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:

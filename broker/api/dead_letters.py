@@ -1,52 +1,238 @@
-"""Dead-letter routes: what a subscriber refused for good, with every attempt and reply."""
+"""Dead-letter routes: list, read, replay (as it was or corrected), discard and bulk replay.
+
+Listings are summaries without the patient identifier or the payload; reading one dead letter
+returns everything, the envelope included, and is recorded in the audit stream as ``viewed``.
+"""
 
 from __future__ import annotations
 
 import json
-import re
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
 
-from broker import keys
 from broker.api.auth import require_token
-from broker.api.health import get_redis
+from broker.api.operations import (
+    API_WHO,
+    ID_PATTERN,
+    SUBSCRIBER_PATTERN,
+    Ops,
+    operation_outcome,
+    refused,
+    require_subscriber,
+)
+from broker.delivery.dead_letter import Status
+from broker.delivery.replay import OperationError, Operations
+from broker.errors import CanonicalError
 
-__all__ = ["router"]
+__all__ = ["REPLY_CHARS", "router", "summary"]
+
+REPLY_CHARS = 200
+"""A summary's last reply is cut to this many characters."""
 
 router = APIRouter(
     prefix="/api/dead-letters", tags=["dead letters"], dependencies=[Depends(require_token)]
 )
 
-_SUBSCRIBER = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SubscriberPath = Annotated[str, Path(description="The outbound adapter's id.")]
+DeadIdPath = Annotated[str, Path(description="The dead letter's id.")]
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What a listing shows of a dead letter: no patient identifier, no payload."""
+    attempts: list[dict[str, Any]] = record.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    reply = last.get("reply") if last.get("reply") is not None else last.get("error")
+    if reply is not None and not isinstance(reply, str):
+        reply = json.dumps(reply, ensure_ascii=False)
+    if reply is not None and len(reply) > REPLY_CHARS:
+        reply = reply[: REPLY_CHARS - 1] + "…"
+    return {
+        "id": record["id"],
+        "subscriber": record["subscriber"],
+        "envelope_id": record["envelope_id"],
+        "reason": record["reason"],
+        "status": record["status"],
+        "attempts": len(attempts),
+        "last_reply": reply,
+        "dead_lettered_at": record["dead_lettered_at"],
+        "holds_patient": record["holds_patient"],
+    }
 
 
-@router.get("/{subscriber}")
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _known(ops: Operations, subscriber: str) -> None:
+    """404 unless the subscriber is registered or still has dead letters."""
+    if SUBSCRIBER_PATTERN.match(subscriber) and (
+        subscriber in ops.subscribers or subscriber in ops.store.subscribers()
+    ):
+        return
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subscriber {subscriber!r}")
+
+
+def _record(ops: Operations, subscriber: str, dead_id: str) -> dict[str, Any]:
+    record = (
+        ops.store.get(subscriber, dead_id)
+        if SUBSCRIBER_PATTERN.match(subscriber) and ID_PATTERN.match(dead_id)
+        else None
+    )
+    if record is None:
+        msg = f"no dead letter {dead_id} for subscriber {subscriber}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
+    return record
+
+
+class _Why(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    why: str = Field(description="Why; recorded with the action in the audit trail.")
+
+    @field_validator("why")
+    @classmethod
+    def _said(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("why must say why (it is recorded in the audit trail)")
+        return value.strip()
+
+
+class ReplayBody(_Why):
+    """``POST .../{id}/replay``: why, and optionally the corrected canonical message."""
+
+    corrected_bundle: dict[str, Any] | None = Field(
+        None, description="A corrected FHIR R4 message Bundle to send instead of the original."
+    )
+
+
+class DiscardBody(_Why):
+    """``POST .../{id}/discard``: why the dead letter is given up."""
+
+
+class BulkReplayBody(_Why):
+    """``POST /api/dead-letters/{subscriber}/replay``: which open dead letters to replay."""
+
+    since: datetime | None = Field(None, description="Dead-lettered at or after (ISO 8601).")
+    until: datetime | None = Field(None, description="Dead-lettered at or before (ISO 8601).")
+    text: str | None = Field(None, description="Text in the reason or a reply (any case).")
+
+
+@router.get("")
+def subscribers(ops: Ops) -> list[dict[str, Any]]:
+    """Subscribers that have dead letters, with how many are open and in all."""
+    out = []
+    for subscriber in ops.store.subscribers():
+        records = ops.store.find(subscriber, status=None, limit=1_000_000)
+        opened = sum(1 for r in records if r["status"] == "open")
+        out.append({"subscriber": subscriber, "open": opened, "total": len(records)})
+    return out
+
+
+@router.get("/{subscriber}", responses={404: {"description": "Unknown subscriber"}})
 def list_dead_letters(
-    subscriber: Annotated[str, Path(description="The outbound adapter's id.")],
-    client: Annotated[redis.Redis, Depends(get_redis)],
+    subscriber: SubscriberPath,
+    ops: Ops,
+    status_: Annotated[
+        Literal["open", "replaying", "delivered", "discarded", "all"], Query(alias="status")
+    ] = "open",
+    since: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
+    text: Annotated[str | None, Query(description="Text in the reason or a reply.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """The newest dead letters of one subscriber: envelope id, reason, time and attempts."""
-    if not _SUBSCRIBER.match(subscriber):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no subscriber with this id")
-    out = []
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(
-        keys.dead(subscriber), count=limit
-    )  # type: ignore[assignment]
-    for entry_id, fields in entries:
-        out.append(
-            {
-                "id": _text(entry_id),
-                "envelope_id": _text(fields[b"envelope"]),
-                "reason": _text(fields[b"reason"]),
-                "at": float(fields[b"at"]),
-                "attempts": json.loads(fields.get(b"attempts", b"[]")),
-            }
+    """One subscriber's dead letters, newest first, as summaries without patient data."""
+    _known(ops, subscriber)
+    chosen: Status | None = None if status_ == "all" else status_
+    records = ops.store.find(
+        subscriber,
+        status=chosen,
+        since=_epoch(since),
+        until=_epoch(until),
+        text=text or None,
+        limit=limit,
+    )
+    return [summary(r) for r in records]
+
+
+@router.get("/{subscriber}/{dead_id}", responses={404: {"description": "Unknown dead letter"}})
+def show_dead_letter(subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops) -> dict[str, Any]:
+    """The whole record, envelope and patient data included; the view is audited."""
+    record = _record(ops, subscriber, dead_id)
+    ops.store.audit("viewed", who=API_WHO, why="", subscriber=subscriber, target=dead_id)
+    return record
+
+
+@router.post(
+    "/{subscriber}/{dead_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=None,
+    responses={
+        404: {"description": "Unknown subscriber or dead letter"},
+        409: {"description": "The dead letter is not open, or nothing is kept to send"},
+        422: {"description": "The corrected Bundle is not valid FHIR R4 (an OperationOutcome)"},
+    },
+)
+def replay(
+    subscriber: SubscriberPath, dead_id: DeadIdPath, body: ReplayBody, ops: Ops
+) -> dict[str, Any] | JSONResponse:
+    """Send a dead letter again, as it was or corrected; a held patient is then released."""
+    require_subscriber(ops, subscriber)
+    _record(ops, subscriber, dead_id)
+    try:
+        return ops.replay(
+            subscriber, dead_id, who=API_WHO, why=body.why, corrected=body.corrected_bundle
         )
-    return out
+    except CanonicalError as exc:
+        return operation_outcome(exc)
+    except OperationError as exc:
+        raise refused(exc) from exc
+
+
+@router.post(
+    "/{subscriber}/{dead_id}/discard",
+    responses={
+        404: {"description": "Unknown subscriber or dead letter"},
+        409: {"description": "The dead letter is not open"},
+    },
+)
+def discard(
+    subscriber: SubscriberPath, dead_id: DeadIdPath, body: DiscardBody, ops: Ops
+) -> dict[str, Any]:
+    """Give a dead letter up for good; a held patient's later messages are then delivered."""
+    require_subscriber(ops, subscriber)
+    _record(ops, subscriber, dead_id)
+    try:
+        return ops.discard(subscriber, dead_id, who=API_WHO, why=body.why)
+    except OperationError as exc:
+        raise refused(exc) from exc
+
+
+@router.post(
+    "/{subscriber}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        404: {"description": "Unknown subscriber"},
+        409: {"description": "One of the matching dead letters could not be replayed"},
+    },
+)
+def replay_matching(subscriber: SubscriberPath, body: BulkReplayBody, ops: Ops) -> dict[str, Any]:
+    """Replay every open dead letter of the subscriber that matches the filter."""
+    require_subscriber(ops, subscriber)
+    try:
+        ids = ops.replay_matching(
+            subscriber,
+            who=API_WHO,
+            why=body.why,
+            since=_epoch(body.since),
+            until=_epoch(body.until),
+            text=body.text or None,
+        )
+    except OperationError as exc:
+        raise refused(exc) from exc
+    return {"subscriber": subscriber, "replayed": ids, "count": len(ids)}

@@ -20,6 +20,8 @@ def next_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = No
     return max(0.0, base * (1 + spread))
 
 
-def exhausted(policy: RetryPolicy, attempt: int) -> bool:
-    """Tell whether ``attempt`` failures use up the policy's attempts."""
-    return policy.max_attempts is not None and attempt >= policy.max_attempts
+def exhausted(policy: RetryPolicy, attempt: int, age_s: float = 0.0) -> bool:
+    """Tell whether ``attempt`` failures, the first ``age_s`` seconds ago, use up the policy."""
+    if policy.max_attempts is not None and attempt >= policy.max_attempts:
+        return True
+    return policy.max_age_s is not None and age_s >= policy.max_age_s

@@ -33,3 +33,10 @@ class TestExhausted:
         policy = RetryPolicy(max_attempts=3)
         assert not exhausted(policy, 2)
         assert exhausted(policy, 3)
+
+
+def test_max_age_exhausts_after_that_long():
+    """With max_age_s=60, a message failing for a minute is given up, whatever its attempts."""
+    policy = RetryPolicy(max_age_s=60)
+    assert not exhausted(policy, 50, age_s=59)
+    assert exhausted(policy, 2, age_s=60)

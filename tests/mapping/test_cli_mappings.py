@@ -54,8 +54,10 @@ def test_golden_cases_pass_and_a_mismatch_prints_a_diff(runner: CliRunner, tmp_p
     assert "2 passed, 1 failed" in done.stdout
 
 
-def test_translate_trace_keeps_stdout(runner: CliRunner) -> None:
+def test_translate_trace_keeps_stdout(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """--trace leaves stdout as without it and writes trace lines and unmapped fields to stderr."""
+    # Logging set up on CliRunner's stream would outlive it and break later tests' logging.
+    monkeypatch.setattr("broker.cli.configure_logging", lambda *args: None)
     args = ["translate", str(SAMPLES / "adt_a01_zsegments.hl7"), "--to", "hl7v2"]
     plain = runner.invoke(app, args)
     traced = runner.invoke(app, [*args, "--trace"])

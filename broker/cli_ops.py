@@ -1,0 +1,362 @@
+"""``passerelle dead-letters ...`` and ``passerelle replay``: operate a running broker's deliveries.
+
+They work on the broker's Redis (``Settings().effective_redis_url``, so ``PASSERELLE_REDIS_URL``
+or the embedded one under ``data_dir``) and queue work for its Celery workers. Every action is
+recorded with who (``--by``, default the OS user) and why.
+
+Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from broker.errors import BrokerError
+
+if TYPE_CHECKING:
+    import redis
+
+    from broker.delivery.replay import Operations
+    from broker.settings import Settings
+
+__all__ = ["dead_letters_app", "replay_command"]
+
+REASON_CHARS = 60
+"""The table cuts reasons to this many characters (``--json`` has them whole)."""
+STATUSES = ("open", "replaying", "delivered", "discarded", "all")
+
+dead_letters_app = typer.Typer(
+    name="dead-letters",
+    help="List, show, replay (as they were or corrected) and discard dead letters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SubscriberArg = Annotated[str, typer.Argument(help="The outbound adapter (subscriber) id.")]
+DeadIdArg = Annotated[str, typer.Argument(help="The dead letter's id (see `list`).")]
+WhyOpt = Annotated[
+    str, typer.Option("--why", help="Why; recorded with the action in the audit trail.")
+]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user name).")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="Dead-lettered at or after this ISO 8601 time (no offset: local time)."
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--until", help="Dead-lettered at or before this ISO 8601 time (no offset: local time)."
+    ),
+]
+TextOpt = Annotated[
+    str | None, typer.Option("--text", help="Text in the reason or a reply (any case).")
+]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"passerelle: {message}".splitlines()[0], err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    from broker.log import configure_logging
+    from broker.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        _fail(f"invalid settings: {exc}")
+    # stdout carries the result; library logs go to stderr, errors only.
+    configure_logging("console", "ERROR")
+    return settings
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    import redis
+
+    url = settings.effective_redis_url
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _fail(f"cannot reach the broker's Redis at {url}: {exc}; is the broker running?")
+    return client
+
+
+def _operations(settings: Settings, client: redis.Redis) -> Operations:
+    from broker.adapters.spec import load_adapters
+    from broker.delivery.replay import Operations
+    from broker.dispatch import QUEUE
+    from broker.worker.celery_app import create_celery
+
+    try:
+        adapters = load_adapters(settings.adapters_dir)
+    except BrokerError as exc:
+        _fail(str(exc))
+    celery = create_celery(settings)
+
+    def enqueue(name: str, args: list[Any]) -> None:
+        celery.send_task(name, args=args, queue=QUEUE)
+
+    return Operations(
+        client,
+        enqueue=enqueue,
+        subscribers=[a.id for a in adapters if a.direction == "outbound"],
+        retention_s=settings.retention_s,
+    )
+
+
+def _who(by: str | None) -> str:
+    if by is not None and by.strip():
+        return by.strip()
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        _fail("cannot tell who you are; say it with --by NAME", 2)
+
+
+def _why(why: str) -> str:
+    if not why.strip():
+        _fail("--why must say why (it is recorded in the audit trail)", 2)
+    return why.strip()
+
+
+def _epoch(value: str | None, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not an ISO 8601 time (2024-05-01T08:30 or with +01:00)", 2)
+    # A time without an offset is the operator's local time.
+    return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def _run(action: Any) -> Any:
+    """Run an operation; a refusal, invalid data or Redis failure is one line and exit 1."""
+    import redis
+
+    try:
+        return action()
+    except BrokerError as exc:
+        _fail(str(exc))
+    except redis.RedisError as exc:
+        _fail(f"Redis failed: {exc}")
+
+
+@dead_letters_app.command("list")
+def list_command(
+    subscriber: SubscriberArg,
+    status: Annotated[
+        str, typer.Option("--status", help="open, replaying, delivered, discarded or all.")
+    ] = "open",
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    text: TextOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON summaries instead of a table.")
+    ] = False,
+) -> None:
+    """A subscriber's dead letters, newest first (no patient data: use `show` for that)."""
+    from broker.api.dead_letters import summary
+    from broker.delivery.dead_letter import DeadLetterStore
+
+    if status not in STATUSES:
+        _fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}", 2)
+    start, end = _epoch(since, "--since"), _epoch(until, "--until")
+    client = _redis(_settings())
+    store = DeadLetterStore(client)
+    records = _run(
+        lambda: store.find(
+            subscriber,
+            status=None if status == "all" else status,  # type: ignore[arg-type]
+            since=start,
+            until=end,
+            text=text or None,
+            limit=limit,
+        )
+    )
+    summaries = [summary(r) for r in records]
+    if as_json:
+        _print_json(summaries)
+        return
+    if not summaries:
+        typer.echo(f"no {'' if status == 'all' else status + ' '}dead letters for {subscriber}")
+        return
+    rows = [("ID", "DEAD-LETTERED AT", "STATUS", "REASON")]
+    for s in summaries:
+        reason = s["reason"].replace("\n", " ")
+        if len(reason) > REASON_CHARS:
+            reason = reason[: REASON_CHARS - 1] + "…"
+        rows.append((s["id"], _when(s["dead_lettered_at"]), s["status"], reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[3]]))
+
+
+@dead_letters_app.command("show")
+def show_command(subscriber: SubscriberArg, dead_id: DeadIdArg, by: ByOpt = None) -> None:
+    """The whole dead letter as JSON, payload and patient data included; the view is audited."""
+    from broker.delivery.dead_letter import DeadLetterStore
+
+    who = _who(by)
+    store = DeadLetterStore(_redis(_settings()))
+    record = _run(lambda: store.get(subscriber, dead_id))
+    if record is None:
+        _fail(f"no dead letter {dead_id} for subscriber {subscriber}")
+    _run(lambda: store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id))
+    _print_json(record)
+
+
+@dead_letters_app.command("replay")
+def replay_dead_letter(
+    subscriber: SubscriberArg,
+    dead_id: DeadIdArg,
+    why: WhyOpt,
+    payload: Annotated[
+        Path | None,
+        typer.Option(
+            "--payload",
+            exists=True,
+            dir_okay=False,
+            help="A corrected message: FHIR message Bundle JSON, or HL7 v2 (mapped as inbound).",
+        ),
+    ] = None,
+    by: ByOpt = None,
+) -> None:
+    """Send a dead letter again, as it was or corrected; a held patient is then released."""
+    reason, who = _why(why), _who(by)
+    settings = _settings()
+    client = _redis(settings)
+    ops = _operations(settings, client)
+    corrected = None
+    if payload is not None:
+        corrected = _run(lambda: _corrected(settings, client, subscriber, dead_id, payload))
+    record = _run(lambda: ops.replay(subscriber, dead_id, who=who, why=reason, corrected=corrected))
+    edited = " with the corrected payload" if corrected is not None else ""
+    typer.echo(f"replaying dead letter {record['id']} of {subscriber}{edited}")
+
+
+def _corrected(
+    settings: Settings, client: redis.Redis, subscriber: str, dead_id: str, path: Path
+) -> dict[str, Any]:
+    """The corrected canonical Bundle from a FHIR Bundle JSON file or an HL7 v2 message."""
+    from broker.delivery.dead_letter import DeadLetterStore
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+        try:
+            bundle = json.loads(raw.decode("utf-8-sig"))
+        except ValueError as exc:
+            _fail(f"{path} is not valid JSON: {exc}")
+        if not isinstance(bundle, dict):
+            _fail(f"{path} must hold one FHIR message Bundle (a JSON object)")
+        return bundle
+    record = DeadLetterStore(client).get(subscriber, dead_id)
+    if record is None:
+        _fail(f"no dead letter {dead_id} for subscriber {subscriber}")
+    return _map_hl7v2(settings, client, record, raw, path)
+
+
+def _map_hl7v2(
+    settings: Settings, client: redis.Redis, record: dict[str, Any], raw: bytes, path: Path
+) -> dict[str, Any]:
+    """Map a corrected HL7 v2 message as its inbound adapter would; keep its control id."""
+    from broker import keys
+    from broker.adapters.spec import load_adapters
+    from broker.envelope import Envelope
+    from broker.mapping import MapContext, MappingSet
+    from broker.parsing.hl7v2 import decode, parse
+
+    stored = client.get(keys.envelope(record["envelope_id"]))
+    if stored is not None:
+        envelope = Envelope.model_validate_json(stored)
+    elif record.get("envelope"):
+        envelope = Envelope.model_validate(record["envelope"])
+    else:
+        _fail(f"dead letter {record['id']} kept no envelope; send a FHIR Bundle instead")
+    inbound = {a.id: a for a in load_adapters(settings.adapters_dir) if a.direction == "inbound"}
+    adapter = inbound.get(envelope.source)
+    charset = adapter.charset if adapter else "utf-8"
+    timezone = adapter.timezone if adapter else "Africa/Casablanca"
+    message = parse(decode(raw, charset))
+    if envelope.control_id and message.control_id != envelope.control_id:
+        _fail(
+            f"{path}: MSH-10 is {message.control_id!r} but the original's is "
+            f"{envelope.control_id!r}; keep it so the replay stays idempotent"
+        )
+    mappings = MappingSet.load(settings.mappings_dir)
+    context = MapContext(envelope.id, envelope.source, timezone, received_at=envelope.received_at)
+    return mappings.map_hl7v2(message, context).bundle
+
+
+@dead_letters_app.command("discard")
+def discard_command(
+    subscriber: SubscriberArg, dead_id: DeadIdArg, why: WhyOpt, by: ByOpt = None
+) -> None:
+    """Give a dead letter up for good; a held patient's later messages are then delivered."""
+    reason, who = _why(why), _who(by)
+    settings = _settings()
+    ops = _operations(settings, _redis(settings))
+    _run(lambda: ops.discard(subscriber, dead_id, who=who, why=reason))
+    typer.echo(f"discarded dead letter {dead_id} of {subscriber}")
+
+
+@dead_letters_app.command("replay-all")
+def replay_all_command(
+    subscriber: SubscriberArg,
+    why: WhyOpt,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    text: TextOpt = None,
+    by: ByOpt = None,
+) -> None:
+    """Replay every open dead letter of a subscriber that matches the filter, oldest first."""
+    reason, who = _why(why), _who(by)
+    start, end = _epoch(since, "--since"), _epoch(until, "--until")
+    settings = _settings()
+    ops = _operations(settings, _redis(settings))
+    ids: list[str] = _run(
+        lambda: ops.replay_matching(
+            subscriber, who=who, why=reason, since=start, until=end, text=text or None
+        )
+    )
+    typer.echo(f"replaying {len(ids)} dead letter(s) of {subscriber}")
+    for dead_id in ids:
+        typer.echo(dead_id)
+
+
+def replay_command(
+    message_id: Annotated[str, typer.Argument(help="The envelope id of a journalled message.")],
+    to: Annotated[str, typer.Option("--to", help="The subscriber to send it to.")],
+    why: WhyOpt,
+    by: ByOpt = None,
+) -> None:
+    """Send any stored message to a subscriber again (idempotent for the receiver)."""
+    reason, who = _why(why), _who(by)
+    settings = _settings()
+    ops = _operations(settings, _redis(settings))
+    _run(lambda: ops.resend(message_id, to, who=who, why=reason))
+    typer.echo(f"queued message {message_id} for {to}")

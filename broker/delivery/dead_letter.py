@@ -1,0 +1,204 @@
+"""Dead letters: what a subscriber refused for good, the patients they hold, and their resolution.
+
+A delivery that fails for good (HTTP 4xx) or runs out of retries becomes a dead letter: a record
+with the envelope as it was, every attempt with the receiver's reply, timestamps and the reason.
+Under the subscriber's ``on_exhausted: hold`` policy the patient is then *held* for that
+subscriber: the failed message heads ``pl:parked:SUB:PK`` and that patient's later messages are
+appended behind it instead of being sent, while every other patient goes on. Replaying the dead
+letter (as it was, or with a corrected payload) or discarding it *releases* the patient: the parked
+messages are delivered in order, and the hold is lifted only once the parked stream is empty.
+
+Parking and lifting are Lua scripts, so a message can never be parked after the release that
+should have delivered it has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import redis
+
+from broker import keys
+from broker.envelope import new_id
+
+__all__ = [
+    "DeadLetterStore",
+    "Status",
+]
+
+Status = Literal["open", "replaying", "delivered", "discarded"]
+
+_PARK_IF_HELD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', 'env', ARGV[2], 'pk', ARGV[1], 'partition', ARGV[3])
+  return 1
+end
+return 0
+"""
+_LIFT_IF_EMPTY = """
+if redis.call('XLEN', KEYS[2]) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class DeadLetterStore:
+    """Reads and writes dead letters, holds and the audit trail in Redis.
+
+    Args:
+        client: a Redis client (``decode_responses=False``).
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._park = client.register_script(_PARK_IF_HELD)
+        self._lift = client.register_script(_LIFT_IF_EMPTY)
+
+    # --- the delivery side -------------------------------------------------------------------
+
+    def add(
+        self,
+        pipe: Any,
+        *,
+        subscriber: str,
+        envelope_id: str,
+        envelope_json: bytes | None,
+        partition: int,
+        patient: str,
+        entry_id: str,
+        reason: str,
+        attempts: list[dict[str, Any]],
+        hold: bool,
+        park: bool = True,
+    ) -> str:
+        """Record a dead letter (queued on ``pipe``); with ``hold``, hold the patient behind it.
+
+        ``park=False`` when the message already heads the patient's parked stream (it failed
+        while the patient was being released).
+
+        Returns:
+            The dead letter's id.
+        """
+        dead_id = new_id()
+        now = time.time()
+        holds = hold and bool(patient)
+        record = {
+            "id": dead_id,
+            "subscriber": subscriber,
+            "envelope_id": envelope_id,
+            "entry_id": entry_id,
+            "partition": partition,
+            "patient": patient,
+            "reason": reason,
+            "attempts": attempts,
+            "first_attempt_at": attempts[0]["at"] if attempts else now,
+            "dead_lettered_at": now,
+            "status": "open",
+            "holds_patient": holds,
+            "envelope": json.loads(envelope_json) if envelope_json else None,
+            "history": [],
+        }
+        pipe.hset(keys.dead_records(subscriber), dead_id, json.dumps(record))
+        pipe.xadd(
+            keys.dead(subscriber),
+            {"id": dead_id, "envelope": envelope_id, "reason": reason, "at": str(now)},
+        )
+        pipe.hincrby(keys.STATS, f"dead_lettered:{subscriber}", 1)
+        if holds:
+            pipe.hset(keys.held(subscriber), patient, dead_id)
+        if holds and park:
+            pipe.xadd(
+                keys.parked(subscriber, patient),
+                {"env": envelope_id, "pk": patient, "partition": str(partition), "dead": dead_id},
+            )
+        return dead_id
+
+    def park_if_held(self, subscriber: str, patient: str, envelope_id: str, partition: int) -> bool:
+        """Append the message to the patient's parked stream if the patient is held (atomic)."""
+        if not patient:
+            return False
+        return bool(
+            self._park(
+                keys=[keys.held(subscriber), keys.parked(subscriber, patient)],
+                args=[patient, envelope_id, partition],
+            )
+        )
+
+    def held_patients(self, subscriber: str, patients: list[str]) -> set[str]:
+        """Which of ``patients`` are held for ``subscriber`` right now."""
+        wanted = [p for p in dict.fromkeys(patients) if p]
+        if not wanted:
+            return set()
+        found = self.client.hmget(keys.held(subscriber), wanted)
+        return {p for p, dead in zip(wanted, found, strict=True) if dead is not None}
+
+    def lift_if_empty(self, subscriber: str, patient: str) -> bool:
+        """Lift the patient's hold when nothing is parked any more (atomic); True if lifted."""
+        return bool(
+            self._lift(
+                keys=[keys.held(subscriber), keys.parked(subscriber, patient)], args=[patient]
+            )
+        )
+
+    # --- the operator side --------------------------------------------------------------------
+
+    def get(self, subscriber: str, dead_id: str) -> dict[str, Any] | None:
+        """One dead letter's record, or None."""
+        raw = self.client.hget(keys.dead_records(subscriber), dead_id)
+        return json.loads(raw) if raw else None
+
+    def save(self, record: dict[str, Any]) -> None:
+        """Write back a record after changing its status or history."""
+        self.client.hset(keys.dead_records(record["subscriber"]), record["id"], json.dumps(record))
+
+    def find(
+        self,
+        subscriber: str,
+        *,
+        status: Status | None = "open",
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Dead letters of one subscriber, newest first, filtered by status, time and reason text."""
+        records = [json.loads(v) for v in self.client.hvals(keys.dead_records(subscriber))]
+        chosen = [
+            r
+            for r in records
+            if (status is None or r["status"] == status)
+            and (since is None or r["dead_lettered_at"] >= since)
+            and (until is None or r["dead_lettered_at"] <= until)
+            and (text is None or text.lower() in _searchable(r))
+        ]
+        chosen.sort(key=lambda r: r["dead_lettered_at"], reverse=True)
+        return chosen[:limit]
+
+    def subscribers(self) -> list[str]:
+        """Subscribers that have dead letters."""
+        return sorted(k.decode().removeprefix("pl:dl:") for k in self.client.scan_iter("pl:dl:*"))
+
+    def audit(self, action: str, *, who: str, why: str, subscriber: str, target: str) -> None:
+        """Append an operator action to ``pl:audit``."""
+        self.client.xadd(
+            keys.AUDIT,
+            {
+                "action": action,
+                "who": who,
+                "why": why,
+                "subscriber": subscriber,
+                "target": target,
+                "at": str(time.time()),
+            },
+        )
+
+
+def _searchable(record: dict[str, Any]) -> str:
+    replies = " ".join(
+        str(a.get("reply") or "") + " " + str(a.get("error") or "") for a in record["attempts"]
+    )
+    return f"{record['reason']} {replies}".lower()

@@ -1,0 +1,204 @@
+"""Operator actions on deliveries: replay or discard a dead letter, correct it, resend anything.
+
+Every action is recorded on the dead letter's history and in ``pl:audit`` with who and why.
+Replays are idempotent for receivers: the envelope id and its deterministic resource ids stay the
+same, FHIR deliveries are conditional updates, and HL7 v2 deliveries keep the inbound MSH-10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from broker import keys
+from broker.canonical import validate_bundle
+from broker.delivery.dead_letter import DeadLetterStore
+from broker.envelope import Envelope
+from broker.errors import BrokerError
+
+__all__ = ["OperationError", "Operations"]
+
+Enqueue = Callable[[str, list[Any]], None]
+"""Queues a Celery task by name with its arguments."""
+
+
+class OperationError(BrokerError):
+    """Raised when an operator action cannot be done; the message says why and what to do."""
+
+
+class Operations:
+    """Replay, discard, correct and resend, as the CLI and the API offer them.
+
+    Args:
+        client: the broker's Redis.
+        enqueue: queues ``passerelle.release_patient`` and ``passerelle.drain_outbound`` tasks.
+        subscribers: the outbound adapter ids that exist.
+        retention_s: how long a restored envelope is kept.
+    """
+
+    def __init__(
+        self, client: redis.Redis, enqueue: Enqueue, subscribers: list[str], retention_s: int
+    ) -> None:
+        self.client = client
+        self.store = DeadLetterStore(client)
+        self.enqueue = enqueue
+        self.subscribers = subscribers
+        self.retention_s = retention_s
+
+    def _record(self, subscriber: str, dead_id: str) -> dict[str, Any]:
+        self._subscriber(subscriber)
+        record = self.store.get(subscriber, dead_id)
+        if record is None:
+            msg = f"no dead letter {dead_id} for subscriber {subscriber}"
+            raise OperationError(msg)
+        return record
+
+    def _subscriber(self, subscriber: str) -> None:
+        if subscriber not in self.subscribers:
+            msg = (
+                f"no outbound adapter {subscriber!r}; expected one of {', '.join(self.subscribers)}"
+            )
+            raise OperationError(msg)
+
+    def _note(self, record: dict[str, Any], action: str, who: str, why: str, **extra: Any) -> None:
+        record["history"].append(
+            {"action": action, "who": who, "why": why, "at": time.time(), **extra}
+        )
+        self.store.save(record)
+        self.store.audit(
+            action, who=who, why=why, subscriber=record["subscriber"], target=record["id"]
+        )
+
+    def replay(
+        self,
+        subscriber: str,
+        dead_id: str,
+        *,
+        who: str,
+        why: str,
+        corrected: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a dead letter again, as it was or with a corrected canonical Bundle.
+
+        For a held patient the release delivers it first, then the patient's parked messages
+        in order. Returns the updated record.
+
+        Raises:
+            OperationError: unknown subscriber or dead letter, or not open.
+            CanonicalError: the corrected Bundle is not valid FHIR R4.
+        """
+        record = self._record(subscriber, dead_id)
+        if record["status"] not in ("open",):
+            msg = f"dead letter {dead_id} is {record['status']}; only an open dead letter can be replayed"
+            raise OperationError(msg)
+        envelope = self._restore(record, corrected)
+        extra: dict[str, Any] = {}
+        if corrected is not None:
+            extra["corrected_sha256"] = hashlib.sha256(
+                json.dumps(corrected, sort_keys=True).encode()
+            ).hexdigest()
+        record["status"] = "replaying"
+        self._note(
+            record,
+            "edited and replayed" if corrected is not None else "replayed",
+            who,
+            why,
+            **extra,
+        )
+        if record["holds_patient"]:
+            self.enqueue("passerelle.release_patient", [subscriber, record["patient"]])
+        else:
+            self._queue(subscriber, envelope, dead_id)
+        return record
+
+    def discard(self, subscriber: str, dead_id: str, *, who: str, why: str) -> dict[str, Any]:
+        """Give up a dead letter for good; a held patient's later messages are then delivered.
+
+        Raises:
+            OperationError: unknown subscriber or dead letter, or not open.
+        """
+        record = self._record(subscriber, dead_id)
+        if record["status"] != "open":
+            msg = f"dead letter {dead_id} is {record['status']}; only an open dead letter can be discarded"
+            raise OperationError(msg)
+        record["status"] = "discarded"
+        self._note(record, "discarded", who, why)
+        if record["holds_patient"]:
+            parked = keys.parked(subscriber, record["patient"])
+            head: list[tuple[bytes, dict[bytes, bytes]]]
+            head = self.client.xrange(parked, count=1)  # type: ignore[assignment]
+            if head and head[0][1].get(b"env", b"").decode() == record["envelope_id"]:
+                self.client.xdel(parked, head[0][0])
+            self.enqueue("passerelle.release_patient", [subscriber, record["patient"]])
+        return record
+
+    def replay_matching(
+        self,
+        subscriber: str,
+        *,
+        who: str,
+        why: str,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+    ) -> list[str]:
+        """Replay every open dead letter of a subscriber matching the filter; return their ids."""
+        self._subscriber(subscriber)
+        chosen = self.store.find(
+            subscriber, status="open", since=since, until=until, text=text, limit=100_000
+        )
+        # Oldest first, so one patient's dead letters go back in their original order.
+        for record in sorted(chosen, key=lambda r: r["dead_lettered_at"]):
+            self.replay(subscriber, record["id"], who=who, why=why)
+        return [r["id"] for r in chosen]
+
+    def resend(self, envelope_id: str, subscriber: str, *, who: str, why: str) -> None:
+        """Queue any stored message for a subscriber again (``passerelle replay ID --to SUB``).
+
+        Raises:
+            OperationError: unknown subscriber, unknown or expired envelope, or one that failed.
+        """
+        self._subscriber(subscriber)
+        raw = self.client.get(keys.envelope(envelope_id))
+        if raw is None:
+            msg = f"no stored message {envelope_id} (unknown, or older than the retention)"
+            raise OperationError(msg)
+        envelope = Envelope.model_validate_json(raw)
+        if envelope.bundle is None:
+            msg = f"message {envelope_id} has no canonical form ({envelope.state.value}: {envelope.reason}); nothing to send"
+            raise OperationError(msg)
+        self._queue(subscriber, envelope, None)
+        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
+
+    def _restore(self, record: dict[str, Any], corrected: dict[str, Any] | None) -> Envelope:
+        """Put the envelope (kept in the record, possibly corrected) back where senders read it."""
+        raw = self.client.get(keys.envelope(record["envelope_id"]))
+        if raw is not None:
+            envelope = Envelope.model_validate_json(raw)
+        elif record.get("envelope"):
+            envelope = Envelope.model_validate(record["envelope"])
+        else:
+            msg = f"dead letter {record['id']} kept no payload and its message expired; nothing to replay"
+            raise OperationError(msg)
+        if corrected is not None:
+            validate_bundle(corrected)
+            envelope = envelope.model_copy(update={"bundle": corrected})
+        self.client.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
+        return envelope
+
+    def _queue(self, subscriber: str, envelope: Envelope, dead_id: str | None) -> None:
+        partition = envelope.partition or 0
+        fields: dict[str, str] = {
+            "env": envelope.id,
+            "pk": envelope.partition_key or "",
+            "partition": str(partition),
+        }
+        if dead_id is not None:
+            fields["dead"] = dead_id
+        self.client.xadd(keys.outbound(subscriber, partition), fields)  # type: ignore[arg-type]
+        self.enqueue("passerelle.drain_outbound", [subscriber, partition])

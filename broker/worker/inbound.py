@@ -1,0 +1,102 @@
+"""The pipeline drain: journal partition → parse, map, route → subscribers' queues."""
+
+from __future__ import annotations
+
+import time
+
+from structlog.contextvars import clear_contextvars
+
+from broker import keys
+from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
+from broker.envelope import MessageState
+from broker.log import get_logger
+from broker.pipeline import envelope_from_journal, process
+from broker.streams import drainer_lock, has_work, read_batch
+from broker.worker.runtime import runtime
+
+__all__ = ["drain_inbound"]
+
+log = get_logger(__name__)
+
+
+def drain_inbound(partition: int) -> int:
+    """Map every journalled message of one partition in order; queue them for subscribers.
+
+    Each batch commits atomically (MULTI): envelopes stored, outbound entries appended and the
+    journal entries acknowledged together, so a killed worker leaves either nothing or all of
+    it, and the next drainer re-reads what was not acknowledged.
+    """
+    rt = runtime()
+    clear_contextvars()
+    settings = rt.settings
+    stream = keys.inbound(partition)
+    rt.client.delete(keys.kick(stream))
+    done = 0
+    with drainer_lock(rt.client, stream, settings.claim_idle_s) as lock:
+        if lock is None:
+            return 0
+        deadline = time.monotonic() + settings.drain_budget_s
+        while time.monotonic() < deadline:
+            entries = read_batch(rt.client, stream, keys.PIPELINE_GROUP, settings.batch_size)
+            if not entries:
+                break
+            pipe = rt.client.pipeline(transaction=True)
+            touched: set[str] = set()
+            counts: dict[str, int] = {}
+            for entry_id, fields in entries:
+                try:
+                    received = envelope_from_journal(entry_id, fields)
+                    raw = fields[b"raw"]
+                except (KeyError, ValueError):
+                    # Never a poison pill: an entry this code cannot read is set aside, not retried.
+                    reason = "the journal entry lacks id, source, received_at or raw"
+                    pipe.xadd(
+                        keys.QUARANTINE, {"entry": entry_id, "stream": stream, "reason": reason}
+                    )
+                    log.error("message.unreadable_entry", stream=stream, entry=entry_id)
+                    counts["failed"] = counts.get("failed", 0) + 1
+                    continue
+                envelope, destinations = process(
+                    received, raw, rt.mappings, rt.adapters, rt.subscribers
+                )
+                if envelope.state is MessageState.FAILED:
+                    pipe.xadd(
+                        keys.QUARANTINE,
+                        {
+                            "envelope": envelope.id,
+                            "source": envelope.source,
+                            "reason": envelope.reason or "",
+                        },
+                    )
+                    log.warning(
+                        "message.failed",
+                        envelope_id=envelope.id,
+                        control_id=envelope.control_id,
+                        adapter=envelope.source,
+                        reason=envelope.reason,
+                    )
+                envelope = envelope.model_copy(update={"partition": partition})
+                for destination in destinations:
+                    entry: dict[str, str | int] = {
+                        "env": envelope.id,
+                        "pk": envelope.partition_key or "",
+                        "partition": partition,
+                    }
+                    pipe.xadd(keys.outbound(destination.id, partition), entry)  # type: ignore[arg-type]
+                    touched.add(destination.id)
+                pipe.set(
+                    keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
+                )
+                counts[envelope.state.value] = counts.get(envelope.state.value, 0) + 1
+            pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
+            for state, count in counts.items():
+                pipe.hincrby(keys.STATS, state, count)
+            pipe.execute()
+            done += len(entries)
+            for subscriber in touched:
+                rt.kicker.kick(DRAIN_OUTBOUND, [subscriber, partition])
+            if not lock.renew():
+                break
+    if has_work(rt.client, stream, keys.PIPELINE_GROUP):
+        rt.kicker.kick(DRAIN_INBOUND, [partition], force=True)
+    return done

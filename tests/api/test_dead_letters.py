@@ -1,0 +1,513 @@
+"""Tests of the dead-letter and resend routes: list, show, replay, discard, bulk replay, resend."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from broker import keys
+from broker.api import create_app
+from broker.api.operations import get_operations
+from broker.delivery.dead_letter import DeadLetterStore
+from broker.delivery.replay import Operations
+from broker.dispatch import QUEUE
+from broker.settings import REPO_ROOT, Settings
+from broker.translate import translate
+
+TOKEN = "synthetic-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SUB = "dmp-national"
+SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
+PATIENT_VALUE = "BE123456"
+"""The synthetic sample's national identifier: must never appear in a listing."""
+
+ADAPTERS = {
+    "chu-rabat-adt.yaml": (
+        "id: chu-rabat-adt\nname: ADT\ndirection: inbound\ntransport: mllp\n"
+        "listen: 127.0.0.1:2575\nformat: hl7v2\n"
+    ),
+    "dmp-national.yaml": (
+        "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
+        "url: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def envelope() -> dict[str, Any]:
+    """A canonical envelope of the synthetic ADT^A01 sample, with its Bundle."""
+    out = translate(
+        SAMPLE.read_bytes(),
+        to="canonical",
+        mappings_dir=REPO_ROOT / "mappings",
+        source="chu-rabat-adt",
+    )
+    data: dict[str, Any] = json.loads(out)
+    data["partition"] = 3
+    return data
+
+
+class Recorder:
+    """A recording ``enqueue``: the tasks the operations queued."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, list[Any]]] = []
+
+    def __call__(self, name: str, args: list[Any]) -> None:
+        self.tasks.append((name, args))
+
+
+@pytest.fixture(name="adapters_dir")
+def fixture_adapters_dir(tmp_path: Path) -> Path:
+    for name, text in ADAPTERS.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.fixture(name="settings")
+def fixture_settings(redis_url: str, adapters_dir: Path) -> Settings:
+    return Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=adapters_dir)
+
+
+@pytest.fixture(name="recorder")
+def fixture_recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture(name="app")
+def fixture_app(settings: Settings, redis_client: redis.Redis, recorder: Recorder) -> FastAPI:
+    app = create_app(settings)
+    ops = Operations(redis_client, recorder, subscribers=[SUB], retention_s=3600)
+    app.dependency_overrides[get_operations] = lambda: ops
+    return app
+
+
+@pytest.fixture(name="client")
+def fixture_client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+def add_dead(
+    client: redis.Redis,
+    envelope: dict[str, Any],
+    *,
+    subscriber: str = SUB,
+    reason: str = "HTTP 422 from the receiver",
+    hold: bool = True,
+    replies: tuple[Any, ...] = ("HTTP 422: birthDate is in the future",),
+    store_envelope: bool = True,
+) -> str:
+    """Record a dead letter the way the delivery side does, and return its id."""
+    raw = json.dumps(envelope).encode()
+    if store_envelope:
+        client.set(keys.envelope(envelope["id"]), raw)
+    attempts = [{"at": time.time(), "error": "refused", "reply": r} for r in replies]
+    pipe = client.pipeline()
+    dead_id = DeadLetterStore(client).add(
+        pipe,
+        subscriber=subscriber,
+        envelope_id=envelope["id"],
+        envelope_json=raw,
+        partition=envelope["partition"],
+        patient=envelope["partition_key"],
+        entry_id="1-0",
+        reason=reason,
+        attempts=attempts,
+        hold=hold,
+    )
+    pipe.execute()
+    return dead_id
+
+
+def audit(client: redis.Redis) -> list[dict[str, str]]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.AUDIT)  # type: ignore[assignment]
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+ROUTES = [
+    ("GET", "/api/dead-letters"),
+    ("GET", f"/api/dead-letters/{SUB}"),
+    ("GET", f"/api/dead-letters/{SUB}/abc"),
+    ("POST", f"/api/dead-letters/{SUB}/abc/replay"),
+    ("POST", f"/api/dead-letters/{SUB}/abc/discard"),
+    ("POST", f"/api/dead-letters/{SUB}/replay"),
+    ("POST", "/api/messages/abc/resend"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_the_token(client: TestClient, method: str, path: str) -> None:
+    """Without the bearer token every dead-letter and resend route answers 401."""
+    reply = client.request(method, path, json={"why": "x", "to": SUB})
+    assert reply.status_code == 401
+    reply = client.request(
+        method, path, json={"why": "x"}, headers={"Authorization": "Bearer wrong"}
+    )
+    assert reply.status_code == 401
+
+
+def test_subscribers_are_listed_with_open_counts(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """GET /api/dead-letters lists each subscriber with dead letters, its open and total counts."""
+    first = add_dead(redis_client, envelope)
+    add_dead(redis_client, envelope, hold=False)
+    add_dead(redis_client, envelope, subscriber="lab-legacy", hold=False)
+    client.post(
+        f"/api/dead-letters/{SUB}/{first}/discard", json={"why": "sent by fax"}, headers=AUTH
+    )
+    reply = client.get("/api/dead-letters", headers=AUTH)
+    assert reply.status_code == 200
+    assert reply.json() == [
+        {"subscriber": SUB, "open": 1, "total": 2},
+        {"subscriber": "lab-legacy", "open": 1, "total": 1},
+    ]
+
+
+def test_listing_holds_no_patient_identifier(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """A listing has summaries only: no patient identifier, no payload."""
+    dead_id = add_dead(redis_client, envelope, replies=("AE", {"status": 422, "body": "bad"}))
+    reply = client.get(f"/api/dead-letters/{SUB}", headers=AUTH)
+    assert reply.status_code == 200
+    assert PATIENT_VALUE not in reply.text
+    assert "Fatima" not in reply.text
+    (item,) = reply.json()
+    assert set(item) == {
+        "id",
+        "subscriber",
+        "envelope_id",
+        "reason",
+        "status",
+        "attempts",
+        "last_reply",
+        "dead_lettered_at",
+        "holds_patient",
+    }
+    assert item["id"] == dead_id
+    assert item["envelope_id"] == envelope["id"]
+    assert item["attempts"] == 2
+    assert item["status"] == "open"
+    assert item["holds_patient"] is True
+    assert json.loads(item["last_reply"]) == {"status": 422, "body": "bad"}
+
+
+def test_last_reply_is_truncated(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """A long last reply is cut to 200 characters in the listing."""
+    add_dead(redis_client, envelope, replies=("x" * 5000,))
+    (item,) = client.get(f"/api/dead-letters/{SUB}", headers=AUTH).json()
+    assert len(item["last_reply"]) == 200
+    assert item["last_reply"].endswith("…")
+
+
+def test_listing_filters_by_status_time_and_text(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """status, since, until, text and limit select which dead letters are listed."""
+    old = add_dead(redis_client, envelope, reason="timeout", hold=False, replies=("none",))
+    time.sleep(0.02)
+    cut = time.time()
+    new = add_dead(redis_client, envelope, reason="HTTP 422 invalid birthDate", hold=False)
+    client.post(f"/api/dead-letters/{SUB}/{old}/discard", json={"why": "dup"}, headers=AUTH)
+
+    def ids(**params: Any) -> list[str]:
+        reply = client.get(f"/api/dead-letters/{SUB}", params=params, headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        return [item["id"] for item in reply.json()]
+
+    assert ids() == [new]
+    assert ids(status="all") == [new, old]
+    assert ids(status="discarded") == [old]
+    assert ids(status="all", text="BIRTHDATE") == [new]
+    assert ids(status="all", since=cut) == [new]
+    assert ids(status="all", until=cut) == [old]
+    assert ids(status="all", limit=1) == [new]
+    assert client.get(f"/api/dead-letters/{SUB}?status=lost", headers=AUTH).status_code == 422
+
+
+def test_listing_an_unknown_subscriber_is_404(client: TestClient) -> None:
+    """A subscriber that is neither registered nor has dead letters is a 404."""
+    reply = client.get("/api/dead-letters/nobody", headers=AUTH)
+    assert reply.status_code == 404
+    assert "nobody" in reply.json()["detail"]
+
+
+def test_showing_one_returns_the_record_and_is_audited(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """GET one dead letter returns the full record with its envelope and audits the view."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.get(f"/api/dead-letters/{SUB}/{dead_id}", headers=AUTH)
+    assert reply.status_code == 200
+    record = reply.json()
+    assert record["id"] == dead_id
+    assert record["envelope"]["bundle"] == envelope["bundle"]
+    assert record["patient"] == envelope["partition_key"]
+    (entry,) = audit(redis_client)
+    assert entry["action"] == "viewed"
+    assert entry["who"] == "api"
+    assert entry["subscriber"] == SUB
+    assert entry["target"] == dead_id
+
+
+@pytest.mark.parametrize("dead_id", ["0123456789abcdef0123456789ab", "a:b", "*"])
+def test_showing_an_unknown_dead_letter_is_404(client: TestClient, dead_id: str) -> None:
+    """An unknown or malformed dead-letter id is a 404 with a sentence, and nothing is audited."""
+    reply = client.get(f"/api/dead-letters/{SUB}/{dead_id}", headers=AUTH)
+    assert reply.status_code == 404
+    assert reply.json()["detail"].startswith("no dead letter")
+
+
+def test_replay_of_a_held_patient_releases_it(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """Replaying a dead letter holding a patient answers 202 and queues the patient's release."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay",
+        json={"why": "receiver fixed"},
+        headers=AUTH,
+    )
+    assert reply.status_code == 202
+    record = reply.json()
+    assert record["status"] == "replaying"
+    assert record["history"][-1]["who"] == "api"
+    assert record["history"][-1]["why"] == "receiver fixed"
+    assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
+    assert audit(redis_client)[-1]["action"] == "replayed"
+
+
+def test_replay_without_hold_queues_the_message(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """Replaying a dead letter that holds nobody puts it back on the subscriber's stream."""
+    dead_id = add_dead(redis_client, envelope, hold=False)
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay", json={"why": "retry"}, headers=AUTH
+    )
+    assert reply.status_code == 202
+    entries: list[Any] = redis_client.xrange(keys.outbound(SUB, 3))  # type: ignore[assignment]
+    assert [e[1][b"env"].decode() for e in entries] == [envelope["id"]]
+    assert recorder.tasks == [("passerelle.drain_outbound", [SUB, 3])]
+
+
+def test_replaying_twice_is_409(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """A dead letter that is no longer open cannot be replayed or discarded: 409 with why."""
+    dead_id = add_dead(redis_client, envelope)
+    url = f"/api/dead-letters/{SUB}/{dead_id}"
+    assert client.post(f"{url}/replay", json={"why": "a"}, headers=AUTH).status_code == 202
+    again = client.post(f"{url}/replay", json={"why": "a"}, headers=AUTH)
+    assert again.status_code == 409
+    assert "only an open dead letter can be replayed" in again.json()["detail"]
+    discard = client.post(f"{url}/discard", json={"why": "a"}, headers=AUTH)
+    assert discard.status_code == 409
+
+
+def test_replay_with_nothing_kept_is_409(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """A dead letter whose payload is gone is refused with 409 and stays open."""
+    pipe = redis_client.pipeline()
+    dead_id = DeadLetterStore(redis_client).add(
+        pipe,
+        subscriber=SUB,
+        envelope_id=envelope["id"],
+        envelope_json=None,
+        partition=3,
+        patient="",
+        entry_id="1-0",
+        reason="gone",
+        attempts=[],
+        hold=False,
+    )
+    pipe.execute()
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay", json={"why": "a"}, headers=AUTH
+    )
+    assert reply.status_code == 409
+    assert "nothing to replay" in reply.json()["detail"]
+
+
+def test_replay_with_a_corrected_bundle(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """A valid corrected Bundle replaces the stored envelope's and is recorded by its hash."""
+    dead_id = add_dead(redis_client, envelope, hold=False)
+    corrected = json.loads(json.dumps(envelope["bundle"]))
+    patient = next(e for e in corrected["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["resource"]["birthDate"] = "1962-03-13"
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay",
+        json={"why": "birth date typo", "corrected_bundle": corrected},
+        headers=AUTH,
+    )
+    assert reply.status_code == 202
+    step = reply.json()["history"][-1]
+    assert step["action"] == "edited and replayed"
+    assert len(step["corrected_sha256"]) == 64
+    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    assert stored["bundle"] == corrected
+
+
+def test_an_invalid_corrected_bundle_is_422_operation_outcome(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """A corrected Bundle that is not valid FHIR R4 gets a 422 OperationOutcome; nothing changes."""
+    dead_id = add_dead(redis_client, envelope)
+    corrected = json.loads(json.dumps(envelope["bundle"]))
+    corrected["type"] = "collection"
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay",
+        json={"why": "fix", "corrected_bundle": corrected},
+        headers=AUTH,
+    )
+    assert reply.status_code == 422
+    assert reply.headers["content-type"].startswith("application/fhir+json")
+    outcome = reply.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    (issue,) = outcome["issue"]
+    assert issue["severity"] == "error"
+    assert issue["code"] == "invalid"
+    assert "Bundle.type" in issue["diagnostics"]
+    assert "Traceback" not in reply.text
+    assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"  # type: ignore[index]
+    assert recorder.tasks == []
+
+
+@pytest.mark.parametrize("body", [{}, {"why": ""}, {"why": "   "}, {"why": "x", "extra": 1}])
+def test_replay_needs_a_reason(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], body: dict[str, Any]
+) -> None:
+    """A replay without a non-empty why (or with unknown fields) is refused with 422."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.post(f"/api/dead-letters/{SUB}/{dead_id}/replay", json=body, headers=AUTH)
+    assert reply.status_code == 422
+    assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"  # type: ignore[index]
+
+
+def test_replay_for_an_unknown_subscriber_or_id_is_404(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Replaying or discarding for an unregistered subscriber or an unknown id is a 404."""
+    dead_id = add_dead(redis_client, envelope, subscriber="retired-system")
+    for action in ("replay", "discard"):
+        gone = client.post(
+            f"/api/dead-letters/retired-system/{dead_id}/{action}", json={"why": "a"}, headers=AUTH
+        )
+        assert gone.status_code == 404
+        assert "no outbound adapter" in gone.json()["detail"]
+        unknown = client.post(
+            f"/api/dead-letters/{SUB}/{dead_id}/{action}", json={"why": "a"}, headers=AUTH
+        )
+        assert unknown.status_code == 404
+
+
+def test_discard_releases_the_patient(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """Discarding answers 200 with the record, audits who and why, and releases the patient."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/discard", json={"why": "sent by fax"}, headers=AUTH
+    )
+    assert reply.status_code == 200
+    assert reply.json()["status"] == "discarded"
+    assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
+    entry = audit(redis_client)[-1]
+    assert (entry["action"], entry["who"], entry["why"]) == ("discarded", "api", "sent by fax")
+
+
+def test_bulk_replay_by_text(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Bulk replay replays the open dead letters matching the filter and returns their ids."""
+    match = add_dead(redis_client, envelope, reason="HTTP 503 maintenance", hold=False)
+    other = add_dead(redis_client, envelope, reason="HTTP 422 invalid", hold=False)
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/replay",
+        json={"why": "maintenance over", "text": "maintenance"},
+        headers=AUTH,
+    )
+    assert reply.status_code == 202
+    assert reply.json() == {"subscriber": SUB, "replayed": [match], "count": 1}
+    store = DeadLetterStore(redis_client)
+    assert store.get(SUB, other)["status"] == "open"  # type: ignore[index]
+    assert store.get(SUB, match)["status"] == "replaying"  # type: ignore[index]
+
+
+def test_bulk_replay_by_time_range(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Bulk replay with since/until (ISO 8601) replays only the dead letters in that range."""
+    add_dead(redis_client, envelope, hold=False)
+    time.sleep(0.02)
+    cut = time.time()
+    late = add_dead(redis_client, envelope, hold=False)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut)) + f".{int(cut % 1 * 1e6):06d}Z"
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/replay", json={"why": "ok", "since": since}, headers=AUTH
+    )
+    assert reply.status_code == 202
+    assert reply.json()["replayed"] == [late]
+
+
+def test_resend_queues_a_stored_message(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """POST /api/messages/{id}/resend queues the message for the subscriber and audits it."""
+    redis_client.set(keys.envelope(envelope["id"]), json.dumps(envelope))
+    reply = client.post(
+        f"/api/messages/{envelope['id']}/resend",
+        json={"to": SUB, "why": "receiver lost its database"},
+        headers=AUTH,
+    )
+    assert reply.status_code == 202
+    assert reply.json() == {"envelope_id": envelope["id"], "to": SUB, "status": "queued"}
+    assert recorder.tasks == [("passerelle.drain_outbound", [SUB, 3])]
+    entry = audit(redis_client)[-1]
+    assert (entry["action"], entry["target"], entry["who"]) == ("resent", envelope["id"], "api")
+
+
+def test_resend_errors(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Resend: unknown subscriber or message 404; a message with no canonical form 409."""
+    url = f"/api/messages/{envelope['id']}/resend"
+    assert client.post(url, json={"to": SUB, "why": "a"}, headers=AUTH).status_code == 404
+    redis_client.set(keys.envelope(envelope["id"]), json.dumps(envelope))
+    assert client.post(url, json={"to": "nobody", "why": "a"}, headers=AUTH).status_code == 404
+    failed = {**envelope, "bundle": None, "state": "failed", "reason": "no mapping"}
+    redis_client.set(keys.envelope(envelope["id"]), json.dumps(failed))
+    reply = client.post(url, json={"to": SUB, "why": "a"}, headers=AUTH)
+    assert reply.status_code == 409
+    assert "no canonical form" in reply.json()["detail"]
+
+
+def test_default_operations_queue_celery_tasks_in_redis(
+    settings: Settings, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Without an override, the API queues its Celery task on the broker's Redis queue."""
+    dead_id = add_dead(redis_client, envelope)
+    with TestClient(create_app(settings)) as client:
+        reply = client.post(
+            f"/api/dead-letters/{SUB}/{dead_id}/replay", json={"why": "fixed"}, headers=AUTH
+        )
+    assert reply.status_code == 202
+    queued: list[bytes] = redis_client.lrange(QUEUE, 0, -1)  # type: ignore[assignment]
+    assert len(queued) == 1
+    assert json.loads(queued[0])["headers"]["task"] == "passerelle.release_patient"

@@ -1,0 +1,143 @@
+"""Dead letters on the real stack: a poison message holds its patient only; replay releases in order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker import keys
+from broker.ack import read_ack
+from broker.adapters.mllp import MllpClient
+from broker.delivery.dead_letter import DeadLetterStore
+from broker.delivery.replay import Operations
+from broker.synthetic import adt, patients
+from broker.testing import LoopbackStack, wait_until
+from broker.worker.celery_app import create_celery
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(tmp_path):
+    with LoopbackStack(
+        tmp_path, workers=2, rekick_interval_s=1.0, delivery_timeout_s=2.0
+    ) as running:
+        yield running
+
+
+def operations(stack: LoopbackStack) -> Operations:
+    celery = create_celery(stack.settings)
+    return Operations(
+        stack.redis,
+        enqueue=lambda name, args: celery.send_task(name, args=args, queue="passerelle"),
+        subscribers=["dmp-national", "lab-legacy"],
+        retention_s=stack.settings.retention_s,
+    )
+
+
+def send(stack: LoopbackStack, messages: list[str]) -> None:
+    with MllpClient("127.0.0.1", stack.inbound_port, timeout=10) as client:
+        for text in messages:
+            assert read_ack(client.send(text.encode())).code == "AA"
+
+
+def fhir_control_ids(stack: LoopbackStack) -> list[str]:
+    """MSH-10 of every bundle the FHIR server accepted, in arrival order."""
+    out = []
+    for envelope_id, _ in stack.fhir.arrivals():
+        raw = stack.redis.get(keys.envelope(envelope_id))
+        out.append(json.loads(raw)["control_id"])
+    return out
+
+
+def test_a_poison_message_holds_its_patient_and_replay_releases_in_order(stack):
+    """X's refused message holds X's later messages for that subscriber only; replay sends all in order."""
+    x, *others = patients(4, seed=909)
+    stack.fhir.fail_next(1, "reject")
+    send(stack, [adt(x, "A01", control_id="X-1")])
+    store = DeadLetterStore(stack.redis)
+    assert wait_until(lambda: store.find("dmp-national"), 30), stack.logs()
+    (letter,) = store.find("dmp-national")
+    assert letter["holds_patient"]
+    assert "422" in letter["attempts"][0]["reply"]
+
+    later = [adt(x, "A08", control_id="X-2"), adt(x, "A08", control_id="X-3")]
+    others_msgs = [adt(p, "A01", control_id=f"O-{i}") for i, p in enumerate(others)]
+    send(stack, [later[0], others_msgs[0], later[1], *others_msgs[1:]])
+    wanted_others = {f"O-{i}" for i in range(len(others))}
+    assert wait_until(lambda: wanted_others <= set(fhir_control_ids(stack)), 30), stack.logs()
+    assert wait_until(lambda: {"X-1", "X-2", "X-3"} <= set(stack.lab.control_ids()), 30), (
+        stack.logs()
+    )
+    assert not {"X-1", "X-2", "X-3"} & set(fhir_control_ids(stack)), (
+        "the held patient leaked through"
+    )
+    parked = stack.redis.xlen(keys.parked("dmp-national", letter["patient"]))
+    print(
+        f"held patient: {parked} messages parked (the dead letter first), others delivered: {len(wanted_others)}"
+    )
+    assert parked == 3
+
+    operations(stack).replay(
+        "dmp-national", letter["id"], who="test", why="the receiver fixed its validation"
+    )
+    assert wait_until(lambda: {"X-1", "X-2", "X-3"} <= set(fhir_control_ids(stack)), 30), (
+        stack.logs()
+    )
+    delivered_x = [c for c in fhir_control_ids(stack) if c.startswith("X-")]
+    assert delivered_x == ["X-1", "X-2", "X-3"]
+    assert wait_until(
+        lambda: stack.redis.hget(keys.held("dmp-national"), letter["patient"]) is None, 10
+    )
+    assert store.get("dmp-national", letter["id"])["status"] == "delivered"
+    after = [adt(x, "A08", control_id="X-4")]
+    send(stack, after)
+    assert wait_until(lambda: "X-4" in fhir_control_ids(stack), 30), stack.logs()
+    audit = stack.redis.xrange(keys.AUDIT)
+    assert audit[-1][1][b"action"] == b"replayed"
+    assert audit[-1][1][b"who"] == b"test"
+
+
+def test_discarding_the_dead_letter_releases_the_rest(stack):
+    """Discarding X's dead letter delivers X's parked messages, without the discarded one."""
+    x = patients(1, seed=910)[0]
+    stack.fhir.fail_next(1, "reject")
+    send(stack, [adt(x, "A01", control_id="D-1")])
+    store = DeadLetterStore(stack.redis)
+    assert wait_until(lambda: store.find("dmp-national"), 30), stack.logs()
+    (letter,) = store.find("dmp-national")
+    send(stack, [adt(x, "A08", control_id="D-2")])
+    assert wait_until(
+        lambda: stack.redis.xlen(keys.parked("dmp-national", letter["patient"])) == 2, 30
+    ), stack.logs()
+    operations(stack).discard(
+        "dmp-national", letter["id"], who="test", why="sent to the wrong registry"
+    )
+    assert wait_until(lambda: "D-2" in fhir_control_ids(stack), 30), stack.logs()
+    assert "D-1" not in fhir_control_ids(stack)
+    assert store.get("dmp-national", letter["id"])["status"] == "discarded"
+
+
+def test_skip_policy_delivers_the_patients_later_messages(tmp_path):
+    """With on_exhausted: skip, a refused message is dead-lettered and the patient's next goes on."""
+    with LoopbackStack(
+        tmp_path,
+        workers=2,
+        rekick_interval_s=1.0,
+        retry={"initial_delay_s": 0.2, "max_delay_s": 1.0, "on_exhausted": "skip"},
+    ) as stack:
+        x = patients(1, seed=911)[0]
+        stack.fhir.fail_next(1, "reject")
+        send(stack, [adt(x, "A01", control_id="S-1")])
+        store = DeadLetterStore(stack.redis)
+        assert wait_until(lambda: store.find("dmp-national"), 30), stack.logs()
+        send(stack, [adt(x, "A08", control_id="S-2")])
+        assert wait_until(lambda: "S-2" in fhir_control_ids(stack), 30), stack.logs()
+        (letter,) = store.find("dmp-national")
+        assert not letter["holds_patient"]
+        operations(stack).replay("dmp-national", letter["id"], who="test", why="fixed")
+        assert wait_until(lambda: "S-1" in fhir_control_ids(stack), 30), stack.logs()
+        assert wait_until(
+            lambda: store.get("dmp-national", letter["id"])["status"] == "delivered", 10
+        )
