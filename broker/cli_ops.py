@@ -338,14 +338,19 @@ def replay_all_command(
     start, end = _epoch(since, "--since"), _epoch(until, "--until")
     settings = _settings()
     ops = _operations(settings, _redis(settings))
-    ids: list[str] = _run(
+    outcome: tuple[list[str], dict[str, str]] = _run(
         lambda: ops.replay_matching(
             subscriber, who=who, why=reason, since=start, until=end, text=text or None
         )
     )
-    typer.echo(f"replaying {len(ids)} dead letter(s) of {subscriber}")
-    for dead_id in ids:
+    replayed, failed = outcome
+    typer.echo(f"replaying {len(replayed)} dead letter(s) of {subscriber}")
+    for dead_id in replayed:
         typer.echo(dead_id)
+    for dead_id, problem in failed.items():
+        typer.echo(f"not replayed {dead_id}: {problem}", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def replay_command(

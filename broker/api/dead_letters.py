@@ -225,7 +225,7 @@ def replay_matching(subscriber: SubscriberPath, body: BulkReplayBody, ops: Ops) 
     """Replay every open dead letter of the subscriber that matches the filter."""
     require_subscriber(ops, subscriber)
     try:
-        ids = ops.replay_matching(
+        ids, failed = ops.replay_matching(
             subscriber,
             who=API_WHO,
             why=body.why,
@@ -235,4 +235,4 @@ def replay_matching(subscriber: SubscriberPath, body: BulkReplayBody, ops: Ops) 
         )
     except OperationError as exc:
         raise refused(exc) from exc
-    return {"subscriber": subscriber, "replayed": ids, "count": len(ids)}
+    return {"subscriber": subscriber, "replayed": ids, "count": len(ids), "not_replayed": failed}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -49,6 +50,18 @@ class Operations:
         self.enqueue = enqueue
         self.subscribers = subscribers
         self.retention_s = retention_s
+
+    @contextmanager
+    def _exclusive(self, dead_id: str) -> Iterator[None]:
+        """One operator action on a dead letter at a time (two clicks must not replay twice)."""
+        key = keys.lock(f"dl:{dead_id}")
+        if not self.client.set(key, b"1", nx=True, px=10_000):
+            msg = f"dead letter {dead_id} is being changed by another action; try again"
+            raise OperationError(msg)
+        try:
+            yield
+        finally:
+            self.client.delete(key)
 
     def _record(self, subscriber: str, dead_id: str) -> dict[str, Any]:
         self._subscriber(subscriber)
@@ -92,6 +105,12 @@ class Operations:
             OperationError: unknown subscriber or dead letter, or not open.
             CanonicalError: the corrected Bundle is not valid FHIR R4.
         """
+        with self._exclusive(dead_id):
+            return self._replay(subscriber, dead_id, who=who, why=why, corrected=corrected)
+
+    def _replay(
+        self, subscriber: str, dead_id: str, *, who: str, why: str, corrected: dict[str, Any] | None
+    ) -> dict[str, Any]:
         record = self._record(subscriber, dead_id)
         if record["status"] not in ("open",):
             msg = f"dead letter {dead_id} is {record['status']}; only an open dead letter can be replayed"
@@ -122,6 +141,10 @@ class Operations:
         Raises:
             OperationError: unknown subscriber or dead letter, or not open.
         """
+        with self._exclusive(dead_id):
+            return self._discard(subscriber, dead_id, who=who, why=why)
+
+    def _discard(self, subscriber: str, dead_id: str, *, who: str, why: str) -> dict[str, Any]:
         record = self._record(subscriber, dead_id)
         if record["status"] != "open":
             msg = f"dead letter {dead_id} is {record['status']}; only an open dead letter can be discarded"
@@ -146,16 +169,27 @@ class Operations:
         since: float | None = None,
         until: float | None = None,
         text: str | None = None,
-    ) -> list[str]:
-        """Replay every open dead letter of a subscriber matching the filter; return their ids."""
+    ) -> tuple[list[str], dict[str, str]]:
+        """Replay every open dead letter of a subscriber matching the filter.
+
+        Returns:
+            The ids replayed, and the ids that could not be, each with the reason.
+        """
         self._subscriber(subscriber)
         chosen = self.store.find(
             subscriber, status="open", since=since, until=until, text=text, limit=100_000
         )
+        replayed: list[str] = []
+        failed: dict[str, str] = {}
         # Oldest first, so one patient's dead letters go back in their original order.
         for record in sorted(chosen, key=lambda r: r["dead_lettered_at"]):
-            self.replay(subscriber, record["id"], who=who, why=why)
-        return [r["id"] for r in chosen]
+            try:
+                self.replay(subscriber, record["id"], who=who, why=why)
+            except OperationError as exc:
+                failed[record["id"]] = str(exc)
+            else:
+                replayed.append(record["id"])
+        return replayed, failed
 
     def resend(self, envelope_id: str, subscriber: str, *, who: str, why: str) -> None:
         """Queue any stored message for a subscriber again (``passerelle replay ID --to SUB``).

@@ -444,7 +444,7 @@ def test_bulk_replay_by_text(
         headers=AUTH,
     )
     assert reply.status_code == 202
-    assert reply.json() == {"subscriber": SUB, "replayed": [match], "count": 1}
+    assert reply.json() == {"subscriber": SUB, "replayed": [match], "count": 1, "not_replayed": {}}
     store = DeadLetterStore(redis_client)
     assert store.get(SUB, other)["status"] == "open"  # type: ignore[index]
     assert store.get(SUB, match)["status"] == "replaying"  # type: ignore[index]

@@ -170,7 +170,7 @@ class TestRefusals:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             letters = __import__("json").load(response)
-        assert letters[0]["attempts"][0]["reply"].startswith("HTTP 422")
+        assert letters[0]["last_reply"].startswith("HTTP 422")
         assert "refused" in letters[0]["reason"]
         after = stack.fhir.count
         assert send_all(
