@@ -49,6 +49,7 @@ class EmbeddedRedis:
             "appendonly yes",
             f"appendfsync {self.settings.appendfsync}",
             "save ''",
+            f"maxmemory {self.settings.redis_maxmemory}",
             "maxmemory-policy noeviction",
             "daemonize no",
             f"logfile {self.directory / 'redis.log'}",

@@ -19,6 +19,10 @@ __all__ = ["AppendResult", "Journal", "dedupe_digest"]
 # appended to its partition stream, the ACK we are about to send is stored for resends, and the
 # partition's kick flag is set (the third result says whether a drain task must be queued).
 _APPEND = """
+local pressure = redis.call('GET', KEYS[5])
+if pressure then
+  return {2, pressure}
+end
 if KEYS[2] ~= '' then
   local previous = redis.call('GET', KEYS[2])
   if previous then
@@ -73,7 +77,8 @@ class Journal:
         """Append one message unless it is a duplicate; store ``ack`` for future duplicates.
 
         Raises:
-            JournalError: Redis refused or could not be reached; the sender must get AR.
+            JournalError: Redis refused or could not be reached, or backpressure is on
+                (``pl:pressure``); the sender must get AR and resend later.
         """
         args: list[Any] = [self.dedupe_window_s, ack, KICK_FLAG_TTL_S]
         for name, value in fields.items():
@@ -86,6 +91,7 @@ class Journal:
                     dedupe_key,
                     keys.STATS,
                     keys.kick(keys.inbound(partition)),
+                    keys.PRESSURE,
                 ],
                 args=args,
             )
@@ -93,6 +99,10 @@ class Journal:
             msg = f"the journal could not accept the message ({type(exc).__name__})"
             raise JournalError(msg) from exc
         created, value = reply[0], reply[1]
+        if created == 2:
+            reason = value.decode() if isinstance(value, bytes) else str(value)
+            msg = f"the broker is not taking messages for now ({reason}); resend later"
+            raise JournalError(msg)
         if created:
             return AppendResult(
                 entry_id=value.decode() if isinstance(value, bytes) else value,

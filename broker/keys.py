@@ -19,6 +19,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:kick:STREAM       string   a drain task for STREAM is already queued
     pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
     pl:trimmed           string   the retention trim ran within the last minute
+    pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "AUDIT",
     "DELIVER_GROUP",
     "PIPELINE_GROUP",
+    "PRESSURE",
     "QUARANTINE",
     "REJECTED",
     "STATS",
@@ -55,6 +57,7 @@ QUARANTINE = "pl:quarantine"
 STATS = "pl:stats"
 AUDIT = "pl:audit"
 TRIMMED = "pl:trimmed"
+PRESSURE = "pl:pressure"
 ATTEMPTS = "pl:attempts:"
 
 

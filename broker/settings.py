@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     appendfsync: Literal["always", "everysec"] = "everysec"
     """Embedded Redis AOF fsync policy; ``always`` makes each ACK survive a power cut."""
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    """A larger message is read to its end and answered AR (the connection closes past twice it)."""
+    redis_maxmemory: str = "2gb"
+    """Memory limit of the embedded Redis; with ``noeviction`` a full journal refuses (AR)."""
+    max_backlog: int = Field(100_000, ge=1)
+    """A subscriber with more messages waiting than this makes the listeners answer AR
+    ("retry later") until it catches up: senders keep what the broker could not safely take."""
+    max_memory_ratio: float = Field(0.9, gt=0, le=1)
+    """Past this share of Redis's maxmemory, the listeners answer AR ("retry later")."""
     retry: RetryPolicy = RetryPolicy()
     delivery_timeout_s: float = Field(10.0, gt=0)
     log_format: Literal["json", "console"] = "json"

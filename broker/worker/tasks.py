@@ -8,11 +8,14 @@ redelivered task finds the work done or does it once more, in order.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from celery import Celery
 
 from broker import keys
 from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
+from broker.log import get_logger
+from broker.ops.stats import group_stats
 from broker.settings import Settings
 from broker.streams import has_work
 from broker.worker.inbound import drain_inbound
@@ -20,6 +23,8 @@ from broker.worker.outbound import drain_outbound, release_patient
 from broker.worker.runtime import Runtime, configure, runtime
 
 __all__ = ["drain_inbound", "drain_outbound", "register", "rekick", "release_patient"]
+
+log = get_logger(__name__)
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -52,7 +57,42 @@ def rekick() -> int:
             ):
                 kicked += rt.kicker.kick(DRAIN_OUTBOUND, [sub.id, partition], force=True)
     _trim(rt)
+    _pressure(rt)
     return kicked
+
+
+def _pressure(rt: Runtime) -> None:
+    """Turn backpressure on while a subscriber's backlog or Redis memory is over its limit.
+
+    The mark expires by itself three periods after the last check that found pressure, so a
+    stopped beat cannot leave the listeners refusing forever.
+    """
+    reasons = []
+    limit_backlog = rt.settings.max_backlog
+    for sub in rt.subscribers:
+        waiting = 0
+        for p in range(rt.settings.partitions):
+            # Redis 6.2 reports no lag: counting stops once the limit is known to be passed.
+            stats = group_stats(
+                rt.client, keys.outbound(sub.id, p), keys.DELIVER_GROUP, lag_cap=limit_backlog + 1
+            )
+            waiting += stats.depth
+            if waiting > limit_backlog:
+                break
+        if waiting > limit_backlog:
+            reasons.append(f"subscriber {sub.id} has over {limit_backlog} messages waiting")
+    memory: Any = rt.client.info("memory")
+    limit = int(memory.get("maxmemory", 0))
+    used = int(memory.get("used_memory", 0))
+    if limit and used > limit * rt.settings.max_memory_ratio:
+        reasons.append(f"the journal uses {used * 100 // limit}% of its memory limit")
+    if reasons:
+        rt.client.set(
+            keys.PRESSURE, "; ".join(reasons), ex=max(1, int(rt.settings.rekick_interval_s * 3))
+        )
+        log.warning("backpressure.on", reasons=reasons)
+    elif rt.client.delete(keys.PRESSURE):
+        log.info("backpressure.off")
 
 
 def _trim(rt: Runtime) -> None:
