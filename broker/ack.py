@@ -23,6 +23,7 @@ __all__ = [
     "AckReply",
     "build_ack",
     "read_ack",
+    "should_acknowledge",
 ]
 
 ACK_CODES: Final = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -248,3 +249,17 @@ def read_ack(payload: bytes | str, charset: str = "utf-8") -> AckReply:
         text=msa.value(3),
         error_code=error_code,
     )
+
+
+def should_acknowledge(condition: str, accepted: bool) -> bool:
+    """Whether an enhanced-mode ACK is wanted (HL7 table 0155, MSH-15 and MSH-16).
+
+    ``AL`` always, ``NE`` never, ``ER`` only on error or reject, ``SU`` only on success; empty
+    means always (the adapter asked for enhanced mode).
+    """
+    condition = condition.strip().upper()
+    if condition in ("", "AL"):
+        return True
+    if condition == "NE":
+        return False
+    return accepted if condition == "SU" else not accepted

@@ -96,7 +96,7 @@ def _redis(settings: Settings) -> redis.Redis:
 def _operations(settings: Settings, client: redis.Redis) -> Operations:
     from broker.adapters.spec import load_adapters
     from broker.delivery.replay import Operations
-    from broker.dispatch import QUEUE
+    from broker.dispatch import publish
     from broker.worker.celery_app import create_celery
 
     try:
@@ -106,7 +106,7 @@ def _operations(settings: Settings, client: redis.Redis) -> Operations:
     celery = create_celery(settings)
 
     def enqueue(name: str, args: list[Any]) -> None:
-        celery.send_task(name, args=args, queue=QUEUE)
+        publish(celery, name, args)
 
     return Operations(
         client,

@@ -15,8 +15,10 @@ import redis
 import redis.asyncio
 
 from broker import keys
+from broker.log import get_logger
 
 __all__ = [
+    "DRAIN_APP_ACKS",
     "DRAIN_INBOUND",
     "DRAIN_OUTBOUND",
     "KICK_FLAG_TTL_S",
@@ -24,6 +26,7 @@ __all__ = [
     "RELEASE_PATIENT",
     "AsyncKicker",
     "Kicker",
+    "publish",
     "stream_of",
 ]
 
@@ -31,7 +34,9 @@ DRAIN_INBOUND = "passerelle.drain_inbound"
 DRAIN_OUTBOUND = "passerelle.drain_outbound"
 REKICK = "passerelle.rekick"
 RELEASE_PATIENT = "passerelle.release_patient"
+DRAIN_APP_ACKS = "passerelle.drain_app_acks"
 QUEUE = "passerelle"
+log = get_logger(__name__)
 KICK_FLAG_TTL_S = 60
 """A kick flag outlives a lost task by this long at most; the periodic re-kick covers the gap."""
 
@@ -40,7 +45,27 @@ def stream_of(task: str, args: list[Any]) -> str:
     """The stream a drain task works on."""
     if task == DRAIN_INBOUND:
         return keys.inbound(int(args[0]))
+    if task == DRAIN_APP_ACKS:
+        return keys.app_acks(str(args[0]))
     return keys.outbound(str(args[0]), int(args[1]))
+
+
+def publish(celery: Any, task: str, args: list[Any], countdown: float | None = None) -> None:
+    """Queue one Celery task; after a broken connection, once more on a fresh one.
+
+    After a Redis restart kombu's pooled producers can stay broken (seen in the Redis-restart
+    fault test: every publish from a pool process failed), and since drains are only queued by
+    kicks, nothing would ever drain again. So the pool is reset and the publish retried.
+    """
+    try:
+        celery.send_task(task, args=args, queue=QUEUE, countdown=countdown)
+    except Exception as exc:
+        log.warning("dispatch.republish", task=task, error=type(exc).__name__)
+        celery.pool.force_close_all()
+        with celery.connection_for_write() as connection:
+            celery.send_task(
+                task, args=args, queue=QUEUE, countdown=countdown, connection=connection
+            )
 
 
 class Kicker:
@@ -58,7 +83,7 @@ class Kicker:
         fresh = self.client.set(flag, b"1", nx=True, ex=KICK_FLAG_TTL_S)
         if not (fresh or force):
             return False
-        self.celery.send_task(task, args=args, queue=QUEUE, countdown=countdown or None)
+        publish(self.celery, task, args, countdown or None)
         return True
 
 
@@ -79,4 +104,4 @@ class AsyncKicker:
 
     async def dispatch(self, task: str, args: list[Any]) -> None:
         """Queue ``task(*args)`` whose kick flag the caller already set (the journal's Lua does)."""
-        await asyncio.to_thread(self.celery.send_task, task, args=args, queue=QUEUE)
+        await asyncio.to_thread(publish, self.celery, task, args)

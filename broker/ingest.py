@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from broker import keys
-from broker.ack import build_ack
+from broker.ack import build_ack, should_acknowledge
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
@@ -67,8 +67,8 @@ class HL7v2Intake:
         self.partitions = partitions
         self.kicker = kicker
 
-    async def __call__(self, payload: bytes, peer: str) -> bytes:
-        """Handle one frame's payload from ``peer``; return the ACK to send."""
+    async def __call__(self, payload: bytes, peer: str) -> bytes | None:
+        """Handle one frame's payload from ``peer``; return the ACK to send (None: send none)."""
         started = time.perf_counter()
         message: Message | None = None
         try:
@@ -77,7 +77,7 @@ class HL7v2Intake:
         except MessageError as exc:
             return await self._refuse(payload, peer, message, exc)
         envelope_id = new_id()
-        ack = self._encode(build_ack("AA", message), message)
+        ack = self._ack("AA", message)
         partition = keys.partition_of(partition_key(message, self.adapter.id), self.partitions)
         msh = message.msh
         fields = {
@@ -95,7 +95,7 @@ class HL7v2Intake:
             log.error(
                 "message.journal_unavailable", adapter=self.adapter.id, peer=peer, error=str(exc)
             )
-            return self._encode(build_ack("AR", message, text=str(exc), error_code="207"), message)
+            return self._ack("AR", message, text=str(exc), error_code="207")
         if result.previous_ack is not None:
             log.info("message.duplicate", adapter=self.adapter.id, control_id=message.control_id)
             return result.previous_ack
@@ -110,9 +110,9 @@ class HL7v2Intake:
             partition=partition,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        return ack
+        return ack if self._wanted(message, accepted=True) else None
 
-    async def oversize(self, payload: bytes, peer: str) -> bytes:
+    async def oversize(self, payload: bytes, peer: str) -> bytes | None:
         """Answer a frame over the size limit with AR; keep its first bytes with the reason."""
         message: Message | None = None
         try:
@@ -136,35 +136,45 @@ class HL7v2Intake:
             msg = f"no mapping for {message.event} v{message.version or '?'} from adapter {self.adapter.id}"
             raise NoMappingError(msg, location="MSH-9")
 
-    def _encode(self, ack: str, message: Message | None) -> bytes:
-        charset = self.adapter.charset
+    def _ack(
+        self,
+        code: str,
+        message: Message | None,
+        *,
+        text: str = "",
+        error_code: str | None = None,
+        error_location: str | None = None,
+    ) -> bytes:
+        """Build the answer; in enhanced mode the commit-level code (AA→CA, AE→CE, AR→CR)."""
+        if self.adapter.ack_mode == "enhanced":
+            code = "C" + code[1]
+        ack = build_ack(
+            code, message, text=text, error_code=error_code, error_location=error_location
+        )
         try:
-            return ack.encode(charset)
+            return ack.encode(self.adapter.charset)
         except UnicodeEncodeError:
             return ack.encode("utf-8")
 
+    def _wanted(self, message: Message | None, *, accepted: bool) -> bool:
+        """In enhanced mode MSH-15 says whether a commit ACK is wanted; original: always."""
+        if self.adapter.ack_mode != "enhanced" or message is None:
+            return True
+        return should_acknowledge(message.msh.value(15), accepted)
+
     async def _refuse(
         self, payload: bytes, peer: str, message: Message | None, exc: MessageError
-    ) -> bytes:
+    ) -> bytes | None:
         code = exc.ack_code
         reason = str(exc)
-        ack = self._encode(
-            build_ack(
-                code,
-                message,
-                text=reason,
-                error_code=exc.hl7_error_code,
-                error_location=exc.location,
-            ),
-            message,
+        ack = self._ack(
+            code, message, text=reason, error_code=exc.hl7_error_code, error_location=exc.location
         )
         try:
             await self.journal.reject(self.adapter.id, payload, reason, peer)
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))
-            return self._encode(
-                build_ack("AR", message, text=str(journal_exc), error_code="207"), message
-            )
+            return self._ack("AR", message, text=str(journal_exc), error_code="207")
         log.warning(
             "message.rejected",
             adapter=self.adapter.id,
@@ -173,4 +183,4 @@ class HL7v2Intake:
             reason=reason,
             control_id=message.control_id if message else None,
         )
-        return ack
+        return ack if self._wanted(message, accepted=False) else None

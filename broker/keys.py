@@ -13,6 +13,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
     pl:audit             stream   who replayed, discarded or edited what, when and why
+    pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -34,6 +35,7 @@ __all__ = [
     "REJECTED",
     "STATS",
     "TRIMMED",
+    "app_acks",
     "dead",
     "dead_records",
     "dedupe",
@@ -89,6 +91,11 @@ def dedupe(digest: str) -> str:
 def dead(subscriber: str) -> str:
     """Dead-letter stream of one subscriber."""
     return f"pl:dead:{subscriber}"
+
+
+def app_acks(source: str) -> str:
+    """Application ACKs waiting to be sent back to an enhanced-mode inbound adapter."""
+    return f"pl:acks:{source}"
 
 
 def dead_records(subscriber: str) -> str:

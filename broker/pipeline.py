@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from broker.adapters.spec import AdapterSpec
+from broker.canonical import check
 from broker.envelope import Envelope, MessageState
 from broker.errors import MessageError
 from broker.log import get_logger
@@ -64,6 +65,7 @@ def process(
             received_at=envelope.received_at,
         )
         result = mappings.map_hl7v2(message, ctx)
+        check(message.event, result.bundle)
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
         return failed, []

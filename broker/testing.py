@@ -74,6 +74,7 @@ class LoopbackStack:
         retry: dict[str, Any] | None = None,
         ack_timeout_s: float = 2.0,
         peers: tuple[Any, Any] | None = None,
+        inbound: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         from broker.peers.fhir_capture import FhirCapture
@@ -89,6 +90,7 @@ class LoopbackStack:
         self.inbound_port = free_port()
         self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
         self._ack_timeout_s = ack_timeout_s
+        self._inbound = inbound or {}
         self._settings_overrides = settings
         self.settings: Settings | None = None
         self.supervisor: Any = None
@@ -119,6 +121,7 @@ class LoopbackStack:
                 "direction": "inbound",
                 "transport": "mllp",
                 "listen": f"127.0.0.1:{self.inbound_port}",
+                **self._inbound,
             },
         )
         write_adapter(

@@ -91,3 +91,13 @@ def test_a_bug_in_mapping_quarantines_the_message_and_does_not_raise(mappings, a
     assert envelope.state is MessageState.FAILED
     assert "KeyError" in (envelope.reason or "")
     assert destinations == []
+
+
+def test_a_message_without_a_patient_fails_with_that_reason(mappings, adapters):
+    """An ADT without PID is quarantined (no patient to file it under), never delivered."""
+    text = adt(patients(1, seed=7)[0], "A01", control_id="P5")
+    no_pid = "\r".join(s for s in text.split("\r") if not s.startswith("PID"))
+    envelope, destinations = run(no_pid, mappings, adapters)
+    assert envelope.state is MessageState.FAILED
+    assert "no patient" in (envelope.reason or "")
+    assert destinations == []

@@ -387,6 +387,20 @@ class MllpClient:
             self.close()
             raise
 
+    def post(self, payload: bytes) -> None:
+        """Frame and send ``payload`` without waiting for a reply (an ACK is not acknowledged).
+
+        Raises:
+            MllpConnectionError: the connection failed.
+        """
+        sock = self._connected()
+        try:
+            sock.sendall(frame(payload))
+        except OSError as exc:
+            self.close()
+            msg = f"sending to {self._peer} failed: {exc}"
+            raise MllpConnectionError(msg) from exc
+
     def close(self) -> None:
         """Close the connection, if open; the next ``send`` reconnects."""
         if self._sock is not None:

@@ -74,9 +74,15 @@ class AdapterSpec(BaseModel):
     receiving_facility: str | None = None
     """MSH-6 sent to an outbound HL7 subscriber."""
     ack_timeout_s: float = Field(10.0, gt=0)
+    ack_mode: Literal["original", "enhanced"] = "original"
+    """Inbound: ``original`` answers AA/AE/AR on the connection once journalled (the default);
+    ``enhanced`` answers a commit ACK (CA/CE/CR) there, per MSH-15, and sends the application
+    ACK (AA/AE/AR) after processing, per MSH-16, to ``reply_to`` (HL7 v2.5.1 §2.9.3)."""
+    reply_to: str | None = None
+    """``host:port`` of the sender's MLLP listener for application ACKs (enhanced mode)."""
     retry: RetryPolicy = RetryPolicy()
 
-    @field_validator("listen", "connect")
+    @field_validator("listen", "connect", "reply_to")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
@@ -130,6 +136,10 @@ class AdapterSpec(BaseModel):
         if getattr(self, required) is None:
             msg = f"a {self.direction} {self.transport} adapter needs {required!r}"
             raise ValueError(msg)
+        if self.ack_mode == "enhanced" and (self.direction != "inbound" or self.reply_to is None):
+            raise ValueError(
+                "ack_mode: enhanced is for inbound adapters and needs 'reply_to' (host:port)"
+            )
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self

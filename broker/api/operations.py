@@ -55,7 +55,7 @@ def get_operations(request: Request) -> Operations:
     if ops is not None:
         return ops
     from broker.adapters.spec import load_adapters
-    from broker.dispatch import QUEUE
+    from broker.dispatch import publish
     from broker.worker.celery_app import create_celery
 
     settings: Settings = request.app.state.settings
@@ -67,7 +67,7 @@ def get_operations(request: Request) -> Operations:
     celery = create_celery(settings)
 
     def enqueue(name: str, args: list[Any]) -> None:
-        celery.send_task(name, args=args, queue=QUEUE)
+        publish(celery, name, args)
 
     ops = Operations(
         request.app.state.redis,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from structlog.contextvars import clear_contextvars
 
 from broker import keys
-from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
-from broker.envelope import MessageState
+from broker.ack import build_ack, should_acknowledge
+from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND
+from broker.envelope import Envelope, MessageState
+from broker.errors import MessageError
 from broker.log import get_logger
+from broker.parsing.hl7v2 import decode, parse
 from broker.pipeline import envelope_from_journal, process
 from broker.streams import drainer_lock, has_work, read_batch
-from broker.worker.runtime import runtime
+from broker.worker.runtime import Runtime, runtime
 
 __all__ = ["drain_inbound"]
 
@@ -42,6 +46,7 @@ def drain_inbound(partition: int) -> int:
                 break
             pipe = rt.client.pipeline(transaction=True)
             touched: set[str] = set()
+            acks: set[str] = set()
             counts: dict[str, int] = {}
             for entry_id, fields in entries:
                 try:
@@ -88,6 +93,8 @@ def drain_inbound(partition: int) -> int:
                     keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
                 )
                 counts[envelope.state.value] = counts.get(envelope.state.value, 0) + 1
+                if _application_ack(rt, pipe, envelope, raw):
+                    acks.add(envelope.source)
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
             for state, count in counts.items():
                 pipe.hincrby(keys.STATS, state, count)
@@ -95,8 +102,36 @@ def drain_inbound(partition: int) -> int:
             done += len(entries)
             for subscriber in touched:
                 rt.kicker.kick(DRAIN_OUTBOUND, [subscriber, partition])
+            for source in acks:
+                rt.kicker.kick(DRAIN_APP_ACKS, [source])
             if not lock.renew():
                 break
     if has_work(rt.client, stream, keys.PIPELINE_GROUP):
         rt.kicker.kick(DRAIN_INBOUND, [partition], force=True)
     return done
+
+
+def _application_ack(rt: Runtime, pipe: Any, envelope: Envelope, raw: bytes) -> bool:
+    """Queue the enhanced-mode application ACK of a processed message, if MSH-16 wants one.
+
+    AA when the message was mapped (routed or filtered), AE with the reason when it failed
+    (HL7 v2.5.1 §2.9.3). Sent to the source adapter's ``reply_to`` by ``drain_app_acks``.
+    """
+    source = rt.adapters.get(envelope.source)
+    if source is None or source.ack_mode != "enhanced":
+        return False
+    try:
+        message = parse(decode(raw, source.charset))
+    except MessageError:
+        return False  # the edge answered it already: it could not be read
+    accepted = envelope.state is not MessageState.FAILED
+    if not should_acknowledge(message.msh.value(16), accepted):
+        return False
+    code = "AA" if accepted else "AE"
+    text = "" if accepted else (envelope.reason or "")
+    ack = build_ack(code, message, text=text, error_code=None if accepted else "207")
+    pipe.xadd(
+        keys.app_acks(source.id),
+        {"ack": ack.encode(source.charset, "replace"), "envelope": envelope.id},
+    )
+    return True

@@ -19,7 +19,7 @@ from structlog.contextvars import clear_contextvars
 from broker import keys
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.retry import exhausted, next_delay
-from broker.dispatch import DRAIN_OUTBOUND, RELEASE_PATIENT
+from broker.dispatch import DRAIN_OUTBOUND, RELEASE_PATIENT, publish
 from broker.envelope import Envelope
 from broker.errors import PermanentDeliveryError, RetryableDeliveryError
 from broker.log import bind, get_logger
@@ -147,9 +147,7 @@ def drain_outbound(subscriber: str, partition: int) -> int:
                         str(time.time() + delay),
                         ex=int(delay) + 60,
                     )
-                    rt.celery.send_task(
-                        DRAIN_OUTBOUND, args=[subscriber, partition], countdown=delay
-                    )
+                    publish(rt.celery, DRAIN_OUTBOUND, [subscriber, partition], delay)
                     stopped = True
                     break
                 if outcome.dead and b"dead" in fields:
@@ -254,9 +252,7 @@ def release_patient(subscriber: str, patient: str) -> int:
                     else _Outcome(dead=True, reason="the envelope expired before delivery")
                 )
                 if outcome.retry_after is not None:
-                    rt.celery.send_task(
-                        RELEASE_PATIENT, args=[subscriber, patient], countdown=outcome.retry_after
-                    )
+                    publish(rt.celery, RELEASE_PATIENT, [subscriber, patient], outcome.retry_after)
                     return delivered
                 if not outcome.delivered:
                     _fail_release(

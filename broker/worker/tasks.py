@@ -13,16 +13,24 @@ from typing import Any
 from celery import Celery
 
 from broker import keys
-from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
+from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
 from broker.log import get_logger
 from broker.ops.stats import group_stats
 from broker.settings import Settings
 from broker.streams import has_work
+from broker.worker.acks import drain_app_acks
 from broker.worker.inbound import drain_inbound
 from broker.worker.outbound import drain_outbound, release_patient
 from broker.worker.runtime import Runtime, configure, runtime
 
-__all__ = ["drain_inbound", "drain_outbound", "register", "rekick", "release_patient"]
+__all__ = [
+    "drain_app_acks",
+    "drain_inbound",
+    "drain_outbound",
+    "register",
+    "rekick",
+    "release_patient",
+]
 
 log = get_logger(__name__)
 
@@ -33,6 +41,7 @@ def register(app: Celery, settings: Settings) -> None:
     app.task(name=DRAIN_INBOUND)(drain_inbound)
     app.task(name=DRAIN_OUTBOUND)(drain_outbound)
     app.task(name=RELEASE_PATIENT)(release_patient)
+    app.task(name=DRAIN_APP_ACKS)(drain_app_acks)
     app.task(name=REKICK)(rekick)
 
 
@@ -56,6 +65,13 @@ def rekick() -> int:
                 rt.client, out, keys.DELIVER_GROUP
             ):
                 kicked += rt.kicker.kick(DRAIN_OUTBOUND, [sub.id, partition], force=True)
+    for source in rt.adapters.values():
+        if source.ack_mode == "enhanced":
+            acks = keys.app_acks(source.id)
+            if not rt.client.exists(keys.lock(acks)) and has_work(
+                rt.client, acks, keys.DELIVER_GROUP
+            ):
+                kicked += rt.kicker.kick(DRAIN_APP_ACKS, [source.id], force=True)
     _trim(rt)
     _pressure(rt)
     return kicked

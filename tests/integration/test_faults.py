@@ -216,6 +216,8 @@ def test_a_killed_pool_worker_loses_nothing_and_keeps_patient_order(tmp_path):
     with LoopbackStack(tmp_path, batch_size=50, **STACK_OPTIONS) as stack:
         assert stack.settings is not None
         batch = stack.settings.batch_size
+        # A slow FHIR server keeps delivery drainers busy, so the kill lands on work in flight.
+        stack.fhir.latency_s = 0.01
         results: list = []
         sender = threading.Thread(
             target=lambda: results.append(
@@ -234,6 +236,7 @@ def test_a_killed_pool_worker_loses_nothing_and_keeps_patient_order(tmp_path):
         assert wait_until(lambda: received_count(stack) >= len(messages) // 3, 120, 0.01), (
             stack.logs()
         )
+        wait_until(lambda: stack.redis.keys("pl:lock:pl:out:*"), 30, 0.005)
         victims = pool_workers(stack)
         assert victims, f"no ForkPoolWorker process found\n{stack.logs()}"
         victim = victims[0]

@@ -144,7 +144,7 @@ def test_public_surface() -> None:
     import broker.mapping
 
     assert sorted(broker.mapping.__all__) == ["MapContext", "MapResult", "MappingSet", "TraceStep"]
-    assert broker.canonical.__all__ == ["validate_bundle"]
+    assert broker.canonical.__all__ == ["check", "validate_bundle"]
     for name in broker.mapping.__all__:
         assert getattr(broker.mapping, name).__doc__
 
