@@ -14,6 +14,7 @@ from broker.ingest import HL7v2Intake
 from broker.journal import Journal
 from broker.log import get_logger
 from broker.mapping import MappingSet
+from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
 from broker.worker.celery_app import create_celery
 
@@ -32,9 +33,13 @@ class Listeners:
         self.adapters = [
             a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
         ]
-        self.mappings = mappings
+        self.watcher = MappingWatcher(settings.mappings_dir, mappings)
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
+
+    def _supports(self, event: str, version: str) -> bool:
+        # Through the watcher: a mapping added or removed on disk counts within seconds.
+        return self.watcher.current().supports(event, version)
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -43,9 +48,7 @@ class Listeners:
         kicker = AsyncKicker(create_celery(self.settings), self.client)
         for adapter in self.adapters:
             host, port = adapter.host_port
-            intake = HL7v2Intake(
-                adapter, journal, self.mappings.supports, self.settings.partitions, kicker
-            )
+            intake = HL7v2Intake(adapter, journal, self._supports, self.settings.partitions, kicker)
             server = MllpServer(
                 host,
                 port,

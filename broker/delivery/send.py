@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from typing import Protocol
 
 from broker.ack import read_ack
@@ -139,9 +140,10 @@ class MllpSender:
     The rendered message keeps the inbound MSH-10, so a re-delivery is recognisable as such.
     """
 
-    def __init__(self, adapter: AdapterSpec, mappings: MappingSet) -> None:
+    def __init__(self, adapter: AdapterSpec, mappings: Callable[[], MappingSet]) -> None:
         self.adapter = adapter
         self.mappings = mappings
+        """Returns the mappings serving now (they may be reloaded while the sender lives)."""
         host, port = adapter.host_port
         self.client = MllpClient(host, port, timeout=adapter.ack_timeout_s)
 
@@ -151,7 +153,7 @@ class MllpSender:
             raise PermanentDeliveryError(
                 "the envelope has no canonical bundle", destination=self.adapter.id
             )
-        text = self.mappings.render_hl7v2(
+        text = self.mappings().render_hl7v2(
             envelope.bundle,
             version=self.adapter.version,
             control_id=envelope.control_id or envelope.id,
@@ -187,7 +189,7 @@ class MllpSender:
         self.client.close()
 
 
-def make_sender(adapter: AdapterSpec, mappings: MappingSet, timeout: float) -> Sender:
+def make_sender(adapter: AdapterSpec, mappings: Callable[[], MappingSet], timeout: float) -> Sender:
     """Build the sender for an outbound adapter's transport."""
     if adapter.transport == "fhir-rest":
         return FhirRestSender(adapter, timeout)

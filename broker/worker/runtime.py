@@ -12,6 +12,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender, make_sender
 from broker.dispatch import Kicker
 from broker.mapping import MappingSet
+from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
 
 __all__ = ["Runtime", "configure", "runtime"]
@@ -26,7 +27,7 @@ class Runtime:
     client: redis.Redis = field(init=False)
     adapters: dict[str, AdapterSpec] = field(init=False)
     subscribers: list[AdapterSpec] = field(init=False)
-    mappings: MappingSet = field(init=False)
+    watcher: MappingWatcher = field(init=False)
     kicker: Kicker = field(init=False)
     dead_letters: DeadLetterStore = field(init=False)
     senders: dict[str, Sender] = field(default_factory=dict)
@@ -36,16 +37,22 @@ class Runtime:
         specs = load_adapters(self.settings.adapters_dir)
         self.adapters = {spec.id: spec for spec in specs}
         self.subscribers = [s for s in specs if s.direction == "outbound" and s.enabled]
-        self.mappings = MappingSet.load(self.settings.mappings_dir)
+        directory = self.settings.mappings_dir
+        self.watcher = MappingWatcher(directory, MappingSet.load(directory))
         self.kicker = Kicker(self.celery, self.client)
         self.dead_letters = DeadLetterStore(self.client)
+
+    @property
+    def mappings(self) -> MappingSet:
+        """The mappings serving now (reloaded when the files change, if they load cleanly)."""
+        return self.watcher.current()
 
     def sender(self, subscriber: str) -> Sender:
         """The persistent sender of a subscriber in this process."""
         sender = self.senders.get(subscriber)
         if sender is None:
             sender = make_sender(
-                self.adapters[subscriber], self.mappings, self.settings.delivery_timeout_s
+                self.adapters[subscriber], self.watcher.current, self.settings.delivery_timeout_s
             )
             self.senders[subscriber] = sender
         return sender
