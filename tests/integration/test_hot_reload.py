@@ -46,8 +46,12 @@ def test_changed_mappings_serve_within_seconds_and_broken_ones_are_refused(tmp_p
 
         original = adt_file.read_text(encoding="utf-8")
         adt_file.write_text(original.replace("description:", "descripton:", 1), encoding="utf-8")
+        # A fresh control id per try: a duplicate would get its first ACK back.
+        tries = iter(range(1000))
         assert not wait_until(
-            lambda: send(stack, adt(pool[1], "A04", control_id="HR-2")) != "AA", RELOAD_BOUND_S, 1.0
+            lambda: send(stack, adt(pool[1], "A04", control_id=f"HR-2-{next(tries)}")) != "AA",
+            RELOAD_BOUND_S,
+            1.0,
         )
         assert "mappings.rejected" in stack.logs(tail=200_000)
 
@@ -56,7 +60,7 @@ def test_changed_mappings_serve_within_seconds_and_broken_ones_are_refused(tmp_p
             encoding="utf-8",
         )
         assert wait_until(
-            lambda: send(stack, adt(pool[2], "A04", control_id=f"HR-3-{pool[2].ipp}")) == "AR",
+            lambda: send(stack, adt(pool[2], "A04", control_id=f"HR-3-{next(tries)}")) == "AR",
             RELOAD_BOUND_S + 1,
             0.5,
         )
