@@ -31,7 +31,9 @@ class _NoCelery:
     def __init__(self) -> None:
         self.sent: list[tuple[str, list[int]]] = []
 
-    def send_task(self, name: str, args: list[int], queue: str) -> None:
+    def send_task(
+        self, name: str, args: list[int], queue: str, countdown: float | None = None
+    ) -> None:
         self.sent.append((name, args))
 
 

@@ -16,7 +16,8 @@ from broker.errors import MappingError, MappingSpecError, NoMappingError
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import CompiledMapping, compile_inbound, message_header, resource_id
 from broker.mapping.reverse import CompiledOutbound, compile_outbound
-from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec
+from broker.mapping.sites import compile_site, site_order
+from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SiteSpec
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import read_yaml, validation_errors
 
@@ -35,6 +36,9 @@ def _validate(model: type[BaseModel], data: dict[str, Any], file: str, lines: An
 
 class MappingSet:
     """The loaded mappings: inbound by (event, version), outbound by trigger event.
+
+    A site mapping (``extends:``) serves its adapters: for a message from one of them it is
+    chosen before the general mapping of the same event and version.
 
     Build it with ``MappingSet.load(Path("mappings"))``; it is immutable afterwards and safe to
     share between threads.
@@ -58,7 +62,11 @@ class MappingSet:
         self._inbound_list = tuple(inbound)
         self._outbound_list = tuple(outbound)
         self._inbound: dict[tuple[str, str], CompiledMapping] = {}
+        self._sites: dict[tuple[str, str, str], CompiledMapping] = {}
         for mapping in inbound:
+            if mapping.adapters:
+                self._add_site(mapping)
+                continue
             for event in mapping.events:
                 for version in mapping.versions:
                     other = self._inbound.get((event, version))
@@ -73,6 +81,19 @@ class MappingSet:
         for out in outbound:
             for trigger in out.triggers():
                 self._outbound.setdefault(trigger, out)
+
+    def _add_site(self, mapping: CompiledMapping) -> None:
+        for adapter in sorted(mapping.adapters):
+            for event in mapping.events:
+                for version in mapping.versions:
+                    other = self._sites.get((adapter, event, version))
+                    if other is not None:
+                        reason = (
+                            f"{event} v{version} from adapter {adapter} is already mapped by "
+                            f"{other.file}; one site mapping per adapter, event and version"
+                        )
+                        raise MappingSpecError(mapping.file, None, "source.adapters", reason)
+                    self._sites[(adapter, event, version)] = mapping
 
     @classmethod
     def load(cls, directory: Path, *, full_validation: bool = False) -> MappingSet:
@@ -90,6 +111,7 @@ class MappingSet:
             )
         inbound: list[CompiledMapping] = []
         outbound: list[CompiledOutbound] = []
+        sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
         tests = directory / "tests"
         for path in sorted(directory.rglob("*.yaml")):
@@ -106,6 +128,10 @@ class MappingSet:
                 out_spec: OutboundSpec = _validate(OutboundSpec, data, file, lines)
                 outbound.append(compile_outbound(out_spec, file, lines))
                 mapping_id = out_spec.id
+            elif "extends" in data:
+                site_spec: SiteSpec = _validate(SiteSpec, data, file, lines)
+                sites.append((site_spec, file, lines, sha))
+                mapping_id = site_spec.id
             elif "source" in data:
                 in_spec: InboundSpec = _validate(InboundSpec, data, file, lines)
                 inbound.append(compile_inbound(in_spec, file, lines, sha))
@@ -115,7 +141,8 @@ class MappingSet:
                     file,
                     1,
                     "",
-                    "expected source: (an inbound mapping) or target: (an outbound mapping)",
+                    "expected source: (an inbound mapping), extends: (a site mapping) "
+                    "or target: (an outbound mapping)",
                 )
             if mapping_id in ids:
                 raise MappingSpecError(
@@ -125,16 +152,34 @@ class MappingSet:
                     f"id {mapping_id!r} is also used by {ids[mapping_id]}",
                 )
             ids[mapping_id] = file
+        compiled = {m.id: m for m in inbound}
+        try:
+            ordered = site_order([s for s, *_ in sites], sites)
+        except ValueError as exc:
+            raise MappingSpecError(sites[0][1], None, "extends", str(exc)) from None
+        for site_spec, file, lines, sha in ordered:
+            base = compiled.get(site_spec.extends)
+            if base is None:
+                reason = f"no inbound mapping has id {site_spec.extends!r}"
+                raise MappingSpecError(file, lines.get(("extends",)), "extends", reason)
+            site = compile_site(site_spec, file, lines, sha, base)
+            compiled[site.id] = site
+            inbound.append(site)
         return cls(inbound, outbound, full_validation=full_validation)
 
     @property
     def refs(self) -> tuple[MappingRef, ...]:
         """Every inbound mapping's id and content hash."""
-        return tuple(MappingRef(id=m.spec.id, sha256=m.sha256) for m in self._inbound_list)
+        return tuple(MappingRef(id=m.id, sha256=m.sha256) for m in self._inbound_list)
 
-    def supports(self, event: str, version: str) -> bool:
-        """Tell whether an inbound HL7 v2 mapping handles ``event`` (``ADT^A01``) in ``version``."""
-        return (event, version) in self._inbound
+    def supports(self, event: str, version: str, adapter: str | None = None) -> bool:
+        """Tell whether an inbound HL7 v2 mapping handles ``event`` (``ADT^A01``) in ``version``.
+
+        With ``adapter``, a site mapping for that adapter counts too.
+        """
+        if (event, version) in self._inbound:
+            return True
+        return adapter is not None and (adapter, event, version) in self._sites
 
     def map_hl7v2(
         self, message: Message, ctx: MapContext, *, trace: list[TraceStep] | None = None
@@ -149,7 +194,7 @@ class MappingSet:
             MappingError: a rule failed; names the mapping file, rule and source path.
             CanonicalError: the Bundle is not valid FHIR R4.
         """
-        mapping = self._mapping_for(message)
+        mapping = self._mapping_for(message, ctx.source)
         instances, env = mapping.run(message, ctx.source, ctx.timezone, trace)
         control_id = message.control_id
         header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
@@ -171,28 +216,33 @@ class MappingSet:
         return MapResult(
             bundle=bundle,
             findings=tuple(env.findings),
-            mappings=(MappingRef(id=mapping.spec.id, sha256=mapping.sha256),),
+            mappings=tuple(MappingRef(id=m.id, sha256=m.sha256) for m in mapping.lineage),
             partition_key=_partition_key(bundle, ctx.source),
         )
 
-    def _mapping_for(self, message: Message) -> CompiledMapping:
+    def _mapping_for(self, message: Message, adapter: str | None = None) -> CompiledMapping:
         event, version = message.event, message.version
-        mapping = self._inbound.get((event, version))
+        mapping = None
+        if adapter is not None and self._sites:
+            mapping = self._sites.get((adapter, event, version))
+        if mapping is None:
+            mapping = self._inbound.get((event, version))
         if mapping is None:
             msg = f"no mapping for {event or '(no MSH-9)'} v{version or '(no MSH-12)'}"
             raise NoMappingError(msg, location="MSH-9")
         return mapping
 
-    def unmapped(self, message: Message) -> list[str]:
+    def unmapped(self, message: Message, adapter: str | None = None) -> list[str]:
         """The fields present in ``message`` that no rule of its mapping reads, in message order.
 
         Each is named ``SEG-n`` (``ZPI-2``, ``IN1-3``), never with its value. Set ID fields
         (data type SI, such as PID-1 and OBX-1) number segments and are not reported.
+        ``adapter`` picks that adapter's site mapping when it has one.
 
         Raises:
             NoMappingError: no mapping for the message's event and version.
         """
-        reads = self._mapping_for(message).reads
+        reads = self._mapping_for(message, adapter).reads
         version = message.version
         found: dict[str, None] = {}
         for segment in message.segments:

@@ -195,7 +195,7 @@ def compile_outbound(spec: OutboundSpec, file: str, lines: LineMap) -> CompiledO
     Raises:
         MappingSpecError: naming the file, line and key of the first problem.
     """
-    from broker.mapping.engine import fhir_model
+    from broker.mapping.targets import fhir_model
 
     segments = []
     for s_index, seg in enumerate(spec.segments):

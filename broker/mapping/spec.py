@@ -46,8 +46,11 @@ __all__ = [
     "OutFieldSpec",
     "OutSegmentSpec",
     "OutboundSpec",
+    "ResourcePatchSpec",
     "ResourceSpec",
     "RuleSpec",
+    "SiteSourceSpec",
+    "SiteSpec",
     "SourceSpec",
     "TargetSpec",
     "ValueMapSpec",
@@ -132,9 +135,14 @@ class Condition(_Strict):
         return self
 
 
+_ID = r"^[a-z0-9][a-z0-9._-]*$"
+
+
 class RuleSpec(_Strict):
     """One rule: where a value comes from, how it is transformed and where it goes."""
 
+    id: str | None = Field(None, pattern=_ID)
+    """A name a site mapping's ``replace:`` and ``remove:`` can use (else they match target)."""
     target: str
     """FHIR element path inside the resource, e.g. ``identifier[]`` or ``valueQuantity``."""
     from_: str | list[str] | None = Field(None, alias="from")
@@ -198,6 +206,54 @@ class InboundSpec(_Strict):
     groups: dict[str, GroupSpec] = {}
     maps: dict[str, ValueMapSpec] = {}
     resources: list[ResourceSpec] = Field(min_length=1)
+
+
+class SiteSourceSpec(_Strict):
+    """Which messages a site mapping serves: its adapters, and the base's events and versions.
+
+    ``events`` and ``versions`` default to the base's; each must be one the base maps.
+    """
+
+    format: Literal["hl7v2"] = "hl7v2"
+    adapters: list[str] = Field(min_length=1)
+    """Inbound adapter ids (``MapContext.source``) this mapping serves instead of its base."""
+    events: list[str] | None = None
+    versions: list[Literal[HL7_VERSIONS]] | None = None  # type: ignore[valid-type]
+
+
+class ResourcePatchSpec(_Strict):
+    """A site's change to one resource of its base, by role, or a new resource.
+
+    For a base role: ``remove`` drops rules by id or target, ``replace`` swaps each rule for
+    the base rules with its id (or, without an id, its target), ``rules`` appends rules; ``when``
+    and ``focus`` override the base's. A role the base lacks is a new resource: give ``type``
+    and ``rules`` (and optionally ``each``).
+    """
+
+    role: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    type: str | None = None
+    each: str | None = None
+    when: Condition | None = None
+    focus: bool | None = None
+    remove: list[str] = []
+    replace: list[RuleSpec] = []
+    rules: list[RuleSpec] = []
+
+
+class SiteSpec(_Strict):
+    """A site mapping: a base mapping (``extends:`` its id) with one hospital's changes.
+
+    Used for the adapters it names; the base keeps serving every other adapter. ``maps`` and
+    ``groups`` are added to the base's (a name the base uses replaces the base's entry).
+    """
+
+    id: str = Field(pattern=_ID)
+    description: str | None = None
+    extends: str
+    source: SiteSourceSpec
+    groups: dict[str, GroupSpec] = {}
+    maps: dict[str, ValueMapSpec] = {}
+    resources: list[ResourcePatchSpec] = []
 
 
 class OutFieldSpec(_Strict):

@@ -1,0 +1,348 @@
+"""Rules: one RuleSpec compiled into a closure that reads a scope and writes FHIR elements.
+
+A compiled ``Rule`` holds its target steps and an ``apply(scope, run)`` built for its kind
+(constant, reference, sub-element, value map, function), so running it does no lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from broker.errors import MappingError
+from broker.mapping.context import TraceStep
+from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
+from broker.mapping.scopes import Guard, Scope, compile_condition, compile_source
+from broker.mapping.spec import RuleSpec, ValueMapSpec
+from broker.mapping.targets import Step, compile_target, put, requirements
+from broker.mapping.where import Key, Where, dotted
+
+__all__ = ["Instance", "Rule", "Run", "ValueMap", "clone", "compile_rule"]
+
+
+@dataclass
+class Instance:
+    """One resource being built: its role, scope, id and JSON."""
+
+    role: str
+    scope: Scope
+    id: str
+    resource: dict[str, Any]
+    focus: bool
+
+
+@dataclass(frozen=True)
+class ValueMap:
+    name: str
+    spec: ValueMapSpec
+
+    def apply(self, value: SourceValue, env: Env) -> Any:
+        code = value.comp(1).strip()
+        found = self.spec.values.get(code)
+        if found is None:
+            found = self.spec.default
+            if found is None:
+                table = self.spec.system or f"value map {self.name}"
+                env.warn(
+                    "unknown-code", value, f"the code is not in {table}; the element was left out"
+                )
+                return None
+        return clone(found)
+
+
+class Run:
+    """One message's mapping run: the Env, scopes, and the resource instances by role.
+
+    ``trace`` is None except in a dry run, where each rule that writes appends TraceSteps
+    naming ``resource``, the instance being built.
+    """
+
+    __slots__ = ("env", "instances", "resource", "trace")
+
+    def __init__(self, env: Env, trace: list[TraceStep] | None = None) -> None:
+        self.env = env
+        self.instances: dict[str, list[Instance]] = {}
+        self.trace = trace
+        self.resource = ""
+
+    def nearest(self, role: str, scope: Scope) -> Instance | None:
+        found = self.instances.get(role) or []
+        if scope.pins:
+            # Inside a field loop, prefer the instance made for the same repetition.
+            for instance in found:
+                pins = instance.scope.pins
+                if pins and all(scope.pins.get(k) == v for k, v in pins.items()):
+                    return instance
+        for instance in found:
+            if scope.within(instance.scope):
+                return instance
+        for instance in found:
+            if instance.scope.within(scope):
+                return instance
+        return found[0] if found else None
+
+    def inside(self, role: str, scope: Scope) -> list[Instance]:
+        return [i for i in self.instances.get(role) or [] if i.scope.within(scope)]
+
+
+@dataclass
+class Rule:
+    """A compiled rule: ``run`` writes what ``apply`` gives to ``steps`` when ``when`` holds."""
+
+    steps: tuple[Step, ...]
+    apply: Callable[[Scope, Run], list[Any]]
+    when: Guard | None
+    file: str = ""
+    label: str = ""
+    source: str | None = None
+    line: int | None = None
+    target: str = ""
+    """The target path from the resource (``participant[].individual``), for the trace."""
+    traced: bool = True
+    """False for rules: elements, whose sub-rules trace each value."""
+    id: str | None = None
+    """The rule's ``id:``, for a site mapping's ``replace:`` and ``remove:``."""
+    reads: frozenset[tuple[str, int]] = frozenset()
+    """(segment, field) of every source path the rule (with its sub-rules) reads."""
+
+    def run(self, node: dict[str, Any], scope: Scope, run: Run) -> None:
+        try:
+            if self.when is not None and not self.when.holds(scope):
+                return
+            values = self.apply(scope, run)
+        except (
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
+            where = self.source or "its value"
+            msg = f"rule {self.label} of {self.file} failed on {where} ({type(exc).__name__})"
+            raise MappingError(
+                msg, mapping=self.file, rule=self.label, source_path=self.source
+            ) from exc
+        if values:
+            put(node, self.steps, values)
+            if run.trace is not None and self.traced:
+                origin = self.source or "value"
+                for value in values:
+                    target = f"{run.resource}.{self.target}"
+                    run.trace.append(TraceStep(self.file, self.line, origin, target, value))
+
+
+def clone(value: Any) -> Any:
+    # Constants are shared by every message; each resource gets its own copy (faster than
+    # copy.deepcopy for JSON-shaped data).
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
+def compile_rule(
+    spec: RuleSpec,
+    model: type[BaseModel] | None,
+    maps: dict[str, ValueMapSpec],
+    roles: set[str],
+    where: Where,
+    key: Key,
+    prefix: str = "",
+) -> Rule:
+    target = compile_target(spec.target, model, where, (*key, "target"))
+    full_target = prefix + spec.target
+    rule_line = where.lines.get(key)
+    steps = target.steps
+    append = steps[-1][1]
+    label = f"{dotted(key)} ({spec.target})"
+    if isinstance(spec.from_, str):
+        source_text: str | None = spec.from_
+    else:
+        source_text = ", ".join(spec.from_) if spec.from_ else None
+    when = compile_condition(spec.when, where, (*key, "when"))
+    default = spec.default
+    if default is not None:
+        target.check_constant(default, where, (*key, "default"))
+
+    def rule(apply: Callable[[Scope, Run], list[Any]], origin: str | None = None) -> Rule:
+        return Rule(
+            steps,
+            apply,
+            when,
+            where.file,
+            label,
+            origin or source_text,
+            rule_line,
+            full_target,
+            spec.rules is None,
+            spec.id,
+        )
+
+    if spec.value is not None:
+        constant = spec.value
+        target.check_constant(constant, where, (*key, "value"))
+
+        def apply_value(scope: Scope, run: Run) -> list[Any]:
+            return [clone(constant)]
+
+        return rule(apply_value)
+
+    if spec.reference is not None:
+        role = spec.reference
+        if role not in roles:
+            reason = f"no resource has role {role!r}; roles are {sorted(roles)}"
+            raise where.error((*key, "reference"), reason)
+        if not target.accepts("Reference"):
+            reason = f"a reference needs a Reference element; this one is {target.type_name}"
+            raise where.error((*key, "target"), reason)
+
+        def apply_reference(scope: Scope, run: Run) -> list[Any]:
+            if append:
+                return [{"reference": f"urn:uuid:{i.id}"} for i in run.inside(role, scope)]
+            found = run.nearest(role, scope)
+            return [{"reference": f"urn:uuid:{found.id}"}] if found else []
+
+        return rule(apply_reference, f"reference:{role}")
+
+    loop = compile_source(spec.each, where, (*key, "each")) if spec.each is not None else None
+    if loop is not None and (spec.rules is None or not append or not loop.repeats):
+        reason = "each: loops a repeating field (PV1-7(*)) into rules: building a list element[]"
+        raise where.error((*key, "each"), reason)
+
+    if spec.rules is not None:
+        if target.model is None:
+            reason = f"rules: build a complex element; {spec.target} is a {target.type_name}"
+            raise where.error((*key, "target"), reason)
+        subs: list[Rule] = []
+        for i, sub_spec in enumerate(spec.rules):
+            sub_key = (*key, "rules", i)
+            compile_sub = partial(compile_rule, sub_spec, target.model, maps, roles, where, sub_key)
+            sub = where.attempt(partial(compile_sub, f"{full_target}."))
+            if sub is not None:
+                subs.append(sub)
+        required, _ = requirements(target.model)
+
+        def build(scope: Scope, run: Run) -> dict[str, Any]:
+            element: dict[str, Any] = {}
+            for sub in subs:
+                sub.run(element, scope, run)
+            if element and required:
+                missing = [name for name in required if name not in element]
+                if missing:
+                    msg = f"{spec.target} lacks its required element {missing[0]}"
+                    raise MappingError(msg, mapping=where.file, rule=label, source_path=None)
+            return element
+
+        def apply_rules(scope: Scope, run: Run) -> list[Any]:
+            scopes = loop.loop(scope) if loop is not None else [scope]
+            return [element for element in (build(s, run) for s in scopes) if element]
+
+        return rule(apply_rules)
+
+    texts = [spec.from_] if isinstance(spec.from_, str) else list(spec.from_ or [])
+    if not texts:
+        raise where.error((*key, "from"), "list at least one source path")
+    sources = [
+        compile_source(t, where, (*key, "from") if len(texts) == 1 else (*key, "from", i))
+        for i, t in enumerate(texts)
+    ]
+    repeats = sources[0].repeats
+    if repeats and not append:
+        raise where.error(
+            (*key, "target"),
+            f"the source {texts[0]!r} can give several values; "
+            "end the target with [] or pick one repetition such as (1)",
+        )
+    transform: Transform = INBOUND["string"]
+    args: Any = None
+    if spec.function is not None:
+        found_transform = INBOUND.get(spec.function)
+        if found_transform is None:
+            raise where.error(
+                (*key, "function"),
+                f"unknown function {spec.function!r}; expected one of {', '.join(sorted(INBOUND))}",
+            )
+        transform = found_transform
+        if len(sources) > transform.sources:
+            raise where.error(
+                (*key, "from"), f"{spec.function} reads at most {transform.sources} source path(s)"
+            )
+        if transform.args is not None:
+            try:
+                args = transform.args.model_validate(spec.args or {})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise where.error((*key, "args", *tuple(err["loc"])), err["msg"]) from None
+        elif spec.args:
+            raise where.error((*key, "args"), f"{spec.function} takes no args")
+    elif len(sources) > 1:
+        raise where.error((*key, "from"), "several source paths need a function that reads them")
+    value_map: ValueMap | None = None
+    if spec.map is not None:
+        map_spec = maps.get(spec.map)
+        if map_spec is None:
+            raise where.error((*key, "map"), f"no value map {spec.map!r} under maps:")
+        for code, mapped in map_spec.values.items():
+            target.check_constant(mapped, where, ("maps", spec.map, "values", code))
+        if map_spec.default is not None:
+            target.check_constant(map_spec.default, where, ("maps", spec.map, "default"))
+        value_map = ValueMap(spec.map, map_spec)
+    elif not target.accepts(transform.returns):
+        name = spec.function or "a plain copy (no function)"
+        reason = (
+            f"{name} gives a FHIR {transform.returns} but {spec.target} is a {target.type_name}"
+        )
+        raise where.error((*key, "function" if spec.function else "target"), reason)
+    fn = transform.fn
+    first = sources[0]
+
+    if len(sources) > 1:
+        rest = sources[1:]
+
+        def apply_many(scope: Scope, run: Run) -> list[Any]:
+            head = first.first(scope)
+            if head is None:
+                return [clone(default)] if default is not None else []
+            result = fn([head, *(s.first(scope) for s in rest)], run.env, args)
+            if result is None:
+                return [clone(default)] if default is not None else []
+            return [result]
+
+        return rule(apply_many)
+
+    if value_map is not None:
+        vmap = value_map
+
+        def apply_map(scope: Scope, run: Run) -> list[Any]:
+            values = first.read(scope) if repeats else [first.first(scope)]
+            out = []
+            for value in values:
+                if value is not None:
+                    mapped = vmap.apply(value, run.env)
+                    if mapped is not None:
+                        out.append(mapped)
+            if not out and default is not None:
+                return [clone(default)]
+            return out
+
+        return rule(apply_map)
+
+    def apply_function(scope: Scope, run: Run) -> list[Any]:
+        values = first.read(scope) if repeats else [first.first(scope)]
+        out = []
+        for value in values:
+            if value is not None:
+                result = fn((value,), run.env, args)
+                if result is not None:
+                    out.append(result)
+        if not out and default is not None:
+            return [clone(default)]
+        return out
+
+    return rule(apply_function)

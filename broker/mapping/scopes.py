@@ -1,0 +1,335 @@
+"""Source side of a mapping: scopes, segment groups, HL7 v2 source paths and conditions.
+
+Scopes: the whole message is the root scope; each instance of a declared segment group (an ORU^R01
+PATIENT_RESULT, ORDER_OBSERVATION or OBSERVATION, v2.5.1 §7.3.1) is a child scope, and each
+repetition of a looped field (``each: PV1-7(*)``) is a pinned child scope. A source path reads
+the nearest scope holding its segment, so an OBSERVATION's rule reading ``OBR-7`` sees its own
+order's OBR. Paths follow ``broker.parsing.hl7v2``'s grammar and are checked at load against
+hl7apy's reference tables for the declared versions (Z-segments are site-defined and free).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from broker.mapping.functions import SourceValue
+from broker.mapping.spec import Condition, GroupSpec
+from broker.mapping.where import Key, Where
+from broker.parsing.hl7v2 import Path, Segment, parse_path
+
+__all__ = [
+    "SEGMENT",
+    "Guard",
+    "Pin",
+    "Scope",
+    "Source",
+    "check_segment",
+    "compile_condition",
+    "compile_source",
+    "field_count",
+    "group_order",
+    "group_scopes",
+]
+
+
+Pin = tuple[Segment, int]
+
+
+class Scope:
+    """The message, one instance of a segment group, or one repetition of a looped field.
+
+    ``pins`` maps (segment name, field number) to the segment and repetition a field loop
+    (``each: PV1-7(*)``) is on: inside the loop, ``PV1-7`` reads that repetition.
+    """
+
+    __slots__ = ("by_name", "group", "local", "parent", "pins", "segments")
+
+    def __init__(
+        self,
+        group: str | None,
+        segments: list[Segment],
+        parent: Scope | None,
+        local: frozenset[str] = frozenset(),
+        pins: dict[tuple[str, int], Pin] | None = None,
+    ) -> None:
+        self.group = group
+        self.segments = segments
+        self.parent = parent
+        self.local = local
+        """Segment names that belong to this group only: never looked up in the parents."""
+        inherited = parent.pins if parent is not None else {}
+        self.pins: dict[tuple[str, int], Pin] = {**inherited, **pins} if pins else inherited
+        by_name: dict[str, list[Segment]] = {}
+        for segment in segments:
+            by_name.setdefault(segment.name, []).append(segment)
+        self.by_name = by_name
+
+    def find(self, name: str) -> list[Segment]:
+        """The segments called ``name`` in the nearest scope (self, then parents) that has one."""
+        scope: Scope | None = self
+        while scope is not None:
+            found = scope.by_name.get(name)
+            if found:
+                return found
+            if name in scope.local:
+                return []
+            scope = scope.parent
+        return []
+
+    def within(self, other: Scope) -> bool:
+        """Tell whether this scope is ``other`` or nested inside it."""
+        scope: Scope | None = self
+        while scope is not None:
+            if scope is other:
+                return True
+            scope = scope.parent
+        return False
+
+
+# --- source paths --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    text: str
+    path: Path
+    all_segments: bool
+
+    @property
+    def repeats(self) -> bool:
+        return self.all_segments or self.path.repetition is None
+
+    def pinned(self, scope: Scope) -> SourceValue | None:
+        """The looped repetition when a field loop is on this path's field, else None."""
+        pin = scope.pins.get((self.path.segment, self.path.field))
+        if pin is None:
+            return None
+        segment, number = pin
+        p = self.path
+        raw = segment.repetitions(p.field)[number - 1]
+        if p.component is not None:
+            comps = raw.split(segment.delims.component)
+            raw = comps[p.component - 1] if p.component <= len(comps) else ""
+            if p.sub is not None:
+                subs = raw.split(segment.delims.subcomponent)
+                raw = subs[p.sub - 1] if p.sub <= len(subs) else ""
+        return SourceValue(raw, segment, p, number) if raw and raw != '""' else None
+
+    def loop(self, scope: Scope) -> list[Scope]:
+        """One child scope pinned to each repetition this path reads (``each: PV1-7(*)``)."""
+        key = (self.path.segment, self.path.field)
+        return [
+            Scope(None, [], scope, pins={key: (value.segment, value.rep)})
+            for value in self.read(scope)
+        ]
+
+    def read(self, scope: Scope) -> list[SourceValue]:
+        p = self.path
+        if scope.pins and (p.segment, p.field) in scope.pins:
+            value = self.pinned(scope)
+            return [value] if value is not None else []
+        segments = scope.find(p.segment)
+        if p.segment_index is not None:
+            segments = segments[p.segment_index - 1 : p.segment_index]
+        elif not self.all_segments:
+            segments = segments[:1]
+        out: list[SourceValue] = []
+        for segment in segments:
+            reps = segment.repetitions(p.field)
+            chosen: Iterable[tuple[int, str]]
+            if p.repetition is None:
+                chosen = enumerate(reps, 1)
+            elif p.repetition <= len(reps):
+                chosen = ((p.repetition, reps[p.repetition - 1]),)
+            else:
+                continue
+            for number, rep in chosen:
+                raw = rep
+                if p.component is not None:
+                    comps = rep.split(segment.delims.component)
+                    raw = comps[p.component - 1] if p.component <= len(comps) else ""
+                    if p.sub is not None:
+                        subs = raw.split(segment.delims.subcomponent)
+                        raw = subs[p.sub - 1] if p.sub <= len(subs) else ""
+                if raw and raw != '""':
+                    out.append(SourceValue(raw, segment, p, number))
+        return out
+
+    def first(self, scope: Scope) -> SourceValue | None:
+        p = self.path
+        if scope.pins and (p.segment, p.field) in scope.pins:
+            return self.pinned(scope)
+        if self.all_segments or p.repetition is None:
+            return next(iter(self.read(scope)), None)
+        segments = scope.find(p.segment)
+        index = (p.segment_index or 1) - 1
+        if index >= len(segments):
+            return None
+        segment = segments[index]
+        fields = segment.fields
+        if p.field >= len(fields):
+            return None
+        rep = fields[p.field]
+        if not rep:
+            return None
+        d = segment.delims
+        if d.repetition in rep and not (segment.name == "MSH" and p.field <= 2):
+            reps = rep.split(d.repetition)
+            if p.repetition > len(reps):
+                return None
+            rep = reps[p.repetition - 1]
+        elif p.repetition > 1:
+            return None
+        raw = rep
+        if p.component is not None:
+            comps = rep.split(d.component)
+            raw = comps[p.component - 1] if p.component <= len(comps) else ""
+            if p.sub is not None:
+                subs = raw.split(d.subcomponent)
+                raw = subs[p.sub - 1] if p.sub <= len(subs) else ""
+        if not raw or raw == '""':
+            return None
+        return SourceValue(raw, segment, p, p.repetition)
+
+
+@lru_cache(maxsize=512)
+def field_count(segment: str, version: str) -> int | None:
+    """How many fields hl7apy's reference tables define for a segment, None if unknown."""
+    from hl7apy import load_reference
+    from hl7apy.exceptions import HL7apyException
+
+    try:
+        reference = load_reference(segment, "Segment", version)
+    except (HL7apyException, KeyError, ValueError):
+        return None
+    return len(reference[1])
+
+
+def check_exists(path: Path, text: str, where: Where, key: Key) -> None:
+    # Z-segments are site-defined (v2.5.1 §2.8.2): no reference table knows them.
+    if path.segment.startswith("Z") or not where.versions:
+        return
+    counts = [c for c in (field_count(path.segment, v) for v in where.versions) if c is not None]
+    versions = ", ".join(where.versions)
+    if not counts:
+        reason = (
+            f"{text!r}: {path.segment} is not a segment of HL7 v{versions}; "
+            "expected a segment of those versions or a Z-segment"
+        )
+        raise where.error(key, reason)
+    if path.field > max(counts):
+        reason = (
+            f"{text!r}: {path.segment} has {max(counts)} fields in HL7 v{versions}; "
+            f"expected a field number from 1 to {max(counts)}"
+        )
+        raise where.error(key, reason)
+
+
+def compile_source(text: str, where: Where, key: Key) -> Source:
+    try:
+        path = parse_path(text)
+    except ValueError as exc:
+        raise where.error(key, str(exc)) from None
+    check_exists(path, text, where, key)
+    where.reads.add((path.segment, path.field))
+    head = text.strip().split("-", 1)[0]
+    return Source(text, path, head.endswith("(*)"))
+
+
+# --- conditions and value maps -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guard:
+    source: Source | None
+    """None for a segment test (``path: PV1``): is the segment in scope?"""
+    segment: str
+    spec: Condition
+
+    def holds(self, scope: Scope) -> bool:
+        if self.source is None:
+            return bool(scope.find(self.segment)) == self.spec.present
+        value = self.source.first(scope)
+        if self.spec.present is not None:
+            return (value is not None) == self.spec.present
+        code = value.comp(1).strip() if value is not None else ""
+        if self.spec.equals is not None:
+            return code == self.spec.equals
+        return code in (self.spec.in_ or ())
+
+
+SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+
+def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard | None:
+    if spec is None:
+        return None
+    if SEGMENT.match(spec.path):
+        if spec.present is None:
+            reason = "a segment name alone can only be tested with present: true|false"
+            raise where.error((*key, "path"), reason)
+        return Guard(None, spec.path, spec)
+    return Guard(compile_source(spec.path, where, (*key, "path")), "", spec)
+
+
+def group_order(groups: dict[str, GroupSpec], where: Where) -> list[str]:
+    """The group names, each after the group it is ``within`` (a cycle is a problem)."""
+    order: list[str] = []
+    pending = dict(groups)
+    while pending:
+        progressed = False
+        for name, group in list(pending.items()):
+            if group.within is not None and group.within not in groups:
+                raise where.error(
+                    ("groups", name, "within"), f"no group {group.within!r} is declared"
+                )
+            if group.within is None or group.within in order:
+                order.append(name)
+                del pending[name]
+                progressed = True
+        if not progressed:
+            raise where.error(("groups",), "groups nest in a cycle through within:")
+    return order
+
+
+def check_segment(segment: str, where: Where, key: Key) -> None:
+    """A segment named by a group must exist in one of the declared versions (Z-segments may)."""
+    if segment.startswith("Z") or not where.versions:
+        return
+    if all(field_count(segment, v) is None for v in where.versions):
+        versions = ", ".join(where.versions)
+        reason = f"{segment} is not a segment of HL7 v{versions}; expected a segment of those versions or a Z-segment"
+        raise where.error(key, reason)
+
+
+def group_scopes(
+    groups: dict[str, GroupSpec], order: list[str], root: Scope
+) -> dict[str | None, list[Scope]]:
+    """Every instance of every group, by group name (``None`` → ``[root]``), in message order.
+
+    ``order`` lists parents before children (``group_order``).
+    """
+    found: dict[str | None, list[Scope]] = {None: [root]}
+    for name in order:
+        group = groups[name]
+        members = set(group.members) if group.members is not None else None
+        local = frozenset({group.starts, *(members or ())}) if members is not None else frozenset()
+        instances: list[Scope] = []
+        for parent in found[group.within]:
+            chunks: list[list[Segment]] = []
+            current: list[Segment] | None = None
+            for segment in parent.segments:
+                if segment.name == group.starts:
+                    current = [segment]
+                    chunks.append(current)
+                elif current is not None:
+                    if members is None or segment.name in members:
+                        current.append(segment)
+                    else:
+                        current = None
+            instances.extend(Scope(name, chunk, parent, local) for chunk in chunks)
+        found[name] = instances
+    return found
