@@ -55,7 +55,12 @@ def _envelope_control_ids(stack: LoopbackStack, envelope_ids: list[str]) -> dict
 
 
 def run_phase(
-    stack: LoopbackStack, name: str, messages: list[str], connections: int, to_lab: bool
+    stack: LoopbackStack,
+    name: str,
+    messages: list[str],
+    connections: int,
+    to_lab: bool,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """Send one batch and wait until every subscriber that wants it has it."""
     cpu_before = cpu.snapshot()
@@ -70,6 +75,7 @@ def run_phase(
             connections=connections,
             key=patient_key,
             timeout=30,
+            rate=rate,
         )
     )
     ack_done = time.time()
@@ -128,6 +134,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="Celery worker processes")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--appendfsync", choices=["everysec", "always"], default="everysec")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=300,
+        help="messages/s of the paced ADT phase that measures latency below saturation (0: skip)",
+    )
     args = parser.parse_args()
 
     adt = [
@@ -180,6 +192,17 @@ def main() -> None:
         if oru:
             rows.append(
                 run_phase(stack, "ORU^R01 20 OBX -> FHIR", oru, args.connections, to_lab=False)
+            )
+        if args.paced_rate:
+            paced = [
+                t
+                for _, _, t in stream(
+                    int(args.paced_rate * 10), seed=14, mix={"ADT^A01": 1}, control_prefix="BP"
+                )
+            ]
+            name = f"ADT^A01 at {args.paced_rate:.0f}/s (latency)"
+            rows.append(
+                run_phase(stack, name, paced, args.connections, to_lab=True, rate=args.paced_rate)
             )
         duplicates = sum(n - 1 for n in stack.fhir.duplicate_control_ids().values())
     header = f"{'phase':26} {'msgs':>6} {'AA':>6} {'deliv':>6} {'ACK/s':>8} {'e2e/s':>8} {'ACK p50':>8} {'ACK p99':>8} {'e2e p50':>8} {'e2e p99':>8}"

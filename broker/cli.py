@@ -167,6 +167,12 @@ def translate(
     to: Annotated[str, typer.Option("--to", help="canonical | fhir | hl7v2")] = "canonical",
     mappings: MappingsOpt = None,
     charset: Annotated[str, typer.Option(help="Charset when MSH-18 is empty.")] = "utf-8",
+    adapter: Annotated[
+        str,
+        typer.Option(
+            "--adapter", help="Translate as if received from this inbound adapter (site mappings)."
+        ),
+    ] = "translate",
     trace: Annotated[
         bool,
         typer.Option(
@@ -198,7 +204,14 @@ def translate(
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror}")
     try:
-        done = dry_run(raw, to=to, mappings_dir=settings.mappings_dir, charset=charset, trace=trace)
+        done = dry_run(
+            raw,
+            to=to,
+            mappings_dir=settings.mappings_dir,
+            source=adapter,
+            charset=charset,
+            trace=trace,
+        )
     except BrokerError as exc:
         _fail(str(exc).splitlines()[0])
     out = done.output

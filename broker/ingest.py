@@ -26,7 +26,8 @@ from broker.parsing.hl7v2 import Message, decode, parse
 __all__ = ["HL7v2Intake", "partition_key"]
 
 log = get_logger(__name__)
-Supports = Callable[[str, str], bool]
+Supports = Callable[[str, str, str], bool]
+"""Tells whether a mapping handles (event, version) from an adapter (site mappings count)."""
 
 
 def partition_key(message: Message, source: str) -> str:
@@ -48,7 +49,7 @@ class HL7v2Intake:
     Args:
         adapter: the inbound registration (id, charset).
         journal: where raw messages go.
-        supports: tells whether a mapping exists for (event, version).
+        supports: tells whether a mapping exists for (event, version, adapter id).
         partitions: number of patient partitions.
         kicker: queues the drain task of the partition that received a message.
     """
@@ -132,7 +133,7 @@ class HL7v2Intake:
             raise RejectedError(
                 "the frame holds more than one message; send one message per frame", location="MSH"
             )
-        if not self.supports(message.event, message.version):
+        if not self.supports(message.event, message.version, self.adapter.id):
             msg = f"no mapping for {message.event} v{message.version or '?'} from adapter {self.adapter.id}"
             raise NoMappingError(msg, location="MSH-9")
 

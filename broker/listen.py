@@ -37,9 +37,9 @@ class Listeners:
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
 
-    def _supports(self, event: str, version: str) -> bool:
+    def _supports(self, event: str, version: str, adapter: str) -> bool:
         # Through the watcher: a mapping added or removed on disk counts within seconds.
-        return self.watcher.current().supports(event, version)
+        return self.watcher.current().supports(event, version, adapter)
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""

@@ -78,10 +78,22 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def read_batch(client: redis.Redis, stream: str, group: str, count: int) -> list[Entry]:
+def read_batch(
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    count: int,
+    *,
+    pending: bool = True,
+) -> list[Entry]:
     """Read up to ``count`` entries: first those delivered before but never acknowledged (a dead
-    drainer's, or a retried head), in order, then new ones."""
-    for start in ("0", ">"):
+    drainer's, or a retried head), in order, then new ones.
+
+    Args:
+        pending: look at unacknowledged entries first; a drainer needs it only on its first
+            read (afterwards it has acknowledged all it read), which saves a round trip a batch.
+    """
+    for start in ("0", ">") if pending else (">",):
         try:
             reply: Any = client.xreadgroup(group, CONSUMER, {stream: start}, count=count)
         except redis.ResponseError as exc:

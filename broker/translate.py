@@ -99,7 +99,7 @@ def dry_run(
     result = mappings.map_hl7v2(
         message, MapContext(envelope_id, source, timezone, received_at=received_at), trace=steps
     )
-    unmapped = tuple(mappings.unmapped(message))
+    unmapped = tuple(mappings.unmapped(message, source))
     output = _render(to, mappings, message, result, envelope_id, source, received_at)
     return Translation(output, tuple(steps or ()), unmapped)
 

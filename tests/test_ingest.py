@@ -38,7 +38,7 @@ class _NoCelery:
 
 
 def intake(
-    url: str, supports=lambda event, version: event.startswith("ADT")
+    url: str, supports=lambda event, version, adapter: event.startswith("ADT")
 ) -> tuple[HL7v2Intake, _NoCelery, redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(url)
     celery = _NoCelery()

@@ -2,14 +2,15 @@
 
 The expected document holds the Bundle, the findings and the partition key, or, for a message
 the broker must refuse, the error (its class and one-line message). Cases map with source
-``golden`` at 2024-01-01T00:00:00Z so ids and timestamps are stable.
+``golden`` at 2024-01-01T00:00:00Z so ids and timestamps are stable; a case in a folder
+``tests/<adapter>/`` is mapped as from that adapter (its site mapping, if any).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,28 @@ from broker.mapping.context import MapContext
 from broker.mapping.loader import MappingSet
 from broker.parsing.hl7v2 import decode, parse
 
-__all__ = ["CaseResult", "golden_output", "run_cases"]
+__all__ = ["CaseResult", "case_adapter", "golden_output", "run_cases"]
 
 CONTEXT = MapContext("golden", "golden", received_at=datetime(2024, 1, 1, tzinfo=UTC))
 """The fixed context every golden case is mapped in."""
 
 
+def case_adapter(case: Path) -> str:
+    """The adapter a case is mapped as from: ``golden``, or its folder under ``tests/``.
+
+    ``tests/chu-rabat-adt/x.hl7`` is mapped as received from adapter ``chu-rabat-adt``, so a
+    site mapping (``source.adapters``) is tested with the site's own messages.
+    """
+    return "golden" if case.parent.name == "tests" else case.parent.name
+
+
 def golden_output(mappings: MappingSet, case: Path) -> str:
     """The canonical JSON document a case maps to (sorted keys, two-space indent)."""
     document: dict[str, Any]
+    source = case_adapter(case)
+    context = CONTEXT if source == CONTEXT.source else replace(CONTEXT, source=source)
     try:
-        result = mappings.map_hl7v2(parse(decode(case.read_bytes())), CONTEXT)
+        result = mappings.map_hl7v2(parse(decode(case.read_bytes())), context)
         validate_bundle(result.bundle)
     except MessageError as exc:
         document = {"error": {"type": type(exc).__name__, "message": str(exc)}}
@@ -59,14 +71,14 @@ class CaseResult:
 def run_cases(
     root: Path, mappings: MappingSet | None = None, *, update: bool = False
 ) -> list[CaseResult]:
-    """Run every case in ``root/tests``; with ``update``, write the actual output as expected.
+    """Run every case in ``root/tests`` and its adapter folders; with ``update``, write the actual output as expected.
 
     Raises:
         MappingSpecError: the mappings under ``root`` do not load.
     """
     loaded = mappings if mappings is not None else MappingSet.load(root)
     results = []
-    for case in sorted((root / "tests").glob("*.hl7")):
+    for case in sorted((root / "tests").rglob("*.hl7")):
         expected_file = case.with_suffix(".expected.json")
         actual = golden_output(loaded, case)
         if update:

@@ -22,9 +22,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
-from broker.mapping.engine import SpecProblem, compile_inbound
+from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
 from broker.mapping.reverse import compile_outbound
-from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec
+from broker.mapping.sites import compile_site, site_order
+from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SiteSpec
 from broker.yamlspec import LineMap
 
 __all__ = ["Problem", "lint"]
@@ -62,8 +63,45 @@ def lint(path: Path) -> list[Problem]:
     claims = _Claims()
     for file in files:
         problems.extend(_lint_file(file, claims))
+    if path.is_file() and claims.sites:
+        # A site file alone: its base is among the mappings next to it (mappings/sites/x.yaml).
+        tests = path.parent.parent / "tests"
+        for other in sorted(path.parent.parent.rglob("*.yaml")):
+            if other != path and not other.is_relative_to(tests):
+                _lint_file(other, claims)
+    problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
     return sorted(set(problems))
+
+
+def _lint_sites(claims: _Claims) -> list[Problem]:
+    """Compile each site mapping on its base, bases first; unknown bases and cycles too."""
+    problems: list[Problem] = []
+    specs = [site.spec for site in claims.sites]
+    try:
+        ordered = site_order(specs, claims.sites)
+    except ValueError as exc:
+        for site in claims.sites:
+            where = _position(site.positions, ("extends",))
+            problems.append(Problem(site.file, *where, f"extends: {exc}; expected a base mapping"))
+        return problems
+    for site in ordered:
+        base = claims.compiled.get(site.spec.extends)
+        if base is None:
+            known = ", ".join(sorted(claims.compiled)) or "(none)"
+            reason = (
+                f"extends: no inbound mapping has id {site.spec.extends!r}; expected one of {known}"
+            )
+            problems.append(Problem(site.file, *_position(site.positions, ("extends",)), reason))
+            continue
+        found: list[SpecProblem] = []
+        lines: LineMap = {key: line for key, (line, _) in site.positions.items()}
+        compiled = compile_site(site.spec, site.file, lines, site.sha, base, found)
+        claims.compiled[site.spec.id] = compiled
+        for problem in found:
+            where = _position(site.positions, problem.path)
+            problems.append(Problem(site.file, *where, f"{problem.key}: {problem.reason}"))
+    return problems
 
 
 # --- reading YAML with positions -----------------------------------------------------------------
@@ -209,10 +247,20 @@ def _schema_problems(
 # --- one file and the whole set ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Site:
+    spec: SiteSpec
+    file: str
+    positions: Positions
+    sha: str
+
+
 class _Claims:
-    """What must be unique across files: mapping ids and (event, version) pairs."""
+    """What must be unique across files (ids, event/version pairs), and what sites extend."""
 
     def __init__(self) -> None:
+        self.compiled: dict[str, CompiledMapping] = {}
+        self.sites: list[_Site] = []
         self.ids: dict[str, str] = {}
         self.events: dict[tuple[str, str], str] = {}
         self.problems: list[Problem] = []
@@ -246,13 +294,18 @@ def _lint_file(path: Path, claims: _Claims) -> list[Problem]:
     if not isinstance(data, dict):
         reason = "the file is not a mapping of keys; expected id:, source: or target:, ..."
         return [*problems, Problem(file, 1, 1, reason)]
-    model: type[InboundSpec | OutboundSpec]
+    model: type[InboundSpec | OutboundSpec | SiteSpec]
     if "target" in data:
         model = OutboundSpec
+    elif "extends" in data:
+        model = SiteSpec
     elif "source" in data:
         model = InboundSpec
     else:
-        reason = "neither source: nor target:; expected source: (inbound) or target: (outbound)"
+        reason = (
+            "neither source:, extends: nor target:; "
+            "expected source: (inbound), extends: (site) or target: (outbound)"
+        )
         return [*problems, Problem(file, 1, 1, reason)]
     try:
         spec = model.model_validate(data)
@@ -267,10 +320,13 @@ def _lint_file(path: Path, claims: _Claims) -> list[Problem]:
             where = _position(positions, _undotted(exc.key))
             problems.append(Problem(file, *where, f"{exc.key}: {exc.reason}"))
         return problems
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if isinstance(spec, SiteSpec):
+        claims.sites.append(_Site(spec, file, positions, sha))
+        return problems
     claims.claim_events(spec, file, positions)
     found: list[SpecProblem] = []
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    compile_inbound(spec, file, lines, sha, found)
+    claims.compiled[spec.id] = compile_inbound(spec, file, lines, sha, found)
     for problem in found:
         where = _position(positions, problem.path)
         problems.append(Problem(file, *where, f"{problem.key}: {problem.reason}"))

@@ -223,7 +223,8 @@ def site_order(specs: list[SiteSpec], items: list[_Item]) -> list[_Item]:
         spec = specs[n]
         if spec.id in visiting:
             cycle = " -> ".join([*visiting[visiting.index(spec.id) :], spec.id])
-            raise ValueError(f"mappings extend each other in a cycle: {cycle}")
+            msg = f"mappings extend each other in a cycle: {cycle}"
+            raise ValueError(msg)
         visiting.append(spec.id)
         parent = by_id.get(spec.extends)
         if parent is not None:

@@ -40,8 +40,16 @@ def drain_inbound(partition: int) -> int:
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
+        first = True
         while time.monotonic() < deadline:
-            entries = read_batch(rt.client, stream, keys.PIPELINE_GROUP, settings.batch_size)
+            entries = read_batch(
+                rt.client,
+                stream,
+                keys.PIPELINE_GROUP,
+                settings.batch_size,
+                pending=first,
+            )
+            first = False
             if not entries:
                 break
             pipe = rt.client.pipeline(transaction=True)

@@ -104,8 +104,16 @@ def drain_outbound(subscriber: str, partition: int) -> int:
         if lock is None:
             return 0
         deadline = time.monotonic() + rt.settings.drain_budget_s
+        first = True
         while not stopped and time.monotonic() < deadline:
-            entries = read_batch(rt.client, stream, keys.DELIVER_GROUP, rt.settings.batch_size)
+            entries = read_batch(
+                rt.client,
+                stream,
+                keys.DELIVER_GROUP,
+                rt.settings.batch_size,
+                pending=first,
+            )
+            first = False
             if not entries:
                 break
             ids = [f.get(b"env", b"").decode() for _, f in entries]

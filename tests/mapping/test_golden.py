@@ -17,7 +17,9 @@ from broker.mapping.golden import golden_output
 CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
 
 
-@pytest.mark.parametrize("case", sorted(CASES.glob("*.hl7")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "case", sorted(CASES.rglob("*.hl7")), ids=lambda p: str(p.relative_to(CASES).with_suffix(""))
+)
 def test_golden(mappings: MappingSet, case: Path) -> None:
     """The mapped Bundle, findings and partition key equal the reviewed expected JSON."""
     import difflib
@@ -38,6 +40,6 @@ def test_golden(mappings: MappingSet, case: Path) -> None:
 
 def test_there_are_golden_cases() -> None:
     """The golden directory is not silently empty, and every case has its expected file."""
-    cases = sorted(CASES.glob("*.hl7"))
+    cases = sorted(CASES.rglob("*.hl7"))
     assert len(cases) >= 3
     assert all(c.with_suffix(".expected.json").exists() for c in cases)
