@@ -21,10 +21,11 @@ log = get_logger(__name__)
 
 def envelope_from_journal(entry_id: str, fields: Mapping[bytes, bytes]) -> Envelope:
     """Rebuild the RECEIVED envelope the edge journalled (without the raw bytes)."""
+    fhir = fields.get(b"content_type") == b"application/fhir+json"
     return Envelope(
         id=fields[b"id"].decode(),
         source=fields[b"source"].decode(),
-        content_type="application/hl7-v2",
+        content_type="application/fhir+json" if fhir else "application/hl7-v2",
         received_at=datetime.fromisoformat(fields[b"received_at"].decode()),
         journal_id=entry_id,
     )
@@ -43,6 +44,10 @@ def process(
         The envelope in its new state (ROUTED, FILTERED or FAILED with a reason) and the
         subscribers it must be delivered to. Never raises for a bad message.
     """
+    if envelope.content_type == "application/fhir+json":
+        # Kept in the journal and quarantined with this reason until FHIR inbound mappings exist.
+        reason = "FHIR inbound mapping is not available yet; the message is kept for replay"
+        return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
     source = adapters.get(envelope.source)
     charset = source.charset if source else "utf-8"
     timezone = source.timezone if source else "Africa/Casablanca"

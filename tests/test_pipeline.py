@@ -101,3 +101,23 @@ def test_a_message_without_a_patient_fails_with_that_reason(mappings, adapters):
     assert envelope.state is MessageState.FAILED
     assert "patient" in (envelope.reason or "")
     assert destinations == []
+
+
+def test_a_journalled_fhir_message_is_kept_in_quarantine_with_its_reason(mappings, adapters):
+    """FHIR input accepted at the HTTP edge fails with a clear reason until FHIR mappings exist."""
+    from broker.pipeline import envelope_from_journal
+
+    fields = {
+        b"id": b"abc",
+        b"source": b"dmp-in",
+        b"received_at": b"2026-11-28T10:00:00+00:00",
+        b"content_type": b"application/fhir+json",
+        b"raw": b"{}",
+    }
+    by_id, subscribers = adapters
+    envelope, destinations = process(
+        envelope_from_journal("1-0", fields), b"{}", mappings, by_id, subscribers
+    )
+    assert envelope.state is MessageState.FAILED
+    assert "FHIR inbound mapping" in (envelope.reason or "")
+    assert destinations == []
