@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     """How long one drain task runs before handing over (keeps the pool fair)."""
     rekick_interval_s: float = Field(5.0, gt=0)
     """Period of the task that re-kicks streams with lag or with pending entries of dead consumers."""
-    claim_idle_s: float = Field(30.0, gt=0)
-    """A pending stream entry idle this long belongs to a dead drainer and is claimed again."""
+    claim_idle_s: float = Field(20.0, gt=0)
+    """A drainer lock lives this long without renewal: a killed worker's stream is taken over by
+    the next re-kick within ``claim_idle_s + rekick_interval_s`` (25 s by default). It must exceed
+    the longest single send (``delivery_timeout_s``, ``ack_timeout_s``)."""
     dedupe_window_s: int = Field(86_400, ge=0)
     """Same MSH-3, MSH-4 and MSH-10 within this window: resend the stored ACK, do not re-process."""
     retention_s: int = Field(7 * 86_400, ge=60)
