@@ -53,7 +53,9 @@ class AdapterSpec(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     name: str
     direction: Literal["inbound", "outbound"]
-    transport: Literal["mllp", "fhir-rest"]
+    transport: Literal["mllp", "fhir-rest", "http"]
+    """``mllp`` (inbound or outbound), ``fhir-rest`` (outbound) or ``http`` (inbound: the
+    sender posts to ``/inbound/{id}/hl7v2`` or ``/inbound/{id}/fhir`` of the API)."""
     format: Literal["hl7v2", "fhir"] = "hl7v2"
     enabled: bool = True
     listen: str | None = None
@@ -124,16 +126,17 @@ class AdapterSpec(BaseModel):
 
     @model_validator(mode="after")
     def _transport_needs(self) -> AdapterSpec:
-        needs: dict[tuple[str, str], str] = {
+        needs: dict[tuple[str, str], str | None] = {
             ("inbound", "mllp"): "listen",
+            ("inbound", "http"): None,  # served by the API: nothing more to configure
             ("outbound", "mllp"): "connect",
             ("outbound", "fhir-rest"): "url",
         }
-        required = needs.get((self.direction, self.transport))
-        if required is None:
+        if (self.direction, self.transport) not in needs:
             msg = f"transport {self.transport!r} cannot be used {self.direction}"
             raise ValueError(msg)
-        if getattr(self, required) is None:
+        required = needs[(self.direction, self.transport)]
+        if required is not None and getattr(self, required) is None:
             msg = f"a {self.direction} {self.transport} adapter needs {required!r}"
             raise ValueError(msg)
         if self.ack_mode == "enhanced" and (self.direction != "inbound" or self.reply_to is None):
