@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from broker.api import dead_letters, health, messages, operations
+from broker.api import dead_letters, health, inbound, messages, operations
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -43,7 +43,9 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await inbound.open_inbound(app)
         yield
+        await inbound.close_inbound(app)
         if own:
             redis_client.close()
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(messages.router)
     app.include_router(dead_letters.router)
     app.include_router(operations.router)
+    app.include_router(inbound.router)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:

@@ -1,0 +1,444 @@
+"""Inbound over HTTP: a hospital system posts one HL7 v2 message or one FHIR resource per request.
+
+``POST /inbound/{adapter_id}/hl7v2`` takes the ER7 text of one message and runs it through the
+same ``HL7v2Intake`` as an MLLP frame (journal first, then ACK); the ACK is the response body.
+``POST /inbound/{adapter_id}/fhir`` takes one FHIR R4 resource or Bundle, validates it and
+journals it. Both need the API bearer token and an enabled inbound adapter with
+``transport: http`` (and the matching ``format``).
+
+Status codes: 200 with the ACK (AA, or AE/AR for a reason in the message); 202 for an accepted
+FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read or is not valid;
+413 above ``max_message_bytes``; 503 with ``Retry-After`` when the journal cannot accept the
+message (Redis down or backpressure): the sender keeps it and resends, nothing is acknowledged
+that could be lost.
+"""
+
+from __future__ import annotations
+
+import json
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Annotated, Any
+
+import redis.asyncio
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from broker import keys
+from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.api.auth import require_token
+from broker.dispatch import DRAIN_INBOUND, AsyncKicker
+from broker.envelope import new_id
+from broker.errors import BrokerError, JournalError, MappingSpecError
+from broker.ingest import HL7v2Intake
+from broker.journal import AppendResult, Journal, dedupe_digest
+from broker.log import get_logger
+from broker.settings import Settings
+
+__all__ = [
+    "FHIR_MEDIA_TYPE",
+    "HL7V2_MEDIA_TYPE",
+    "RETRY_AFTER_S",
+    "InboundEdge",
+    "close_inbound",
+    "open_inbound",
+    "router",
+]
+
+log = get_logger(__name__)
+
+HL7V2_MEDIA_TYPE = "x-application/hl7-v2+er7"
+FHIR_MEDIA_TYPE = "application/fhir+json"
+RETRY_AFTER_S = 5
+"""Seconds a sender is asked to wait when the journal cannot accept a message."""
+ACCEPTED_TEXT = "accepted; FHIR inbound mapping is not available yet, the message is kept"
+
+# Set by the journal wrapper when Redis refused or backpressure is on, read by the route that
+# awaited the intake (a coroutine awaited directly shares its caller's context).
+_journal_refused: ContextVar[bool] = ContextVar("_journal_refused", default=False)
+
+router = APIRouter(prefix="/inbound", tags=["inbound"], dependencies=[Depends(require_token)])
+
+
+class _WatchedJournal(Journal):
+    """A Journal that notes, for the current request, that it could not accept a message."""
+
+    async def append(
+        self, partition: int, fields: dict[str, Any], *, dedupe: str | None, ack: bytes
+    ) -> AppendResult:
+        try:
+            return await super().append(partition, fields, dedupe=dedupe, ack=ack)
+        except JournalError:
+            _journal_refused.set(True)
+            raise
+
+    async def reject(self, source: str, raw: bytes, reason: str, peer: str) -> None:
+        try:
+            await super().reject(source, raw, reason, peer)
+        except JournalError:
+            _journal_refused.set(True)
+            raise
+
+
+@dataclass
+class InboundEdge:
+    """What the HTTP inbound routes need, built once by the application lifespan.
+
+    Attributes:
+        adapters: enabled inbound ``transport: http`` adapters by id.
+        intakes: one HL7v2Intake per ``format: hl7v2`` adapter.
+        journal: shared by every adapter (``None`` when there is no http adapter).
+        kicker: queues drain tasks.
+        client: the asyncio Redis client the journal uses (closed on shutdown).
+        problem: why the edge cannot serve (registrations or mappings failed to load).
+    """
+
+    adapters: dict[str, AdapterSpec] = field(default_factory=dict)
+    intakes: dict[str, HL7v2Intake] = field(default_factory=dict)
+    journal: Journal | None = None
+    kicker: AsyncKicker | None = None
+    client: redis.asyncio.Redis | None = None
+    problem: str | None = None
+
+
+async def open_inbound(app: FastAPI) -> None:
+    """Build the edge of the http inbound adapters (lifespan start).
+
+    The Celery app that receives kicks is ``app.state.inbound_celery`` when set (tests), else
+    ``create_celery(settings)``. A registration or mapping that fails to load does not stop the
+    API: the inbound routes answer 503 naming the problem.
+    """
+    settings: Settings = app.state.settings
+    edge = InboundEdge()
+    app.state.inbound = edge
+    try:
+        adapters = load_adapters(settings.adapters_dir)
+    except BrokerError as exc:
+        edge.problem = f"adapter registrations cannot be loaded: {exc}".splitlines()[0]
+        log.error("inbound.adapters_unavailable", error=edge.problem)
+        return
+    edge.adapters = {
+        a.id: a
+        for a in adapters
+        if a.direction == "inbound" and a.transport == "http" and a.enabled
+    }
+    if not edge.adapters:
+        return
+    edge.client = redis.asyncio.Redis.from_url(
+        settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=2
+    )
+    edge.journal = _WatchedJournal(edge.client, settings.dedupe_window_s)
+    celery = getattr(app.state, "inbound_celery", None)
+    if celery is None:
+        from broker.worker.celery_app import create_celery
+
+        celery = create_celery(settings)
+    edge.kicker = AsyncKicker(celery, edge.client)
+    hl7 = [a for a in edge.adapters.values() if a.format == "hl7v2"]
+    if hl7:
+        from broker.mapping import MappingSet
+        from broker.mapping.reload import MappingWatcher
+
+        try:
+            watcher = MappingWatcher(settings.mappings_dir, MappingSet.load(settings.mappings_dir))
+        except (MappingSpecError, OSError) as exc:
+            edge.problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
+            log.error("inbound.mappings_unavailable", error=edge.problem)
+            return
+
+        def supports(event: str, version: str, adapter: str) -> bool:
+            return watcher.current().supports(event, version, adapter)
+
+        for adapter in hl7:
+            edge.intakes[adapter.id] = HL7v2Intake(
+                adapter, edge.journal, supports, settings.partitions, edge.kicker
+            )
+    log.info("inbound.http_ready", adapters=sorted(edge.adapters))
+
+
+async def close_inbound(app: FastAPI) -> None:
+    """Close the edge's Redis client (lifespan end)."""
+    edge: InboundEdge | None = getattr(app.state, "inbound", None)
+    if edge is not None and edge.client is not None:
+        await edge.client.aclose()
+
+
+def _adapter(request: Request, adapter_id: str, fmt: str) -> tuple[InboundEdge, AdapterSpec]:
+    """The edge and the http inbound adapter ``adapter_id`` of format ``fmt``, or an HTTP error."""
+    edge: InboundEdge | None = getattr(request.app.state, "inbound", None)
+    if edge is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the inbound edge is not running")
+    adapter = edge.adapters.get(adapter_id)
+    if adapter is None or adapter.format != fmt:
+        if edge.problem is not None and not edge.adapters:  # registrations did not load
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem)
+        msg = f"no enabled inbound http adapter {adapter_id!r} for {fmt}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
+    return edge, adapter
+
+
+async def _read(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The body, at most ``limit`` bytes of it, and whether it was complete within the limit."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
+
+
+def _peer(request: Request) -> str:
+    return f"http:{request.client.host}:{request.client.port}" if request.client else "http"
+
+
+AdapterId = Annotated[str, Path(description="The id of an inbound adapter with transport http.")]
+
+
+@router.post(
+    "/{adapter_id}/hl7v2",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The ACK (AA; AE or AR for a reason in the message)",
+            "content": {HL7V2_MEDIA_TYPE: {}},
+        },
+        204: {"description": "Enhanced mode: MSH-15 asked for no commit ACK"},
+        404: {"description": "No enabled inbound http adapter of format hl7v2 with this id"},
+        413: {"description": "Larger than max_message_bytes; the body is an AR ACK"},
+        503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
+    },
+)
+async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
+    """Take one HL7 v2 message (ER7 text, any Content-Type); answer its ACK once journalled."""
+    edge, adapter = _adapter(request, adapter_id, "hl7v2")
+    intake = edge.intakes.get(adapter.id)
+    if intake is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem or "not ready")
+    settings: Settings = request.app.state.settings
+    body, complete = await _read(request, settings.max_message_bytes)
+    _journal_refused.set(False)
+    if complete:
+        reply = await intake(body, _peer(request))
+        code = status.HTTP_200_OK
+    else:
+        reply = await intake.oversize(body, _peer(request))
+        code = status.HTTP_413_CONTENT_TOO_LARGE
+    headers: dict[str, str] = {}
+    if _journal_refused.get() and complete:
+        code = status.HTTP_503_SERVICE_UNAVAILABLE
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if reply is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(reply, status_code=code, media_type=HL7V2_MEDIA_TYPE, headers=headers)
+
+
+def _outcome(
+    code: int,
+    severity: str,
+    issue_type: str,
+    diagnostics: str,
+    expression: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    issue: dict[str, Any] = {"severity": severity, "code": issue_type, "diagnostics": diagnostics}
+    if expression is not None:
+        issue["expression"] = [expression]
+    return _issues(code, [issue], headers)
+
+
+def _issues(
+    code: int, issues: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps({"resourceType": "OperationOutcome", "issue": issues}).encode()
+    return Response(body, status_code=code, media_type=FHIR_MEDIA_TYPE, headers=headers)
+
+
+@lru_cache(maxsize=64)
+def _model(resource_type: str) -> type[BaseModel] | None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model: type[BaseModel] = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return None
+    return model
+
+
+def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ".class" if part == "class_fhir" else f".{part}"
+    return out
+
+
+_ISSUE_TYPES = {"missing": "required", "extra_forbidden": "structure"}
+
+
+def _validation_issues(resource_type: str, exc: ValidationError) -> list[dict[str, Any]]:
+    """One issue per pydantic error, naming the element (expression), never its value."""
+    issues = []
+    for error in exc.errors(include_url=False):
+        where = _path(resource_type, tuple(error["loc"]))
+        text = str(error["msg"]).removeprefix("Value error, ")
+        value = error.get("input")
+        # Custom validators may quote what they were given; such a message is not repeated.
+        if isinstance(value, str | int | float) and str(value) and str(value) in text:
+            text = "the value is not valid here"
+        issues.append(
+            {
+                "severity": "error",
+                "code": _ISSUE_TYPES.get(str(error["type"]), "value"),
+                "diagnostics": f"{where}: {text}",
+                "expression": [where],
+            }
+        )
+    return issues
+
+
+def _identifier(resource: Any) -> str | None:
+    """``system|value`` of a resource's first identifier with a value."""
+    idents = resource.get("identifier") if isinstance(resource, dict) else None
+    if isinstance(idents, dict):  # Bundle.identifier is one Identifier, not a list
+        idents = [idents]
+    for ident in idents if isinstance(idents, list) else []:
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
+            return f"{ident.get('system') or ''}|{ident['value']}"
+    return None
+
+
+def _patient_key(data: dict[str, Any]) -> str | None:
+    """The identifier of the Patient: the resource itself, or the first Patient of a Bundle."""
+    if data.get("resourceType") == "Patient":
+        return _identifier(data)
+    if data.get("resourceType") == "Bundle":
+        for entry in data.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
+                return _identifier(resource)
+    return None
+
+
+def _dedupe(adapter_id: str, data: dict[str, Any]) -> str | None:
+    """Bundle.identifier, else the resource id: a resend of either is answered, not re-kept."""
+    resource_type = str(data["resourceType"])
+    if resource_type == "Bundle":
+        ident = _identifier({"identifier": data.get("identifier")})
+        if ident is not None:
+            return dedupe_digest(adapter_id, "fhir:Bundle.identifier", ident)
+    if isinstance(data.get("id"), str) and data["id"]:
+        return dedupe_digest(adapter_id, f"fhir:{resource_type}", data["id"])
+    return None
+
+
+@router.post(
+    "/{adapter_id}/fhir",
+    response_class=Response,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        202: {"description": "Journalled; an OperationOutcome of severity information"},
+        400: {"description": "Not JSON, or not a FHIR resource (OperationOutcome)"},
+        404: {"description": "No enabled inbound http adapter of format fhir with this id"},
+        413: {"description": "Larger than max_message_bytes (OperationOutcome)"},
+        422: {"description": "Not valid FHIR R4: one issue per element (OperationOutcome)"},
+        503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
+    },
+)
+async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
+    """Take one FHIR R4 resource or Bundle (application/fhir+json); journal it once valid."""
+    edge, adapter = _adapter(request, adapter_id, "fhir")
+    assert edge.journal is not None
+    assert edge.kicker is not None
+    settings: Settings = request.app.state.settings
+    body, complete = await _read(request, settings.max_message_bytes)
+    if not complete:
+        msg = f"the body is larger than the limit of {settings.max_message_bytes} bytes"
+        return _outcome(status.HTTP_413_CONTENT_TOO_LARGE, "error", "too-costly", msg)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        msg = f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
+    except UnicodeDecodeError as exc:
+        msg = f"the body is not UTF-8 text (byte {exc.start})"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
+    except RecursionError:
+        msg = "the body is not valid JSON: it is nested too deeply"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
+    resource_type = data.get("resourceType") if isinstance(data, dict) else None
+    if not isinstance(resource_type, str) or not resource_type:
+        msg = "the JSON is not a FHIR resource: it has no resourceType"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg, "resourceType")
+    model = _model(resource_type)
+    if model is None:
+        msg = "resourceType is not a FHIR R4 resource type"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg, "resourceType")
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return _issues(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, _validation_issues(resource_type, exc)
+        )
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        msg = f"{resource_type} could not be validated as FHIR R4 ({type(exc).__name__})"
+        return _outcome(status.HTTP_422_UNPROCESSABLE_CONTENT, "error", "invalid", msg)
+    assert isinstance(data, dict)
+    envelope_id = new_id()
+    accepted = json.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"{ACCEPTED_TEXT} (envelope {envelope_id})",
+                }
+            ],
+        }
+    ).encode()
+    partition = keys.partition_of(
+        _patient_key(data) or f"{adapter.id}|{envelope_id}", settings.partitions
+    )
+    fields = {
+        "id": envelope_id,
+        "source": adapter.id,
+        "content_type": FHIR_MEDIA_TYPE,
+        "received_at": datetime.now(UTC).isoformat(),
+        "charset": "utf-8",
+        "raw": body,
+    }
+    try:
+        result = await edge.journal.append(
+            partition, fields, dedupe=_dedupe(adapter.id, data), ack=accepted
+        )
+    except JournalError as exc:
+        log.error("message.journal_unavailable", adapter=adapter.id, error=str(exc))
+        return _outcome(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "error",
+            "transient",
+            str(exc),
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if result.previous_ack is not None:
+        log.info("message.duplicate", adapter=adapter.id, resource_type=resource_type)
+        return Response(result.previous_ack, status_code=202, media_type=FHIR_MEDIA_TYPE)
+    if result.kick:
+        try:
+            await edge.kicker.dispatch(DRAIN_INBOUND, [partition])
+        except Exception as exc:
+            # Journalled and flagged: the periodic re-kick queues the drain within its period.
+            log.warning("inbound.kick_failed", partition=partition, error=type(exc).__name__)
+    log.info(
+        "message.received",
+        envelope_id=envelope_id,
+        adapter=adapter.id,
+        resource_type=resource_type,
+        partition=partition,
+    )
+    return Response(accepted, status_code=status.HTTP_202_ACCEPTED, media_type=FHIR_MEDIA_TYPE)

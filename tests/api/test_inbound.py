@@ -1,0 +1,313 @@
+"""Tests of POST /inbound/{adapter_id}/hl7v2 and /fhir on a real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from broker import keys
+from broker.ack import read_ack
+from broker.adapters.spec import AdapterSpec
+from broker.api import create_app
+from broker.settings import Settings
+from broker.synthetic import adt, patients
+
+TOKEN = "synthetic-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADAPTERS = {
+    "hosp-http.yaml": "id: hosp-http\nname: H\ndirection: inbound\ntransport: http\n",
+    "hosp-fhir.yaml": (
+        "id: hosp-fhir\nname: F\ndirection: inbound\ntransport: http\nformat: fhir\n"
+    ),
+    "hosp-mllp.yaml": (
+        "id: hosp-mllp\nname: M\ndirection: inbound\ntransport: mllp\nlisten: 127.0.0.1:2575\n"
+    ),
+}
+LIMIT = 4096
+PATIENT: dict[str, Any] = {
+    "resourceType": "Patient",
+    "id": "syn-1",
+    "identifier": [{"system": "urn:oid:1.2.3", "value": "SYN0001"}],
+    "birthDate": "1980-02-03",
+}
+
+
+class _NoCelery:
+    """Records kicks instead of publishing them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[int]]] = []
+
+    def send_task(
+        self, name: str, args: list[int], queue: str, countdown: float | None = None
+    ) -> None:
+        self.sent.append((name, args))
+
+
+@pytest.fixture(scope="module", name="celery")
+def fixture_celery() -> _NoCelery:
+    return _NoCelery()
+
+
+@pytest.fixture(scope="module", name="app_client")
+def fixture_app_client(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, celery: _NoCelery
+) -> Iterator[TestClient]:
+    adapters: Path = tmp_path_factory.mktemp("adapters")
+    for name, text in ADAPTERS.items():
+        (adapters / name).write_text(text)
+    settings = Settings(
+        redis_url=redis_url,
+        api_token=SecretStr(TOKEN),
+        adapters_dir=adapters,
+        max_message_bytes=LIMIT,
+    )
+    app = create_app(settings)
+    app.state.inbound_celery = celery
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(name="client")
+def fixture_client(
+    app_client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+) -> TestClient:
+    celery.sent.clear()
+    return app_client
+
+
+def _journalled(redis_client: redis.Redis) -> list[dict[bytes, bytes]]:
+    entries: list[Any] = []
+    for p in range(8):
+        entries.extend(cast(list[Any], redis_client.xrange(keys.inbound(p))))
+    return [fields for _, fields in entries]
+
+
+def _rejected(redis_client: redis.Redis) -> list[dict[bytes, bytes]]:
+    entries = cast(list[Any], redis_client.xrange(keys.REJECTED))
+    return [fields for _, fields in entries]
+
+
+def _message(control_id: str = "HTTP0001") -> bytes:
+    return adt(patients(1, seed=3)[0], "A01", control_id=control_id).encode()
+
+
+def _post_fhir(client: TestClient, body: bytes | str) -> Any:
+    headers = {**AUTH, "Content-Type": "application/fhir+json"}
+    return client.post("/inbound/hosp-fhir/fhir", content=body, headers=headers)
+
+
+class TestHL7v2:
+    def test_a_message_is_journalled_and_answered_aa(
+        self, client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+    ) -> None:
+        """200 with an AA ACK echoing MSH-10; the raw bytes are in the journal, a drain queued."""
+        reply = client.post("/inbound/hosp-http/hl7v2", content=_message(), headers=AUTH)
+        assert reply.status_code == 200
+        assert reply.headers["content-type"] == "x-application/hl7-v2+er7"
+        ack = read_ack(reply.content)
+        assert (ack.code, ack.control_id) == ("AA", "HTTP0001")
+        (fields,) = _journalled(redis_client)
+        assert fields[b"raw"] == _message()
+        assert fields[b"source"] == b"hosp-http"
+        assert [name for name, _ in celery.sent] == ["passerelle.drain_inbound"]
+
+    @pytest.mark.parametrize(
+        ("payload", "code"),
+        [
+            pytest.param(b"GET / HTTP/1.1\r\n\r\n", "AE", id="not-hl7"),
+            pytest.param(b"MSH|^~\\&|A|B|C|D|2025||ZZZ^Z01|X1|P|2.5.1", "AR", id="no-mapping"),
+        ],
+    )
+    def test_a_refused_message_is_answered_200_and_kept(
+        self, client: TestClient, redis_client: redis.Redis, payload: bytes, code: str
+    ) -> None:
+        """AE/AR for a reason in the message is still a 200; the message is kept in pl:rejected."""
+        reply = client.post("/inbound/hosp-http/hl7v2", content=payload, headers=AUTH)
+        assert reply.status_code == 200
+        assert read_ack(reply.content).code == code
+        (fields,) = _rejected(redis_client)
+        assert fields[b"raw"] == payload
+
+    def test_backpressure_is_503_with_retry_after_and_an_ar(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """With pl:pressure set the sender gets 503, Retry-After and an AR; nothing is kept."""
+        redis_client.set(keys.PRESSURE, "memory")
+        reply = client.post("/inbound/hosp-http/hl7v2", content=_message(), headers=AUTH)
+        assert reply.status_code == 503
+        assert reply.headers["retry-after"] == "5"
+        ack = read_ack(reply.content)
+        assert ack.code == "AR"
+        assert "resend later" in ack.text
+        assert _journalled(redis_client) == []
+
+    def test_an_oversize_message_is_413_with_an_ar(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """A body over max_message_bytes gets 413 and an AR; its first bytes are kept."""
+        payload = _message() + b"\rNTE|1||" + b"x" * LIMIT
+        reply = client.post("/inbound/hosp-http/hl7v2", content=payload, headers=AUTH)
+        assert reply.status_code == 413
+        ack = read_ack(reply.content)
+        assert ack.code == "AR"
+        assert f"limit of {LIMIT} bytes" in ack.text
+        assert _journalled(redis_client) == []
+        (fields,) = _rejected(redis_client)
+        assert fields[b"raw"] == payload[:LIMIT]
+
+    @pytest.mark.parametrize(
+        "path",
+        ["/inbound/nobody/hl7v2", "/inbound/hosp-mllp/hl7v2", "/inbound/hosp-fhir/hl7v2"],
+    )
+    def test_an_unknown_or_non_http_adapter_is_404(self, client: TestClient, path: str) -> None:
+        """Only an inbound http adapter of format hl7v2 takes HL7 v2 over HTTP."""
+        reply = client.post(path, content=_message(), headers=AUTH)
+        assert reply.status_code == 404
+        assert "detail" in reply.json()
+
+    def test_the_bearer_token_is_required(self, client: TestClient) -> None:
+        """Without the API token the message is refused with 401 and not journalled."""
+        reply = client.post("/inbound/hosp-http/hl7v2", content=_message())
+        assert reply.status_code == 401
+
+
+class TestFHIR:
+    def test_a_valid_resource_is_journalled_and_202(
+        self, client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+    ) -> None:
+        """202 with an information OperationOutcome; the JSON is journalled as FHIR."""
+        body = json.dumps(PATIENT)
+        reply = _post_fhir(client, body)
+        assert reply.status_code == 202
+        assert reply.headers["content-type"] == "application/fhir+json"
+        (issue,) = reply.json()["issue"]
+        assert issue["severity"] == "information"
+        assert "FHIR inbound mapping is not available yet" in issue["diagnostics"]
+        (fields,) = _journalled(redis_client)
+        assert fields[b"content_type"] == b"application/fhir+json"
+        assert fields[b"raw"] == body.encode()
+        assert len(celery.sent) == 1
+
+    def test_a_resent_resource_is_answered_once_and_journalled_once(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """The same resource id twice: the same 202 body, one journal entry."""
+        first = _post_fhir(client, json.dumps(PATIENT))
+        second = _post_fhir(client, json.dumps(PATIENT))
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert first.content == second.content
+        assert len(_journalled(redis_client)) == 1
+
+    @pytest.mark.parametrize(
+        ("body", "expression"),
+        [
+            pytest.param('{"resourceType": "Patient",', None, id="invalid-json"),
+            pytest.param(b"\xff\xfe{", None, id="not-utf8"),
+            pytest.param('{"name": "SYN"}', "resourceType", id="no-resource-type"),
+            pytest.param("[1, 2]", "resourceType", id="not-an-object"),
+            pytest.param('{"resourceType": "Nope"}', "resourceType", id="unknown-type"),
+        ],
+    )
+    def test_unreadable_json_is_400(
+        self, client: TestClient, redis_client: redis.Redis, body: str, expression: str | None
+    ) -> None:
+        """JSON that cannot be read or is not a FHIR resource: 400 OperationOutcome, not kept."""
+        reply = _post_fhir(client, body)
+        assert reply.status_code == 400
+        outcome = reply.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        (issue,) = outcome["issue"]
+        assert (issue["severity"], issue["code"]) == ("error", "structure")
+        assert issue.get("expression", [None]) == [expression]
+        assert _journalled(redis_client) == []
+
+    def test_an_invalid_resource_is_422_naming_each_element_never_its_value(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Every validation error is an issue whose expression is the element path."""
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": {**PATIENT, "birthDate": "SYN-Fès-1980", "foo": "SYN-SECRET"}}],
+        }
+        reply = _post_fhir(client, json.dumps(bundle))
+        assert reply.status_code == 422
+        issues = reply.json()["issue"]
+        assert sorted(e for i in issues for e in i["expression"]) == [
+            "Bundle.entry[0].resource.birthDate",
+            "Bundle.entry[0].resource.foo",
+        ]
+        assert all(i["severity"] == "error" for i in issues)
+        assert "SYN-" not in reply.text
+        assert _journalled(redis_client) == []
+
+    def test_backpressure_is_503_with_retry_after(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """With pl:pressure set: 503, Retry-After and an error OperationOutcome; nothing kept."""
+        redis_client.set(keys.PRESSURE, "memory")
+        reply = _post_fhir(client, json.dumps(PATIENT))
+        assert reply.status_code == 503
+        assert reply.headers["retry-after"] == "5"
+        (issue,) = reply.json()["issue"]
+        assert issue["severity"] == "error"
+        assert "resend later" in issue["diagnostics"]
+        assert _journalled(redis_client) == []
+
+    def test_an_oversize_body_is_413(self, client: TestClient) -> None:
+        """A body over max_message_bytes is refused with 413 and an OperationOutcome."""
+        reply = _post_fhir(client, json.dumps({**PATIENT, "text": "x" * LIMIT}))
+        assert reply.status_code == 413
+        assert reply.json()["resourceType"] == "OperationOutcome"
+
+    def test_an_hl7v2_adapter_is_404_for_fhir(self, client: TestClient) -> None:
+        """The FHIR route takes only inbound http adapters of format fhir."""
+        assert _post_fhir(client, json.dumps(PATIENT)).status_code == 202
+        reply = client.post("/inbound/hosp-http/fhir", content=json.dumps(PATIENT), headers=AUTH)
+        assert reply.status_code == 404
+
+
+def test_journal_down_is_503_for_both_routes(tmp_path: Path) -> None:
+    """An unreachable Redis: 503 with Retry-After, an AR naming the journal, an OperationOutcome."""
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    for name, text in ADAPTERS.items():
+        (adapters / name).write_text(text)
+    settings = Settings(
+        redis_url=f"unix://{tmp_path / 'nothing-here.sock'}",
+        api_token=SecretStr(TOKEN),
+        adapters_dir=adapters,
+    )
+    app = create_app(settings)
+    app.state.inbound_celery = _NoCelery()
+    with TestClient(app) as client:
+        hl7 = client.post("/inbound/hosp-http/hl7v2", content=_message(), headers=AUTH)
+        fhir = _post_fhir(client, json.dumps(PATIENT))
+    assert (hl7.status_code, hl7.headers["retry-after"]) == (503, "5")
+    ack = read_ack(hl7.content)
+    assert ack.code == "AR"
+    assert "journal" in ack.text
+    assert (fhir.status_code, fhir.headers["retry-after"]) == (503, "5")
+    assert "journal" in fhir.json()["issue"][0]["diagnostics"]
+
+
+def test_an_http_adapter_is_inbound_only_and_needs_no_address() -> None:
+    """transport http needs nothing more inbound; outbound it is refused with a clear reason."""
+    spec = AdapterSpec(id="h", name="H", direction="inbound", transport="http")
+    assert spec.listen is None
+    with pytest.raises(ValueError, match="transport 'http' cannot be used outbound"):
+        AdapterSpec(
+            id="h",
+            name="H",
+            direction="outbound",
+            transport="http",
+            subscribe={"events": ["ADT^*"]},
+        )
