@@ -92,6 +92,8 @@ class Envelope(BaseModel):
     """The patient partition of its journal and delivery streams."""
     mappings: tuple[MappingRef, ...] = ()
     findings: tuple[Finding, ...] = ()
+    unmapped: tuple[str, ...] = ()
+    """Fields present in the message that no mapping rule read (``ZPI-1``, ``IN1-2``)."""
     state: MessageState = MessageState.RECEIVED
     reason: str | None = None
     """Why the message is FAILED, REJECTED or DEAD_LETTERED."""

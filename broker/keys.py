@@ -14,6 +14,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
     pl:audit             stream   who replayed, discarded or edited what, when and why
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
+    pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -48,6 +49,7 @@ __all__ = [
     "outbound",
     "parked",
     "partition_of",
+    "unmapped",
 ]
 
 import zlib
@@ -96,6 +98,11 @@ def dead(subscriber: str) -> str:
 def app_acks(source: str) -> str:
     """Application ACKs waiting to be sent back to an enhanced-mode inbound adapter."""
     return f"pl:acks:{source}"
+
+
+def unmapped(source: str) -> str:
+    """Per inbound adapter: how often each field arrived without any rule reading it."""
+    return f"pl:unmapped:{source}"
 
 
 def dead_records(subscriber: str) -> str:

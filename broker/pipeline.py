@@ -71,6 +71,7 @@ def process(
         )
         result = mappings.map_hl7v2(message, ctx)
         check(message.event, result.bundle)
+        unmapped = tuple(mappings.unmapped(message, envelope.source))
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
         return failed, []
@@ -87,6 +88,7 @@ def process(
             "findings": result.findings,
             "mappings": result.mappings,
             "partition_key": result.partition_key,
+            "unmapped": unmapped,
         }
     )
     destinations = route(envelope, subscribers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from structlog.contextvars import clear_contextvars
@@ -55,6 +56,7 @@ def drain_inbound(partition: int) -> int:
             pipe = rt.client.pipeline(transaction=True)
             touched: set[str] = set()
             acks: set[str] = set()
+            unmapped: dict[str, Counter[str]] = {}
             counts: dict[str, int] = {}
             for entry_id, fields in entries:
                 try:
@@ -101,11 +103,18 @@ def drain_inbound(partition: int) -> int:
                     keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
                 )
                 counts[envelope.state.value] = counts.get(envelope.state.value, 0) + 1
+                if envelope.bundle is not None:
+                    tally = unmapped.setdefault(envelope.source, Counter())
+                    tally.update(envelope.unmapped)
+                    tally["__messages__"] += 1
                 if _application_ack(rt, pipe, envelope, raw):
                     acks.add(envelope.source)
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
             for state, count in counts.items():
                 pipe.hincrby(keys.STATS, state, count)
+            for source, tally in unmapped.items():
+                for field, count in tally.items():
+                    pipe.hincrby(keys.unmapped(source), field, count)
             pipe.execute()
             done += len(entries)
             for subscriber in touched:

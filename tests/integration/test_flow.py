@@ -103,6 +103,14 @@ class TestDelivery:
         assert wait_until(lambda: stack.fhir.count - fhir_before >= len(messages), 60), stack.logs()
         assert wait_until(lambda: stack.lab.unique_count >= len(adts), 60), stack.logs()
         assert stack.fhir.invalid == 0
+        report = {
+            k.decode(): int(v)
+            for k, v in stack.redis.hgetall(keys.unmapped("chu-rabat-adt")).items()
+        }
+        assert report["__messages__"] >= len(messages)
+        assert report["IN1-2"] >= len(
+            adts
+        )  # the insurance segment has no rule yet: reported, not lost
         order = defaultdict(list)
         for captured in stack.lab.messages:
             order[parse(captured.text).get("PID-3.1")].append(captured.control_id)
