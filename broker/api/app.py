@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from broker.api import dead_letters, health, inbound, messages, operations, unmapped
+from broker.api import dead_letters, health, inbound, messages, operations, refusals, unmapped
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(messages.router)
     app.include_router(dead_letters.router)
     app.include_router(unmapped.router)
+    app.include_router(refusals.router)
     app.include_router(operations.router)
     app.include_router(inbound.router)
 

@@ -1,0 +1,89 @@
+"""What the broker kept but did not deliver: refused at the edge, or failed after journalling."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+
+from broker import keys
+from broker.api.auth import require_token
+from broker.api.health import get_redis
+from broker.delivery.dead_letter import DeadLetterStore
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api", tags=["refusals"], dependencies=[Depends(require_token)])
+
+_ENTRY = re.compile(r"^\d{1,20}-\d{1,20}$")
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+@router.get("/rejected")
+def list_rejected(
+    client: Annotated[redis.Redis, Depends(get_redis)], limit: Limit = 100
+) -> list[dict[str, Any]]:
+    """Input refused at the edge (AE/AR), newest first: adapter, peer, reason and size, no content."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.REJECTED, count=limit)  # type: ignore[assignment]
+    return [
+        {
+            "id": _text(entry_id),
+            "adapter": _text(fields.get(b"source")),
+            "peer": _text(fields.get(b"peer")),
+            "reason": _text(fields.get(b"reason")),
+            "bytes": len(fields.get(b"raw", b"")),
+        }
+        for entry_id, fields in entries
+    ]
+
+
+@router.get("/rejected/{entry_id}")
+def show_rejected(
+    entry_id: Annotated[str, Path(description="The entry id from the list.")],
+    client: Annotated[redis.Redis, Depends(get_redis)],
+) -> dict[str, Any]:
+    """One refused input with its bytes (base64: they may not be text); the view is audited."""
+    found: list[tuple[bytes, dict[bytes, bytes]]] = (
+        client.xrange(keys.REJECTED, min=entry_id, max=entry_id) if _ENTRY.match(entry_id) else []  # type: ignore[assignment]
+    )
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
+    fields = found[0][1]
+    DeadLetterStore(client).audit(
+        "viewed", who="api", why="rejected input", subscriber="", target=entry_id
+    )
+    return {
+        "id": entry_id,
+        "adapter": _text(fields.get(b"source")),
+        "peer": _text(fields.get(b"peer")),
+        "reason": _text(fields.get(b"reason")),
+        "raw_base64": base64.b64encode(fields.get(b"raw", b"")).decode(),
+    }
+
+
+@router.get("/quarantine")
+def list_quarantine(
+    client: Annotated[redis.Redis, Depends(get_redis)], limit: Limit = 100
+) -> list[dict[str, Any]]:
+    """Journalled messages that could not be parsed, mapped or validated, newest first.
+
+    Each names its envelope (``GET /api/messages/{id}`` shows it) and the reason: mapping file,
+    rule and source path for a mapping error; never patient data.
+    """
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.QUARANTINE, count=limit)  # type: ignore[assignment]
+    return [
+        {
+            "id": _text(entry_id),
+            "envelope_id": _text(fields.get(b"envelope")) or None,
+            "adapter": _text(fields.get(b"source")) or None,
+            "reason": _text(fields.get(b"reason")),
+        }
+        for entry_id, fields in entries
+    ]

@@ -1,0 +1,71 @@
+"""Tests of /api/rejected and /api/quarantine: what was kept and why, content only on request."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from broker import keys
+from broker.api import create_app
+from broker.settings import Settings
+
+TOKEN = "synthetic-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(name="client")
+def fixture_client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
+    settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN))
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_rejected_list_has_reasons_but_no_content(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """The list names adapter, peer, reason and size; the bytes only come with one entry, audited."""
+    raw = b"MSH|^~\\&|A|B|C|D|2025||ADT^A17|X1|P|2.3\rPID|1||IPP1||EL AMRANI^Fatima"
+    entry = redis_client.xadd(
+        keys.REJECTED,
+        {
+            "source": "chu-rabat-adt",
+            "raw": raw,
+            "reason": "no mapping for ADT^A17 v2.3",
+            "peer": "127.0.0.1:5000",
+        },
+    )
+    listed = client.get("/api/rejected", headers=AUTH).json()
+    assert listed == [
+        {
+            "id": entry.decode(),
+            "adapter": "chu-rabat-adt",
+            "peer": "127.0.0.1:5000",
+            "reason": "no mapping for ADT^A17 v2.3",
+            "bytes": len(raw),
+        }
+    ]
+    one = client.get(f"/api/rejected/{entry.decode()}", headers=AUTH).json()
+    assert base64.b64decode(one["raw_base64"]) == raw
+    assert redis_client.xrevrange(keys.AUDIT, count=1)[0][1][b"action"] == b"viewed"
+
+
+def test_quarantine_lists_failed_messages(client: TestClient, redis_client: redis.Redis) -> None:
+    """Quarantined messages are listed with their envelope id and reason."""
+    redis_client.xadd(
+        keys.QUARANTINE,
+        {"envelope": "e1", "source": "chu-rabat-adt", "reason": "ADT^A01 has no patient"},
+    )
+    assert (
+        client.get("/api/quarantine", headers=AUTH).json()[0]["reason"] == "ADT^A01 has no patient"
+    )
+
+
+def test_unknown_rejected_entry_is_404_and_token_required(client: TestClient) -> None:
+    """An unknown entry is 404; without a token the lists are refused."""
+    assert client.get("/api/rejected/1-0", headers=AUTH).status_code == 404
+    assert client.get("/api/quarantine").status_code == 401
