@@ -121,12 +121,22 @@ def drain_outbound(subscriber: str, partition: int) -> int:
             raw_envelopes: list[bytes | None]
             raw_envelopes = rt.client.mget([keys.envelope(i) for i in ids])  # type: ignore[assignment]
             held = rt.dead_letters.held_patients(subscriber, patients)
+            # Held by a dead letter of this very batch: its hold is still queued on `pipe`, so
+            # the patient's next messages are parked on the same pipe, behind it, in order.
+            newly_held: set[str] = set()
             handled: list[str] = []
             batch_delivered = 0
             pipe = rt.client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
             ):
+                if patient in newly_held:
+                    pipe.xadd(
+                        keys.parked(subscriber, patient),
+                        {"env": envelope_id, "pk": patient, "partition": str(partition)},
+                    )
+                    handled.append(entry_id)
+                    continue
                 if patient in held and rt.dead_letters.park_if_held(
                     subscriber, patient, envelope_id, partition
                 ):
@@ -183,7 +193,7 @@ def drain_outbound(subscriber: str, partition: int) -> int:
                         held=hold_patient,
                     )
                     if hold_patient and patient:
-                        held.add(patient)
+                        newly_held.add(patient)
                 else:
                     delivered += 1
                     batch_delivered += 1

@@ -141,3 +141,29 @@ def test_skip_policy_delivers_the_patients_later_messages(tmp_path):
         assert wait_until(
             lambda: store.get("dmp-national", letter["id"])["status"] == "delivered", 10
         )
+
+
+def test_a_patient_held_within_a_batch_has_its_next_messages_parked(stack):
+    """A refusal and the same patient's next messages in one burst: the next ones are parked too."""
+    x = patients(1, seed=912)[0]
+    stack.fhir.fail_next(1, "reject")
+    send(
+        stack,
+        [
+            adt(x, "A01", control_id="B-1"),
+            adt(x, "A08", control_id="B-2"),
+            adt(x, "A08", control_id="B-3"),
+        ],
+    )
+    store = DeadLetterStore(stack.redis)
+    assert wait_until(lambda: store.find("dmp-national"), 30), stack.logs()
+    (letter,) = store.find("dmp-national")
+    assert wait_until(
+        lambda: stack.redis.xlen(keys.parked("dmp-national", letter["patient"])) == 3, 30
+    ), stack.logs()
+    assert not {"B-1", "B-2", "B-3"} & set(fhir_control_ids(stack))
+    operations(stack).replay("dmp-national", letter["id"], who="test", why="fixed")
+    assert wait_until(
+        lambda: [c for c in fhir_control_ids(stack) if c.startswith("B-")] == ["B-1", "B-2", "B-3"],
+        30,
+    ), stack.logs()
