@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from broker.errors import CanonicalError
 from broker.mapping.context import TraceStep
 from broker.mapping.functions import Env, is_code
-from broker.mapping.rules import Instance, Rule, Run, compile_rule
+from broker.mapping.rules import Instance, Let, Rule, Run, compile_let, compile_rule
 from broker.mapping.scopes import (
     SEGMENT,
     Guard,
@@ -30,11 +30,20 @@ from broker.mapping.scopes import (
     Source,
     check_segment,
     compile_condition,
+    compile_reader,
     compile_source,
     group_order,
     group_scopes,
 )
-from broker.mapping.spec import GroupSpec, InboundSpec, ResourceSpec, RuleSpec, ValueMapSpec
+from broker.mapping.spec import (
+    GroupSpec,
+    InboundSpec,
+    ResourcePatchSpec,
+    ResourceSpec,
+    RuleSpec,
+    SharedTable,
+    ValueMapSpec,
+)
 from broker.mapping.targets import close_type, fhir_model, requirements, resource_base
 from broker.mapping.where import Key, SpecProblem, Where
 from broker.parsing.hl7v2 import Message
@@ -90,7 +99,9 @@ class CompiledResource:
     choices: tuple[tuple[str, ...], ...] = ()
     loop: Source | None = None
     reads: frozenset[tuple[str, int]] = frozenset()
-    """(segment, field) read by the resource's ``each:`` and ``when:`` (not by its rules)."""
+    """(segment, field) read by the resource's ``each:``, ``when:`` and ``let:`` (not its rules)."""
+    lets: tuple[Let, ...] = ()
+    """Its ``let:`` variables, computed in order per instance before the rules run."""
 
     def check(self, resource: dict[str, Any], where: str) -> None:
         """Enforce what load-time checks cannot: required elements and one value per choice.
@@ -130,6 +141,8 @@ class CompiledMapping:
     maps: dict[str, ValueMapSpec] = field(default_factory=dict)
     adapters: frozenset[str] = field(default_factory=frozenset)
     base: CompiledMapping | None = None
+    tables: frozenset[str] = field(default_factory=frozenset)
+    """The shared tables its rules use, recorded with the mapping in each MapResult."""
 
     def __post_init__(self) -> None:
         self._by_role = {r.spec.role: r for r in self.resources}
@@ -183,8 +196,17 @@ class CompiledMapping:
             resource = by_role[instance.role]
             if trace is not None:
                 run.resource = _trace_name(instance, run.instances[instance.role])
+            scope = instance.scope
+            if resource.lets:
+                # The variables live on a scope of their own, so two resources built on the same
+                # group instance never see each other's; references look through it.
+                scope = Scope(None, [], scope)
+                values: dict[str, Any] = {}
+                scope.vars = values
+                for let in resource.lets:
+                    values[let.name] = let.value(scope, run)
             for rule in resource.rules:
-                rule.run(instance.resource, instance.scope, run)
+                rule.run(instance.resource, scope, run)
             resource.check(instance.resource, f"Bundle.entry[{index}].resource")
         return ordered, env
 
@@ -203,6 +225,7 @@ def compile_inbound(
     lines: LineMap,
     sha256: str,
     problems: list[SpecProblem] | None = None,
+    tables: dict[str, SharedTable] | None = None,
 ) -> CompiledMapping:
     """Check and compile an inbound mapping.
 
@@ -213,6 +236,7 @@ def compile_inbound(
         sha256: its content hash.
         problems: when given, every problem is appended to it instead of raised (lint); the
             mapping returned then leaves out the parts that failed.
+        tables: the shared code tables (``mappings/tables/``) by name, usable by ``map:``.
 
     Raises:
         MappingSpecError: naming the file, line and key of the first problem.
@@ -220,6 +244,7 @@ def compile_inbound(
     where = Where(file, lines, tuple(spec.source.versions), problems)
     order = where.attempt(partial(group_order, spec.groups, where)) or []
     check_groups(spec.groups, where)
+    maps = with_tables(spec.maps, tables or {}, where)
     roles = [r.role for r in spec.resources]
     for index, role in enumerate(roles):
         if roles.index(role) != index:
@@ -236,7 +261,7 @@ def compile_inbound(
                 compile_resource,
                 resource,
                 spec.groups,
-                spec.maps,
+                maps,
                 set(roles),
                 where,
                 ("resources", index),
@@ -254,8 +279,46 @@ def compile_inbound(
         frozenset(spec.source.events),
         frozenset(spec.source.versions),
         mapping_reads(compiled),
-        dict(spec.maps),
+        maps,
+        tables=used_tables(spec.resources, maps),
     )
+
+
+def used_tables(
+    resources: Sequence[ResourceSpec | Any], maps: dict[str, ValueMapSpec]
+) -> frozenset[str]:
+    """The names of the shared tables that the rules and variables of ``resources`` map with."""
+    names: set[str] = set()
+
+    def visit(rules: Sequence[RuleSpec]) -> None:
+        for rule in rules:
+            if rule.map is not None:
+                names.add(rule.map)
+            visit(rule.rules or ())
+
+    for resource in resources:
+        visit(resource.rules)
+        if isinstance(resource, ResourcePatchSpec):
+            visit(resource.replace)
+        else:
+            names.update(let.map for let in resource.let.values() if let.map)
+    return frozenset(n for n in names if isinstance(maps.get(n), SharedTable))
+
+
+def with_tables(
+    local: dict[str, ValueMapSpec], tables: dict[str, SharedTable], where: Where
+) -> dict[str, ValueMapSpec]:
+    """The shared tables and the file's own maps; a name in both is a problem naming both files."""
+    for name in local:
+        table = tables.get(name)
+        if table is not None:
+            line = table.lines.get(("id",), 1)
+            reason = (
+                f"value map {name!r} is also the shared table in {table.file}:{line}; "
+                "expected a name no table uses (or use the table and remove this map)"
+            )
+            where.attempt(partial(_raise, where.error(("maps", name), reason)))
+    return {**tables, **local}
 
 
 def mapping_reads(resources: Sequence[CompiledResource]) -> frozenset[tuple[str, int]]:
@@ -311,6 +374,14 @@ def compile_resource(
             reason = "a field loop reads every repetition of one field, such as PV1-7(*)"
             raise where.error((*key, "each"), reason)
     when = own.attempt(partial(compile_condition, resource.when, own, (*key, "when")))
+    lets: list[Let] = []
+    for name, let_spec in resource.let.items():
+        defined = replace(own, variables=frozenset(let.name for let in lets))
+        let = own.attempt(partial(compile_let, name, let_spec, maps, defined, (*key, "let", name)))
+        if let is not None:
+            lets.append(let)
+    if lets or resource.let:
+        where = replace(where, variables=frozenset(resource.let))
     rules: list[Rule] = []
     for i, rule_spec in enumerate(resource.rules):
         rule = compile_top_rule(rule_spec, model, maps, roles, where, (*key, "rules", i))
@@ -325,6 +396,7 @@ def compile_resource(
         choices,
         loop,
         frozenset(own.reads),
+        tuple(lets),
     )
 
 
@@ -353,12 +425,13 @@ def _check_sources(spec: RuleSpec, where: Where, key: Key) -> None:
         texts.append((spec.from_, (*key, "from")))
     elif spec.from_:
         texts.extend((t, (*key, "from", i)) for i, t in enumerate(spec.from_))
+    texts.extend((t, (*key, "coalesce", i)) for i, t in enumerate(spec.coalesce or ()))
     if spec.each is not None:
         texts.append((spec.each, (*key, "each")))
     if spec.when is not None and not SEGMENT.match(spec.when.path):
         texts.append((spec.when.path, (*key, "when", "path")))
     for text, text_key in texts:
-        where.attempt(partial(compile_source, text, where, text_key))
+        where.attempt(partial(compile_reader, text, where, text_key))
     for i, sub in enumerate(spec.rules or ()):
         _check_sources(sub, where, (*key, "rules", i))
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.envelope import Finding
 from broker.parsing.hl7v2 import Delimiters, Message, Path, Segment, escape, unescape
@@ -180,6 +180,8 @@ class Transform:
     returns: str
     sources: int = 1
     args: type[BaseModel] | None = None
+    optional: bool = False
+    """Called even when the first source is empty (``concat`` joins what is present)."""
 
 
 # --- dates and times (v2.5.1 §2A.21 DT, §2A.22 DTM) ---------------------------------------------
@@ -733,6 +735,111 @@ def fn_reference_range(
     return {"text": text}
 
 
+# --- strings: concat, split, regex, upper, lower, trim -------------------------------------------
+# Each reads the whole value unescaped (read a component with a path such as PID-5.1) and gives a
+# FHIR string, or None when nothing is left (FHIR strings are never empty).
+
+
+def _text(v: SourceValue | None) -> str:
+    return v.text.strip() if v is not None else ""
+
+
+class _ConcatArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    separator: str = " "
+    """Put between the values present; empty values are skipped, never doubled separators."""
+
+
+def fn_concat(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """Join the non-empty values of several source paths with ``separator``."""
+    sep = args.separator if isinstance(args, _ConcatArgs) else " "
+    parts = [t for t in (_text(v) for v in values) if t]
+    return sep.join(parts) or None
+
+
+class _SplitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    separator: str = Field(min_length=1)
+    index: int = 1
+    """Which part, from 1; negative counts from the end (-1 is the last part)."""
+
+    @field_validator("index")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("parts are numbered from 1 (or from -1 at the end); 0 is no part")
+        return value
+
+
+def fn_split(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The ``index``-th part of the value split on ``separator``, trimmed; None when absent."""
+    assert isinstance(args, _SplitArgs)  # validated at load: split requires args
+    text = _text(_first(values))
+    parts = text.split(args.separator) if text else []
+    index = args.index - 1 if args.index > 0 else args.index
+    if not -len(parts) <= index < len(parts):
+        return None
+    return parts[index].strip() or None
+
+
+class _RegexArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    pattern: re.Pattern[str]
+    """A Python regular expression, compiled at load; ``search`` finds the first match."""
+    group: int | str = 1
+    """The group to keep: a number (0 is the whole match) or a (?P<name>...) name."""
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> re.Pattern[str]:
+        if not isinstance(value, str):
+            raise ValueError("expected the pattern as a string")
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            where = f" at position {exc.pos}" if exc.pos is not None else ""
+            msg = f"invalid regular expression: {exc.msg}{where}; expected a Python regex"
+            raise ValueError(msg) from None
+
+    @model_validator(mode="after")
+    def _group_exists(self) -> _RegexArgs:
+        group, pattern = self.group, self.pattern
+        if isinstance(group, int) and not 0 <= group <= pattern.groups:
+            msg = f"the pattern has {pattern.groups} group(s); expected group 0 to {pattern.groups}"
+            raise ValueError(msg)
+        if isinstance(group, str) and group not in pattern.groupindex:
+            names = ", ".join(pattern.groupindex) or "(none)"
+            msg = f"the pattern has no group named {group!r}; expected one of {names}"
+            raise ValueError(msg)
+        return self
+
+
+def fn_regex(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The ``group`` of the first match of ``pattern`` in the value; None when it does not match."""
+    assert isinstance(args, _RegexArgs)  # validated at load: regex requires args
+    text = _text(_first(values))
+    found = args.pattern.search(text) if text else None
+    if found is None:
+        return None
+    kept = found.group(args.group)
+    return (kept.strip() or None) if kept else None
+
+
+def fn_upper(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The value in upper case, trimmed."""
+    return _text(_first(values)).upper() or None
+
+
+def fn_lower(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The value in lower case, trimmed."""
+    return _text(_first(values)).lower() or None
+
+
+def fn_trim(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The value without leading and trailing spaces, inner runs of spaces made single."""
+    return " ".join(_text(_first(values)).split()) or None
+
+
 INBOUND: dict[str, Transform] = {
     "string": Transform(fn_string, "string"),
     "code": Transform(fn_code, "code"),
@@ -750,6 +857,12 @@ INBOUND: dict[str, Transform] = {
     "pl_location": Transform(fn_pl_location, "EncounterLocation"),
     "quantity": Transform(fn_quantity, "Quantity", sources=2),
     "reference_range": Transform(fn_reference_range, "ObservationReferenceRange", sources=2),
+    "concat": Transform(fn_concat, "string", sources=9, args=_ConcatArgs, optional=True),
+    "split": Transform(fn_split, "string", args=_SplitArgs),
+    "regex": Transform(fn_regex, "string", args=_RegexArgs),
+    "upper": Transform(fn_upper, "string"),
+    "lower": Transform(fn_lower, "string"),
+    "trim": Transform(fn_trim, "string"),
 }
 """Inbound transforms by the name used in ``function:``."""
 

@@ -25,7 +25,8 @@ from broker.errors import MappingSpecError
 from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
 from broker.mapping.reverse import compile_outbound
 from broker.mapping.sites import compile_site, site_order
-from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SiteSpec
+from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SharedTable, SiteSpec
+from broker.mapping.tables import TABLES_DIR, load_tables
 from broker.yamlspec import LineMap
 
 __all__ = ["Problem", "lint"]
@@ -54,13 +55,28 @@ def lint(path: Path) -> list[Problem]:
     Returns:
         Every problem found, sorted by file, line and column; empty when all is well.
     """
+    problems: list[Problem] = []
+    claims = _Claims()
     if path.is_file():
+        holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
+        if holder is not None:
+            # A table file alone: its problems only (the other tables are read for name clashes).
+            return sorted({p for p in _lint_tables(holder, claims) if Path(p.file) == path})
+        roots = (path.parent / TABLES_DIR, path.parent.parent / TABLES_DIR)
+        tables_dir = next((d for d in roots if d.is_dir()), None)
         files = [path]
     else:
         tests = path / "tests"
-        files = [p for p in sorted(path.rglob("*.yaml")) if not p.is_relative_to(tests)]
-    problems: list[Problem] = []
-    claims = _Claims()
+        tables_dir = path / TABLES_DIR
+        files = [
+            p
+            for p in sorted(path.rglob("*.yaml"))
+            if not p.is_relative_to(tests) and not p.is_relative_to(tables_dir)
+        ]
+    if tables_dir is not None and tables_dir.is_dir():
+        found = _lint_tables(tables_dir, claims)
+        if not path.is_file():
+            problems.extend(found)
     for file in files:
         problems.extend(_lint_file(file, claims))
     if path.is_file() and claims.sites:
@@ -72,6 +88,26 @@ def lint(path: Path) -> list[Problem]:
     problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
     return sorted(set(problems))
+
+
+def _lint_tables(directory: Path, claims: _Claims) -> list[Problem]:
+    """Every problem of the shared tables; the tables that load are kept for the mappings."""
+    problems: list[Problem] = []
+    unreadable: set[str] = set()
+    for table_file in sorted(directory.rglob("*")):
+        if table_file.suffix in (".yaml", ".yml"):
+            read = _read(table_file, problems)
+            if read is None:
+                unreadable.add(str(table_file))
+            else:
+                claims.table_positions[str(table_file)] = read[1]
+    found: list[MappingSpecError] = []
+    claims.tables = load_tables(directory, found)
+    for error in found:
+        if error.file in unreadable:
+            continue
+        problems.append(claims.table_problem(error, error.key))
+    return problems
 
 
 def _lint_sites(claims: _Claims) -> list[Problem]:
@@ -264,6 +300,28 @@ class _Claims:
         self.ids: dict[str, str] = {}
         self.events: dict[tuple[str, str], str] = {}
         self.problems: list[Problem] = []
+        self.tables: dict[str, SharedTable] = {}
+        self.table_positions: dict[str, Positions] = {}
+        """YAML table file → positions of its keys (CSV problems are at the row's column 1)."""
+
+    def table_problem(self, error: MappingSpecError, key: str | Key) -> Problem:
+        """A problem in a table file, at the row (CSV) or value (YAML) it names."""
+        positions = self.table_positions.get(error.file)
+        path = _undotted(key) if isinstance(key, str) else key
+        if positions is not None:
+            at_key = positions.get((*path, "__key__")) if "unknown key" in error.reason else None
+            line, col = at_key or _position(positions, path)
+        else:
+            line, col = error.line or 1, 1
+        what = f"{error.key}: {error.reason}" if error.key else error.reason
+        if "expected" not in error.reason:
+            entry = path[:1] in (("values",), ("default",))
+            what += (
+                "; expected a value that fits every element a rule maps it to"
+                if entry
+                else "; expected a table as docs/mappings.md describes"
+            )
+        return Problem(error.file, line, col, what)
 
     def claim_id(self, mapping_id: str, file: str, where: tuple[int, int]) -> None:
         other = self.ids.setdefault(mapping_id, file)
@@ -326,8 +384,12 @@ def _lint_file(path: Path, claims: _Claims) -> list[Problem]:
         return problems
     claims.claim_events(spec, file, positions)
     found: list[SpecProblem] = []
-    claims.compiled[spec.id] = compile_inbound(spec, file, lines, sha, found)
+    claims.compiled[spec.id] = compile_inbound(spec, file, lines, sha, found, claims.tables)
     for problem in found:
+        if problem.file != file:
+            # A shared table's entry does not fit an element it is mapped to: the table's line.
+            claims.problems.append(claims.table_problem(problem, problem.path))
+            continue
         where = _position(positions, problem.path)
         problems.append(Problem(file, *where, f"{problem.key}: {problem.reason}"))
     problems.extend(_unused_maps(spec, file, positions))

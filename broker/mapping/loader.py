@@ -17,7 +17,8 @@ from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import CompiledMapping, compile_inbound, message_header, resource_id
 from broker.mapping.reverse import CompiledOutbound, compile_outbound
 from broker.mapping.sites import compile_site, site_order
-from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SiteSpec
+from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedTable, SiteSpec
+from broker.mapping.tables import TABLES_DIR, load_tables
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import read_yaml, validation_errors
 
@@ -77,6 +78,18 @@ class MappingSet:
                         )
                         raise MappingSpecError(mapping.file, None, "source.events", reason)
                     self._inbound[(event, version)] = mapping
+        # What each mapping records in its MapResults: itself, the mappings it extends and the
+        # shared tables it uses, with content hashes (built once, not per message).
+        self._refs: dict[int, tuple[MappingRef, ...]] = {}
+        for mapping in inbound:
+            lineage = [MappingRef(id=m.id, sha256=m.sha256) for m in mapping.lineage]
+            shared = {
+                name: table
+                for name in sorted(mapping.tables)
+                if isinstance(table := mapping.maps.get(name), SharedTable)
+            }
+            tables = [MappingRef(id=f"table:{n}", sha256=t.sha256) for n, t in shared.items()]
+            self._refs[id(mapping)] = (*lineage, *tables)
         self._outbound: dict[str, CompiledOutbound] = {}
         for out in outbound:
             for trigger in out.triggers():
@@ -99,7 +112,9 @@ class MappingSet:
     def load(cls, directory: Path, *, full_validation: bool = False) -> MappingSet:
         """Load and compile every ``*.yaml`` under ``directory`` except ``directory/tests/``.
 
-        A file with ``source:`` is an inbound mapping, one with ``target:`` an outbound one.
+        ``directory/tables/`` holds the shared code tables (YAML or CSV), loaded first and
+        usable by every mapping's ``map:``. A file with ``source:`` is an inbound mapping, one
+        with ``target:`` an outbound one.
         ``full_validation`` is described on the class.
 
         Raises:
@@ -114,8 +129,10 @@ class MappingSet:
         sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
         tests = directory / "tests"
+        tables_dir = directory / TABLES_DIR
+        tables = load_tables(tables_dir)
         for path in sorted(directory.rglob("*.yaml")):
-            if path.is_relative_to(tests):
+            if path.is_relative_to(tests) or path.is_relative_to(tables_dir):
                 continue
             file = str(path)
             data, lines = read_yaml(path, MappingSpecError)
@@ -134,7 +151,7 @@ class MappingSet:
                 mapping_id = site_spec.id
             elif "source" in data:
                 in_spec: InboundSpec = _validate(InboundSpec, data, file, lines)
-                inbound.append(compile_inbound(in_spec, file, lines, sha))
+                inbound.append(compile_inbound(in_spec, file, lines, sha, tables=tables))
                 mapping_id = in_spec.id
             else:
                 raise MappingSpecError(
@@ -216,7 +233,7 @@ class MappingSet:
         return MapResult(
             bundle=bundle,
             findings=tuple(env.findings),
-            mappings=tuple(MappingRef(id=m.id, sha256=m.sha256) for m in mapping.lineage),
+            mappings=self._refs[id(mapping)],
             partition_key=_partition_key(bundle, ctx.source),
         )
 

@@ -16,12 +16,22 @@ from pydantic import BaseModel, ValidationError
 from broker.errors import MappingError
 from broker.mapping.context import TraceStep
 from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
-from broker.mapping.scopes import Guard, Scope, compile_condition, compile_source
-from broker.mapping.spec import RuleSpec, ValueMapSpec
+from broker.mapping.scopes import (
+    VARIABLE,
+    CoalesceSource,
+    Guard,
+    Reader,
+    Scope,
+    compile_condition,
+    compile_reader,
+    compile_source,
+)
+from broker.mapping.spec import LetSpec, RuleSpec, SharedTable, ValueMapSpec
 from broker.mapping.targets import Step, compile_target, put, requirements
 from broker.mapping.where import Key, Where, dotted
+from broker.parsing.hl7v2 import escape
 
-__all__ = ["Instance", "Rule", "Run", "ValueMap", "clone", "compile_rule"]
+__all__ = ["Instance", "Let", "Rule", "Run", "ValueMap", "clone", "compile_let", "compile_rule"]
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Run:
         self.resource = ""
 
     def nearest(self, role: str, scope: Scope) -> Instance | None:
+        if scope.vars is not None and scope.parent is not None:
+            scope = scope.parent  # the let: scope of an instance stands for the instance's scope
         found = self.instances.get(role) or []
         if scope.pins:
             # Inside a field loop, prefer the instance made for the same repetition.
@@ -86,6 +98,8 @@ class Run:
         return found[0] if found else None
 
     def inside(self, role: str, scope: Scope) -> list[Instance]:
+        if scope.vars is not None and scope.parent is not None:
+            scope = scope.parent
         return [i for i in self.instances.get(role) or [] if i.scope.within(scope)]
 
 
@@ -133,7 +147,9 @@ class Rule:
                 origin = self.source or "value"
                 for value in values:
                     target = f"{run.resource}.{self.target}"
-                    run.trace.append(TraceStep(self.file, self.line, origin, target, value))
+                    # A copy: a later rule may add to this element (code.coding[]).
+                    step = TraceStep(self.file, self.line, origin, target, clone(value))
+                    run.trace.append(step)
 
 
 def clone(value: Any) -> Any:
@@ -163,6 +179,8 @@ def compile_rule(
     label = f"{dotted(key)} ({spec.target})"
     if isinstance(spec.from_, str):
         source_text: str | None = spec.from_
+    elif spec.coalesce:
+        source_text = " | ".join(spec.coalesce)
     else:
         source_text = ", ".join(spec.from_) if spec.from_ else None
     when = compile_condition(spec.when, where, (*key, "when"))
@@ -245,13 +263,7 @@ def compile_rule(
 
         return rule(apply_rules)
 
-    texts = [spec.from_] if isinstance(spec.from_, str) else list(spec.from_ or [])
-    if not texts:
-        raise where.error((*key, "from"), "list at least one source path")
-    sources = [
-        compile_source(t, where, (*key, "from") if len(texts) == 1 else (*key, "from", i))
-        for i, t in enumerate(texts)
-    ]
+    texts, sources = _readers(spec.from_, spec.coalesce, where, key)
     repeats = sources[0].repeats
     if repeats and not append:
         raise where.error(
@@ -259,39 +271,16 @@ def compile_rule(
             f"the source {texts[0]!r} can give several values; "
             "end the target with [] or pick one repetition such as (1)",
         )
-    transform: Transform = INBOUND["string"]
-    args: Any = None
-    if spec.function is not None:
-        found_transform = INBOUND.get(spec.function)
-        if found_transform is None:
-            raise where.error(
-                (*key, "function"),
-                f"unknown function {spec.function!r}; expected one of {', '.join(sorted(INBOUND))}",
-            )
-        transform = found_transform
-        if len(sources) > transform.sources:
-            raise where.error(
-                (*key, "from"), f"{spec.function} reads at most {transform.sources} source path(s)"
-            )
-        if transform.args is not None:
-            try:
-                args = transform.args.model_validate(spec.args or {})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise where.error((*key, "args", *tuple(err["loc"])), err["msg"]) from None
-        elif spec.args:
-            raise where.error((*key, "args"), f"{spec.function} takes no args")
-    elif len(sources) > 1:
-        raise where.error((*key, "from"), "several source paths need a function that reads them")
+    transform, args = _transform(spec.function, spec.args, len(sources), where, key)
     value_map: ValueMap | None = None
     if spec.map is not None:
-        map_spec = maps.get(spec.map)
-        if map_spec is None:
-            raise where.error((*key, "map"), f"no value map {spec.map!r} under maps:")
+        map_spec = _value_map(spec.map, maps, where, key)
         for code, mapped in map_spec.values.items():
-            target.check_constant(mapped, where, ("maps", spec.map, "values", code))
+            _check_entry(target.check_constant, spec.map, map_spec, mapped, where, ("values", code))
         if map_spec.default is not None:
-            target.check_constant(map_spec.default, where, ("maps", spec.map, "default"))
+            _check_entry(
+                target.check_constant, spec.map, map_spec, map_spec.default, where, ("default",)
+            )
         value_map = ValueMap(spec.map, map_spec)
     elif not target.accepts(transform.returns):
         name = spec.function or "a plain copy (no function)"
@@ -305,9 +294,11 @@ def compile_rule(
     if len(sources) > 1:
         rest = sources[1:]
 
+        optional = transform.optional
+
         def apply_many(scope: Scope, run: Run) -> list[Any]:
             head = first.first(scope)
-            if head is None:
+            if head is None and not optional:
                 return [clone(default)] if default is not None else []
             result = fn([head, *(s.first(scope) for s in rest)], run.env, args)
             if result is None:
@@ -346,3 +337,155 @@ def compile_rule(
         return out
 
     return rule(apply_function)
+
+
+def _readers(
+    from_: str | list[str] | None, coalesce: list[str] | None, where: Where, key: Key
+) -> tuple[list[str], list[Reader]]:
+    """The source texts of ``from:`` (or ``coalesce:``) and what reads them."""
+    if coalesce is not None:
+        found = tuple(
+            compile_reader(t, where, (*key, "coalesce", i)) for i, t in enumerate(coalesce)
+        )
+        return list(coalesce), [CoalesceSource(found)]
+    texts = [from_] if isinstance(from_, str) else list(from_ or [])
+    if not texts:
+        raise where.error((*key, "from"), "list at least one source path")
+    sources: list[Reader] = [
+        compile_reader(t, where, (*key, "from") if len(texts) == 1 else (*key, "from", i))
+        for i, t in enumerate(texts)
+    ]
+    return texts, sources
+
+
+def _transform(
+    function: str | None, given: dict[str, Any] | None, count: int, where: Where, key: Key
+) -> tuple[Transform, Any]:
+    """The named transform (a plain copy without one) and its args, validated at load."""
+    if function is None:
+        if count > 1:
+            raise where.error(
+                (*key, "from"), "several source paths need a function that reads them"
+            )
+        return INBOUND["string"], None
+    transform = INBOUND.get(function)
+    if transform is None:
+        raise where.error(
+            (*key, "function"),
+            f"unknown function {function!r}; expected one of {', '.join(sorted(INBOUND))}",
+        )
+    if count > transform.sources:
+        raise where.error(
+            (*key, "from"), f"{function} reads at most {transform.sources} source path(s)"
+        )
+    if transform.args is None:
+        if given:
+            raise where.error((*key, "args"), f"{function} takes no args")
+        return transform, None
+    try:
+        return transform, transform.args.model_validate(given or {})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise where.error((*key, "args", *tuple(err["loc"])), message) from None
+
+
+def _value_map(name: str, maps: dict[str, ValueMapSpec], where: Where, key: Key) -> ValueMapSpec:
+    found = maps.get(name)
+    if found is None:
+        shared = sorted(n for n, m in maps.items() if isinstance(m, SharedTable))
+        tables = f"; shared tables are {', '.join(shared)}" if shared else ""
+        raise where.error((*key, "map"), f"no value map {name!r} under maps: or in tables/{tables}")
+    return found
+
+
+def _check_entry(
+    check: Callable[[Any, Where, Key], None],
+    name: str,
+    map_spec: ValueMapSpec,
+    value: Any,
+    where: Where,
+    entry: Key,
+) -> None:
+    """Check one map entry, naming its line in the table file for a shared table."""
+    if isinstance(map_spec, SharedTable):
+        check(value, Where(map_spec.file, map_spec.lines, problems=where.problems), entry)
+    else:
+        check(value, where, ("maps", name, *entry))
+
+
+@dataclass
+class Let:
+    """A compiled ``let:`` variable: ``value(scope, run)`` computes it for one instance."""
+
+    name: str
+    compute: Callable[[Scope, Run], SourceValue | None]
+    file: str
+    label: str
+    source: str
+
+    def value(self, scope: Scope, run: Run) -> SourceValue | None:
+        try:
+            return self.compute(scope, run)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            msg = f"variable {self.label} of {self.file} failed on {self.source} ({type(exc).__name__})"
+            raise MappingError(
+                msg, mapping=self.file, rule=self.label, source_path=self.source
+            ) from exc
+
+
+def derived(text: str, origin: SourceValue) -> SourceValue:
+    """A computed string read like a source value; findings about it name where it came from."""
+    return SourceValue(escape(text, origin.delims), origin.segment, origin.path, origin.rep)
+
+
+def compile_let(
+    name: str, spec: LetSpec, maps: dict[str, ValueMapSpec], where: Where, key: Key
+) -> Let:
+    """Compile one variable of a resource's ``let:`` (``key`` is ``(..., "let", name)``)."""
+    if not VARIABLE.match(name):
+        reason = (
+            f"variable name {name!r}; expected lower-case letters, digits and _ (mrn, full_name)"
+        )
+        raise where.error(key, reason)
+    texts, readers = _readers(spec.from_, spec.coalesce, where, key)
+    for text, reader in zip(texts, readers, strict=False):
+        if reader.repeats:
+            reason = f"{text!r} can give several values; a variable holds one, pick one such as (1)"
+            raise where.error((*key, "coalesce" if spec.coalesce else "from"), reason)
+    transform, args = _transform(spec.function, spec.args, len(readers), where, key)
+    if spec.function is not None and transform.returns != "string":
+        reason = f"{spec.function} gives a FHIR {transform.returns}; a variable holds a string"
+        raise where.error((*key, "function"), reason)
+    vmap: ValueMap | None = None
+    if spec.map is not None:
+        map_spec = _value_map(spec.map, maps, where, key)
+        for code, mapped in map_spec.values.items():
+            _check_entry(_string_entry, spec.map, map_spec, mapped, where, ("values", code))
+        if map_spec.default is not None:
+            _check_entry(_string_entry, spec.map, map_spec, map_spec.default, where, ("default",))
+        vmap = ValueMap(spec.map, map_spec)
+    fn = transform.fn if spec.function is not None else None
+    optional = transform.optional
+
+    def compute(scope: Scope, run: Run) -> SourceValue | None:
+        values = [reader.first(scope) for reader in readers]
+        origin = next((v for v in values if v is not None), None)
+        if origin is None:
+            return None
+        if fn is not None:
+            if values[0] is None and not optional:
+                return None
+            text = fn(values, run.env, args)
+            return derived(text, origin) if text else None
+        if vmap is not None:
+            mapped = vmap.apply(origin, run.env)
+            return derived(mapped, origin) if mapped else None
+        return origin
+
+    return Let(name, compute, where.file, f"{dotted(key)}", " | ".join(texts))
+
+
+def _string_entry(value: Any, where: Where, key: Key) -> None:
+    if not isinstance(value, str) or not value:
+        raise where.error(key, "a variable's map gives strings; expected a string for this code")

@@ -22,12 +22,16 @@ from broker.parsing.hl7v2 import Path, Segment, parse_path
 
 __all__ = [
     "SEGMENT",
+    "CoalesceSource",
     "Guard",
     "Pin",
+    "Reader",
     "Scope",
     "Source",
+    "VarSource",
     "check_segment",
     "compile_condition",
+    "compile_reader",
     "compile_source",
     "field_count",
     "group_order",
@@ -45,7 +49,7 @@ class Scope:
     (``each: PV1-7(*)``) is on: inside the loop, ``PV1-7`` reads that repetition.
     """
 
-    __slots__ = ("by_name", "group", "local", "parent", "pins", "segments")
+    __slots__ = ("by_name", "group", "local", "parent", "pins", "segments", "vars")
 
     def __init__(
         self,
@@ -66,6 +70,8 @@ class Scope:
         for segment in segments:
             by_name.setdefault(segment.name, []).append(segment)
         self.by_name = by_name
+        self.vars: dict[str, SourceValue | None] | None = None
+        """A resource instance's ``let:`` variables (set on the scope its rules run in)."""
 
     def find(self, name: str) -> list[Segment]:
         """The segments called ``name`` in the nearest scope (self, then parents) that has one."""
@@ -228,6 +234,73 @@ def check_exists(path: Path, text: str, where: Where, key: Key) -> None:
         raise where.error(key, reason)
 
 
+class VarSource:
+    """``$name``: a ``let:`` variable of the resource, read like a source path."""
+
+    __slots__ = ("name", "text")
+    repeats = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.text = f"${name}"
+
+    def first(self, scope: Scope) -> SourceValue | None:
+        current: Scope | None = scope
+        while current is not None:
+            found = current.vars
+            if found is not None and self.name in found:
+                return found[self.name]
+            current = current.parent
+        return None
+
+    def read(self, scope: Scope) -> list[SourceValue]:
+        value = self.first(scope)
+        return [value] if value is not None else []
+
+
+class CoalesceSource:
+    """``coalesce: [OBX-14, OBR-7]``: the first of several sources that has a value."""
+
+    __slots__ = ("repeats", "sources", "text")
+
+    def __init__(self, sources: tuple[Source | VarSource, ...]) -> None:
+        self.sources = sources
+        self.text = " | ".join(s.text for s in sources)
+        self.repeats = any(s.repeats for s in sources)
+
+    def first(self, scope: Scope) -> SourceValue | None:
+        for source in self.sources:
+            value = source.first(scope)
+            if value is not None:
+                return value
+        return None
+
+    def read(self, scope: Scope) -> list[SourceValue]:
+        for source in self.sources:
+            values = source.read(scope)
+            if values:
+                return values
+        return []
+
+
+Reader = Source | VarSource | CoalesceSource
+"""What a rule reads values from: a path, a variable, or a coalesce of those."""
+
+VARIABLE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def compile_reader(text: str, where: Where, key: Key) -> Source | VarSource:
+    """A source path, or ``$name`` for a variable the resource's ``let:`` defines above."""
+    if text.startswith("$"):
+        name = text[1:]
+        if name not in where.variables:
+            known = ", ".join(f"${v}" for v in sorted(where.variables)) or "none"
+            reason = f"no variable {text!r} is defined above; expected one of let: ({known})"
+            raise where.error(key, reason)
+        return VarSource(name)
+    return compile_source(text, where, key)
+
+
 def compile_source(text: str, where: Where, key: Key) -> Source:
     try:
         path = parse_path(text)
@@ -244,10 +317,12 @@ def compile_source(text: str, where: Where, key: Key) -> Source:
 
 @dataclass(frozen=True)
 class Guard:
-    source: Source | None
+    source: Source | VarSource | None
     """None for a segment test (``path: PV1``): is the segment in scope?"""
     segment: str
     spec: Condition
+    pattern: re.Pattern[str] | None = None
+    """``matches:``, compiled at load."""
 
     def holds(self, scope: Scope) -> bool:
         if self.source is None:
@@ -258,6 +333,8 @@ class Guard:
         code = value.comp(1).strip() if value is not None else ""
         if self.spec.equals is not None:
             return code == self.spec.equals
+        if self.pattern is not None:
+            return self.pattern.fullmatch(code) is not None
         return code in (self.spec.in_ or ())
 
 
@@ -272,7 +349,15 @@ def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard |
             reason = "a segment name alone can only be tested with present: true|false"
             raise where.error((*key, "path"), reason)
         return Guard(None, spec.path, spec)
-    return Guard(compile_source(spec.path, where, (*key, "path")), "", spec)
+    pattern = None
+    if spec.matches is not None:
+        try:
+            pattern = re.compile(spec.matches)
+        except re.error as exc:
+            at = f" at position {exc.pos}" if exc.pos is not None else ""
+            reason = f"invalid regular expression: {exc.msg}{at}; expected a Python regex"
+            raise where.error((*key, "matches"), reason) from None
+    return Guard(compile_reader(spec.path, where, (*key, "path")), "", spec, pattern)
 
 
 def group_order(groups: dict[str, GroupSpec], where: Where) -> list[str]:

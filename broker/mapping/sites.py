@@ -21,10 +21,18 @@ from broker.mapping.engine import (
     compile_top_rule,
     mapping_reads,
     resource_model,
+    used_tables,
 )
 from broker.mapping.rules import Rule
 from broker.mapping.scopes import compile_condition, group_order
-from broker.mapping.spec import GroupSpec, ResourcePatchSpec, ResourceSpec, SiteSpec, ValueMapSpec
+from broker.mapping.spec import (
+    GroupSpec,
+    ResourcePatchSpec,
+    ResourceSpec,
+    SharedTable,
+    SiteSpec,
+    ValueMapSpec,
+)
 from broker.mapping.where import Key, SpecProblem, Where
 from broker.yamlspec import LineMap
 
@@ -67,6 +75,14 @@ def compile_site(
             where.attempt(partial(_raise, where.error(("source", "versions", index), reason)))
     groups = {**base.groups, **spec.groups}
     maps = {**base.maps, **spec.maps}
+    for name in spec.maps:
+        shared = base.maps.get(name)
+        if isinstance(shared, SharedTable):
+            reason = (
+                f"value map {name!r} is also the shared table in {shared.file}:"
+                f"{shared.lines.get(('id',), 1)}; expected a name no table uses"
+            )
+            where.attempt(partial(_raise, where.error(("maps", name), reason)))
     order = where.attempt(partial(group_order, groups, where)) or base.group_order
     check_groups(spec.groups, where)
     by_role = {r.spec.role: r for r in base.resources}
@@ -102,6 +118,7 @@ def compile_site(
         maps,
         frozenset(spec.source.adapters),
         base,
+        base.tables | used_tables(spec.resources, maps),
     )
 
 
@@ -155,6 +172,9 @@ def _patch(
         reason = f"each: of role {role!r} comes from {base.id}; a site cannot change it"
         raise where.error((*key, "each"), reason)
     model = resource_model(found.spec.type, where, key)
+    if found.lets:
+        # The site's rules may read the base resource's let: variables.
+        where = replace(where, variables=frozenset(let.name for let in found.lets))
     rules = list(found.rules)
     for i, name in enumerate(patch.remove):
         kept = [r for r in rules if not _matches(r, name)]
@@ -196,6 +216,7 @@ def _patch(
         found.choices,
         found.loop,
         reads,
+        found.lets,
     )
 
 

@@ -43,15 +43,18 @@ __all__ = [
     "Condition",
     "GroupSpec",
     "InboundSpec",
+    "LetSpec",
     "OutFieldSpec",
     "OutSegmentSpec",
     "OutboundSpec",
     "ResourcePatchSpec",
     "ResourceSpec",
     "RuleSpec",
+    "SharedTable",
     "SiteSourceSpec",
     "SiteSpec",
     "SourceSpec",
+    "TableSpec",
     "TargetSpec",
     "ValueMapSpec",
 ]
@@ -116,22 +119,55 @@ class ValueMapSpec(_Strict):
     """The HL7 table the codes come from, named in findings (``HL7 table 0001``)."""
 
 
-class Condition(_Strict):
-    """When a rule or resource applies: a source path is present, equals or is in values.
+class SharedTable(ValueMapSpec):
+    """A code table from ``mappings/tables/``, used by any mapping's ``map:`` by its name.
 
-    ``path`` may also be a bare segment name (``PV1``) tested with ``present``.
+    ``file`` and ``lines`` (key path -> line, ``("values", code)`` for each entry) let the
+    compiler name the table file and line when an entry does not fit the element it is mapped to.
+    """
+
+    name: str
+    file: str
+    lines: dict[tuple[str | int, ...], int] = {}
+    sha256: str = ""
+    """The table file's content hash, recorded with each mapping that uses the table."""
+
+
+class TableSpec(_Strict):
+    """A YAML code table file under ``mappings/tables/``: ``id``, ``values``, ``default``."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    """The name rules give to ``map:``."""
+    system: str | None = None
+    """The code system the codes come from, named in findings (``HL7 table 0078``)."""
+    note: str | None = None
+    values: dict[str, Any] = Field(min_length=1)
+    default: Any = None
+
+
+class Condition(_Strict):
+    """When a rule or resource applies: a source path is present, equals, is in values or matches.
+
+    ``path`` may also be a bare segment name (``PV1``) tested with ``present``, or a ``$variable``.
+    ``matches`` is a regular expression the whole first component must match (compiled at load).
     """
 
     path: str
     present: bool | None = None
     equals: str | None = None
     in_: list[str] | None = Field(None, alias="in")
+    matches: str | None = None
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = [self.present is not None, self.equals is not None, self.in_ is not None]
+        tests = [
+            self.present is not None,
+            self.equals is not None,
+            self.in_ is not None,
+            self.matches is not None,
+        ]
         if sum(tests) != 1:
-            raise ValueError("a condition needs exactly one of present, equals or in")
+            raise ValueError("a condition needs exactly one of present, equals, in or matches")
         return self
 
 
@@ -146,7 +182,10 @@ class RuleSpec(_Strict):
     target: str
     """FHIR element path inside the resource, e.g. ``identifier[]`` or ``valueQuantity``."""
     from_: str | list[str] | None = Field(None, alias="from")
-    """Source path(s); a list passes several fields to one function (``[OBX-5, OBX-6]``)."""
+    """Source path(s); a list passes several fields to one function (``[OBX-5, OBX-6]``).
+    ``$name`` reads the resource's ``let:`` variable ``name``."""
+    coalesce: list[str] | None = Field(None, min_length=2)
+    """Source paths (or ``$variables``) tried in order: the first non-empty one is read."""
     value: Any = None
     """A constant instead of ``from``."""
     reference: str | None = None
@@ -168,18 +207,47 @@ class RuleSpec(_Strict):
     def _one_source(self) -> RuleSpec:
         sources = [
             self.from_ is not None,
+            self.coalesce is not None,
             self.value is not None,
             self.reference is not None,
             self.rules is not None,
         ]
         if sum(sources) != 1:
-            raise ValueError("a rule needs exactly one of from, value, reference or rules")
+            raise ValueError(
+                "a rule needs exactly one of from, coalesce, value, reference or rules"
+            )
         if self.function and self.map:
             raise ValueError("a rule takes either a function or a map, not both")
-        if (self.function or self.map) and self.from_ is None:
-            raise ValueError("function and map apply to values read with from")
+        if (self.function or self.map) and self.from_ is None and self.coalesce is None:
+            raise ValueError("function and map apply to values read with from or coalesce")
         if self.args is not None and not self.function:
             raise ValueError("args are given to a function; this rule has none")
+        return self
+
+
+class LetSpec(_Strict):
+    """A variable: one value computed once per resource instance, read by rules as ``$name``.
+
+    Exactly one of ``from`` (a path, a ``$variable`` defined above, or a list for a function
+    reading several, such as ``concat``) or ``coalesce``; optionally a ``function`` returning a
+    string or a ``map`` whose values are strings.
+    """
+
+    from_: str | list[str] | None = Field(None, alias="from")
+    coalesce: list[str] | None = Field(None, min_length=2)
+    function: str | None = None
+    args: dict[str, Any] | None = None
+    map: str | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LetSpec:
+        if (self.from_ is None) == (self.coalesce is None):
+            raise ValueError("a variable needs exactly one of from or coalesce")
+        if self.function and self.map:
+            raise ValueError("a variable takes either a function or a map, not both")
+        if self.args is not None and not self.function:
+            raise ValueError("args are given to a function; this variable has none")
         return self
 
 
@@ -194,6 +262,8 @@ class ResourceSpec(_Strict):
     when: Condition | None = None
     focus: bool = False
     """Listed in MessageHeader.focus."""
+    let: dict[str, LetSpec] = {}
+    """Variables, computed in order once per instance before the rules; read as ``$name``."""
     rules: list[RuleSpec] = Field(min_length=1)
 
 

@@ -52,6 +52,8 @@ class Where:
     problems: list[SpecProblem] | None = None
     reads: set[tuple[str, int]] = field(default_factory=set)
     """(segment, field) of every source path compiled: what the unmapped report leaves out."""
+    variables: frozenset[str] = frozenset()
+    """The ``let:`` variables rules may read as ``$name`` here."""
 
     def error(self, key: Key, reason: str) -> SpecProblem:
         line = None

@@ -40,7 +40,12 @@ def test_every_real_mapping_loads() -> None:
     for event in ("ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"):
         for version in ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"):
             assert mappings.supports(event, version)
-    assert {r.id for r in mappings.refs} == {"hl7v2-adt", "hl7v2-oru-r01", "chu-rabat-adt"}
+    assert {r.id for r in mappings.refs} == {
+        "hl7v2-adt",
+        "hl7v2-adt-person",
+        "hl7v2-oru-r01",
+        "chu-rabat-adt",
+    }
 
 
 def test_good_file_loads(tmp_path: Path) -> None:

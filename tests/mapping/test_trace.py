@@ -24,7 +24,7 @@ def test_trace_names_file_line_source_target_and_value(
     assert (Path(gender.file).name, gender.source, gender.value) == ("adt.yaml", "PID-8", "female")
     lines = Path(gender.file).read_text(encoding="utf-8").splitlines()
     assert "target: gender" in lines[(gender.line or 0) - 1]
-    assert str(gender).endswith(':56 PID-8 -> Patient.gender = "female"')
+    assert str(gender).endswith(f':{gender.line} PID-8 -> Patient.gender = "female"')
     assert any(s.target == "Encounter.participant[].individual" for s in steps)
 
 
