@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck bench serve clean
+.PHONY: demo test check lint typecheck bench bench-mapping serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-mapping: $(STAMP)
+	$(BIN)/python -m benchmarks.mapping
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage
