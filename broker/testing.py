@@ -10,7 +10,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["free_port", "wait_for_port", "wait_until", "write_adapter"]
+__all__ = [
+    "LoopbackStack",
+    "free_port",
+    "wait_for_port",
+    "wait_until",
+    "write_adapter",
+    "write_loopback_adapters",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,6 +57,54 @@ def write_adapter(directory: Path, spec: dict[str, Any]) -> Path:
     path = directory / f"{spec['id']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def write_loopback_adapters(
+    directory: Path,
+    *,
+    inbound_port: int,
+    fhir_port: int,
+    lab_port: int,
+    retry: dict[str, Any],
+    ack_timeout_s: float = 2.0,
+    inbound: dict[str, Any] | None = None,
+) -> None:
+    """Write the three loopback registrations: an MLLP source and FHIR and MLLP subscribers.
+
+    ``chu-rabat-adt`` listens on ``inbound_port`` (``inbound`` adds options to it);
+    ``dmp-national`` posts to ``http://127.0.0.1:fhir_port/fhir`` (ADT A01/A04/A08, ORU R01);
+    ``lab-legacy`` sends ADT to ``127.0.0.1:lab_port``.
+    """
+    source = {
+        "id": "chu-rabat-adt",
+        "name": "CHU Rabat",
+        "direction": "inbound",
+        "transport": "mllp",
+        "listen": f"127.0.0.1:{inbound_port}",
+        **(inbound or {}),
+    }
+    write_adapter(directory, source)
+    dmp = {
+        "id": "dmp-national",
+        "name": "DMP",
+        "direction": "outbound",
+        "transport": "fhir-rest",
+        "url": f"http://127.0.0.1:{fhir_port}/fhir",
+        "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
+        "retry": retry,
+    }
+    write_adapter(directory, dmp)
+    lab = {
+        "id": "lab-legacy",
+        "name": "Lab",
+        "direction": "outbound",
+        "transport": "mllp",
+        "connect": f"127.0.0.1:{lab_port}",
+        "subscribe": {"events": ["ADT^*"]},
+        "ack_timeout_s": ack_timeout_s,
+        "retry": retry,
+    }
+    write_adapter(directory, lab)
 
 
 class LoopbackStack:
@@ -113,41 +168,14 @@ class LoopbackStack:
         fhir_port = self.fhir.start_in_thread()
         _, lab_port = self.lab.start_in_thread()
         adapters = self.data_dir / "adapters"
-        write_adapter(
+        write_loopback_adapters(
             adapters,
-            {
-                "id": "chu-rabat-adt",
-                "name": "CHU Rabat",
-                "direction": "inbound",
-                "transport": "mllp",
-                "listen": f"127.0.0.1:{self.inbound_port}",
-                **self._inbound,
-            },
-        )
-        write_adapter(
-            adapters,
-            {
-                "id": "dmp-national",
-                "name": "DMP",
-                "direction": "outbound",
-                "transport": "fhir-rest",
-                "url": f"http://127.0.0.1:{fhir_port}/fhir",
-                "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
-                "retry": self._retry,
-            },
-        )
-        write_adapter(
-            adapters,
-            {
-                "id": "lab-legacy",
-                "name": "Lab",
-                "direction": "outbound",
-                "transport": "mllp",
-                "connect": f"127.0.0.1:{lab_port}",
-                "subscribe": {"events": ["ADT^*"]},
-                "ack_timeout_s": self._ack_timeout_s,
-                "retry": self._retry,
-            },
+            inbound_port=self.inbound_port,
+            fhir_port=fhir_port,
+            lab_port=lab_port,
+            retry=self._retry,
+            ack_timeout_s=self._ack_timeout_s,
+            inbound=self._inbound,
         )
         options: dict[str, Any] = {
             "data_dir": self.data_dir,

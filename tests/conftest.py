@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -96,3 +98,43 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+DEAD_LETTER_REGISTRATIONS = {
+    "chu-rabat-adt.yaml": (
+        "id: chu-rabat-adt\nname: ADT\ndirection: inbound\ntransport: mllp\n"
+        "listen: 127.0.0.1:2575\nformat: hl7v2\n"
+    ),
+    "dmp-national.yaml": (
+        "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
+        "url: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
+    ),
+}
+
+
+@pytest.fixture
+def dead_letter_adapters(tmp_path: Path) -> Path:
+    """A registrations directory with one MLLP source and the dmp-national FHIR subscriber."""
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    for name, text in DEAD_LETTER_REGISTRATIONS.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def envelope() -> dict[str, Any]:
+    """A canonical envelope (as JSON data) of the synthetic ADT^A01 sample, in partition 3."""
+    from broker.settings import REPO_ROOT
+    from broker.translate import translate
+
+    sample = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
+    out = translate(
+        sample.read_bytes(),
+        to="canonical",
+        mappings_dir=REPO_ROOT / "mappings",
+        source="chu-rabat-adt",
+    )
+    data: dict[str, Any] = json.loads(out)
+    data["partition"] = 3
+    return data

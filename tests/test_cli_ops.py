@@ -18,43 +18,17 @@ from broker import keys
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT
-from broker.translate import translate
 
 SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
 PATIENT_VALUE = "BE123456"
-ADAPTERS = {
-    "chu-rabat-adt.yaml": (
-        "id: chu-rabat-adt\nname: ADT\ndirection: inbound\ntransport: mllp\n"
-        "listen: 127.0.0.1:2575\nformat: hl7v2\n"
-    ),
-    "dmp-national.yaml": (
-        "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
-        "url: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def envelope() -> dict[str, Any]:
-    """A canonical envelope of the synthetic ADT^A01 sample, with its Bundle."""
-    out = translate(
-        SAMPLE.read_bytes(),
-        to="canonical",
-        mappings_dir=REPO_ROOT / "mappings",
-        source="chu-rabat-adt",
-    )
-    data: dict[str, Any] = json.loads(out)
-    data["partition"] = 3
-    return data
 
 
 @pytest.fixture(name="env")
-def fixture_env(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> dict[str, str]:
-    adapters = tmp_path / "adapters"
-    adapters.mkdir()
-    for name, text in ADAPTERS.items():
-        (adapters / name).write_text(text)
+def fixture_env(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, dead_letter_adapters: Path
+) -> dict[str, str]:
+    adapters = dead_letter_adapters
     env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
     env.update(
         PASSERELLE_REDIS_URL=redis_url,

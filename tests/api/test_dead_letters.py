@@ -21,7 +21,6 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
-from broker.translate import translate
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,31 +28,6 @@ SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
 PATIENT_VALUE = "BE123456"
 """The synthetic sample's national identifier: must never appear in a listing."""
-
-ADAPTERS = {
-    "chu-rabat-adt.yaml": (
-        "id: chu-rabat-adt\nname: ADT\ndirection: inbound\ntransport: mllp\n"
-        "listen: 127.0.0.1:2575\nformat: hl7v2\n"
-    ),
-    "dmp-national.yaml": (
-        "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
-        "url: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def envelope() -> dict[str, Any]:
-    """A canonical envelope of the synthetic ADT^A01 sample, with its Bundle."""
-    out = translate(
-        SAMPLE.read_bytes(),
-        to="canonical",
-        mappings_dir=REPO_ROOT / "mappings",
-        source="chu-rabat-adt",
-    )
-    data: dict[str, Any] = json.loads(out)
-    data["partition"] = 3
-    return data
 
 
 class Recorder:
@@ -66,16 +40,11 @@ class Recorder:
         self.tasks.append((name, args))
 
 
-@pytest.fixture(name="adapters_dir")
-def fixture_adapters_dir(tmp_path: Path) -> Path:
-    for name, text in ADAPTERS.items():
-        (tmp_path / name).write_text(text)
-    return tmp_path
-
-
 @pytest.fixture(name="settings")
-def fixture_settings(redis_url: str, adapters_dir: Path) -> Settings:
-    return Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=adapters_dir)
+def fixture_settings(redis_url: str, dead_letter_adapters: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=dead_letter_adapters
+    )
 
 
 @pytest.fixture(name="recorder")

@@ -22,7 +22,7 @@ from broker.peers.fhir_capture import FhirCapture
 from broker.peers.mllp_capture import MllpCapture
 from broker.settings import REPO_ROOT
 from broker.synthetic import stream
-from broker.testing import free_port, wait_for_port, wait_until, write_adapter
+from broker.testing import free_port, wait_for_port, wait_until, write_loopback_adapters
 
 pytestmark = pytest.mark.integration
 
@@ -189,42 +189,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     fhir_port = fhir.start_in_thread()
     _, lab_port = lab.start_in_thread()
     handle = Served(root, free_port(), free_port(), fhir, lab)
-    retry = {"initial_delay_s": 0.2, "max_delay_s": 1.0}
-    adapters = root / "adapters"
-    write_adapter(
-        adapters,
-        {
-            "id": "chu-rabat-adt",
-            "name": "CHU Rabat",
-            "direction": "inbound",
-            "transport": "mllp",
-            "listen": f"127.0.0.1:{handle.inbound_port}",
-        },
-    )
-    write_adapter(
-        adapters,
-        {
-            "id": "dmp-national",
-            "name": "DMP",
-            "direction": "outbound",
-            "transport": "fhir-rest",
-            "url": f"http://127.0.0.1:{fhir_port}/fhir",
-            "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
-            "retry": retry,
-        },
-    )
-    write_adapter(
-        adapters,
-        {
-            "id": "lab-legacy",
-            "name": "Lab",
-            "direction": "outbound",
-            "transport": "mllp",
-            "connect": f"127.0.0.1:{lab_port}",
-            "subscribe": {"events": ["ADT^*"]},
-            "ack_timeout_s": 2.0,
-            "retry": retry,
-        },
+    write_loopback_adapters(
+        root / "adapters",
+        inbound_port=handle.inbound_port,
+        fhir_port=fhir_port,
+        lab_port=lab_port,
+        retry={"initial_delay_s": 0.2, "max_delay_s": 1.0},
     )
     try:
         yield handle
