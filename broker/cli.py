@@ -155,15 +155,20 @@ def _check(settings: Settings) -> None:
     from broker.mapping import MappingSet
 
     try:
-        load_adapters(settings.adapters_dir)
-        MappingSet.load(settings.mappings_dir)
+        mapping_set = MappingSet.load(settings.mappings_dir)
+        load_adapters(settings.adapters_dir, hl7_versions=mapping_set.hl7_versions)
     except BrokerError as exc:
         _fail(str(exc))
 
 
 @app.command()
 def translate(
-    file: Annotated[Path, typer.Argument(help="An HL7 v2 message (ER7) to translate offline.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="An HL7 v2 message (ER7) or a FHIR R4 resource or Bundle (JSON), detected."
+        ),
+    ],
     to: Annotated[str, typer.Option("--to", help="canonical | fhir | hl7v2")] = "canonical",
     mappings: MappingsOpt = None,
     charset: Annotated[str, typer.Option(help="Charset when MSH-18 is empty.")] = "utf-8",
@@ -182,8 +187,15 @@ def translate(
     ] = False,
     unmapped: Annotated[
         bool,
-        typer.Option("--unmapped", help="On stderr, the fields present that no rule read."),
+        typer.Option(
+            "--unmapped",
+            help="On stderr, the fields present that no rule read (FHIR: elements not kept).",
+        ),
     ] = False,
+    hl7_version: Annotated[
+        str,
+        typer.Option("--hl7-version", help="MSH-12 written with --to hl7v2 (default 2.5.1)."),
+    ] = "2.5.1",
 ) -> None:
     """Translate one message with the mappings, offline; the result alone goes to stdout.
 
@@ -211,6 +223,7 @@ def translate(
             source=adapter,
             charset=charset,
             trace=trace,
+            hl7_version=hl7_version,
         )
     except BrokerError as exc:
         _fail(str(exc).splitlines()[0])

@@ -9,8 +9,9 @@ from broker.adapters.spec import AdapterSpec
 from broker.canonical import check
 from broker.envelope import Envelope, MessageState
 from broker.errors import MessageError
+from broker.fhir_inbound import read_fhir
 from broker.log import get_logger
-from broker.mapping import MapContext, MappingSet
+from broker.mapping import MapContext, MappingSet, MapResult
 from broker.parsing.hl7v2 import decode, parse
 from broker.routing import route
 
@@ -44,34 +45,14 @@ def process(
         The envelope in its new state (ROUTED, FILTERED or FAILED with a reason) and the
         subscribers it must be delivered to. Never raises for a bad message.
     """
-    if envelope.content_type == "application/fhir+json":
-        # Kept in the journal and quarantined with this reason until FHIR inbound mappings exist.
-        reason = "FHIR inbound mapping is not available yet; the message is kept for replay"
-        return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
     source = adapters.get(envelope.source)
     charset = source.charset if source else "utf-8"
     timezone = source.timezone if source else "Africa/Casablanca"
     try:
-        message = parse(decode(raw, charset))
-        msh = message.msh
-        envelope = envelope.model_copy(
-            update={
-                "event": message.event,
-                "version": message.version,
-                "control_id": message.control_id,
-                "correlation_id": message.control_id,
-                "sender": f"{msh.value(3)}^{msh.value(4)}",
-            }
-        )
-        ctx = MapContext(
-            envelope_id=envelope.id,
-            source=envelope.source,
-            timezone=timezone,
-            received_at=envelope.received_at,
-        )
-        result = mappings.map_hl7v2(message, ctx)
-        check(message.event, result.bundle)
-        unmapped = tuple(mappings.unmapped(message, envelope.source))
+        if envelope.content_type == "application/fhir+json":
+            envelope, result, unmapped = _map_fhir(envelope, raw, mappings, timezone)
+        else:
+            envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, timezone)
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
         return failed, []
@@ -82,6 +63,62 @@ def process(
             f"internal error while parsing or mapping ({type(exc).__name__}); see the worker log"
         )
         return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
+    return _route(envelope, result, unmapped, subscribers)
+
+
+def _map_hl7v2(
+    envelope: Envelope, raw: bytes, mappings: MappingSet, charset: str, timezone: str
+) -> tuple[Envelope, MapResult, tuple[str, ...]]:
+    message = parse(decode(raw, charset))
+    msh = message.msh
+    envelope = envelope.model_copy(
+        update={
+            "event": message.event,
+            "version": message.version,
+            "control_id": message.control_id,
+            "correlation_id": message.control_id,
+            "sender": f"{msh.value(3)}^{msh.value(4)}",
+        }
+    )
+    ctx = MapContext(
+        envelope_id=envelope.id,
+        source=envelope.source,
+        timezone=timezone,
+        received_at=envelope.received_at,
+    )
+    result = mappings.map_hl7v2(message, ctx)
+    check(message.event, result.bundle)
+    return envelope, result, tuple(mappings.unmapped(message, envelope.source))
+
+
+def _map_fhir(
+    envelope: Envelope, raw: bytes, mappings: MappingSet, timezone: str
+) -> tuple[Envelope, MapResult, tuple[str, ...]]:
+    """Map FHIR JSON (validated at the edge) with ``mappings/fhir/``; no canonical ``check``.
+
+    The FHIR inbound file's ``require:`` rules say what each resource type needs (its patient);
+    a lone Observation naming its patient by reference carries no Patient resource.
+    """
+    data = read_fhir(raw)
+    ctx = MapContext(
+        envelope_id=envelope.id,
+        source=envelope.source,
+        timezone=timezone,
+        received_at=envelope.received_at,
+    )
+    done = mappings.map_fhir(data, ctx)
+    envelope = envelope.model_copy(
+        update={"event": done.event, "version": "4.0.1", "correlation_id": done.correlation_id}
+    )
+    return envelope, done.result, done.unmapped
+
+
+def _route(
+    envelope: Envelope,
+    result: MapResult,
+    unmapped: tuple[str, ...],
+    subscribers: Sequence[AdapterSpec],
+) -> tuple[Envelope, list[AdapterSpec]]:
     envelope = envelope.model_copy(
         update={
             "bundle": result.bundle,

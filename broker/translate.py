@@ -1,4 +1,8 @@
-"""Offline dry run of one message through parsing and mapping (``passerelle translate``)."""
+"""Offline dry run of one message through parsing and mapping (``passerelle translate``).
+
+The input's format is detected: JSON (``{`` first, after a BOM and blanks) is FHIR R4, a
+resource or a Bundle, mapped with ``mappings/fhir/``; anything else is HL7 v2 ER7.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.envelope import Envelope, new_id
-from broker.errors import ConfigurationError, NoMappingError
+from broker.errors import ConfigurationError
+from broker.fhir_inbound import FhirResult, looks_like_json, read_fhir
 from broker.mapping import MapContext, MappingSet, MapResult, TraceStep
 from broker.parsing.hl7v2 import Message, decode, parse
 
@@ -25,7 +30,9 @@ class Translation:
     Attributes:
         output: the translation (what ``translate`` returns).
         trace: one TraceStep per element written (empty unless asked); holds patient values.
-        unmapped: ``SEG-n`` of every field present in the message that no rule read.
+        unmapped: ``SEG-n`` of every field present in the message that no rule read; for FHIR
+            input, the FHIRPath-like location of every element the canonical message does not
+            keep (``Bundle.entry[2].request``).
     """
 
     output: str
@@ -41,8 +48,9 @@ def translate(
     source: str = "translate",
     charset: str = "utf-8",
     timezone: str = "Africa/Casablanca",
+    hl7_version: str = "2.5.1",
 ) -> str:
-    """Translate one HL7 v2 message without the broker running; see ``dry_run``.
+    """Translate one HL7 v2 message or FHIR resource/Bundle without the broker; see ``dry_run``.
 
     Returns:
         The translation as text (JSON or ER7 with CR segment separators).
@@ -51,7 +59,13 @@ def translate(
         BrokerError: as ``dry_run``.
     """
     run = dry_run(
-        raw, to=to, mappings_dir=mappings_dir, source=source, charset=charset, timezone=timezone
+        raw,
+        to=to,
+        mappings_dir=mappings_dir,
+        source=source,
+        charset=charset,
+        timezone=timezone,
+        hl7_version=hl7_version,
     )
     return run.output
 
@@ -65,11 +79,12 @@ def dry_run(
     charset: str = "utf-8",
     timezone: str = "Africa/Casablanca",
     trace: bool = False,
+    hl7_version: str = "2.5.1",
 ) -> Translation:
-    """Translate one HL7 v2 message without the broker running.
+    """Translate one HL7 v2 message, or one FHIR R4 resource or Bundle, without the broker running.
 
     Args:
-        raw: the message's bytes (decoded by MSH-18, else ``charset``).
+        raw: the message's bytes: ER7 (decoded by MSH-18, else ``charset``) or FHIR JSON (UTF-8).
         to: ``canonical`` (the Envelope JSON), ``fhir`` (the canonical message Bundle JSON) or
             ``hl7v2`` (ER7 rendered back with the outbound mapping, v2.5.1).
         mappings_dir: the ``mappings/`` directory to load.
@@ -77,51 +92,80 @@ def dry_run(
         charset: the charset used when MSH-18 is empty.
         timezone: the sender's time zone for times without an offset.
         trace: record a TraceStep per element written.
+        hl7_version: MSH-12 of the ER7 written for ``to="hl7v2"``.
 
     Returns:
         The output, the trace and the unmapped fields.
 
     Raises:
         BrokerError: a subclass with a one-line message: ConfigurationError for a bad ``to``,
-            MappingSpecError for bad mapping files, HL7v2ParseError, NoMappingError (also for
-            FHIR JSON input, not supported yet), MappingError or CanonicalError for a bad message.
+            MappingSpecError for bad mapping files, HL7v2ParseError, FHIRParseError,
+            NoMappingError, MappingError or CanonicalError for a bad message (a FHIR resource
+            lacking what ``mappings/fhir/`` requires is a CanonicalError with the reason).
     """
     if to not in TARGETS:
         msg = f"cannot translate to {to!r}; choose one of {', '.join(TARGETS)}"
         raise ConfigurationError(msg)
     # A dry run can afford the full fhir.resources validation of every resource.
-    _refuse_fhir(raw)
     mappings = MappingSet.load(mappings_dir, full_validation=True)
-    message = parse(decode(raw, charset))
     envelope_id = new_id()
     received_at = datetime.now(UTC)
     steps: list[TraceStep] | None = [] if trace else None
+    if looks_like_json(raw):
+        ctx = MapContext(envelope_id, source, timezone, received_at=received_at)
+        done = mappings.map_fhir(read_fhir(raw), ctx, trace=steps)
+        output = _render_fhir(
+            to, mappings, done, envelope_id, source, received_at, hl7_version=hl7_version
+        )
+        return Translation(output, tuple(steps or ()), done.unmapped)
+    message = parse(decode(raw, charset))
     result = mappings.map_hl7v2(
         message, MapContext(envelope_id, source, timezone, received_at=received_at), trace=steps
     )
     unmapped = tuple(mappings.unmapped(message, source))
-    output = _render(to, mappings, message, result, envelope_id, source, received_at)
+    output = _render(
+        to, mappings, message, result, envelope_id, source, received_at, hl7_version=hl7_version
+    )
     return Translation(output, tuple(steps or ()), unmapped)
 
 
-def _refuse_fhir(raw: bytes) -> None:
-    """Tell FHIR JSON apart from ER7 so it gets a clear refusal, not an HL7 parse error."""
-    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    if head not in (b"{", b"["):
-        return
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except ValueError:
-        return
-    if isinstance(data, dict) and isinstance(data.get("resourceType"), str):
-        kind = data["resourceType"]
-        if kind == "Bundle" and isinstance(data.get("type"), str):
-            kind = f"Bundle of type {data['type']}"
-        msg = (
-            f"FHIR JSON input ({kind}) is not supported yet; "
-            "translate reads HL7 v2 ER7 messages only"
+def _render_fhir(
+    to: str,
+    mappings: MappingSet,
+    done: FhirResult,
+    envelope_id: str,
+    source: str,
+    received_at: datetime,
+    *,
+    hl7_version: str,
+) -> str:
+    bundle = done.result.bundle
+    if to == "fhir":
+        return json.dumps(bundle, ensure_ascii=False, indent=2)
+    if to == "hl7v2":
+        # MSH-10 is at most 20 characters (v2.5.1 §2.14.9.10): the envelope id's first 20.
+        return mappings.render_hl7v2(
+            bundle,
+            version=hl7_version,
+            control_id=envelope_id[:20],
+            receiving_application="",
+            receiving_facility="",
         )
-        raise NoMappingError(msg, location="resourceType")
+    envelope = Envelope(
+        id=envelope_id,
+        source=source,
+        content_type="application/fhir+json",
+        received_at=received_at,
+        correlation_id=done.correlation_id,
+        event=done.event,
+        version="4.0.1",
+        partition_key=done.result.partition_key,
+        mappings=done.result.mappings,
+        findings=done.result.findings,
+        unmapped=done.unmapped,
+        bundle=bundle,
+    )
+    return envelope.model_dump_json(indent=2)
 
 
 def _render(
@@ -132,6 +176,8 @@ def _render(
     envelope_id: str,
     source: str,
     received_at: datetime,
+    *,
+    hl7_version: str,
 ) -> str:
     if to == "fhir":
         return json.dumps(result.bundle, ensure_ascii=False, indent=2)
@@ -139,7 +185,7 @@ def _render(
         msh = message.msh
         return mappings.render_hl7v2(
             result.bundle,
-            version="2.5.1",
+            version=hl7_version,
             control_id=message.control_id,
             receiving_application=msh.value(5),
             receiving_facility=msh.value(6),

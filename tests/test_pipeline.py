@@ -103,8 +103,8 @@ def test_a_message_without_a_patient_fails_with_that_reason(mappings, adapters):
     assert destinations == []
 
 
-def test_a_journalled_fhir_message_is_kept_in_quarantine_with_its_reason(mappings, adapters):
-    """FHIR input accepted at the HTTP edge fails with a clear reason until FHIR mappings exist."""
+def test_a_journalled_fhir_payload_without_resource_type_fails_with_its_reason(mappings, adapters):
+    """FHIR input that is no resource is quarantined with a one-line reason, never routed."""
     from broker.pipeline import envelope_from_journal
 
     fields = {
@@ -119,5 +119,5 @@ def test_a_journalled_fhir_message_is_kept_in_quarantine_with_its_reason(mapping
         envelope_from_journal("1-0", fields), b"{}", mappings, by_id, subscribers
     )
     assert envelope.state is MessageState.FAILED
-    assert "FHIR inbound mapping" in (envelope.reason or "")
+    assert envelope.reason == "the JSON is not a FHIR resource: it has no resourceType"
     assert destinations == []

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import BrokerError, ConfigurationError, HL7v2ParseError, NoMappingError
+from broker.errors import (
+    BrokerError,
+    CanonicalError,
+    ConfigurationError,
+    HL7v2ParseError,
+    NoMappingError,
+)
 from broker.parsing.hl7v2 import parse
 from broker.translate import translate
 
@@ -70,20 +76,35 @@ def test_bad_target() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "kind"),
+    ("payload", "error", "reason"),
     [
-        pytest.param(b'{"resourceType": "Patient", "id": "p1"}', "Patient", id="resource"),
+        pytest.param(
+            b'{"resourceType": "Patient", "id": "p1"}',
+            CanonicalError,
+            "a patient needs an identifier",
+            id="patient-without-identifier",
+        ),
         pytest.param(
             b'\xef\xbb\xbf{"resourceType": "Bundle", "type": "transaction"}',
-            "Bundle of type transaction",
-            id="bundle",
+            NoMappingError,
+            "no supported resource in the FHIR input",
+            id="empty-bundle",
+        ),
+        pytest.param(
+            b'{"resourceType": "Bundle", "type": "searchset"}',
+            NoMappingError,
+            "a Bundle of type searchset is not accepted",
+            id="searchset",
         ),
     ],
 )
-def test_fhir_json_input_is_refused_clearly(payload: bytes, kind: str) -> None:
-    """FHIR JSON input is a one-line NoMappingError naming what it is, not an HL7 parse error."""
-    with pytest.raises(NoMappingError, match=f"FHIR JSON input \\({kind}\\) is not supported yet"):
+def test_fhir_json_input_is_refused_with_its_reason(
+    payload: bytes, error: type[Exception], reason: str
+) -> None:
+    """FHIR JSON input is detected and refused in one line naming why, not an HL7 parse error."""
+    with pytest.raises(error, match=reason) as caught:
         translate(payload, to="fhir", mappings_dir=MAPPINGS)
+    assert "\n" not in str(caught.value)
 
 
 def test_dry_run_gives_trace_and_unmapped_fields() -> None:

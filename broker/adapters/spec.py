@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.errors import AdapterSpecError
+from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import RetryPolicy
-from broker.yamlspec import load_model
+from broker.yamlspec import load_model, read_yaml
 
 __all__ = ["AdapterSpec", "Subscription", "load_adapters"]
 
@@ -69,8 +71,12 @@ class AdapterSpec(BaseModel):
     """Text encoding when MSH-18 is empty (inbound) or for what is sent (outbound)."""
     timezone: str = "Africa/Casablanca"
     """The sender's time zone for HL7 times without an offset."""
-    version: str = "2.5.1"
-    """HL7 v2 version rendered for an outbound MLLP subscriber."""
+    hl7_version: Literal[HL7_VERSIONS] = Field(  # type: ignore[valid-type]
+        "2.5.1", validation_alias=AliasChoices("hl7_version", "version")
+    )
+    """HL7 v2 version rendered for an outbound MLLP subscriber: MSH-12 and the version-specific
+    rules of the outbound mapping (``version:`` is the older spelling). It must be one the
+    outbound mappings write (their ``target.versions``); ``load_adapters`` checks it."""
     receiving_application: str | None = None
     """MSH-5 sent to an outbound HL7 subscriber (defaults to the adapter id)."""
     receiving_facility: str | None = None
@@ -148,6 +154,11 @@ class AdapterSpec(BaseModel):
         return self
 
     @property
+    def version(self) -> str:
+        """The HL7 v2 version rendered for this subscriber (``hl7_version``)."""
+        return str(self.hl7_version)
+
+    @property
     def host_port(self) -> tuple[str, int]:
         """The ``listen`` or ``connect`` address as (host, port)."""
         value = self.listen or self.connect
@@ -158,8 +169,16 @@ class AdapterSpec(BaseModel):
         return host.strip("[]"), int(port)
 
 
-def load_adapters(directory: Path) -> list[AdapterSpec]:
+def load_adapters(
+    directory: Path, *, hl7_versions: Collection[str] | None = None
+) -> list[AdapterSpec]:
     """Load every ``*.yaml`` registration in ``directory``, refusing duplicates.
+
+    Args:
+        directory: the ``adapters/`` directory.
+        hl7_versions: the HL7 v2 versions the outbound mappings write
+            (``MappingSet.hl7_versions``); when given, an outbound HL7 v2 subscriber's
+            ``hl7_version`` must be one of them.
 
     Raises:
         AdapterSpecError: naming the file, line, key and reason of the first problem.
@@ -174,5 +193,17 @@ def load_adapters(directory: Path) -> list[AdapterSpec]:
             msg = f"adapter id {spec.id!r} is already registered by {seen[spec.id]}"
             raise AdapterSpecError(str(path), 1, "id", msg)
         seen[spec.id] = path
+        if hl7_versions is not None:
+            _check_hl7_version(spec, path, hl7_versions)
         specs.append(spec)
     return specs
+
+
+def _check_hl7_version(spec: AdapterSpec, path: Path, versions: Collection[str]) -> None:
+    if spec.direction != "outbound" or spec.format != "hl7v2" or spec.hl7_version in versions:
+        return
+    _, lines = read_yaml(path, AdapterSpecError)
+    key = "hl7_version" if ("hl7_version",) in lines else "version"
+    known = ", ".join(sorted(versions, key=HL7_VERSIONS.index)) or "none"
+    msg = f"no outbound mapping writes HL7 v{spec.hl7_version}; expected one of {known}"
+    raise AdapterSpecError(str(path), lines.get((key,)), key, msg)

@@ -54,7 +54,7 @@ HL7V2_MEDIA_TYPE = "x-application/hl7-v2+er7"
 FHIR_MEDIA_TYPE = "application/fhir+json"
 RETRY_AFTER_S = 5
 """Seconds a sender is asked to wait when the journal cannot accept a message."""
-ACCEPTED_TEXT = "accepted; FHIR inbound mapping is not available yet, the message is kept"
+ACCEPTED_TEXT = "accepted; the message is journalled and will be mapped with mappings/fhir/"
 
 # Set by the journal wrapper when Redis refused or backpressure is on, read by the route that
 # awaited the intake (a coroutine awaited directly shares its caller's context).

@@ -135,7 +135,9 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         _check(model, resource, where)
         for element, allowed in _bindings(model).items():
             value = resource.get(element)
-            if value is not None and value not in allowed:
+            # A repeating code (AllergyIntolerance.category, 0..*) is checked item by item.
+            values = value if isinstance(value, list) else [value]
+            if value is not None and any(v not in allowed for v in values):
                 msg = f"{where}.{element} is not a code of its required FHIR R4 value set"
                 raise CanonicalError(msg, location=f"{where}.{element}")
         refs: list[str] = []

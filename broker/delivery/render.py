@@ -95,7 +95,10 @@ def to_hl7v2(
 ) -> str:
     """Render ``bundle`` as ER7 text with the outbound mapping for its event.
 
-    A thin wrapper over ``MappingSet.render_hl7v2``; see it for the errors raised.
+    ``version`` is the subscriber's ``hl7_version``: it is written in MSH-12 and selects the
+    mapping's version-specific fields and segments (``since:``/``until:``). A thin wrapper over
+    ``MappingSet.render_hl7v2``; see it for the errors raised (a version the mapping does not
+    write is a NoMappingError).
     """
     return mappings.render_hl7v2(
         bundle,

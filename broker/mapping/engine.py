@@ -36,6 +36,7 @@ from broker.mapping.scopes import (
     group_scopes,
 )
 from broker.mapping.spec import (
+    Condition,
     GroupSpec,
     InboundSpec,
     ResourcePatchSpec,
@@ -428,12 +429,23 @@ def _check_sources(spec: RuleSpec, where: Where, key: Key) -> None:
     texts.extend((t, (*key, "coalesce", i)) for i, t in enumerate(spec.coalesce or ()))
     if spec.each is not None:
         texts.append((spec.each, (*key, "each")))
-    if spec.when is not None and not SEGMENT.match(spec.when.path):
-        texts.append((spec.when.path, (*key, "when", "path")))
+    texts.extend(_condition_paths(spec.when, (*key, "when")))
     for text, text_key in texts:
         where.attempt(partial(compile_reader, text, where, text_key))
     for i, sub in enumerate(spec.rules or ()):
         _check_sources(sub, where, (*key, "rules", i))
+
+
+def _condition_paths(spec: Condition | None, key: Key) -> list[tuple[str, Key]]:
+    """The source paths a condition (with its ``all:``/``any:``/``not:`` parts) reads."""
+    if spec is None:
+        return []
+    if spec.path is not None:
+        return [] if SEGMENT.match(spec.path) else [(spec.path, (*key, "path"))]
+    found: list[tuple[str, Key]] = []
+    for name, i, part in spec.parts:
+        found.extend(_condition_paths(part, (*key, name) if i is None else (*key, name, i)))
+    return found
 
 
 def message_header(

@@ -13,10 +13,13 @@ escaped. Data-type references are v2.5.1 ch. 2A; FHIR mappings follow the HL7 v2
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -840,6 +843,391 @@ def fn_trim(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | 
     return " ".join(_text(_first(values)).split()) or None
 
 
+# --- OBX-5 observation values by OBX-2 value type (v2.5.1 §7.4.2.2, ch. 2A) ----------------------
+# The v2-to-FHIR IG OBX → Observation map picks value[x] by OBX-2; each function below serves the
+# rows of one OBX-2 type and the ORU mapping guards each rule with ``when: {path: OBX-2, ...}``.
+
+# FT formatting commands (v2.5.1 §2.7.6) that ``unescape`` keeps as sent: line and space commands
+# become newlines and spaces; fill, indent and centring have no meaning in a FHIR string.
+_FT_COMMAND = re.compile(r"\.(sp|sk|in|ti|ce|fi|nf)\s*([+-]?\d*)")
+
+
+def _formatted(raw: str, delims: Delimiters) -> str:
+    """One FT/TX repetition as plain text: formatting commands decoded, then escapes resolved."""
+    esc = delims.escape
+    if not esc or esc not in raw:
+        return raw
+    e = re.escape(esc)
+
+    def command(match: re.Match[str]) -> str:
+        inner = _FT_COMMAND.fullmatch(match.group(1))
+        if inner is None:
+            return match.group(0)  # \F\, \.br\, \Xhh\ ...: resolved by unescape below
+        name, number = inner.groups()
+        count = int(number) if number.lstrip("+-") else 1
+        if name == "sp":
+            return "\n" * (max(count, 1) + 1)  # end the line, then skip count blank lines
+        if name == "sk":
+            return " " * max(count, 1)
+        if name == "ce":
+            return "\n"
+        return ""
+
+    return unescape(re.sub(f"{e}([^{e}]*){e}", command, raw), delims)
+
+
+def fn_text_lines(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """ST/TX/FT (OBX-5) → FHIR string: every repetition of the field, one line each.
+
+    TX and FT send a long text as repetitions of OBX-5 (v2.5.1 §7.4.2.5); FT formatting
+    commands (``\\.br\\``, ``\\.sp n\\``, ``\\.sk n\\``, ``\\.ce\\``, v2.5.1 §2.7.6) become
+    newlines and spaces, highlighting and fill commands are dropped. Trailing blanks are trimmed.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    # A path without (rep) reads repetition 1; the text is every repetition of that field.
+    reps = v.segment.repetitions(v.path.field) if v.path.component is None else [v.raw]
+    lines = [_formatted(rep, v.delims).rstrip() for rep in reps if rep != '""']
+    return "\n".join(lines).strip("\n") or None
+
+
+_SN_SEPARATORS = frozenset({"-", "+", "/", ".", ":"})
+_SN_COMPARATORS = frozenset({"", "=", "<", ">", "<=", ">=", "<>"})
+
+
+def _sn_number(text: str) -> int | float | None:
+    parsed = _number(text)
+    return parsed[1] if parsed is not None and parsed[0] is None else None
+
+
+def _sn_parts(v: SourceValue) -> tuple[str, str, int | float | None, str, int | float | None]:
+    """The SN components (v2.5.1 §2A.75): kind, comparator, num1, separator/suffix, num2.
+
+    The kind is ``quantity`` (``<^5``, ``^5``), ``range`` (``^10^-^20``), ``ratio`` (``^1^:^128``,
+    ``^1^/^2``), ``text`` (a suffix such as ``^2^+``, the ``<>`` comparator, or a comparator with a
+    range) or ``invalid`` (a number that is not an HL7 NM, an unknown comparator or separator).
+    """
+    comparator, sep = v.comp(1).strip(), v.comp(3).strip()
+    t1, t2 = v.comp(2).strip(), v.comp(4).strip()
+    n1 = _sn_number(t1) if t1 else None
+    n2 = _sn_number(t2) if t2 else None
+    if (
+        comparator not in _SN_COMPARATORS
+        or (sep and sep not in _SN_SEPARATORS)
+        or (t1 and n1 is None)
+        or (t2 and n2 is None)
+        or (not t1 and not t2)
+    ):
+        return "invalid", comparator, n1, sep, n2
+    if not sep and not t2 and t1:
+        return ("text" if comparator == "<>" else "quantity"), comparator, n1, sep, n2
+    if t1 and t2 and comparator in ("", "="):
+        if sep == "-":
+            return "range", comparator, n1, sep, n2
+        if sep in (":", "/"):
+            return "ratio", comparator, n1, sep, n2
+    return "text", comparator, n1, sep, n2
+
+
+def fn_sn_quantity(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """SN ``comparator^num1`` (OBX-5) + OBX-6 units → Quantity with its comparator.
+
+    Only this SN function reports an SN it cannot read (``invalid-number``), so a bad value gives
+    one finding; the other shapes are left to ``sn_range``, ``sn_ratio`` and ``sn_text``.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    kind, comparator, n1, _, _ = _sn_parts(v)
+    if kind == "invalid":
+        env.warn(
+            "invalid-number",
+            v,
+            "the value is not an HL7 SN (expected [comparator]^number[^separator^number]); "
+            "the element was left out",
+        )
+        return None
+    if kind != "quantity":
+        return None
+    quantity: dict[str, Any] = {"value": n1}
+    if comparator not in ("", "="):
+        quantity["comparator"] = comparator
+    quantity.update(_units(values[1] if len(values) > 1 else None))
+    return quantity
+
+
+def fn_sn_range(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
+    """SN ``^num1^-^num2`` (OBX-5) + OBX-6 units → Range (v2-to-FHIR IG, SN with separator -)."""
+    v = _first(values)
+    if v is None:
+        return None
+    kind, _, n1, _, n2 = _sn_parts(v)
+    if kind != "range":
+        return None
+    units = _units(values[1] if len(values) > 1 else None)
+    return {"low": {"value": n1, **units}, "high": {"value": n2, **units}}
+
+
+def fn_sn_ratio(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
+    """SN ``^num1^:^num2`` or ``^num1^/^num2`` (a titre 1:128) → Ratio of two unitless values."""
+    v = _first(values)
+    if v is None:
+        return None
+    kind, _, n1, _, n2 = _sn_parts(v)
+    if kind != "ratio":
+        return None
+    return {"numerator": {"value": n1}, "denominator": {"value": n2}}
+
+
+def fn_sn_text(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """An SN no Quantity, Range or Ratio can hold (``^2^+``, ``<>^5``) → its text, e.g. ``2+``."""
+    v = _first(values)
+    if v is None:
+        return None
+    kind = _sn_parts(v)[0]
+    if kind != "text":
+        return None
+    parts = [v.comp(n).strip() for n in (1, 2, 3, 4)]
+    return "".join(parts) or None
+
+
+# HL7 table 0191 type of referenced data + table 0291 subtype → MIME type (BCP 13), for senders
+# that use the HL7 codes instead of MIME names in ED-2/ED-3.
+_ED_MIME = {
+    ("AP", "PDF"): "application/pdf",
+    ("AP", "RTF"): "application/rtf",
+    ("AP", "XML"): "application/xml",
+    ("AP", "OCTET-STREAM"): "application/octet-stream",
+    ("IM", "JPEG"): "image/jpeg",
+    ("IM", "PNG"): "image/png",
+    ("IM", "GIF"): "image/gif",
+    ("IM", "TIFF"): "image/tiff",
+    ("TEXT", "PLAIN"): "text/plain",
+    ("TEXT", "RTF"): "text/rtf",
+    ("TEXT", "HTML"): "text/html",
+    ("TEXT", "XML"): "text/xml",
+    ("AU", "BASIC"): "audio/basic",
+}
+_MIME_TOP = frozenset({"application", "audio", "image", "model", "multipart", "text", "video"})
+_MIME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def _mime(kind: str, subtype: str) -> str | None:
+    if kind.lower() in _MIME_TOP and _MIME_PART.match(subtype):
+        return f"{kind.lower()}/{subtype.lower()}"
+    return _ED_MIME.get((kind.upper(), subtype.upper()))
+
+
+def _ed_bytes(encoding: str, data: str) -> bytes | None:
+    """ED-5 data decoded by its ED-4 encoding (HL7 table 0299); None when it does not decode."""
+    if encoding == "BASE64":
+        packed = "".join(data.split())
+        if not (_BASE64.match(packed) and len(packed) % 4 == 0):
+            return None
+        try:
+            return base64.b64decode(packed, validate=True)
+        except binascii.Error:
+            return None
+    if encoding == "HEX":
+        try:
+            return bytes.fromhex("".join(data.split()))
+        except ValueError:
+            return None
+    if encoding in ("A", ""):
+        return data.encode("utf-8")
+    return None
+
+
+def fn_ed_attachment(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """ED (OBX-5) → Attachment: ED-2/ED-3 give contentType, ED-4 the encoding of ED-5 data.
+
+    ED-4 (HL7 table 0299) ``Base64`` data is kept as sent (whitespace removed), ``A`` (plain
+    text) and ``Hex`` are re-encoded as base64 (v2-to-FHIR IG, OBX → DocumentReference map).
+    Empty data, or data that does not decode, is left out with an ``invalid-attachment``
+    finding; an unknown ED-2/ED-3 keeps the data as ``application/octet-stream`` (FHIR R4
+    att-1: data needs a contentType) with an ``unknown-code`` finding.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    encoding = v.comp(4).strip().upper()
+    data = v.comp(5)
+    kind, subtype = v.comp(2).strip(), v.comp(3).strip()
+    mime = _mime(kind, subtype) if kind else None
+    raw = _ed_bytes(encoding, data) if data.strip() else None
+    if not raw:
+        env.warn(
+            "invalid-attachment",
+            v,
+            "the ED data is empty or does not decode with its ED-4 encoding (expected A, Hex or "
+            "Base64, HL7 table 0299); the element was left out",
+        )
+        return None
+    if mime is None:
+        mime = "application/octet-stream"
+        env.warn(
+            "unknown-code",
+            v,
+            "ED-2/ED-3 name no known MIME type (HL7 tables 0191, 0291); "
+            "the attachment was kept as application/octet-stream",
+        )
+    return {
+        "contentType": mime,
+        "data": base64.b64encode(raw).decode("ascii"),
+        "size": len(raw),
+    }
+
+
+class _OtherValueArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    handled: list[str] = Field(min_length=1)
+    """The OBX-2 value types other rules of the mapping convert (HL7 table 0125)."""
+
+
+def fn_obx_other_value(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """OBX-5 whose OBX-2 no other rule handles → its text, with an ``unsupported-value-type``.
+
+    Reads ``[OBX-5, OBX-2]``: the value is kept as a FHIR string rather than dropped, and the
+    finding names OBX-2 so the interface team can add a rule for that type (HL7 table 0125).
+    """
+    v = _first(values)
+    kind = values[1] if len(values) > 1 else None
+    handled = args.handled if isinstance(args, _OtherValueArgs) else []
+    if v is None or (kind is not None and kind.comp(1).strip() in handled):
+        return None
+    if kind is None:
+        message = "OBX-5 has a value but OBX-2 gives no value type"
+    else:
+        message = "OBX-2 is a value type this mapping does not convert (HL7 table 0125)"
+    env.warn(
+        "unsupported-value-type",
+        kind if kind is not None else v,
+        f"{message}; OBX-5 was kept as text in valueString",
+    )
+    return fn_text_lines(values[:1], env, None)
+
+
+# --- orders and documents: EI identifiers (v2.5.1 §2A.28), document bodies (ch. 9 MDM) ---------
+
+
+class _EiArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: str
+    """System URI; ``{namespace}`` is EI-2 (else MSH-4.1) and ``{sender}`` MSH-4.1, as slugs."""
+    type: str | None = Field(None, pattern=r"^[A-Z]{2,5}$")
+    """Identifier.type code in HL7 table 0203 (``PLAC`` placer, ``FILL`` filler number)."""
+
+
+def fn_ei_identifier(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """EI → Identifier: EI-1 value, system per EI-2 namespace or sender, type from ``args``.
+
+    Placer and filler order numbers (ORC-2/ORC-3, OBR-2/OBR-3) and appointment ids (SCH-1/SCH-2)
+    are EIs; the v2-to-FHIR IG EI → Identifier map types them PLAC/FILL (table 0203).
+    """
+    v = _first(values)
+    if v is None or not isinstance(args, _EiArgs):
+        return None
+    value = v.comp(1).strip()
+    if not value:
+        return None
+    namespace = _slug(v.comp(2).strip()) or _slug(env.sender) or "unknown"
+    system = args.system.replace("{namespace}", namespace)
+    system = system.replace("{sender}", _slug(env.sender) or "unknown")
+    ident: dict[str, Any] = {"system": system, "value": value}
+    if args.type:
+        ident["type"] = {"coding": [{"system": V2_0203, "code": args.type}]}
+    return ident
+
+
+_TEXT_TYPES = frozenset({"TX", "FT", "ST"})
+
+
+def _document_segments(first: SourceValue, env: Env) -> list[Segment]:
+    """The OBX segments of the document: from the first one, while OBX or NTE follow."""
+    segments = env.message.segments
+    start = next(i for i, s in enumerate(segments) if s is first.segment)
+    found = []
+    for segment in segments[start:]:
+        if segment.name not in ("OBX", "NTE"):
+            break
+        if segment.name == "OBX":
+            found.append(segment)
+    return found
+
+
+def fn_document_attachment(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """The document body of an MDM message (v2.5.1 §9.6, OBX after TXA) → Attachment.
+
+    Read from the first OBX-5 of the document (``from: OBX-5``); every OBX that follows it
+    (with their NTEs) is part of the body. An ED (OBX-2 ``ED``) becomes what ``ed_attachment``
+    gives (base64 data and the MIME type of ED-2/ED-3); TX/FT/ST lines, each repetition of OBX-5
+    a line (FT formatting as in ``text_lines``), are joined with newlines and sent as UTF-8
+    ``text/plain`` base64 data.
+    """
+    first = _first(values)
+    if first is None:
+        return None
+    obxs = _document_segments(first, env)
+    eds = [obx for obx in obxs if obx.value(2) == "ED"]
+    if eds:
+        if len(obxs) > 1:
+            env.findings.append(
+                Finding(
+                    severity="warning",
+                    code="extra-document-content",
+                    location=env.location(first),
+                    message="the document has other OBX parts besides its ED; only the first "
+                    "ED was kept as the attachment",
+                )
+            )
+        reps = eds[0].repetitions(5)
+        ed = SourceValue(reps[0], eds[0], first.path, 1) if reps else None
+        return fn_ed_attachment([ed], env, None)
+    lines: list[str] = []
+    for obx in obxs:
+        if obx.value(2) in _TEXT_TYPES:
+            lines.extend(
+                _formatted(rep, obx.delims).rstrip() for rep in obx.repetitions(5) if rep != '""'
+            )
+    text = "\n".join(lines).strip("\n")
+    if not text.strip():
+        return None
+    raw = text.encode("utf-8")
+    data = base64.b64encode(raw).decode("ascii")
+    return {"contentType": "text/plain; charset=utf-8", "data": data, "size": len(raw)}
+
+
+def fn_instant(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """DTM with at least a day and an hour → FHIR instant (SCH-11.4, TQ1-7 → Appointment.start).
+
+    An instant is precise to the second with an offset: missing minutes and seconds are zero and
+    the offset is the sender's (as ``datetime``). A date alone is left out with a finding.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    result = hl7_datetime(v.comp(1), env.timezone)
+    if result is None or "T" not in result:
+        env.warn(
+            "invalid-date",
+            v,
+            "the value is not an HL7 DTM with a time (expected YYYYMMDDHH[MM[SS]][+/-ZZZZ] for "
+            "a FHIR instant); the element was left out",
+        )
+        return None
+    return result
+
+
 INBOUND: dict[str, Transform] = {
     "string": Transform(fn_string, "string"),
     "code": Transform(fn_code, "code"),
@@ -863,6 +1251,16 @@ INBOUND: dict[str, Transform] = {
     "upper": Transform(fn_upper, "string"),
     "lower": Transform(fn_lower, "string"),
     "trim": Transform(fn_trim, "string"),
+    "text_lines": Transform(fn_text_lines, "string"),
+    "sn_quantity": Transform(fn_sn_quantity, "Quantity", sources=2),
+    "sn_range": Transform(fn_sn_range, "Range", sources=2),
+    "sn_ratio": Transform(fn_sn_ratio, "Ratio"),
+    "sn_text": Transform(fn_sn_text, "string"),
+    "ed_attachment": Transform(fn_ed_attachment, "Attachment"),
+    "obx_other_value": Transform(fn_obx_other_value, "string", sources=2, args=_OtherValueArgs),
+    "ei_identifier": Transform(fn_ei_identifier, "Identifier", args=_EiArgs),
+    "document_attachment": Transform(fn_document_attachment, "Attachment"),
+    "instant": Transform(fn_instant, "instant"),
 }
 """Inbound transforms by the name used in ``function:``."""
 
@@ -1014,6 +1412,70 @@ def out_cwe(value: Any, d: Delimiters) -> str:
     return _join([escape(p, d) for p in parts], d.component)
 
 
+def out_number(value: Any, d: Delimiters) -> str:
+    """A FHIR decimal or integer → HL7 NM: digits and one point, never an exponent (§2A.47)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or value == "":
+        return ""
+    try:
+        text = format(Decimal(str(value)), "f")
+    except ArithmeticError:
+        return ""
+    return text
+
+
+def out_units(value: Any, d: Delimiters) -> str:
+    """Quantity (or a Range's low/high) → OBX-6 CE/CWE: ``code^unit^UCUM`` or the unit alone."""
+    if not isinstance(value, dict):
+        return ""
+    if "value" not in value and ("low" in value or "high" in value):
+        value = value.get("low") or value.get("high") or {}
+    unit, code = value.get("unit", ""), value.get("code", "")
+    if code and value.get("system") == UCUM:
+        return _join([escape(code, d), escape(unit or code, d), "UCUM"], d.component)
+    return escape(unit or code, d)
+
+
+def out_reference_range(value: Any, d: Delimiters) -> str:
+    """ObservationReferenceRange → OBX-7: ``low-high``, ``>low``, ``<high`` or its text (§7.4.2.7)."""
+    if not isinstance(value, dict):
+        return ""
+    low = out_number((value.get("low") or {}).get("value"), d)
+    high = out_number((value.get("high") or {}).get("value"), d)
+    if low and high:
+        return f"{low}-{high}"
+    if high:
+        return f"<{high}"
+    if low:
+        return f">{low}"
+    return escape(str(value.get("text", "")), d)
+
+
+def out_sn(value: Any, d: Delimiters) -> str:
+    """Quantity with a comparator, Range or Ratio → SN (v2.5.1 §2A.75): comparator^num1^sep^num2.
+
+    ``<^5`` (a bounded value), ``^3.5^-^5.1`` (a range; ``>=^3.5`` or ``<=^5.1`` when open),
+    ``^1^:^128`` (a ratio).
+    """
+    if not isinstance(value, dict):
+        return ""
+    if "numerator" in value or "denominator" in value:
+        num = out_number((value.get("numerator") or {}).get("value"), d)
+        den = out_number((value.get("denominator") or {}).get("value"), d)
+        return _join(["", num, ":", den], d.component) if num and den else ""
+    if "low" in value or "high" in value:
+        low = out_number((value.get("low") or {}).get("value"), d)
+        high = out_number((value.get("high") or {}).get("value"), d)
+        if low and high:
+            return _join(["", low, "-", high], d.component)
+        if low:
+            return _join([escape(">=", d), low], d.component)
+        return _join([escape("<=", d), high], d.component) if high else ""
+    number = out_number(value.get("value"), d)
+    if not number:
+        return ""
+    return _join([escape(str(value.get("comparator", "")), d), number], d.component)
+
+
 OUTBOUND: dict[str, OutboundTransform] = {
     "string": out_string,
     "date": out_date,
@@ -1025,5 +1487,9 @@ OUTBOUND: dict[str, OutboundTransform] = {
     "pl": out_pl,
     "xcn": out_xcn,
     "cwe": out_cwe,
+    "number": out_number,
+    "units": out_units,
+    "reference_range": out_reference_range,
+    "sn": out_sn,
 }
 """Outbound transforms by the name used in ``function:`` of ``mappings/out`` files."""

@@ -1,7 +1,9 @@
 """Golden cases: ``<root>/tests/<case>.hl7`` must map exactly to ``<case>.expected.json``.
 
-The expected document holds the Bundle, the findings and the partition key, or, for a message
-the broker must refuse, the error (its class and one-line message). Cases map with source
+A case is HL7 v2 ER7 (``<case>.hl7``) or FHIR R4 JSON (``<case>.json``, a resource or a Bundle,
+mapped with ``mappings/fhir/``). The expected document holds the Bundle, the findings and the
+partition key (for FHIR input also ``unmapped``: what the canonical message does not keep), or,
+for a message the broker must refuse, the error (its class and one-line message). Cases map with source
 ``golden`` at 2024-01-01T00:00:00Z so ids and timestamps are stable; a case in a folder
 ``tests/<adapter>/`` is mapped as from that adapter (its site mapping, if any).
 """
@@ -15,13 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.canonical import validate_bundle
+from broker.canonical import check, validate_bundle
 from broker.errors import MessageError
+from broker.fhir_inbound import read_fhir
 from broker.mapping.context import MapContext
 from broker.mapping.loader import MappingSet
 from broker.parsing.hl7v2 import decode, parse
 
-__all__ = ["CaseResult", "case_adapter", "golden_output", "run_cases"]
+__all__ = ["CaseResult", "case_adapter", "cases", "golden_output", "run_cases"]
 
 CONTEXT = MapContext("golden", "golden", received_at=datetime(2024, 1, 1, tzinfo=UTC))
 """The fixed context every golden case is mapped in."""
@@ -41,8 +44,17 @@ def golden_output(mappings: MappingSet, case: Path) -> str:
     document: dict[str, Any]
     source = case_adapter(case)
     context = CONTEXT if source == CONTEXT.source else replace(CONTEXT, source=source)
+    unmapped: tuple[str, ...] | None = None
     try:
-        result = mappings.map_hl7v2(parse(decode(case.read_bytes())), context)
+        if case.suffix == ".json":
+            done = mappings.map_fhir(read_fhir(case.read_bytes()), context)
+            result, unmapped = done.result, done.unmapped
+        else:
+            message = parse(decode(case.read_bytes()))
+            result = mappings.map_hl7v2(message, context)
+            # The pipeline's refusals (no identified patient, an order without its
+            # ServiceRequest...) are part of what a case pins down.
+            check(message.event, result.bundle)
         validate_bundle(result.bundle)
     except MessageError as exc:
         document = {"error": {"type": type(exc).__name__, "message": str(exc)}}
@@ -52,7 +64,19 @@ def golden_output(mappings: MappingSet, case: Path) -> str:
             "findings": [f.model_dump() for f in result.findings],
             "partition_key": result.partition_key,
         }
+        if unmapped is not None:
+            document["unmapped"] = list(unmapped)
     return json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def cases(root: Path) -> list[Path]:
+    """Every case under ``root/tests``: ``*.hl7`` and ``*.json`` but not ``*.expected.json``."""
+    found = [
+        p
+        for p in (root / "tests").rglob("*")
+        if p.suffix == ".hl7" or (p.suffix == ".json" and not p.name.endswith(".expected.json"))
+    ]
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -78,7 +102,7 @@ def run_cases(
     """
     loaded = mappings if mappings is not None else MappingSet.load(root)
     results = []
-    for case in sorted((root / "tests").rglob("*.hl7")):
+    for case in cases(root):
         expected_file = case.with_suffix(".expected.json")
         actual = golden_output(loaded, case)
         if update:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
+from broker.fhir_inbound import FHIR_DIR, FhirProblem, load_fhir
 from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
 from broker.mapping.reverse import compile_outbound
 from broker.mapping.sites import compile_site, site_order
@@ -57,6 +58,11 @@ def lint(path: Path) -> list[Problem]:
     """
     problems: list[Problem] = []
     claims = _Claims()
+    fhir_holder = next((d for d in path.parents if d.name == FHIR_DIR), None)
+    if path.is_file() and fhir_holder is not None:
+        # A FHIR inbound file: every file of mappings/fhir/ is compiled, its problems reported.
+        _lint_tables(fhir_holder.parent / TABLES_DIR, claims)
+        return sorted(p for p in _lint_fhir(fhir_holder.parent, claims) if Path(p.file) == path)
     if path.is_file():
         holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
         if holder is not None:
@@ -71,7 +77,9 @@ def lint(path: Path) -> list[Problem]:
         files = [
             p
             for p in sorted(path.rglob("*.yaml"))
-            if not p.is_relative_to(tests) and not p.is_relative_to(tables_dir)
+            if not p.is_relative_to(tests)
+            and not p.is_relative_to(tables_dir)
+            and not p.is_relative_to(path / FHIR_DIR)
         ]
     if tables_dir is not None and tables_dir.is_dir():
         found = _lint_tables(tables_dir, claims)
@@ -87,7 +95,42 @@ def lint(path: Path) -> list[Problem]:
                 _lint_file(other, claims)
     problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
+    if not path.is_file():
+        problems.extend(_lint_fhir(path, claims))
     return sorted(set(problems))
+
+
+def _lint_fhir(root: Path, claims: _Claims) -> list[Problem]:
+    """Every problem of ``root/fhir/``: schema, FHIRPath syntax (at its column), resource type
+    names, system URIs, unknown shared tables and site files without their base."""
+    directory = root / FHIR_DIR
+    if not directory.is_dir():
+        return []
+    problems: list[Problem] = []
+    positions: dict[str, Positions] = {}
+    texts: dict[str, list[str]] = {}
+    for file in sorted(directory.rglob("*.yaml")):
+        read = _read(file, problems)
+        if read is not None:
+            positions[str(file)] = read[1]
+            texts[str(file)] = file.read_text(encoding="utf-8").splitlines()
+    found: list[FhirProblem] = []
+    load_fhir(root, claims.tables, found)
+    for problem in found:
+        if problem.file not in positions:
+            continue  # a YAML syntax error, reported by _read
+        if problem.line is not None:
+            problems.append(Problem(problem.file, problem.line, 1, problem.reason))
+            continue
+        line, col = _position(positions[problem.file], problem.key)
+        if problem.column is not None:
+            text = texts[problem.file][line - 1] if line <= len(texts[problem.file]) else ""
+            quoted = col <= len(text) and text[col - 1] in "\"'"
+            col += problem.column - 1 + int(quoted)
+        where = _dotted(tuple(k for k in problem.key if k != "__key__"))
+        reason = f"{where}: {problem.reason}" if where else problem.reason
+        problems.append(Problem(problem.file, line, col, reason))
+    return problems
 
 
 def _lint_tables(directory: Path, claims: _Claims) -> list[Problem]:

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,6 +21,9 @@ from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedT
 from broker.mapping.tables import TABLES_DIR, load_tables
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import read_yaml, validation_errors
+
+if TYPE_CHECKING:  # broker.fhir_inbound imports broker.mapping; it is loaded in load()
+    from broker.fhir_inbound import FhirMapping, FhirResult
 
 __all__ = ["MappingSet"]
 
@@ -58,8 +61,11 @@ class MappingSet:
         outbound: list[CompiledOutbound],
         *,
         full_validation: bool = False,
+        fhir: FhirMapping | None = None,
     ) -> None:
         self.full_validation = full_validation
+        self.fhir = fhir
+        """The FHIR inbound mapping (``mappings/fhir/``); ``None`` when there is none."""
         self._inbound_list = tuple(inbound)
         self._outbound_list = tuple(outbound)
         self._inbound: dict[tuple[str, str], CompiledMapping] = {}
@@ -130,9 +136,14 @@ class MappingSet:
         ids: dict[str, str] = {}
         tests = directory / "tests"
         tables_dir = directory / TABLES_DIR
+        from broker.fhir_inbound import FHIR_DIR, load_fhir
+
         tables = load_tables(tables_dir)
+        fhir_dir = directory / FHIR_DIR  # loaded by broker.fhir_inbound
         for path in sorted(directory.rglob("*.yaml")):
             if path.is_relative_to(tests) or path.is_relative_to(tables_dir):
+                continue
+            if path.is_relative_to(fhir_dir):
                 continue
             file = str(path)
             data, lines = read_yaml(path, MappingSpecError)
@@ -182,7 +193,8 @@ class MappingSet:
             site = compile_site(site_spec, file, lines, sha, base)
             compiled[site.id] = site
             inbound.append(site)
-        return cls(inbound, outbound, full_validation=full_validation)
+        fhir = load_fhir(directory, tables)
+        return cls(inbound, outbound, full_validation=full_validation, fhir=fhir)
 
     @property
     def refs(self) -> tuple[MappingRef, ...]:
@@ -237,6 +249,20 @@ class MappingSet:
             partition_key=_partition_key(bundle, ctx.source),
         )
 
+    def map_fhir(
+        self, data: Any, ctx: MapContext, *, trace: list[TraceStep] | None = None
+    ) -> FhirResult:
+        """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.fhir_inbound``.
+
+        Raises:
+            NoMappingError: no ``mappings/fhir/`` files, or nothing in the input is supported.
+            MessageError: as ``FhirMapping.map``.
+        """
+        if self.fhir is None:
+            msg = "no FHIR inbound mapping (mappings/fhir/ is missing)"
+            raise NoMappingError(msg, location="resourceType")
+        return self.fhir.map(data, ctx, trace)
+
     def _mapping_for(self, message: Message, adapter: str | None = None) -> CompiledMapping:
         event, version = message.event, message.version
         mapping = None
@@ -273,6 +299,11 @@ class MappingSet:
                 found[f"{name}-{number}"] = None
         return list(found)
 
+    @property
+    def hl7_versions(self) -> frozenset[str]:
+        """Every HL7 v2 version an outbound mapping writes: what ``hl7_version:`` may name."""
+        return frozenset(v for out in self._outbound_list for v in out.versions)
+
     def render_hl7v2(
         self,
         bundle: dict[str, Any],
@@ -286,8 +317,10 @@ class MappingSet:
     ) -> str:
         """Render a canonical message Bundle as ER7 text with the outbound mapping for its event.
 
+        ``version`` is MSH-12 and selects the mapping's version-specific fields and segments.
+
         Raises:
-            NoMappingError: no outbound mapping renders the Bundle's event.
+            NoMappingError: no outbound mapping renders the Bundle's event in ``version``.
             MappingError: the Bundle could not be rendered.
         """
         entries = bundle.get("entry") or [{}]

@@ -71,4 +71,9 @@ class MappingWatcher:
             log.error("mappings.rejected", error=str(exc))
             return
         self._mappings = fresh
-        log.info("mappings.reloaded", mappings=[f"{r.id}@{r.sha256[:12]}" for r in fresh.refs])
+        fhir = fresh.fhir
+        log.info(
+            "mappings.reloaded",
+            mappings=[f"{r.id}@{r.sha256[:12]}" for r in fresh.refs],
+            fhir=[f"{m.id}@{m.sha256[:12]}" for m in fhir.files()] if fhir is not None else [],
+        )

@@ -2,29 +2,51 @@
 
 Element paths are a small FHIRPath subset evaluated over the Bundle's plain dicts (fhirpathpy
 is the general tool, but far too slow per message): dotted element names, ``[n]`` indexes,
-``resolve()`` to follow a ``urn:uuid:`` reference inside the Bundle, and a ``%bundle.`` prefix
-for the Bundle itself. A path gives a list; a list gives field repetitions.
+``resolve()`` to follow a ``urn:uuid:`` reference inside the Bundle, ``ofType(Type)`` to keep
+resources of one type, ``where(element = 'value')`` (or ``!=``) to keep elements by a primitive
+child, ``first()``, and a ``%bundle.`` prefix for the Bundle itself. A path gives a list; a
+list gives field repetitions. ``%set_id`` is the position of the segment's item (OBX-1).
+
+A segment with ``each:`` is written once per item, each followed by its child ``segments:``,
+which is how a message structure's segment groups are written (v2.5.1 §2.5.2): ORU^R01 is
+PID, then per DiagnosticReport of that patient an OBR, then per ``result`` an OBX and per
+``note`` an NTE. Fields and segments carry ``since:``/``until:`` version bounds, so one mapping
+writes every version it declares (``target.versions``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import MappingSpecError, NoMappingError
 from broker.mapping.functions import OUTBOUND, OutboundTransform, out_datetime
-from broker.mapping.spec import OutboundSpec
+from broker.mapping.spec import (
+    HL7_VERSIONS,
+    Condition,
+    OutboundSpec,
+    OutFieldSpec,
+    OutSegmentSpec,
+)
 from broker.parsing.hl7v2 import DEFAULT, Delimiters, escape
 from broker.yamlspec import LineMap
 
-__all__ = ["CompiledOutbound", "compile_outbound", "eval_path"]
+__all__ = ["CompiledOutbound", "compile_outbound", "eval_path", "version_range"]
 
 _STEP = re.compile(
-    r"^(?:(?P<name>[A-Za-z][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?|(?P<resolve>resolve\(\)))$"
+    r"^(?:(?P<name>[A-Za-z][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?|(?P<resolve>resolve\(\))"
+    r"|(?P<first>first\(\))|ofType\((?P<type>[A-Z][A-Za-z]+)\)"
+    r"|where\((?P<element>[a-z][A-Za-z0-9]*)\s*(?P<op>!?=)\s*'(?P<value>[^']*)'\))$"
 )
-Step = tuple[str, int | None]
+_PARTS = re.compile(r"(?:[^.(]|\([^)]*\))+")
+"""Path steps: split on dots outside parentheses (``where(system = 'http://loinc.org')``)."""
+_WHOLE = re.compile(r"(?:[^.(]|\([^)]*\))+(?:\.(?:[^.(]|\([^)]*\))+)*")
+Step = tuple[str, Any]
+"""(element name, index or None), ("resolve()", None), ("first()", None), ("ofType()", type)
+or ("where()", (element, equal, value))."""
+SET_ID = "%set_id"
 
 
 def _parse(path: str) -> tuple[bool, list[Step]]:
@@ -33,16 +55,20 @@ def _parse(path: str) -> tuple[bool, list[Step]]:
     if on_bundle:
         text = text[len("%bundle.") :]
     steps: list[Step] = []
-    for part in text.split("."):
+    for part in _PARTS.findall(text) if _WHOLE.fullmatch(text) else [text]:
         m = _STEP.match(part)
         if not m:
             msg = (
-                f"{path!r} is not an element path; expected names, [n] and resolve() "
-                "such as participant[0].individual.resolve()"
+                f"{path!r} is not an element path; expected names, [n], resolve(), first(), "
+                "ofType(Type) and where(name = 'value') such as participant[0].individual.resolve()"
             )
             raise ValueError(msg)
-        if m["resolve"]:
-            steps.append(("resolve()", None))
+        if m["resolve"] or m["first"]:
+            steps.append((part, None))
+        elif m["element"]:
+            steps.append(("where()", (m["element"], m["op"] == "=", m["value"])))
+        elif m["type"]:
+            steps.append(("ofType()", m["type"]))
         else:
             steps.append((m["name"], int(m["index"]) if m["index"] else None))
     return on_bundle, steps
@@ -58,6 +84,13 @@ def eval_path(steps: list[Step], start: Any, index: dict[str, dict[str, Any]]) -
                 ref = item.get("reference") if isinstance(item, dict) else None
                 if isinstance(ref, str) and ref in index:
                     nxt.append(index[ref])
+        elif name == "ofType()":
+            nxt = [i for i in current if isinstance(i, dict) and i.get("resourceType") == position]
+        elif name == "first()":
+            nxt = current[:1]
+        elif name == "where()":
+            element, equal, value = position
+            nxt = [i for i in current if isinstance(i, dict) and (i.get(element) == value) == equal]
         else:
             for item in current:
                 if not isinstance(item, dict):
@@ -69,25 +102,107 @@ def eval_path(steps: list[Step], start: Any, index: dict[str, dict[str, Any]]) -
                     nxt.extend(value)
                 else:
                     nxt.append(value)
-            if position is not None:
+            if isinstance(position, int):
                 nxt = nxt[position : position + 1]
         current = nxt
     return current
 
 
+def version_range(since: str | None, until: str | None) -> frozenset[str] | None:
+    """The HL7 versions from ``since`` to ``until`` (inclusive); None when both are open."""
+    if since is None and until is None:
+        return None
+    first = HL7_VERSIONS.index(since) if since else 0
+    last = HL7_VERSIONS.index(until) if until else len(HL7_VERSIONS) - 1
+    return frozenset(HL7_VERSIONS[first : last + 1])
+
+
+@dataclass
+class _Render:
+    """What one rendering knows: the Bundle, its references, the version and the delimiters."""
+
+    bundle: dict[str, Any]
+    index: dict[str, dict[str, Any]]
+    """fullUrl → resource."""
+    urls: dict[int, str]
+    """id(resource) → fullUrl, to test ``linked_by`` references."""
+    first: dict[str, dict[str, Any]]
+    """resource type → its first resource."""
+    version: str
+    d: Delimiters = DEFAULT
+    lines: list[str] = field(default_factory=list)
+
+
+Reader = Callable[[Any, _Render, int], list[Any]]
+Test = Callable[[Any, _Render], bool]
+
+
 @dataclass(frozen=True)
 class _Field:
     number: int
-    read: Callable[[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]], list[Any]]
-    write: Callable[[Any, Delimiters], str]
+    read: Reader
+    write: OutboundTransform
+    when: Test | None = None
+    versions: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
 class _Segment:
     name: str
-    resource: str
+    resource: str | None
     required: bool
     fields: tuple[_Field, ...]
+    each: Reader | None = None
+    linked_by: list[Step] | None = None
+    children: tuple[_Segment, ...] = ()
+    versions: frozenset[str] | None = None
+
+    def items(self, parent: Any, r: _Render) -> list[Any]:
+        if self.each is None:
+            resource = r.first.get(self.resource or "")
+            if resource is None:
+                return [{}] if self.required else []
+            return [resource]
+        found = self.each(parent, r, 0)
+        if self.resource is not None:
+            found = [
+                i for i in found if isinstance(i, dict) and i.get("resourceType") == self.resource
+            ]
+        if self.linked_by is not None:
+            url = r.urls.get(id(parent))
+            found = [
+                i
+                for i in found
+                if any(
+                    isinstance(ref, dict) and ref.get("reference") == url
+                    for ref in eval_path(self.linked_by, i, r.index)
+                )
+            ]
+        return found
+
+    def write(self, parent: Any, r: _Render) -> None:
+        if self.versions is not None and r.version not in self.versions:
+            return
+        d = r.d
+        for set_id, item in enumerate(self.items(parent, r), 1):
+            fields: list[str] = [self.name]
+            for spec in self.fields:
+                if spec.versions is not None and r.version not in spec.versions:
+                    continue
+                if len(fields) > spec.number and fields[spec.number]:
+                    continue  # an earlier entry for this field gave a value
+                if spec.when is not None and not spec.when(item, r):
+                    continue
+                values = spec.read(item, r, set_id)
+                reps = [text for text in (spec.write(v, d) for v in values) if text]
+                while len(fields) <= spec.number:
+                    fields.append("")
+                fields[spec.number] = d.repetition.join(reps)
+            while len(fields) > 1 and not fields[-1]:
+                fields.pop()
+            r.lines.append(d.field.join(fields))
+            for child in self.children:
+                child.write(item, r)
 
 
 @dataclass
@@ -102,6 +217,11 @@ class CompiledOutbound:
         """The trigger events (``A01``) this mapping renders."""
         return {event.split("^", 1)[1] for event in self.spec.target.events}
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The HL7 v2 versions this mapping writes (``target.versions``)."""
+        return self.spec.target.renders
+
     def render(
         self,
         bundle: dict[str, Any],
@@ -113,36 +233,45 @@ class CompiledOutbound:
         sending_application: str,
         sending_facility: str,
     ) -> str:
-        """Render ``bundle`` as ER7 text (segments separated by CR, v2.5.1 §2.6).
+        """Render ``bundle`` as ER7 text of ``version`` (segments separated by CR, §2.6).
 
         Raises:
-            NoMappingError: when the Bundle's event is not one this mapping renders.
+            NoMappingError: when the Bundle's event, or ``version``, is not one this mapping
+                renders.
         """
         d = DEFAULT
         entries = bundle.get("entry") or []
-        index: dict[str, dict[str, Any]] = {
-            e["fullUrl"]: e["resource"]
-            for e in entries
-            if isinstance(e, dict)
-            and isinstance(e.get("fullUrl"), str)
-            and isinstance(e.get("resource"), dict)
-        }
-        by_type: dict[str, dict[str, Any]] = {}
+        index: dict[str, dict[str, Any]] = {}
+        urls: dict[int, str] = {}
+        first: dict[str, dict[str, Any]] = {}
         for entry in entries:
-            resource = entry.get("resource") or {}
-            by_type.setdefault(resource.get("resourceType", ""), resource)
-        header = by_type.get("MessageHeader", {})
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            url = entry.get("fullUrl")
+            if isinstance(url, str):
+                index[url] = resource
+                urls[id(resource)] = url
+            first.setdefault(resource.get("resourceType", ""), resource)
+        header = first.get("MessageHeader", {})
         trigger = (header.get("eventCoding") or {}).get("code", "")
         event = next((e for e in self.spec.target.events if e.endswith(f"^{trigger}")), None)
         if event is None:
             msg = f"the outbound mapping {self.spec.id} does not render event {trigger or '(none)'}"
-            raise NoMappingError(
-                msg,
-                location="MessageHeader.eventCoding",
+            raise NoMappingError(msg, location="MessageHeader.eventCoding")
+        if version not in self.versions:
+            msg = (
+                f"the outbound mapping {self.spec.id} writes HL7 v{', v'.join(self.versions)}, "
+                f"not v{version}"
             )
+            raise NoMappingError(msg, location="MSH-12")
         code = event.split("^", 1)[0]
         structure = self.spec.target.structures.get(trigger, "")
-        msh9 = f"{code}{d.component}{trigger}" + (f"{d.component}{structure}" if structure else "")
+        msh9 = f"{code}{d.component}{trigger}"
+        # MSH-9.3 message structure exists from v2.3.1 on (v2.3.1 §2.24.1.9); v2.3 has two
+        # components.
+        if structure and HL7_VERSIONS.index(version) >= HL7_VERSIONS.index("2.3.1"):
+            msh9 += f"{d.component}{structure}"
         # MSH fields, v2.5.1 §2.14.9: 3/4 sender, 5/6 receiver, 7 time, 9 type, 10 control id,
         # 11 processing id (P: production), 12 version id.
         msh = [
@@ -159,22 +288,10 @@ class CompiledOutbound:
             "P",
             version,
         ]
-        lines = [d.field.join(msh)]
+        r = _Render(bundle, index, urls, first, version, d, [d.field.join(msh)])
         for segment in self.segments:
-            resource = by_type.get(segment.resource)
-            if resource is None and not segment.required:
-                continue
-            fields: list[str] = [segment.name]
-            for spec in segment.fields:
-                values = spec.read(resource or {}, bundle, index)
-                reps = [text for text in (spec.write(v, d) for v in values) if text]
-                while len(fields) <= spec.number:
-                    fields.append("")
-                fields[spec.number] = d.repetition.join(reps)
-            while len(fields) > 1 and not fields[-1]:
-                fields.pop()
-            lines.append(d.field.join(fields))
-        return "\r".join(lines) + "\r"
+            segment.write(bundle, r)
+        return "\r".join(r.lines) + "\r"
 
 
 def _where(file: str, lines: LineMap, key: tuple[str | int, ...], reason: str) -> MappingSpecError:
@@ -195,68 +312,147 @@ def compile_outbound(spec: OutboundSpec, file: str, lines: LineMap) -> CompiledO
     Raises:
         MappingSpecError: naming the file, line and key of the first problem.
     """
+    segments = tuple(
+        _compile_segment(seg, spec, file, lines, ("segments", i), top=True)
+        for i, seg in enumerate(spec.segments)
+    )
+    return CompiledOutbound(spec, file, segments)
+
+
+def _compile_segment(
+    seg: OutSegmentSpec,
+    spec: OutboundSpec,
+    file: str,
+    lines: LineMap,
+    key: tuple[str | int, ...],
+    *,
+    top: bool,
+) -> _Segment:
     from broker.mapping.targets import fhir_model
 
-    segments = []
-    for s_index, seg in enumerate(spec.segments):
-        if fhir_model(seg.resource) is None:
+    if seg.resource is not None and fhir_model(seg.resource) is None:
+        raise _where(
+            file, lines, (*key, "resource"), f"{seg.resource!r} is not a FHIR R4 resource type"
+        )
+    each = None
+    if seg.each is not None:
+        each = _path_reader(seg.each, file, lines, (*key, "each"))
+    linked_by = None
+    if seg.linked_by is not None:
+        if top:
+            reason = "linked_by needs a parent segment whose item the references point at"
+            raise _where(file, lines, (*key, "linked_by"), reason)
+        try:
+            on_bundle, linked_by = _parse(seg.linked_by)
+        except ValueError as exc:
+            raise _where(file, lines, (*key, "linked_by"), str(exc)) from None
+        if on_bundle:
+            reason = "linked_by is an element path of each item, not of %bundle"
+            raise _where(file, lines, (*key, "linked_by"), reason)
+    fields = tuple(
+        _compile_field(fld, spec, file, lines, (*key, "fields", i))
+        for i, fld in enumerate(seg.fields)
+    )
+    children = tuple(
+        _compile_segment(child, spec, file, lines, (*key, "segments", i), top=False)
+        for i, child in enumerate(seg.segments)
+    )
+    return _Segment(
+        seg.segment,
+        seg.resource,
+        seg.required,
+        fields,
+        each,
+        linked_by,
+        children,
+        version_range(seg.since, seg.until),
+    )
+
+
+def _compile_field(
+    fld: OutFieldSpec, spec: OutboundSpec, file: str, lines: LineMap, key: tuple[str | int, ...]
+) -> _Field:
+    write: OutboundTransform = OUTBOUND["string"]
+    if fld.function is not None:
+        found = OUTBOUND.get(fld.function)
+        if found is None:
             raise _where(
                 file,
                 lines,
-                ("segments", s_index, "resource"),
-                f"{seg.resource!r} is not a FHIR R4 resource type",
+                (*key, "function"),
+                f"unknown function {fld.function!r}; known: {', '.join(sorted(OUTBOUND))}",
             )
-        fields = []
-        for f_index, fld in enumerate(seg.fields):
-            key: tuple[str | int, ...] = ("segments", s_index, "fields", f_index)
-            write: OutboundTransform = OUTBOUND["string"]
-            if fld.function is not None:
-                found = OUTBOUND.get(fld.function)
-                if found is None:
-                    raise _where(
-                        file,
-                        lines,
-                        (*key, "function"),
-                        f"unknown function {fld.function!r}; known: {', '.join(sorted(OUTBOUND))}",
-                    )
-                write = found
-            if fld.map is not None:
-                table = spec.maps.get(fld.map)
-                if table is None:
-                    raise _where(
-                        file, lines, (*key, "map"), f"no value map {fld.map!r} under maps:"
-                    )
-                write = _map_writer(table.values, table.default)
-            if fld.value is not None:
-                constant = fld.value
-                fields.append(_Field(fld.field, _constant(constant), write))
-                continue
-            try:
-                on_bundle, steps = _parse(fld.from_ or "")
-            except ValueError as exc:
-                raise _where(file, lines, (*key, "from"), str(exc)) from None
-            fields.append(_Field(fld.field, _reader(on_bundle, steps), write))
-        segments.append(_Segment(seg.segment, seg.resource, seg.required, tuple(fields)))
-    return CompiledOutbound(spec, file, tuple(segments))
+        write = found
+    if fld.map is not None:
+        table = spec.maps.get(fld.map)
+        if table is None:
+            raise _where(file, lines, (*key, "map"), f"no value map {fld.map!r} under maps:")
+        write = _map_writer(table.values, table.default)
+    when = _compile_test(fld.when, file, lines, (*key, "when")) if fld.when else None
+    versions = version_range(fld.since, fld.until)
+    if fld.value is not None:
+        return _Field(fld.field, _constant(fld.value), write, when, versions)
+    source = fld.from_ or ""
+    if source.strip() == SET_ID:
+        return _Field(fld.field, _set_id, write, when, versions)
+    read = _path_reader(source, file, lines, (*key, "from"))
+    return _Field(fld.field, read, write, when, versions)
 
 
-def _reader(
-    on_bundle: bool, steps: list[Step]
-) -> Callable[[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]], list[Any]]:
-    def read(
-        resource: dict[str, Any], bundle: dict[str, Any], index: dict[str, dict[str, Any]]
-    ) -> list[Any]:
-        return eval_path(steps, bundle if on_bundle else resource, index)
+def _path_reader(text: str, file: str, lines: LineMap, key: tuple[str | int, ...]) -> Reader:
+    try:
+        on_bundle, steps = _parse(text)
+    except ValueError as exc:
+        raise _where(file, lines, key, str(exc)) from None
+
+    def read(item: Any, r: _Render, set_id: int) -> list[Any]:
+        return eval_path(steps, r.bundle if on_bundle else item, r.index)
 
     return read
 
 
-def _constant(
-    value: str,
-) -> Callable[[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]], list[Any]]:
-    def read(
-        resource: dict[str, Any], bundle: dict[str, Any], index: dict[str, dict[str, Any]]
-    ) -> list[Any]:
+def _compile_test(spec: Condition, file: str, lines: LineMap, key: tuple[str | int, ...]) -> Test:
+    """An outbound ``when:``: tests on element paths of the segment's item."""
+    if spec.path is None:
+        parts = [
+            _compile_test(part, file, lines, (*key, name) if i is None else (*key, name, i))
+            for name, i, part in spec.parts
+        ]
+        if spec.op == "all":
+            return lambda item, r: all(t(item, r) for t in parts)
+        if spec.op == "any":
+            return lambda item, r: any(t(item, r) for t in parts)
+        only = parts[0]
+        return lambda item, r: not only(item, r)
+    read = _path_reader(spec.path, file, lines, (*key, "path"))
+    pattern = None
+    if spec.matches is not None:
+        try:
+            pattern = re.compile(spec.matches)
+        except re.error as exc:
+            reason = f"invalid regular expression: {exc.msg}; expected a Python regex"
+            raise _where(file, lines, (*key, "matches"), reason) from None
+
+    def test(item: Any, r: _Render) -> bool:
+        values = read(item, r, 0)
+        if spec.present is not None:
+            return bool(values) == spec.present
+        text = str(values[0]) if values and not isinstance(values[0], dict | list) else ""
+        if spec.equals is not None:
+            return text == spec.equals
+        if pattern is not None:
+            return pattern.fullmatch(text) is not None
+        return text in (spec.in_ or ())
+
+    return test
+
+
+def _set_id(item: Any, r: _Render, set_id: int) -> list[Any]:
+    return [str(set_id)]
+
+
+def _constant(value: str) -> Reader:
+    def read(item: Any, r: _Render, set_id: int) -> list[Any]:
         return [value]
 
     return read

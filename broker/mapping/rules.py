@@ -7,7 +7,7 @@ A compiled ``Rule`` holds its target steps and an ``apply(scope, run)`` built fo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -184,6 +184,8 @@ def compile_rule(
     else:
         source_text = ", ".join(spec.from_) if spec.from_ else None
     when = compile_condition(spec.when, where, (*key, "when"))
+    if spec.rules is not None and (spec.from_ is not None or spec.coalesce is not None):
+        return _extended(spec, model, maps, roles, where, key, prefix, when)
     default = spec.default
     if default is not None:
         target.check_constant(default, where, (*key, "default"))
@@ -337,6 +339,57 @@ def compile_rule(
         return out
 
     return rule(apply_function)
+
+
+def _extended(
+    spec: RuleSpec,
+    model: type[BaseModel] | None,
+    maps: dict[str, ValueMapSpec],
+    roles: set[str],
+    where: Where,
+    key: Key,
+    prefix: str,
+    when: Guard | None,
+) -> Rule:
+    """A rule whose function builds complex elements and whose ``rules:`` add to each one.
+
+    The sub-rules run on a copy of each element the function gives (none: no element), so a
+    constant such as ``status: completed`` is only written next to data that exists.
+    """
+    base = compile_rule(
+        spec.model_copy(update={"rules": None, "when": None}),
+        model,
+        maps,
+        roles,
+        where,
+        key,
+        prefix,
+    )
+    target = compile_target(spec.target, model, where, (*key, "target"))
+    if target.model is None:
+        reason = f"rules: add to a complex element; {spec.target} is a {target.type_name}"
+        raise where.error((*key, "target"), reason)
+    full_target = prefix + spec.target
+    subs: list[Rule] = []
+    for i, sub_spec in enumerate(spec.rules or ()):
+        compile_sub = partial(
+            compile_rule, sub_spec, target.model, maps, roles, where, (*key, "rules", i)
+        )
+        sub = where.attempt(partial(compile_sub, f"{full_target}."))
+        if sub is not None:
+            subs.append(sub)
+    build_base = base.apply
+
+    def apply_extended(scope: Scope, run: Run) -> list[Any]:
+        out = []
+        for built in build_base(scope, run):
+            element = dict(built)
+            for sub in subs:
+                sub.run(element, scope, run)
+            out.append(element)
+        return out
+
+    return replace(base, apply=apply_extended, when=when)
 
 
 def _readers(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from broker.mapping.functions import SourceValue
 from broker.mapping.spec import Condition, GroupSpec
@@ -323,9 +323,18 @@ class Guard:
     spec: Condition
     pattern: re.Pattern[str] | None = None
     """``matches:``, compiled at load."""
+    parts: tuple[Guard, ...] = ()
+    """The compiled sub-conditions of ``all:``, ``any:`` or ``not:`` (``spec.op``)."""
 
     def holds(self, scope: Scope) -> bool:
         if self.source is None:
+            if self.parts:
+                op = self.spec.op
+                if op == "all":
+                    return all(part.holds(scope) for part in self.parts)
+                if op == "any":
+                    return any(part.holds(scope) for part in self.parts)
+                return not self.parts[0].holds(scope)
             return bool(scope.find(self.segment)) == self.spec.present
         value = self.source.first(scope)
         if self.spec.present is not None:
@@ -344,6 +353,16 @@ SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard | None:
     if spec is None:
         return None
+    if spec.path is None:
+        parts = [
+            where.attempt(
+                partial(
+                    compile_condition, part, where, (*key, name) if i is None else (*key, name, i)
+                )
+            )
+            for name, i, part in spec.parts
+        ]
+        return Guard(None, "", spec, parts=tuple(p for p in parts if p is not None))
     if SEGMENT.match(spec.path):
         if spec.present is None:
             reason = "a segment name alone can only be tested with present: true|false"

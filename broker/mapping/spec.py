@@ -28,9 +28,50 @@ Inbound example::
 
 Rule grammar: exactly one of ``from`` (a source path, or a list for multi-field functions),
 ``value`` (a constant), ``reference`` (a role) or ``rules`` (a sub-element); optionally
-``function`` *or* ``map``, ``default``, ``when`` and ``note``. Target element paths are dotted
+``function`` *or* ``map``, ``default``, ``when`` and ``note``. ``from`` with a ``function``
+building a complex element may also take ``rules:``, which add to each element built (the
+function gives none: no element; constants never create one on their own)::
+
+    - target: location[]          # PV1-6 prior location, v2-to-FHIR PV1 → Encounter
+      from: PV1-6
+      function: pl_location
+      rules: [{target: status, value: completed}]
+
+``when`` is a Condition, or ``all:``/``any:``/``not:`` combinations of them (see Condition). Target element paths are dotted
 FHIR element names; ``name[]`` appends to a repeating element and is required for one.
 Source paths follow ``broker.parsing.hl7v2``'s grammar; ``(*)`` reads every repetition.
+
+Outbound example (segment groups, per-version fields)::
+
+    id: out-hl7v2-oru-r01
+    target: {format: hl7v2, events: [ORU^R01], version: "2.5.1",
+             versions: ["2.3", "2.5.1"], structures: {R01: ORU_R01}}
+    segments:
+      - segment: PID
+        each: "%bundle.entry.resource.ofType(Patient)"   # one PID per Patient
+        fields: [{field: 1, from: "%set_id"}, {field: 3, from: identifier, function: cx}]
+        segments:                                     # written after each PID
+          - segment: OBR
+            each: "%bundle.entry.resource.ofType(DiagnosticReport)"
+            linked_by: subject                        # only this patient's reports
+            segments:
+              - segment: OBX
+                resource: Observation
+                each: result.resolve()                # in DiagnosticReport.result order
+                fields:
+                  - {field: 2, value: CE, until: "2.4", when: {path: valueCodeableConcept, present: true}}
+                  - {field: 2, value: CWE, since: "2.5", when: {path: valueCodeableConcept, present: true}}
+                  - {field: 5, from: valueCodeableConcept, function: cwe}
+
+Segment grammar: ``segment`` and either ``resource`` (the Bundle's first resource of that type)
+or ``each`` (an element path from the parent segment's item, or ``%bundle.``: one segment per
+item, each followed by its child ``segments:``), with ``resource`` then filtering items by type
+and ``linked_by`` keeping items whose Reference at that path points at the parent's resource.
+Field grammar: ``field`` and exactly one of ``from`` (an element path; ``%set_id`` is the item's
+1-based position) or ``value``; optionally ``function`` *or* ``map``, ``when`` (element paths
+of the item) and ``note``. Several entries may write one field: the first that applies and gives
+a value wins. Segments and fields take ``since``/``until`` (inclusive HL7 versions); element
+paths are ``broker.mapping.reverse``'s FHIRPath subset.
 """
 
 from __future__ import annotations
@@ -86,11 +127,27 @@ class SourceSpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """What an outbound mapping writes: format, events and the version sent."""
+    """What an outbound mapping writes: format, events, the default version and the others."""
 
     format: Literal["hl7v2"]
     events: list[str] = Field(min_length=1)
     version: Literal[HL7_VERSIONS] = "2.5.1"  # type: ignore[valid-type]
+    """The version written when the subscriber names none."""
+    versions: list[Literal[HL7_VERSIONS]] = []  # type: ignore[valid-type]
+    """Every MSH-12 a subscriber may ask for (``hl7_version:``); empty means only ``version``."""
+
+    @model_validator(mode="after")
+    def _default_listed(self) -> TargetSpec:
+        if self.versions and self.version not in self.versions:
+            msg = f"version {self.version} must be one of versions {self.versions}"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def renders(self) -> tuple[str, ...]:
+        """The versions this mapping can write."""
+        return tuple(self.versions) or (self.version,)
+
     structures: dict[str, str] = {}
     """Trigger event → message structure for MSH-9.3 (``A04: ADT_A01``)."""
 
@@ -150,13 +207,22 @@ class Condition(_Strict):
 
     ``path`` may also be a bare segment name (``PV1``) tested with ``present``, or a ``$variable``.
     ``matches`` is a regular expression the whole first component must match (compiled at load).
+    Conditions combine with exactly one of ``all:`` (every one holds), ``any:`` (at least one
+    holds) or ``not:`` (the one given does not hold), nested freely::
+
+        when: {all: [{path: OBX-2, in: [NM, SN]}, {not: {path: OBX-5, present: false}}]}
+
+    In an outbound mapping ``path`` is an element path of the segment's item (``valueQuantity``).
     """
 
-    path: str
+    path: str | None = None
     present: bool | None = None
     equals: str | None = None
     in_: list[str] | None = Field(None, alias="in")
     matches: str | None = None
+    all_: list[Condition] | None = Field(None, alias="all", min_length=1)
+    any_: list[Condition] | None = Field(None, alias="any", min_length=1)
+    not_: Condition | None = Field(None, alias="not")
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
@@ -166,9 +232,38 @@ class Condition(_Strict):
             self.in_ is not None,
             self.matches is not None,
         ]
+        combined = [self.all_ is not None, self.any_ is not None, self.not_ is not None]
+        if any(combined):
+            if sum(combined) != 1 or self.path is not None or any(tests):
+                raise ValueError(
+                    "a combined condition has exactly one of all, any or not, and no path"
+                )
+            return self
+        if self.path is None:
+            raise ValueError("a condition needs a path (or all, any or not)")
         if sum(tests) != 1:
             raise ValueError("a condition needs exactly one of present, equals, in or matches")
         return self
+
+    @property
+    def parts(self) -> list[tuple[str, int | None, Condition]]:
+        """The sub-conditions of a combined condition as (key, index, condition), else []."""
+        if self.all_ is not None:
+            return [("all", i, c) for i, c in enumerate(self.all_)]
+        if self.any_ is not None:
+            return [("any", i, c) for i, c in enumerate(self.any_)]
+        if self.not_ is not None:
+            return [("not", None, self.not_)]
+        return []
+
+    @property
+    def op(self) -> Literal["all", "any", "not"] | None:
+        """``all``, ``any`` or ``not`` for a combined condition; None for a path test."""
+        if self.all_ is not None:
+            return "all"
+        if self.any_ is not None:
+            return "any"
+        return "not" if self.not_ is not None else None
 
 
 _ID = r"^[a-z0-9][a-z0-9._-]*$"
@@ -197,7 +292,8 @@ class RuleSpec(_Strict):
     """Value used when the source is empty."""
     when: Condition | None = None
     rules: list[RuleSpec] | None = None
-    """Sub-rules that build one element (a dict) for ``target``."""
+    """Sub-rules that build one element (a dict) for ``target``. With ``from``/``coalesce`` and
+    a ``function`` building a complex element, they add to each element it gives instead."""
     each: str | None = None
     """With ``rules:``, build one element per repetition of this field (``PV1-7(*)``)."""
     note: str | None = None
@@ -205,16 +301,22 @@ class RuleSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> RuleSpec:
+        read = self.from_ is not None or self.coalesce is not None
         sources = [
             self.from_ is not None,
             self.coalesce is not None,
             self.value is not None,
             self.reference is not None,
-            self.rules is not None,
+            self.rules is not None and not read,
         ]
         if sum(sources) != 1:
             raise ValueError(
                 "a rule needs exactly one of from, coalesce, value, reference or rules"
+            )
+        if read and self.rules is not None and (self.function is None or self.each is not None):
+            raise ValueError(
+                "rules: extend the element a function builds from from/coalesce; "
+                "give that function, and no each:"
             )
         if self.function and self.map:
             raise ValueError("a rule takes either a function or a map, not both")
@@ -326,15 +428,40 @@ class SiteSpec(_Strict):
     resources: list[ResourcePatchSpec] = []
 
 
-class OutFieldSpec(_Strict):
-    """One ER7 field written from a canonical element."""
+class _VersionBounds(_Strict):
+    since: Literal[HL7_VERSIONS] | None = None  # type: ignore[valid-type]
+    """The first HL7 v2 version this part is written for (inclusive)."""
+    until: Literal[HL7_VERSIONS] | None = None  # type: ignore[valid-type]
+    """The last HL7 v2 version this part is written for (inclusive)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _VersionBounds:
+        if (
+            self.since
+            and self.until
+            and HL7_VERSIONS.index(self.since) > HL7_VERSIONS.index(self.until)
+        ):
+            msg = f"since {self.since} comes after until {self.until}"
+            raise ValueError(msg)
+        return self
+
+
+class OutFieldSpec(_VersionBounds):
+    """One ER7 field written from the segment's item (a resource or an element).
+
+    Several entries may write the same field: the first one that applies (its versions and
+    ``when:``) and gives a value wins, so alternatives are listed in order of preference.
+    """
 
     field: int = Field(ge=1)
     from_: str | None = Field(None, alias="from")
-    """Dotted FHIR element path in the segment's resource; a list element gives repetitions."""
+    """Dotted FHIR element path in the segment's item; a list element gives repetitions.
+    ``%set_id`` is the item's 1-based position among its siblings (OBX-1, NTE-1)."""
     value: str | None = None
     function: str | None = None
     map: str | None = None
+    when: Condition | None = None
+    """Element paths of the segment's item (``valueQuantity``), combinable with all/any/not."""
     note: str | None = None
 
     @model_validator(mode="after")
@@ -346,15 +473,39 @@ class OutFieldSpec(_Strict):
         return self
 
 
-class OutSegmentSpec(_Strict):
-    """One ER7 segment written from the first resource of a type."""
+class OutSegmentSpec(_VersionBounds):
+    """One ER7 segment, written once or once per item, optionally followed by child segments.
+
+    Without ``each`` the segment reads the first resource of type ``resource`` in the Bundle.
+    With ``each`` (an element path from the parent segment's item, or ``%bundle.`` for the
+    Bundle) it is written once per item the path gives, in order, each followed by its
+    ``segments:``; ``resource`` then keeps only items of that type and ``linked_by`` only
+    items whose Reference at that path points at the parent's resource.
+    """
 
     segment: str = Field(pattern=r"^[A-Z][A-Z0-9]{2}$")
-    resource: str
+    resource: str | None = None
     """A resource type in the Bundle (``MessageHeader``, ``Patient``, ``Encounter``)."""
+    each: str | None = None
+    """``%bundle.entry.resource.ofType(DiagnosticReport)``, ``result.resolve()``, ``note``."""
+    linked_by: str | None = None
+    """A Reference element path of each item (``subject``) that must point at the parent."""
     required: bool = True
-    """Write the segment (with only its set id) even when the resource is absent."""
+    """Write the segment (with only its set id) even when the resource is absent (no ``each``)."""
     fields: list[OutFieldSpec] = []
+    segments: list[OutSegmentSpec] = []
+    """Child segments written after each item's segment (an HL7 segment group)."""
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _items(self) -> OutSegmentSpec:
+        if self.each is None and self.resource is None:
+            raise ValueError("a segment needs resource (its first instance) or each (one per item)")
+        if self.linked_by is not None and self.each is None:
+            raise ValueError("linked_by filters the items of each:; this segment has none")
+        if self.segments and self.each is None:
+            raise ValueError("child segments: repeat with each item; give the segment each:")
+        return self
 
 
 class OutboundSpec(_Strict):

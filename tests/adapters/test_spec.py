@@ -100,3 +100,52 @@ class TestSubscription:
         )
         assert spec.subscribe is not None
         assert spec.subscribe.wants(event, "any-source") is wanted
+
+
+LAB = """\
+id: lab-legacy
+name: Legacy lab system
+direction: outbound
+transport: mllp
+connect: 127.0.0.1:2576
+subscribe:
+  events: ["ORU^R01"]
+"""
+
+
+class TestHl7Version:
+    def test_default_is_251(self, tmp_path):
+        """An MLLP subscriber without hl7_version receives v2.5.1."""
+        (spec,) = load_adapters(write(tmp_path, LAB))
+        assert (spec.hl7_version, spec.version) == ("2.5.1", "2.5.1")
+
+    @pytest.mark.parametrize("key", ["hl7_version", "version"])
+    def test_chosen_version_and_older_spelling(self, tmp_path, key):
+        """hl7_version (or the older version:) picks the version rendered for the subscriber."""
+        (spec,) = load_adapters(write(tmp_path, LAB + f'{key}: "2.3"\n'))
+        assert spec.hl7_version == "2.3"
+
+    def test_not_an_hl7_version_names_its_line(self, tmp_path):
+        """A value that is no HL7 v2 version is refused at load, at its line."""
+        write(tmp_path, LAB + 'hl7_version: "2.9"\n')
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert "a.yaml:8: hl7_version:" in str(info.value)
+
+    def test_a_version_no_outbound_mapping_writes_is_refused(self, tmp_path):
+        """With the mappings' versions, one they do not write is refused: file:line: key: reason."""
+        write(tmp_path, LAB + 'hl7_version: "2.8"\n')
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path, hl7_versions={"2.3", "2.5.1"})
+        assert str(info.value) == (
+            f"{tmp_path / 'a.yaml'}:8: hl7_version: no outbound mapping writes HL7 v2.8; "
+            "expected one of 2.3, 2.5.1"
+        )
+
+    def test_repository_subscribers_fit_the_repository_mappings(self):
+        """adapters/ against mappings/: every HL7 subscriber's version is one the mappings write."""
+        from broker.mapping import MappingSet
+
+        versions = MappingSet.load(REPO_ROOT / "mappings").hl7_versions
+        assert {"2.3", "2.5.1"} <= versions
+        load_adapters(REPO_ROOT / "adapters", hl7_versions=versions)

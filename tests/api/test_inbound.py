@@ -190,7 +190,7 @@ class TestFHIR:
         assert reply.headers["content-type"] == "application/fhir+json"
         (issue,) = reply.json()["issue"]
         assert issue["severity"] == "information"
-        assert "FHIR inbound mapping is not available yet" in issue["diagnostics"]
+        assert issue["diagnostics"].startswith("accepted; the message is journalled")
         (fields,) = _journalled(redis_client)
         assert fields[b"content_type"] == b"application/fhir+json"
         assert fields[b"raw"] == body.encode()

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.cli import app
+from broker.mapping.golden import cases as golden_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "samples" / "hl7v2"
@@ -45,7 +46,7 @@ def test_golden_cases_pass_and_a_mismatch_prints_a_diff(runner: CliRunner, tmp_p
     shutil.copytree(ROOT / "mappings", root)
     done = runner.invoke(app, ["mappings", "test", str(root)])
     assert done.exit_code == 0
-    cases = len(list((root / "tests").rglob("*.hl7")))
+    cases = len(golden_cases(root))
     assert done.stdout.startswith(f"{cases} passed, 0 failed")
     expected = root / "tests" / "adt_a01.expected.json"
     expected.write_text(expected.read_text().replace('"female"', '"male"'), encoding="utf-8")

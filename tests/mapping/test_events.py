@@ -40,15 +40,16 @@ def event(b: dict[str, Any]) -> str:
 def test_a02_transfer_moves_the_encounter_to_pv1_3(
     mappings: MappingSet, ctx: MapContext, name: str
 ) -> None:
-    """A02: the stay stays open, Encounter.location is the new PV1-3 (intensive care)."""
+    """A02: the stay stays open; PV1-3 (intensive care) is the active location, PV1-6 completed."""
     b = bundle(mappings, ctx, name)
     enc = encounter(b)
     assert event(b) == "A02"
     assert enc["status"] == "in-progress"
-    assert [loc["location"]["display"] for loc in enc["location"]] == ["USIC^12^1"]
+    assert [(loc["location"]["display"], loc["status"]) for loc in enc["location"]] == [
+        ("USIC^12^1", "active"),
+        ("CARDIO^204^1", "completed"),
+    ]
     assert enc["period"] == {"start": "2024-03-15T10:15:00+00:00"}
-    # PV1-6 prior location (CARDIO^204^1) with status completed is not mapped yet: the engine
-    # cannot add a status to the element pl_location builds (see the A02 note in the report).
 
 
 @pytest.mark.parametrize("name", ["adt_a03_v251", "adt_a03_v23"])
@@ -177,5 +178,6 @@ def test_a02_a03_render_back_to_hl7v2(
     assert out.get_all("MSH-9.2") == [event_code]
     assert out.get_all("MSH-9.3") == [f"ADT_{event_code}"]
     assert out.get_all("PV1-3.1") == inbound.get_all("PV1-3.1")
+    assert out.get_all("PV1-6.1") == inbound.get_all("PV1-6.1")
     assert out.get_all("PV1-36") == inbound.get_all("PV1-36")
     assert out.get_all("PV1-45") == (["20240320143000+0000"] if event_code == "A03" else [])

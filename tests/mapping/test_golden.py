@@ -1,4 +1,4 @@
-"""Golden files: each mappings/tests/<case>.hl7 maps exactly to <case>.expected.json.
+"""Golden files: each mappings/tests/<case>.hl7 or <case>.json maps exactly to <case>.expected.json.
 
 Regenerate after an intended change with ``passerelle mappings test --update`` (or
 ``PASSERELLE_REGOLD=1 pytest tests/mapping/test_golden.py``) and review the diff.
@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from broker.mapping import MappingSet
-from broker.mapping.golden import golden_output
+from broker.mapping.golden import cases, golden_output
 
 CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
 
 
 @pytest.mark.parametrize(
-    "case", sorted(CASES.rglob("*.hl7")), ids=lambda p: str(p.relative_to(CASES).with_suffix(""))
+    "case", cases(CASES.parent), ids=lambda p: str(p.relative_to(CASES).with_suffix(""))
 )
 def test_golden(mappings: MappingSet, case: Path) -> None:
     """The mapped Bundle, findings and partition key equal the reviewed expected JSON."""
@@ -40,6 +40,7 @@ def test_golden(mappings: MappingSet, case: Path) -> None:
 
 def test_there_are_golden_cases() -> None:
     """The golden directory is not silently empty, and every case has its expected file."""
-    cases = sorted(CASES.rglob("*.hl7"))
-    assert len(cases) >= 3
-    assert all(c.with_suffix(".expected.json").exists() for c in cases)
+    found = cases(CASES.parent)
+    assert len([c for c in found if c.suffix == ".hl7"]) >= 3
+    assert len([c for c in found if c.suffix == ".json"]) >= 10
+    assert all(c.with_suffix(".expected.json").exists() for c in found)

@@ -44,6 +44,11 @@ def test_every_real_mapping_loads() -> None:
         "hl7v2-adt",
         "hl7v2-adt-person",
         "hl7v2-oru-r01",
+        "hl7v2-orm-o01",
+        "hl7v2-oml-o21",
+        "hl7v2-siu",
+        "hl7v2-mdm-t02",
+        "hl7v2-vxu-v04",
         "chu-rabat-adt",
     }
 

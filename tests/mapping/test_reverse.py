@@ -52,10 +52,11 @@ def test_round_trip_preserves_pid_and_visit(mappings: MappingSet, name: str) -> 
 
 
 def test_unknown_event(mappings: MappingSet) -> None:
-    """A Bundle whose event has no outbound mapping is a NoMappingError."""
-    oru = parse(decode((SAMPLES / "oru_r01_20obx.hl7").read_bytes()))
-    bundle = mappings.map_hl7v2(oru, CTX).bundle
-    with pytest.raises(NoMappingError, match="R01"):
+    """A Bundle whose event has no outbound mapping (A05 pre-admit) is a NoMappingError."""
+    adt = parse(decode((SAMPLES / "adt_a04.hl7").read_bytes()))
+    bundle = mappings.map_hl7v2(adt, CTX).bundle
+    bundle["entry"][0]["resource"]["eventCoding"]["code"] = "A05"
+    with pytest.raises(NoMappingError, match="A05"):
         mappings.render_hl7v2(
             bundle, control_id="X", receiving_application="A", receiving_facility="B"
         )

@@ -1,0 +1,124 @@
+"""Normalisation of FHIR input: local identifier systems, code systems and codes to national ones.
+
+Applied to every element of a resource, wherever it is: each Identifier (an ``identifier``
+element, also inside a Reference) has its ``system`` looked up in the identifier-system table;
+each Coding (``system`` and ``code``, no ``value``) its ``system`` in the code-system table;
+and a Coding in a ``coding`` list whose system has a code table (a local lab code → LOINC) gets
+the table's coding added before it. The local coding is kept: CodeableConcept.coding may carry
+several representations of one concept (FHIR R4 datatype CodeableConcept), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.mapping.context import TraceStep
+
+__all__ = ["Normaliser", "Table"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A lookup table: key → value, with the file and line of each entry (for ``--trace``)."""
+
+    values: dict[str, Any]
+    lines: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """The three tables of one normalisation (a base's, or a site's merged over it)."""
+
+    identifier_systems: Table
+    code_systems: Table
+    codes: dict[str, tuple[str, Table]]
+    """Code system URI → (shared table name, the table's codes → Coding)."""
+
+    def apply(
+        self, resource: dict[str, Any], where: str, trace: list[TraceStep] | None
+    ) -> set[str]:
+        """Normalise ``resource`` in place; returns the names of the code tables used."""
+        used: set[str] = set()
+        self._visit(resource, where, trace, used)
+        return used
+
+    def _visit(self, node: Any, where: str, trace: list[TraceStep] | None, used: set[str]) -> None:
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                self._visit(item, f"{where}[{index}]", trace, used)
+            return
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            path = f"{where}.{key}"
+            if key == "identifier":
+                for at, ident in _each(value, path):
+                    self._rename(ident, self.identifier_systems, at, trace)
+            elif key == "coding" and isinstance(value, list):
+                self._codings(value, path, trace, used)
+            if isinstance(value, dict | list):
+                self._visit(value, path, trace, used)
+        if _is_coding(node):
+            self._rename(node, self.code_systems, where, trace)
+
+    def _codings(
+        self, codings: list[Any], where: str, trace: list[TraceStep] | None, used: set[str]
+    ) -> None:
+        added: list[tuple[int, dict[str, Any]]] = []
+        for index, coding in enumerate(codings):
+            if not _is_coding(coding):
+                continue
+            self._rename(coding, self.code_systems, f"{where}[{index}]", trace)
+            found = self.codes.get(coding["system"])
+            if found is None:
+                continue
+            name, table = found
+            target = table.values.get(coding["code"])
+            if not isinstance(target, dict) or any(
+                c.get("system") == target.get("system") and c.get("code") == target.get("code")
+                for c in codings
+                if isinstance(c, dict)
+            ):
+                continue
+            used.add(name)
+            added.append((index, dict(target)))
+            if trace is not None:
+                file, line = table.lines.get(coding["code"], ("", None))
+                step = TraceStep(file, line, f"{where}[{index}].code", f"{where}[]", target)
+                trace.append(step)
+        for offset, (index, coding) in enumerate(added):
+            codings.insert(index + offset, coding)
+
+    @staticmethod
+    def _rename(
+        element: dict[str, Any], table: Table, where: str, trace: list[TraceStep] | None
+    ) -> None:
+        system = element.get("system")
+        if not isinstance(system, str):
+            return
+        target = table.values.get(system)
+        if not isinstance(target, str) or target == system:
+            return
+        element["system"] = target
+        if trace is not None:
+            file, line = table.lines.get(system, ("", None))
+            trace.append(TraceStep(file, line, f"{where}.system", f"{where}.system", target))
+
+
+def _each(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(value, dict):
+        return [(where, value)]
+    if isinstance(value, list):
+        return [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, dict)]
+    return []
+
+
+def _is_coding(node: Any) -> bool:
+    """A Coding: ``system`` and ``code`` strings and no ``value`` (a Quantity has one)."""
+    return (
+        isinstance(node, dict)
+        and isinstance(node.get("system"), str)
+        and isinstance(node.get("code"), str)
+        and "value" not in node
+    )
