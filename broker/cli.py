@@ -129,14 +129,21 @@ def beat() -> None:
 
 
 @app.command()
-def api(data_dir: DataDirOpt = None, http_port: PortOpt = None) -> None:
-    """Run the HTTP API (health, metrics, queues, messages)."""
+def api(
+    adapters: AdaptersOpt = None,
+    mappings: MappingsOpt = None,
+    data_dir: DataDirOpt = None,
+    http_port: PortOpt = None,
+) -> None:
+    """Run the HTTP API (health, metrics, queues, messages, inbound http adapters)."""
     import uvicorn
 
     from broker.api import create_app
     from broker.supervisor import ensure_api_token
 
-    settings = ensure_api_token(_settings(data_dir=data_dir, http_port=http_port))
+    settings = _settings(adapters, mappings, data_dir, http_port)
+    _check(settings)
+    settings = ensure_api_token(settings)
     uvicorn.run(
         create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning"
     )
@@ -151,6 +158,12 @@ def check(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
 
 
 def _check(settings: Settings) -> None:
+    """Load the mappings and the registrations as every process does, or exit 1 with one line.
+
+    Run by ``check`` and before ``serve``, ``listen``, ``worker`` and ``api`` start: each
+    problem is ``file:line: key: reason`` (an outbound subscriber's ``hl7_version`` that no
+    outbound mapping writes among them), never a traceback.
+    """
     from broker.adapters.spec import load_adapters
     from broker.mapping import MappingSet
 
@@ -211,6 +224,8 @@ def translate(
         settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
     except ValueError as exc:
         _fail(f"invalid settings: {exc}".splitlines()[0])
+    if not settings.mappings_dir.is_dir():
+        _fail(f"{settings.mappings_dir} does not exist; expected a mappings directory", 2)
     try:
         raw = file.read_bytes()
     except OSError as exc:

@@ -47,7 +47,17 @@ def lint(path: PathArg = None) -> None:
     """Print every problem of every mapping file as file:line:col: what is wrong; expected."""
     from broker.mapping.lint import lint as run_lint
 
-    problems = run_lint(_root(path))
+    root = _root(path)
+    if root.is_dir() and not any(
+        p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".csv")
+    ):
+        typer.echo(
+            f"passerelle: no mapping files (*.yaml) under {root}; "
+            "expected a mappings root or a mapping file",
+            err=True,
+        )
+        raise typer.Exit(2)
+    problems = run_lint(root)
     for problem in problems:
         typer.echo(str(problem))
     if problems:
@@ -68,6 +78,13 @@ def run_tests(
     from broker.mapping.golden import run_cases
 
     root = _root(path)
+    if not (root / "tests").is_dir():
+        typer.echo(
+            f"passerelle: {root} has no tests/ folder; expected a mappings root whose golden "
+            "cases are in PATH/tests/",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         results = run_cases(root, update=update)
     except BrokerError as exc:

@@ -34,6 +34,7 @@ class Listeners:
             a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
         ]
         self.watcher = MappingWatcher(settings.mappings_dir, mappings)
+        self.watcher.start()  # reloads off the event loop that answers ACKs
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
 
@@ -71,9 +72,9 @@ class Listeners:
 
 
 async def _serve(settings: Settings) -> None:
-    listeners = Listeners(
-        settings, load_adapters(settings.adapters_dir), MappingSet.load(settings.mappings_dir)
-    )
+    mappings = MappingSet.load(settings.mappings_dir)
+    adapters = load_adapters(settings.adapters_dir, hl7_versions=mappings.hl7_versions)
+    listeners = Listeners(settings, adapters, mappings)
     await listeners.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

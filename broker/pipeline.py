@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from broker.adapters.spec import AdapterSpec
 from broker.canonical import check
 from broker.envelope import Envelope, MessageState
-from broker.errors import MessageError
+from broker.errors import MappingError, MessageError
 from broker.fhir_inbound import read_fhir
 from broker.log import get_logger
 from broker.mapping import MapContext, MappingSet, MapResult
@@ -54,16 +55,50 @@ def process(
         else:
             envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, timezone)
     except MessageError as exc:
-        failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": str(exc)})
+        failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": _reason(exc)})
         return failed, []
     except Exception as exc:
         # A bug must cost one quarantined message, never a worker or the partition behind it.
-        log.exception("pipeline.internal_error", envelope_id=envelope.id, adapter=envelope.source)
+        # Logged by type and code location only: an exception's message or a traceback's
+        # locals may quote the patient's data.
+        log.error(
+            "pipeline.internal_error",
+            envelope_id=envelope.id,
+            adapter=envelope.source,
+            error=type(exc).__name__,
+            at=_frames(exc),
+        )
         reason = (
             f"internal error while parsing or mapping ({type(exc).__name__}); see the worker log"
         )
         return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
     return _route(envelope, result, unmapped, subscribers)
+
+
+def _reason(exc: MessageError) -> str:
+    """The quarantine reason: the error's one line, naming for a MappingError the mapping file,
+    the rule and the source path when its message does not already."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(exc, MappingError):
+        return reason
+    missing = [
+        f"{label} {value}"
+        for label, value in (
+            ("mapping", exc.mapping),
+            ("rule", exc.rule),
+            ("source path", exc.source_path),
+        )
+        if value and value not in reason
+    ]
+    return f"{reason} ({', '.join(missing)})" if missing else reason
+
+
+def _frames(exc: BaseException) -> list[str]:
+    """``file:line in function`` of each frame of the traceback, innermost last; no values."""
+    return [
+        f"{frame.filename}:{frame.lineno} in {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    ]
 
 
 def _map_hl7v2(
@@ -88,7 +123,7 @@ def _map_hl7v2(
     )
     result = mappings.map_hl7v2(message, ctx)
     check(message.event, result.bundle)
-    return envelope, result, tuple(mappings.unmapped(message, envelope.source))
+    return envelope, result, tuple(mappings.unmapped(message, envelope.source, result))
 
 
 def _map_fhir(

@@ -68,13 +68,16 @@ def write_loopback_adapters(
     retry: dict[str, Any],
     ack_timeout_s: float = 2.0,
     inbound: dict[str, Any] | None = None,
+    events: dict[str, list[str]] | None = None,
 ) -> None:
     """Write the three loopback registrations: an MLLP source and FHIR and MLLP subscribers.
 
     ``chu-rabat-adt`` listens on ``inbound_port`` (``inbound`` adds options to it);
     ``dmp-national`` posts to ``http://127.0.0.1:fhir_port/fhir`` (ADT A01/A04/A08, ORU R01);
-    ``lab-legacy`` sends ADT to ``127.0.0.1:lab_port``.
+    ``lab-legacy`` sends ADT to ``127.0.0.1:lab_port``. ``events`` replaces a subscriber's
+    events by id (``{"dmp-national": [..., "Bundle"]}`` for FHIR input).
     """
+    events = events or {}
     source = {
         "id": "chu-rabat-adt",
         "name": "CHU Rabat",
@@ -90,7 +93,9 @@ def write_loopback_adapters(
         "direction": "outbound",
         "transport": "fhir-rest",
         "url": f"http://127.0.0.1:{fhir_port}/fhir",
-        "subscribe": {"events": ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"]},
+        "subscribe": {
+            "events": events.get("dmp-national", ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"])
+        },
         "retry": retry,
     }
     write_adapter(directory, dmp)
@@ -100,7 +105,7 @@ def write_loopback_adapters(
         "direction": "outbound",
         "transport": "mllp",
         "connect": f"127.0.0.1:{lab_port}",
-        "subscribe": {"events": ["ADT^*"]},
+        "subscribe": {"events": events.get("lab-legacy", ["ADT^*"])},
         "ack_timeout_s": ack_timeout_s,
         "retry": retry,
     }
@@ -130,6 +135,7 @@ class LoopbackStack:
         ack_timeout_s: float = 2.0,
         peers: tuple[Any, Any] | None = None,
         inbound: dict[str, Any] | None = None,
+        events: dict[str, list[str]] | None = None,
         **settings: Any,
     ) -> None:
         from broker.peers.fhir_capture import FhirCapture
@@ -146,6 +152,7 @@ class LoopbackStack:
         self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
         self._ack_timeout_s = ack_timeout_s
         self._inbound = inbound or {}
+        self._events = events
         self._settings_overrides = settings
         self.settings: Settings | None = None
         self.supervisor: Any = None
@@ -176,6 +183,7 @@ class LoopbackStack:
             retry=self._retry,
             ack_timeout_s=self._ack_timeout_s,
             inbound=self._inbound,
+            events=self._events,
         )
         options: dict[str, Any] = {
             "data_dir": self.data_dir,

@@ -122,9 +122,17 @@ def dry_run(
     result = mappings.map_hl7v2(
         message, MapContext(envelope_id, source, timezone, received_at=received_at), trace=steps
     )
-    unmapped = tuple(mappings.unmapped(message, source))
+    unmapped = tuple(mappings.unmapped(message, source, result))
     output = _render(
-        to, mappings, message, result, envelope_id, source, received_at, hl7_version=hl7_version
+        to,
+        mappings,
+        message,
+        result,
+        envelope_id,
+        source,
+        received_at,
+        hl7_version=hl7_version,
+        unmapped=unmapped,
     )
     return Translation(output, tuple(steps or ()), unmapped)
 
@@ -178,6 +186,7 @@ def _render(
     received_at: datetime,
     *,
     hl7_version: str,
+    unmapped: tuple[str, ...],
 ) -> str:
     if to == "fhir":
         return json.dumps(result.bundle, ensure_ascii=False, indent=2)
@@ -203,6 +212,7 @@ def _render(
         partition_key=result.partition_key,
         mappings=result.mappings,
         findings=result.findings,
+        unmapped=unmapped,
         bundle=result.bundle,
     )
     return envelope.model_dump_json(indent=2)

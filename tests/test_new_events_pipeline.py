@@ -137,7 +137,8 @@ class TestRefused:
         raw = (GOLDEN / "mdm_t02_v251_no_content.hl7").read_bytes()
         envelope, destinations = run(raw, mappings, adapters, subscriber)
         assert envelope.state is MessageState.FAILED
-        assert "without content" in (envelope.reason or "")
+        assert "DocumentReference.content" in (envelope.reason or "")
+        assert "required by FHIR R4" in (envelope.reason or "")
         assert destinations == []
 
     def test_an_order_without_obr_is_refused(self, mappings, adapters, subscriber):

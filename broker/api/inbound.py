@@ -7,8 +7,8 @@ journals it. Both need the API bearer token and an enabled inbound adapter with
 ``transport: http`` (and the matching ``format``).
 
 Status codes: 200 with the ACK (AA, or AE/AR for a reason in the message); 202 for an accepted
-FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read or is not valid;
-413 above ``max_message_bytes``; 503 with ``Retry-After`` when the journal cannot accept the
+FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read or is not valid
+(the body is kept in ``pl:rejected``, as refused HL7 v2 is); 413 above ``max_message_bytes``; 503 with ``Retry-After`` when the journal cannot accept the
 message (Redis down or backpressure): the sender keeps it and resends, nothing is acknowledged
 that could be lost.
 """
@@ -16,11 +16,12 @@ that could be lost.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
@@ -32,11 +33,14 @@ from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.api.auth import require_token
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
-from broker.errors import BrokerError, JournalError, MappingSpecError
+from broker.errors import BrokerError, JournalError, MappingSpecError, MessageError
 from broker.ingest import HL7v2Intake
 from broker.journal import AppendResult, Journal, dedupe_digest
 from broker.log import get_logger
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from broker.mapping import MappingSet
 
 __all__ = [
     "FHIR_MEDIA_TYPE",
@@ -93,6 +97,8 @@ class InboundEdge:
         journal: shared by every adapter (``None`` when there is no http adapter).
         kicker: queues drain tasks.
         client: the asyncio Redis client the journal uses (closed on shutdown).
+        mappings: the current MappingSet (hot-reloaded); the FHIR route takes its partition
+            key from ``mappings/fhir/`` (``None`` until loaded).
         problem: why the edge cannot serve (registrations or mappings failed to load).
     """
 
@@ -101,6 +107,7 @@ class InboundEdge:
     journal: Journal | None = None
     kicker: AsyncKicker | None = None
     client: redis.asyncio.Redis | None = None
+    mappings: Callable[[], MappingSet] | None = None
     problem: str | None = None
 
 
@@ -137,22 +144,23 @@ async def open_inbound(app: FastAPI) -> None:
 
         celery = create_celery(settings)
     edge.kicker = AsyncKicker(celery, edge.client)
-    hl7 = [a for a in edge.adapters.values() if a.format == "hl7v2"]
-    if hl7:
-        from broker.mapping import MappingSet
-        from broker.mapping.reload import MappingWatcher
+    from broker.mapping import MappingSet
+    from broker.mapping.reload import MappingWatcher
 
-        try:
-            watcher = MappingWatcher(settings.mappings_dir, MappingSet.load(settings.mappings_dir))
-        except (MappingSpecError, OSError) as exc:
-            edge.problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
-            log.error("inbound.mappings_unavailable", error=edge.problem)
-            return
+    try:
+        watcher = MappingWatcher(settings.mappings_dir, MappingSet.load(settings.mappings_dir))
+    except (MappingSpecError, OSError) as exc:
+        edge.problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
+        log.error("inbound.mappings_unavailable", error=edge.problem)
+        return
+    watcher.start()  # reloads off the event loop that answers requests
+    edge.mappings = watcher.current
 
-        def supports(event: str, version: str, adapter: str) -> bool:
-            return watcher.current().supports(event, version, adapter)
+    def supports(event: str, version: str, adapter: str) -> bool:
+        return watcher.current().supports(event, version, adapter)
 
-        for adapter in hl7:
+    for adapter in edge.adapters.values():
+        if adapter.format == "hl7v2":
             edge.intakes[adapter.id] = HL7v2Intake(
                 adapter, edge.journal, supports, settings.partitions, edge.kicker
             )
@@ -312,16 +320,24 @@ def _identifier(resource: Any) -> str | None:
     return None
 
 
-def _patient_key(data: dict[str, Any]) -> str | None:
-    """The identifier of the Patient: the resource itself, or the first Patient of a Bundle."""
-    if data.get("resourceType") == "Patient":
-        return _identifier(data)
-    if data.get("resourceType") == "Bundle":
-        for entry in data.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
-                return _identifier(resource)
-    return None
+def _patient_key(mappings: MappingSet, adapter_id: str, data: dict[str, Any]) -> str | None:
+    """The partition key the worker's mapping will give the message (``Envelope.partition_key``).
+
+    The same normalised identity (``FhirMapping.patient_key``): one patient's messages from an
+    adapter share a journal partition however the sender spells the identifier system, and a
+    lone Observation goes with its patient. ``None`` for input the worker will refuse (no
+    supported resource, no FHIR mapping): it waits for nobody.
+    """
+    if mappings.fhir is None:
+        return None
+    try:
+        return mappings.fhir.patient_key(data, adapter_id)
+    except MessageError:
+        return None
+    except Exception as exc:
+        # A bug here must not refuse a valid message: it is journalled and ordered on its own.
+        log.error("inbound.patient_key_failed", adapter=adapter_id, error=type(exc).__name__)
+        return None
 
 
 def _dedupe(adapter_id: str, data: dict[str, Any]) -> str | None:
@@ -350,14 +366,47 @@ def _dedupe(adapter_id: str, data: dict[str, Any]) -> str | None:
     },
 )
 async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
-    """Take one FHIR R4 resource or Bundle (application/fhir+json); journal it once valid."""
+    """Take one FHIR R4 resource or Bundle (application/fhir+json); journal it once valid.
+
+    A body that is refused (400, 413, 422) is kept in ``pl:rejected`` with the first reason,
+    as refused HL7 v2 is (``GET /api/rejected``): the sender gets the OperationOutcome, the
+    operators see what was refused.
+    """
     edge, adapter = _adapter(request, adapter_id, "fhir")
-    assert edge.journal is not None
-    assert edge.kicker is not None
+    if edge.mappings is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem or "not ready")
     settings: Settings = request.app.state.settings
     body, complete = await _read(request, settings.max_message_bytes)
+    reply = _check_fhir(body, complete, settings.max_message_bytes)
+    if isinstance(reply, Response):
+        await _keep_refused(edge, adapter, body, reply, _peer(request))
+        return reply
+    return await _journal_fhir(edge, adapter, settings, body, reply)
+
+
+async def _keep_refused(
+    edge: InboundEdge, adapter: AdapterSpec, body: bytes, reply: Response, peer: str
+) -> None:
+    """Keep a refused body with the first issue's diagnostics; a Redis failure is only logged.
+
+    The sender already holds the refusal (4xx) and keeps the message; nothing is acknowledged.
+    """
+    assert edge.journal is not None
+    issues = json.loads(bytes(reply.body)).get("issue") or [{}]
+    reason = f"HTTP {reply.status_code}: {issues[0].get('diagnostics', '')}"
+    if len(issues) > 1:
+        reason += f" (and {len(issues) - 1} more issues)"
+    try:
+        await edge.journal.reject(adapter.id, body, reason, peer)
+    except JournalError as exc:
+        log.error("message.reject_unkept", adapter=adapter.id, error=str(exc))
+    log.info("message.refused", adapter=adapter.id, status=reply.status_code)
+
+
+def _check_fhir(body: bytes, complete: bool, limit: int) -> Response | dict[str, Any]:
+    """The parsed, valid FHIR R4 resource, or the OperationOutcome refusing it."""
     if not complete:
-        msg = f"the body is larger than the limit of {settings.max_message_bytes} bytes"
+        msg = f"the body is larger than the limit of {limit} bytes"
         return _outcome(status.HTTP_413_CONTENT_TOO_LARGE, "error", "too-costly", msg)
     try:
         data = json.loads(body)
@@ -388,6 +437,17 @@ async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
         msg = f"{resource_type} could not be validated as FHIR R4 ({type(exc).__name__})"
         return _outcome(status.HTTP_422_UNPROCESSABLE_CONTENT, "error", "invalid", msg)
     assert isinstance(data, dict)
+    return data
+
+
+async def _journal_fhir(
+    edge: InboundEdge, adapter: AdapterSpec, settings: Settings, body: bytes, data: dict[str, Any]
+) -> Response:
+    """Journal a valid resource in its patient's partition and queue the drain; 202 or 503."""
+    assert edge.journal is not None
+    assert edge.kicker is not None
+    assert edge.mappings is not None
+    resource_type = str(data["resourceType"])
     envelope_id = new_id()
     accepted = json.dumps(
         {
@@ -402,7 +462,8 @@ async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
         }
     ).encode()
     partition = keys.partition_of(
-        _patient_key(data) or f"{adapter.id}|{envelope_id}", settings.partitions
+        _patient_key(edge.mappings(), adapter.id, data) or f"{adapter.id}|{envelope_id}",
+        settings.partitions,
     )
     fields = {
         "id": envelope_id,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.canonical import validate_bundle
@@ -25,7 +25,7 @@ from broker.fhir_inbound.fhirpath import Expression
 from broker.fhir_inbound.normalise import Normaliser
 from broker.fhir_inbound.references import Entry, Run, aliases, rewrite
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import resource_id
+from broker.mapping.engine import V2_0003, resource_id
 from broker.mapping.spec import SharedTable
 
 __all__ = ["BUNDLE_TYPES", "CompiledType", "FhirMapping", "FhirResult", "Require", "Site"]
@@ -90,6 +90,10 @@ class FhirMapping:
     normaliser: Normaliser
     sites: dict[str, Site]
     tables: dict[str, SharedTable]
+    hl7_events: dict[str, str] = field(default_factory=dict)
+    """HL7 table 0003 trigger → the ``MSG^TRG`` event the HL7 v2 mappings name (``A01`` →
+    ``ADT^A01``), set by ``MappingSet.load``: a message Bundle whose MessageHeader.eventCoding
+    is in table 0003 gets that event, so one subscription serves HL7 v2 and FHIR input."""
 
     def files(self) -> list[FhirMapping | Site]:
         """This base file and its site files, each with id, file and sha256."""
@@ -113,33 +117,7 @@ class FhirMapping:
         run = Run(self.file, trace)
         site = self.sites.get(ctx.source)
         normaliser = site.normaliser if site is not None else self.normaliser
-        kind = data["resourceType"]
-        header_in: dict[str, Any] | None = None
-        if kind == "Bundle":
-            entries, header_in = self._bundle_entries(data, run)
-        else:
-            entries = [Entry(kind, copy.deepcopy(data), None)]
-        correlation = _correlation(data)
-        kept = [e for e in entries if self._supported(e, run)]
-        if not kept:
-            found = sorted({str(e.resource.get("resourceType")) for e in entries}) or ["none"]
-            msg = (
-                f"no supported resource in the FHIR input (found {', '.join(found)}; "
-                f"supported: {', '.join(sorted(self.types))})"
-            )
-            raise NoMappingError(msg, location="resourceType")
-        roles: set[str] = set()
-        for entry in kept:
-            kind = entry.resource["resourceType"]
-            old = entry.resource.get("id")
-            role = f"{kind}/{old}" if isinstance(old, str) and old else entry.where
-            if role in roles:  # the same Type/id twice (a batch may): still one id per entry
-                role = f"{role}|{entry.where}"
-            roles.add(role)
-            entry.new_id = resource_id(ctx.source, correlation, role)
-            target = f"urn:uuid:{entry.new_id}"
-            for alias in aliases(entry):
-                run.targets.setdefault(alias, target)
+        header_in, kept, correlation = self._entries(data, ctx.source, run)
         used: set[str] = set()
         resources = []
         for index, entry in enumerate(kept, 1):
@@ -155,7 +133,7 @@ class FhirMapping:
             resources.append(resource)
         event, header = self._header(
             header_in,
-            kind if data["resourceType"] != "Bundle" else "Bundle",
+            data["resourceType"],
             kept,
             run,
             ctx.source,
@@ -186,6 +164,60 @@ class FhirMapping:
             partition_key=self._partition_key(kept, run, ctx.source),
         )
         return FhirResult(result, event, correlation, tuple(run.unmapped))
+
+    def patient_key(self, data: Any, source: str) -> str:
+        """The partition key ``map`` would give this input, without mapping it.
+
+        The same identity as ``map(...).result.partition_key``: the first Patient's first
+        identifier with its system normalised, else the first resource's patient reference.
+        The HTTP edge journals by it, so one patient's messages share a partition however the
+        sender spells the identifier system (see docs/reliability.md, per-patient order).
+
+        Raises:
+            MessageError: as ``map`` for input it would refuse before the ``require:`` checks.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            raise FHIRParseError("the JSON is not a FHIR resource: it has no resourceType")
+        run = Run(self.file, None)
+        site = self.sites.get(source)
+        normaliser = site.normaliser if site is not None else self.normaliser
+        _, kept, _ = self._entries(data, source, run)
+        for entry in kept:
+            rewrite(entry.resource, entry.where, run)
+            normaliser.apply(entry.resource, entry.where, None)
+        return self._partition_key(kept, run, source)
+
+    def _entries(
+        self, data: dict[str, Any], source: str, run: Run
+    ) -> tuple[dict[str, Any] | None, list[Entry], str]:
+        """The input MessageHeader, the supported entries (with new ids) and the correlation."""
+        header_in: dict[str, Any] | None = None
+        if data["resourceType"] == "Bundle":
+            entries, header_in = self._bundle_entries(data, run)
+        else:
+            entries = [Entry(data["resourceType"], copy.deepcopy(data), None)]
+        correlation = _correlation(data)
+        kept = [e for e in entries if self._supported(e, run)]
+        if not kept:
+            found = sorted({str(e.resource.get("resourceType")) for e in entries}) or ["none"]
+            msg = (
+                f"no supported resource in the FHIR input (found {', '.join(found)}; "
+                f"supported: {', '.join(sorted(self.types))})"
+            )
+            raise NoMappingError(msg, location="resourceType")
+        roles: set[str] = set()
+        for entry in kept:
+            kind = entry.resource["resourceType"]
+            old = entry.resource.get("id")
+            role = f"{kind}/{old}" if isinstance(old, str) and old else entry.where
+            if role in roles:  # the same Type/id twice (a batch may): still one id per entry
+                role = f"{role}|{entry.where}"
+            roles.add(role)
+            entry.new_id = resource_id(source, correlation, role)
+            target = f"urn:uuid:{entry.new_id}"
+            for alias in aliases(entry):
+                run.targets.setdefault(alias, target)
+        return header_in, kept, correlation
 
     def _bundle_entries(
         self, data: dict[str, Any], run: Run
@@ -301,6 +333,10 @@ class FhirMapping:
         if not isinstance(event, str) or not event:
             msg = "the MessageHeader has no event (eventCoding.code or eventUri)"
             raise CanonicalError(msg, location=f"{where}.eventCoding")
+        # The v2-to-FHIR IG maps MSH-9.2 to eventCoding in table 0003 and leaves MSH-9.1 out
+        # (ConceptMap datatype-msg-to-messageheader); the message code comes from the mappings.
+        if isinstance(coding, dict) and coding.get("system") == V2_0003:
+            event = self.hl7_events.get(event, event)
         return event, header
 
     def _partition_key(self, kept: list[Entry], run: Run, source: str) -> str:

@@ -39,12 +39,16 @@ class MapResult:
         findings: data-quality observations; never hold a patient's value.
         mappings: the mapping files used, with their content hashes.
         partition_key: the first Patient's first identifier as ``system|value``.
+        read: for HL7 v2 input, every field of a segment instance the mapping read
+            (``functions.field_read`` keys); what ``MappingSet.unmapped`` compares the
+            message with. Not part of the output.
     """
 
     bundle: dict[str, Any]
     findings: tuple[Finding, ...]
     mappings: tuple[MappingRef, ...]
     partition_key: str
+    read: frozenset[int] | set[int] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

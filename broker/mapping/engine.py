@@ -104,15 +104,20 @@ class CompiledResource:
     lets: tuple[Let, ...] = ()
     """Its ``let:`` variables, computed in order per instance before the rules run."""
 
-    def check(self, resource: dict[str, Any], where: str) -> None:
+    def check(self, resource: dict[str, Any], where: str, file: str = "the mapping") -> None:
         """Enforce what load-time checks cannot: required elements and one value per choice.
 
         Every rule's output type was checked against its element at load and every transform
         returns valid FHIR or nothing, so cardinality is all that depends on the message.
+        ``required`` holds primitive and complex 1..x elements alike (``targets.requirements``).
         """
         for name in self.required:
             if name not in resource:
-                msg = f"{where}.{name} is required by FHIR R4 but no rule of the mapping filled it"
+                kind = resource.get("resourceType", "the resource")
+                msg = (
+                    f"{kind}.{name} ({where}) is required by FHIR R4 but no rule of {file} "
+                    "filled it from this message"
+                )
                 raise CanonicalError(msg, location=f"{where}.{name}")
         for group in self.choices:
             present = [name for name in group if name in resource]
@@ -167,12 +172,14 @@ class CompiledMapping:
     ) -> tuple[list[Instance], Env]:
         """Map ``message``: the resource instances in Bundle order, and the Env with findings.
 
-        ``trace``, when given, receives one TraceStep per element written.
+        ``trace``, when given, receives one TraceStep per element written. ``Env.seen`` holds
+        every (segment instance, field) a rule, condition or variable read: ``unmapped`` input.
         """
         env = Env(message, timezone, source)
         run = Run(env, trace)
-        root = Scope(None, message.segments, None)
+        root = Scope(None, message.segments, None, seen=env.seen)
         groups = group_scopes(self.groups, self.group_order, root)
+        run.groups = groups
         control_id = message.control_id
         ordered: list[Instance] = []
         for resource in self.resources:
@@ -208,7 +215,9 @@ class CompiledMapping:
                     values[let.name] = let.value(scope, run)
             for rule in resource.rules:
                 rule.run(instance.resource, scope, run)
-            resource.check(instance.resource, f"Bundle.entry[{index}].resource")
+            resource.check(
+                instance.resource, f"Bundle.entry[{index}].resource", f"mapping {self.id}"
+            )
         return ordered, env
 
 
@@ -335,9 +344,15 @@ def mapping_reads(resources: Sequence[CompiledResource]) -> frozenset[tuple[str,
 def check_groups(groups: dict[str, GroupSpec], where: Where) -> None:
     """Every segment a group names exists in the declared versions (Z-segments may)."""
     for name, group in groups.items():
-        for index, segment in enumerate([group.starts, *(group.members or ())]):
-            key: Key = ("groups", name, "starts") if index == 0 else ("groups", name, "members")
+        starts = group.start_names
+        for index, segment in enumerate(starts):
+            key: Key = ("groups", name, "starts")
+            if not isinstance(group.starts, str):
+                key = (*key, index)
             where.attempt(partial(check_segment, segment, where, key))
+        for index, segment in enumerate(group.members or ()):
+            members: Key = ("groups", name, "members", index)
+            where.attempt(partial(check_segment, segment, where, members))
 
 
 def _raise(error: SpecProblem) -> None:
@@ -385,7 +400,9 @@ def compile_resource(
         where = replace(where, variables=frozenset(resource.let))
     rules: list[Rule] = []
     for i, rule_spec in enumerate(resource.rules):
-        rule = compile_top_rule(rule_spec, model, maps, roles, where, (*key, "rules", i))
+        rule = compile_top_rule(
+            rule_spec, model, maps, roles, where, (*key, "rules", i), frozenset(groups)
+        )
         if rule is not None:
             rules.append(rule)
     required, choices = requirements(model)
@@ -408,15 +425,31 @@ def compile_top_rule(
     roles: set[str],
     where: Where,
     key: Key,
+    groups: frozenset[str] | None = None,
 ) -> Rule | None:
-    """Compile a resource's rule, recording what it reads; None when linting found a problem."""
+    """Compile a resource's rule, recording what it reads; None when linting found a problem.
+
+    ``groups``, when given, are the group names a rule's ``each:`` may loop over (checked here).
+    """
     own = replace(where, reads=set())
+    if groups is not None:
+        where.attempt(partial(_check_group_loops, spec, groups, where, key))
     if where.problems is not None:
         _check_sources(spec, own, key)
     rule = own.attempt(partial(compile_rule, spec, model, maps, roles, own, key))
     if rule is not None:
         rule.reads = frozenset(own.reads)
     return rule
+
+
+def _check_group_loops(spec: RuleSpec, groups: frozenset[str], where: Where, key: Key) -> None:
+    """A rule's ``each:`` naming a group (no ``-``) must name a declared one."""
+    if spec.each is not None and "-" not in spec.each and spec.each not in groups:
+        known = ", ".join(sorted(groups)) or "none"
+        reason = f"no group {spec.each!r} under groups: ({known}); or loop a field such as PV1-7(*)"
+        raise where.error((*key, "each"), reason)
+    for i, sub in enumerate(spec.rules or ()):
+        _check_group_loops(sub, groups, where, (*key, "rules", i))
 
 
 def _check_sources(spec: RuleSpec, where: Where, key: Key) -> None:
@@ -427,7 +460,7 @@ def _check_sources(spec: RuleSpec, where: Where, key: Key) -> None:
     elif spec.from_:
         texts.extend((t, (*key, "from", i)) for i, t in enumerate(spec.from_))
     texts.extend((t, (*key, "coalesce", i)) for i, t in enumerate(spec.coalesce or ()))
-    if spec.each is not None:
+    if spec.each is not None and "-" in spec.each:
         texts.append((spec.each, (*key, "each")))
     texts.extend(_condition_paths(spec.when, (*key, "when")))
     for text, text_key in texts:

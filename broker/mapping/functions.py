@@ -128,10 +128,20 @@ class SourceValue:
         return unescape(value, d) if d.escape in value else value
 
 
+def field_read(segment: Segment, number: int, *, one_repetition: bool = False) -> int:
+    """The key recording that field ``number`` of ``segment`` was read (all or one repetition).
+
+    An int, not a (segment, number) tuple: a mapping run records hundreds of reads and ints do
+    not load the cyclic garbage collector. Keys name segments by ``id()``, so they are
+    compared with the message they were recorded for while it is alive (``MapResult.read``).
+    """
+    return id(segment) * 512 + (256 if one_repetition else 0) + number
+
+
 class Env:
     """What a transform may use about the current message: context, findings and locations."""
 
-    __slots__ = ("findings", "message", "sender", "source", "timezone")
+    __slots__ = ("findings", "message", "seen", "sender", "source", "timezone")
 
     def __init__(self, message: Message, timezone: str, source: str) -> None:
         self.message = message
@@ -140,6 +150,9 @@ class Env:
         self.sender = message.msh.value(4)
         """MSH-4.1, the sending facility."""
         self.findings: list[Finding] = []
+        self.seen: set[int] = set()
+        """The fields read in this run, as ``field_read`` keys; a transform reading fields of
+        segments other than its values' (an MDM document's later OBXs) adds them."""
 
     def location(self, value: SourceValue) -> str:
         """Name where ``value`` sits: ``PID-7``, ``OBX[3]-5``, ``PID-3(2)``; never the value."""
@@ -616,7 +629,12 @@ _TELECOM_SYSTEM = {
 def fn_xtn_telecom(
     values: Sequence[SourceValue | None], env: Env, args: Any
 ) -> dict[str, Any] | None:
-    """XTN → ContactPoint: -1 (or -5/-6/-7 parts, or -4 e-mail), -2 use, -3 equipment type."""
+    """XTN → ContactPoint: the number, -2 use, -3 equipment type (v2-to-FHIR XTN → ContactPoint).
+
+    The number is XTN-1, else XTN-12 (unformatted telephone number: XTN-1 is withdrawn in
+    v2.7, §2A.89, so v2.7+ senders fill XTN-12), else built from XTN-5 country code, -6 area
+    code and -7 local number; an e-mail (XTN-3 Internet/X.400) is XTN-4 (or XTN-1).
+    """
     v = _first(values)
     if v is None:
         return None
@@ -627,7 +645,11 @@ def fn_xtn_telecom(
         system = "email"
     else:
         parts = [v.comp(n).strip() for n in (5, 6, 7)]
-        value = v.comp(1).strip() or (("+" if parts[0] else "") + "".join(parts))
+        value = (
+            v.comp(1).strip()
+            or v.comp(12).strip()
+            or (("+" if parts[0] else "") + "".join(parts) if parts[2] else "")
+        )
         system = _TELECOM_SYSTEM.get(equipment, "phone")
     if not value:
         return None
@@ -888,6 +910,7 @@ def fn_text_lines(values: Sequence[SourceValue | None], env: Env, args: Any) -> 
         return None
     # A path without (rep) reads repetition 1; the text is every repetition of that field.
     reps = v.segment.repetitions(v.path.field) if v.path.component is None else [v.raw]
+    env.seen.add(field_read(v.segment, v.path.field))  # every repetition is read
     lines = [_formatted(rep, v.delims).rstrip() for rep in reps if rep != '""']
     return "\n".join(lines).strip("\n") or None
 
@@ -1178,6 +1201,7 @@ def fn_document_attachment(
     if first is None:
         return None
     obxs = _document_segments(first, env)
+    env.seen.update(field_read(obx, number) for obx in obxs for number in (2, 5))
     eds = [obx for obx in obxs if obx.value(2) == "ED"]
     if eds:
         if len(obxs) > 1:
@@ -1373,6 +1397,68 @@ def out_xtn(value: Any, d: Delimiters) -> str:
     return _join([escape(value["value"], d), use, equipment], d.component)
 
 
+def out_xtn_unformatted(value: Any, d: Delimiters) -> str:
+    """ContactPoint → XTN without XTN-1, which v2.6 drops and v2.7 withdraws (§2A.89): a telephone
+    number goes to XTN-12 unformatted telephone number, as sent (never split into XTN-5..7
+    guesses); -2 use, -3 equipment and -4 e-mail as ``xtn``.
+    """
+    text = out_xtn(value, d)
+    if not text or not isinstance(value, dict) or value.get("system") == "email":
+        return text
+    parts = text.split(d.component)
+    number, parts[0] = parts[0], ""
+    parts += [""] * (11 - len(parts)) + [number]
+    return d.component.join(parts)
+
+
+def out_obx_sub_id(value: Any, d: Delimiters) -> str:
+    """Observation → OBX-4 observation sub-id, from the identifier ``joined_identifier`` built.
+
+    The inbound ORU mapping identifies a result by OBR-3, OBX-3.1 and OBX-4 joined with ``-``
+    (``LAB-2024-60311-2345-7-1``); the sub-id is what follows the OBX-3 code, which is the
+    Observation's first coding. Empty when the Observation has no such identifier (a result
+    from FHIR input) or none follows the code.
+    """
+    if not isinstance(value, dict):
+        return ""
+    codings = (value.get("code") or {}).get("coding") or [{}]
+    code = str(codings[0].get("code", "")) if isinstance(codings[0], dict) else ""
+    if not code:
+        return ""
+    for ident in value.get("identifier") or []:
+        if not isinstance(ident, dict) or "/sid/lab-result/" not in str(ident.get("system")):
+            continue
+        joined = str(ident.get("value", ""))
+        start = len(code) + 1 if joined.startswith(f"{code}-") else None
+        if start is None:
+            at = joined.find(f"-{code}-")
+            start = at + len(code) + 2 if at >= 0 else None
+        if start is not None:
+            return escape(joined[start:], d)
+    return ""
+
+
+_MIME_ED = {mime: pair for pair, mime in reversed(_ED_MIME.items())}
+# MIME top-level types → HL7 table 0191 type of referenced data (ED-2).
+_MIME_TOP_0191 = {"application": "AP", "image": "IM", "audio": "AU", "text": "TEXT"}
+
+
+def out_ed(value: Any, d: Delimiters) -> str:
+    """Attachment with data → ED (OBX-5 when OBX-2 is ED): ^type^subtype^Base64^data.
+
+    ED-2 type of data (table 0191) and ED-3 subtype (table 0291) from contentType, ED-4 is
+    always Base64 (table 0299), the data as the Attachment holds it; the inbound
+    ``ed_attachment`` read backwards. Empty when the Attachment has no data (a URL only).
+    """
+    if not isinstance(value, dict) or not value.get("data"):
+        return ""
+    mime = str(value.get("contentType", "application/octet-stream")).split(";")[0].strip().lower()
+    top, _, sub = mime.partition("/")
+    kind, subtype = _MIME_ED.get(mime) or (_MIME_TOP_0191.get(top, top), sub.upper())
+    parts = ["", kind, subtype, "Base64", "".join(str(value["data"]).split())]
+    return d.component.join(escape(p, d) for p in parts)
+
+
 def out_pl(value: Any, d: Delimiters) -> str:
     """Encounter.location → PL-1..3 from the display the inbound mapping wrote."""
     if not isinstance(value, dict):
@@ -1398,17 +1484,69 @@ def out_xcn(value: Any, d: Delimiters) -> str:
     return _join([escape(p, d) for p in parts], d.component)
 
 
-def out_cwe(value: Any, d: Delimiters) -> str:
-    """CodeableConcept or Coding → CWE: -1 code, -2 display, -3 coding system name."""
-    if not isinstance(value, dict):
-        return ""
-    coding = (value.get("coding") or [value])[0]
-    reverse = {v: k for k, v in CODING_SYSTEMS.items()}
-    system = coding.get("system", "")
-    name = reverse.get(system, "")
+# The first name wins: SCT, not the older SNM, for SNOMED CT.
+_REVERSE_CODING_SYSTEMS = {uri: name for name, uri in reversed(CODING_SYSTEMS.items())}
+# FHIR code system URIs with no entry in CODING_SYSTEMS → HL7 table 0396 coding-system names.
+# v3 ObservationInterpretation codes are table 0078's own (the inbound table maps them 1:1).
+_OUT_CODING_SYSTEMS = {
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": "HL70078",
+    "https://passerelle.ma/fhir/CodeSystem/lab-local": "L",
+}
+LOCAL_CODING_SYSTEM = "L"
+"""HL7 table 0396 ``L``, local general code: CWE-3 of a Coding that has no system."""
+
+
+def _coding_system_name(coding: dict[str, Any]) -> str:
+    system = str(coding.get("system", ""))
+    if not system:
+        # codeable_concept leaves the system out for local names (L, 99zzz) and an empty CWE-3;
+        # from v2.7 CWE-3 is required when CWE-1 is valued (§2A.13), so say "local".
+        return LOCAL_CODING_SYSTEM if coding.get("code") else ""
+    name = _REVERSE_CODING_SYSTEMS.get(system) or _OUT_CODING_SYSTEMS.get(system, "")
     if not name and system.startswith("http://terminology.hl7.org/CodeSystem/v2-"):
         name = "HL7" + system.rsplit("-", 1)[1]
-    parts = [coding.get("code", ""), coding.get("display", "") or value.get("text", ""), name]
+    return name
+
+
+def _triplet(coding: dict[str, Any], text: str) -> list[str]:
+    code = str(coding.get("code", ""))
+    if not code:
+        return ["", str(coding.get("display", "") or text), ""]
+    return [code, str(coding.get("display", "") or text), _coding_system_name(coding)]
+
+
+def _coded(value: dict[str, Any], text: str) -> list[str]:
+    codings = [c for c in (value.get("coding") or [value]) if isinstance(c, dict)]
+    parts = _triplet(codings[0], text) if codings else ["", text, ""]
+    alternate = next((c for c in codings[1:] if c.get("code")), None)
+    if alternate is not None and parts[0]:
+        parts += _triplet(alternate, "")
+    return parts
+
+
+def out_ce(value: Any, d: Delimiters) -> str:
+    """CodeableConcept or Coding → CE: -1..3 the first coding, -4..6 the second.
+
+    CE-3 (HL7 table 0396) is the coding system's HL7 name; a coding without a system, which
+    is how codeable_concept keeps a local code (``L``, ``99zzz``), is written as ``L``. CE-2 is
+    the display, else the concept's text; a concept with only text is ``^text``.
+    """
+    if not isinstance(value, dict):
+        return ""
+    parts = _coded(value, str(value.get("text", "")))
+    return _join([escape(p, d) for p in parts], d.component)
+
+
+def out_cwe(value: Any, d: Delimiters) -> str:
+    """CodeableConcept or Coding → CWE: as CE, with the concept's text as CWE-9 original text
+    when it has a coding too (the inbound codeable_concept reads CWE-9 into text)."""
+    if not isinstance(value, dict):
+        return ""
+    text = str(value.get("text", ""))
+    if not text or not value.get("coding"):
+        return out_ce(value, d)
+    parts = _coded(value, "")
+    parts += [""] * (8 - len(parts)) + [text]
     return _join([escape(p, d) for p in parts], d.component)
 
 
@@ -1432,7 +1570,8 @@ def out_units(value: Any, d: Delimiters) -> str:
     unit, code = value.get("unit", ""), value.get("code", "")
     if code and value.get("system") == UCUM:
         return _join([escape(code, d), escape(unit or code, d), "UCUM"], d.component)
-    return escape(unit or code, d)
+    # A unit without a code system is text (CE/CWE-2): an identifier would need CWE-3 (v2.7+).
+    return _join(["", escape(unit or code, d)], d.component)
 
 
 def out_reference_range(value: Any, d: Delimiters) -> str:
@@ -1484,8 +1623,12 @@ OUTBOUND: dict[str, OutboundTransform] = {
     "xpn": out_xpn,
     "xad": out_xad,
     "xtn": out_xtn,
+    "xtn_unformatted": out_xtn_unformatted,
+    "obx_sub_id": out_obx_sub_id,
+    "ed": out_ed,
     "pl": out_pl,
     "xcn": out_xcn,
+    "ce": out_ce,
     "cwe": out_cwe,
     "number": out_number,
     "units": out_units,

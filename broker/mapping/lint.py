@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
 from broker.fhir_inbound import FHIR_DIR, FhirProblem, load_fhir
+from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec
 from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
 from broker.mapping.reverse import compile_outbound
 from broker.mapping.sites import compile_site, site_order
@@ -62,7 +63,12 @@ def lint(path: Path) -> list[Problem]:
     if path.is_file() and fhir_holder is not None:
         # A FHIR inbound file: every file of mappings/fhir/ is compiled, its problems reported.
         _lint_tables(fhir_holder.parent / TABLES_DIR, claims)
-        return sorted(p for p in _lint_fhir(fhir_holder.parent, claims) if Path(p.file) == path)
+        found = _lint_fhir(fhir_holder.parent, claims)
+        return sorted(
+            p
+            for p in found
+            if Path(p.file) == path and not _about_broken_table(p, claims.broken_tables)
+        )
     if path.is_file():
         holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
         if holder is not None:
@@ -97,7 +103,8 @@ def lint(path: Path) -> list[Problem]:
     problems.extend(claims.problems)
     if not path.is_file():
         problems.extend(_lint_fhir(path, claims))
-    return sorted(set(problems))
+    # A table that does not load is reported at its own line; rules naming it are not findings.
+    return sorted({p for p in problems if not _about_broken_table(p, claims.broken_tables)})
 
 
 def _lint_fhir(root: Path, claims: _Claims) -> list[Problem]:
@@ -114,14 +121,14 @@ def _lint_fhir(root: Path, claims: _Claims) -> list[Problem]:
         if read is not None:
             positions[str(file)] = read[1]
             texts[str(file)] = file.read_text(encoding="utf-8").splitlines()
+            problems.extend(_fhir_schema(read[0], str(file), read[1]))
     found: list[FhirProblem] = []
     load_fhir(root, claims.tables, found)
     for problem in found:
         if problem.file not in positions:
             continue  # a YAML syntax error, reported by _read
         if problem.line is not None:
-            problems.append(Problem(problem.file, problem.line, 1, problem.reason))
-            continue
+            continue  # a schema error, reported by _fhir_schema at its value
         line, col = _position(positions[problem.file], problem.key)
         if problem.column is not None:
             text = texts[problem.file][line - 1] if line <= len(texts[problem.file]) else ""
@@ -129,8 +136,32 @@ def _lint_fhir(root: Path, claims: _Claims) -> list[Problem]:
             col += problem.column - 1 + int(quoted)
         where = _dotted(tuple(k for k in problem.key if k != "__key__"))
         reason = f"{where}: {problem.reason}" if where else problem.reason
+        if "expected" not in problem.reason:
+            reason += _fhir_expected(problem)
         problems.append(Problem(problem.file, line, col, reason))
     return problems
+
+
+def _fhir_schema(data: Any, file: str, positions: Positions) -> list[Problem]:
+    """Schema problems of one FHIR inbound file, each at its value with the keys expected."""
+    if not isinstance(data, dict):
+        reason = "the file is not a mapping of keys; expected id:, resources: or extends:, ..."
+        return [Problem(file, 1, 1, reason)]
+    model: type[FhirSpec | FhirSiteSpec] = FhirSiteSpec if "extends" in data else FhirSpec
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return _schema_problems(exc, model, file, positions)
+    return []
+
+
+def _fhir_expected(problem: FhirProblem) -> str:
+    """What was expected, for a FHIR inbound problem whose reason does not say."""
+    if problem.column is not None:
+        return "; expected a FHIRPath expression (https://hl7.org/fhirpath/N1/)"
+    if "resource type" in problem.reason:
+        return "; expected a FHIR R4 resource type other than Bundle and MessageHeader"
+    return "; expected a FHIR inbound file as docs/mappings.md (FHIR input) describes"
 
 
 def _lint_tables(directory: Path, claims: _Claims) -> list[Problem]:
@@ -147,10 +178,33 @@ def _lint_tables(directory: Path, claims: _Claims) -> list[Problem]:
     found: list[MappingSpecError] = []
     claims.tables = load_tables(directory, found)
     for error in found:
+        claims.broken_tables.add(_table_name(Path(error.file)))
         if error.file in unreadable:
             continue
         problems.append(claims.table_problem(error, error.key))
+    claims.broken_tables -= set(claims.tables)
     return problems
+
+
+def _table_name(file: Path) -> str:
+    """The name a table file defines: a YAML table's ``id``, else the file's stem (CSV)."""
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return file.stem
+        name = data.get("id") if isinstance(data, dict) else None
+        if isinstance(name, str):
+            return name
+    return file.stem
+
+
+def _about_broken_table(problem: Problem, broken: set[str]) -> bool:
+    """A problem that only says a rule's table is missing, when that table failed to load."""
+    return any(
+        f"no value map {name!r}" in problem.reason or f"no shared table {name!r}" in problem.reason
+        for name in broken
+    )
 
 
 def _lint_sites(claims: _Claims) -> list[Problem]:
@@ -220,6 +274,9 @@ def _read(file: Path, problems: list[Problem]) -> tuple[Any, Positions] | None:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         context = f" ({exc.context})" if exc.context else ""
+        started = exc.context_mark
+        if exc.context and started is not None and started.line + 1 != line:
+            context = f" ({exc.context} started at line {started.line + 1})"
         reason = f"YAML syntax error: {exc.problem}{context}; expected well-formed YAML"
         problems.append(Problem(name, line, col, reason))
         return None
@@ -317,6 +374,12 @@ def _schema_problems(
             where = _position(positions, loc)
         else:
             message = str(err["msg"]).removeprefix("Value error, ")
+            given = err.get("input")
+            if message.startswith("Input should be ") and isinstance(given, str | int | float):
+                # pydantic's own wording: "Input should be 'hl7v2'" → what was given, expected.
+                message = (
+                    f"{given!r} is not allowed; expected {message.removeprefix('Input should be ')}"
+                )
             reason = f"invalid {_dotted(loc) or 'file'}; {message}"
             where = _position(positions, loc)
         found.append(Problem(file, *where, reason))
@@ -344,6 +407,8 @@ class _Claims:
         self.events: dict[tuple[str, str], str] = {}
         self.problems: list[Problem] = []
         self.tables: dict[str, SharedTable] = {}
+        self.broken_tables: set[str] = set()
+        """Names of tables whose file has problems and did not load."""
         self.table_positions: dict[str, Positions] = {}
         """YAML table file → positions of its keys (CSV problems are at the row's column 1)."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +13,20 @@ from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import MappingError, MappingSpecError, NoMappingError
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import CompiledMapping, compile_inbound, message_header, resource_id
+from broker.mapping.engine import (
+    ENGINE_READS,
+    CompiledMapping,
+    compile_inbound,
+    message_header,
+    resource_id,
+)
+from broker.mapping.functions import field_read
 from broker.mapping.reverse import CompiledOutbound, compile_outbound
+from broker.mapping.scopes import Scope, field_numbers, group_scopes
 from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedTable, SiteSpec
 from broker.mapping.tables import TABLES_DIR, load_tables
-from broker.parsing.hl7v2 import Message
+from broker.parsing.hl7v2 import Message, Segment
 from broker.yamlspec import read_yaml, validation_errors
 
 if TYPE_CHECKING:  # broker.fhir_inbound imports broker.mapping; it is loaded in load()
@@ -100,6 +107,10 @@ class MappingSet:
         for out in outbound:
             for trigger in out.triggers():
                 self._outbound.setdefault(trigger, out)
+        if fhir is not None:
+            fhir.hl7_events = _hl7_events(
+                [*(m.events for m in inbound), *(o.spec.target.events for o in outbound)]
+            )
 
     def _add_site(self, mapping: CompiledMapping) -> None:
         for adapter in sorted(mapping.adapters):
@@ -247,6 +258,7 @@ class MappingSet:
             findings=tuple(env.findings),
             mappings=self._refs[id(mapping)],
             partition_key=_partition_key(bundle, ctx.source),
+            read=env.seen,
         )
 
     def map_fhir(
@@ -275,28 +287,59 @@ class MappingSet:
             raise NoMappingError(msg, location="MSH-9")
         return mapping
 
-    def unmapped(self, message: Message, adapter: str | None = None) -> list[str]:
-        """The fields present in ``message`` that no rule of its mapping reads, in message order.
+    def unmapped(
+        self, message: Message, adapter: str | None = None, result: MapResult | None = None
+    ) -> list[str]:
+        """The fields present in ``message`` that no rule read, per segment instance, in order.
 
-        Each is named ``SEG-n`` (``ZPI-2``, ``IN1-3``), never with its value. Set ID fields
-        (data type SI, such as PID-1 and OBX-1) number segments and are not reported.
-        ``adapter`` picks that adapter's site mapping when it has one.
+        A field counts as read in the segment instances its rules actually read for this
+        message: an NTE-3 read under each OBX does not hide the NTE after PID that no rule
+        reads. Locations are structural, the same for every message (the Redis tally stays
+        bounded): ``SEG-n`` (``ZPI-2``, ``OBX-8``), or ``GROUP/SEG-n`` (``PATIENT_RESULT/NTE-3``)
+        for a segment inside an instance of a declared group that it does not start (the
+        innermost group). A field whose rules read one repetition (``OBX-5``, not ``OBX-5(*)``)
+        while others are present is named ``OBX-5(2+)``. Never a value. Set ID fields (data type
+        SI, such as PID-1 and OBX-1) number segments, and the MSH fields the engine reads, are
+        not reported.
+
+        Args:
+            message: the parsed message.
+            adapter: picks that adapter's site mapping when it has one.
+            result: the message's ``map_hl7v2`` result, whose ``read`` is compared; without
+                it the message is mapped again here.
 
         Raises:
             NoMappingError: no mapping for the message's event and version.
+            MessageError: (only without ``result``) the message could not be mapped.
         """
-        reads = self._mapping_for(message, adapter).reads
+        mapping = self._mapping_for(message, adapter)
+        read = result.read if result is not None else None
+        if read is None:
+            read = mapping.run(message, adapter or "unmapped", "UTC")[1].seen
+        places = _places(mapping, message)
         version = message.version
         found: dict[str, None] = {}
         for segment in message.segments:
             name = segment.name
-            for number in range(1, len(segment.fields)):
-                raw = segment.fields[number]
-                if not raw or (name, number) in reads or f"{name}-{number}" in found:
+            place = places.get(id(segment))
+            prefix = f"{place}/{name}" if place else name
+            fields = segment.fields
+            for number in range(1, len(fields)):
+                if not fields[number] or field_read(segment, number) in read:
+                    continue
+                if name == "MSH" and (name, number) in ENGINE_READS:
+                    continue
+                location = f"{prefix}-{number}"
+                if field_read(segment, number, one_repetition=True) in read:
+                    # One repetition was read; the others are named ``OBX-5(2+)`` when present.
+                    if not _other_repetitions(segment, number):
+                        continue
+                    location += "(2+)"
+                if location in found:
                     continue
                 if not name.startswith("Z") and _is_set_id(name, number, version):
                     continue
-                found[f"{name}-{number}"] = None
+                found[location] = None
         return list(found)
 
     @property
@@ -348,22 +391,37 @@ class MappingSet:
             raise MappingError(msg, mapping=out.file) from exc
 
 
-@lru_cache(maxsize=1024)
-def _is_set_id(segment: str, number: int, version: str) -> bool:
-    """Tell whether hl7apy's reference tables give field ``number`` of ``segment`` type SI."""
-    from hl7apy import load_reference
-    from hl7apy.exceptions import HL7apyException
+def _other_repetitions(segment: Segment, number: int) -> bool:
+    """Tell whether field ``number`` has a non-empty repetition after its first."""
+    return any(rep and rep != '""' for rep in segment.repetitions(number)[1:])
 
-    try:
-        fields = load_reference(
-            segment, "Segment", version if version in HL7_VERSIONS else "2.5.1"
-        )[1]
-    except (HL7apyException, KeyError, ValueError):
-        return False
-    if number > len(fields):
-        return False
-    leaf = fields[number - 1][1]
-    return len(leaf) > 2 and leaf[2] == "SI"
+
+def _places(mapping: CompiledMapping, message: Message) -> dict[int, str]:
+    """id(segment) → the innermost declared group holding it, for segments that do not start it."""
+    if not mapping.groups:
+        return {}
+    root = Scope(None, message.segments, None)
+    scopes = group_scopes(mapping.groups, mapping.group_order, root)
+    places: dict[int, str] = {}
+    for name in mapping.group_order:  # parents first: an inner group overrides its parent
+        starts = mapping.groups[name].start_names
+        for scope in scopes[name]:
+            for segment in scope.segments:
+                if segment.name in starts:
+                    places.pop(id(segment), None)
+                else:
+                    places[id(segment)] = name
+    return places
+
+
+def _is_set_id(segment: str, number: int, version: str) -> bool:
+    """Tell whether hl7apy's reference tables give field ``number`` of ``segment`` type SI.
+
+    Looked up by the field number in the element name (``OBX_1``), so the fields hl7apy leaves
+    out as withdrawn do not shift the types of those after them.
+    """
+    numbers = field_numbers(segment, version if version in HL7_VERSIONS else "2.5.1")
+    return numbers is not None and numbers.get(number) == "SI"
 
 
 def _partition_key(bundle: dict[str, Any], source: str) -> str:
@@ -374,3 +432,14 @@ def _partition_key(bundle: dict[str, Any], source: str) -> str:
                 if ident.get("value"):
                     return f"{ident.get('system', '')}|{ident['value']}"
     return f"urn:passerelle:adapter:{source}|unidentified"
+
+
+def _hl7_events(declared: list[Any]) -> dict[str, str]:
+    """Trigger event → ``MSG^TRG`` for each trigger the mappings name with one message code."""
+    codes: dict[str, set[str]] = {}
+    for events in declared:
+        for event in events:
+            message, _, trigger = str(event).partition("^")
+            if trigger:
+                codes.setdefault(trigger, set()).add(message)
+    return {t: f"{next(iter(m))}^{t}" for t, m in codes.items() if len(m) == 1}

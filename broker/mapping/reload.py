@@ -1,18 +1,30 @@
 """Hot reload: a running process picks up changed mapping files without a restart.
 
-A changed directory is loaded and checked in full before it replaces what serves; a set of files
-that fails to load is refused with a log event naming file, line and problem, and the previous
-mappings keep serving until the files change again.
+Every file under the mappings root counts: inbound and outbound mappings, site files, the FHIR
+inbound files (``fhir/``), the shared tables (``tables/*.yaml``, ``*.csv``). A changed directory
+is linted and loaded in full before it replaces what serves; a set of files with any lint
+finding (as ``passerelle mappings lint`` reports it: a duplicate key that loading would silently
+take, an unused value map) or that fails to load is refused with a ``mappings.rejected`` log
+event naming file, line, column and problem, and the previous mappings keep serving until the
+files change again. Files are looked at every second at most, on use, so a change serves within
+a few seconds.
+
+In an asyncio process (the MLLP listener, the HTTP API) call ``start()``: the files are then
+looked at and reloaded by a daemon thread, so linting and loading a changed set (a few seconds
+on a busy 2-core machine) never holds the event loop that answers ACKs; ``current()`` only
+reads an attribute. Synchronous callers (Celery tasks) look on use.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 from broker.errors import MappingSpecError
 from broker.log import get_logger
+from broker.mapping.lint import lint
 from broker.mapping.loader import MappingSet
 
 __all__ = ["MappingWatcher"]
@@ -26,8 +38,12 @@ def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     for root, _, files in os.walk(directory):
         for name in files:
             if name.endswith((".yaml", ".yml", ".csv")):
-                stat = os.stat(os.path.join(root, name))
-                found.append((os.path.join(root, name), stat.st_mtime_ns, stat.st_size))
+                path = os.path.join(root, name)
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:
+                    continue  # removed while walking (an editor's temporary file): next look
+                found.append((path, stat.st_mtime_ns, stat.st_size))
     return tuple(sorted(found))
 
 
@@ -40,15 +56,40 @@ class MappingWatcher:
         mappings: the set already loaded (it is checked at start-up by the caller).
     """
 
-    def __init__(self, directory: Path, mappings: MappingSet, interval_s: float = 2.0) -> None:
+    def __init__(self, directory: Path, mappings: MappingSet, interval_s: float = 1.0) -> None:
         self.directory = directory
         self.interval_s = interval_s
         self._mappings = mappings
         self._seen = _fingerprint(directory)
         self._checked = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Look for changed files in a daemon thread from now on (idempotent)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._watch, name="mapping-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread ``start()`` began (it finishes a reload in progress first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._maybe_reload()
+            except Exception as exc:  # never let the thread die: the next look tries again
+                log.error("mappings.watch_failed", error=type(exc).__name__)
 
     def current(self) -> MappingSet:
-        """The mappings to use now; looks for changed files at most every ``interval_s``."""
+        """The mappings to use now; without ``start()`` looks at the files every ``interval_s``."""
+        if self._thread is not None:
+            return self._mappings
         now = time.monotonic()
         if now - self._checked >= self.interval_s:
             self._checked = now
@@ -61,6 +102,18 @@ class MappingWatcher:
             return
         self._seen = seen
         try:
+            problems = lint(self.directory)
+            if problems:
+                first = problems[0]
+                log.error(
+                    "mappings.rejected",
+                    file=first.file,
+                    line=first.line,
+                    col=first.col,
+                    reason=first.reason,
+                    problems=len(problems),
+                )
+                return
             fresh = MappingSet.load(self.directory, full_validation=self._mappings.full_validation)
         except MappingSpecError as exc:
             log.error(

@@ -5,7 +5,9 @@ is the general tool, but far too slow per message): dotted element names, ``[n]`
 ``resolve()`` to follow a ``urn:uuid:`` reference inside the Bundle, ``ofType(Type)`` to keep
 resources of one type, ``where(element = 'value')`` (or ``!=``) to keep elements by a primitive
 child, ``first()``, and a ``%bundle.`` prefix for the Bundle itself. A path gives a list; a
-list gives field repetitions. ``%set_id`` is the position of the segment's item (OBX-1).
+list gives field repetitions. ``%set_id`` is the position of the segment's item (OBX-1) and
+``%item`` the item itself. A value map entry that is a list is written as components
+(``female: [F, "", HL70001]`` → ``F^^HL70001``, a CWE with its coding system from v2.7).
 
 A segment with ``each:`` is written once per item, each followed by its child ``segments:``,
 which is how a message structure's segment groups are written (v2.5.1 §2.5.2): ORU^R01 is
@@ -47,6 +49,8 @@ Step = tuple[str, Any]
 """(element name, index or None), ("resolve()", None), ("first()", None), ("ofType()", type)
 or ("where()", (element, equal, value))."""
 SET_ID = "%set_id"
+ITEM = "%item"
+"""The segment's item itself, for functions that read several of its elements (OBX-4)."""
 
 
 def _parse(path: str) -> tuple[bool, list[Step]]:
@@ -55,6 +59,8 @@ def _parse(path: str) -> tuple[bool, list[Step]]:
     if on_bundle:
         text = text[len("%bundle.") :]
     steps: list[Step] = []
+    if text == ITEM:
+        return False, steps
     for part in _PARTS.findall(text) if _WHOLE.fullmatch(text) else [text]:
         m = _STEP.match(part)
         if not m:
@@ -461,6 +467,11 @@ def _constant(value: str) -> Reader:
 def _map_writer(values: dict[str, Any], default: Any) -> OutboundTransform:
     def write(value: Any, d: Delimiters) -> str:
         found = values.get(str(value), default)
+        if isinstance(found, list):
+            parts = [escape(str(part), d) for part in found]
+            while parts and not parts[-1]:
+                parts.pop()
+            return d.component.join(parts)
         return escape(str(found), d) if found is not None else ""
 
     return write

@@ -71,13 +71,21 @@ class Run:
     naming ``resource``, the instance being built.
     """
 
-    __slots__ = ("env", "instances", "resource", "trace")
+    __slots__ = ("env", "groups", "instances", "resource", "trace")
 
     def __init__(self, env: Env, trace: list[TraceStep] | None = None) -> None:
         self.env = env
         self.instances: dict[str, list[Instance]] = {}
         self.trace = trace
         self.resource = ""
+        self.groups: dict[str | None, list[Scope]] = {}
+        """Every instance of every segment group, by group name (``scopes.group_scopes``)."""
+
+    def group_instances(self, name: str, scope: Scope) -> list[Scope]:
+        """The instances of group ``name`` inside ``scope`` (a rule's ``each: GROUP``)."""
+        if scope.vars is not None and scope.parent is not None:
+            scope = scope.parent
+        return [g for g in self.groups.get(name) or () if g.within(scope)]
 
     def nearest(self, role: str, scope: Scope) -> Instance | None:
         if scope.vars is not None and scope.parent is not None:
@@ -230,9 +238,19 @@ def compile_rule(
 
         return rule(apply_reference, f"reference:{role}")
 
-    loop = compile_source(spec.each, where, (*key, "each")) if spec.each is not None else None
-    if loop is not None and (spec.rules is None or not append or not loop.repeats):
-        reason = "each: loops a repeating field (PV1-7(*)) into rules: building a list element[]"
+    group = spec.each if spec.each is not None and "-" not in spec.each else None
+    loop = (
+        compile_source(spec.each, where, (*key, "each"))
+        if spec.each is not None and group is None
+        else None
+    )
+    if spec.each is not None and (
+        spec.rules is None or not append or (loop is not None and not loop.repeats)
+    ):
+        reason = (
+            "each: loops a repeating field (PV1-7(*)) or a segment group into rules: "
+            "building a list element[]"
+        )
         raise where.error((*key, "each"), reason)
 
     if spec.rules is not None:
@@ -260,7 +278,10 @@ def compile_rule(
             return element
 
         def apply_rules(scope: Scope, run: Run) -> list[Any]:
-            scopes = loop.loop(scope) if loop is not None else [scope]
+            if group is not None:
+                scopes = run.group_instances(group, scope)
+            else:
+                scopes = loop.loop(scope) if loop is not None else [scope]
             return [element for element in (build(s, run) for s in scopes) if element]
 
         return rule(apply_rules)

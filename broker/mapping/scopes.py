@@ -23,6 +23,7 @@ from broker.parsing.hl7v2 import Path, Segment, parse_path
 __all__ = [
     "SEGMENT",
     "CoalesceSource",
+    "FieldRead",
     "Guard",
     "Pin",
     "Reader",
@@ -34,22 +35,29 @@ __all__ = [
     "compile_reader",
     "compile_source",
     "field_count",
+    "field_numbers",
     "group_order",
     "group_scopes",
 ]
 
 
 Pin = tuple[Segment, int]
+"""A field loop's segment and the repetition it is on."""
+FieldRead = int
+"""A ``functions.field_read`` key: a segment instance and one of its fields that was read."""
 
 
 class Scope:
     """The message, one instance of a segment group, or one repetition of a looped field.
 
     ``pins`` maps (segment name, field number) to the segment and repetition a field loop
-    (``each: PV1-7(*)``) is on: inside the loop, ``PV1-7`` reads that repetition.
+    (``each: PV1-7(*)``) is on: inside the loop, ``PV1-7`` reads that repetition. ``seen`` is
+    the message's (segment instance, field number) reads, shared by every scope of one run: what
+    the unmapped-input report compares the message with (``functions.field_read`` keys; the
+    hot paths below compute them inline).
     """
 
-    __slots__ = ("by_name", "group", "local", "parent", "pins", "segments", "vars")
+    __slots__ = ("by_name", "group", "local", "parent", "pins", "seen", "segments", "vars")
 
     def __init__(
         self,
@@ -58,8 +66,12 @@ class Scope:
         parent: Scope | None,
         local: frozenset[str] = frozenset(),
         pins: dict[tuple[str, int], Pin] | None = None,
+        seen: set[FieldRead] | None = None,
     ) -> None:
         self.group = group
+        self.seen: set[FieldRead] = (
+            parent.seen if parent is not None else (seen if seen is not None else set())
+        )
         self.segments = segments
         self.parent = parent
         self.local = local
@@ -115,6 +127,7 @@ class Source:
             return None
         segment, number = pin
         p = self.path
+        scope.seen.add(id(segment) * 512 + p.field)  # field_read: the loop read every repetition
         raw = segment.repetitions(p.field)[number - 1]
         if p.component is not None:
             comps = raw.split(segment.delims.component)
@@ -143,7 +156,11 @@ class Source:
         elif not self.all_segments:
             segments = segments[:1]
         out: list[SourceValue] = []
+        seen = scope.seen
+        # field_read: one repetition read (PID-3(2)) leaves the others unread.
+        read_as = p.field if p.repetition is None else 256 + p.field
         for segment in segments:
+            seen.add(id(segment) * 512 + read_as)
             reps = segment.repetitions(p.field)
             chosen: Iterable[tuple[int, str]]
             if p.repetition is None:
@@ -183,12 +200,15 @@ class Source:
             return None
         d = segment.delims
         if d.repetition in rep and not (segment.name == "MSH" and p.field <= 2):
+            scope.seen.add(id(segment) * 512 + 256 + p.field)  # field_read, one repetition
             reps = rep.split(d.repetition)
             if p.repetition > len(reps):
                 return None
             rep = reps[p.repetition - 1]
         elif p.repetition > 1:
-            return None
+            return None  # no such repetition: nothing was read
+        else:
+            scope.seen.add(id(segment) * 512 + p.field)  # field_read
         raw = rep
         if p.component is not None:
             comps = rep.split(d.component)
@@ -203,7 +223,22 @@ class Source:
 
 @lru_cache(maxsize=512)
 def field_count(segment: str, version: str) -> int | None:
-    """How many fields hl7apy's reference tables define for a segment, None if unknown."""
+    """The highest field number hl7apy's reference tables define for a segment, None if unknown.
+
+    Taken from the element names (``PID_40``), not their count: hl7apy leaves withdrawn fields
+    out (v2.8 PID has 39 entries ending with PID_40; v2.7 PV1 has no PV1_52), and a field keeps
+    its number when an earlier one is withdrawn (v2.5.1 §2.5.3.2, fields are never renumbered).
+    """
+    numbers = field_numbers(segment, version)
+    return max(numbers, default=0) if numbers is not None else None
+
+
+@lru_cache(maxsize=512)
+def field_numbers(segment: str, version: str) -> dict[int, str] | None:
+    """Field number → HL7 data type of each field hl7apy defines for a segment, None if unknown.
+
+    Keyed by the number in the element name (``PID_40`` → 40): withdrawn fields are absent.
+    """
     from hl7apy import load_reference
     from hl7apy.exceptions import HL7apyException
 
@@ -211,7 +246,13 @@ def field_count(segment: str, version: str) -> int | None:
         reference = load_reference(segment, "Segment", version)
     except (HL7apyException, KeyError, ValueError):
         return None
-    return len(reference[1])
+    numbers: dict[int, str] = {}
+    for entry in reference[1]:
+        _, _, number = str(entry[0]).rpartition("_")
+        if number.isdigit():
+            leaf = entry[1]
+            numbers[int(number)] = str(leaf[2]) if len(leaf) > 2 and leaf[2] else ""
+    return numbers
 
 
 def check_exists(path: Path, text: str, where: Where, key: Key) -> None:
@@ -259,7 +300,11 @@ class VarSource:
 
 
 class CoalesceSource:
-    """``coalesce: [OBX-14, OBR-7]``: the first of several sources that has a value."""
+    """``coalesce: [OBX-14, OBR-7]``: the first of several sources that has a value.
+
+    Every source is read, so the alternatives passed over count as read (mapped, to the same
+    element) in the unmapped-input report.
+    """
 
     __slots__ = ("repeats", "sources", "text")
 
@@ -269,18 +314,12 @@ class CoalesceSource:
         self.repeats = any(s.repeats for s in sources)
 
     def first(self, scope: Scope) -> SourceValue | None:
-        for source in self.sources:
-            value = source.first(scope)
-            if value is not None:
-                return value
-        return None
+        found = [source.first(scope) for source in self.sources]
+        return next((value for value in found if value is not None), None)
 
     def read(self, scope: Scope) -> list[SourceValue]:
-        for source in self.sources:
-            values = source.read(scope)
-            if values:
-                return values
-        return []
+        found = [source.read(scope) for source in self.sources]
+        return next((values for values in found if values), [])
 
 
 Reader = Source | VarSource | CoalesceSource
@@ -415,20 +454,31 @@ def group_scopes(
     """Every instance of every group, by group name (``None`` → ``[root]``), in message order.
 
     ``order`` lists parents before children (``group_order``).
+    A group's start segments are local to it: an ORDER_OBSERVATION sent without ORC never reads
+    another order's ORC from the enclosing PATIENT_RESULT.
     """
     found: dict[str | None, list[Scope]] = {None: [root]}
     for name in order:
         group = groups[name]
+        rank = {start: i for i, start in enumerate(group.start_names)}
         members = set(group.members) if group.members is not None else None
-        local = frozenset({group.starts, *(members or ())}) if members is not None else frozenset()
+        local = frozenset({*rank, *(members or ())})
         instances: list[Scope] = []
         for parent in found[group.within]:
             chunks: list[list[Segment]] = []
             current: list[Segment] | None = None
+            latest = 0
             for segment in parent.segments:
-                if segment.name == group.starts:
-                    current = [segment]
-                    chunks.append(current)
+                position = rank.get(segment.name)
+                if position is not None:
+                    # [ORC] OBR: an OBR continues an instance that has seen only its ORC; an
+                    # ORC, or a second OBR, begins the next one (v2.5.1 §2.5.2 segment groups).
+                    if current is not None and position > latest:
+                        current.append(segment)
+                    else:
+                        current = [segment]
+                        chunks.append(current)
+                    latest = position
                 elif current is not None:
                     if members is None or segment.name in members:
                         current.append(segment)

@@ -10,6 +10,7 @@ Inbound example::
     id: hl7v2-adt
     source: {format: hl7v2, events: [ADT^A01], versions: ["2.5.1"]}
     groups:                       # segment groups, v2.5.1 message structures
+      ORDER_OBSERVATION: {starts: [ORC, OBR]}   # [ORC] OBR: an ORC begins the order it precedes
       OBSERVATION: {starts: OBX, within: ORDER_OBSERVATION, members: [NTE]}
     maps:                         # HL7 table → FHIR value; unknown codes give a finding
       administrative-gender: {values: {F: female, M: male}, default: unknown}
@@ -23,8 +24,8 @@ Inbound example::
           - {target: gender, from: PID-8, map: administrative-gender}
           - {target: subject, reference: patient}
           - target: "participant[]"
-            each: "PV1-7(*)"      # one element per repetition, built by rules:
-            rules: [{target: individual, reference: attending}]
+            each: "PV1-7(*)"      # one element per repetition (or per group instance: each:
+            rules: [{target: individual, reference: attending}]   # PERSONNEL_RESOURCE)
 
 Rule grammar: exactly one of ``from`` (a source path, or a list for multi-field functions),
 ``value`` (a constant), ``reference`` (a role) or ``rules`` (a sub-element); optionally
@@ -36,6 +37,11 @@ function gives none: no element; constants never create one on their own)::
       from: PV1-6
       function: pl_location
       rules: [{target: status, value: completed}]
+
+Groups: ``starts`` is one segment or the group's leading segments in message-structure order
+(see GroupSpec for when a listed segment begins a new instance). Every element FHIR R4 requires
+(primitive or complex, ``DocumentReference.content`` as well as ``status``) is checked on each
+resource built; a message that leaves one empty is a CanonicalError naming it.
 
 ``when`` is a Condition, or ``all:``/``any:``/``not:`` combinations of them (see Condition). Target element paths are dotted
 FHIR element names; ``name[]`` appends to a repeating element and is required for one.
@@ -76,6 +82,7 @@ paths are ``broker.mapping.reverse``'s FHIRPath subset.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -101,6 +108,9 @@ __all__ = [
 ]
 
 HL7_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+
+
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
 
 class _Strict(BaseModel):
@@ -156,13 +166,34 @@ class GroupSpec(_Strict):
     """A segment group (v2.5.1 ch. 2 message structures): where instances start and end.
 
     An instance starts at each ``starts`` segment inside one instance of ``within`` (the whole
-    message when absent) and runs until the next ``starts`` segment, or, when ``members`` is set,
-    until the first segment that is not a member.
+    message when absent) and runs until the next instance starts, or, when ``members`` is set,
+    until the first segment that is neither a start nor a member.
+
+    ``starts`` may list the group's leading segments in message-structure order when the first
+    is optional (ORU^R01 ORDER_OBSERVATION is ``[ORC] OBR``, VXU^V04 ORDER ``ORC [TQ1] RXA``):
+    ``starts: [ORC, OBR]``. A listed segment begins a new instance unless the current instance
+    has seen only segments listed before it; so ``ORC OBR`` is one instance, ``OBR OBR`` and
+    ``OBR ORC OBR`` are two. Start segments are local to the group (never read from a parent).
     """
 
-    starts: str = Field(pattern=r"^[A-Z][A-Z0-9]{2}$")
+    starts: str | list[str] = Field(json_schema_extra={"example": ["ORC", "OBR"]})
     within: str | None = None
     members: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _segment_names(self) -> GroupSpec:
+        names = self.start_names
+        if not names or any(not _SEGMENT_NAME.match(name) for name in names):
+            msg = "starts must be a segment name such as OBR, or a list of them ([ORC, OBR])"
+            raise ValueError(msg)
+        if len(set(names)) != len(names):
+            raise ValueError("starts lists a segment twice")
+        return self
+
+    @property
+    def start_names(self) -> tuple[str, ...]:
+        """The start segments in message-structure order (one for ``starts: OBR``)."""
+        return (self.starts,) if isinstance(self.starts, str) else tuple(self.starts)
 
 
 class ValueMapSpec(_Strict):
@@ -295,7 +326,10 @@ class RuleSpec(_Strict):
     """Sub-rules that build one element (a dict) for ``target``. With ``from``/``coalesce`` and
     a ``function`` building a complex element, they add to each element it gives instead."""
     each: str | None = None
-    """With ``rules:``, build one element per repetition of this field (``PV1-7(*)``)."""
+    """With ``rules:``, build one element per repetition of this field (``PV1-7(*)``), or per
+    instance of this segment group inside the resource's scope (``PERSONNEL_RESOURCE``): its
+    sub-rules then read that instance's segments (not the resource's ``let:`` variables), and a
+    ``reference:`` finds the resource built for that instance first."""
     note: str | None = None
     """Why the rule exists; cite the v2-to-FHIR IG or the v2.5.1 chapter."""
 

@@ -173,13 +173,20 @@ def compile_target(text: str, model: type[BaseModel] | None, where: Where, key: 
 
 
 def requirements(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-    """The required elements of a FHIR model and its choice groups ``value[x]`` (aliases)."""
+    """The required elements of a FHIR model and its choice groups ``value[x]`` (aliases).
+
+    fhir.resources marks the two kinds of 1..1 (or 1..*) element differently: a primitive
+    (``status``) carries ``element_required`` (its value may instead sit in ``_status``), a
+    complex one (``Observation.code``, ``DocumentReference.content``) is a required pydantic
+    field. Both are required here: reading only the first let a DocumentReference without
+    content through the per-message check.
+    """
     required: list[str] = []
     choices: dict[str, list[str]] = {}
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         alias = info.alias or name
-        if extra.get("element_required"):
+        if extra.get("element_required") or (info.is_required() and alias != "resourceType"):
             required.append(alias)
         prefix = extra.get("one_of_many")
         if isinstance(prefix, str):

@@ -34,11 +34,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.settings.effective_redis_url)
-        specs = load_adapters(self.settings.adapters_dir)
+        directory = self.settings.mappings_dir
+        mappings = MappingSet.load(directory)
+        # As `passerelle check`: a subscriber's hl7_version must be one the mappings write.
+        specs = load_adapters(self.settings.adapters_dir, hl7_versions=mappings.hl7_versions)
         self.adapters = {spec.id: spec for spec in specs}
         self.subscribers = [s for s in specs if s.direction == "outbound" and s.enabled]
-        directory = self.settings.mappings_dir
-        self.watcher = MappingWatcher(directory, MappingSet.load(directory))
+        self.watcher = MappingWatcher(directory, mappings)
         self.kicker = Kicker(self.celery, self.client)
         self.dead_letters = DeadLetterStore(self.client)
 

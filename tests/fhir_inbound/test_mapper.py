@@ -126,14 +126,29 @@ class TestEventsAndKeys:
         [
             pytest.param("fhir_observation.json", "Observation", id="resource"),
             pytest.param("fhir_collection.json", "Bundle", id="collection"),
-            pytest.param("fhir_message.json", "A01", id="message-keeps-its-event"),
+            pytest.param("fhir_message.json", "ADT^A01", id="message-keeps-its-event"),
         ],
     )
     def test_event(self, mappings: MappingSet, ctx: MapContext, name: str, event: str) -> None:
-        """The event is the resource type, ``Bundle``, or a message Bundle's own event."""
+        """The event is the resource type, ``Bundle``, or a message Bundle's own event.
+
+        A table 0003 trigger gets the message code the HL7 v2 mappings give it (``ADT^A01``),
+        so one subscription serves HL7 v2 and FHIR input; the header keeps the trigger.
+        """
         done = mappings.map_fhir(case(name), ctx)
         assert done.event == event
-        assert resources(done.result.bundle)[0]["eventCoding"]["code"] == event
+        assert resources(done.result.bundle)[0]["eventCoding"]["code"] == event.split("^")[-1]
+
+    def test_an_event_outside_table_0003_is_kept_as_sent(
+        self, mappings: MappingSet, ctx: MapContext
+    ) -> None:
+        """Only a table 0003 eventCoding is qualified; a FHIR message-events code stays as is."""
+        data = case("fhir_message.json")
+        data["entry"][0]["resource"]["eventCoding"] = {
+            "system": "http://example.org/fhir/message-events",
+            "code": "A01",
+        }
+        assert mappings.map_fhir(data, ctx).event == "A01"
 
     def test_a_message_bundle_keeps_its_header_event_and_reports_the_rest(
         self, mappings: MappingSet, ctx: MapContext

@@ -114,11 +114,11 @@ V251 = [
     "PID|1||BE123456^^^MA^NNMAR||EL AMRANI^Fatima^^^^^L||19620312|F",
     "OBR|1||LAB-2024-55120|24323-8^^LN|||20240316080000+0000||||||||||||||||||F",
     "OBX|1|SN|7-0^T^LN||^1^:^256|||H~A|||F",
-    "OBX|2|SN|6-0^T^LN||^5^-^10|g/L|||||F",
+    "OBX|2|SN|6-0^T^LN||^5^-^10|^g/L|||||F",
     "OBX|3|TS|5-0^T^LN||20240316070000+0000||||||F",
-    "OBX|4|CWE|4-0^T^LN||A^Groupe A||||||F",
+    "OBX|4|CWE|4-0^T^LN||A^Groupe A^L||||||F",
     "OBX|5|ST|3-0^T^LN||Prélèvement hémolysé||||||P",
-    "OBX|6|SN|2-0^T^LN||<^5|mg/L|||||C",
+    "OBX|6|SN|2-0^T^LN||<^5|^mg/L|||||C",
     "OBX|7|NM|1-0^T^LN||5.4|mmol/L^mmol/L^UCUM|3.9-6.1|N|||F|||20240316081500+0100",
     "NTE|1||Patient à jeun",
     "NTE|2||Second commentaire",
@@ -131,9 +131,10 @@ def test_oru_v251_golden(mappings: MappingSet) -> None:
 
 
 def test_oru_v23_golden(mappings: MappingSet) -> None:
-    """v2.3: no MSH-9.3, coded values are CE; everything else as in v2.5.1."""
+    """v2.3: no MSH-9.3, coded values are CE, OBR-27 quantity 1 (required in v2.3)."""
     expected = [line.replace("|CWE|", "|CE|") for line in V251]
     expected[0] = expected[0].replace("ORU^R01^ORU_R01", "ORU^R01").replace("2.5.1", "2.3")
+    expected[2] += "||1"
     assert _render(mappings, _bundle(), "2.3") == expected
 
 
@@ -148,8 +149,8 @@ def test_oru_v26_writes_dtm_and_v24_one_abnormal_flag(mappings: MappingSet) -> N
 
 def test_a_version_the_mapping_does_not_write_is_refused(mappings: MappingSet) -> None:
     """MSH-12 outside target.versions is a NoMappingError that names the versions written."""
-    with pytest.raises(NoMappingError, match=r"not v2\.8"):
-        _render(mappings, _bundle(), "2.8")
+    with pytest.raises(NoMappingError, match=r"not v2\.7\.1"):
+        _render(mappings, _bundle(), "2.7.1")
 
 
 def test_reports_follow_their_patient(mappings: MappingSet, ctx: MapContext) -> None:

@@ -1,0 +1,114 @@
+"""Start-up checks: every long-running command refuses a configuration `passerelle check` refuses."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from broker.errors import AdapterSpecError
+from broker.mapping import MappingSet
+from broker.mapping.spec import HL7_VERSIONS
+from broker.settings import REPO_ROOT, Settings
+from broker.testing import free_port, write_adapter
+
+COMMANDS = ("check", "serve", "listen", "worker", "api")
+MAPPINGS = REPO_ROOT / "mappings"
+
+
+@pytest.fixture(scope="module")
+def unwritten() -> str:
+    """An HL7 v2 version no outbound mapping of the repository writes (the newest such)."""
+    written = MappingSet.load(MAPPINGS).hl7_versions
+    return next(v for v in reversed(HL7_VERSIONS) if v not in written)
+
+
+def _old_lab(directory: Path, version: str) -> tuple[Path, int]:
+    """An outbound MLLP subscriber on ``version``; returns its file and the hl7_version line."""
+    path = write_adapter(
+        directory,
+        {
+            "id": "lab-old",
+            "name": "Lab on an HL7 version no mapping writes",
+            "direction": "outbound",
+            "transport": "mllp",
+            "connect": "127.0.0.1:2999",
+            "hl7_version": version,
+            "subscribe": {"events": ["ADT^*"]},
+        },
+    )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    line = 1 + next(i for i, text in enumerate(lines) if text.startswith("hl7_version:"))
+    return path, line
+
+
+@pytest.fixture(scope="module")
+def refused(
+    tmp_path_factory: pytest.TempPathFactory, unwritten: str
+) -> tuple[Path, int, dict[str, tuple[int, str]]]:
+    """Each command run once on the bad registration, two at a time (each costs ~3 s)."""
+    root = tmp_path_factory.mktemp("startup")
+    path, line = _old_lab(root / "adapters", unwritten)
+    env = {
+        **os.environ,
+        "PYTHONIOENCODING": "utf-8",
+        "PASSERELLE_ADAPTERS_DIR": str(root / "adapters"),
+        "PASSERELLE_MAPPINGS_DIR": str(MAPPINGS),
+        "PASSERELLE_DATA_DIR": str(root / "data"),
+        # Nothing may start; should a command get past its check, it fails on this unused port.
+        "PASSERELLE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "PASSERELLE_HTTP_PORT": str(free_port()),
+    }
+
+    def run(command: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", command],
+            cwd=root,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        return done.returncode, done.stderr.decode("utf-8", "replace")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(COMMANDS, pool.map(run, COMMANDS), strict=True))
+    return path, line, results
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_hl7_version_no_mapping_writes_stops_the_command_with_one_line(
+    refused: tuple[Path, int, dict[str, tuple[int, str]]], unwritten: str, command: str
+) -> None:
+    """Exit 1 and one stderr line `file:line: hl7_version: reason`, no traceback, as `check`."""
+    path, line, results = refused
+    code, stderr = results[command]
+    assert code == 1, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
+    pattern = (
+        rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: hl7_version: "
+        rf"no outbound mapping writes HL7 v{re.escape(unwritten)}; expected one of "
+    )
+    assert re.match(pattern, stderr), stderr
+
+
+def test_a_worker_process_refuses_it_too(tmp_path: Path, unwritten: str) -> None:
+    """A worker child restarted after the files changed loads the registrations the same way."""
+    from broker.worker.runtime import Runtime
+
+    path, line = _old_lab(tmp_path / "adapters", unwritten)
+    settings = Settings(
+        adapters_dir=tmp_path / "adapters",
+        mappings_dir=MAPPINGS,
+        data_dir=tmp_path,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    with pytest.raises(AdapterSpecError) as raised:
+        Runtime(settings, celery=None)
+    assert str(raised.value).startswith(f"{path}:{line}: hl7_version: ")
