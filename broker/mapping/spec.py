@@ -13,7 +13,7 @@ Inbound example::
       ORDER_OBSERVATION: {starts: [ORC, OBR]}   # [ORC] OBR: an ORC begins the order it precedes
       OBSERVATION: {starts: OBX, within: ORDER_OBSERVATION, members: [NTE]}
     maps:                         # HL7 table → FHIR value; unknown codes give a finding
-      administrative-gender: {values: {F: female, M: male}, default: unknown}
+      gender-fr: {values: {H: male, F: female}, default: unknown}   # or a shared table
     resources:
       - role: patient             # roles name resources for reference: and ids
         type: Patient
@@ -21,7 +21,7 @@ Inbound example::
         when: {path: PID-3, present: true}
         rules:
           - {target: "identifier[]", from: "PID-3(*)", function: cx_identifier}
-          - {target: gender, from: PID-8, map: administrative-gender}
+          - {target: gender, from: PID-8, map: gender-fr}   # or hl7-0001-administrative-sex
           - {target: subject, reference: patient}
           - target: "participant[]"
             each: "PV1-7(*)"      # one element per repetition (or per group instance: each:

@@ -162,14 +162,14 @@ def _without_text(concept: dict[str, Any]) -> dict[str, Any]:
 def _observations(bundle: dict[str, Any], version: str = "2.8") -> list[Any]:
     """Results as compared; before v2.5 an OBX-5 CE has no CWE-9 for CodeableConcept.text.
 
-    Codings are compared without repeats: a local code's LOINC, which the inbound table added,
-    is written as OBX-3.4..6 and read back, and the inbound local-code-loinc rule adds it again.
+    Codings are compared exactly: a local code's LOINC, which the inbound table added, is
+    written as OBX-3.4..6 and read back once (local-code-loinc skips when OBX-3.6 is LN).
     """
     ce = version in ("2.3", "2.3.1", "2.4")
     return [
         (
             r["status"],
-            list(dict.fromkeys((c.get("system"), c.get("code")) for c in r["code"]["coding"])),
+            [(c.get("system"), c.get("code")) for c in r["code"]["coding"]],
             {
                 k: _without_text(r[k]) if ce and k == "valueCodeableConcept" else r[k]
                 for k in _VALUES

@@ -30,6 +30,7 @@ def _patient(mappings: MappingSet, source: str) -> dict[str, object]:
 def _root(tmp_path: Path, site: str) -> Path:
     (tmp_path / "hl7v2").mkdir()
     shutil.copy(ROOT / "mappings" / "hl7v2" / "adt.yaml", tmp_path / "hl7v2" / "adt.yaml")
+    shutil.copytree(ROOT / "mappings" / "tables", tmp_path / "tables")  # adt.yaml's shared maps
     (tmp_path / "sites").mkdir()
     (tmp_path / "sites" / "site.yaml").write_text(site, encoding="utf-8")
     return tmp_path
@@ -53,7 +54,12 @@ class TestSiteSelection:
     def test_the_result_names_site_and_base(self, mappings: MappingSet) -> None:
         """MapResult.mappings records the site mapping and the base it extends, with hashes."""
         result = mappings.map_hl7v2(parse(decode(ZSEG.read_bytes())), _ctx("chu-rabat-adt"))
-        assert [m.id for m in result.mappings] == ["chu-rabat-adt", "hl7v2-adt"]
+        assert [m.id for m in result.mappings] == [
+            "chu-rabat-adt",
+            "hl7v2-adt",
+            "table:hl7-0001-administrative-sex",  # the base's shared tables, with their hashes
+            "table:hl7-0004-patient-class",
+        ]
 
     def test_unmapped_follows_the_adapter(self, mappings: MappingSet) -> None:
         """ZPI-3 is read for the site's adapter only."""

@@ -112,6 +112,7 @@ def test_result_records_the_tables_with_their_hashes() -> None:
     assert refs["table:lab-local-to-loinc"] == hashlib.sha256(csv).hexdigest()
     assert set(refs) == {
         "hl7v2-oru-r01",
+        "table:hl7-0001-administrative-sex",
         "table:hl7-0078-abnormal-flags",
         "table:lab-local-to-loinc",
     }
