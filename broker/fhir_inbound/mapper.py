@@ -124,10 +124,10 @@ class FhirMapping:
             resource = entry.resource
             resource["id"] = entry.new_id
             out = f"Bundle.entry[{index}].resource"
+            line = self.types[resource["resourceType"]].line
             if trace is not None:
-                line = self.types[resource["resourceType"]].line
                 trace.append(TraceStep(self.file, line, entry.where, out, resource["resourceType"]))
-            rewrite(resource, entry.where, run)
+            rewrite(resource, entry.where, run, out, line)
             used |= normaliser.apply(resource, out, trace)
             self._require(resource, entry.where)
             resources.append(resource)
@@ -325,7 +325,7 @@ class FhirMapping:
         header.setdefault("source", {})["endpoint"] = endpoint
         given_focus = given.get("focus")
         focus: list[Any] = copy.deepcopy(given_focus) if isinstance(given_focus, list) else []
-        rewrite(focus, f"{where}.focus", run)
+        rewrite(focus, f"{where}.focus", run, "Bundle.entry[0].resource.focus", 1)
         focus = [f for f in focus if isinstance(f, dict) and f]
         header["focus"] = focus or [{"reference": f"urn:uuid:{e.new_id}"} for e in kept]
         coding = given.get("eventCoding")

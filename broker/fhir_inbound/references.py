@@ -61,15 +61,21 @@ def aliases(entry: Entry) -> list[str]:
     return found
 
 
-def rewrite(node: Any, where: str, run: Run) -> None:
+def rewrite(
+    node: Any, where: str, run: Run, out: str | None = None, line: int | None = None
+) -> None:
     """Point every reference to an entry of the input at its new ``urn:uuid:``, in place.
 
     A reference to an entry that is not kept cannot stay (a ``urn:uuid:`` would dangle): its
     ``reference`` is removed and reported, its ``identifier`` and ``display`` stay.
+
+    ``where`` locates ``node`` in the input, ``out`` in the canonical Bundle (default: the same)
+    and ``line`` is the mapping file line that keeps this resource type; both go to the trace.
     """
+    out = where if out is None else out
     if isinstance(node, list):
         for index, item in enumerate(node):
-            rewrite(item, f"{where}[{index}]", run)
+            rewrite(item, f"{where}[{index}]", run, f"{out}[{index}]", line)
         return
     if not isinstance(node, dict):
         return
@@ -81,7 +87,7 @@ def rewrite(node: Any, where: str, run: Run) -> None:
             node["reference"] = target
             if run.trace is not None:
                 run.trace.append(
-                    TraceStep(run.file, None, f"{where}.reference", f"{where}.reference", target)
+                    TraceStep(run.file, line, f"{where}.reference", f"{out}.reference", target)
                 )
         elif literal in run.dropped or plain in run.dropped or literal.startswith("urn:uuid:"):
             del node["reference"]
@@ -92,4 +98,4 @@ def rewrite(node: Any, where: str, run: Run) -> None:
             run.find("dangling-reference", f"{where}.reference", msg)
     for key, value in node.items():
         if isinstance(value, dict | list):
-            rewrite(value, f"{where}.{key}", run)
+            rewrite(value, f"{where}.{key}", run, f"{out}.{key}", line)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from broker.errors import MappingError
+from broker.errors import BrokerError, MappingError
 from broker.mapping.context import TraceStep
 from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
 from broker.mapping.scopes import (
@@ -136,14 +136,11 @@ class Rule:
             if self.when is not None and not self.when.holds(scope):
                 return
             values = self.apply(scope, run)
-        except (
-            ValueError,
-            TypeError,
-            IndexError,
-            KeyError,
-            AttributeError,
-            ArithmeticError,
-        ) as exc:
+        except BrokerError:
+            raise  # a sub-rule's or a function's own error already names its rule
+        except Exception as exc:
+            # Any bug in a function or the engine costs this message only, and the reason names
+            # the mapping file, the rule and the source path (issue 3, bad input).
             where = self.source or "its value"
             msg = f"rule {self.label} of {self.file} failed on {where} ({type(exc).__name__})"
             raise MappingError(
@@ -501,7 +498,9 @@ class Let:
     def value(self, scope: Scope, run: Run) -> SourceValue | None:
         try:
             return self.compute(scope, run)
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        except BrokerError:
+            raise
+        except Exception as exc:
             msg = f"variable {self.label} of {self.file} failed on {self.source} ({type(exc).__name__})"
             raise MappingError(
                 msg, mapping=self.file, rule=self.label, source_path=self.source

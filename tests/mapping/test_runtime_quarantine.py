@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from broker import pipeline
 from broker.envelope import Envelope, MessageState
 from broker.mapping import MappingSet, functions
 from broker.pipeline import process
@@ -77,19 +78,36 @@ def test_a_built_element_lacking_a_required_part_names_file_and_rule(root: Path)
     assert "rule resources[0].rules[3] (link[])" in reason
 
 
+@pytest.mark.parametrize("bug", [RuntimeError, ZeroDivisionError, LookupError])
+def test_any_bug_in_a_function_names_its_rule(
+    root: Path, monkeypatch: pytest.MonkeyPatch, bug: type[Exception]
+) -> None:
+    """Not only the usual ValueError/KeyError: any exception a function raises is that rule's."""
+    date = functions.INBOUND["date"]
+    raised = bug(f"cannot handle {FAMILY!r}")
+    monkeypatch.setitem(functions.INBOUND, "date", dataclasses.replace(date, fn=failing(raised)))
+    reason = run(root).reason or ""
+    assert "rule resources[0].rules[2] (birthDate)" in reason
+    assert bug.__name__ in reason
+    assert "PID-7" in reason
+    assert FAMILY not in reason
+
+
 def test_an_unexpected_error_is_logged_without_patient_data(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug (not a mapping error) still costs one message; its log line has type and code
-    locations, never the exception's message or a traceback's values."""
-    date = functions.INBOUND["date"]
-    bug = RuntimeError(f"cannot handle {FAMILY!r}")
-    monkeypatch.setitem(functions.INBOUND, "date", dataclasses.replace(date, fn=failing(bug)))
+    """A bug outside the rules (here in the canonical check) still costs one message; its log
+    line has type and code locations, never the exception's message or a traceback's values."""
+
+    def broken_check(event: str, bundle: dict[str, Any]) -> None:
+        raise RuntimeError(f"cannot handle {FAMILY!r}")
+
+    monkeypatch.setattr(pipeline, "check", broken_check)
     with capture_logs() as logs:
         envelope = run(root)
     assert "RuntimeError" in (envelope.reason or "")
     [event] = [entry for entry in logs if entry["event"] == "pipeline.internal_error"]
     assert event["error"] == "RuntimeError"
-    assert any("rules.py" in frame for frame in event["at"])
+    assert any("test_runtime_quarantine.py" in frame for frame in event["at"])
     assert "exc_info" not in event
     assert FAMILY not in repr(logs)
