@@ -29,7 +29,7 @@ from broker.mapping.reverse import compile_outbound
 from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SharedTable, SiteSpec
 from broker.mapping.tables import TABLES_DIR, load_tables
-from broker.yamlspec import LineMap
+from broker.yamlspec import LineMap, parse_yaml
 
 __all__ = ["Problem", "lint"]
 
@@ -190,7 +190,7 @@ def _table_name(file: Path) -> str:
     """The name a table file defines: a YAML table's ``id``, else the file's stem (CSV)."""
     if file.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+            _, data = parse_yaml(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return file.stem
         name = data.get("id") if isinstance(data, dict) else None
@@ -268,8 +268,7 @@ def _read(file: Path, problems: list[Problem]) -> tuple[Any, Positions] | None:
         problems.append(Problem(name, 1, 1, f"cannot read the file ({exc}); expected UTF-8 text"))
         return None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
