@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +159,8 @@ class LoopbackStack:
         self.supervisor: Any = None
         self.redis: Any = None
         self._settings_cls = Settings
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> LoopbackStack:
         self.start()
@@ -195,16 +198,29 @@ class LoopbackStack:
         self.settings = self._settings_cls(**options)
         self.supervisor = Supervisor(self.settings, log_dir=self.data_dir / "logs")
         self.supervisor.start()
+        # As `passerelle serve` does: a child that exits is restarted (a Celery worker exits on
+        # some broker connection losses, e.g. a Redis restart, and its successor takes over).
+        self._watching.clear()
+        self._watcher = threading.Thread(target=self._watch, name="stack-watcher", daemon=True)
+        self._watcher.start()
         self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
         if not wait_for_port("127.0.0.1", self.inbound_port, 30):
             self.stop()
             msg = f"the MLLP listener did not start; logs:\n{self.logs()}"
             raise RuntimeError(msg)
 
+    def _watch(self) -> None:
+        while not self._watching.wait(0.5):
+            self.supervisor.watch_once()
+
     def stop(self) -> None:
         """Stop the broker and the peers."""
         if self.redis is not None:
             self.redis.close()
+        self._watching.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         if self.supervisor is not None:
             self.supervisor.stop()
         self.fhir.stop()
