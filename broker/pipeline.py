@@ -48,12 +48,17 @@ def process(
     """
     source = adapters.get(envelope.source)
     charset = source.charset if source else "utf-8"
-    timezone = source.timezone if source else "Africa/Casablanca"
+    ctx = MapContext(
+        envelope_id=envelope.id,
+        source=envelope.source,
+        timezone=source.timezone if source else "Africa/Casablanca",
+        received_at=envelope.received_at,
+    )
     try:
         if envelope.content_type == "application/fhir+json":
-            envelope, result, unmapped = _map_fhir(envelope, raw, mappings, timezone)
+            envelope, result, unmapped = _map_fhir(envelope, raw, mappings, ctx)
         else:
-            envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, timezone)
+            envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, ctx)
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": _reason(exc)})
         return failed, []
@@ -102,7 +107,7 @@ def _frames(exc: BaseException) -> list[str]:
 
 
 def _map_hl7v2(
-    envelope: Envelope, raw: bytes, mappings: MappingSet, charset: str, timezone: str
+    envelope: Envelope, raw: bytes, mappings: MappingSet, charset: str, ctx: MapContext
 ) -> tuple[Envelope, MapResult, tuple[str, ...]]:
     message = parse(decode(raw, charset))
     msh = message.msh
@@ -115,33 +120,20 @@ def _map_hl7v2(
             "sender": f"{msh.value(3)}^{msh.value(4)}",
         }
     )
-    ctx = MapContext(
-        envelope_id=envelope.id,
-        source=envelope.source,
-        timezone=timezone,
-        received_at=envelope.received_at,
-    )
     result = mappings.map_hl7v2(message, ctx)
     check(message.event, result.bundle)
     return envelope, result, tuple(mappings.unmapped(message, envelope.source, result))
 
 
 def _map_fhir(
-    envelope: Envelope, raw: bytes, mappings: MappingSet, timezone: str
+    envelope: Envelope, raw: bytes, mappings: MappingSet, ctx: MapContext
 ) -> tuple[Envelope, MapResult, tuple[str, ...]]:
     """Map FHIR JSON (validated at the edge) with ``mappings/fhir/``; no canonical ``check``.
 
     The FHIR inbound file's ``require:`` rules say what each resource type needs (its patient);
     a lone Observation naming its patient by reference carries no Patient resource.
     """
-    data = read_fhir(raw)
-    ctx = MapContext(
-        envelope_id=envelope.id,
-        source=envelope.source,
-        timezone=timezone,
-        received_at=envelope.received_at,
-    )
-    done = mappings.map_fhir(data, ctx)
+    done = mappings.map_fhir(read_fhir(raw), ctx)
     envelope = envelope.model_copy(
         update={"event": done.event, "version": "4.0.1", "correlation_id": done.correlation_id}
     )
