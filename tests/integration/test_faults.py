@@ -1,4 +1,5 @@
-"""Fault tests (issue 4 point 9): real processes, real faults, and what reached each subscriber.
+"""Fault tests (issue 4 point 9, issue 8 item 9): real processes, real faults, and what reached
+each subscriber.
 
 Each test starts its own :class:`~broker.testing.LoopbackStack` (listener, Celery workers, beat,
 API and the embedded Redis as separate processes; a FHIR and an MLLP capture subscriber) so a
