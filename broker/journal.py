@@ -52,6 +52,18 @@ class AppendResult:
     """True when no drain task was queued for the partition yet: the caller must queue one."""
 
 
+def _refusal(exc: Exception) -> str:
+    """The AR text for a journal append Redis refused or could not take."""
+    # Under `noeviction` a full Redis refuses writes: "OOM command not allowed when used memory
+    # > 'maxmemory'" (redis-py drops the OOM prefix; inside a script it is the script's error).
+    if isinstance(exc, redis.ResponseError) and "maxmemory" in str(exc):
+        return (
+            "the journal is out of memory (Redis reached its maxmemory limit); "
+            "nothing was kept, resend later"
+        )
+    return f"the journal could not accept the message ({type(exc).__name__}); resend later"
+
+
 def dedupe_digest(sending_application: str, sending_facility: str, control_id: str) -> str:
     """The dedupe identity of a message: MSH-3, MSH-4 and MSH-10 (never patient data)."""
     joined = "\x1f".join((sending_application, sending_facility, control_id))
@@ -96,8 +108,7 @@ class Journal:
                 args=args,
             )
         except (redis.RedisError, OSError) as exc:
-            msg = f"the journal could not accept the message ({type(exc).__name__})"
-            raise JournalError(msg) from exc
+            raise JournalError(_refusal(exc)) from exc
         created, value = reply[0], reply[1]
         if created == 2:
             reason = value.decode() if isinstance(value, bytes) else str(value)

@@ -1,7 +1,9 @@
 """``passerelle serve``: the whole system on one machine as supervised child processes.
 
 Children: the embedded Redis (unless ``PASSERELLE_REDIS_URL`` is set), the listeners, the Celery
-workers, Celery beat (the periodic re-kick) and the HTTP API. A child that dies is restarted.
+workers, Celery beat (the periodic re-kick) and the HTTP API. A child that dies is restarted;
+Redis first, on the same socket from its append-only file, since every other child waits on it
+(they reconnect by themselves: the listeners answer AR "resend later" meanwhile).
 Stopping (SIGINT/SIGTERM) goes edge first: listeners stop taking messages, workers finish their
 tasks (Celery warm shutdown), then beat and the API, and Redis last, which flushes its AOF.
 """
@@ -15,11 +17,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.embedded import EmbeddedRedis
+from broker.errors import ServiceUnavailable
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -106,6 +110,8 @@ class Supervisor:
         self.redis: EmbeddedRedis | None = None
         self.children: dict[str, _Child] = {}
         self._stopping = False
+        # watch_once may run on another thread than stop() (the test stack's watcher).
+        self._lock = threading.RLock()
 
     def start(self) -> None:
         """Start Redis (embedded unless configured), then every role's process."""
@@ -144,15 +150,40 @@ class Supervisor:
         )
 
     def watch_once(self) -> None:
-        """Restart any child that exited while not stopping (with a short backoff)."""
-        for role, child in self.children.items():
-            code = child.process.poll()
-            if code is None or self._stopping:
-                continue
-            log.error("serve.child_died", role=role, exit_code=code, restarts=child.restarts)
-            if time.monotonic() - child.started < 5:
-                time.sleep(1)
-            self.children[role] = _Child(role, self._spawn(role), restarts=child.restarts + 1)
+        """Restart Redis, then any child, that exited while not stopping (with a short backoff)."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._watch_redis()
+            for role, child in self.children.items():
+                code = child.process.poll()
+                if code is None:
+                    continue
+                log.error("serve.child_died", role=role, exit_code=code, restarts=child.restarts)
+                if time.monotonic() - child.started < 5:
+                    time.sleep(1)
+                self.children[role] = _Child(role, self._spawn(role), restarts=child.restarts + 1)
+
+    def _watch_redis(self) -> None:
+        if self.redis is None:
+            return
+        code = self.redis.died()
+        if code is None:
+            return
+        log.error("redis.died", exit_code=code, restarts=self.redis.restarts)
+        began = time.monotonic()
+        try:
+            self.redis.restart()
+        except ServiceUnavailable as exc:
+            log.error("redis.restart_failed", error=str(exc))
+            time.sleep(1)  # the next watch tries again
+            return
+        log.info(
+            "redis.restarted",
+            pid=self.redis.process.pid if self.redis.process else None,
+            seconds=round(time.monotonic() - began, 2),
+            restarts=self.redis.restarts,
+        )
 
     def run_forever(self) -> None:
         """Watch children until SIGINT/SIGTERM, then stop everything in order."""
@@ -172,6 +203,10 @@ class Supervisor:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop children edge first, each given ``timeout`` seconds to drain, then Redis."""
         self._stopping = True
+        with self._lock:
+            self._stop_children(timeout)
+
+    def _stop_children(self, timeout: float) -> None:
         for role in STOP_ORDER:
             child = self.children.get(role)
             if child is None or child.process.poll() is not None:

@@ -217,12 +217,15 @@ class LoopbackStack:
         """Stop the broker and the peers."""
         if self.redis is not None:
             self.redis.close()
+        # The supervisor first: a child the watcher thread restarted (Redis included) gets
+        # SIGTERM from Linux when that thread ends (PR_SET_PDEATHSIG is per thread), which must
+        # not come before the ordered stop.
+        if self.supervisor is not None:
+            self.supervisor.stop()
         self._watching.set()
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
-        if self.supervisor is not None:
-            self.supervisor.stop()
         self.fhir.stop()
         self.lab.stop()
 

@@ -39,6 +39,11 @@ def create_celery(settings: Settings, *, register_tasks: bool = False) -> Celery
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
+        # Redis going away (a restart, or `serve` restarting a killed embedded Redis) must cost
+        # a reconnect, never the worker: retry for ever, and let running drains finish or fail
+        # on their own (their streams are taken over through the re-kick, not Celery's acks).
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_transport_options": {"visibility_timeout": max(3600, longest_task_s * 10)},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
