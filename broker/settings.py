@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     """Embedded Redis AOF fsync policy; ``always`` makes each ACK survive a power cut."""
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """A larger message is read to its end and answered AR (the connection closes past twice it)."""
+    rejected_head_bytes: int = Field(64 * 1024, ge=1024)
+    """Of an over-size message, ``pl:rejected`` keeps this many first bytes, with the whole
+    payload's size and SHA-256 (not the whole payload, kept forever)."""
     redis_maxmemory: str = "2gb"
     """Memory limit of the embedded Redis; with ``noeviction`` a full journal refuses (AR)."""
     max_backlog: int = Field(100_000, ge=1)
