@@ -28,6 +28,10 @@ ADAPTERS = {
     "hosp-fhir.yaml": (
         "id: hosp-fhir\nname: F\ndirection: inbound\ntransport: http\nformat: fhir\n"
     ),
+    "hosp-http-rabat.yaml": (
+        "id: hosp-http-rabat\nname: R\ndirection: inbound\ntransport: http\n"
+        "senders:\n  - {application: HIS, facility: CHU-RABAT}\n"
+    ),
     "hosp-fhir-2.yaml": (
         "id: hosp-fhir-2\nname: F2\ndirection: inbound\ntransport: http\nformat: fhir\n"
     ),
@@ -188,6 +192,36 @@ class TestHL7v2:
         assert _journalled(redis_client) == []
         (fields,) = _rejected(redis_client)
         _assert_head_size_and_digest(fields, payload)
+
+    def test_a_sender_not_in_senders_is_ar_and_kept(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Issue 8 item 1 over HTTP: MSH-4 not in the adapter's senders: 200 with AR, kept."""
+        listed = client.post("/inbound/hosp-http-rabat/hl7v2", content=_message(), headers=AUTH)
+        assert read_ack(listed.content).code == "AA"
+        other = _message("HTTP0002").replace(b"|CHU-RABAT|", b"|CHU-CASA|", 1)
+        reply = client.post("/inbound/hosp-http-rabat/hl7v2", content=other, headers=AUTH)
+        assert reply.status_code == 200
+        ack = read_ack(reply.content)
+        assert ack.code == "AR"
+        assert "'CHU-CASA'" in ack.text
+        assert len(_journalled(redis_client)) == 1
+        (fields,) = _rejected(redis_client)
+        assert (fields[b"raw"], fields[b"reason"].decode()) == (other, ack.text)
+
+    def test_the_same_ids_on_two_http_adapters_are_two_messages(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Issue 8 item 1 over HTTP: the adapter is part of the dedupe key; a resend is not."""
+        codes = [
+            read_ack(client.post(f"/inbound/{a}/hl7v2", content=_message(), headers=AUTH).content)
+            for a in ("hosp-http", "hosp-http-rabat", "hosp-http")
+        ]
+        assert [c.code for c in codes] == ["AA", "AA", "AA"]
+        assert sorted(f[b"source"] for f in _journalled(redis_client)) == [
+            b"hosp-http",
+            b"hosp-http-rabat",
+        ]
 
     def test_deep_json_is_answered_ae_not_500(
         self, client: TestClient, redis_client: redis.Redis
