@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     the next re-kick within ``claim_idle_s + rekick_interval_s`` (25 s by default). It must exceed
     the longest single send (``delivery_timeout_s``, ``ack_timeout_s``)."""
     dedupe_window_s: int = Field(86_400, ge=0)
-    """Same MSH-3, MSH-4 and MSH-10 within this window: resend the stored ACK, do not re-process."""
+    """Same adapter and same MSH-3, MSH-4 and MSH-10 (FHIR: same content) within this window:
+    resend the stored ACK, do not re-process."""
     retention_s: int = Field(7 * 86_400, ge=60)
     """How long envelopes and stream entries are kept in Redis."""
     appendfsync: Literal["always", "everysec"] = "everysec"
