@@ -2,9 +2,15 @@
 
 Original acknowledgment mode (v2.5.1 §2.9.2): AA only once the raw bytes are in the journal;
 AE when the message cannot be read at all; AR when no mapping handles its type and version, when
-a frame holds two messages, or when the journal cannot accept it. Everything refused is kept in
-``pl:rejected`` with its reason, except when the journal itself is down (then the sender keeps
-it and retries: that is what AR tells it).
+a frame holds two messages, when MSH-3/MSH-4 name a sender the adapter does not accept
+(``senders:``), when it is over the size limit, or when the journal cannot accept it. Everything
+refused is kept in ``pl:rejected`` with its reason (of an over-size message, its first bytes,
+size and digest), except when the journal itself is down (then the sender keeps it and retries:
+that is what AR tells it).
+
+A resend is the same MSH-3, MSH-4 and MSH-10 received by the same adapter within the dedupe
+window: it gets the stored ACK and is not journalled again. The same three values from another
+adapter are another hospital's message and are journalled.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from datetime import UTC, datetime
 
 from broker import keys
 from broker.ack import build_ack, should_acknowledge
+from broker.adapters.mllp import Frame
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
@@ -41,6 +48,14 @@ def partition_key(message: Message, source: str) -> str:
         if ident:
             return f"{pid.value(3, 4)}|{ident}"
     return f"{source}|{message.control_id}"
+
+
+def _hd(value: tuple[str, str]) -> str:
+    """An HD field for a refusal: its namespace ID, else its universal ID, quoted and cut short.
+
+    Sender ids are system names, not patient data; the cut keeps the reason one short line.
+    """
+    return repr((value[0] or value[1])[:40])
 
 
 class HL7v2Intake:
@@ -89,7 +104,9 @@ class HL7v2Intake:
             "charset": self.adapter.charset,
             "raw": payload,
         }
-        dedupe = dedupe_digest(msh.value(3), msh.value(4), message.control_id)
+        # MSH-3 and MSH-4 as sent (every HD component), so two senders sharing a namespace ID
+        # but not a universal ID are not taken for one another.
+        dedupe = dedupe_digest(msh.field(3), msh.field(4), message.control_id)
         try:
             result = await self.journal.append(partition, fields, dedupe=dedupe, ack=ack)
         except JournalError as exc:
@@ -113,18 +130,23 @@ class HL7v2Intake:
         )
         return ack if self._wanted(message, accepted=True) else None
 
-    async def oversize(self, payload: bytes, peer: str) -> bytes | None:
-        """Answer a frame over the size limit with AR; keep its first bytes with the reason."""
+    async def oversize(self, frame: Frame, peer: str) -> bytes | None:
+        """Answer a frame over the size limit with AR, read from its truncated MSH.
+
+        Only the frame's first bytes are kept in ``pl:rejected`` (``Journal.rejected_head_bytes``),
+        with the whole payload's size and SHA-256 and a reason that says so. An MllpServer
+        ``on_oversize`` handler; the HTTP route passes the body it read the same way.
+        """
+        payload = frame.payload
         message: Message | None = None
         try:
             message = parse(decode(payload.split(b"\r", 1)[0], self.adapter.charset))
         except MessageError:
             message = None
-        limit = len(payload)
-        exc = RejectedError(
-            f"the message is larger than the limit of {limit} bytes", location="MSH"
-        )
-        return await self._refuse(payload, peer, message, exc)
+        size = frame.size if frame.size is not None else len(payload)
+        msg = f"the message is {size} bytes, over the limit of {len(payload)} bytes"
+        exc = RejectedError(msg, location="MSH")
+        return await self._refuse(payload, peer, message, exc, size=size, sha256=frame.sha256)
 
     def _check(self, message: Message) -> None:
         body = message.text
@@ -133,9 +155,26 @@ class HL7v2Intake:
             raise RejectedError(
                 "the frame holds more than one message; send one message per frame", location="MSH"
             )
+        if self.adapter.senders is not None:
+            self._check_sender(message)
         if not self.supports(message.event, message.version, self.adapter.id):
             msg = f"no mapping for {message.event} v{message.version or '?'} from adapter {self.adapter.id}"
             raise NoMappingError(msg, location="MSH-9")
+
+    def _check_sender(self, message: Message) -> None:
+        """Refuse a message whose MSH-3/MSH-4 is not one of the adapter's ``senders``."""
+        senders = self.adapter.senders
+        msh = message.msh
+        application = (msh.value(3, 1), msh.value(3, 2))
+        facility = (msh.value(4, 1), msh.value(4, 2))
+        if senders is None or any(s.matches(application, facility) for s in senders):
+            return
+        known = any(s.application is None or s.application in application for s in senders)
+        msg = (
+            f"the sender {_hd(application)}/{_hd(facility)} (MSH-3/MSH-4) is not one adapter "
+            f"{self.adapter.id} accepts; its registration's senders: list names who may send"
+        )
+        raise RejectedError(msg, location="MSH-4" if known else "MSH-3")
 
     def _ack(
         self,
@@ -164,7 +203,14 @@ class HL7v2Intake:
         return should_acknowledge(message.msh.value(15), accepted)
 
     async def _refuse(
-        self, payload: bytes, peer: str, message: Message | None, exc: MessageError
+        self,
+        payload: bytes,
+        peer: str,
+        message: Message | None,
+        exc: MessageError,
+        *,
+        size: int | None = None,
+        sha256: str | None = None,
     ) -> bytes | None:
         code = exc.ack_code
         reason = str(exc)
@@ -172,7 +218,9 @@ class HL7v2Intake:
             code, message, text=reason, error_code=exc.hl7_error_code, error_location=exc.location
         )
         try:
-            await self.journal.reject(self.adapter.id, payload, reason, peer)
+            await self.journal.reject(
+                self.adapter.id, payload, reason, peer, size=size, sha256=sha256
+            )
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))
             return self._ack("AR", message, text=str(journal_exc), error_code="207")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +14,20 @@ from broker import keys
 from broker.dispatch import KICK_FLAG_TTL_S
 from broker.errors import JournalError
 
-__all__ = ["AppendResult", "Journal", "dedupe_digest"]
+__all__ = [
+    "REJECTED_HEAD_BYTES",
+    "AppendResult",
+    "Journal",
+    "content_digest",
+    "dedupe_digest",
+]
 
-# One round trip, atomically: a duplicate returns the stored ACK; otherwise the raw message is
+REJECTED_HEAD_BYTES = 64 * 1024
+"""Of an over-size message, only this many first bytes are kept in ``pl:rejected`` (with the
+whole payload's size and SHA-256): enough to read its header, not 10 MiB kept forever."""
+
+# One round trip, atomically: a duplicate (KEYS[2], which names the receiving adapter) returns the
+# stored ACK; otherwise the raw message is
 # appended to its partition stream, the ACK we are about to send is stored for resends, and the
 # partition's kick flag is set (the third result says whether a drain task must be queued).
 _APPEND = """
@@ -65,9 +77,24 @@ def _refusal(exc: Exception) -> str:
 
 
 def dedupe_digest(sending_application: str, sending_facility: str, control_id: str) -> str:
-    """The dedupe identity of a message: MSH-3, MSH-4 and MSH-10 (never patient data)."""
+    """The dedupe identity of an HL7 v2 message: MSH-3, MSH-4 and MSH-10 (never patient data).
+
+    The journal adds the receiving adapter (``keys.dedupe``): the same three values from two
+    adapters are two messages.
+    """
     joined = "\x1f".join((sending_application, sending_facility, control_id))
     return hashlib.sha1(joined.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def content_digest(document: object) -> str:
+    """The dedupe identity of a parsed JSON document: SHA-256 of its canonical form.
+
+    Canonical: keys sorted, no insignificant whitespace, non-ASCII as UTF-8, so the same
+    resource however it was spaced or ordered has one digest, and any change of content
+    (``meta.versionId``, ``meta.lastUpdated`` and every element count) gives another.
+    """
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Journal:
@@ -76,17 +103,33 @@ class Journal:
     Args:
         client: an asyncio Redis client.
         dedupe_window_s: how long a stored ACK answers a resent duplicate.
+        rejected_head_bytes: how much of an over-size message ``reject`` keeps.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, dedupe_window_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        dedupe_window_s: int,
+        *,
+        rejected_head_bytes: int = REJECTED_HEAD_BYTES,
+    ) -> None:
         self.client = client
         self.dedupe_window_s = dedupe_window_s
+        self.rejected_head_bytes = rejected_head_bytes
         self._script = client.register_script(_APPEND)
 
     async def append(
         self, partition: int, fields: dict[str, Any], *, dedupe: str | None, ack: bytes
     ) -> AppendResult:
         """Append one message unless it is a duplicate; store ``ack`` for future duplicates.
+
+        Args:
+            partition: the patient partition (``pl:in:P``).
+            fields: the journal entry; ``fields["source"]`` is the receiving adapter.
+            dedupe: the message's identity within its adapter (``dedupe_digest``,
+                ``content_digest``); a duplicate is the same adapter and the same identity
+                within the dedupe window. ``None``: never a duplicate.
+            ack: the answer sent now, stored for duplicates.
 
         Raises:
             JournalError: Redis refused or could not be reached, or backpressure is on
@@ -95,7 +138,7 @@ class Journal:
         args: list[Any] = [self.dedupe_window_s, ack, KICK_FLAG_TTL_S]
         for name, value in fields.items():
             args.extend((name, value))
-        dedupe_key = keys.dedupe(dedupe) if dedupe else ""
+        dedupe_key = keys.dedupe(str(fields["source"]), dedupe) if dedupe else ""
         try:
             reply = await self._script(
                 keys=[
@@ -122,15 +165,43 @@ class Journal:
             )
         return AppendResult(entry_id=None, previous_ack=value)
 
-    async def reject(self, source: str, raw: bytes, reason: str, peer: str) -> None:
+    async def reject(
+        self,
+        source: str,
+        raw: bytes,
+        reason: str,
+        peer: str,
+        *,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """Keep input refused at the edge, with its reason, in ``pl:rejected``.
+
+        Args:
+            source: the receiving adapter.
+            raw: the refused bytes; of an over-size message, its first bytes.
+            reason: why it was refused (a sentence; never patient data).
+            peer: who sent it.
+            size: for an over-size message, the whole payload's size. Then only the first
+                ``rejected_head_bytes`` of ``raw`` are kept, with ``size`` and ``sha256``,
+                and the reason says so.
+            sha256: the hex SHA-256 of the whole payload (with ``size``).
 
         Raises:
             JournalError: Redis could not be reached.
         """
+        entry: dict[str, str | bytes | int] = {"source": source, "raw": raw, "peer": peer}
+        if size is not None:
+            head = raw[: self.rejected_head_bytes]
+            digest = f", sha256 {sha256}" if sha256 else ""
+            reason = f"{reason} (kept: the first {len(head)} of {size} bytes{digest})"
+            entry.update(raw=head, size=size, kept=len(head))
+            if sha256:
+                entry["sha256"] = sha256
+        entry["reason"] = reason
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(keys.REJECTED, {"source": source, "raw": raw, "reason": reason, "peer": peer})
+            pipe.xadd(keys.REJECTED, entry)  # type: ignore[arg-type]
             pipe.hincrby(keys.STATS, "rejected", 1)
             await pipe.execute()
         except (redis.RedisError, OSError) as exc:

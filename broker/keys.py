@@ -5,7 +5,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:in:P              stream   raw inbound messages (the journal); group ``pipeline``
     pl:out:SUB:P         stream   canonical envelope ids queued for one subscriber; group ``deliver``
     pl:env:ID            string   an Envelope as JSON (retention TTL)
-    pl:dedupe:HASH       string   the ACK sent for (MSH-3, MSH-4, MSH-10); dedupe window TTL
+    pl:dedupe:SRC:HASH   string   the ACK sent for one message of inbound adapter SRC: (MSH-3, MSH-4,
+                                  MSH-10) for HL7 v2, the normalised content for FHIR; dedupe window TTL
     pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
     pl:quarantine        stream   journalled messages that failed parse/map/validation
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
@@ -85,9 +86,13 @@ def envelope(envelope_id: str) -> str:
     return f"pl:env:{envelope_id}"
 
 
-def dedupe(digest: str) -> str:
-    """Stored ACK of one (sender, control id)."""
-    return f"pl:dedupe:{digest}"
+def dedupe(source: str, digest: str) -> str:
+    """Stored ACK of one message received by inbound adapter ``source`` (``digest`` names it).
+
+    The adapter is part of the key: two hospitals may use the same MSH-3/4/10, and one's message
+    must never be taken for a resend of the other's.
+    """
+    return f"pl:dedupe:{source}:{digest}"
 
 
 def dead(subscriber: str) -> str:

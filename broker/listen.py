@@ -45,7 +45,11 @@ class Listeners:
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
         self.client = redis.asyncio.Redis.from_url(self.settings.effective_redis_url)
-        journal = Journal(self.client, self.settings.dedupe_window_s)
+        journal = Journal(
+            self.client,
+            self.settings.dedupe_window_s,
+            rejected_head_bytes=self.settings.rejected_head_bytes,
+        )
         kicker = AsyncKicker(create_celery(self.settings), self.client)
         for adapter in self.adapters:
             host, port = adapter.host_port

@@ -71,13 +71,17 @@ class Settings(BaseSettings):
     the next re-kick within ``claim_idle_s + rekick_interval_s`` (25 s by default). It must exceed
     the longest single send (``delivery_timeout_s``, ``ack_timeout_s``)."""
     dedupe_window_s: int = Field(86_400, ge=0)
-    """Same MSH-3, MSH-4 and MSH-10 within this window: resend the stored ACK, do not re-process."""
+    """Same adapter and same MSH-3, MSH-4 and MSH-10 (FHIR: same content) within this window:
+    resend the stored ACK, do not re-process."""
     retention_s: int = Field(7 * 86_400, ge=60)
     """How long envelopes and stream entries are kept in Redis."""
     appendfsync: Literal["always", "everysec"] = "everysec"
     """Embedded Redis AOF fsync policy; ``always`` makes each ACK survive a power cut."""
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """A larger message is read to its end and answered AR (the connection closes past twice it)."""
+    rejected_head_bytes: int = Field(64 * 1024, ge=1024)
+    """Of an over-size message, ``pl:rejected`` keeps this many first bytes, with the whole
+    payload's size and SHA-256 (not the whole payload, kept forever)."""
     redis_maxmemory: str = "2gb"
     """Memory limit of the embedded Redis; with ``noeviction`` a full journal refuses (AR)."""
     max_backlog: int = Field(100_000, ge=1)

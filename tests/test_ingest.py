@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 import redis.asyncio
 
 from broker import keys
 from broker.ack import read_ack
-from broker.adapters.spec import AdapterSpec
+from broker.adapters.mllp import MllpClient, MllpServer
+from broker.adapters.spec import AdapterSpec, Sender
 from broker.dispatch import AsyncKicker
 from broker.ingest import HL7v2Intake, partition_key
 from broker.journal import Journal
@@ -38,14 +40,21 @@ class _NoCelery:
 
 
 def intake(
-    url: str, supports=lambda event, version, adapter: event.startswith("ADT")
+    url: str,
+    supports=lambda event, version, adapter: event.startswith("ADT"),
+    adapter: AdapterSpec = ADAPTER,
+    rejected_head_bytes: int = 64 * 1024,
 ) -> tuple[HL7v2Intake, _NoCelery, redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(url)
     celery = _NoCelery()
-    handler = HL7v2Intake(
-        ADAPTER, Journal(client, dedupe_window_s=60), supports, 8, AsyncKicker(celery, client)
-    )
+    journal = Journal(client, dedupe_window_s=60, rejected_head_bytes=rejected_head_bytes)
+    handler = HL7v2Intake(adapter, journal, supports, 8, AsyncKicker(celery, client))
     return handler, celery, client
+
+
+def journalled(redis_client) -> list[dict[bytes, bytes]]:
+    """Every journal entry's fields, all partitions."""
+    return [fields for p in range(8) for _, fields in redis_client.xrange(keys.inbound(p))]
 
 
 def run(coro):
@@ -150,3 +159,200 @@ class TestIntake:
         ack = run(go())
         assert ack.code == "AR"
         assert "journal" in ack.text
+
+
+HOSPITAL_B = ADAPTER.model_copy(update={"id": "chu-casa-adt", "listen": "127.0.0.1:2576"})
+
+
+class TestDedupeIsPerAdapter:
+    """Issue 8 item 1: the dedupe key is the receiving adapter plus MSH-3, MSH-4 and MSH-10."""
+
+    def test_the_same_msh_3_4_10_on_two_adapters_is_two_messages(self, redis_url, redis_client):
+        """Hospital B's message reusing A's MSH-3/4/10 never makes A's real message a duplicate."""
+        from_b = adt(patients(1, seed=11)[0], "A08", control_id="SHARED0001").encode()
+        from_a = adt(patients(1, seed=12)[0], "A01", control_id="SHARED0001").encode()
+
+        async def go():
+            handler_a, _, client_a = intake(redis_url)
+            handler_b, _, client_b = intake(redis_url, adapter=HOSPITAL_B)
+            replies = [await handler_b(from_b, "b"), await handler_a(from_a, "a")]
+            await client_a.aclose()
+            await client_b.aclose()
+            return [read_ack(r) for r in replies]
+
+        acks = run(go())
+        assert [a.code for a in acks] == ["AA", "AA"]
+        assert sorted((f[b"source"], f[b"raw"]) for f in journalled(redis_client)) == sorted(
+            [(b"chu-casa-adt", from_b), (b"chu-rabat-adt", from_a)]
+        )
+
+    def test_a_resend_on_the_same_adapter_is_still_answered_with_the_stored_ack(
+        self, redis_url, redis_client
+    ):
+        """A, then B with the same ids, then A again: A's resend gets A's first ACK, not B's."""
+        text = adt(patients(1, seed=13)[0], "A01", control_id="SHARED0002").encode()
+
+        async def go():
+            handler_a, _, client_a = intake(redis_url)
+            handler_b, _, client_b = intake(redis_url, adapter=HOSPITAL_B)
+            first_a = await handler_a(text, "a")
+            first_b = await handler_b(text, "b")
+            again_a = await handler_a(text, "a")
+            again_b = await handler_b(text, "b")
+            await client_a.aclose()
+            await client_b.aclose()
+            return first_a, first_b, again_a, again_b
+
+        first_a, first_b, again_a, again_b = run(go())
+        assert again_a == first_a
+        assert again_b == first_b
+        assert first_a != first_b  # each ACK has its own MSH-10
+        assert sorted(f[b"source"] for f in journalled(redis_client)) == [
+            b"chu-casa-adt",
+            b"chu-rabat-adt",
+        ]
+
+    def test_msh_3_and_4_count_with_every_component(self, redis_url, redis_client):
+        """Same namespace ID but another universal ID (HD.2) in MSH-4 is another sender."""
+        base = adt(patients(1, seed=14)[0], "A01", control_id="HD0001")
+        one = base.replace("|CHU-RABAT|", "|CHU-RABAT^2.16.504.1.10^ISO|", 1).encode()
+        other = base.replace("|CHU-RABAT|", "|CHU-RABAT^2.16.504.1.99^ISO|", 1).encode()
+        assert one != other
+
+        async def go():
+            handler, _, client = intake(redis_url)
+            codes = [read_ack(await handler(m, "peer")).code for m in (one, other)]
+            await client.aclose()
+            return codes
+
+        assert run(go()) == ["AA", "AA"]
+        assert len(journalled(redis_client)) == 2
+
+
+class TestSenders:
+    """Issue 8 item 1: an adapter's ``senders:`` list refuses a frame claiming another sender."""
+
+    @pytest.fixture(name="rabat_only")
+    def fixture_rabat_only(self) -> AdapterSpec:
+        return ADAPTER.model_copy(
+            update={
+                "senders": [
+                    Sender(application="HIS", facility="CHU-RABAT"),
+                    Sender(facility="2.16.504.1.10"),
+                ]
+            }
+        )
+
+    @pytest.mark.parametrize(
+        ("application", "facility"),
+        [
+            pytest.param("HIS", "CHU-RABAT", id="listed-pair"),
+            pytest.param("PACS", "^2.16.504.1.10^ISO", id="listed-universal-id"),
+        ],
+    )
+    def test_a_listed_sender_is_journalled(
+        self, redis_url, redis_client, rabat_only, application, facility
+    ):
+        """MSH-3/MSH-4 matching an entry (by HD.1 or HD.2) is answered AA and journalled."""
+        text = adt(
+            patients(1, seed=15)[0],
+            "A01",
+            control_id="SND0001",
+            sending_application=application,
+            sending_facility="CHU-RABAT",
+        ).replace("|CHU-RABAT|", f"|{facility}|", 1)
+
+        async def go():
+            handler, _, client = intake(redis_url, adapter=rabat_only)
+            reply = await handler(text.encode(), "peer")
+            await client.aclose()
+            return read_ack(reply)
+
+        assert run(go()).code == "AA"
+        assert len(journalled(redis_client)) == 1
+        assert redis_client.xlen(keys.REJECTED) == 0
+
+    def test_another_sender_gets_ar_with_the_reason_and_is_kept(
+        self, redis_url, redis_client, rabat_only
+    ):
+        """MSH-4 naming another hospital: AR, an ERR at MSH-4, kept in pl:rejected, not journalled."""
+        text = adt(
+            patients(1, seed=16)[0],
+            "A01",
+            control_id="SND0002",
+            sending_application="HIS",
+            sending_facility="CHU-CASA",
+        ).encode()
+
+        async def go():
+            handler, _, client = intake(redis_url, adapter=rabat_only)
+            reply = await handler(text, "peer")
+            await client.aclose()
+            return reply
+
+        reply = run(go())
+        ack = read_ack(reply)
+        assert (ack.code, ack.control_id) == ("AR", "SND0002")
+        assert "'CHU-CASA'" in ack.text
+        assert "chu-rabat-adt" in ack.text
+        assert "senders" in ack.text
+        segments = reply.decode().split("\r")
+        (err,) = [s for s in segments if s.startswith("ERR|")]
+        assert err.split("|")[2] == "MSH^1^4"
+        assert journalled(redis_client) == []
+        ((_, fields),) = redis_client.xrange(keys.REJECTED)
+        assert fields[b"raw"] == text
+        assert fields[b"source"] == b"chu-rabat-adt"
+        assert fields[b"reason"].decode() == ack.text
+
+    def test_without_senders_anyone_is_accepted(self, redis_url, redis_client):
+        """No senders: list (the default) checks nothing."""
+        text = adt(
+            patients(1, seed=17)[0], "A01", control_id="SND0003", sending_facility="CHU-CASA"
+        ).encode()
+
+        async def go():
+            handler, _, client = intake(redis_url)
+            reply = await handler(text, "peer")
+            await client.aclose()
+            return read_ack(reply)
+
+        assert run(go()).code == "AA"
+
+
+class TestOversize:
+    """Issue 8 item 6: an over-size frame keeps a bounded head, its size and its digest."""
+
+    def test_an_oversize_frame_keeps_its_head_size_and_digest(self, redis_url, redis_client):
+        """Over the limit on a real socket: AR; pl:rejected holds 1 KiB, the size and the SHA-256."""
+        message = adt(patients(1, seed=18)[0], "A01", control_id="BIG0001")
+        payload = (message + "NTE|1||" + "x" * 11_000).encode()
+        limit = 8192
+        assert limit < len(payload) < 2 * limit
+
+        async def go():
+            handler, _, client = intake(redis_url, rejected_head_bytes=1024)
+            server = MllpServer(
+                "127.0.0.1", 0, handler, max_bytes=limit, on_oversize=handler.oversize
+            )
+            await server.start()
+            try:
+                with MllpClient("127.0.0.1", server.port, timeout=10) as sender:
+                    reply = await asyncio.to_thread(sender.send, payload)
+            finally:
+                await server.stop()
+                await client.aclose()
+            return read_ack(reply)
+
+        ack = run(go())
+        assert (ack.code, ack.control_id) == ("AR", "BIG0001")
+        assert f"{len(payload)} bytes, over the limit of {limit} bytes" in ack.text
+        assert journalled(redis_client) == []
+        ((_, fields),) = redis_client.xrange(keys.REJECTED)
+        digest = hashlib.sha256(payload).hexdigest()
+        assert fields[b"raw"] == payload[:1024]
+        assert (fields[b"size"], fields[b"kept"]) == (str(len(payload)).encode(), b"1024")
+        assert fields[b"sha256"] == digest.encode()
+        assert f"kept: the first 1024 of {len(payload)} bytes, sha256 {digest}" in (
+            fields[b"reason"].decode()
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import select
 import socket
@@ -39,6 +40,7 @@ __all__ = [
     "MllpError",
     "MllpServer",
     "MllpTimeout",
+    "OversizeHandler",
     "frame",
 ]
 
@@ -82,10 +84,19 @@ class Frame:
         payload: the bytes between the start and end characters; at most ``max_bytes`` of them.
         oversize: the payload exceeded ``max_bytes``. It was read to its end, but ``payload``
             holds only its first ``max_bytes`` bytes (enough to read MSH for an AR).
+        size: for an over-size frame, the whole payload's size in bytes (else ``None``).
+        sha256: for an over-size frame, the hex SHA-256 of the whole payload (else ``None``):
+            what is kept of it can still be matched with the sender's copy.
     """
 
     payload: bytes
     oversize: bool = False
+    size: int | None = None
+    sha256: str | None = None
+
+
+OversizeHandler = Callable[[Frame, str], Awaitable[bytes | None]]
+"""``on_oversize(frame, peer)``: answer an over-size frame (truncated payload, size, digest)."""
 
 
 class FrameDecoder:
@@ -112,6 +123,8 @@ class FrameDecoder:
         self._pending_fs = False
         self._buf = bytearray()
         self._size = 0
+        # Hashing starts only once a frame passes max_bytes: in-size frames cost nothing more.
+        self._hash: hashlib._Hash | None = None
 
     @property
     def pending(self) -> int:
@@ -165,22 +178,35 @@ class FrameDecoder:
         self._pending_fs = False
         self._buf.clear()
         self._size = 0
+        self._hash = None
 
     def _append(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size > 2 * self.max_bytes:
             self.overflowed = True
             self._buf.clear()
+            self._hash = None
             return
         room = self.max_bytes - len(self._buf)
         if room > 0:
             self._buf += chunk[:room]
+        if self._hash is not None:
+            self._hash.update(chunk)
+        elif self._size > self.max_bytes:
+            self._hash = hashlib.sha256(self._buf)
+            self._hash.update(chunk[room:] if room > 0 else chunk)
 
     def _finish(self) -> Frame:
-        result = Frame(bytes(self._buf), oversize=self._size > self.max_bytes)
+        if self._hash is not None:
+            result = Frame(
+                bytes(self._buf), oversize=True, size=self._size, sha256=self._hash.hexdigest()
+            )
+        else:
+            result = Frame(bytes(self._buf))
         self._in_frame = False
         self._buf.clear()
         self._size = 0
+        self._hash = None
         return result
 
 
@@ -189,9 +215,10 @@ class MllpServer:
 
     Each received frame is passed to ``handler(payload, peer)``; a non-``None`` result is framed
     and sent back. A handler that raises is logged and answered with nothing; the connection and
-    the listener stay up. Frames over ``max_bytes`` go to ``on_oversize(truncated_payload, peer)``
-    instead (the broker answers AR from the truncated MSH); with no ``on_oversize`` they are
-    logged and not answered. A frame longer than ``2 * max_bytes`` closes its connection.
+    the listener stay up. Frames over ``max_bytes`` go to ``on_oversize(frame, peer)`` instead,
+    truncated but with the whole payload's size and SHA-256 (the broker answers AR from the
+    truncated MSH); with no ``on_oversize`` they are logged and not answered. A frame longer
+    than ``2 * max_bytes`` closes its connection.
 
     Args:
         host: the interface to bind.
@@ -210,7 +237,7 @@ class MllpServer:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         name: str = "",
-        on_oversize: Handler | None = None,
+        on_oversize: OversizeHandler | None = None,
     ) -> None:
         self.host = host
         self.handler = handler
@@ -295,14 +322,16 @@ class MllpServer:
                 await writer.wait_closed()
 
     async def _dispatch(self, received: Frame, peer: str) -> bytes | None:
-        target = self.on_oversize if received.oversize else self.handler
-        if target is None:
+        on_oversize = self.on_oversize
+        if received.oversize and on_oversize is None:
             _log.warning(
                 "mllp.oversize_dropped", adapter=self.name, peer=peer, limit=self.max_bytes
             )
             return None
         try:
-            return await target(received.payload, peer)
+            if on_oversize is not None and received.oversize:
+                return await on_oversize(received, peer)
+            return await self.handler(received.payload, peer)
         except Exception:
             _log.exception("mllp.handler_failed", adapter=self.name, peer=peer)
             return None

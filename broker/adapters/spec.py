@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from broker.errors import AdapterSpecError
 from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
 
-__all__ = ["AdapterSpec", "Subscription", "load_adapters"]
+__all__ = ["AdapterSpec", "Sender", "Subscription", "load_adapters"]
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
@@ -35,6 +43,40 @@ class Subscription(BaseModel):
         if self.sources is not None and source not in self.sources:
             return False
         return any(fnmatch.fnmatchcase(event, pattern) for pattern in self.events)
+
+
+class Sender(BaseModel):
+    """One sending system an inbound HL7 v2 adapter accepts, by MSH-3 and/or MSH-4.
+
+    A value matches its field's namespace ID (HD.1, ``CHU-RABAT``) or universal ID (HD.2, an
+    OID such as ``2.16.504.1.10``), compared exactly (HL7 v2.5.1 §2.14.9.3-4, data type HD).
+    An omitted value matches anything.
+
+    Usage (in ``adapters/chu-rabat-adt.yaml``)::
+
+        senders:
+          - {application: HIS, facility: CHU-RABAT}
+          - facility: CHU-RABAT-MATERNITE
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    application: str | None = Field(None, min_length=1)
+    """MSH-3, the sending application."""
+    facility: str | None = Field(None, min_length=1)
+    """MSH-4, the sending facility."""
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> Sender:
+        if self.application is None and self.facility is None:
+            raise ValueError("a sender names its application (MSH-3), its facility (MSH-4) or both")
+        return self
+
+    def matches(self, application: tuple[str, str], facility: tuple[str, str]) -> bool:
+        """Tell whether MSH-3 and MSH-4, each as (HD.1, HD.2), are this sender's."""
+        return (self.application is None or self.application in application) and (
+            self.facility is None or self.facility in facility
+        )
 
 
 class AdapterSpec(BaseModel):
@@ -89,6 +131,10 @@ class AdapterSpec(BaseModel):
     reply_to: str | None = None
     """``host:port`` of the sender's MLLP listener for application ACKs (enhanced mode)."""
     retry: RetryPolicy = RetryPolicy()
+    senders: list[Sender] | None = Field(None, min_length=1)
+    """Inbound HL7 v2: the MSH-3/MSH-4 this adapter accepts (any one entry must match); a
+    message claiming another sender is answered AR and kept in ``pl:rejected``. ``None``
+    (the default): any sender."""
 
     @field_validator("listen", "connect", "reply_to")
     @classmethod
@@ -98,6 +144,16 @@ class AdapterSpec(BaseModel):
             if not match or not 0 < int(match["port"]) < 65536:
                 msg = f"expected host:port such as 127.0.0.1:2575, got {value!r}"
                 raise ValueError(msg)
+        return value
+
+    @field_validator("senders")
+    @classmethod
+    def _hl7v2_inbound(
+        cls, value: list[Sender] | None, info: ValidationInfo
+    ) -> list[Sender] | None:
+        kind = (info.data.get("direction"), info.data.get("format"))
+        if value is not None and kind != ("inbound", "hl7v2"):
+            raise ValueError("senders (MSH-3/MSH-4) is for inbound adapters of format hl7v2")
         return value
 
     @field_validator("url")

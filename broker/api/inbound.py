@@ -7,14 +7,21 @@ journals it. Both need the API bearer token and an enabled inbound adapter with
 ``transport: http`` (and the matching ``format``).
 
 Status codes: 200 with the ACK (AA, or AE/AR for a reason in the message); 202 for an accepted
-FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read or is not valid
-(the body is kept in ``pl:rejected``, as refused HL7 v2 is); 413 above ``max_message_bytes``; 503 with ``Retry-After`` when the journal cannot accept the
-message (Redis down or backpressure): the sender keeps it and resends, nothing is acknowledged
-that could be lost.
+FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read, is nested deeper
+than ``MAX_JSON_DEPTH`` or is not valid (the body is kept in ``pl:rejected``, as refused HL7 v2
+is); 413 above ``max_message_bytes`` (its first bytes are kept, with its size and SHA-256); 503
+with ``Retry-After`` when the journal cannot accept the message (Redis down or backpressure):
+the sender keeps it and resends, nothing is acknowledged that could be lost.
+
+Dedupe is per adapter: HL7 v2 by MSH-3, MSH-4 and MSH-10 (as over MLLP); FHIR by the SHA-256
+of the resource's canonical JSON, so a new version of a resource (same id, changed content or
+``meta.versionId``) is a new message, and only an identical re-post is answered with the first
+202 and not journalled again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -29,13 +36,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from broker import keys
+from broker.adapters.mllp import Frame
 from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.api.auth import require_token
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import BrokerError, JournalError, MappingSpecError, MessageError
 from broker.ingest import HL7v2Intake
-from broker.journal import AppendResult, Journal, dedupe_digest
+from broker.journal import AppendResult, Journal, content_digest
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FHIR_MEDIA_TYPE",
     "HL7V2_MEDIA_TYPE",
+    "MAX_JSON_DEPTH",
     "RETRY_AFTER_S",
     "InboundEdge",
     "close_inbound",
@@ -58,6 +67,10 @@ HL7V2_MEDIA_TYPE = "x-application/hl7-v2+er7"
 FHIR_MEDIA_TYPE = "application/fhir+json"
 RETRY_AFTER_S = 5
 """Seconds a sender is asked to wait when the journal cannot accept a message."""
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of objects and arrays a FHIR body may have. Real resources and Bundles stay
+under 20; validating one nested about 250 deep exhausts Python's recursion limit, so deeper
+input is refused before validation with a 400 rather than failing inside it."""
 ACCEPTED_TEXT = "accepted; the message is journalled and will be mapped with mappings/fhir/"
 
 # Set by the journal wrapper when Redis refused or backpressure is on, read by the route that
@@ -79,9 +92,18 @@ class _WatchedJournal(Journal):
             _journal_refused.set(True)
             raise
 
-    async def reject(self, source: str, raw: bytes, reason: str, peer: str) -> None:
+    async def reject(
+        self,
+        source: str,
+        raw: bytes,
+        reason: str,
+        peer: str,
+        *,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
         try:
-            await super().reject(source, raw, reason, peer)
+            await super().reject(source, raw, reason, peer, size=size, sha256=sha256)
         except JournalError:
             _journal_refused.set(True)
             raise
@@ -137,7 +159,9 @@ async def open_inbound(app: FastAPI) -> None:
     edge.client = redis.asyncio.Redis.from_url(
         settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=2
     )
-    edge.journal = _WatchedJournal(edge.client, settings.dedupe_window_s)
+    edge.journal = _WatchedJournal(
+        edge.client, settings.dedupe_window_s, rejected_head_bytes=settings.rejected_head_bytes
+    )
     celery = getattr(app.state, "inbound_celery", None)
     if celery is None:
         from broker.worker.celery_app import create_celery
@@ -188,14 +212,47 @@ def _adapter(request: Request, adapter_id: str, fmt: str) -> tuple[InboundEdge, 
     return edge, adapter
 
 
-async def _read(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The body, at most ``limit`` bytes of it, and whether it was complete within the limit."""
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A request body read with a size limit.
+
+    Attributes:
+        data: the body, or its first ``limit`` bytes when it is larger.
+        complete: the body was within the limit (``data`` is all of it).
+        size: the whole body's size in bytes.
+        sha256: of a body over the limit, the hex SHA-256 of all of it (else ``None``).
+    """
+
+    data: bytes
+    complete: bool
+    size: int
+    sha256: str | None = None
+
+    def frame(self) -> Frame:
+        """The body as an over-size frame, for ``HL7v2Intake.oversize``."""
+        return Frame(self.data, oversize=True, size=self.size, sha256=self.sha256)
+
+
+async def _read(request: Request, limit: int) -> _Body:
+    """Read the body, keeping at most ``limit`` bytes; a larger one is read to its end and hashed.
+
+    The API is behind the bearer token, so reading an over-size body to its end (to give its
+    size and digest with the refusal) serves a known sender; only the first bytes are kept.
+    """
     body = bytearray()
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         body += chunk
         if len(body) > limit:
-            return bytes(body[:limit]), False
-    return bytes(body), True
+            break
+    else:
+        return _Body(bytes(body), complete=True, size=len(body))
+    digest = hashlib.sha256(body)
+    size = len(body)
+    async for chunk in stream:
+        digest.update(chunk)
+        size += len(chunk)
+    return _Body(bytes(body[:limit]), complete=False, size=size, sha256=digest.hexdigest())
 
 
 def _peer(request: Request) -> str:
@@ -226,16 +283,16 @@ async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
     if intake is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem or "not ready")
     settings: Settings = request.app.state.settings
-    body, complete = await _read(request, settings.max_message_bytes)
+    body = await _read(request, settings.max_message_bytes)
     _journal_refused.set(False)
-    if complete:
-        reply = await intake(body, _peer(request))
+    if body.complete:
+        reply = await intake(body.data, _peer(request))
         code = status.HTTP_200_OK
     else:
-        reply = await intake.oversize(body, _peer(request))
+        reply = await intake.oversize(body.frame(), _peer(request))
         code = status.HTTP_413_CONTENT_TOO_LARGE
     headers: dict[str, str] = {}
-    if _journal_refused.get() and complete:
+    if _journal_refused.get() and body.complete:
         code = status.HTTP_503_SERVICE_UNAVAILABLE
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if reply is None:
@@ -309,17 +366,6 @@ def _validation_issues(resource_type: str, exc: ValidationError) -> list[dict[st
     return issues
 
 
-def _identifier(resource: Any) -> str | None:
-    """``system|value`` of a resource's first identifier with a value."""
-    idents = resource.get("identifier") if isinstance(resource, dict) else None
-    if isinstance(idents, dict):  # Bundle.identifier is one Identifier, not a list
-        idents = [idents]
-    for ident in idents if isinstance(idents, list) else []:
-        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
-            return f"{ident.get('system') or ''}|{ident['value']}"
-    return None
-
-
 def _patient_key(mappings: MappingSet, adapter_id: str, data: dict[str, Any]) -> str | None:
     """The partition key the worker's mapping will give the message (``Envelope.partition_key``).
 
@@ -338,18 +384,6 @@ def _patient_key(mappings: MappingSet, adapter_id: str, data: dict[str, Any]) ->
         # A bug here must not refuse a valid message: it is journalled and ordered on its own.
         log.error("inbound.patient_key_failed", adapter=adapter_id, error=type(exc).__name__)
         return None
-
-
-def _dedupe(adapter_id: str, data: dict[str, Any]) -> str | None:
-    """Bundle.identifier, else the resource id: a resend of either is answered, not re-kept."""
-    resource_type = str(data["resourceType"])
-    if resource_type == "Bundle":
-        ident = _identifier({"identifier": data.get("identifier")})
-        if ident is not None:
-            return dedupe_digest(adapter_id, "fhir:Bundle.identifier", ident)
-    if isinstance(data.get("id"), str) and data["id"]:
-        return dedupe_digest(adapter_id, f"fhir:{resource_type}", data["id"])
-    return None
 
 
 @router.post(
@@ -376,20 +410,21 @@ async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
     if edge.mappings is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem or "not ready")
     settings: Settings = request.app.state.settings
-    body, complete = await _read(request, settings.max_message_bytes)
-    reply = _check_fhir(body, complete, settings.max_message_bytes)
+    body = await _read(request, settings.max_message_bytes)
+    reply = _check_fhir(body, settings.max_message_bytes)
     if isinstance(reply, Response):
         await _keep_refused(edge, adapter, body, reply, _peer(request))
         return reply
-    return await _journal_fhir(edge, adapter, settings, body, reply)
+    return await _journal_fhir(edge, adapter, settings, body.data, reply)
 
 
 async def _keep_refused(
-    edge: InboundEdge, adapter: AdapterSpec, body: bytes, reply: Response, peer: str
+    edge: InboundEdge, adapter: AdapterSpec, body: _Body, reply: Response, peer: str
 ) -> None:
     """Keep a refused body with the first issue's diagnostics; a Redis failure is only logged.
 
-    The sender already holds the refusal (4xx) and keeps the message; nothing is acknowledged.
+    Of an over-size body, only its first bytes are kept, with its size and SHA-256. The sender
+    already holds the refusal (4xx) and keeps the message; nothing is acknowledged.
     """
     assert edge.journal is not None
     issues = json.loads(bytes(reply.body)).get("issue") or [{}]
@@ -397,19 +432,36 @@ async def _keep_refused(
     if len(issues) > 1:
         reason += f" (and {len(issues) - 1} more issues)"
     try:
-        await edge.journal.reject(adapter.id, body, reason, peer)
+        if body.complete:
+            await edge.journal.reject(adapter.id, body.data, reason, peer)
+        else:
+            await edge.journal.reject(
+                adapter.id, body.data, reason, peer, size=body.size, sha256=body.sha256
+            )
     except JournalError as exc:
         log.error("message.reject_unkept", adapter=adapter.id, error=str(exc))
     log.info("message.refused", adapter=adapter.id, status=reply.status_code)
 
 
-def _check_fhir(body: bytes, complete: bool, limit: int) -> Response | dict[str, Any]:
+def _depth_over(data: Any, limit: int) -> bool:
+    """Tell whether objects and arrays nest deeper than ``limit`` (without recursing)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _check_fhir(body: _Body, limit: int) -> Response | dict[str, Any]:
     """The parsed, valid FHIR R4 resource, or the OperationOutcome refusing it."""
-    if not complete:
-        msg = f"the body is larger than the limit of {limit} bytes"
+    if not body.complete:
+        msg = f"the body is {body.size} bytes, over the limit of {limit} bytes"
         return _outcome(status.HTTP_413_CONTENT_TOO_LARGE, "error", "too-costly", msg)
     try:
-        data = json.loads(body)
+        data = json.loads(body.data)
     except json.JSONDecodeError as exc:
         msg = f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
@@ -417,7 +469,10 @@ def _check_fhir(body: bytes, complete: bool, limit: int) -> Response | dict[str,
         msg = f"the body is not UTF-8 text (byte {exc.start})"
         return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
     except RecursionError:
-        msg = "the body is not valid JSON: it is nested too deeply"
+        msg = f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+        return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
+    if isinstance(data, dict | list) and _depth_over(data, MAX_JSON_DEPTH):
+        msg = f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
         return _outcome(status.HTTP_400_BAD_REQUEST, "error", "structure", msg)
     resource_type = data.get("resourceType") if isinstance(data, dict) else None
     if not isinstance(resource_type, str) or not resource_type:
@@ -433,7 +488,8 @@ def _check_fhir(body: bytes, complete: bool, limit: int) -> Response | dict[str,
         return _issues(
             status.HTTP_422_UNPROCESSABLE_CONTENT, _validation_issues(resource_type, exc)
         )
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        # RecursionError: a safety net below MAX_JSON_DEPTH (checked above) on a smaller stack.
         msg = f"{resource_type} could not be validated as FHIR R4 ({type(exc).__name__})"
         return _outcome(status.HTTP_422_UNPROCESSABLE_CONTENT, "error", "invalid", msg)
     assert isinstance(data, dict)
@@ -475,7 +531,7 @@ async def _journal_fhir(
     }
     try:
         result = await edge.journal.append(
-            partition, fields, dedupe=_dedupe(adapter.id, data), ack=accepted
+            partition, fields, dedupe=content_digest(data), ack=accepted
         )
     except JournalError as exc:
         log.error("message.journal_unavailable", adapter=adapter.id, error=str(exc))

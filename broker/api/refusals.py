@@ -26,11 +26,31 @@ def _text(value: bytes | None) -> str:
     return value.decode("utf-8", "replace") if value is not None else ""
 
 
+def _sizes(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The input's size, how much of it is kept and, for an over-size one, its SHA-256.
+
+    An over-size input keeps only its first bytes (``Journal.reject``); ``bytes`` is still the
+    whole input's size, so the operator sees what was sent.
+    """
+    kept = len(fields.get(b"raw", b""))
+    size = fields.get(b"size")
+    sha256 = fields.get(b"sha256")
+    return {
+        "bytes": int(size) if size is not None else kept,
+        "kept_bytes": kept,
+        "sha256": _text(sha256) if sha256 is not None else None,
+    }
+
+
 @router.get("/rejected")
 def list_rejected(
     client: Annotated[redis.Redis, Depends(get_redis)], limit: Limit = 100
 ) -> list[dict[str, Any]]:
-    """Input refused at the edge (AE/AR), newest first: adapter, peer, reason and size, no content."""
+    """Input refused at the edge (AE/AR), newest first: adapter, peer, reason and size, no content.
+
+    ``bytes`` is the size of what was sent; ``kept_bytes`` what is kept of it (less for an
+    over-size input, which keeps its first bytes and its ``sha256``).
+    """
     entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.REJECTED, count=limit)  # type: ignore[assignment]
     return [
         {
@@ -38,7 +58,7 @@ def list_rejected(
             "adapter": _text(fields.get(b"source")),
             "peer": _text(fields.get(b"peer")),
             "reason": _text(fields.get(b"reason")),
-            "bytes": len(fields.get(b"raw", b"")),
+            **_sizes(fields),
         }
         for entry_id, fields in entries
     ]
@@ -49,7 +69,10 @@ def show_rejected(
     entry_id: Annotated[str, Path(description="The entry id from the list.")],
     client: Annotated[redis.Redis, Depends(get_redis)],
 ) -> dict[str, Any]:
-    """One refused input with its bytes (base64: they may not be text); the view is audited."""
+    """One refused input with its bytes (base64: they may not be text); the view is audited.
+
+    Of an over-size input the bytes are its first ``kept_bytes`` (see ``list_rejected``).
+    """
     found: list[tuple[bytes, dict[bytes, bytes]]] = (
         client.xrange(keys.REJECTED, min=entry_id, max=entry_id) if _ENTRY.match(entry_id) else []  # type: ignore[assignment]
     )
@@ -64,6 +87,7 @@ def show_rejected(
         "adapter": _text(fields.get(b"source")),
         "peer": _text(fields.get(b"peer")),
         "reason": _text(fields.get(b"reason")),
+        **_sizes(fields),
         "raw_base64": base64.b64encode(fields.get(b"raw", b"")).decode(),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -128,11 +129,43 @@ class TestFrameDecoder:
         assert decoder.skipped == 5
 
     def test_oversize_frame_is_flagged_and_truncated(self) -> None:
-        """A payload over max_bytes is read to its end, flagged, and truncated to max_bytes."""
+        """A payload over max_bytes is read to its end, flagged, truncated, sized and hashed."""
         decoder = FrameDecoder(max_bytes=10)
-        frames = decoder.feed(frame(b"x" * 15) + frame(b"ok"))
-        assert frames == [Frame(b"x" * 10, oversize=True), Frame(b"ok")]
+        payload = b"0123456789abcde"
+        frames = decoder.feed(frame(payload) + frame(b"ok"))
+        whole = hashlib.sha256(payload).hexdigest()
+        assert frames == [
+            Frame(payload[:10], oversize=True, size=15, sha256=whole),
+            Frame(b"ok"),
+        ]
         assert not decoder.overflowed
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        payload=st.binary(min_size=11, max_size=20).map(
+            lambda b: b.replace(START_BLOCK, b"v").replace(END_BLOCK + CARRIAGE_RETURN, b"ee")
+        ),
+        cuts=st.lists(st.integers(min_value=0, max_value=24), max_size=6),
+    )
+    def test_the_digest_of_an_oversize_frame_is_of_the_whole_payload(
+        self, payload: bytes, cuts: list[int]
+    ) -> None:
+        """However the bytes arrive, an over-size frame carries the whole payload's size and SHA-256."""
+        data = frame(payload)
+        decoder = FrameDecoder(max_bytes=10)
+        frames: list[Frame] = []
+        start = 0
+        for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+            frames += decoder.feed(data[start:cut])
+            start = max(start, cut)
+        (got,) = frames
+        assert (got.payload, got.oversize, got.size) == (payload[:10], True, len(payload))
+        assert got.sha256 == hashlib.sha256(payload).hexdigest()
+
+    def test_an_in_size_frame_has_no_size_or_digest(self) -> None:
+        """Hashing is only for over-size frames: an in-size one costs nothing more."""
+        (got,) = FrameDecoder(max_bytes=10).feed(frame(b"0123456789"))
+        assert (got.oversize, got.size, got.sha256) == (False, None, None)
 
     def test_frame_over_twice_the_limit_overflows(self) -> None:
         """A frame beyond 2 x max_bytes sets overflowed and the decoder ignores later input."""
@@ -249,10 +282,10 @@ class TestMllpServer:
 
     def test_oversize_frame_goes_to_on_oversize(self) -> None:
         """A frame over max_bytes is given truncated to on_oversize, whose reply is sent."""
-        seen: list[bytes] = []
+        seen: list[Frame] = []
 
-        async def on_oversize(payload: bytes, peer: str) -> bytes:
-            seen.append(payload)
+        async def on_oversize(received: Frame, peer: str) -> bytes:
+            seen.append(received)
             return b"AR"
 
         async def scenario() -> list[bytes]:
@@ -264,7 +297,8 @@ class TestMllpServer:
                 await server.stop()
 
         assert asyncio.run(scenario()) == [b"AR", b"ACK:small"]
-        assert seen == [b"y" * 16]
+        whole = hashlib.sha256(b"y" * 20).hexdigest()
+        assert seen == [Frame(b"y" * 16, oversize=True, size=20, sha256=whole)]
 
     def test_oversize_without_callback_is_not_answered(self) -> None:
         """Without on_oversize an oversize frame is dropped and the next frame still answered."""

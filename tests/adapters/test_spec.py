@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.adapters.spec import AdapterSpec, Sender, load_adapters
 from broker.errors import AdapterSpecError
 from broker.settings import REPO_ROOT
 
@@ -149,3 +149,103 @@ class TestHl7Version:
         versions = MappingSet.load(REPO_ROOT / "mappings").hl7_versions
         assert {"2.3", "2.5.1"} <= versions
         load_adapters(REPO_ROOT / "adapters", hl7_versions=versions)
+
+
+class TestSenders:
+    """``senders:``: the MSH-3/MSH-4 an inbound HL7 v2 adapter accepts."""
+
+    def test_absent_means_any_sender(self, tmp_path):
+        """Without senders: nothing is checked (the default)."""
+        (spec,) = load_adapters(write(tmp_path, GOOD))
+        assert spec.senders is None
+
+    def test_entries_name_an_application_a_facility_or_both(self, tmp_path):
+        """Block and flow entries load; either key may be left out."""
+        text = GOOD + (
+            "senders:\n"
+            "  - application: HIS\n"
+            "    facility: CHU-RABAT\n"
+            "  - {facility: 2.16.504.1.10}\n"
+        )
+        (spec,) = load_adapters(write(tmp_path, text))
+        assert spec.senders is not None
+        assert [(s.application, s.facility) for s in spec.senders] == [
+            ("HIS", "CHU-RABAT"),
+            (None, "2.16.504.1.10"),
+        ]
+
+    @pytest.mark.parametrize(
+        ("senders", "line", "key", "reason"),
+        [
+            pytest.param(
+                "senders:\n  - {aplication: HIS}\n",
+                8,
+                "senders[0].aplication",
+                "unknown key",
+                id="misspelt-key",
+            ),
+            pytest.param(
+                "senders:\n  - {}\n",
+                8,
+                "senders[0]",
+                "names its application (MSH-3), its facility (MSH-4) or both",
+                id="empty-entry",
+            ),
+            pytest.param("senders: []\n", 7, "senders", "at least 1 item", id="empty-list"),
+            pytest.param(
+                "senders:\n  - {facility: ''}\n",
+                8,
+                "senders[0].facility",
+                "at least 1 character",
+                id="empty-value",
+            ),
+        ],
+    )
+    def test_a_mistake_names_its_line_and_key(self, tmp_path, senders, line, key, reason):
+        """Each mistake in senders is refused as file:line: key: reason."""
+        write(tmp_path, GOOD + senders)
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (line, key)
+        assert reason in info.value.reason
+        assert f"a.yaml:{line}: {key}: " in str(info.value)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param(
+                "id: f\nname: F\ndirection: inbound\ntransport: http\nformat: fhir\n", id="fhir"
+            ),
+            pytest.param(
+                "id: o\nname: O\ndirection: outbound\ntransport: mllp\nconnect: 127.0.0.1:1\n"
+                "subscribe: {events: ['ADT^*']}\n",
+                id="outbound",
+            ),
+        ],
+    )
+    def test_only_inbound_hl7v2_adapters_have_senders(self, tmp_path, text):
+        """MSH-3/MSH-4 exist only in HL7 v2 that comes in: senders elsewhere is refused."""
+        write(tmp_path, text + "senders:\n  - {facility: CHU-RABAT}\n")
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert info.value.key == "senders"
+        assert "inbound adapters of format hl7v2" in info.value.reason
+
+    @pytest.mark.parametrize(
+        ("application", "facility", "accepted"),
+        [
+            pytest.param(("HIS", ""), ("CHU-RABAT", ""), True, id="namespace-ids"),
+            pytest.param(("", "1.2.3"), ("", "2.16.504.1.10"), True, id="universal-ids"),
+            pytest.param(("HIS", ""), ("CHU-CASA", ""), False, id="other-facility"),
+            pytest.param(("LAB", ""), ("CHU-RABAT", ""), False, id="other-application"),
+        ],
+    )
+    def test_a_sender_matches_hd1_or_hd2(self, application, facility, accepted):
+        """A value matches the HD's namespace ID or its universal ID; a missing key matches all."""
+        both = Sender(application="HIS", facility="CHU-RABAT")
+        by_oid = Sender(application="1.2.3", facility="2.16.504.1.10")
+        anyone_at_rabat = Sender(facility="CHU-RABAT")
+        assert (both.matches(application, facility) or by_oid.matches(application, facility)) is (
+            accepted
+        )
+        assert anyone_at_rabat.matches(("ANY", ""), ("CHU-RABAT", ""))

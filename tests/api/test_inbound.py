@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from broker import keys
 from broker.ack import read_ack
 from broker.adapters.spec import AdapterSpec
 from broker.api import create_app
+from broker.api.inbound import MAX_JSON_DEPTH
 from broker.settings import Settings
 from broker.synthetic import adt, patients
 
@@ -26,11 +28,19 @@ ADAPTERS = {
     "hosp-fhir.yaml": (
         "id: hosp-fhir\nname: F\ndirection: inbound\ntransport: http\nformat: fhir\n"
     ),
+    "hosp-http-rabat.yaml": (
+        "id: hosp-http-rabat\nname: R\ndirection: inbound\ntransport: http\n"
+        "senders:\n  - {application: HIS, facility: CHU-RABAT}\n"
+    ),
+    "hosp-fhir-2.yaml": (
+        "id: hosp-fhir-2\nname: F2\ndirection: inbound\ntransport: http\nformat: fhir\n"
+    ),
     "hosp-mllp.yaml": (
         "id: hosp-mllp\nname: M\ndirection: inbound\ntransport: mllp\nlisten: 127.0.0.1:2575\n"
     ),
 }
 LIMIT = 4096
+HEAD = 1024
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
     "id": "syn-1",
@@ -68,6 +78,7 @@ def fixture_app_client(
         api_token=SecretStr(TOKEN),
         adapters_dir=adapters,
         max_message_bytes=LIMIT,
+        rejected_head_bytes=HEAD,
     )
     app = create_app(settings)
     app.state.inbound_celery = celery
@@ -99,9 +110,28 @@ def _message(control_id: str = "HTTP0001") -> bytes:
     return adt(patients(1, seed=3)[0], "A01", control_id=control_id).encode()
 
 
+def _assert_head_size_and_digest(fields: dict[bytes, bytes], payload: bytes) -> None:
+    """Issue 8 item 6: an over-size input keeps HEAD bytes, its whole size and SHA-256."""
+    digest = hashlib.sha256(payload).hexdigest()
+    assert fields[b"raw"] == payload[:HEAD]
+    assert int(fields[b"size"]) == len(payload)
+    assert fields[b"sha256"].decode() == digest
+    assert f"kept: the first {HEAD} of {len(payload)} bytes, sha256 {digest}" in (
+        fields[b"reason"].decode()
+    )
+
+
 def _post_fhir(client: TestClient, body: bytes | str) -> Any:
     headers = {**AUTH, "Content-Type": "application/fhir+json"}
     return client.post("/inbound/hosp-fhir/fhir", content=body, headers=headers)
+
+
+def _nested_extension(levels: int) -> dict[str, Any]:
+    """An Extension holding an extension ``levels`` deep (two JSON levels each)."""
+    extension: dict[str, Any] = {"url": "x", "valueString": "x"}
+    for _ in range(levels):
+        extension = {"url": "x", "extension": [extension]}
+    return extension
 
 
 class TestHL7v2:
@@ -152,16 +182,57 @@ class TestHL7v2:
     def test_an_oversize_message_is_413_with_an_ar(
         self, client: TestClient, redis_client: redis.Redis
     ) -> None:
-        """A body over max_message_bytes gets 413 and an AR; its first bytes are kept."""
-        payload = _message() + b"\rNTE|1||" + b"x" * LIMIT
+        """A body over max_message_bytes gets 413 and an AR; its first bytes, size, digest kept."""
+        payload = _message() + b"\rNTE|1||" + b"x" * (3 * LIMIT)
         reply = client.post("/inbound/hosp-http/hl7v2", content=payload, headers=AUTH)
         assert reply.status_code == 413
         ack = read_ack(reply.content)
         assert ack.code == "AR"
-        assert f"limit of {LIMIT} bytes" in ack.text
+        assert f"{len(payload)} bytes, over the limit of {LIMIT} bytes" in ack.text
         assert _journalled(redis_client) == []
         (fields,) = _rejected(redis_client)
-        assert fields[b"raw"] == payload[:LIMIT]
+        _assert_head_size_and_digest(fields, payload)
+
+    def test_a_sender_not_in_senders_is_ar_and_kept(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Issue 8 item 1 over HTTP: MSH-4 not in the adapter's senders: 200 with AR, kept."""
+        listed = client.post("/inbound/hosp-http-rabat/hl7v2", content=_message(), headers=AUTH)
+        assert read_ack(listed.content).code == "AA"
+        other = _message("HTTP0002").replace(b"|CHU-RABAT|", b"|CHU-CASA|", 1)
+        reply = client.post("/inbound/hosp-http-rabat/hl7v2", content=other, headers=AUTH)
+        assert reply.status_code == 200
+        ack = read_ack(reply.content)
+        assert ack.code == "AR"
+        assert "'CHU-CASA'" in ack.text
+        assert len(_journalled(redis_client)) == 1
+        (fields,) = _rejected(redis_client)
+        assert (fields[b"raw"], fields[b"reason"].decode()) == (other, ack.text)
+
+    def test_the_same_ids_on_two_http_adapters_are_two_messages(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Issue 8 item 1 over HTTP: the adapter is part of the dedupe key; a resend is not."""
+        codes = [
+            read_ack(client.post(f"/inbound/{a}/hl7v2", content=_message(), headers=AUTH).content)
+            for a in ("hosp-http", "hosp-http-rabat", "hosp-http")
+        ]
+        assert [c.code for c in codes] == ["AA", "AA", "AA"]
+        assert sorted(f[b"source"] for f in _journalled(redis_client)) == [
+            b"hosp-http",
+            b"hosp-http-rabat",
+        ]
+
+    def test_deep_json_is_answered_ae_not_500(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """A deeply nested JSON body posted as HL7 v2 is not HL7: AE, kept, never a 500."""
+        payload = ('{"resourceType": "Patient", "a": ' + "[" * 1500 + "]" * 1500 + "}").encode()
+        reply = client.post("/inbound/hosp-http/hl7v2", content=payload, headers=AUTH)
+        assert reply.status_code == 200
+        assert read_ack(reply.content).code == "AE"
+        (fields,) = _rejected(redis_client)
+        assert fields[b"raw"] == payload
 
     @pytest.mark.parametrize(
         "path",
@@ -262,11 +333,115 @@ class TestFHIR:
         assert "resend later" in issue["diagnostics"]
         assert _journalled(redis_client) == []
 
-    def test_an_oversize_body_is_413(self, client: TestClient) -> None:
-        """A body over max_message_bytes is refused with 413 and an OperationOutcome."""
-        reply = _post_fhir(client, json.dumps({**PATIENT, "text": "x" * LIMIT}))
+    def test_an_oversize_body_is_413(self, client: TestClient, redis_client: redis.Redis) -> None:
+        """Over max_message_bytes: 413 and an OperationOutcome; its head, size and digest kept."""
+        body = json.dumps({**PATIENT, "text": "x" * (5 * LIMIT)}).encode()
+        reply = _post_fhir(client, body)
         assert reply.status_code == 413
         assert reply.json()["resourceType"] == "OperationOutcome"
+        (fields,) = _rejected(redis_client)
+        _assert_head_size_and_digest(fields, body)
+        listed = client.get("/api/rejected", headers=AUTH).json()[0]
+        assert (listed["bytes"], listed["kept_bytes"]) == (len(body), HEAD)
+        assert listed["sha256"] == hashlib.sha256(body).hexdigest()
+
+    def test_a_new_version_of_a_resource_is_a_new_message(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Issue 8 item 2: the same Patient id with another city is journalled, not a duplicate."""
+        rabat = {**PATIENT, "address": [{"city": "Rabat"}]}
+        fes = {**PATIENT, "address": [{"city": "Fès"}]}
+        first = _post_fhir(client, json.dumps(rabat))
+        second = _post_fhir(client, json.dumps(fes))
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert first.content != second.content  # two envelope ids
+        assert [json.loads(f[b"raw"])["address"][0]["city"] for f in _journalled(redis_client)] == [
+            "Rabat",
+            "Fès",
+        ]
+        again = _post_fhir(client, json.dumps(fes))
+        assert again.content == second.content
+        assert len(_journalled(redis_client)) == 2
+
+    def test_only_meta_version_changed_is_a_new_message(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """meta.versionId (or lastUpdated) is content: version 2 of a resource is kept."""
+        v1 = {**PATIENT, "meta": {"versionId": "1", "lastUpdated": "2026-11-30T09:00:00+01:00"}}
+        v2 = {**PATIENT, "meta": {"versionId": "2", "lastUpdated": "2026-11-30T09:00:00+01:00"}}
+        assert _post_fhir(client, json.dumps(v1)).content != (
+            _post_fhir(client, json.dumps(v2)).content
+        )
+        assert len(_journalled(redis_client)) == 2
+
+    def test_a_repost_spelt_differently_is_still_a_duplicate(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Key order and whitespace are not content: the re-post gets the first 202 body."""
+        first = _post_fhir(client, json.dumps(PATIENT))
+        respelt = json.dumps(dict(reversed(list(PATIENT.items()))), indent=3)
+        assert respelt != json.dumps(PATIENT)
+        second = _post_fhir(client, respelt)
+        assert second.content == first.content
+        assert len(_journalled(redis_client)) == 1
+
+    def test_the_same_resource_on_two_adapters_is_two_messages(
+        self, client: TestClient, redis_client: redis.Redis, tmp_path: Path
+    ) -> None:
+        """The dedupe key holds the adapter: another gateway's identical post is journalled."""
+        first = _post_fhir(client, json.dumps(PATIENT))
+        other = client.post(
+            "/inbound/hosp-fhir-2/fhir",
+            content=json.dumps(PATIENT),
+            headers={**AUTH, "Content-Type": "application/fhir+json"},
+        )
+        assert (first.status_code, other.status_code) == (202, 202)
+        assert sorted(f[b"source"] for f in _journalled(redis_client)) == [
+            b"hosp-fhir",
+            b"hosp-fhir-2",
+        ]
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(
+                json.dumps(
+                    {**PATIENT, "extension": [_nested_extension(150)]}, separators=(",", ":")
+                ),
+                id="extension-150-deep",
+            ),
+            pytest.param(
+                '{"resourceType": "Patient", "name": ' + "[" * 400 + "]" * 400 + "}",
+                id="array-400-deep",
+            ),
+            pytest.param(
+                '{"resourceType": "Patient", "name": ' + "[" * 1500 + "]" * 1500 + "}",
+                id="array-1500-deep",
+            ),
+        ],
+    )
+    def test_deep_nesting_is_400_and_kept(
+        self, client: TestClient, redis_client: redis.Redis, body: str
+    ) -> None:
+        """Issue 8 item 6: JSON nested too deep is a one-line 400 OperationOutcome, kept."""
+        reply = _post_fhir(client, body)
+        assert reply.status_code == 400, reply.text
+        (issue,) = reply.json()["issue"]
+        assert (issue["severity"], issue["code"]) == ("error", "structure")
+        assert issue["diagnostics"] == f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+        assert _journalled(redis_client) == []
+        (fields,) = _rejected(redis_client)
+        assert fields[b"raw"] == body.encode()
+        assert fields[b"reason"].decode() == f"HTTP 400: {issue['diagnostics']}"
+
+    def test_nesting_within_the_limit_is_validated_as_usual(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """A resource nested near the limit (49 extensions, 101 levels less a few) is accepted."""
+        body = json.dumps({**PATIENT, "extension": [_nested_extension(48)]})
+        reply = _post_fhir(client, body)
+        assert reply.status_code == 202, reply.text
+        assert len(_journalled(redis_client)) == 1
 
     def test_an_hl7v2_adapter_is_404_for_fhir(self, client: TestClient) -> None:
         """The FHIR route takes only inbound http adapters of format fhir."""

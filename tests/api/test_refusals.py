@@ -47,6 +47,8 @@ def test_rejected_list_has_reasons_but_no_content(
             "peer": "127.0.0.1:5000",
             "reason": "no mapping for ADT^A17 v2.3",
             "bytes": len(raw),
+            "kept_bytes": len(raw),
+            "sha256": None,
         }
     ]
     one = client.get(f"/api/rejected/{entry.decode()}", headers=AUTH).json()
