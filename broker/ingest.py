@@ -118,7 +118,12 @@ class HL7v2Intake:
             log.info("message.duplicate", adapter=self.adapter.id, control_id=message.control_id)
             return result.previous_ack
         if result.kick:
-            await self.kicker.dispatch(DRAIN_INBOUND, [partition])
+            try:
+                await self.kicker.dispatch(DRAIN_INBOUND, [partition])
+            except Exception as exc:
+                # Journalled and flagged: the periodic re-kick queues the drain within its
+                # period, so the sender gets its AA rather than no answer and a resend.
+                log.warning("inbound.kick_failed", partition=partition, error=type(exc).__name__)
         log.info(
             "message.received",
             envelope_id=envelope_id,

@@ -83,6 +83,37 @@ class TestIntake:
         assert [e[1][b"raw"] for e in entries] == [message]
         assert celery.sent == [("passerelle.drain_inbound", [partition])]
 
+    def test_a_journalled_message_gets_its_aa_when_the_kick_cannot_be_queued(
+        self, redis_url, redis_client, message
+    ):
+        """Journalled but the drain task not queued (broker link down): still AA; beat re-kicks."""
+
+        class _BrokenPool:
+            def force_close_all(self) -> None:
+                pass
+
+        class _DownCelery(_NoCelery):
+            pool = _BrokenPool()
+
+            def send_task(self, *args, **kwargs) -> None:
+                raise ConnectionError("the Celery broker is unreachable")
+
+            def connection_for_write(self):
+                raise ConnectionError("the Celery broker is unreachable")
+
+        async def go():
+            client = redis.asyncio.Redis.from_url(redis_url)
+            journal = Journal(client, dedupe_window_s=60, rejected_head_bytes=1024)
+            kicker = AsyncKicker(_DownCelery(), client)
+            handler = HL7v2Intake(ADAPTER, journal, lambda *a: True, 8, kicker)
+            answer = await handler(message, "peer")
+            await client.aclose()
+            return answer
+
+        ack = read_ack(run(go()))
+        assert (ack.code, ack.control_id) == ("AA", "ING0001")
+        assert [f[b"raw"] for f in journalled(redis_client)] == [message]
+
     def test_a_duplicate_gets_the_first_ack_and_is_journalled_once(
         self, redis_url, redis_client, message
     ):

@@ -1,7 +1,7 @@
 """The transport edge: registrations and MLLP framing; bytes in, bytes out, no mapping."""
 
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpError, MllpServer, frame
-from broker.adapters.spec import AdapterSpec, Subscription, load_adapters
+from broker.adapters.spec import AdapterSpec, Sender, Subscription, load_adapters
 
 __all__ = [
     # registrations
@@ -11,6 +11,7 @@ __all__ = [
     "MllpClient",
     "MllpError",
     "MllpServer",
+    "Sender",
     "Subscription",
     "frame",
     "load_adapters",

@@ -92,6 +92,16 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         CanonicalError: naming the element (``Bundle.entry[2].resource.birthDate``), never its
             value.
     """
+    try:
+        _validate_bundle(bundle)
+    except RecursionError:
+        # A hand-edited Bundle (dead-letter edit-and-replay) can nest deeper than the models'
+        # recursive validation can follow; that is bad input, not a server fault (issue 8).
+        msg = "the Bundle is nested too deeply to be validated as FHIR R4"
+        raise CanonicalError(msg, location="Bundle") from None
+
+
+def _validate_bundle(bundle: dict[str, Any]) -> None:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise CanonicalError("the canonical message must be a FHIR Bundle", location="Bundle")
     if bundle.get("type") != "message":

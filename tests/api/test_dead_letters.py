@@ -480,3 +480,26 @@ def test_default_operations_queue_celery_tasks_in_redis(
     queued: list[bytes] = redis_client.lrange(QUEUE, 0, -1)  # type: ignore[assignment]
     assert len(queued) == 1
     assert json.loads(queued[0])["headers"]["task"] == "passerelle.release_patient"
+
+
+def test_a_corrected_bundle_nested_too_deep_is_422_not_500(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """A corrected Bundle nested past what validation can follow is a 422 OperationOutcome (issue 8)."""
+    dead_id = add_dead(redis_client, envelope)
+    corrected = json.loads(json.dumps(envelope["bundle"]))
+    patient = next(e for e in corrected["entry"] if e["resource"]["resourceType"] == "Patient")
+    nested: dict[str, Any] = {"url": "urn:x", "valueString": "x"}
+    for _ in range(300):
+        nested = {"url": "urn:x", "extension": [nested]}
+    patient["resource"]["extension"] = [nested]
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay",
+        json={"why": "fix", "corrected_bundle": corrected},
+        headers=AUTH,
+    )
+    assert reply.status_code == 422
+    assert reply.json()["resourceType"] == "OperationOutcome"
+    assert "nested too deeply" in reply.json()["issue"][0]["diagnostics"]
+    assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"  # type: ignore[index]
+    assert recorder.tasks == []
