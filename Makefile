@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The real FHIR R4 server the integration tests deliver to (Medplum's router from npm).
+FHIR_SERVER := tests/fhir_server
+FHIR_STAMP := $(FHIR_SERVER)/node_modules/.installed
 
 .PHONY: demo test check lint typecheck bench bench-mapping serve clean
 
@@ -20,7 +23,17 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/passerelle serve
 
-test: $(STAMP)
+# npm ci only when the lock changed. Without npm: a clear message, and a failure under CI=true
+# (elsewhere the real-server tests then skip with the same reason).
+$(FHIR_STAMP): $(FHIR_SERVER)/package.json $(FHIR_SERVER)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(FHIR_SERVER) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the real FHIR server tests need Node.js >= 20 and npm (Debian: apt-get install nodejs npm)" >&2; \
+		if [ "$$CI" = "true" ]; then exit 1; fi; \
+	fi
+
+test: $(STAMP) $(FHIR_STAMP)
 	$(BIN)/ruff format --check broker tests benchmarks
 	$(BIN)/ruff check broker tests benchmarks
 	$(BIN)/mypy
@@ -39,4 +52,4 @@ bench-mapping: $(STAMP)
 	$(BIN)/python -m benchmarks.mapping
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage $(FHIR_SERVER)/node_modules

@@ -1,0 +1,25 @@
+// The second, independent FHIR R4 validator of the integration tests: FHIR.js (npm "fhir",
+// Lantana Consulting Group; pinned in package.json), not Passerelle's models and not Medplum's.
+//
+//   node validate.mjs RESOURCES.json
+//
+// reads a JSON array of resources and prints one JSON line: [{"resource": "Type/id",
+// "errors": [{"location", "message"}]}] for every resource with at least one error. FHIR.js
+// checks each element against its bundled R4 (4.0) profiles: unknown properties
+// (errorOnUnexpected), cardinality, data types and codes of required bindings. Its warnings and
+// information messages (a value set it does not ship, for example) are not errors.
+import { readFileSync } from 'node:fs';
+import fhirjs from 'fhir';
+
+const { Fhir } = fhirjs;
+const fhir = new Fhir();
+const resources = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const failures = [];
+for (const resource of resources) {
+  const result = fhir.validate(resource, { errorOnUnexpected: true });
+  const errors = result.messages
+    .filter((m) => m.severity === 'error')
+    .map((m) => ({ location: m.location, message: m.message }));
+  if (errors.length) failures.push({ resource: `${resource.resourceType}/${resource.id}`, errors });
+}
+console.log(JSON.stringify(failures));
