@@ -202,7 +202,10 @@ def translate(
         bool,
         typer.Option(
             "--unmapped",
-            help="On stderr, the fields present that no rule read (FHIR: elements not kept).",
+            help=(
+                "On stderr, the fields present that no rule read (FHIR: elements not kept) "
+                "and the malformed segment groups dropped."
+            ),
         ),
     ] = False,
     hl7_version: Annotated[
@@ -251,6 +254,11 @@ def translate(
         typer.echo(str(replace(step, file=str(shown))), err=True)
     if trace or unmapped:
         typer.echo(f"unmapped: {', '.join(done.unmapped) or '(none)'}", err=True)
+        for finding in done.findings:
+            if finding.code == "segment-dropped":
+                typer.echo(
+                    f"dropped: {finding.location} ({finding.rule}): {finding.message}", err=True
+                )
 
 
 @app.command()

@@ -8,7 +8,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 __all__ = [
     "ContentType",
@@ -51,6 +57,17 @@ class Finding(BaseModel):
     """Where in the source the problem is: ``PID-7``, ``OBX[3]-5``."""
     message: str
     """A sentence saying what is wrong and what was expected, without the patient's value."""
+    rule: str | None = None
+    """For a ``segment-dropped`` finding, the check or element that failed: ``Observation.code``
+    or ``observation require[1]`` (a role's ``require:`` check) (the unmapped report counts drops by it)."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_rule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when None, so findings without a rule serialise as they always have.
+        data: dict[str, Any] = handler(self)
+        if data.get("rule") is None:
+            data.pop("rule", None)
+        return data
 
 
 class MappingRef(BaseModel):

@@ -13,10 +13,14 @@ from broker.errors import MappingError, MessageError
 from broker.fhir_inbound import read_fhir
 from broker.log import get_logger
 from broker.mapping import MapContext, MappingSet, MapResult
+from broker.mapping.drops import DROPPED, tally_key
 from broker.parsing.hl7v2 import decode, parse
 from broker.routing import route
 
-__all__ = ["envelope_from_journal", "process"]
+__all__ = ["DROPPED_PREFIX", "dropped_tally", "envelope_from_journal", "process"]
+
+DROPPED_PREFIX = "dropped|"
+"""Prefix of the dropped-segment counters in an adapter's unmapped tally (``pl:unmapped:ID``)."""
 
 log = get_logger(__name__)
 
@@ -42,6 +46,10 @@ def process(
 ) -> tuple[Envelope, list[AdapterSpec]]:
     """Run one message through parse → map → route.
 
+    A malformed segment group the mapping dropped (docs/mappings.md, "Malformed segments") is a
+    ``segment-dropped`` finding on the routed envelope; when the source adapter's
+    ``on_invalid_segment`` is ``quarantine``, it makes the whole message FAILED instead.
+
     Returns:
         The envelope in its new state (ROUTED, FILTERED or FAILED with a reason) and the
         subscribers it must be delivered to. Never raises for a bad message.
@@ -54,11 +62,20 @@ def process(
         timezone=source.timezone if source else "Africa/Casablanca",
         received_at=envelope.received_at,
     )
+    on_invalid = source.on_invalid_segment if source else "drop"
     try:
         if envelope.content_type == "application/fhir+json":
             envelope, result, unmapped = _map_fhir(envelope, raw, mappings, ctx)
         else:
             envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, ctx)
+            refused = _dropped(envelope, result, on_invalid)
+            if refused is not None:
+                update = {
+                    "state": MessageState.FAILED,
+                    "reason": refused,
+                    "findings": result.findings,
+                }
+                return envelope.model_copy(update=update), []
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": _reason(exc)})
         return failed, []
@@ -78,6 +95,45 @@ def process(
         )
         return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
     return _route(envelope, result, unmapped, subscribers)
+
+
+def _dropped(envelope: Envelope, result: MapResult, on_invalid: str) -> str | None:
+    """Log the segment groups the mapping dropped, or refuse them when the adapter says so.
+
+    Returns:
+        None to deliver what was kept, or the quarantine reason when a group was dropped and
+        the source adapter's ``on_invalid_segment`` is ``quarantine``: it names the first
+        group and why, and counts the others (the envelope keeps every finding).
+    """
+    dropped = [f for f in result.findings if f.code == DROPPED]
+    if not dropped:
+        return None
+    if on_invalid == "quarantine":
+        first = dropped[0]
+        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+        return (
+            f"malformed segment group at {first.location}{more}; adapter {envelope.source} "
+            f"quarantines the whole message (on_invalid_segment: quarantine): {first.message}"
+        )
+    # Structural locations and rule names only: never a value.
+    log.warning(
+        "message.segments_dropped",
+        envelope_id=envelope.id,
+        control_id=envelope.control_id,
+        adapter=envelope.source,
+        dropped=[f"{f.location} {f.rule}" for f in dropped],
+    )
+    return None
+
+
+def dropped_tally(envelope: Envelope) -> list[str]:
+    """The unmapped-report counters of an envelope's dropped segment groups (``dropped|...``).
+
+    One per ``segment-dropped`` finding, by its location without instance numbers and the rule
+    that failed (``dropped|PATIENT_RESULT/ORDER_OBSERVATION/OBSERVATION/OBX|Observation.code``):
+    bounded like the unmapped fields, read back by ``GET /api/unmapped/{adapter}``.
+    """
+    return [f"{DROPPED_PREFIX}{tally_key(f)}" for f in envelope.findings if f.code == DROPPED]
 
 
 def _reason(exc: MessageError) -> str:

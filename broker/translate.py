@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.envelope import Envelope, new_id
+from broker.envelope import Envelope, Finding, new_id
 from broker.errors import ConfigurationError
 from broker.fhir_inbound import FhirResult, looks_like_json, read_fhir
 from broker.mapping import MapContext, MappingSet, MapResult, TraceStep
@@ -33,11 +33,14 @@ class Translation:
         unmapped: ``SEG-n`` of every field present in the message that no rule read; for FHIR
             input, the FHIRPath-like location of every element the canonical message does not
             keep (``Bundle.entry[2].request``).
+        findings: the mapping's findings, among them one ``segment-dropped`` per malformed
+            segment group left out of the Bundle.
     """
 
     output: str
     trace: tuple[TraceStep, ...]
     unmapped: tuple[str, ...]
+    findings: tuple[Finding, ...] = ()
 
 
 def translate(
@@ -117,7 +120,7 @@ def dry_run(
         output = _render_fhir(
             to, mappings, done, envelope_id, source, received_at, hl7_version=hl7_version
         )
-        return Translation(output, tuple(steps or ()), done.unmapped)
+        return Translation(output, tuple(steps or ()), done.unmapped, done.result.findings)
     message = parse(decode(raw, charset))
     result = mappings.map_hl7v2(
         message, MapContext(envelope_id, source, timezone, received_at=received_at), trace=steps
@@ -134,7 +137,7 @@ def dry_run(
         hl7_version=hl7_version,
         unmapped=unmapped,
     )
-    return Translation(output, tuple(steps or ()), unmapped)
+    return Translation(output, tuple(steps or ()), unmapped, result.findings)
 
 
 def _render_fhir(

@@ -145,6 +145,23 @@ class TestTranslate:
         assert "Traceback" not in run.stderr
 
 
+def test_translate_unmapped_names_each_dropped_segment_group():
+    """``--unmapped`` lists each malformed OBX dropped, by location and rule; stdout has the rest."""
+    run = _cli(*_translate_args("oru_r01_50obx_malformed", "fhir"), "--unmapped")
+    assert run.code == 0, run
+    bundle = json.loads(run.stdout)
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds.count("Observation") == 46
+    dropped = [line for line in run.stderr.splitlines() if line.startswith("dropped: ")]
+    assert [line.split(": ")[1] for line in dropped] == [
+        "PATIENT_RESULT(1)/ORDER_OBSERVATION(1)/OBSERVATION(16)/OBX (observation require[2])",
+        "PATIENT_RESULT(1)/ORDER_OBSERVATION(2)/OBSERVATION(13)/OBX (Observation.code)",
+        "PATIENT_RESULT(1)/ORDER_OBSERVATION(3)/OBSERVATION(1)/OBX (observation require[1])",
+        "PATIENT_RESULT(1)/ORDER_OBSERVATION(4)/OBSERVATION(4)/OBX (observation require[2])",
+    ]
+    assert "3,72" not in run.stderr
+
+
 class TestCheck:
     def test_the_repository_configuration_is_valid(self):
         """`check` on the repository's adapters and mappings exits 0."""

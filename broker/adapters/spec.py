@@ -135,6 +135,11 @@ class AdapterSpec(BaseModel):
     """Inbound HL7 v2: the MSH-3/MSH-4 this adapter accepts (any one entry must match); a
     message claiming another sender is answered AR and kept in ``pl:rejected``. ``None``
     (the default): any sender."""
+    on_invalid_segment: Literal["drop", "quarantine"] = "drop"
+    """Inbound HL7 v2: what a malformed segment group does (an OBX without OBX-3, fields shifted,
+    an NM value that is not a number). ``drop`` delivers the rest of the message and records
+    each dropped group as a ``segment-dropped`` finding; ``quarantine`` quarantines the whole
+    message instead (docs/mappings.md, "Malformed segments")."""
 
     @field_validator("listen", "connect", "reply_to")
     @classmethod
@@ -204,6 +209,10 @@ class AdapterSpec(BaseModel):
         if self.ack_mode == "enhanced" and (self.direction != "inbound" or self.reply_to is None):
             raise ValueError(
                 "ack_mode: enhanced is for inbound adapters and needs 'reply_to' (host:port)"
+            )
+        if self.direction == "outbound" and self.on_invalid_segment != "drop":
+            raise ValueError(
+                "on_invalid_segment is for inbound adapters (what a malformed segment does)"
             )
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")

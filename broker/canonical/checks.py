@@ -27,13 +27,13 @@ def check(event: str, bundle: dict[str, Any]) -> None:
 
     Every event the network carries (ADT, ORU, orders, …) is about a patient, and subscribers
     file it under a business identifier (FHIR conditional update on ``Patient.identifier``). A
-    message whose PID is missing, or has no identifier, is quarantined with that reason instead
-    of being delivered as a patient-less bundle. Orders, appointments, documents and
+    message whose PID is missing, or any of whose patients has no identifier, is quarantined with
+    that reason instead of being delivered as a patient-less bundle. Orders, appointments, documents and
     immunizations must also carry their own resource, tied to that patient: ServiceRequest.subject,
     an Appointment participant, DocumentReference.subject and content, Immunization.patient.
 
     Raises:
-        CanonicalError: no Patient resource, none with an identifier value, or the event family's
+        CanonicalError: no Patient resource, one without an identifier value, or the event family's
             resource is missing or not tied to the patient (the message names which).
     """
     resources = [e.get("resource", {}) for e in bundle.get("entry", [])]
@@ -41,9 +41,18 @@ def check(event: str, bundle: dict[str, Any]) -> None:
     if not patients:
         msg = f"{event} has no patient (PID is missing); every message must identify its patient"
         raise CanonicalError(msg, location="PID")
-    if not any(i.get("value") for p in patients for i in p.get("identifier", [])):
+    # Every patient, not just one: the results of a second PATIENT_RESULT whose PID-3 is empty
+    # must not reach a subscriber under an unidentified Patient (issue 8: a missing patient
+    # identity quarantines the whole message, it is never a droppable part).
+    unidentified = [
+        n
+        for n, p in enumerate(patients, 1)
+        if not any(i.get("value") for i in p.get("identifier", []))
+    ]
+    if unidentified:
+        which = "" if len(patients) == 1 else f" (patient {unidentified[0]} of {len(patients)})"
         msg = (
-            f"{event} names no identified patient (PID is missing or PID-3 is empty); "
+            f"{event} names no identified patient{which} (PID is missing or PID-3 is empty); "
             "expected at least one patient identifier"
         )
         raise CanonicalError(msg, location="PID-3")

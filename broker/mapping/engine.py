@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from broker.errors import CanonicalError
 from broker.mapping.context import TraceStep
+from broker.mapping.drops import Drops, Requirement
 from broker.mapping.functions import Env, is_code
 from broker.mapping.rules import Instance, Let, Rule, Run, compile_let, compile_rule
 from broker.mapping.scopes import (
@@ -104,26 +105,60 @@ class CompiledResource:
     lets: tuple[Let, ...] = ()
     """Its ``let:`` variables, computed in order per instance before the rules run."""
 
+    requires: tuple[Requirement, ...] = ()
+    """Its ``require:`` checks, run on each instance's segments before its rules."""
+
     def check(self, resource: dict[str, Any], where: str, file: str = "the mapping") -> None:
         """Enforce what load-time checks cannot: required elements and one value per choice.
 
         Every rule's output type was checked against its element at load and every transform
         returns valid FHIR or nothing, so cardinality is all that depends on the message.
         ``required`` holds primitive and complex 1..x elements alike (``targets.requirements``).
+
+        Raises:
+            CanonicalError: naming the element (``Bundle.entry[3].resource.code``).
         """
+        found = self.problem(resource, where, file)
+        if found is not None:
+            raise CanonicalError(found[2], location=found[1])
+
+    def problem(
+        self, resource: dict[str, Any], where: str, file: str = "the mapping"
+    ) -> tuple[str, str, str] | None:
+        """What ``check`` would refuse, or None: the element by type (``Observation.code``),
+        its location in the Bundle (``where`` and the element) and why."""
         for name in self.required:
             if name not in resource:
                 kind = resource.get("resourceType", "the resource")
-                msg = (
-                    f"{kind}.{name} ({where}) is required by FHIR R4 but no rule of {file} "
-                    "filled it from this message"
+                sources = sorted(
+                    {r.source for r in self.rules if r.source and _element(r.target) == name}
                 )
-                raise CanonicalError(msg, location=f"{where}.{name}")
+                read = f" (read from {', '.join(sources)})" if sources else ""
+                at = f" ({where})" if where else ""
+                msg = (
+                    f"{kind}.{name}{at} is required by FHIR R4 but no rule of {file} "
+                    f"filled it from this message{read}"
+                )
+                return f"{kind}.{name}", f"{where}.{name}", msg
         for group in self.choices:
             present = [name for name in group if name in resource]
             if len(present) > 1:
                 msg = f"{where} has {' and '.join(present)}; FHIR R4 allows one of a choice"
-                raise CanonicalError(msg, location=f"{where}.{present[1]}")
+                kind = resource.get("resourceType", "the resource")
+                return f"{kind}.{present[1]}", f"{where}.{present[1]}", msg
+        return None
+
+    def unmet(self, scope: Scope) -> Requirement | None:
+        """The first ``require:`` check an instance's scope fails, or None."""
+        for requirement in self.requires:
+            if not requirement.check.holds(scope):
+                return requirement
+        return None
+
+
+def _element(target: str) -> str:
+    """The top-level element a rule's target writes: ``code.coding[]`` → ``code``."""
+    return target.split(".", 1)[0].removesuffix("[]")
 
 
 @dataclass
@@ -200,8 +235,18 @@ class CompiledMapping:
                 made.append(instance)
                 ordered.append(instance)
         by_role = self._by_role
+        drops: Drops | None = None
+        file = f"mapping {self.id}"
         for index, instance in enumerate(ordered, 1):
             resource = by_role[instance.role]
+            if drops is not None and drops.holds(instance.scope):
+                continue
+            if resource.requires:
+                unmet = resource.unmet(instance.scope)
+                if unmet is not None:
+                    drops = drops or Drops(groups, self.id, env.findings, env.seen)
+                    drops.drop(instance, (unmet.name, unmet.reason))
+                    continue
             if trace is not None:
                 run.resource = _trace_name(instance, run.instances[instance.role])
             scope = instance.scope
@@ -215,10 +260,23 @@ class CompiledMapping:
                     values[let.name] = let.value(scope, run)
             for rule in resource.rules:
                 rule.run(instance.resource, scope, run)
-            resource.check(
-                instance.resource, f"Bundle.entry[{index}].resource", f"mapping {self.id}"
-            )
+            found = resource.problem(instance.resource, f"Bundle.entry[{index}].resource", file)
+            if found is not None:
+                if instance.scope.parent is None:
+                    raise CanonicalError(found[2], location=found[1])
+                drops = drops or Drops(groups, self.id, env.findings, env.seen)
+                drops.drop(instance, _recheck(by_role, file, instance) or found[::2])
+        if drops is not None:
+            ordered = drops.settle(ordered, partial(_recheck, by_role, file))
         return ordered, env
+
+
+def _recheck(
+    by_role: dict[str, CompiledResource], file: str, instance: Instance
+) -> tuple[str, str] | None:
+    """An instance's problem after references to dropped resources were cut from it."""
+    found = by_role[instance.role].problem(instance.resource, "", file)
+    return (found[0], found[2]) if found is not None else None
 
 
 def _trace_name(instance: Instance, same_role: list[Instance]) -> str:
@@ -398,6 +456,14 @@ def compile_resource(
             lets.append(let)
     if lets or resource.let:
         where = replace(where, variables=frozenset(resource.let))
+    requires: list[Requirement] = []
+    for i, require in enumerate(resource.require):
+        guard = own.attempt(
+            partial(compile_condition, require.check, own, (*key, "require", i, "check"))
+        )
+        if guard is not None:
+            name = f"{resource.role} require[{i + 1}]"
+            requires.append(Requirement(guard, require.reason, name))
     rules: list[Rule] = []
     for i, rule_spec in enumerate(resource.rules):
         rule = compile_top_rule(
@@ -415,6 +481,7 @@ def compile_resource(
         loop,
         frozenset(own.reads),
         tuple(lets),
+        tuple(requires),
     )
 
 

@@ -363,17 +363,28 @@ class Guard:
     pattern: re.Pattern[str] | None = None
     """``matches:``, compiled at load."""
     parts: tuple[Guard, ...] = ()
-    """The compiled sub-conditions of ``all:``, ``any:`` or ``not:`` (``spec.op``)."""
+    """The compiled sub-conditions of ``all:``, ``any:`` or ``not:`` (``op``)."""
+    op: str | None = None
+    """``spec.op``, read once at load: guards run several times per OBX."""
 
     def holds(self, scope: Scope) -> bool:
         if self.source is None:
-            if self.parts:
-                op = self.spec.op
-                if op == "all":
-                    return all(part.holds(scope) for part in self.parts)
+            parts = self.parts
+            if parts:
+                # Plain loops, not all()/any() over a generator: a quarter cheaper on this hot
+                # path (every when: and require: of every resource instance), measured.
+                op = self.op
                 if op == "any":
-                    return any(part.holds(scope) for part in self.parts)
-                return not self.parts[0].holds(scope)
+                    for part in parts:  # noqa: SIM110 (speed, above)
+                        if part.holds(scope):
+                            return True
+                    return False
+                if op == "all":
+                    for part in parts:  # noqa: SIM110 (speed, above)
+                        if not part.holds(scope):
+                            return False
+                    return True
+                return not parts[0].holds(scope)
             return bool(scope.find(self.segment)) == self.spec.present
         value = self.source.first(scope)
         if self.spec.present is not None:
@@ -401,7 +412,7 @@ def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard |
             )
             for name, i, part in spec.parts
         ]
-        return Guard(None, "", spec, parts=tuple(p for p in parts if p is not None))
+        return Guard(None, "", spec, parts=tuple(p for p in parts if p is not None), op=spec.op)
     if SEGMENT.match(spec.path):
         if spec.present is None:
             reason = "a segment name alone can only be tested with present: true|false"

@@ -217,6 +217,7 @@ def _patch(
         found.loop,
         reads,
         found.lets,
+        found.requires,
     )
 
 

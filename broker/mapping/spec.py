@@ -95,6 +95,7 @@ __all__ = [
     "OutFieldSpec",
     "OutSegmentSpec",
     "OutboundSpec",
+    "RequireSpec",
     "ResourcePatchSpec",
     "ResourceSpec",
     "RuleSpec",
@@ -387,6 +388,23 @@ class LetSpec(_Strict):
         return self
 
 
+class RequireSpec(_Strict):
+    """What each instance of a resource needs from its segments, and why (``reason:``).
+
+    An instance whose ``check`` fails is malformed: built on a group instance or a field
+    repetition, that group instance is dropped with a ``segment-dropped`` finding; built on the
+    whole message, the message is quarantined (docs/mappings.md, "Malformed segments")::
+
+        require:
+          - check: {any: [{path: OBX-2, matches: "[A-Z]{2,3}"}, {path: OBX-11, equals: X}]}
+            reason: OBX-2 must be valued unless OBX-11 is X (v2.5.1 §7.4.2.2)
+    """
+
+    check: Condition
+    reason: str = Field(min_length=1)
+    """A sentence naming the fields and the rule they break, never a value; cite the spec."""
+
+
 class ResourceSpec(_Strict):
     """One FHIR resource built per scope instance (the message, or each group instance)."""
 
@@ -400,6 +418,8 @@ class ResourceSpec(_Strict):
     """Listed in MessageHeader.focus."""
     let: dict[str, LetSpec] = {}
     """Variables, computed in order once per instance before the rules; read as ``$name``."""
+    require: list[RequireSpec] = []
+    """Checked on each instance before its rules run (source paths only, no ``$name``)."""
     rules: list[RuleSpec] = Field(min_length=1)
 
 

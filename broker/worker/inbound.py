@@ -15,7 +15,7 @@ from broker.envelope import Envelope, MessageState
 from broker.errors import MessageError
 from broker.log import get_logger
 from broker.parsing.hl7v2 import decode, parse
-from broker.pipeline import envelope_from_journal, process
+from broker.pipeline import dropped_tally, envelope_from_journal, process
 from broker.streams import drainer_lock, has_work, read_batch
 from broker.worker.runtime import Runtime, runtime
 
@@ -107,6 +107,8 @@ def drain_inbound(partition: int) -> int:
                     tally = unmapped.setdefault(envelope.source, Counter())
                     tally.update(envelope.unmapped)
                     tally["__messages__"] += 1
+                if dropped := dropped_tally(envelope):
+                    unmapped.setdefault(envelope.source, Counter()).update(dropped)
                 if _application_ack(rt, pipe, envelope, raw):
                     acks.add(envelope.source)
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])

@@ -249,3 +249,32 @@ class TestSenders:
             accepted
         )
         assert anyone_at_rabat.matches(("ANY", ""), ("CHU-RABAT", ""))
+
+
+class TestOnInvalidSegment:
+    """``on_invalid_segment``: what a malformed segment group does to an inbound message."""
+
+    def test_default_is_drop(self, tmp_path):
+        """Without the key, a malformed OBX is dropped and the rest delivered."""
+        (spec,) = load_adapters(write(tmp_path, GOOD))
+        assert spec.on_invalid_segment == "drop"
+
+    def test_quarantine_is_accepted(self, tmp_path):
+        """A site may quarantine the whole message instead."""
+        (spec,) = load_adapters(write(tmp_path, GOOD + "on_invalid_segment: quarantine\n"))
+        assert spec.on_invalid_segment == "quarantine"
+
+    def test_another_value_names_its_line_and_the_choices(self, tmp_path):
+        """A value other than drop or quarantine is refused at its line, naming both."""
+        write(tmp_path, GOOD + "on_invalid_segment: ignore\n")
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (7, "on_invalid_segment")
+        assert "'drop'" in info.value.reason
+        assert "'quarantine'" in info.value.reason
+
+    def test_an_outbound_adapter_cannot_quarantine_segments(self, tmp_path):
+        """The setting is about inbound messages; on a subscriber it is a mistake, said so."""
+        write(tmp_path, LAB + "on_invalid_segment: quarantine\n")
+        with pytest.raises(AdapterSpecError, match="on_invalid_segment is for inbound"):
+            load_adapters(tmp_path)

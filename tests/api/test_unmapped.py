@@ -37,8 +37,33 @@ def test_report_counts_fields_most_frequent_first(
         "adapter": "chu-rabat-adt",
         "messages": 10,
         "fields": {"ZPI-1": 10, "IN1-2": 3},
+        "segments_dropped": 0,
+        "dropped_segments": [],
     }
     assert list(reply.json()["fields"]) == ["ZPI-1", "IN1-2"]
+
+
+def test_report_has_a_dropped_segments_section(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """Dropped segment groups are counted apart from the fields, by location and failed rule."""
+    obx = "PATIENT_RESULT/ORDER_OBSERVATION/OBSERVATION/OBX"
+    redis_client.hset(
+        keys.unmapped("chu-rabat-lab"),
+        mapping={
+            "__messages__": 4,
+            "OBX-9": 4,
+            f"dropped|{obx}|Observation.code": 1,
+            f"dropped|{obx}|observation require[2]": 3,
+        },
+    )
+    reply = client.get("/api/unmapped/chu-rabat-lab", headers=AUTH).json()
+    assert reply["fields"] == {"OBX-9": 4}
+    assert reply["segments_dropped"] == 4
+    assert reply["dropped_segments"] == [
+        {"location": obx, "rule": "observation require[2]", "count": 3},
+        {"location": obx, "rule": "Observation.code", "count": 1},
+    ]
 
 
 def test_report_needs_the_token(client: TestClient) -> None:

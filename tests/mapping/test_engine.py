@@ -193,17 +193,26 @@ class TestORU:
         validate_bundle(bundle)
 
 
-def test_invalid_number_names_the_segment_occurrence(mappings: MappingSet, ctx: MapContext) -> None:
-    """A non-numeric NM value is left out with an invalid-number finding located as OBX[n]-5."""
+def test_invalid_number_drops_its_observation(mappings: MappingSet, ctx: MapContext) -> None:
+    """A non-numeric NM value drops its OBX, named by structure; the other results stay.
+
+    Until issue 8 the Observation was kept without its value (an ``invalid-number`` warning): a
+    creatinine result with no result in it. The ORU mapping's ``require:`` now refuses it.
+    """
     text = (SAMPLES / "oru_r01_20obx.hl7").read_bytes().decode()
     text = text.replace(
         "OBX|2|NM|2160-0^Creatinine^LN||132|", "OBX|2|NM|2160-0^Creatinine^LN||1,32|"
     )
     result = mappings.map_hl7v2(parse(text), ctx)
-    creatinine = resources(result.bundle, "Observation")[1]
-    assert "valueQuantity" not in creatinine
+    observations = resources(result.bundle, "Observation")
+    assert len(observations) == 19
+    assert "2160-0" not in str(observations)
     (finding,) = result.findings
-    assert (finding.code, finding.location) == ("invalid-number", "OBX[2]-5")
+    assert (finding.code, finding.location, finding.rule) == (
+        "segment-dropped",
+        "PATIENT_RESULT(1)/ORDER_OBSERVATION(1)/OBSERVATION(2)/OBX",
+        "observation require[2]",
+    )
     assert "1,32" not in finding.message
     validate_bundle(result.bundle)
 

@@ -118,6 +118,23 @@ def test_tests_directory_is_skipped(tmp_path: Path) -> None:
             id="list-without-append",
         ),
         pytest.param("format: hl7v2", "format: x12", 3, "source.format", "hl7v2", id="bad-format"),
+        pytest.param(
+            "    rules:\n",
+            "    require:\n      - check: {path: PID-99, present: true}\n        reason: x\n"
+            "    rules:\n",
+            10,
+            "resources[0].require[0].check.path",
+            "PID has",
+            id="require-unknown-field",
+        ),
+        pytest.param(
+            "    rules:\n",
+            "    require:\n      - check: {path: PID-3, present: true}\n    rules:\n",
+            10,
+            "resources[0].require[0].reason",
+            "Field required",
+            id="require-without-reason",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(
