@@ -53,6 +53,7 @@ def process(
         source=envelope.source,
         timezone=source.timezone if source else "Africa/Casablanca",
         received_at=envelope.received_at,
+        identifier_systems=tuple(source.identifier_systems) if source else (),
     )
     try:
         if envelope.content_type == "application/fhir+json":

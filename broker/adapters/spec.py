@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.errors import AdapterSpecError
+from broker.identity import IdentifierSystem
 from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
@@ -89,6 +90,14 @@ class AdapterSpec(BaseModel):
     reply_to: str | None = None
     """``host:port`` of the sender's MLLP listener for application ACKs (enhanced mode)."""
     retry: RetryPolicy = RetryPolicy()
+    identifier_systems: list[IdentifierSystem] = Field(default_factory=list)
+    """Inbound: the URIs of this sender's identifiers (CX-4 authority and/or CX-5 type, or a
+    FHIR ``Identifier.system`` as ``local``), tried first; an identifier none of them or the
+    mappings match gets the adapter's namespace (``broker.identity``, docs/adapters.md)."""
+    client_ids: bool = False
+    """Outbound FHIR: write resources without a business identifier as ``PUT Type/<id>``
+    (update-as-create, optional in FHIR R4 §3.1.0.4.2) instead of a conditional update on a
+    Passerelle identifier. Only for servers known to allow client-assigned ids."""
 
     @field_validator("listen", "connect", "reply_to")
     @classmethod
@@ -149,6 +158,10 @@ class AdapterSpec(BaseModel):
             raise ValueError(
                 "ack_mode: enhanced is for inbound adapters and needs 'reply_to' (host:port)"
             )
+        if self.identifier_systems and self.direction != "inbound":
+            raise ValueError("'identifier_systems' is for inbound adapters")
+        if self.client_ids and (self.direction, self.transport) != ("outbound", "fhir-rest"):
+            raise ValueError("'client_ids' is for outbound fhir-rest adapters")
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self
