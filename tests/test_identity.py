@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
@@ -123,3 +124,69 @@ def test_national_systems_keep_their_uris(mappings: MappingSet) -> None:
 def test_local_system_rule(type_code: str, authority: str, expected: str) -> None:
     """The documented namespace: adapter, then the type (or local), then the authority, as slugs."""
     assert local_system("lab-a", type_code, authority) == expected
+
+
+FHIR_CASES = sorted(
+    p for p in (ROOT / "mappings/tests").rglob("*.json") if not p.name.endswith(".expected.json")
+)
+FHIR_RULES = (
+    IdentifierSystem(local="http://chu-rabat.ma/cin", system="https://chu-rabat.ma/fhir/sid/cin"),
+    IdentifierSystem(local="http://chu-rabat.ma/ipp", system="https://chu-rabat.ma/fhir/sid/ipp"),
+)
+
+
+@pytest.mark.parametrize("rules", [(), FHIR_RULES], ids=["no-config", "identifier_systems"])
+def test_fhir_edge_hold_and_conditional_url_agree(mappings: MappingSet, rules: tuple) -> None:
+    """FHIR input: the HTTP edge's key == the mapped (hold) key == the Patient's conditional URL."""
+    assert mappings.fhir is not None
+    checked = 0
+    for case in FHIR_CASES:
+        source = case.parent.name if case.parent.name != "tests" else "chu-rabat-fhir"
+        data = json.loads(case.read_bytes())
+        ctx = MapContext(
+            "env", source, received_at=datetime(2024, 1, 1, tzinfo=UTC), identifier_systems=rules
+        )
+        try:
+            result = mappings.map_fhir(json.loads(case.read_bytes()), ctx).result
+        except MessageError:
+            continue
+        edge = mappings.fhir.patient_key(data, source, rules)
+        assert edge == result.partition_key, case.name
+        patients = [
+            e
+            for e in to_fhir_transaction(result.bundle)["entry"]
+            if e["resource"]["resourceType"] == "Patient"
+        ]
+        if patients:
+            url = unquote(patients[0]["request"]["url"].removeprefix("Patient?identifier="))
+            assert url == result.partition_key, case.name
+            checked += 1
+    assert checked >= 5
+
+
+def test_fhir_identifier_without_system_gets_the_adapter_namespace(mappings: MappingSet) -> None:
+    """A FHIR Patient.identifier without system (type MR): urn:passerelle:adapter:<id>:id:mr."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [
+            {"type": {"coding": [{"code": "MR"}]}, "value": "HIS-88120"},
+            {"system": "http://chu-rabat.ma/ipp", "value": "IPP0093310"},
+        ],
+        "name": [{"family": "BENJELLOUN", "given": ["Omar"]}],
+    }
+    ctx = MapContext(
+        "env",
+        "his-fhir",
+        received_at=datetime(2024, 1, 1, tzinfo=UTC),
+        identifier_systems=FHIR_RULES,
+    )
+    result = mappings.map_fhir(patient, ctx).result
+    mapped = next(
+        e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert [(i["system"], i["value"]) for i in mapped["identifier"]] == [
+        ("urn:passerelle:adapter:his-fhir:id:mr", "HIS-88120"),
+        ("https://chu-rabat.ma/fhir/sid/ipp", "IPP0093310"),
+    ]
+    assert result.partition_key == "urn:passerelle:adapter:his-fhir:id:mr|HIS-88120"
