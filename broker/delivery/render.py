@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -39,16 +38,26 @@ def _is(ident: Any, found: tuple[str, str]) -> bool:
     return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) == found
 
 
-def _redirect(entries: list[dict[str, Any]], merged: dict[str, str]) -> list[dict[str, Any]]:
-    """Point references to a merged entry's fullUrl at the entry it was merged into.
+def _redirect(node: Any, merged: dict[str, str]) -> Any:
+    """``node`` with each ``reference`` to a merged entry's fullUrl pointing at the one kept.
 
-    Rare (a duplicate in one message), so done on a JSON round trip rather than a walk.
+    Copy on write: containers are copied only on the path to a changed reference, since the
+    entries share everything below the top level with the canonical Bundle.
     """
-    text = json.dumps(entries)
-    for gone, kept in merged.items():
-        text = text.replace(json.dumps(gone), json.dumps(kept))
-    redirected: list[dict[str, Any]] = json.loads(text)
-    return redirected
+    if isinstance(node, list):
+        items = [_redirect(item, merged) for item in node]
+        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    if not isinstance(node, dict):
+        return node
+    changed: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "reference" and isinstance(value, str) and value in merged:
+            changed[key] = merged[value]
+        elif isinstance(value, dict | list):
+            new = _redirect(value, merged)
+            if new is not value:
+                changed[key] = new
+    return node | changed if changed else node
 
 
 def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> dict[str, Any]:
@@ -124,7 +133,8 @@ def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> 
         used[url] = written
         entries.append(written | {"request": {"method": "PUT", "url": url}})
     if merged:
-        entries = _redirect(entries, merged)
+        for written in entries:
+            written["resource"] = _redirect(written["resource"], merged)
     for written in entries:
         if "?" in written["request"]["url"]:
             # A conditional update must not carry an id the server never assigned (R4 §3.1.0.4.3).

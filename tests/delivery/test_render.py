@@ -207,10 +207,12 @@ class TestIdempotentTransactions:
                 "requester": {"reference": "urn:uuid:p2"},
             },
         )
+        before = repr(bundle)
         tx = to_fhir_transaction(bundle)
         assert len(_of_type(tx, "Practitioner")) == 1
         order = _of_type(tx, "ServiceRequest")[0]["resource"]
         assert order["requester"] == {"reference": "urn:uuid:p1"}
+        assert repr(bundle) == before  # references are redirected in copies only
         assert len(set(_urls(tx))) == len(tx["entry"])
 
 
