@@ -74,8 +74,11 @@ def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> 
     No two entries share a conditional URL: FHIR forbids it in a transaction (R4 §3.1.0.11.2,
     "a resource can only appear in a transaction once") and servers refuse the whole Bundle.
     The mappings make identifiers unique (docs/mappings.md, "Identifiers"); should two
-    resources still share one, every one after the first is written by its Passerelle
-    identifier, so the transaction is always accepted and nothing is merged by mistake.
+    resources still share one, a resource equal to the first but for its id (one practitioner
+    in two roles) is merged into it, references included, and a different one loses the shared
+    identifier and is written by its Passerelle identifier. Keeping the shared identifier on
+    both would leave two resources on the server that the next conditional update on it
+    matches at once, which servers refuse (R4 §3.1.0.4.3, 412).
 
     The MessageHeader is dropped: a transaction carries no message semantics. ``fullUrl`` keeps
     the message's deterministic ``urn:uuid:``, so references between entries stay consistent
