@@ -190,3 +190,25 @@ def test_fhir_identifier_without_system_gets_the_adapter_namespace(mappings: Map
         ("https://chu-rabat.ma/fhir/sid/ipp", "IPP0093310"),
     ]
     assert result.partition_key == "urn:passerelle:adapter:his-fhir:id:mr|HIS-88120"
+
+
+def test_an_authority_rule_leaves_visit_numbers_their_own_system(mappings: MappingSet) -> None:
+    """identifier_systems {authority: CHUIS}: the IPP takes it, PV1-19 (CHUIS^VN) stays a visit."""
+    rules = (IdentifierSystem(authority="CHUIS", system="https://chu-rabat.ma/fhir/sid/chuis"),)
+    message = parse(decode((ROOT / "tests/samples/hl7v2/adt_a01_v251.hl7").read_bytes()))
+    ctx = MapContext(
+        "env",
+        "chu-rabat-adt",
+        received_at=datetime(2024, 1, 1, tzinfo=UTC),
+        identifier_systems=rules,
+    )
+    bundle = mappings.map_hl7v2(message, ctx).bundle
+    systems = {
+        e["resource"]["resourceType"]: [i["system"] for i in e["resource"].get("identifier", [])]
+        for e in bundle["entry"]
+    }
+    assert systems["Patient"][:2] == [
+        "https://passerelle.ma/fhir/sid/cin",  # authority MA: not this rule
+        "https://chu-rabat.ma/fhir/sid/chuis",
+    ]
+    assert systems["Encounter"] == ["https://passerelle.ma/fhir/sid/visit/chuis"]

@@ -483,6 +483,10 @@ class _CxArgs(BaseModel):
     systems: list[CxSystem] = Field(default_factory=lambda: list(PATIENT_SYSTEMS))
     """Tried in order after the adapter's ``identifier_systems``; the first match gives
     Identifier.system. Left out: the national patient systems (``identity.PATIENT_SYSTEMS``)."""
+    adapter_systems: bool = True
+    """Whether the adapter's ``identifier_systems`` apply. Off for visit numbers (PV1-19): an
+    entry naming only an assigning authority is meant for the patient's identifiers, and a
+    visit number of that authority must not take the patient identifier's system."""
 
 
 _DEFAULT_CX_ARGS = _CxArgs()
@@ -521,11 +525,11 @@ def fn_cx_identifier(
     if not value:
         return None
     authority, type_code, facility = v.comp(4).strip(), v.comp(5).strip(), v.comp(6).strip()
-    rules = args.systems if isinstance(args, _CxArgs) else _DEFAULT_CX_ARGS.systems
+    args = args if isinstance(args, _CxArgs) else _DEFAULT_CX_ARGS
     system, local = cx_system(
         adapter=env.source,
-        adapter_rules=env.identifier_systems,
-        rules=rules,
+        adapter_rules=env.identifier_systems if args.adapter_systems else (),
+        rules=args.systems,
         authority=authority,
         type_code=type_code,
         facility=facility,
