@@ -26,6 +26,7 @@ from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import JournalError, MessageError, NoMappingError, RejectedError
+from broker.identity import hl7v2_patient_key, unidentified_key
 from broker.journal import Journal, dedupe_digest
 from broker.log import get_logger
 from broker.parsing.hl7v2 import Message, decode, parse
@@ -37,17 +38,14 @@ Supports = Callable[[str, str, str], bool]
 """Tells whether a mapping handles (event, version) from an adapter (site mappings count)."""
 
 
-def partition_key(message: Message, source: str) -> str:
-    """The patient identity that orders a message: PID-3's first id and assigning authority.
+def partition_key(message: Message, adapter: AdapterSpec) -> str:
+    """The patient identity that orders a message (``identity.hl7v2_patient_key``).
 
-    A message without a patient is ordered on its own (its control id), so it waits for nobody.
+    The same ``system|value`` the mapped Patient is keyed and delivered by. A message without a
+    patient is ordered on its own (its control id), so it waits for nobody.
     """
-    pid = message.first("PID")
-    if pid is not None:
-        ident = pid.value(3, 1)
-        if ident:
-            return f"{pid.value(3, 4)}|{ident}"
-    return f"{source}|{message.control_id}"
+    found = hl7v2_patient_key(message, adapter.id, adapter.identifier_systems)
+    return found or unidentified_key(adapter.id, message.control_id)
 
 
 def _hd(value: tuple[str, str]) -> str:
@@ -94,7 +92,7 @@ class HL7v2Intake:
             return await self._refuse(payload, peer, message, exc)
         envelope_id = new_id()
         ack = self._ack("AA", message)
-        partition = keys.partition_of(partition_key(message, self.adapter.id), self.partitions)
+        partition = keys.partition_of(partition_key(message, self.adapter), self.partitions)
         msh = message.msh
         fields = {
             "id": envelope_id,

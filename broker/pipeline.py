@@ -61,6 +61,7 @@ def process(
         source=envelope.source,
         timezone=source.timezone if source else "Africa/Casablanca",
         received_at=envelope.received_at,
+        identifier_systems=tuple(source.identifier_systems) if source else (),
     )
     on_invalid = source.on_invalid_segment if source else "drop"
     try:

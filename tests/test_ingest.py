@@ -78,7 +78,7 @@ class TestIntake:
 
         ack, celery = run(go())
         assert (ack.code, ack.control_id) == ("AA", "ING0001")
-        partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER.id), 8)
+        partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER), 8)
         entries = redis_client.xrange(keys.inbound(partition))
         assert [e[1][b"raw"] for e in entries] == [message]
         assert celery.sent == [("passerelle.drain_inbound", [partition])]

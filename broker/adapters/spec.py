@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from broker.errors import AdapterSpecError
+from broker.identity import IdentifierSystem
 from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
@@ -140,6 +141,14 @@ class AdapterSpec(BaseModel):
     an NM value that is not a number). ``drop`` delivers the rest of the message and records
     each dropped group as a ``segment-dropped`` finding; ``quarantine`` quarantines the whole
     message instead (docs/mappings.md, "Malformed segments")."""
+    identifier_systems: list[IdentifierSystem] = Field(default_factory=list)
+    """Inbound: the URIs of this sender's identifiers (CX-4 authority and/or CX-5 type, or a
+    FHIR ``Identifier.system`` as ``local``), tried first; an identifier none of them or the
+    mappings match gets the adapter's namespace (``broker.identity``, docs/adapters.md)."""
+    client_ids: bool = False
+    """Outbound FHIR: write resources without a business identifier as ``PUT Type/<id>``
+    (update-as-create, optional in FHIR R4 §3.1.0.4.2) instead of a conditional update on a
+    Passerelle identifier. Only for servers known to allow client-assigned ids."""
 
     @field_validator("listen", "connect", "reply_to")
     @classmethod
@@ -214,6 +223,10 @@ class AdapterSpec(BaseModel):
             raise ValueError(
                 "on_invalid_segment is for inbound adapters (what a malformed segment does)"
             )
+        if self.identifier_systems and self.direction != "inbound":
+            raise ValueError("'identifier_systems' is for inbound adapters")
+        if self.client_ids and (self.direction, self.transport) != ("outbound", "fhir-rest"):
+            raise ValueError("'client_ids' is for outbound fhir-rest adapters")
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self

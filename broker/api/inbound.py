@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from broker.api.auth import require_token
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import BrokerError, JournalError, MappingSpecError, MessageError
+from broker.identity import IdentifierSystem, unidentified_key
 from broker.ingest import HL7v2Intake
 from broker.journal import AppendResult, Journal, content_digest
 from broker.log import get_logger
@@ -366,10 +367,15 @@ def _validation_issues(resource_type: str, exc: ValidationError) -> list[dict[st
     return issues
 
 
-def _patient_key(mappings: MappingSet, adapter_id: str, data: dict[str, Any]) -> str | None:
+def _patient_key(
+    mappings: MappingSet,
+    adapter_id: str,
+    data: dict[str, Any],
+    adapter_rules: Sequence[IdentifierSystem] = (),
+) -> str | None:
     """The partition key the worker's mapping will give the message (``Envelope.partition_key``).
 
-    The same normalised identity (``FhirMapping.patient_key``): one patient's messages from an
+    The same normalised identity (``FhirMapping.patient_key``, ``broker.identity``): one patient's messages from an
     adapter share a journal partition however the sender spells the identifier system, and a
     lone Observation goes with its patient. ``None`` for input the worker will refuse (no
     supported resource, no FHIR mapping): it waits for nobody.
@@ -377,7 +383,7 @@ def _patient_key(mappings: MappingSet, adapter_id: str, data: dict[str, Any]) ->
     if mappings.fhir is None:
         return None
     try:
-        return mappings.fhir.patient_key(data, adapter_id)
+        return mappings.fhir.patient_key(data, adapter_id, adapter_rules)
     except MessageError:
         return None
     except Exception as exc:
@@ -518,7 +524,8 @@ async def _journal_fhir(
         }
     ).encode()
     partition = keys.partition_of(
-        _patient_key(edge.mappings(), adapter.id, data) or f"{adapter.id}|{envelope_id}",
+        _patient_key(edge.mappings(), adapter.id, data, adapter.identifier_systems)
+        or unidentified_key(adapter.id, envelope_id),
         settings.partitions,
     )
     fields = {

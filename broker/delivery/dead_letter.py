@@ -3,7 +3,9 @@
 A delivery that fails for good (HTTP 4xx) or runs out of retries becomes a dead letter: a record
 with the envelope as it was, every attempt with the receiver's reply, timestamps and the reason.
 Under the subscriber's ``on_exhausted: hold`` policy the patient is then *held* for that
-subscriber: the failed message heads ``pl:parked:SUB:PK`` and that patient's later messages are
+subscriber (PK, the patient key, is ``Envelope.partition_key``: ``broker.identity``'s
+``system|value``, the same identity as the delivered Patient's conditional URL): the failed
+message heads ``pl:parked:SUB:PK`` and that patient's later messages are
 appended behind it instead of being sent, while every other patient goes on. Replaying the dead
 letter (as it was, or with a corrected payload) or discarding it *releases* the patient: the parked
 messages are delivered in order, and the hold is lifted only once the parked stream is empty.

@@ -6,40 +6,87 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from broker.errors import CanonicalError
+from broker.identity import PASSERELLE_ID_SYSTEM, conditional_identifier
 
 if TYPE_CHECKING:
     from broker.mapping import MappingSet
 
-__all__ = ["ENVELOPE_SYSTEM", "to_fhir_transaction", "to_hl7v2"]
+__all__ = ["ENVELOPE_SYSTEM", "conditional_url", "to_fhir_transaction", "to_hl7v2"]
 
 ENVELOPE_SYSTEM = "urn:passerelle:envelope"
 """``Bundle.identifier.system`` of a delivered transaction; the value is the envelope id, so a
 receiver can recognise a re-delivery."""
 
 
-def _business_identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
-    identifiers = resource.get("identifier")
-    if isinstance(identifiers, dict):  # 0..1 identifiers (none among the types we map today)
-        identifiers = [identifiers]
-    for ident in identifiers or []:
-        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
-            return ident["system"], ident["value"]
-    return None
+_NO_IDENTIFIER = frozenset({"Binary", "Bundle", "OperationOutcome", "Parameters", "Provenance"})
+"""R4 resource types without an ``identifier`` element: only their id can address them."""
 
 
-def to_fhir_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
+def conditional_url(resource_type: str, system: str, value: str) -> str:
+    """``Type?identifier=system|value``, escaped as a query (FHIR R4 §3.1.1.5.7 token)."""
+    return f"{resource_type}?identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+
+
+def _same(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Equal but for the id: the same resource mapped twice."""
+    return {k: v for k, v in first.items() if k != "id"} == {
+        k: v for k, v in second.items() if k != "id"
+    }
+
+
+def _is(ident: Any, found: tuple[str, str]) -> bool:
+    return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) == found
+
+
+def _redirect(node: Any, merged: dict[str, str]) -> Any:
+    """``node`` with each ``reference`` to a merged entry's fullUrl pointing at the one kept.
+
+    Copy on write: containers are copied only on the path to a changed reference, since the
+    entries share everything below the top level with the canonical Bundle.
+    """
+    if isinstance(node, list):
+        items = [_redirect(item, merged) for item in node]
+        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    if not isinstance(node, dict):
+        return node
+    changed: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "reference" and isinstance(value, str) and value in merged:
+            changed[key] = merged[value]
+        elif isinstance(value, dict | list):
+            new = _redirect(value, merged)
+            if new is not value:
+                changed[key] = new
+    return node | changed if changed else node
+
+
+def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> dict[str, Any]:
     """Turn a canonical message Bundle into a transaction Bundle that is safe to re-deliver.
 
-    Each resource is written with a conditional update on its first business identifier
-    (``PUT Patient?identifier=system|value``, FHIR R4 §3.1.0.4.3): re-delivering the same
-    message updates the same resources instead of creating duplicates. A resource without an
-    identifier that has a system is written by its deterministic id (``PUT Practitioner/<id>``).
+    Each resource is written with a conditional update on its first identifier that has a
+    system (``PUT Patient?identifier=system|value``, FHIR R4 §3.1.0.4.3, the identity of
+    ``broker.identity.conditional_identifier``): re-delivering the same message updates the
+    same resources instead of creating duplicates. A resource without such an identifier gets
+    a Passerelle identifier (``urn:passerelle:id`` and its deterministic id) and is written by
+    it, so no entry relies on the optional update-as-create of client ids; ``client_ids``
+    (the subscriber's ``client_ids: true``) writes those as ``PUT Type/<id>`` instead.
+
+    No two entries share a conditional URL: FHIR forbids it in a transaction (R4 §3.1.0.11.2,
+    "a resource can only appear in a transaction once") and servers refuse the whole Bundle.
+    The mappings make identifiers unique (docs/mappings.md, "Identifiers"); should two
+    resources still share one, a resource equal to the first but for its id (one practitioner
+    in two roles) is merged into it, references included, and a different one loses the shared
+    identifier and is written by its Passerelle identifier. Keeping the shared identifier on
+    both would leave two resources on the server that the next conditional update on it
+    matches at once, which servers refuse (R4 §3.1.0.4.3, 412).
+
     The MessageHeader is dropped: a transaction carries no message semantics. ``fullUrl`` keeps
     the message's deterministic ``urn:uuid:``, so references between entries stay consistent
     and the server resolves them to the ids it assigns (FHIR R4 §3.1.0.11.2).
 
     Args:
         bundle: a validated canonical message Bundle (the input is not modified).
+        client_ids: write resources without an identifier by their id (``PUT Type/<id>``).
 
     Returns:
         A FHIR R4 ``transaction`` Bundle as plain JSON data.
@@ -51,29 +98,50 @@ def to_fhir_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
         raise CanonicalError(
             "only a canonical message Bundle can become a transaction", location="Bundle.type"
         )
-    entries = []
+    entries: list[dict[str, Any]] = []
+    used: dict[str, dict[str, Any]] = {}
+    merged: dict[str, str] = {}
     for entry in bundle.get("entry") or []:
         source = entry.get("resource") or {}
-        resource_type = source.get("resourceType")
+        resource_type = str(source.get("resourceType"))
         if resource_type == "MessageHeader":
             continue
-        # A shallow copy: nothing below the top level is changed (deepcopy was 1 ms per ORU).
+        # A shallow copy: only the top-level id and identifier list change (deepcopy was 1 ms
+        # per ORU).
         resource = dict(source)
-        business = _business_identifier(resource)
-        if business is not None:
-            system, value = business
-            url = f"{resource_type}?identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+        found = conditional_identifier(resource)
+        url = conditional_url(resource_type, *found) if found is not None else None
+        if url is not None and url in used:
+            first = used[url]
+            if _same(first["resource"], resource):
+                # The same resource twice (one practitioner in two roles): one entry.
+                merged[entry["fullUrl"]] = first["fullUrl"]
+                continue
+            # Two different resources claim one identifier: the later is written by its own.
+            assert found is not None
+            resource["identifier"] = [i for i in resource["identifier"] if not _is(i, found)]
+            url = None
+        if url is None:
+            if client_ids or resource_type in _NO_IDENTIFIER:
+                url = f"{resource_type}/{resource['id']}"
+            else:
+                own = {"system": PASSERELLE_ID_SYSTEM, "value": resource["id"]}
+                resource["identifier"] = [*(resource.get("identifier") or []), own]
+                url = conditional_url(resource_type, own["system"], own["value"])
+        if url in used:
+            # Resource ids are unique in a canonical Bundle (uuid5 of source, control id, role).
+            msg = f"two {resource_type} entries have the same id"
+            raise CanonicalError(msg, location="Bundle.entry.resource.id")
+        written = {"fullUrl": entry["fullUrl"], "resource": resource}
+        used[url] = written
+        entries.append(written | {"request": {"method": "PUT", "url": url}})
+    if merged:
+        for written in entries:
+            written["resource"] = _redirect(written["resource"], merged)
+    for written in entries:
+        if "?" in written["request"]["url"]:
             # A conditional update must not carry an id the server never assigned (R4 §3.1.0.4.3).
-            resource.pop("id", None)
-        else:
-            url = f"{resource_type}/{resource['id']}"
-        entries.append(
-            {
-                "fullUrl": entry["fullUrl"],
-                "resource": resource,
-                "request": {"method": "PUT", "url": url},
-            }
-        )
+            written["resource"].pop("id", None)
     transaction: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, MllpError
@@ -107,7 +108,7 @@ class FhirRestSender:
         if envelope.bundle is None:
             msg = "the envelope has no canonical bundle"
             raise PermanentDeliveryError(msg, destination=self.adapter.id)
-        transaction = to_fhir_transaction(envelope.bundle)
+        transaction = to_fhir_transaction(envelope.bundle, client_ids=self.adapter.client_ids)
         transaction["identifier"] = {"system": ENVELOPE_SYSTEM, "value": envelope.id}
         body = json.dumps(transaction, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
@@ -119,12 +120,23 @@ class FhirRestSender:
             msg = f"cannot reach {self.url} ({type(exc).__name__})"
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
         if 200 <= status < 300:
-            return f"HTTP {status}"
+            refused = refused_entry(transaction, reply_body)
+            if refused is None:
+                return f"HTTP {status}"
+            where, reply = refused
+            msg = f"{self.url} accepted the bundle with HTTP {status} but refused {where}"
+            raise PermanentDeliveryError(msg, destination=self.adapter.id, reply=reply)
         reply = f"HTTP {status}: {reply_body[:_REPLY_LIMIT].decode('utf-8', 'replace')}"
         if status >= 500 or status in _RETRYABLE_4XX:
             msg = f"{self.url} answered HTTP {status}"
             raise RetryableDeliveryError(msg, destination=self.adapter.id, reply=reply)
-        msg = f"{self.url} refused the bundle with HTTP {status}"
+        outcome = _json(reply_body)
+        index = _entry_named(outcome)
+        where = f"; it names {_describe(transaction, index)}" if index is not None else ""
+        msg = f"{self.url} refused the bundle with HTTP {status}{where}"
+        text = outcome_text(outcome)
+        if text:
+            reply = f"HTTP {status}: {text}\n{reply}"
         raise PermanentDeliveryError(msg, destination=self.adapter.id, reply=reply)
 
     def close(self) -> None:
@@ -132,6 +144,96 @@ class FhirRestSender:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def outcome_text(outcome: Any) -> str:
+    """The human-readable text of an OperationOutcome: each issue's details.text or diagnostics.
+
+    May quote the patient's data (a server echoes what it refused): it goes to the dead-letter
+    record, which is access-controlled, never to a log line.
+    """
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return ""
+    texts = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = (
+            (details.get("text") if isinstance(details, dict) else None)
+            or issue.get("diagnostics")
+            or issue.get("code")
+            or ""
+        )
+        texts.append(f"{issue.get('severity', 'error')}: {text}")
+    return "; ".join(texts)
+
+
+_ENTRY_EXPRESSION = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _entry_named(outcome: Any) -> int | None:
+    """The entry index an OperationOutcome's issue points at (expression/location), if any."""
+    if not isinstance(outcome, dict):
+        return None
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        for path in [*(issue.get("expression") or []), *(issue.get("location") or [])]:
+            match = _ENTRY_EXPRESSION.search(str(path))
+            if match:
+                return int(match[1])
+    return None
+
+
+def _describe(transaction: dict[str, Any], index: int) -> str:
+    """``entry 3 (PUT Observation?identifier=<system>|…)``: no identifier value (it may be PHI)."""
+    entries = transaction.get("entry") or []
+    if not 0 <= index < len(entries):
+        return f"entry {index}"
+    request = entries[index].get("request") or {}
+    url = str(request.get("url", ""))
+    system, bar, _ = url.partition("|")
+    shown = f"{system}|…" if bar else url.split("/", 1)[0] + ("/…" if "/" in url else "")
+    return f"entry {index} ({request.get('method', '?')} {shown})"
+
+
+def refused_entry(transaction: dict[str, Any], body: bytes) -> tuple[str, str] | None:
+    """The first entry a transaction-response reports as failed, or None when all are 2xx.
+
+    A conformant server fails a transaction as a whole (R4 §3.1.0.11.2), but some answer 200
+    with a failed ``entry.response``; that is a refusal too, never a delivery.
+
+    Returns:
+        What to name in the reason (``entry 3 (PUT Observation?identifier=…|…)``, no value) and
+        the reply to keep in the dead letter: the entry's full URL, status and OperationOutcome.
+    """
+    response = _json(body)
+    if not isinstance(response, dict) or response.get("resourceType") != "Bundle":
+        return None
+    sent = transaction.get("entry") or []
+    for index, entry in enumerate(response.get("entry") or []):
+        answer = entry.get("response") if isinstance(entry, dict) else None
+        if not isinstance(answer, dict):
+            continue
+        status = str(answer.get("status", "")).strip()
+        if status[:1] == "2":
+            continue
+        where = _describe(transaction, index)
+        url = ""
+        if index < len(sent):
+            request = sent[index].get("request") or {}
+            url = f"{request.get('method', '?')} {request.get('url', '')}"
+        text = outcome_text(answer.get("outcome")) or "no OperationOutcome"
+        return where, f"entry {index} {url}: {status or 'no status'}: {text}"[:_REPLY_LIMIT]
+    return None
 
 
 class MllpSender:

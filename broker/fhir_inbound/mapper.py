@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from broker.errors import CanonicalError, FHIRParseError, MappingError, NoMappin
 from broker.fhir_inbound.fhirpath import Expression
 from broker.fhir_inbound.normalise import Normaliser
 from broker.fhir_inbound.references import Entry, Run, aliases, rewrite
+from broker.identity import IdentifierSystem, conditional_identifier, unidentified_key
+from broker.identity import key as identity_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import V2_0003, resource_id
 from broker.mapping.spec import SharedTable
@@ -128,7 +131,9 @@ class FhirMapping:
             if trace is not None:
                 trace.append(TraceStep(self.file, line, entry.where, out, resource["resourceType"]))
             rewrite(resource, entry.where, run, out, line)
-            used |= normaliser.apply(resource, out, trace)
+            used |= normaliser.apply(
+                resource, out, trace, adapter=ctx.source, adapter_rules=ctx.identifier_systems
+            )
             self._require(resource, entry.where)
             resources.append(resource)
         event, header = self._header(
@@ -165,7 +170,9 @@ class FhirMapping:
         )
         return FhirResult(result, event, correlation, tuple(run.unmapped))
 
-    def patient_key(self, data: Any, source: str) -> str:
+    def patient_key(
+        self, data: Any, source: str, adapter_rules: Sequence[IdentifierSystem] = ()
+    ) -> str:
         """The partition key ``map`` would give this input, without mapping it.
 
         The same identity as ``map(...).result.partition_key``: the first Patient's first
@@ -184,7 +191,9 @@ class FhirMapping:
         _, kept, _ = self._entries(data, source, run)
         for entry in kept:
             rewrite(entry.resource, entry.where, run)
-            normaliser.apply(entry.resource, entry.where, None)
+            normaliser.apply(
+                entry.resource, entry.where, None, adapter=source, adapter_rules=adapter_rules
+            )
         return self._partition_key(kept, run, source)
 
     def _entries(
@@ -374,17 +383,13 @@ class FhirMapping:
                         if literal in patients:
                             continue
                     else:
-                        return f"urn:passerelle:adapter:{source}|{literal}"
-        return f"urn:passerelle:adapter:{source}|unidentified"
+                        return unidentified_key(source, literal)
+        return unidentified_key(source)
 
 
 def _identifier_key(idents: Any) -> str | None:
-    if isinstance(idents, dict):
-        idents = [idents]
-    for ident in idents if isinstance(idents, list) else []:
-        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
-            return f"{ident.get('system') or ''}|{ident['value']}"
-    return None
+    found = conditional_identifier({"identifier": idents})
+    return identity_key(*found) if found is not None else None
 
 
 def _correlation(data: dict[str, Any]) -> str:

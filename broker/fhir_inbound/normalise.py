@@ -6,13 +6,20 @@ each Coding (``system`` and ``code``, no ``value``) its ``system`` in the code-s
 and a Coding in a ``coding`` list whose system has a code table (a local lab code → LOINC) gets
 the table's coding added before it. The local coding is kept: CodeableConcept.coding may carry
 several representations of one concept (FHIR R4 datatype CodeableConcept), so nothing is lost.
+
+Given the inbound adapter, an Identifier's system is first looked up in the adapter's
+``identifier_systems`` (``local:`` entries), and an Identifier without a system gets the
+adapter's namespace (``identity.local_system``): every identifier delivered has a system, so a
+FHIR server finds the resource again by it (``broker.identity``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.identity import IdentifierSystem, fhir_system
 from broker.mapping.context import TraceStep
 
 __all__ = ["Normaliser", "Table"]
@@ -36,17 +43,33 @@ class Normaliser:
     """Code system URI → (shared table name, the table's codes → Coding)."""
 
     def apply(
-        self, resource: dict[str, Any], where: str, trace: list[TraceStep] | None
+        self,
+        resource: dict[str, Any],
+        where: str,
+        trace: list[TraceStep] | None,
+        *,
+        adapter: str | None = None,
+        adapter_rules: Sequence[IdentifierSystem] = (),
     ) -> set[str]:
-        """Normalise ``resource`` in place; returns the names of the code tables used."""
+        """Normalise ``resource`` in place; returns the names of the code tables used.
+
+        With ``adapter``, identifiers also get the adapter's systems (module docstring).
+        """
         used: set[str] = set()
-        self._visit(resource, where, trace, used)
+        self._visit(resource, where, trace, used, (adapter, adapter_rules))
         return used
 
-    def _visit(self, node: Any, where: str, trace: list[TraceStep] | None, used: set[str]) -> None:
+    def _visit(
+        self,
+        node: Any,
+        where: str,
+        trace: list[TraceStep] | None,
+        used: set[str],
+        ids: tuple[str | None, Sequence[IdentifierSystem]],
+    ) -> None:
         if isinstance(node, list):
             for index, item in enumerate(node):
-                self._visit(item, f"{where}[{index}]", trace, used)
+                self._visit(item, f"{where}[{index}]", trace, used, ids)
             return
         if not isinstance(node, dict):
             return
@@ -54,13 +77,30 @@ class Normaliser:
             path = f"{where}.{key}"
             if key == "identifier":
                 for at, ident in _each(value, path):
-                    self._rename(ident, self.identifier_systems, at, trace)
+                    self._identify(ident, at, trace, ids)
             elif key == "coding" and isinstance(value, list):
                 self._codings(value, path, trace, used)
             if isinstance(value, dict | list):
-                self._visit(value, path, trace, used)
+                self._visit(value, path, trace, used, ids)
         if _is_coding(node):
             self._rename(node, self.code_systems, where, trace)
+
+    def _identify(
+        self,
+        ident: dict[str, Any],
+        where: str,
+        trace: list[TraceStep] | None,
+        ids: tuple[str | None, Sequence[IdentifierSystem]],
+    ) -> None:
+        adapter, rules = ids
+        if adapter is not None and isinstance(ident.get("value"), str):
+            system = fhir_system(adapter, rules, ident)
+            if system is not None:
+                ident["system"] = system
+                if trace is not None:
+                    trace.append(TraceStep("", None, f"{where}.system", f"{where}.system", system))
+                return
+        self._rename(ident, self.identifier_systems, where, trace)
 
     def _codings(
         self, codings: list[Any], where: str, trace: list[TraceStep] | None, used: set[str]

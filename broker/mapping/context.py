@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.envelope import Finding, MappingRef
+from broker.identity import IdentifierSystem
 
 __all__ = ["MapContext", "MapResult", "TraceStep"]
 
@@ -22,12 +23,15 @@ class MapContext:
             same control id never collide.
         timezone: the sender's IANA time zone, for HL7 times sent without an offset.
         received_at: when the broker received the message (Bundle.timestamp); keyword-only.
+        identifier_systems: the inbound adapter's ``identifier_systems`` (``broker.identity``);
+            keyword-only.
     """
 
     envelope_id: str
     source: str
     timezone: str = "Africa/Casablanca"
     received_at: datetime = field(kw_only=True)
+    identifier_systems: tuple[IdentifierSystem, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from broker.errors import CanonicalError
+from broker.identity import IdentifierSystem
 from broker.mapping.context import TraceStep
 from broker.mapping.drops import Drops, Requirement
 from broker.mapping.functions import Env, is_code
@@ -204,13 +205,14 @@ class CompiledMapping:
         source: str,
         timezone: str,
         trace: list[TraceStep] | None = None,
+        identifier_systems: Sequence[IdentifierSystem] = (),
     ) -> tuple[list[Instance], Env]:
         """Map ``message``: the resource instances in Bundle order, and the Env with findings.
 
         ``trace``, when given, receives one TraceStep per element written. ``Env.seen`` holds
         every (segment instance, field) a rule, condition or variable read: ``unmapped`` input.
         """
-        env = Env(message, timezone, source)
+        env = Env(message, timezone, source, identifier_systems)
         run = Run(env, trace)
         root = Scope(None, message.segments, None, seen=env.seen)
         groups = group_scopes(self.groups, self.group_order, root)

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.envelope import Finding
+from broker.identity import PATIENT_SYSTEMS, CxSystem, IdentifierSystem, cx_system, slug
 from broker.parsing.hl7v2 import Delimiters, Message, Path, Segment, escape, unescape
 
 __all__ = [
@@ -141,12 +142,28 @@ def field_read(segment: Segment, number: int, *, one_repetition: bool = False) -
 class Env:
     """What a transform may use about the current message: context, findings and locations."""
 
-    __slots__ = ("findings", "message", "seen", "sender", "source", "timezone")
+    __slots__ = (
+        "findings",
+        "identifier_systems",
+        "message",
+        "seen",
+        "sender",
+        "source",
+        "timezone",
+    )
 
-    def __init__(self, message: Message, timezone: str, source: str) -> None:
+    def __init__(
+        self,
+        message: Message,
+        timezone: str,
+        source: str,
+        identifier_systems: Sequence[IdentifierSystem] = (),
+    ) -> None:
         self.message = message
         self.timezone = timezone
         self.source = source
+        self.identifier_systems = identifier_systems
+        """The inbound adapter's ``identifier_systems`` (``broker.identity``)."""
         self.sender = message.msh.value(4)
         """MSH-4.1, the sending facility."""
         self.findings: list[Finding] = []
@@ -461,54 +478,34 @@ def fn_xcn_name(values: Sequence[SourceValue | None], env: Env, args: Any) -> di
     )
 
 
-class CxSystem(BaseModel):
-    """One identifier-system rule: matches CX-4.1 authority and/or CX-5 type code."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    authority: str | None = None
-    type: str | None = None
-    system: str
-    """The system URI; ``{authority}`` (CX-4.1), ``{facility}`` (CX-6.1, else CX-4.1) and
-    ``{sender}`` (MSH-4.1) are replaced by lower-case slugs; a rule whose placeholder is empty
-    does not match."""
-
-
 class _CxArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    systems: list[CxSystem] = Field(default_factory=list)
-    """Tried in order; the first match gives Identifier.system."""
+    systems: list[CxSystem] = Field(default_factory=lambda: list(PATIENT_SYSTEMS))
+    """Tried in order after the adapter's ``identifier_systems``; the first match gives
+    Identifier.system. Left out: the national patient systems (``identity.PATIENT_SYSTEMS``)."""
+    adapter_systems: bool = True
+    """Whether the adapter's ``identifier_systems`` apply. Off for visit numbers (PV1-19): an
+    entry naming only an assigning authority is meant for the patient's identifiers, and a
+    visit number of that authority must not take the patient identifier's system."""
 
 
-_SLUG = re.compile(r"[^a-z0-9-]+")
+_DEFAULT_CX_ARGS = _CxArgs()
 
 
 def _slug(text: str) -> str:
-    return _SLUG.sub("-", text.lower()).strip("-")
+    return slug(text)
 
 
-def _cx_system(
-    rules: Sequence[CxSystem], authority: str, type_code: str, facility: str, sender: str
-) -> str | None:
-    for rule in rules:
-        if rule.authority is not None and rule.authority != authority:
-            continue
-        if rule.type is not None and rule.type != type_code:
-            continue
-        slugs = {
-            "{authority}": _slug(authority),
-            "{facility}": _slug(facility or authority),
-            "{sender}": _slug(sender),
-        }
-        system = rule.system
-        for placeholder, slug in slugs.items():
-            if placeholder in system:
-                if not slug:
-                    break
-                system = system.replace(placeholder, slug)
-        else:
-            return system
-    return None
-    return None
+def _local_finding(env: Env, v: SourceValue) -> None:
+    env.findings.append(
+        Finding(
+            severity="info",
+            code="unknown-identifier-system",
+            location=env.location(v),
+            message="no identifier system is configured for this assigning authority and type; "
+            "the adapter's local namespace is used (docs/adapters.md, identifier_systems)",
+        )
+    )
 
 
 def fn_cx_identifier(
@@ -516,9 +513,10 @@ def fn_cx_identifier(
 ) -> dict[str, Any] | None:
     """CX → Identifier: CX-1 value, CX-4 assigning authority, CX-5 type (table 0203), CX-6 facility.
 
-    The system comes from the rule's ``systems`` list (e.g. the CIN for authority MA and type
-    NNMAR, an IPP per facility); without a match the identifier keeps no system and a finding
-    says so.
+    The system is the adapter's ``identifier_systems`` match, else the rule's ``systems``
+    (the national CIN and IPP by default), else the adapter's local namespace
+    (``identity.local_system``) with a finding: every identifier has a system, so a FHIR
+    server can find the resource again by it (``broker.identity``).
     """
     v = _first(values)
     if v is None:
@@ -527,22 +525,19 @@ def fn_cx_identifier(
     if not value:
         return None
     authority, type_code, facility = v.comp(4).strip(), v.comp(5).strip(), v.comp(6).strip()
-    rules = args.systems if isinstance(args, _CxArgs) else []
-    ident: dict[str, Any] = {}
-    system = _cx_system(rules, authority, type_code, facility, env.sender)
-    if system:
-        ident["system"] = system
-    else:
-        env.findings.append(
-            Finding(
-                severity="info",
-                code="unknown-identifier-system",
-                location=env.location(v),
-                message="no identifier system is configured for this "
-                "assigning authority and type; Identifier.system left out",
-            )
-        )
-    ident["value"] = value
+    args = args if isinstance(args, _CxArgs) else _DEFAULT_CX_ARGS
+    system, local = cx_system(
+        adapter=env.source,
+        adapter_rules=env.identifier_systems if args.adapter_systems else (),
+        rules=args.systems,
+        authority=authority,
+        type_code=type_code,
+        facility=facility,
+        sender=env.sender,
+    )
+    if local:
+        _local_finding(env, v)
+    ident: dict[str, Any] = {"system": system, "value": value}
     if type_code and is_code(type_code):
         ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
     if authority:
@@ -571,6 +566,43 @@ def fn_joined_identifier(
         return None
     system = args.system.replace("{sender}", _slug(env.sender) or "unknown")
     return {"system": system, "value": "-".join(parts)}
+
+
+class _OrderArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: str
+    """System URI; ``{namespace}`` is the order number's EI-2 (else MSH-4.1) and ``{sender}``
+    MSH-4.1, as slugs."""
+    numbers: int = Field(2, ge=1, le=4)
+    """How many of the first sources are alternatives for the order number (first valued
+    wins); the sources after them are joined to it."""
+
+
+def fn_order_identifier(
+    values: Sequence[SourceValue | None], env: Env, args: Any
+) -> dict[str, Any] | None:
+    """Identifier of one order or result: the order number, then what tells it from its siblings.
+
+    The order number is the first valued of the first ``numbers`` sources (``ORC-2``,
+    ``OBR-2``... : placer, else filler); the next sources' first components follow it, joined
+    with ``-`` (``OBR-4`` test code, ``OBX-1`` set id, ``OBX-3`` code, ``OBX-4`` sub-id). Several
+    OBR may share one placer number and several OBX one set id (seen in real feeds); a FHIR
+    transaction must not hold two entries with the same conditional URL (R4 §3.1.0.11.2), so the
+    identifier a resource is written by includes what makes it unique (docs/mappings.md,
+    "Identifiers"). None without an order number: the renderer then gives the resource a
+    Passerelle identifier, never one that could match another order's result.
+    """
+    if not isinstance(args, _OrderArgs):
+        return None
+    given = [v for v in values[: args.numbers] if v is not None and v.comp(1).strip()]
+    if not given:
+        return None
+    number = given[0].comp(1).strip()
+    rest = [v.comp(1).strip() for v in values[args.numbers :] if v is not None]
+    sender = _slug(env.sender) or "unknown"
+    namespace = _slug(given[0].comp(2).strip()) or sender
+    system = args.system.replace("{namespace}", namespace).replace("{sender}", sender)
+    return {"system": system, "value": "-".join([number, *[p for p in rest if p]])}
 
 
 # HL7 table 0190 address type → FHIR address use/type (v2-to-FHIR IG XAD map).
@@ -677,15 +709,26 @@ def fn_pl_location(
 def fn_xcn_identifier(
     values: Sequence[SourceValue | None], env: Env, args: Any
 ) -> dict[str, Any] | None:
-    """XCN → Identifier from XCN-1 (id) and XCN-9 (assigning authority)."""
+    """XCN → Identifier from XCN-1 (id), XCN-9 (assigning authority) and XCN-13 (type).
+
+    The system is the adapter's ``identifier_systems`` match for XCN-9/XCN-13, else the
+    adapter's local namespace (``identity.local_system``): a practitioner is found again by it.
+    """
     v = _first(values)
     if v is None:
         return None
     value = v.comp(1).strip()
     if not value:
         return None
-    ident: dict[str, Any] = {"value": value}
-    authority = v.comp(9).strip()
+    authority, type_code = v.comp(9).strip(), v.comp(13).strip()
+    system, _ = cx_system(
+        adapter=env.source,
+        adapter_rules=env.identifier_systems,
+        rules=(),
+        authority=authority,
+        type_code=type_code,
+    )
+    ident: dict[str, Any] = {"system": system, "value": value}
     if authority:
         ident["assigner"] = {"display": authority}
     return ident
@@ -1264,6 +1307,9 @@ INBOUND: dict[str, Transform] = {
     "xcn_identifier": Transform(fn_xcn_identifier, "Identifier"),
     "cx_identifier": Transform(fn_cx_identifier, "Identifier", args=_CxArgs),
     "joined_identifier": Transform(fn_joined_identifier, "Identifier", sources=4, args=_JoinedArgs),
+    "order_identifier": Transform(
+        fn_order_identifier, "Identifier", sources=8, args=_OrderArgs, optional=True
+    ),
     "xad_address": Transform(fn_xad_address, "Address"),
     "xtn_telecom": Transform(fn_xtn_telecom, "ContactPoint"),
     "pl_location": Transform(fn_pl_location, "EncounterLocation"),
@@ -1414,8 +1460,9 @@ def out_xtn_unformatted(value: Any, d: Delimiters) -> str:
 def out_obx_sub_id(value: Any, d: Delimiters) -> str:
     """Observation → OBX-4 observation sub-id, from the identifier ``joined_identifier`` built.
 
-    The inbound ORU mapping identifies a result by OBR-3, OBX-3.1 and OBX-4 joined with ``-``
-    (``LAB-2024-60311-2345-7-1``); the sub-id is what follows the OBX-3 code, which is the
+    The inbound ORU mapping identifies a result by its order number, OBR-4.1, OBX-1, OBX-3.1 and
+    OBX-4 joined with ``-`` (``LAB-60311-GLU-1-2345-7-1``, ``order_identifier``); the sub-id is
+    what follows the OBX-3 code, which is the
     Observation's first coding. Empty when the Observation has no such identifier (a result
     from FHIR input) or none follows the code.
     """

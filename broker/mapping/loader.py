@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import MappingError, MappingSpecError, NoMappingError
+from broker.identity import bundle_patient_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import (
     ENGINE_READS,
@@ -235,7 +236,9 @@ class MappingSet:
             CanonicalError: the Bundle is not valid FHIR R4.
         """
         mapping = self._mapping_for(message, ctx.source)
-        instances, env = mapping.run(message, ctx.source, ctx.timezone, trace)
+        instances, env = mapping.run(
+            message, ctx.source, ctx.timezone, trace, ctx.identifier_systems
+        )
         control_id = message.control_id
         header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
         received = (
@@ -257,7 +260,7 @@ class MappingSet:
             bundle=bundle,
             findings=tuple(env.findings),
             mappings=self._refs[id(mapping)],
-            partition_key=_partition_key(bundle, ctx.source),
+            partition_key=bundle_patient_key(bundle, ctx.source),
             read=env.seen,
         )
 
@@ -422,16 +425,6 @@ def _is_set_id(segment: str, number: int, version: str) -> bool:
     """
     numbers = field_numbers(segment, version if version in HL7_VERSIONS else "2.5.1")
     return numbers is not None and numbers.get(number) == "SI"
-
-
-def _partition_key(bundle: dict[str, Any], source: str) -> str:
-    for entry in bundle["entry"]:
-        resource = entry["resource"]
-        if resource.get("resourceType") == "Patient":
-            for ident in resource.get("identifier") or []:
-                if ident.get("value"):
-                    return f"{ident.get('system', '')}|{ident['value']}"
-    return f"urn:passerelle:adapter:{source}|unidentified"
 
 
 def _hl7_events(declared: list[Any]) -> dict[str, str]:

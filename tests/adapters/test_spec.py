@@ -278,3 +278,43 @@ class TestOnInvalidSegment:
         write(tmp_path, LAB + "on_invalid_segment: quarantine\n")
         with pytest.raises(AdapterSpecError, match="on_invalid_segment is for inbound"):
             load_adapters(tmp_path)
+
+
+class TestIdentifierSystems:
+    """Issue 8: identifier_systems is checked strictly, with file:line: key: reason."""
+
+    def test_a_valid_list_loads(self, tmp_path):
+        """Entries by authority, type, both, or FHIR local system are read in order."""
+        write(
+            tmp_path,
+            GOOD
+            + "identifier_systems:\n"
+            + "  - {authority: EPI, system: 'https://chu-rabat.ma/fhir/sid/epi'}\n"
+            + "  - {type: MR, authority: CHUIS, system: 'urn:oid:2.16.504.1.100.1.2'}\n",
+        )
+        spec = load_adapters(tmp_path)[0]
+        assert [s.system for s in spec.identifier_systems] == [
+            "https://chu-rabat.ma/fhir/sid/epi",
+            "urn:oid:2.16.504.1.100.1.2",
+        ]
+
+    @pytest.mark.parametrize(
+        ("entry", "reason"),
+        [
+            pytest.param("{authority: EPI, system: epi}", "absolute URI", id="not-a-uri"),
+            pytest.param(
+                "{system: 'https://x.ma/sid'}", "give what the entry matches", id="matches-nothing"
+            ),
+            pytest.param(
+                "{autority: EPI, system: 'https://x.ma/sid'}", "autority", id="unknown-key"
+            ),
+        ],
+    )
+    def test_a_bad_entry_names_its_line(self, tmp_path, entry, reason):
+        """A bad entry stops loading at its line, naming the key and the reason."""
+        write(tmp_path, GOOD + "identifier_systems:\n  - " + entry + "\n")
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert info.value.line == 8
+        assert info.value.key.startswith("identifier_systems[0]")
+        assert reason in str(info.value)

@@ -35,9 +35,8 @@ def test_transaction_uses_conditional_updates(mappings: MappingSet) -> None:
     assert all(e["request"]["method"] == "PUT" for e in tx["entry"])
     assert urls[0] == "Patient?identifier=https://passerelle.ma/fhir/sid/cin|BE123456"
     assert urls[1] == "Encounter?identifier=https://passerelle.ma/fhir/sid/visit/chuis|V2024-000781"
-    assert urls[2].startswith(
-        "Practitioner/"
-    )  # no identifier with a system: written by its stable id
+    # XCN-1 without an authority system: the adapter's namespace, never a client id.
+    assert urls[2].startswith("Practitioner?identifier=urn:passerelle:adapter:chu-rabat:id:local")
     assert all(e["resource"]["resourceType"] != "MessageHeader" for e in tx["entry"])
     assert "id" not in tx["entry"][0]["resource"]
 
@@ -54,7 +53,8 @@ def test_transaction_references_stay_consistent(mappings: MappingSet) -> None:
         assert all(ref in urls for ref in refs if ref)
     observation = next(e for e in tx["entry"] if e["resource"]["resourceType"] == "Observation")
     assert observation["request"]["url"] == (
-        "Observation?identifier=https://passerelle.ma/fhir/sid/lab-result/labchuis|LAB-2024-55121-2345-7"
+        "Observation?identifier=https://passerelle.ma/fhir/sid/lab-result/labchuis"
+        "|LAB-2024-55121-2345-7-1-2345-7"
     )
 
 
@@ -90,3 +90,136 @@ def test_to_hl7v2(mappings: MappingSet) -> None:
     )
     message = parse(text)
     assert (message.control_id, message.version, message.msh.value(5)) == ("C1", "2.5.1", "DPI")
+
+
+def _urls(tx: dict) -> list[str]:
+    return [e["request"]["url"] for e in tx["entry"]]
+
+
+def _of_type(tx: dict, resource_type: str) -> list[dict]:
+    return [e for e in tx["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+class TestIdempotentTransactions:
+    """Issue 8: no two entries share a conditional URL, and no entry relies on a client id."""
+
+    def test_orders_sharing_a_placer_number_are_distinct(self, mappings: MappingSet) -> None:
+        """Three OBR under one ORC with placer P1234 give three ServiceRequests, three URLs."""
+        tx = to_fhir_transaction(canonical(mappings, "orm_o01_shared_placer.hl7"))
+        orders = _of_type(tx, "ServiceRequest")
+        assert len(orders) == 3
+        assert len({e["request"]["url"] for e in orders}) == 3
+        assert orders[0]["request"]["url"] == (
+            "ServiceRequest?identifier=https://passerelle.ma/fhir/sid/order/his|P1234-GLY"
+        )
+        # The IG's PLAC identifier is kept for searches by the real placer number.
+        assert all(
+            {"system": "https://passerelle.ma/fhir/sid/order-placer/his", "value": "P1234"}
+            in [{k: i[k] for k in ("system", "value")} for i in e["resource"]["identifier"]]
+            for e in orders
+        )
+        assert len(set(_urls(tx))) == len(tx["entry"])
+
+    def test_repeated_obx_set_ids_and_shared_order_numbers(self, mappings: MappingSet) -> None:
+        """Two OBR sharing P1234/FIL5001 and OBX repeating set id 1: every result kept, URLs unique."""
+        bundle = canonical(mappings, "oru_r01_shared_ids.hl7")
+        tx = to_fhir_transaction(bundle)
+        assert len(set(_urls(tx))) == len(tx["entry"])
+        observations = _of_type(tx, "Observation")
+        assert len(observations) == 4  # nothing merged away: the two creatinine values differ
+        assert sorted(o["resource"]["valueQuantity"]["value"] for o in observations) == [
+            5.1,
+            12.9,
+            71,
+            73,
+        ]
+        assert len(_of_type(tx, "DiagnosticReport")) == 2
+
+    def test_identifier_without_assigning_authority_gets_the_adapter_namespace(
+        self, mappings: MappingSet
+    ) -> None:
+        """PID-3 4019060^^^^EPI: Patient?identifier=urn:passerelle:adapter:<adapter>:id:epi|4019060."""
+        tx = to_fhir_transaction(canonical(mappings, "orm_o01_shared_placer.hl7"))
+        assert _of_type(tx, "Patient")[0]["request"]["url"] == (
+            "Patient?identifier=urn:passerelle:adapter:chu-rabat:id:epi|4019060"
+        )
+
+    def test_resource_without_identifier_gets_a_passerelle_identifier(
+        self, mappings: MappingSet
+    ) -> None:
+        """An Encounter without PV1-19 is written by urn:passerelle:id and its stable id, no client id."""
+        bundle = canonical(mappings, "orm_o01_shared_placer.hl7")
+        encounter = next(
+            e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"
+        )
+        assert "identifier" not in encounter
+        entry = _of_type(to_fhir_transaction(bundle), "Encounter")[0]
+        assert entry["request"] == {
+            "method": "PUT",
+            "url": f"Encounter?identifier=urn:passerelle:id|{encounter['id']}",
+        }
+        assert entry["resource"]["identifier"] == [
+            {"system": "urn:passerelle:id", "value": encounter["id"]}
+        ]
+        assert "id" not in entry["resource"]
+        assert not any("?" not in url for url in _urls(to_fhir_transaction(bundle)))
+
+    def test_client_ids_when_the_subscriber_allows_them(self, mappings: MappingSet) -> None:
+        """client_ids: a resource without identifier is PUT Type/<id> and keeps its id."""
+        bundle = canonical(mappings, "orm_o01_shared_placer.hl7")
+        entry = _of_type(to_fhir_transaction(bundle, client_ids=True), "Encounter")[0]
+        assert entry["request"]["url"] == f"Encounter/{entry['resource']['id']}"
+        assert "identifier" not in entry["resource"]
+
+    def test_guard_separates_different_resources_sharing_an_identifier(self) -> None:
+        """Two different Observations with one identifier: the second is written by its own."""
+        shared = {"system": "https://lab.example/sid", "value": "FIL5001-1"}
+        bundle = _message(
+            {"resourceType": "Observation", "id": "o1", "identifier": [shared], "status": "final"},
+            {
+                "resourceType": "Observation",
+                "id": "o2",
+                "identifier": [shared],
+                "status": "amended",
+            },
+        )
+        tx = to_fhir_transaction(bundle)
+        assert _urls(tx) == [
+            "Observation?identifier=https://lab.example/sid|FIL5001-1",
+            "Observation?identifier=urn:passerelle:id|o2",
+        ]
+        assert tx["entry"][1]["resource"]["identifier"] == [
+            {"system": "urn:passerelle:id", "value": "o2"}
+        ]
+
+    def test_guard_merges_the_same_resource_mapped_twice(self) -> None:
+        """One practitioner in two roles is one entry; references point at the one kept."""
+        ident = {"system": "urn:passerelle:adapter:a:id:local", "value": "12345"}
+        bundle = _message(
+            {"resourceType": "Practitioner", "id": "p1", "identifier": [ident]},
+            {"resourceType": "Practitioner", "id": "p2", "identifier": [ident]},
+            {
+                "resourceType": "ServiceRequest",
+                "id": "s1",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "urn:uuid:p1"},
+                "requester": {"reference": "urn:uuid:p2"},
+            },
+        )
+        before = repr(bundle)
+        tx = to_fhir_transaction(bundle)
+        assert len(_of_type(tx, "Practitioner")) == 1
+        order = _of_type(tx, "ServiceRequest")[0]["resource"]
+        assert order["requester"] == {"reference": "urn:uuid:p1"}
+        assert repr(bundle) == before  # references are redirected in copies only
+        assert len(set(_urls(tx))) == len(tx["entry"])
+
+
+def _message(*resources: dict) -> dict:
+    header = {"resourceType": "MessageHeader", "id": "h"}
+    return {
+        "resourceType": "Bundle",
+        "type": "message",
+        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in (header, *resources)],
+    }

@@ -39,7 +39,12 @@ def resources(result: Any, kind: str) -> list[dict[str, Any]]:
 
 
 def identifiers(resource: dict[str, Any]) -> dict[str, str]:
-    return {i["type"]["coding"][0]["code"]: i["value"] for i in resource.get("identifier", [])}
+    # The order key (issue 8) has no type; PLAC and FILL are the IG's identifiers.
+    return {
+        i["type"]["coding"][0]["code"]: i["value"]
+        for i in resource.get("identifier", [])
+        if "type" in i
+    }
 
 
 class TestStarts:

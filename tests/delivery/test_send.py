@@ -1,0 +1,137 @@
+"""Promises of the FHIR REST sender: a refused entry is a dead letter naming it, without PHI in the reason."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from broker.adapters.spec import AdapterSpec
+from broker.delivery.send import FhirRestSender, refused_entry
+from broker.envelope import Envelope
+from broker.errors import PermanentDeliveryError
+from broker.mapping import MapContext, MappingSet
+from broker.parsing.hl7v2 import decode, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [
+        {
+            "severity": "error",
+            "code": "invalid",
+            "details": {"text": "Conditional PUT matched multiple resources"},
+            "expression": ["Bundle.entry[0].request.url"],
+        }
+    ],
+}
+
+
+class _Peer(BaseHTTPRequestHandler):
+    answer: tuple[int, dict] = (200, {})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = type(self).answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(name="peer")
+def fixture_peer() -> Iterator[tuple[str, type[_Peer]]]:
+    handler = type("Peer", (_Peer,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/fhir", handler
+    server.shutdown()
+    server.server_close()
+
+
+def _envelope() -> Envelope:
+    mappings = MappingSet.load(ROOT / "mappings")
+    raw = (ROOT / "tests/samples/hl7v2/adt_a01_v251.hl7").read_bytes()
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    result = mappings.map_hl7v2(
+        parse(decode(raw)), MapContext("env-1", "chu-rabat-adt", received_at=now)
+    )
+    return Envelope(
+        id="env-1",
+        source="chu-rabat-adt",
+        content_type="application/hl7-v2",
+        received_at=now,
+        bundle=result.bundle,
+    )
+
+
+def _sender(url: str) -> FhirRestSender:
+    adapter = AdapterSpec(
+        id="dmp",
+        name="DMP",
+        direction="outbound",
+        transport="fhir-rest",
+        url=url,
+        subscribe={"events": ["ADT^*"]},
+    )
+    return FhirRestSender(adapter, timeout=10)
+
+
+def test_a_failed_entry_in_a_transaction_response_is_permanent(peer) -> None:
+    """200 with entry[1].response.status 400: PermanentDeliveryError naming entry 1, reply has the outcome."""
+    url, handler = peer
+    handler.answer = (
+        200,
+        {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [
+                {"response": {"status": "201 Created"}},
+                {"response": {"status": "400", "outcome": OUTCOME}},
+            ],
+        },
+    )
+    sender = _sender(url)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        sender.send(_envelope())
+    sender.close()
+    reason = str(caught.value)
+    assert (
+        "entry 1 (PUT Encounter?identifier=https://passerelle.ma/fhir/sid/visit/chuis|…)" in reason
+    )
+    assert "V2024-000781" not in reason  # the identifier value stays out of the logged reason
+    assert "Conditional PUT matched multiple resources" in (caught.value.reply or "")
+    assert "V2024-000781" in (caught.value.reply or "")  # the dead letter keeps the full URL
+
+
+def test_a_4xx_names_the_entry_its_operation_outcome_points_at(peer) -> None:
+    """400 with an OperationOutcome on Bundle.entry[0]: the reason names entry 0 without its value."""
+    url, handler = peer
+    handler.answer = (400, OUTCOME)
+    sender = _sender(url)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        sender.send(_envelope())
+    sender.close()
+    reason = str(caught.value)
+    assert "entry 0 (PUT Patient?identifier=https://passerelle.ma/fhir/sid/cin|…)" in reason
+    assert "BE123456" not in reason
+    assert (caught.value.reply or "").startswith(
+        "HTTP 400: error: Conditional PUT matched multiple resources"
+    )
+
+
+def test_all_entries_2xx_is_delivered() -> None:
+    """A transaction-response whose entries are all 2xx is no refusal."""
+    body = json.dumps({"resourceType": "Bundle", "entry": [{"response": {"status": "200 OK"}}]})
+    assert refused_entry({"entry": [{}]}, body.encode()) is None
