@@ -109,7 +109,7 @@ def run_tests(
     for result in failed:
         typer.echo(result.diff, nl=False)
     passed = len(results) - len(failed)
-    where = ", ".join(str(layer / "tests") for layer in layers(root))
+    where = ", ".join(str(t) for layer in layers(root) if (t := layer / "tests").is_dir())
     typer.echo(f"{passed} passed, {len(failed)} failed, {len(results)} golden case(s) in {where}")
     if failed or not results:
         raise typer.Exit(1)
