@@ -28,7 +28,14 @@ app = typer.Typer(
 AdaptersOpt = Annotated[
     Path | None, typer.Option("--adapters", help="Directory of adapter registrations.")
 ]
-MappingsOpt = Annotated[Path | None, typer.Option("--mappings", help="Directory of mapping files.")]
+MappingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mappings",
+        help="A site's mapping files, loaded over the base set shipped in the package; "
+        "a file at the same relative path replaces the base's.",
+    ),
+]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where Redis data, logs and tokens live.")
 ]
@@ -168,7 +175,7 @@ def _check(settings: Settings) -> None:
     from broker.mapping import MappingSet
 
     try:
-        mapping_set = MappingSet.load(settings.mappings_dir)
+        mapping_set = MappingSet.load(settings.mapping_roots)
         load_adapters(settings.adapters_dir, hl7_versions=mapping_set.hl7_versions)
     except BrokerError as exc:
         _fail(str(exc))
@@ -227,8 +234,9 @@ def translate(
         settings = Settings(mappings_dir=mappings.resolve()) if mappings else Settings()
     except ValueError as exc:
         _fail(f"invalid settings: {exc}".splitlines()[0])
-    if not settings.mappings_dir.is_dir():
-        _fail(f"{settings.mappings_dir} does not exist; expected a mappings directory", 2)
+    for root in settings.mapping_roots:
+        if not root.is_dir():
+            _fail(f"{root} does not exist; expected a mappings directory", 2)
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -237,7 +245,7 @@ def translate(
         done = dry_run(
             raw,
             to=to,
-            mappings_dir=settings.mappings_dir,
+            mappings_dir=settings.mapping_roots,
             source=adapter,
             charset=charset,
             trace=trace,

@@ -7,11 +7,14 @@ exist, unknown options).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from broker.errors import BrokerError
+
+if TYPE_CHECKING:  # broker.mapping is imported by the commands, not by every CLI start
+    from broker.mapping.layers import MappingRoots
 
 __all__ = ["mappings_app"]
 
@@ -26,16 +29,25 @@ mappings_app = typer.Typer(
 PathArg = Annotated[
     Path | None,
     typer.Argument(
-        help="A mappings root (default: the configured mappings/) or, for lint, a file."
+        help="A mappings root or, for lint, a file (default: the configured mappings: the "
+        "base set, with PASSERELLE_MAPPINGS_DIR's files over it)."
     ),
 ]
 
 
-def _root(path: Path | None) -> Path:
+def _root(path: Path | None) -> MappingRoots:
     if path is None:
         from broker.settings import Settings
 
-        return Settings().mappings_dir
+        roots = Settings().mapping_roots
+        missing = [root for root in roots if not root.is_dir()]
+        if missing:
+            typer.echo(
+                f"passerelle: {missing[0]} does not exist; expected a mappings directory",
+                err=True,
+            )
+            raise typer.Exit(2)
+        return roots
     if not path.exists():
         typer.echo(f"passerelle: {path} does not exist; expected a mappings directory", err=True)
         raise typer.Exit(2)
@@ -45,11 +57,12 @@ def _root(path: Path | None) -> Path:
 @mappings_app.command()
 def lint(path: PathArg = None) -> None:
     """Print every problem of every mapping file as file:line:col: what is wrong; expected."""
+    from broker.mapping.layers import overlay
     from broker.mapping.lint import lint as run_lint
 
     root = _root(path)
-    if root.is_dir() and not any(
-        p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".csv")
+    if not (isinstance(root, Path) and root.is_file()) and not overlay(
+        root, suffixes=(".yaml", ".yml", ".csv")
     ):
         typer.echo(
             f"passerelle: no mapping files (*.yaml) under {root}; "
@@ -76,11 +89,13 @@ def run_tests(
 ) -> None:
     """Run every golden case in PATH/tests/; print a unified diff for each mismatch."""
     from broker.mapping.golden import run_cases
+    from broker.mapping.layers import layers
 
     root = _root(path)
-    if not (root / "tests").is_dir():
+    if not any((layer / "tests").is_dir() for layer in layers(root)):
+        shown = ", ".join(str(layer) for layer in layers(root))
         typer.echo(
-            f"passerelle: {root} has no tests/ folder; expected a mappings root whose golden "
+            f"passerelle: {shown} has no tests/ folder; expected a mappings root whose golden "
             "cases are in PATH/tests/",
             err=True,
         )
@@ -94,8 +109,7 @@ def run_tests(
     for result in failed:
         typer.echo(result.diff, nl=False)
     passed = len(results) - len(failed)
-    typer.echo(
-        f"{passed} passed, {len(failed)} failed, {len(results)} golden case(s) in {root / 'tests'}"
-    )
+    where = ", ".join(str(t) for layer in layers(root) if (t := layer / "tests").is_dir())
+    typer.echo(f"{passed} passed, {len(failed)} failed, {len(results)} golden case(s) in {where}")
     if failed or not results:
         raise typer.Exit(1)

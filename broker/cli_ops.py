@@ -307,7 +307,7 @@ def _map_hl7v2(
             f"{path}: MSH-10 is {message.control_id!r} but the original's is "
             f"{envelope.control_id!r}; keep it so the replay stays idempotent"
         )
-    mappings = MappingSet.load(settings.mappings_dir)
+    mappings = MappingSet.load(settings.mapping_roots)
     context = MapContext(envelope.id, envelope.source, timezone, received_at=envelope.received_at)
     return mappings.map_hl7v2(message, context).bundle
 

@@ -33,7 +33,7 @@ class Listeners:
         self.adapters = [
             a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
         ]
-        self.watcher = MappingWatcher(settings.mappings_dir, mappings)
+        self.watcher = MappingWatcher(settings.mapping_roots, mappings)
         self.watcher.start()  # reloads off the event loop that answers ACKs
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
@@ -76,7 +76,7 @@ class Listeners:
 
 
 async def _serve(settings: Settings) -> None:
-    mappings = MappingSet.load(settings.mappings_dir)
+    mappings = MappingSet.load(settings.mapping_roots)
     adapters = load_adapters(settings.adapters_dir, hl7_versions=mappings.hl7_versions)
     listeners = Listeners(settings, adapters, mappings)
     await listeners.start()

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["REPO_ROOT", "RetryPolicy", "Settings"]
+__all__ = ["BASE_MAPPINGS_DIR", "REPO_ROOT", "RetryPolicy", "Settings"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-"""The checkout the package was installed from (editable installs); default for mappings/adapters."""
+"""The checkout the package was installed from (editable installs); default for adapters."""
+
+
+def _base_mappings_dir() -> Path:
+    try:
+        base = importlib.resources.files("passerelle_mappings")
+    except ModuleNotFoundError:  # a checkout run without installing it (PYTHONPATH=.)
+        return REPO_ROOT / "mappings"
+    return Path(str(base))
+
+
+BASE_MAPPINGS_DIR = _base_mappings_dir()
+"""The base mapping set shipped in the package (``passerelle_mappings``): the repository's
+``mappings/`` itself in an editable install (``make``), a copy in site-packages otherwise."""
 
 
 class RetryPolicy(BaseModel):
@@ -48,7 +62,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     adapters_dir: Path = REPO_ROOT / "adapters"
-    mappings_dir: Path = REPO_ROOT / "mappings"
+    mappings_dir: Path | None = None
+    """A site's mappings directory, laid over the base set (``mapping_roots``); ``None``: the
+    base set alone."""
     redis_url: str | None = None
     """Use this Redis instead of starting the embedded one (``redis://host:6379/0``)."""
     http_host: str = "127.0.0.1"
@@ -93,6 +109,17 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(10.0, gt=0)
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
+
+    @property
+    def mapping_roots(self) -> tuple[Path, ...]:
+        """The layers mappings are loaded from: ``BASE_MAPPINGS_DIR``, then ``mappings_dir``.
+
+        A file at the same path relative to both (``tables/x.csv``) is read from
+        ``mappings_dir``; every other file of both is loaded (``broker.mapping.layers``).
+        """
+        if self.mappings_dir is None:
+            return (BASE_MAPPINGS_DIR,)
+        return (BASE_MAPPINGS_DIR, self.mappings_dir)
 
     @property
     def redis_socket(self) -> Path:

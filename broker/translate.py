@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from broker.envelope import Envelope, Finding, new_id
 from broker.errors import ConfigurationError
 from broker.fhir_inbound import FhirResult, looks_like_json, read_fhir
 from broker.mapping import MapContext, MappingSet, MapResult, TraceStep
+from broker.mapping.layers import MappingRoots
 from broker.parsing.hl7v2 import Message, decode, parse
 
 __all__ = ["TARGETS", "Translation", "dry_run", "translate"]
@@ -47,7 +47,7 @@ def translate(
     raw: bytes,
     *,
     to: str,
-    mappings_dir: Path,
+    mappings_dir: MappingRoots,
     source: str = "translate",
     charset: str = "utf-8",
     timezone: str = "Africa/Casablanca",
@@ -77,7 +77,7 @@ def dry_run(
     raw: bytes,
     *,
     to: str,
-    mappings_dir: Path,
+    mappings_dir: MappingRoots,
     source: str = "translate",
     charset: str = "utf-8",
     timezone: str = "Africa/Casablanca",
@@ -90,7 +90,8 @@ def dry_run(
         raw: the message's bytes: ER7 (decoded by MSH-18, else ``charset``) or FHIR JSON (UTF-8).
         to: ``canonical`` (the Envelope JSON), ``fhir`` (the canonical message Bundle JSON) or
             ``hl7v2`` (ER7 rendered back with the outbound mapping, v2.5.1).
-        mappings_dir: the ``mappings/`` directory to load.
+        mappings_dir: the ``mappings/`` directory to load, or its layers (a site's over the
+            base set, ``broker.mapping.layers``).
         source: the inbound adapter id the message is taken to come from.
         charset: the charset used when MSH-18 is empty.
         timezone: the sender's time zone for times without an offset.

@@ -173,7 +173,7 @@ async def open_inbound(app: FastAPI) -> None:
     from broker.mapping.reload import MappingWatcher
 
     try:
-        watcher = MappingWatcher(settings.mappings_dir, MappingSet.load(settings.mappings_dir))
+        watcher = MappingWatcher(settings.mapping_roots, MappingSet.load(settings.mapping_roots))
     except (MappingSpecError, OSError) as exc:
         edge.problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
         log.error("inbound.mappings_unavailable", error=edge.problem)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +20,7 @@ from broker.fhir_inbound.fhirpath import Expression, FHIRPathSyntaxError, compil
 from broker.fhir_inbound.mapper import CompiledType, FhirMapping, Require, Site
 from broker.fhir_inbound.normalise import Normaliser, Table
 from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
+from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.spec import SharedTable
 from broker.mapping.targets import fhir_model, resource_base
 from broker.yamlspec import LineMap, read_yaml, validation_errors
@@ -72,19 +72,20 @@ class _Problems:
 
 
 def load_fhir(
-    root: Path, tables: dict[str, SharedTable], problems: list[FhirProblem] | None = None
+    root: MappingRoots, tables: dict[str, SharedTable], problems: list[FhirProblem] | None = None
 ) -> FhirMapping | None:
     """Load ``root/fhir/``; ``None`` when the folder does not exist (FHIR input is then refused).
+
+    ``root`` may be layers (``broker.mapping.layers``): their ``fhir/`` files are read together.
 
     Raises:
         MappingSpecError: the first problem, naming file, line and key (unless ``problems``).
     """
-    directory = root / FHIR_DIR
-    if not directory.is_dir():
+    if not any((layer / FHIR_DIR).is_dir() for layer in layers(root)):
         return None
     base: FhirMapping | None = None
     sites: list[tuple[FhirSiteSpec, str, LineMap, str]] = []
-    for path in sorted(directory.rglob("*.yaml")):
+    for path in overlay(root, FHIR_DIR).values():
         file = str(path)
         try:
             data, lines = read_yaml(path, MappingSpecError)

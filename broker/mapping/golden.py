@@ -21,6 +21,7 @@ from broker.canonical import check, validate_bundle
 from broker.errors import MessageError
 from broker.fhir_inbound import read_fhir
 from broker.mapping.context import MapContext
+from broker.mapping.layers import MappingRoots, overlay
 from broker.mapping.loader import MappingSet
 from broker.parsing.hl7v2 import decode, parse
 
@@ -69,14 +70,13 @@ def golden_output(mappings: MappingSet, case: Path) -> str:
     return json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
 
-def cases(root: Path) -> list[Path]:
-    """Every case under ``root/tests``: ``*.hl7`` and ``*.json`` but not ``*.expected.json``."""
-    found = [
-        p
-        for p in (root / "tests").rglob("*")
-        if p.suffix == ".hl7" or (p.suffix == ".json" and not p.name.endswith(".expected.json"))
-    ]
-    return sorted(found)
+def cases(root: MappingRoots) -> list[Path]:
+    """Every case under ``root/tests``: ``*.hl7`` and ``*.json`` but not ``*.expected.json``.
+
+    With layers (``broker.mapping.layers``), the cases of every layer's ``tests/``.
+    """
+    found = overlay(root, "tests", (".hl7", ".json")).values()
+    return [p for p in found if not p.name.endswith(".expected.json")]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class CaseResult:
 
 
 def run_cases(
-    root: Path, mappings: MappingSet | None = None, *, update: bool = False
+    root: MappingRoots, mappings: MappingSet | None = None, *, update: bool = False
 ) -> list[CaseResult]:
     """Run every case in ``root/tests`` and its adapter folders; with ``update``, write the actual output as expected.
 

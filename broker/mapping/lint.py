@@ -25,6 +25,7 @@ from broker.errors import MappingSpecError
 from broker.fhir_inbound import FHIR_DIR, FhirProblem, load_fhir
 from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec
 from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
+from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.reverse import compile_outbound
 from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SharedTable, SiteSpec
@@ -51,16 +52,21 @@ class Problem:
         return f"{self.file}:{self.line}:{self.col}: {self.reason}"
 
 
-def lint(path: Path) -> list[Problem]:
+def lint(path: MappingRoots) -> list[Problem]:
     """Lint one mapping file, or every ``*.yaml`` under a mappings root except ``tests/``.
+
+    A mappings root may be layers (``broker.mapping.layers``, a site's directory over the base
+    set): the files they make up together are linted, as ``MappingSet.load`` reads them.
 
     Returns:
         Every problem found, sorted by file, line and column; empty when all is well.
     """
+    if not isinstance(path, Path) or not path.is_file():
+        return _lint_root(path)
     problems: list[Problem] = []
     claims = _Claims()
     fhir_holder = next((d for d in path.parents if d.name == FHIR_DIR), None)
-    if path.is_file() and fhir_holder is not None:
+    if fhir_holder is not None:
         # A FHIR inbound file: every file of mappings/fhir/ is compiled, its problems reported.
         _lint_tables(fhir_holder.parent / TABLES_DIR, claims)
         found = _lint_fhir(fhir_holder.parent, claims)
@@ -69,31 +75,16 @@ def lint(path: Path) -> list[Problem]:
             for p in found
             if Path(p.file) == path and not _about_broken_table(p, claims.broken_tables)
         )
-    if path.is_file():
-        holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
-        if holder is not None:
-            # A table file alone: its problems only (the other tables are read for name clashes).
-            return sorted({p for p in _lint_tables(holder, claims) if Path(p.file) == path})
-        roots = (path.parent / TABLES_DIR, path.parent.parent / TABLES_DIR)
-        tables_dir = next((d for d in roots if d.is_dir()), None)
-        files = [path]
-    else:
-        tests = path / "tests"
-        tables_dir = path / TABLES_DIR
-        files = [
-            p
-            for p in sorted(path.rglob("*.yaml"))
-            if not p.is_relative_to(tests)
-            and not p.is_relative_to(tables_dir)
-            and not p.is_relative_to(path / FHIR_DIR)
-        ]
-    if tables_dir is not None and tables_dir.is_dir():
-        found = _lint_tables(tables_dir, claims)
-        if not path.is_file():
-            problems.extend(found)
-    for file in files:
-        problems.extend(_lint_file(file, claims))
-    if path.is_file() and claims.sites:
+    holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
+    if holder is not None:
+        # A table file alone: its problems only (the other tables are read for name clashes).
+        return sorted({p for p in _lint_tables(holder, claims) if Path(p.file) == path})
+    roots = (path.parent / TABLES_DIR, path.parent.parent / TABLES_DIR)
+    tables_dir = next((d for d in roots if d.is_dir()), None)
+    if tables_dir is not None:
+        _lint_tables(tables_dir, claims)
+    problems.extend(_lint_file(path, claims))
+    if claims.sites:
         # A site file alone: its base is among the mappings next to it (mappings/sites/x.yaml).
         tests = path.parent.parent / "tests"
         for other in sorted(path.parent.parent.rglob("*.yaml")):
@@ -101,22 +92,34 @@ def lint(path: Path) -> list[Problem]:
                 _lint_file(other, claims)
     problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
-    if not path.is_file():
-        problems.extend(_lint_fhir(path, claims))
     # A table that does not load is reported at its own line; rules naming it are not findings.
     return sorted({p for p in problems if not _about_broken_table(p, claims.broken_tables)})
 
 
-def _lint_fhir(root: Path, claims: _Claims) -> list[Problem]:
+def _lint_root(roots: MappingRoots) -> list[Problem]:
+    """Every problem of the files a mappings root (or its layers) is made of."""
+    claims = _Claims()
+    problems = _lint_tables([root / TABLES_DIR for root in layers(roots)], claims)
+    for relative, file in overlay(roots).items():
+        if relative.parts[0] not in ("tests", TABLES_DIR, FHIR_DIR):
+            problems.extend(_lint_file(file, claims))
+    problems.extend(_lint_sites(claims))
+    problems.extend(claims.problems)
+    problems.extend(_lint_fhir(roots, claims))
+    # A table that does not load is reported at its own line; rules naming it are not findings.
+    return sorted({p for p in problems if not _about_broken_table(p, claims.broken_tables)})
+
+
+def _lint_fhir(root: MappingRoots, claims: _Claims) -> list[Problem]:
     """Every problem of ``root/fhir/``: schema, FHIRPath syntax (at its column), resource type
     names, system URIs, unknown shared tables and site files without their base."""
-    directory = root / FHIR_DIR
-    if not directory.is_dir():
+    files = overlay(root, FHIR_DIR).values()
+    if not files:
         return []
     problems: list[Problem] = []
     positions: dict[str, Positions] = {}
     texts: dict[str, list[str]] = {}
-    for file in sorted(directory.rglob("*.yaml")):
+    for file in files:
         read = _read(file, problems)
         if read is not None:
             positions[str(file)] = read[1]
@@ -164,11 +167,11 @@ def _fhir_expected(problem: FhirProblem) -> str:
     return "; expected a FHIR inbound file as docs/mappings.md (FHIR input) describes"
 
 
-def _lint_tables(directory: Path, claims: _Claims) -> list[Problem]:
+def _lint_tables(directory: Path | list[Path], claims: _Claims) -> list[Problem]:
     """Every problem of the shared tables; the tables that load are kept for the mappings."""
     problems: list[Problem] = []
     unreadable: set[str] = set()
-    for table_file in sorted(directory.rglob("*")):
+    for table_file in overlay(directory, suffixes=(".yaml", ".yml")).values():
         if table_file.suffix in (".yaml", ".yml"):
             read = _read(table_file, problems)
             if read is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +21,7 @@ from broker.mapping.engine import (
     resource_id,
 )
 from broker.mapping.functions import field_read
+from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.reverse import CompiledOutbound, compile_outbound
 from broker.mapping.scopes import Scope, field_numbers, group_scopes
 from broker.mapping.sites import compile_site, site_order
@@ -127,36 +127,33 @@ class MappingSet:
                     self._sites[(adapter, event, version)] = mapping
 
     @classmethod
-    def load(cls, directory: Path, *, full_validation: bool = False) -> MappingSet:
+    def load(cls, directory: MappingRoots, *, full_validation: bool = False) -> MappingSet:
         """Load and compile every ``*.yaml`` under ``directory`` except ``directory/tests/``.
 
-        ``directory/tables/`` holds the shared code tables (YAML or CSV), loaded first and
-        usable by every mapping's ``map:``. A file with ``source:`` is an inbound mapping, one
-        with ``target:`` an outbound one.
+        ``directory`` is one mappings root or layers of them, the base first (a site's
+        directory over the packaged base set, ``broker.mapping.layers``): a file at the same
+        relative path in two layers is read from the last. ``tables/`` holds the shared code
+        tables (YAML or CSV), loaded first and usable by every mapping's ``map:``. A file with
+        ``source:`` is an inbound mapping, one with ``target:`` an outbound one.
         ``full_validation`` is described on the class.
 
         Raises:
             MappingSpecError: the first problem, naming file, line and key.
         """
-        if not directory.is_dir():
-            raise MappingSpecError(
-                str(directory), None, "", "the mappings directory does not exist"
-            )
+        roots = layers(directory)
+        for root in roots:
+            if not root.is_dir():
+                raise MappingSpecError(str(root), None, "", "the mappings directory does not exist")
         inbound: list[CompiledMapping] = []
         outbound: list[CompiledOutbound] = []
         sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
-        tests = directory / "tests"
-        tables_dir = directory / TABLES_DIR
         from broker.fhir_inbound import FHIR_DIR, load_fhir
 
-        tables = load_tables(tables_dir)
-        fhir_dir = directory / FHIR_DIR  # loaded by broker.fhir_inbound
-        for path in sorted(directory.rglob("*.yaml")):
-            if path.is_relative_to(tests) or path.is_relative_to(tables_dir):
-                continue
-            if path.is_relative_to(fhir_dir):
-                continue
+        tables = load_tables([root / TABLES_DIR for root in roots])
+        for relative, path in overlay(roots).items():
+            if relative.parts[0] in ("tests", TABLES_DIR, FHIR_DIR):
+                continue  # golden cases; tables above; FHIR inbound files in load_fhir
             file = str(path)
             data, lines = read_yaml(path, MappingSpecError)
             if not isinstance(data, dict):
@@ -205,7 +202,7 @@ class MappingSet:
             site = compile_site(site_spec, file, lines, sha, base)
             compiled[site.id] = site
             inbound.append(site)
-        fhir = load_fhir(directory, tables)
+        fhir = load_fhir(roots, tables)
         return cls(inbound, outbound, full_validation=full_validation, fhir=fhir)
 
     @property

@@ -1,7 +1,8 @@
 """Hot reload: a running process picks up changed mapping files without a restart.
 
 Every file under the mappings root counts: inbound and outbound mappings, site files, the FHIR
-inbound files (``fhir/``), the shared tables (``tables/*.yaml``, ``*.csv``). A changed directory
+inbound files (``fhir/``), the shared tables (``tables/*.yaml``, ``*.csv``); with layers (a
+site's directory over the packaged base set), every file of every layer. A changed directory
 is linted and loaded in full before it replaces what serves; a set of files with any lint
 finding (as ``passerelle mappings lint`` reports it: a duplicate key that loading would silently
 take, an unused value map) or that fails to load is refused with a ``mappings.rejected`` log
@@ -20,10 +21,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 from broker.errors import MappingSpecError
 from broker.log import get_logger
+from broker.mapping.layers import MappingRoots, layers
 from broker.mapping.lint import lint
 from broker.mapping.loader import MappingSet
 
@@ -32,10 +33,14 @@ __all__ = ["MappingWatcher"]
 log = get_logger(__name__)
 
 
-def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """Every mapping file's path, modification time and size: cheap to take every few seconds."""
+def _fingerprint(directory: MappingRoots) -> tuple[tuple[str, int, int], ...]:
+    """Every mapping file's path, modification time and size: cheap to take every few seconds.
+
+    Every layer is walked afresh each time, so a file added to, changed in or removed from a
+    site's directory or the base set counts.
+    """
     found = []
-    for root, _, files in os.walk(directory):
+    for root, _, files in (walked for layer in layers(directory) for walked in os.walk(layer)):
         for name in files:
             if name.endswith((".yaml", ".yml", ".csv")):
                 path = os.path.join(root, name)
@@ -51,12 +56,14 @@ class MappingWatcher:
     """Serves the current MappingSet of a directory, reloading it when its files change.
 
     Args:
-        directory: the mappings root.
+        directory: the mappings root, or its layers (a site's directory over the base set).
         interval_s: how often the files are looked at (at most), on use.
         mappings: the set already loaded (it is checked at start-up by the caller).
     """
 
-    def __init__(self, directory: Path, mappings: MappingSet, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, directory: MappingRoots, mappings: MappingSet, interval_s: float = 1.0
+    ) -> None:
         self.directory = directory
         self.interval_s = interval_s
         self._mappings = mappings

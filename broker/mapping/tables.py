@@ -20,12 +20,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from broker.errors import MappingSpecError
+from broker.mapping.layers import overlay
 from broker.mapping.spec import SharedTable, TableSpec
 from broker.yamlspec import read_yaml, validation_errors
 
@@ -38,22 +40,20 @@ PLAIN_HEADER = ("code", "target")
 
 
 def load_tables(
-    directory: Path, problems: list[MappingSpecError] | None = None
+    directory: Path | Sequence[Path], problems: list[MappingSpecError] | None = None
 ) -> dict[str, SharedTable]:
     """Load every table under ``directory`` (a ``tables/`` folder), by name.
 
     Args:
-        directory: the tables folder; absent means no tables.
+        directory: the tables folder; absent means no tables. Several folders are layers
+            (``broker.mapping.layers``): a file at the same path in two is read from the last.
         problems: when given, every problem is appended to it instead of raised (lint).
 
     Raises:
         MappingSpecError: the first problem (file, line, what is wrong).
     """
     tables: dict[str, SharedTable] = {}
-    if not directory.is_dir():
-        return tables
-    paths = sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml", ".csv"))
-    for path in paths:
+    for path in overlay(directory, suffixes=(".yaml", ".yml", ".csv")).values():
         try:
             table = _read_csv(path) if path.suffix == ".csv" else _read_yaml(path)
             other = tables.get(table.name)

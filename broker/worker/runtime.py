@@ -34,7 +34,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.settings.effective_redis_url)
-        directory = self.settings.mappings_dir
+        directory = self.settings.mapping_roots
         mappings = MappingSet.load(directory)
         # As `passerelle check`: a subscriber's hl7_version must be one the mappings write.
         specs = load_adapters(self.settings.adapters_dir, hl7_versions=mappings.hl7_versions)

@@ -65,7 +65,7 @@ def listener(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     config = Settings(data_dir=root, adapters_dir=root / "adapters", redis_url=redis_url)
     listeners = Listeners(
-        config, load_adapters(config.adapters_dir), MappingSet.load(config.mappings_dir)
+        config, load_adapters(config.adapters_dir), MappingSet.load(config.mapping_roots)
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fuzz-listener", daemon=True)

@@ -1,0 +1,1 @@
+"""The base mapping set, shipped as package data (read with importlib.resources)."""
