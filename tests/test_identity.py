@@ -88,18 +88,18 @@ def test_partition_hold_and_conditional_url_agree(
 
 
 def test_same_person_same_sender_is_one_patient(mappings: MappingSet) -> None:
-    """PID-3 4019060^^^^EPI in an ORM and an ORU from one adapter: one Patient URL, with a system."""
+    """PID-3 4019070^^^^EPI in an ORM and an ORU from one adapter: one Patient URL, with a system."""
     keys = {
         _three_keys(mappings, ROOT / "tests/samples/hl7v2" / name, PLAIN)[2]
         for name in ("orm_o01_shared_placer.hl7", "oru_r01_shared_ids.hl7")
     }
-    assert keys == {"urn:passerelle:adapter:chu-rabat-adt:id:epi|4019060"}
+    assert keys == {"urn:passerelle:adapter:chu-rabat-adt:id:epi|4019070"}
 
 
 def test_identifier_systems_of_the_adapter_come_first(mappings: MappingSet) -> None:
     """identifier_systems names the sender's local type EPI: that URI, in all three keys."""
     keys = _three_keys(mappings, ROOT / "tests/samples/hl7v2/orm_o01_shared_placer.hl7", CONFIGURED)
-    assert set(keys) == {"https://chu-rabat.ma/fhir/sid/epi|4019060"}
+    assert set(keys) == {"https://chu-rabat.ma/fhir/sid/epi|4019070"}
 
 
 def test_national_systems_keep_their_uris(mappings: MappingSet) -> None:

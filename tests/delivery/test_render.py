@@ -138,10 +138,10 @@ class TestIdempotentTransactions:
     def test_identifier_without_assigning_authority_gets_the_adapter_namespace(
         self, mappings: MappingSet
     ) -> None:
-        """PID-3 4019060^^^^EPI: Patient?identifier=urn:passerelle:adapter:<adapter>:id:epi|4019060."""
+        """PID-3 4019070^^^^EPI: Patient?identifier=urn:passerelle:adapter:<adapter>:id:epi|4019070."""
         tx = to_fhir_transaction(canonical(mappings, "orm_o01_shared_placer.hl7"))
         assert _of_type(tx, "Patient")[0]["request"]["url"] == (
-            "Patient?identifier=urn:passerelle:adapter:chu-rabat:id:epi|4019060"
+            "Patient?identifier=urn:passerelle:adapter:chu-rabat:id:epi|4019070"
         )
 
     def test_resource_without_identifier_gets_a_passerelle_identifier(

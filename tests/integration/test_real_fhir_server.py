@@ -60,6 +60,8 @@ AMINE = "Amine EL IDRISSI (4019060^^^^EPI only)"
 ZINEB = "Zineb BENNANI (4019061^^^^EPI, CIN CD112233)"
 HAMZA = "Hamza OUALI (IPP0088001, CIN EE445566)"
 MERYEM = "Meryem CHRAIBI (4019062^^^^EPI only)"
+HOUDA = "Houda SEBBAR (4019070^^^^EPI only)"
+KHADIJA_B = "Khadija BENJELLOUN (CIN BK274519, IPP0088231)"
 
 SAMPLE_PEOPLE: dict[str, set[str]] = {
     **{
@@ -140,6 +142,9 @@ SAMPLE_PEOPLE: dict[str, set[str]] = {
             "fhir_allergyintolerance",
         )
     },
+    "orm_o01_shared_placer": {HOUDA},
+    "oru_r01_shared_ids": {HOUDA},
+    "oru_r01_50obx_malformed": {KHADIJA_B},  # four OBX dropped, 46 results delivered
     "fhir_immunization": {KHADIJA},
     "fhir_unsupported_coverage": {KHADIJA},
 }
