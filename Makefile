@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER := tests/fhir_server
 FHIR_STAMP := $(FHIR_SERVER)/node_modules/.installed
 
-.PHONY: demo test check lint typecheck bench bench-mapping serve clean
+.PHONY: demo test test-fast check lint typecheck bench bench-mapping serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP) $(FHIR_STAMP)
 	$(BIN)/ruff check broker tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+# The inner loop: everything but the integration tests (no Celery processes, no serve, no real
+# FHIR server); each test that needs Redis still starts a real one.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" -q $(PYTEST_ARGS)
 
 check: test
 
