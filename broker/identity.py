@@ -43,6 +43,7 @@ __all__ = [
     "hl7v2_patient_key",
     "key",
     "local_system",
+    "resource_system",
     "slug",
     "unidentified_key",
 ]
@@ -133,6 +134,18 @@ def local_system(adapter: str, type_code: str = "", authority: str = "") -> str:
     system = f"urn:passerelle:adapter:{adapter}:id:{slug(type_code) or 'local'}"
     authority_slug = slug(authority)
     return f"{system}:{authority_slug}" if authority_slug else system
+
+
+def resource_system(adapter: str, resource_type: str) -> str:
+    """The system of a sender's own resource id, kept as an identifier of resources from FHIR input.
+
+    ``urn:passerelle:adapter:<adapter>:resource:<Type>`` (the adapter's namespace, as
+    ``local_system``, with the FHIR resource type as written): ``Patient/pat-1001`` on the
+    sending system becomes ``resource_system(adapter, "Patient")|pat-1001``, so a reference to
+    it that the message does not resolve can still name the same resource on any server, by
+    identifier (docs/mappings.md, "References to the sender's resources").
+    """
+    return f"urn:passerelle:adapter:{adapter}:resource:{resource_type}"
 
 
 def _adapter_system(

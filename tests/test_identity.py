@@ -188,6 +188,7 @@ def test_fhir_identifier_without_system_gets_the_adapter_namespace(mappings: Map
     assert [(i["system"], i["value"]) for i in mapped["identifier"]] == [
         ("urn:passerelle:adapter:his-fhir:id:mr", "HIS-88120"),
         ("https://chu-rabat.ma/fhir/sid/ipp", "IPP0093310"),
+        ("urn:passerelle:adapter:his-fhir:resource:Patient", "p1"),  # the sender's id, last
     ]
     assert result.partition_key == "urn:passerelle:adapter:his-fhir:id:mr|HIS-88120"
 

@@ -149,6 +149,12 @@ class AdapterSpec(BaseModel):
     """Outbound FHIR: write resources without a business identifier as ``PUT Type/<id>``
     (update-as-create, optional in FHIR R4 §3.1.0.4.2) instead of a conditional update on a
     Passerelle identifier. Only for servers known to allow client-assigned ids."""
+    conditional_references: bool = False
+    """Outbound FHIR: deliver a logical reference (``type`` and ``identifier``, what FHIR input's
+    references to the sender's own resources become) as a conditional reference
+    ``Type?identifier=system|value`` (FHIR R4 §3.1.0.11.2), which the server resolves or refuses
+    (the delivery is then a dead letter naming the entry). Only for servers that implement
+    conditional references in transactions, and when the targets reach them first."""
 
     @field_validator("listen", "connect", "reply_to")
     @classmethod
@@ -227,6 +233,11 @@ class AdapterSpec(BaseModel):
             raise ValueError("'identifier_systems' is for inbound adapters")
         if self.client_ids and (self.direction, self.transport) != ("outbound", "fhir-rest"):
             raise ValueError("'client_ids' is for outbound fhir-rest adapters")
+        if self.conditional_references and (self.direction, self.transport) != (
+            "outbound",
+            "fhir-rest",
+        ):
+            raise ValueError("'conditional_references' is for outbound fhir-rest adapters")
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -60,7 +61,43 @@ def _redirect(node: Any, merged: dict[str, str]) -> Any:
     return node | changed if changed else node
 
 
-def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> dict[str, Any]:
+_TYPE = re.compile(r"^(?:http://hl7\.org/fhir/StructureDefinition/)?([A-Z][A-Za-z]{1,63})$")
+"""``Reference.type``: a resource type, or its base StructureDefinition URL (R4 datatype Reference)."""
+
+
+def _conditional(node: Any) -> Any:
+    """``node`` with each logical reference given a conditional reference (copy on write).
+
+    A Reference without ``reference`` but with ``type`` and an ``identifier`` that has a system
+    and a value (what FHIR input's references to the sender's own resources become,
+    ``broker.fhir_inbound.references``) gets ``reference: Type?identifier=system|value``; the
+    server resolves it to the one resource with that identifier, or fails the transaction
+    (FHIR R4 §3.1.0.11.2, "conditional references").
+    """
+    if isinstance(node, list):
+        items = [_conditional(item) for item in node]
+        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    if not isinstance(node, dict):
+        return node
+    changed: dict[str, Any] = {}
+    kind = node.get("type")
+    ident = node.get("identifier")
+    if "reference" not in node and isinstance(kind, str) and isinstance(ident, dict):
+        match = _TYPE.match(kind)
+        found = conditional_identifier({"identifier": [ident]})
+        if match is not None and found is not None:
+            changed["reference"] = conditional_url(match[1], *found)
+    for key, value in node.items():
+        if isinstance(value, dict | list):
+            new = _conditional(value)
+            if new is not value:
+                changed[key] = new
+    return node | changed if changed else node
+
+
+def to_fhir_transaction(
+    bundle: dict[str, Any], *, client_ids: bool = False, conditional_references: bool = False
+) -> dict[str, Any]:
     """Turn a canonical message Bundle into a transaction Bundle that is safe to re-deliver.
 
     Each resource is written with a conditional update on its first identifier that has a
@@ -80,6 +117,13 @@ def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> 
     both would leave two resources on the server that the next conditional update on it
     matches at once, which servers refuse (R4 §3.1.0.4.3, 412).
 
+    A logical reference (``type`` and ``identifier``, no ``reference``: what a reference of FHIR
+    input to a resource of the sender's server becomes) is delivered as it is, unless
+    ``conditional_references`` (the subscriber's ``conditional_references: true``) asks for a
+    conditional reference ``Type?identifier=system|value`` (``_conditional``): the server then
+    links it to the resource carrying that identifier, or refuses the transaction when there is
+    none, and the delivery becomes a dead letter naming the entry (docs/reliability.md).
+
     The MessageHeader is dropped: a transaction carries no message semantics. ``fullUrl`` keeps
     the message's deterministic ``urn:uuid:``, so references between entries stay consistent
     and the server resolves them to the ids it assigns (FHIR R4 §3.1.0.11.2).
@@ -87,6 +131,7 @@ def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> 
     Args:
         bundle: a validated canonical message Bundle (the input is not modified).
         client_ids: write resources without an identifier by their id (``PUT Type/<id>``).
+        conditional_references: give logical references a conditional reference.
 
     Returns:
         A FHIR R4 ``transaction`` Bundle as plain JSON data.
@@ -138,6 +183,9 @@ def to_fhir_transaction(bundle: dict[str, Any], *, client_ids: bool = False) -> 
     if merged:
         for written in entries:
             written["resource"] = _redirect(written["resource"], merged)
+    if conditional_references:
+        for written in entries:
+            written["resource"] = _conditional(written["resource"])
     for written in entries:
         if "?" in written["request"]["url"]:
             # A conditional update must not carry an id the server never assigned (R4 §3.1.0.4.3).

@@ -108,7 +108,11 @@ class FhirRestSender:
         if envelope.bundle is None:
             msg = "the envelope has no canonical bundle"
             raise PermanentDeliveryError(msg, destination=self.adapter.id)
-        transaction = to_fhir_transaction(envelope.bundle, client_ids=self.adapter.client_ids)
+        transaction = to_fhir_transaction(
+            envelope.bundle,
+            client_ids=self.adapter.client_ids,
+            conditional_references=self.adapter.conditional_references,
+        )
         transaction["identifier"] = {"system": ENVELOPE_SYSTEM, "value": envelope.id}
         body = json.dumps(transaction, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:

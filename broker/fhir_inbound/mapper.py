@@ -1,9 +1,11 @@
 """FHIR R4 input (one resource or a Bundle) to the canonical FHIR R4 message Bundle.
 
 The supported resources are kept whole: each gets a deterministic id (uuid5 of the adapter, the
-input's identity and the resource's own type/id, as HL7 input), every reference to an entry of
-the input is rewritten to that entry's new ``urn:uuid:``, identifiers and codes are normalised,
-and the type's ``require:`` checks must hold. What the canonical message does not keep (a
+input's identity and the resource's own type/id, as HL7 input) and keeps the sender's id as an
+identifier (``identity.resource_system``), every reference to an entry of the input is
+rewritten to that entry's new ``urn:uuid:`` and every other reference to the sender's server
+to a logical reference (``references``), identifiers and codes are normalised, and the type's
+``require:`` checks must hold. What the canonical message does not keep (a
 Bundle's ``entry.request``, ``entry.response``, ``entry.search``, ``timestamp``, ``meta``…, the
 parts of an input MessageHeader other than its event, source and focus, and resources of types
 the file does not list) is reported as unmapped by FHIRPath-like location, never dropped
@@ -24,8 +26,13 @@ from broker.envelope import MappingRef
 from broker.errors import CanonicalError, FHIRParseError, MappingError, NoMappingError
 from broker.fhir_inbound.fhirpath import Expression
 from broker.fhir_inbound.normalise import Normaliser
-from broker.fhir_inbound.references import Entry, Run, aliases, rewrite
-from broker.identity import IdentifierSystem, conditional_identifier, unidentified_key
+from broker.fhir_inbound.references import Entry, Run, aliases, base_of, rewrite
+from broker.identity import (
+    IdentifierSystem,
+    conditional_identifier,
+    resource_system,
+    unidentified_key,
+)
 from broker.identity import key as identity_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import V2_0003, resource_id
@@ -117,7 +124,7 @@ class FhirMapping:
         """
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FHIRParseError("the JSON is not a FHIR resource: it has no resourceType")
-        run = Run(self.file, trace)
+        run = Run(self.file, trace, ctx.source)
         site = self.sites.get(ctx.source)
         normaliser = site.normaliser if site is not None else self.normaliser
         header_in, kept, correlation = self._entries(data, ctx.source, run)
@@ -134,6 +141,10 @@ class FhirMapping:
             used |= normaliser.apply(
                 resource, out, trace, adapter=ctx.source, adapter_rules=ctx.identifier_systems
             )
+            _keep_sender_id(entry, ctx.source)
+            if trace is not None and entry.sender_id is not None:
+                step = TraceStep(self.file, line, f"{entry.where}.id", f"{out}.identifier", None)
+                trace.append(step)
             self._require(resource, entry.where)
             resources.append(resource)
         event, header = self._header(
@@ -185,7 +196,7 @@ class FhirMapping:
         """
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FHIRParseError("the JSON is not a FHIR resource: it has no resourceType")
-        run = Run(self.file, None)
+        run = Run(self.file, None, source)
         site = self.sites.get(source)
         normaliser = site.normaliser if site is not None else self.normaliser
         _, kept, _ = self._entries(data, source, run)
@@ -194,6 +205,7 @@ class FhirMapping:
             normaliser.apply(
                 entry.resource, entry.where, None, adapter=source, adapter_rules=adapter_rules
             )
+            _keep_sender_id(entry, source)
         return self._partition_key(kept, run, source)
 
     def _entries(
@@ -219,6 +231,11 @@ class FhirMapping:
             kind = entry.resource["resourceType"]
             old = entry.resource.get("id")
             role = f"{kind}/{old}" if isinstance(old, str) and old else entry.where
+            if isinstance(old, str) and old:
+                entry.sender_id = old
+                base = base_of(entry.full_url or "", kind, old)
+                if base is not None:
+                    run.bases.add(base)
             if role in roles:  # the same Type/id twice (a batch may): still one id per entry
                 role = f"{role}|{entry.where}"
             roles.add(role)
@@ -263,6 +280,10 @@ class FhirMapping:
                     msg = "a message Bundle must start with its MessageHeader (FHIR R4 Bundle invariant bdl-12)"
                     raise CanonicalError(msg, location="Bundle.entry[0].resource")
                 header = entry.resource
+                source = resource.get("source")
+                endpoint = source.get("endpoint") if isinstance(source, dict) else None
+                if isinstance(endpoint, str) and endpoint.startswith(("http://", "https://")):
+                    run.bases.add(endpoint.rstrip("/"))
                 for alias in aliases(entry):
                     run.dropped.add(alias)
                 continue
@@ -385,6 +406,31 @@ class FhirMapping:
                     else:
                         return unidentified_key(source, literal)
         return unidentified_key(source)
+
+
+def _keep_sender_id(entry: Entry, source: str) -> None:
+    """Add the sender's resource id as an identifier, after the resource's own identifiers.
+
+    ``use: secondary`` (FHIR R4 IdentifierUse): it names the resource only relative to the
+    sending adapter. Appended last, so a business identifier stays the one the resource is found
+    by (``identity.conditional_identifier``); a resource without one is found by this one, the
+    same for every version the sender posts.
+    """
+    if entry.sender_id is None:
+        return
+    resource = entry.resource
+    system = resource_system(source, resource["resourceType"])
+    given = resource.get("identifier")
+    idents = given if isinstance(given, list) else []
+    if given is not None and not isinstance(given, list):
+        return  # not a list: FHIR validation names the element
+    if any(
+        isinstance(i, dict) and i.get("system") == system and i.get("value") == entry.sender_id
+        for i in idents
+    ):
+        return
+    own = {"use": "secondary", "system": system, "value": entry.sender_id}
+    resource["identifier"] = [*idents, own]
 
 
 def _identifier_key(idents: Any) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from broker.adapters.spec import AdapterSpec, Sender, load_adapters
 from broker.errors import AdapterSpecError
@@ -318,3 +319,22 @@ class TestIdentifierSystems:
         assert info.value.line == 8
         assert info.value.key.startswith("identifier_systems[0]")
         assert reason in str(info.value)
+
+
+class TestConditionalReferences:
+    """``conditional_references``: logical references sent as ``Type?identifier=…``."""
+
+    def test_a_fhir_subscriber_may_ask_for_them(self):
+        """Off by default on the repository's FHIR subscriber; read when given."""
+        specs = {s.id: s for s in load_adapters(REPO_ROOT / "adapters")}
+        assert specs["dmp-national"].conditional_references is False
+        text = (REPO_ROOT / "adapters" / "dmp-national.yaml").read_text(encoding="utf-8")
+        assert AdapterSpec.model_validate(
+            {**yaml.safe_load(text), "conditional_references": True}
+        ).conditional_references
+
+    def test_an_inbound_adapter_cannot_have_them(self, tmp_path):
+        """They are about what a FHIR server receives: elsewhere a mistake, said so at load."""
+        write(tmp_path, GOOD + "conditional_references: true\n")
+        with pytest.raises(AdapterSpecError, match="'conditional_references' is for outbound"):
+            load_adapters(tmp_path)

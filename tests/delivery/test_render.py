@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -223,3 +224,78 @@ def _message(*resources: dict) -> dict:
         "type": "message",
         "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in (header, *resources)],
     }
+
+
+def _fhir(mappings: MappingSet, name: str) -> dict:
+    data = json.loads((ROOT / "mappings/tests" / name).read_text(encoding="utf-8"))
+    return mappings.map_fhir(data, CTX).result.bundle
+
+
+class TestReferencesToTheSendersResources:
+    """FHIR input's references to resources it does not carry (docs/mappings.md)."""
+
+    def test_a_logical_reference_becomes_a_conditional_reference_when_asked(
+        self, mappings: MappingSet
+    ) -> None:
+        """``Practitioner/pr-77`` of the sender: ``Practitioner?identifier=<its sender id>``;
+        the patient, given with her CIN, by the CIN; the canonical Bundle is not changed."""
+        bundle = _fhir(mappings, "fhir_appointment.json")
+        before = repr(bundle)
+        tx = to_fhir_transaction(bundle, conditional_references=True)
+        patient, doctor = (
+            p["actor"] for p in _of_type(tx, "Appointment")[0]["resource"]["participant"]
+        )
+        assert (
+            patient["reference"] == "Patient?identifier=https://passerelle.ma/fhir/sid/cin|BE123456"
+        )
+        assert doctor["reference"] == (
+            "Practitioner?identifier=urn:passerelle:adapter:chu-rabat:resource:Practitioner|pr-77"
+        )
+        assert doctor["display"] == "Dr. Hassan TAZI"
+        assert repr(bundle) == before
+
+    def test_without_it_the_sender_ids_never_reach_the_server_as_references(
+        self, mappings: MappingSet
+    ) -> None:
+        """By default a logical reference stays logical: no ``Patient/pat-1001`` that would name
+        nothing, or another patient, on the receiving server."""
+        tx = to_fhir_transaction(_fhir(mappings, "fhir_appointment.json"))
+        doctor = _of_type(tx, "Appointment")[0]["resource"]["participant"][1]["actor"]
+        assert doctor == {
+            "type": "Practitioner",
+            "identifier": {
+                "system": "urn:passerelle:adapter:chu-rabat:resource:Practitioner",
+                "value": "pr-77",
+            },
+            "display": "Dr. Hassan TAZI",
+        }
+        assert "pat-1001" not in json.dumps([e["resource"] for e in tx["entry"]]).replace(
+            "resource:Patient|", ""
+        )
+
+    def test_a_reference_to_an_entry_of_the_same_input_stays_the_entrys_urn_uuid(
+        self, mappings: MappingSet
+    ) -> None:
+        """In a batch, ``Patient/pat-2002`` is the Patient entry: its fullUrl, not a search."""
+        tx = to_fhir_transaction(_fhir(mappings, "fhir_batch.json"), conditional_references=True)
+        patient = _of_type(tx, "Patient")[0]
+        condition = _of_type(tx, "Condition")[0]["resource"]
+        assert condition["subject"] == {"reference": patient["fullUrl"]}
+        assert patient["fullUrl"].startswith("urn:uuid:")
+
+    def test_the_identifier_is_escaped_and_identifiers_themselves_are_left_alone(self) -> None:
+        """``|`` and spaces in a value are escaped (a token search, R4 §3.1.1.5.7); an
+        Identifier, whose ``type`` is a CodeableConcept, is not a Reference."""
+        mrn = {"type": {"text": "MR"}, "system": "urn:x", "value": "7"}
+        bundle = _message(
+            {
+                "resourceType": "Observation",
+                "id": "o1",
+                "status": "final",
+                "identifier": [mrn],
+                "subject": {"type": "Patient", "identifier": {"system": "urn:x", "value": "a b|c"}},
+            }
+        )
+        resource = to_fhir_transaction(bundle, conditional_references=True)["entry"][0]["resource"]
+        assert resource["subject"]["reference"] == "Patient?identifier=urn:x|a%20b%7Cc"
+        assert resource["identifier"] == [mrn]

@@ -135,3 +135,46 @@ def test_all_entries_2xx_is_delivered() -> None:
     """A transaction-response whose entries are all 2xx is no refusal."""
     body = json.dumps({"resourceType": "Bundle", "entry": [{"response": {"status": "200 OK"}}]})
     assert refused_entry({"entry": [{}]}, body.encode()) is None
+
+
+def test_a_subscriber_asking_for_conditional_references_receives_them(peer) -> None:
+    """``conditional_references: true``: the Appointment's ``Practitioner/pr-77`` of the sender
+    reaches the server as ``Practitioner?identifier=<its sender id>``; a server without the
+    setting receives the logical reference."""
+    url, handler = peer
+    bodies: list[dict] = []
+
+    def do_post(self: _Peer) -> None:
+        bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        data = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    handler.do_POST = do_post  # type: ignore[method-assign]
+    data = json.loads((ROOT / "mappings/tests/fhir_appointment.json").read_text(encoding="utf-8"))
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    mapped = MappingSet.load(ROOT / "mappings").map_fhir(
+        data, MapContext("env-2", "chu-rabat-fhir", received_at=now)
+    )
+    envelope = Envelope(
+        id="env-2",
+        source="chu-rabat-fhir",
+        content_type="application/fhir+json",
+        received_at=now,
+        bundle=mapped.result.bundle,
+    )
+    for asked in (True, False):
+        sender = _sender(url)
+        sender.adapter = sender.adapter.model_copy(update={"conditional_references": asked})
+        sender.send(envelope)
+        sender.close()
+    (appointment,) = (
+        e["resource"] for e in bodies[0]["entry"] if e["resource"]["resourceType"] == "Appointment"
+    )
+    assert appointment["participant"][1]["actor"]["reference"] == (
+        "Practitioner?identifier=urn:passerelle:adapter:chu-rabat-fhir:resource:Practitioner|pr-77"
+    )
+    assert "Practitioner?" not in json.dumps(bodies[1])

@@ -48,13 +48,102 @@ class TestReferences:
         assert condition["subject"]["reference"] == f"urn:uuid:{patient['id']}"
         assert allergy["patient"]["reference"] == f"urn:uuid:{patient['id']}"
 
-    def test_a_reference_outside_the_input_is_kept_as_sent(
+    def test_a_reference_outside_the_input_becomes_a_logical_reference(
         self, mappings: MappingSet, ctx: MapContext
     ) -> None:
-        """A lone Observation keeps ``Patient/pat-2002``: the sender's server knows it."""
+        """An Appointment's ``Practitioner/pr-77`` names a resource on the sender's server only:
+        it becomes the type and the identifier that resource keeps its sender id under."""
+        done = mappings.map_fhir(case("fhir_appointment.json"), ctx)
+        appointment = resources(done.result.bundle)[1]
+        assert appointment["participant"][1]["actor"] == {
+            "type": "Practitioner",
+            "identifier": {
+                "system": "urn:passerelle:adapter:dmp-in:resource:Practitioner",
+                "value": "pr-77",
+            },
+            "display": "Dr. Hassan TAZI",
+        }
+        data = case("fhir_condition.json")
+        data["subject"] = {"reference": "Patient/pat-1001"}
+        condition = resources(mappings.map_fhir(data, ctx).result.bundle)[1]
+        assert condition["subject"] == {
+            "type": "Patient",
+            "identifier": {
+                "system": "urn:passerelle:adapter:dmp-in:resource:Patient",
+                "value": "pat-1001",
+            },
+        }
+
+    def test_a_reference_with_the_target_identifier_keeps_that_identifier(
+        self, mappings: MappingSet, ctx: MapContext
+    ) -> None:
+        """``Patient/pat-2002`` given with the patient's IPP: the IPP names it everywhere."""
         done = mappings.map_fhir(case("fhir_observation.json"), ctx)
         observation = resources(done.result.bundle)[1]
-        assert observation["subject"]["reference"] == "Patient/pat-2002"
+        assert observation["subject"] == {
+            "type": "Patient",
+            "identifier": {
+                "system": "https://passerelle.ma/fhir/sid/ipp/chu-rabat",
+                "value": "IPP0051188",
+            },
+            "display": "Youssef BENANI",
+        }
+
+    def test_absolute_references_on_the_senders_base_and_on_another_server(
+        self, mappings: MappingSet, ctx: MapContext
+    ) -> None:
+        """On the base of the input's fullUrls: the sender's (an entry's urn:uuid, else a logical
+        reference); on another server's base: kept, it is resolvable where it points."""
+        data = case("fhir_collection.json")
+        report = data["entry"][1]["resource"]
+        report["result"] = [
+            {"reference": "https://his.chu-rabat.ma/fhir/Observation/obs-na-1"},
+            {"reference": "https://his.chu-rabat.ma/fhir/Observation/obs-ca-9"},
+            {"reference": "https://labo.example.ma/fhir/Observation/obs-na-1"},
+        ]
+        done = mappings.map_fhir(data, ctx)
+        report, sodium = resources(done.result.bundle)[2:4]
+        assert report["result"] == [
+            {"reference": f"urn:uuid:{sodium['id']}"},
+            {
+                "type": "Observation",
+                "identifier": {
+                    "system": "urn:passerelle:adapter:dmp-in:resource:Observation",
+                    "value": "obs-ca-9",
+                },
+            },
+            {"reference": "https://labo.example.ma/fhir/Observation/obs-na-1"},
+        ]
+        validate_bundle(done.result.bundle)
+
+    def test_each_resource_keeps_the_senders_id_as_its_last_identifier(
+        self, mappings: MappingSet, ctx: MapContext
+    ) -> None:
+        """``Patient/pat-1001`` keeps ``…:resource:Patient|pat-1001`` after its CIN and IPP; the
+        CIN still names the patient; a resource without an id gets none."""
+        done = mappings.map_fhir(case("fhir_patient.json"), ctx)
+        patient = resources(done.result.bundle)[1]
+        assert patient["identifier"][-1] == {
+            "use": "secondary",
+            "system": "urn:passerelle:adapter:dmp-in:resource:Patient",
+            "value": "pat-1001",
+        }
+        assert patient["identifier"][0]["value"] == "BE123456"
+        assert done.result.partition_key == "https://passerelle.ma/fhir/sid/cin|BE123456"
+        condition = resources(mappings.map_fhir(case("fhir_condition.json"), ctx).result.bundle)[1]
+        assert condition["identifier"] == [
+            {
+                "use": "secondary",
+                "system": "urn:passerelle:adapter:dmp-in:resource:Condition",
+                "value": "cond-4401",
+            }
+        ]
+        transaction = resources(mappings.map_fhir(case("fhir_transaction.json"), ctx).result.bundle)
+        assert not any(
+            i["system"].startswith("urn:passerelle:adapter:")
+            for r in transaction
+            for i in r.get("identifier", [])
+        )
 
     def test_a_reference_to_an_entry_left_out_is_removed_and_reported(
         self, mappings: MappingSet, ctx: MapContext
@@ -189,14 +278,20 @@ class TestEventsAndKeys:
         """The patient's identifier, from the Patient or from the reference to it."""
         assert mappings.map_fhir(case(name), ctx).result.partition_key == key
 
-    def test_a_patient_known_only_by_reference_is_keyed_by_adapter_and_reference(
+    def test_a_patient_known_only_by_reference_is_keyed_by_its_sender_id(
         self, mappings: MappingSet, ctx: MapContext
     ) -> None:
-        """``Patient/123`` means something on the sender's server only: the adapter qualifies it."""
+        """``Patient/123`` means something on the sender's server only: keyed by the sender id,
+        as that Patient is when the sender gives it no other identifier (one partition)."""
         data = case("fhir_condition.json")
         data["subject"] = {"reference": "Patient/123"}
         key = mappings.map_fhir(data, ctx).result.partition_key
-        assert key == "urn:passerelle:adapter:dmp-in|Patient/123"
+        assert key == "urn:passerelle:adapter:dmp-in:resource:Patient|123"
+        patient = {"resourceType": "Patient", "id": "123", "gender": "female"}
+        assert mappings.map_fhir(patient, ctx).result.partition_key == key
+        fhir = mappings.fhir
+        assert fhir is not None
+        assert fhir.patient_key(data, "dmp-in") == key
 
 
 class TestRefusals:
