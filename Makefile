@@ -39,10 +39,11 @@ test: $(STAMP) $(FHIR_STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
-# The inner loop: everything but the integration tests (no Celery processes, no serve, no real
-# FHIR server); each test that needs Redis still starts a real one.
+# The inner loop, under two minutes on 2 cores: everything but the integration tests (no Celery
+# processes, no serve, no real FHIR server) and the subprocess sweep marked slow, one worker per
+# core; a test that needs Redis still starts a real one. `make test` runs them all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not slow" -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 check: test
 

@@ -78,6 +78,7 @@ def test_the_sample_folder_holds_what_these_tests_expect():
     assert len(VALID) >= 8
 
 
+@pytest.mark.slow  # one `passerelle translate` process per sample: about a minute on 2 cores
 class TestTranslate:
     @pytest.mark.parametrize("name", VALID)
     def test_canonical_prints_one_envelope_and_nothing_else(self, translations, name):

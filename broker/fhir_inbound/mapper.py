@@ -141,11 +141,13 @@ class FhirMapping:
             used |= normaliser.apply(
                 resource, out, trace, adapter=ctx.source, adapter_rules=ctx.identifier_systems
             )
+            # The require: checks read what the sender gave: a Patient known only by its id on
+            # the sender's server is not identified on the network (refused, as PID-3 empty is).
+            self._require(resource, entry.where)
             _keep_sender_id(entry, ctx.source)
             if trace is not None and entry.sender_id is not None:
                 step = TraceStep(self.file, line, f"{entry.where}.id", f"{out}.identifier", None)
                 trace.append(step)
-            self._require(resource, entry.where)
             resources.append(resource)
         event, header = self._header(
             header_in,

@@ -281,14 +281,16 @@ class TestEventsAndKeys:
     def test_a_patient_known_only_by_reference_is_keyed_by_its_sender_id(
         self, mappings: MappingSet, ctx: MapContext
     ) -> None:
-        """``Patient/123`` means something on the sender's server only: keyed by the sender id,
-        as that Patient is when the sender gives it no other identifier (one partition)."""
+        """``Patient/123`` means something on the sender's server only: keyed by the sender id.
+        That Patient itself, sent with no identifier of its own, is refused: a server id alone
+        does not identify a person on the network (as an empty PID-3 does not)."""
         data = case("fhir_condition.json")
         data["subject"] = {"reference": "Patient/123"}
         key = mappings.map_fhir(data, ctx).result.partition_key
         assert key == "urn:passerelle:adapter:dmp-in:resource:Patient|123"
         patient = {"resourceType": "Patient", "id": "123", "gender": "female"}
-        assert mappings.map_fhir(patient, ctx).result.partition_key == key
+        with pytest.raises(CanonicalError, match="a patient needs an identifier"):
+            mappings.map_fhir(patient, ctx)
         fhir = mappings.fhir
         assert fhir is not None
         assert fhir.patient_key(data, "dmp-in") == key
