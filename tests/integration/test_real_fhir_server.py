@@ -62,6 +62,8 @@ HAMZA = "Hamza OUALI (IPP0088001, CIN EE445566)"
 MERYEM = "Meryem CHRAIBI (4019062^^^^EPI only)"
 HOUDA = "Houda SEBBAR (4019070^^^^EPI only)"
 KHADIJA_B = "Khadija BENJELLOUN (CIN BK274519, IPP0088231)"
+KARIM_B = "Karim BENJELLOUN (CIN JC871204, IPP0051288)"
+NADIA_2 = "Nadia OUAZZANI born 1990 (CIN AB771390, IPP0063218)"
 
 SAMPLE_PEOPLE: dict[str, set[str]] = {
     **{
@@ -142,6 +144,8 @@ SAMPLE_PEOPLE: dict[str, set[str]] = {
             "fhir_allergyintolerance",
         )
     },
+    **{name: {KARIM_B} for name in ("adt_a05_v251", "adt_a06_v251", "adt_a07_v251")},
+    "oru_r01_v28": {NADIA_2},
     "orm_o01_shared_placer": {HOUDA},
     "oru_r01_shared_ids": {HOUDA},
     "oru_r01_50obx_malformed": {KHADIJA_B},  # four OBX dropped, 46 results delivered
@@ -159,12 +163,6 @@ NOT_SENT = {
     "mdm_t02_v251_no_content": "golden refusal case (no document content)",
     "orm_o01_no_patient": "golden refusal case (no patient)",
     "fhir_servicerequest_no_subject": "golden refusal case (no subject)",
-    # The samples give one national id to two people: which one a receiver keeps is undefined,
-    # so no count of people can be right for them. Fix the samples before adding them back.
-    "adt_a05_v251": "CIN JC987654 given to Karim BENJELLOUN (IPP0051288) and to Youssef (IPP0051902)",
-    "adt_a06_v251": "CIN JC987654 given to Karim BENJELLOUN (IPP0051288) and to Youssef (IPP0051902)",
-    "adt_a07_v251": "CIN JC987654 given to Karim BENJELLOUN (IPP0051288) and to Youssef (IPP0051902)",
-    "oru_r01_v28": "CIN AB456789 with IPP0063218 and another birth date than Nadia's (IPP0060412)",
 }
 
 
