@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 __all__ = [
+    "API_TOKEN",
     "LoopbackStack",
     "free_port",
     "wait_for_port",
@@ -19,6 +21,9 @@ __all__ = [
     "write_adapter",
     "write_loopback_adapters",
 ]
+
+API_TOKEN = "loopback-stack-token"
+"""The bearer token of the stack's API (a test value, never a real secret)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -192,7 +197,7 @@ class LoopbackStack:
             "data_dir": self.data_dir,
             "adapters_dir": adapters,
             "http_port": free_port(),
-            "api_token": "loopback-stack-token",
+            "api_token": API_TOKEN,
             **self._settings_overrides,
         }
         self.settings = self._settings_cls(**options)
@@ -228,6 +233,15 @@ class LoopbackStack:
             self._watcher = None
         self.fhir.stop()
         self.lab.stop()
+
+    def api_client(self, timeout: float = 30) -> httpx.Client:
+        """An HTTP client for the stack's API, with its bearer token; close it (``with``)."""
+        assert self.settings is not None, "start the stack first"
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.settings.http_port}",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=timeout,
+        )
 
     def logs(self, tail: int = 4000) -> str:
         """The end of every child's log, for failure messages."""

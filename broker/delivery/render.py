@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -39,26 +40,37 @@ def _is(ident: Any, found: tuple[str, str]) -> bool:
     return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) == found
 
 
-def _redirect(node: Any, merged: dict[str, str]) -> Any:
-    """``node`` with each ``reference`` to a merged entry's fullUrl pointing at the one kept.
+def _rewritten(node: Any, fix: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """``node`` with ``fix``'s changes applied to every object in it, copy on write.
 
-    Copy on write: containers are copied only on the path to a changed reference, since the
-    entries share everything below the top level with the canonical Bundle.
+    ``fix`` returns the keys to set on one object (empty: none). Containers are copied only on
+    the path to a change, since the entries share everything below the top level with the
+    canonical Bundle.
     """
     if isinstance(node, list):
-        items = [_redirect(item, merged) for item in node]
+        items = [_rewritten(item, fix) for item in node]
         return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
     if not isinstance(node, dict):
         return node
-    changed: dict[str, Any] = {}
+    changed = fix(node)
     for key, value in node.items():
-        if key == "reference" and isinstance(value, str) and value in merged:
-            changed[key] = merged[value]
-        elif isinstance(value, dict | list):
-            new = _redirect(value, merged)
+        if key not in changed and isinstance(value, dict | list):
+            new = _rewritten(value, fix)
             if new is not value:
                 changed[key] = new
     return node | changed if changed else node
+
+
+def _redirect(node: Any, merged: dict[str, str]) -> Any:
+    """``node`` with each ``reference`` to a merged entry's fullUrl pointing at the one kept."""
+
+    def fix(obj: dict[str, Any]) -> dict[str, Any]:
+        reference = obj.get("reference")
+        if isinstance(reference, str) and reference in merged:
+            return {"reference": merged[reference]}
+        return {}
+
+    return _rewritten(node, fix)
 
 
 _TYPE = re.compile(r"^(?:http://hl7\.org/fhir/StructureDefinition/)?([A-Z][A-Za-z]{1,63})$")
@@ -74,25 +86,18 @@ def _conditional(node: Any) -> Any:
     server resolves it to the one resource with that identifier, or fails the transaction
     (FHIR R4 §3.1.0.11.2, "conditional references").
     """
-    if isinstance(node, list):
-        items = [_conditional(item) for item in node]
-        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
-    if not isinstance(node, dict):
-        return node
-    changed: dict[str, Any] = {}
-    kind = node.get("type")
-    ident = node.get("identifier")
-    if "reference" not in node and isinstance(kind, str) and isinstance(ident, dict):
-        match = _TYPE.match(kind)
-        found = conditional_identifier({"identifier": [ident]})
-        if match is not None and found is not None:
-            changed["reference"] = conditional_url(match[1], *found)
-    for key, value in node.items():
-        if isinstance(value, dict | list):
-            new = _conditional(value)
-            if new is not value:
-                changed[key] = new
-    return node | changed if changed else node
+    return _rewritten(node, _conditional_reference)
+
+
+def _conditional_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    kind, ident = obj.get("type"), obj.get("identifier")
+    if "reference" in obj or not isinstance(kind, str) or not isinstance(ident, dict):
+        return {}
+    match = _TYPE.match(kind)
+    found = conditional_identifier({"identifier": [ident]})
+    if match is None or found is None:
+        return {}
+    return {"reference": conditional_url(match[1], *found)}
 
 
 def to_fhir_transaction(

@@ -27,7 +27,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.envelope import Finding
-from broker.identity import PATIENT_SYSTEMS, CxSystem, IdentifierSystem, cx_system, slug
+from broker.identity import PATIENT_SYSTEMS, CxSystem, IdentifierSystem, cx_system
+from broker.identity import slug as _slug
 from broker.parsing.hl7v2 import Delimiters, Message, Path, Segment, escape, unescape
 
 __all__ = [
@@ -490,10 +491,6 @@ class _CxArgs(BaseModel):
 
 
 _DEFAULT_CX_ARGS = _CxArgs()
-
-
-def _slug(text: str) -> str:
-    return slug(text)
 
 
 def _local_finding(env: Env, v: SourceValue) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
@@ -151,11 +150,7 @@ def test_over_90_percent_of_maxmemory_turns_backpressure_on_then_off(tmp_path):
         assert stack.settings is not None
         assert stack.settings.max_memory_ratio == 0.9
         assert wait_for_port("127.0.0.1", stack.settings.http_port, 30), stack.logs()
-        api = httpx.Client(
-            base_url=f"http://127.0.0.1:{stack.settings.http_port}",
-            headers={"Authorization": "Bearer loopback-stack-token"},
-            timeout=30,
-        )
+        api = stack.api_client()
         pool = patients(2, seed=1401)
         body = json.dumps(_fhir_patient()).encode()
         headers = {"Content-Type": "application/fhir+json"}

@@ -56,11 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackStack]:
 @pytest.fixture(scope="module")
 def api(stack: LoopbackStack) -> Iterator[httpx.Client]:
     assert stack.settings is not None
-    with httpx.Client(
-        base_url=f"http://127.0.0.1:{stack.settings.http_port}",
-        headers={"Authorization": "Bearer loopback-stack-token"},
-        timeout=30,
-    ) as client:
+    with stack.api_client() as client:
         yield client
 
 

@@ -17,7 +17,7 @@ import pytest
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
-from broker.testing import wait_until
+from broker.testing import API_TOKEN, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ OBX = "PATIENT_RESULT/ORDER_OBSERVATION/OBSERVATION/OBX"
 def _api(stack: Any, path: str) -> Any:
     request = urllib.request.Request(
         f"http://127.0.0.1:{stack.settings.http_port}{path}",
-        headers={"Authorization": "Bearer loopback-stack-token"},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)

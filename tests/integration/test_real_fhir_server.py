@@ -728,11 +728,7 @@ def run(
         assert stack.settings is not None
         assert wait_for_port("127.0.0.1", stack.settings.http_port, 30), stack.logs()
         with (
-            httpx.Client(
-                base_url=f"http://127.0.0.1:{stack.settings.http_port}",
-                headers={"Authorization": "Bearer loopback-stack-token"},
-                timeout=30,
-            ) as api,
+            stack.api_client() as api,
             httpx.Client(base_url=fhir.base_url, timeout=30) as server,
         ):
             feed = the_feed()
