@@ -2,8 +2,10 @@
 
 The listener under test is the broker's own :class:`~broker.listen.Listeners` (MLLP server,
 HL7 v2 intake, journal, Celery kicks) on a real Redis (the ``redis_url`` fixture), running in
-its own event loop on a thread. Which frames a byte string holds is decided by the broker's
-:class:`~broker.adapters.mllp.FrameDecoder`, the framing rules the listener itself applies.
+its own event loop on a thread. Which frames a byte string holds, which frames come back and
+what ACK code each reply carries are decided by ``tests/oracles/mllp.py``, a counter written from
+the MLLP block format (HL7 v2.5.1 Appendix C) that imports nothing from ``broker``: not by the
+listener's own :class:`~broker.adapters.mllp.FrameDecoder` or :func:`~broker.ack.read_ack`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.ack import read_ack
-from broker.adapters.mllp import FrameDecoder, MllpClient, frame
 from broker.adapters.spec import load_adapters
 from broker.listen import Listeners
 from broker.mapping import MappingSet
 from broker.settings import Settings
 from broker.synthetic import adt, patients
 from broker.testing import free_port, wait_for_port, write_adapter
+from tests.oracles.mllp import (
+    ack_code,
+    acknowledged_id,
+    control_id,
+    count_frames,
+    frame,
+    payloads,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,42 +90,40 @@ def listener(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         print(f"[fuzz] reply codes over every example: {dict(tally)}")
 
 
-def expected_frames(data: bytes) -> int:
-    """How many complete frames the listener's own framing rules find in ``data``."""
-    return len(FrameDecoder().feed(data))
-
-
 def exchange(port: int, data: bytes) -> list[bytes]:
-    """Send ``data`` on a new connection, half-close, and read every reply frame until EOF."""
-    decoder = FrameDecoder()
-    replies: list[bytes] = []
+    """Send ``data`` on a new connection, half-close, and read every byte until EOF.
+
+    Returns the payloads of the reply frames, as the independent counter finds them in all the
+    bytes received (a reply split across reads is still one frame).
+    """
+    received = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         while chunk := sock.recv(65536):
-            replies.extend(f.payload for f in decoder.feed(chunk))
-    return replies
+            received += chunk
+    return payloads(bytes(received))
 
 
 def check(port: int, data: bytes, what: str) -> list[str]:
     """Every complete frame got exactly one reply, an ACK with AA, AE or AR."""
-    wanted = expected_frames(data)
+    wanted = count_frames(data)
     replies = exchange(port, data)
     assert len(replies) == wanted, (
         f"{what}: {wanted} frames, {len(replies)} replies: {data[:200]!r}"
     )
     codes = []
     for reply in replies:
-        code = read_ack(reply).code
+        code = ack_code(reply)
         assert code in CODES, f"{what}: reply {reply[:200]!r}"
         codes.append(code)
-    tally.update(codes)
-    return codes
+    tally.update(code for code in codes if code is not None)
+    return [code for code in codes if code is not None]
 
 
 def still_up(port: int) -> None:
-    with MllpClient("127.0.0.1", port, timeout=15) as client:
-        assert read_ack(client.send(valid("UP"))).code == "AA"
+    """One valid message on a new connection gets exactly one reply, with AA."""
+    assert [ack_code(r) for r in exchange(port, frame(valid("UP")))] == ["AA"]
 
 
 no_start = st.binary(max_size=300).map(lambda b: b.replace(b"\x0b", b""))
@@ -199,6 +205,30 @@ def test_msh_variants_get_one_ack(listener, data):
     for index in chosen:
         message = with_msh_field(message, index, data.draw(MSH_FIELDS[index]))
     check(listener, frame(message), f"MSH variant {chosen}")
+
+
+SB, EB, CR = b"\x0b", b"\x1c", b"\r"
+
+
+@pytest.mark.parametrize(
+    ("make", "replies"),
+    [
+        pytest.param(lambda: frame(valid()) + frame(valid()), 2, id="two-frames"),
+        pytest.param(lambda: b"noise" + EB + CR + frame(valid()) + b"junk", 1, id="garbage"),
+        pytest.param(lambda: SB + valid()[:40] + frame(valid()), 1, id="nested-start"),
+        pytest.param(lambda: frame(valid()) + SB + valid(), 1, id="truncated-last"),
+        pytest.param(lambda: SB + valid() + EB, 0, id="no-final-cr"),
+        pytest.param(lambda: frame(valid() + EB + b"x"), 1, id="eb-inside-payload"),
+        pytest.param(lambda: SB + valid() + EB + b"x", 0, id="eb-without-cr-ends-nothing"),
+    ],
+)
+def test_hand_counted_framings_get_one_ack_per_complete_frame(listener, make, replies):
+    """Byte strings whose frame count is written by hand get that many ACKs, for those frames."""
+    data = make()
+    assert count_frames(data) == replies
+    sent = [control_id(p) for p in payloads(data)]
+    answered = [acknowledged_id(r) for r in exchange(listener, data)]
+    assert answered == sent, f"frames {sent} were answered as {answered}"
 
 
 def test_the_listener_still_answers_aa_after_the_fuzzing(listener):
