@@ -17,9 +17,6 @@ the subscriber option that writes the most).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +31,10 @@ from broker.mapping.golden import CONTEXT, golden_output
 from broker.parsing.hl7v2 import decode, parse
 from broker.settings import REPO_ROOT
 from tests.oracles.fhir_references import unresolved
+from tests.oracles.fhirjs import validate
 
 GOLDEN = REPO_ROOT / "mappings" / "tests"
 SAMPLES = REPO_ROOT / "tests" / "samples" / "hl7v2"
-FHIR_SERVER_DIR = REPO_ROOT / "tests" / "fhir_server"
-VALIDATOR = FHIR_SERVER_DIR / "validate_bundles.mjs"
 
 # Written by hand from the inputs, so the judged set cannot shrink unnoticed: the golden cases
 # the broker must refuse (no identified patient, a document without content, an order without a
@@ -64,9 +60,37 @@ INVALID_BUNDLE = {
     "entry": [
         {
             "fullUrl": "urn:uuid:6d1e1f5c-0c39-4b53-9c2b-000000000001",
-            "resource": {"resourceType": "Patient", "id": "p1", "gender": "femme", "colour": "red"},
-        }
+            "resource": {
+                "resourceType": "Patient",
+                "id": "p1",
+                "gender": "femme",
+                "colour": "red",
+                "birthDate": "1962-03-52",
+            },
+        },
+        {
+            "fullUrl": "urn:uuid:6d1e1f5c-0c39-4b53-9c2b-000000000002",
+            "resource": {"resourceType": "Patinet", "id": "p2"},
+        },
     ],
+}
+SELF_CHECK_ERRORS = {
+    (
+        "Bundle.entry[0].resource (Patient/p1)",
+        "Patient.gender",
+        'Code "femme" not found in value set',
+    ),
+    ("Bundle.entry[0].resource (Patient/p1)", "Patient.colour", "Unexpected property"),
+    (
+        "Bundle.entry[0].resource (Patient/p1)",
+        "Patient.birthDate",
+        'Invalid date format for value "1962-03-52"',
+    ),
+    (
+        "Bundle.entry[1].resource (Patinet/p2)",
+        "",
+        "Resource does not have resourceType property, or value is not a valid resource type.",
+    ),
 }
 
 
@@ -127,48 +151,12 @@ def judged(mapped: list[Mapped]) -> dict[str, dict[str, Any]]:
     return bundles
 
 
-def _node() -> str:
-    """The node binary with FHIR.js installed; a skip with the reason, a failure under CI=true."""
-    needed = (
-        "the independent FHIR validation needs Node.js >= 20 and the packages of tests/fhir_server "
-        "(Debian: apt-get install nodejs npm; then `make tests/fhir_server/node_modules/.installed`"
-        " or `make test`)"
-    )
-    node = shutil.which("node")
-    problem = None
-    if node is None:
-        problem = f"node is not on PATH: {needed}"
-    elif not (FHIR_SERVER_DIR / "node_modules" / "fhir").is_dir():
-        problem = f"FHIR.js is not installed in {FHIR_SERVER_DIR}: {needed}"
-    if problem is not None or node is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return node
-
-
 @pytest.fixture(scope="module")
 def fhirjs(
     judged: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, list[dict[str, str]]]:
     """FHIR.js's errors by Bundle name, from one node process over every Bundle at once."""
-    node = _node()
-    items = [{"name": n, "bundle": b} for n, b in judged.items()]
-    items.append({"name": SELF_CHECK, "bundle": INVALID_BUNDLE})
-    path = tmp_path_factory.mktemp("fhirjs") / "bundles.json"
-    path.write_text(json.dumps(items), encoding="utf-8")
-    result = subprocess.run(
-        [node, str(VALIDATOR), str(path)],
-        cwd=FHIR_SERVER_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, f"{VALIDATOR.name} failed:\n{result.stderr}"
-    report = json.loads(result.stdout)
-    assert report["validated"] == len(items), report["validated"]
-    return {failure["name"]: failure["errors"] for failure in report["failures"]}
+    return validate({**judged, SELF_CHECK: INVALID_BUNDLE}, tmp_path_factory.mktemp("fhirjs"))
 
 
 def _listing(problems: dict[str, list[str]]) -> str:
@@ -195,16 +183,9 @@ def test_every_golden_case_and_sample_is_judged(mapped: list[Mapped]) -> None:
 def test_fhirjs_reports_the_invalid_bundle_sent_with_the_others(
     fhirjs: dict[str, list[dict[str, str]]],
 ) -> None:
-    """The self-check Bundle's wrong code and unknown element are reported with their resource."""
+    """The self-check Bundle's wrong code, unknown element and type, bad date are all reported."""
     found = {(e["resource"], e["location"], e["message"]) for e in fhirjs.get(SELF_CHECK, [])}
-    assert found == {
-        (
-            "Bundle.entry[0].resource (Patient/p1)",
-            "Patient.gender",
-            'Code "femme" not found in value set',
-        ),
-        ("Bundle.entry[0].resource (Patient/p1)", "Patient.colour", "Unexpected property"),
-    }
+    assert found == SELF_CHECK_ERRORS
 
 
 @pytest.mark.integration

@@ -1,5 +1,5 @@
 // FHIR.js (npm "fhir", Lantana Consulting Group; pinned in package.json) over many Bundles in one
-// process: the second FHIR R4 validator of tests/canonical/test_independent_validation.py, not
+// process: the second FHIR R4 validator of the tests (tests/oracles/fhirjs.py runs it), not
 // Passerelle's models (fhir.resources) and not Medplum's.
 //
 //   node validate_bundles.mjs BUNDLES.json
@@ -8,11 +8,35 @@
 // {"validated": N, "failures": [{"name", "errors": [{"resource", "location", "message"}]}]}, a
 // failure for every Bundle with at least one error. FHIR.js checks the Bundle and each entry's
 // resource against its bundled R4 (4.0) profiles: unknown properties (errorOnUnexpected),
-// cardinality, data types and the codes of required bindings. Its warnings and information
-// messages (a value set it does not ship, for example) are not errors. "resource" is where in the
+// cardinality, data types and the codes of required bindings. Its "fatal" messages (an unknown
+// resourceType, which stops it looking further into that resource) are errors too; its warnings
+// and information messages (a value set it does not ship, for example) are not. "resource" is where in the
 // Bundle the error is (Bundle.entry[i].resource, with its type and id when it has them).
 import { readFileSync } from 'node:fs';
 import fhirjs from 'fhir';
+import fhirjsConstants from 'fhir/constants.js';
+
+// FHIR.js 4.12.0 tests primitive values with unanchored regular expressions, so "1962-03-52"
+// passes as a date (its prefix "1962-03" matches). The regular expressions of FHIR R4
+// (datatypes.html, one per primitive type, each describing the whole value) replace them here,
+// anchored; FHIR.js's own checks then read these.
+const R4 = {
+  PrimitiveDateRegex: /^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$/,
+  PrimitiveDateTimeRegex: /^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$/,
+  PrimitiveTimeRegex: /^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$/,
+  PrimitiveCodeRegex: /^[^\s]+(\s[^\s]+)*$/,
+  PrimitiveOidRegex: /^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$/,
+  PrimitiveIdRegex: /^[A-Za-z0-9\-.]{1,64}$/,
+  PrimitivePositiveIntRegex: /^\+?[1-9][0-9]*$/,
+  PrimitiveUnsignedIntRegex: /^([0]|([1-9][0-9]*))$/,
+  PrimitiveIntegerRegex: /^-?([0]|([1-9][0-9]*))$/,
+  PrimitiveDecimalRegex: /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/,
+};
+const { Constants } = fhirjsConstants;
+for (const [name, regex] of Object.entries(R4)) {
+  if (!(Constants[name] instanceof RegExp)) throw new Error(`FHIR.js has no Constants.${name}`);
+  Constants[name] = regex;
+}
 
 const { Fhir } = fhirjs;
 const fhir = new Fhir();
@@ -34,7 +58,7 @@ const failures = [];
 for (const { name, bundle } of items) {
   const result = fhir.validate(bundle, { errorOnUnexpected: true });
   const errors = result.messages
-    .filter((m) => m.severity === 'error')
+    .filter((m) => m.severity === 'error' || m.severity === 'fatal')
     .map((m) => ({ resource: where(bundle, m.resourceId), location: m.location, message: m.message }));
   if (errors.length) failures.push({ name, errors });
 }
