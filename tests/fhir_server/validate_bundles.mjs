@@ -13,33 +13,8 @@
 // and information messages (a value set it does not ship, for example) are not. "resource" is where in the
 // Bundle the error is (Bundle.entry[i].resource, with its type and id when it has them).
 import { readFileSync } from 'node:fs';
-import fhirjs from 'fhir';
-import fhirjsConstants from 'fhir/constants.js';
+import { errorsOf, fhir } from './fhirjs_r4.mjs';
 
-// FHIR.js 4.12.0 tests primitive values with unanchored regular expressions, so "1962-03-52"
-// passes as a date (its prefix "1962-03" matches). The regular expressions of FHIR R4
-// (datatypes.html, one per primitive type, each describing the whole value) replace them here,
-// anchored; FHIR.js's own checks then read these.
-const R4 = {
-  PrimitiveDateRegex: /^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$/,
-  PrimitiveDateTimeRegex: /^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$/,
-  PrimitiveTimeRegex: /^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$/,
-  PrimitiveCodeRegex: /^[^\s]+(\s[^\s]+)*$/,
-  PrimitiveOidRegex: /^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$/,
-  PrimitiveIdRegex: /^[A-Za-z0-9\-.]{1,64}$/,
-  PrimitivePositiveIntRegex: /^\+?[1-9][0-9]*$/,
-  PrimitiveUnsignedIntRegex: /^([0]|([1-9][0-9]*))$/,
-  PrimitiveIntegerRegex: /^-?([0]|([1-9][0-9]*))$/,
-  PrimitiveDecimalRegex: /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/,
-};
-const { Constants } = fhirjsConstants;
-for (const [name, regex] of Object.entries(R4)) {
-  if (!(Constants[name] instanceof RegExp)) throw new Error(`FHIR.js has no Constants.${name}`);
-  Constants[name] = regex;
-}
-
-const { Fhir } = fhirjs;
-const fhir = new Fhir();
 const items = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 
 // FHIR.js names a resource by its id, or by its path in the Bundle when it has none.
@@ -57,8 +32,7 @@ function where(bundle, resourceId) {
 const failures = [];
 for (const { name, bundle } of items) {
   const result = fhir.validate(bundle, { errorOnUnexpected: true });
-  const errors = result.messages
-    .filter((m) => m.severity === 'error' || m.severity === 'fatal')
+  const errors = errorsOf(result)
     .map((m) => ({ resource: where(bundle, m.resourceId), location: m.location, message: m.message }));
   if (errors.length) failures.push({ name, errors });
 }
