@@ -34,6 +34,7 @@ def fixture_embedded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
 
 
 def config(client: redis.Redis, name: str) -> str:
+    """What the running server says one setting is (CONFIG GET)."""
     value: dict[str, str] = client.config_get(name)  # type: ignore[assignment]
     return value[name]
 

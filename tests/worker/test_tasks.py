@@ -110,3 +110,18 @@ def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_f
     assert broker.fhir_control_ids() == ["X-1", "X-2"]
     assert broker.client.xpending(stream, keys.DELIVER_GROUP)["pending"] == 0
     dead.__exit__(None, None, None)  # the dead drainer's release: its token no longer matches
+
+
+def test_backpressure_is_set_by_the_check_and_expires_by_itself(make_broker):
+    """A backlog over max_backlog sets pl:pressure naming it, with a TTL of three re-kick periods."""
+    broker = make_broker(max_backlog=1, rekick_interval_s=2.0, partitions=1)
+    stream = keys.outbound(DMP, 0)
+    ensure_group(broker.client, stream, keys.DELIVER_GROUP)
+    for _ in range(2):
+        broker.client.xadd(stream, {"env": "e", "pk": "p", "partition": "0"})
+    broker.rekick()
+    assert DMP in broker.client.get(keys.PRESSURE).decode()
+    assert 0 < broker.client.ttl(keys.PRESSURE) <= 6, "a stopped beat would leave it for ever"
+    broker.client.delete(stream)
+    broker.rekick()
+    assert not broker.client.exists(keys.PRESSURE), "the next check under the limit lifts it"
