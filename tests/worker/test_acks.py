@@ -125,6 +125,7 @@ class TestApplicationAck:
         )
         assert processed == 1, "the message was not processed"
         if expected is None:
+            assert redis_client.xlen(keys.app_acks("chu-rabat-adt")) == 0, "an ACK was queued"
             assert return_address.count == 0
         else:
             assert return_address.wait_for(1, timeout=10)

@@ -76,17 +76,29 @@ class TestRetriesExhausted:
         assert broker.lab.control_ids() == ["X-1", "Y-1"], "the other subscriber is not held"
 
     def test_a_head_failing_past_its_max_age_is_a_dead_letter(self, make_broker):
-        """max_age_s: a head still failing after its age limit is dead-lettered, not retried for ever."""
-        broker = make_broker(retry={"max_age_s": 0.001}, partitions=1)
+        """max_age_s: retried while young; once its first failure is older than the limit, a dead letter."""
+        broker = make_broker(retry={"max_age_s": 60}, partitions=1)
         x = patients(1, seed=1202)[0]
         broker.fhir.mode = "error"
         receive(broker, (x, "A01", "X-1"))
+        broker.run(DRAIN_INBOUND)
+        broker.call(DRAIN_OUTBOUND, DMP, 0)
+        assert broker.runtime.dead_letters.find(DMP) == [], "a fresh failure gave up"
+        assert [t.stream for t in broker.celery.queued if t.countdown is not None] == [
+            keys.outbound(DMP, 0)
+        ]
+        # The first failure two minutes ago, as the drain records attempts.
+        key = keys.ATTEMPTS + DMP
+        ((entry_id, raw),) = broker.client.hgetall(key).items()
+        attempts = json.loads(raw)
+        attempts[0]["at"] -= 120
+        broker.client.hset(key, entry_id, json.dumps(attempts))
         broker.run(limit=50)
 
         letter = only_letter(broker)
         assert letter["reason"].startswith("retries exhausted: ")
-        assert len(letter["attempts"]) >= 2
-        assert not broker.fhir.received_control_ids
+        assert len(letter["attempts"]) == 2
+        assert broker.fhir.status_counts() == {503: 2}
 
     def test_without_a_limit_a_failing_head_is_retried_and_never_dead_lettered(self, make_broker):
         """The default policy (no max_attempts, no max_age_s) retries until the peer takes it."""

@@ -10,6 +10,8 @@ every ``rekick_interval_s``.
 
 from __future__ import annotations
 
+import pytest
+
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK
@@ -79,7 +81,7 @@ def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_f
     make_broker,
 ):
     """Killed mid-send: nobody drains before claim_idle_s; then re-kick, X-1 re-sent first, X-2 after."""
-    broker = make_broker(partitions=1, claim_idle_s=1.0)
+    broker = make_broker(partitions=1, claim_idle_s=3.0)
     x = patients(1, seed=1251)[0]
     for control_id, event in (("X-1", "A01"), ("X-2", "A08")):
         assert read_ack(broker.receive(adt(x, event, control_id=control_id))).code == "AA"
@@ -91,7 +93,7 @@ def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_f
     dead = drainer_lock(broker.client, stream, broker.runtime.settings.claim_idle_s)
     assert dead.__enter__() is not None
     (taken,) = read_batch(broker.client, stream, keys.DELIVER_GROUP, 1)
-    assert 0 < broker.client.pttl(keys.lock(stream)) <= 1000, "the lock outlives claim_idle_s"
+    assert 0 < broker.client.pttl(keys.lock(stream)) <= 3000, "the lock outlives claim_idle_s"
 
     assert broker.call(DRAIN_OUTBOUND, DMP, 0) == 0
     broker.rekick()
@@ -125,3 +127,19 @@ def test_backpressure_is_set_by_the_check_and_expires_by_itself(make_broker):
     broker.client.delete(stream)
     broker.rekick()
     assert not broker.client.exists(keys.PRESSURE), "the next check under the limit lifts it"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the retention trim drops an undelivered queue entry without a dead letter "
+    "(docs/reliability.md §6): a gap to close, not a promise",
+)
+def test_an_undelivered_entry_past_the_retention_ends_as_a_dead_letter(make_broker):
+    """A queue entry older than the retention that no subscriber confirmed is a dead letter, not dropped."""
+    broker = make_broker(partitions=1)
+    stream = keys.outbound(DMP, 0)
+    ensure_group(broker.client, stream, keys.DELIVER_GROUP)
+    broker.client.xadd(stream, {"env": "gone", "pk": "p", "partition": "0"}, id="1-0")  # 1970
+    broker.rekick()  # kicks the stream, then runs the retention trim
+    broker.run()
+    assert broker.runtime.dead_letters.find(DMP), "dropped without a trace"
