@@ -1,20 +1,43 @@
-"""Helpers for tests, the demo and benchmarks: free ports, polling, throw-away registrations."""
+"""Helpers for tests, the demo and benchmarks: free ports, polling, throw-away registrations.
+
+Two ways to run the broker with capture subscribers on loopback:
+
+- :class:`LoopbackStack`: every process (embedded Redis, listener, Celery workers, beat, API) as
+  ``passerelle serve`` runs them; for what only separate processes can show (a killed worker,
+  a restart, the wire).
+- :class:`EagerBroker`: the same drain functions run in the calling process, one task at a time,
+  on a real Redis; the tasks they queue are recorded by a :class:`StubCelery` (the fake kicker)
+  instead of being sent to Celery, and run when the test says so. Fast, deterministic tests of
+  the delivery state machine (retries, dead letters, holds, releases, the re-kick).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
+if TYPE_CHECKING:
+    import redis
+
+    from broker.delivery.replay import Operations
+    from broker.worker.runtime import Runtime
+
 __all__ = [
     "API_TOKEN",
+    "EagerBroker",
     "LoopbackStack",
+    "QueuedTask",
+    "StubCelery",
     "free_port",
     "wait_for_port",
     "wait_until",
@@ -249,3 +272,369 @@ class LoopbackStack:
         for path in sorted((self.data_dir / "logs").glob("*.log")):
             out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
         return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """One task the broker asked Celery to queue (recorded by :class:`StubCelery`).
+
+    Attributes:
+        name: the task name (``broker.dispatch.DRAIN_OUTBOUND``…).
+        args: its arguments: stream coordinates, never patient data.
+        countdown: the delay asked for (a retry's backoff), or None.
+    """
+
+    name: str
+    args: tuple[Any, ...]
+    countdown: float | None = None
+
+    @property
+    def stream(self) -> str | None:
+        """The stream the task works on (a release: the patient's parked stream); None for the re-kick."""
+        from broker import keys
+        from broker.dispatch import (
+            DRAIN_APP_ACKS,
+            DRAIN_INBOUND,
+            DRAIN_OUTBOUND,
+            RELEASE_PATIENT,
+            stream_of,
+        )
+
+        if self.name in (DRAIN_INBOUND, DRAIN_OUTBOUND, DRAIN_APP_ACKS):
+            return stream_of(self.name, list(self.args))
+        if self.name == RELEASE_PATIENT:
+            return keys.parked(str(self.args[0]), str(self.args[1]))
+        return None
+
+
+class _StubPool:
+    def force_close_all(self) -> None:
+        """Nothing to close: no connection is ever opened."""
+
+
+class StubCelery:
+    """The fake kicker: a stand-in for the Celery app that records the tasks it is asked to queue.
+
+    Everything the broker does before the Celery hop runs unchanged on it (``Kicker``'s and
+    ``AsyncKicker``'s kick flags in Redis, ``dispatch.publish``'s reconnect); the hop itself
+    becomes an entry of ``queued``, which :class:`EagerBroker` runs when the test says so.
+    Thread-safe (``AsyncKicker`` publishes from a thread).
+
+    Attributes:
+        queued: the tasks queued and not yet taken, oldest first.
+        down: when True every publish fails as it does when Celery's broker is unreachable.
+
+    Usage::
+
+        celery = StubCelery()
+        kicker = Kicker(celery, redis_client)
+        ...
+        assert celery.kicked() == ["pl:out:dmp-national:3"]
+    """
+
+    def __init__(self) -> None:
+        self.queued: list[QueuedTask] = []
+        self.down = False
+        self.pool = _StubPool()
+        self._lock = threading.Lock()
+
+    def send_task(
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        queue: str | None = None,
+        countdown: float | None = None,
+        **options: Any,
+    ) -> None:
+        """Record ``name(*args)`` as queued (Celery's ``send_task`` signature)."""
+        if self.down:
+            raise ConnectionError("the Celery broker is unreachable (StubCelery.down)")
+        with self._lock:
+            self.queued.append(QueuedTask(name, tuple(args or ()), countdown))
+
+    def connection_for_write(self) -> contextlib.AbstractContextManager[None]:
+        """What ``dispatch.publish`` reconnects with after a failed publish."""
+        if self.down:
+            raise ConnectionError("the Celery broker is unreachable (StubCelery.down)")
+        return contextlib.nullcontext()
+
+    def kicked(self, name: str | None = None) -> list[str]:
+        """The streams of the queued tasks (of task ``name`` only, if given), oldest first."""
+        with self._lock:
+            tasks = list(self.queued)
+        return [t.stream for t in tasks if (name is None or t.name == name) and t.stream]
+
+    def take(self, names: tuple[str, ...] = ()) -> QueuedTask | None:
+        """Remove and return the oldest queued task (of one of ``names``, if given)."""
+        with self._lock:
+            for index, task in enumerate(self.queued):
+                if not names or task.name in names:
+                    return self.queued.pop(index)
+        return None
+
+    def clear(self) -> None:
+        """Forget every queued task."""
+        with self._lock:
+            self.queued.clear()
+
+
+class EagerBroker:
+    """The broker's drains in this process, on a real Redis, with capture subscribers on loopback.
+
+    The in-process counterpart of :class:`LoopbackStack`, with the same registrations
+    (``write_loopback_adapters``: the ``chu-rabat-adt`` MLLP source, the ``dmp-national`` FHIR
+    subscriber on a :class:`~broker.peers.fhir_capture.FhirCapture` and the ``lab-legacy`` MLLP
+    subscriber on a :class:`~broker.peers.mllp_capture.MllpCapture`). Nothing runs by itself:
+    ``receive`` is the listener's intake (journal, then the ACK it returns), and ``run`` runs
+    the queued tasks (the drains of ``broker.worker.tasks``, unchanged) one at a time, oldest
+    first, until none is left. The kicks are recorded by ``celery`` (a :class:`StubCelery`).
+
+    A countdown (a retry's backoff) is recorded, not waited for: the default retry policy here
+    backs off by 10–50 ms, under the drain's hold slack, so a retried head is tried again at
+    once; give a longer ``initial_delay_s`` to see the partition wait.
+
+    While started, the process's ``broker.worker.runtime.runtime()`` is this broker's
+    ``Runtime`` (restored by ``stop``): one at a time per process.
+
+    Usage::
+
+        with EagerBroker(tmp_path, redis_url, retry={"max_attempts": 3}) as broker:
+            assert read_ack(broker.receive(adt(patient, "A01"))).code == "AA"
+            broker.run()
+            broker.fhir_control_ids()
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        redis_url: str,
+        *,
+        fhir_validate: bool = False,
+        retry: dict[str, Any] | None = None,
+        ack_timeout_s: float = 2.0,
+        inbound: dict[str, Any] | None = None,
+        events: dict[str, list[str]] | None = None,
+        **settings: Any,
+    ) -> None:
+        from broker.peers.fhir_capture import FhirCapture
+        from broker.peers.mllp_capture import MllpCapture
+
+        self.data_dir = data_dir
+        self.redis_url = redis_url
+        self.fhir = FhirCapture(validate=fhir_validate, keep_bundles=True)
+        self.lab = MllpCapture()
+        self.celery = StubCelery()
+        self._retry = retry or {}
+        self._ack_timeout_s = ack_timeout_s
+        self._inbound = inbound or {}
+        self._events = events
+        self._settings_overrides = settings
+        self._runtime: Runtime | None = None
+        self._previous: Runtime | None = None
+
+    def __enter__(self) -> EagerBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the peers, write the registrations, build the runtime and make it this process's."""
+        from broker.settings import Settings
+        from broker.worker import runtime as worker_runtime
+
+        fhir_port = self.fhir.start_in_thread()
+        _, lab_port = self.lab.start_in_thread()
+        adapters = self.data_dir / "adapters"
+        write_loopback_adapters(
+            adapters,
+            inbound_port=free_port(),
+            fhir_port=fhir_port,
+            lab_port=lab_port,
+            retry={"initial_delay_s": 0.01, "max_delay_s": 0.05, **self._retry},
+            ack_timeout_s=self._ack_timeout_s,
+            inbound=self._inbound,
+            events=self._events,
+        )
+        settings = Settings(
+            data_dir=self.data_dir,
+            adapters_dir=adapters,
+            redis_url=self.redis_url,
+            **self._settings_overrides,
+        )
+        self._runtime = _eager_runtime(settings, self.celery)
+        # The drains find their Runtime through runtime(); a Celery worker builds it on first
+        # use, here it is this broker's (the module global is the one place they look).
+        self._previous = worker_runtime._runtime
+        worker_runtime._runtime = self._runtime
+
+    def stop(self) -> None:
+        """Close the senders and connections, give back the previous runtime, stop the peers."""
+        from broker.worker import acks
+        from broker.worker import runtime as worker_runtime
+
+        if self._runtime is not None:
+            if worker_runtime._runtime is self._runtime:
+                worker_runtime._runtime = self._previous
+            for sender in self._runtime.senders.values():
+                sender.close()
+            self._runtime.client.close()
+            self._runtime = None
+        # drain_app_acks keeps one MLLP client per source in its module: the next broker's
+        # return address is another port.
+        for client in acks._clients.values():
+            client.close()
+        acks._clients.clear()
+        self.fhir.stop()
+        self.lab.stop()
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the drains run with: settings, registrations, mappings, Redis, senders."""
+        if self._runtime is None:
+            raise RuntimeError("start the EagerBroker first")
+        return self._runtime
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client the drains use."""
+        return self.runtime.client
+
+    def receive(
+        self, payload: bytes | str, adapter: str = "chu-rabat-adt", peer: str = "127.0.0.1:0"
+    ) -> bytes | None:
+        """Hand one frame's payload to the listener's intake, as the MLLP server does.
+
+        Returns:
+            The ACK the listener would send, or None when it sends none (enhanced mode).
+        """
+        import redis.asyncio
+
+        from broker.dispatch import AsyncKicker
+        from broker.ingest import HL7v2Intake
+        from broker.journal import Journal
+
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        rt = self.runtime
+        settings = rt.settings
+
+        async def intake() -> bytes | None:
+            client = redis.asyncio.Redis.from_url(self.redis_url)
+            try:
+                journal = Journal(
+                    client,
+                    settings.dedupe_window_s,
+                    rejected_head_bytes=settings.rejected_head_bytes,
+                )
+                handler = HL7v2Intake(
+                    rt.adapters[adapter],
+                    journal,
+                    rt.mappings.supports,
+                    settings.partitions,
+                    AsyncKicker(self.celery, client),
+                )
+                return await handler(data, peer)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(intake())
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Run task ``name(*args)`` now, as a Celery worker would; return its result."""
+        from broker.worker import tasks
+
+        functions: dict[str, Callable[..., Any]] = {
+            "passerelle.drain_inbound": tasks.drain_inbound,
+            "passerelle.drain_outbound": tasks.drain_outbound,
+            "passerelle.release_patient": tasks.release_patient,
+            "passerelle.drain_app_acks": tasks.drain_app_acks,
+            "passerelle.rekick": tasks.rekick,
+        }
+        return functions[name](*args)
+
+    def run(self, *names: str, limit: int = 500) -> list[QueuedTask]:
+        """Run queued tasks (of ``names`` only, if given), oldest first, until none is left.
+
+        Tasks queued while running are run too. Returns the tasks run, in order.
+
+        Raises:
+            RuntimeError: when tasks are still being queued after ``limit`` of them (an endless
+                retry, or a drain that keeps kicking itself).
+        """
+        ran: list[QueuedTask] = []
+        while (task := self.celery.take(names)) is not None:
+            if len(ran) >= limit:
+                msg = f"tasks still queued after {limit} ran (next: {task}): an endless retry?"
+                raise RuntimeError(msg)
+            self.call(task.name, *task.args)
+            ran.append(task)
+        return ran
+
+    def rekick(self) -> int:
+        """Run the periodic re-kick once (beat's task); return how many streams it kicked."""
+        return int(self.call("passerelle.rekick"))
+
+    def operations(self) -> Operations:
+        """The operator actions (replay, discard…), queueing their tasks on ``celery``."""
+        from broker.delivery.replay import Operations
+        from broker.dispatch import QUEUE
+
+        return Operations(
+            self.client,
+            enqueue=lambda name, args: self.celery.send_task(name, args=args, queue=QUEUE),
+            subscribers=[s.id for s in self.runtime.subscribers],
+            retention_s=self.runtime.settings.retention_s,
+        )
+
+    def control_id(self, envelope_id: str) -> str:
+        """The MSH-10 of a stored envelope (what a test sent), from its id."""
+        import json
+
+        from broker import keys
+
+        raw = self.client.get(keys.envelope(envelope_id))
+        if raw is None:
+            msg = f"no stored envelope {envelope_id}"
+            raise KeyError(msg)
+        return str(json.loads(raw)["control_id"])
+
+    def fhir_control_ids(self) -> list[str]:
+        """The MSH-10 of every Bundle the FHIR capture accepted, in arrival order, repeats kept."""
+        return [self.control_id(e) for e in self.fhir.received_control_ids]
+
+
+_MAPPINGS: dict[tuple[Path, ...], Any] = {}
+"""Mapping sets loaded by EagerBrokers of this process, by their roots (they are read-only)."""
+
+
+def _eager_runtime(settings: Any, celery: StubCelery) -> Runtime:
+    """A worker ``Runtime`` whose mappings are loaded once per process and set of roots.
+
+    Loading and compiling the base mappings takes most of a second; a test module starts an
+    EagerBroker per test. The rest is built as ``Runtime.__post_init__`` builds it.
+    """
+    import redis as redis_sync
+
+    from broker.adapters.spec import load_adapters
+    from broker.delivery.dead_letter import DeadLetterStore
+    from broker.dispatch import Kicker
+    from broker.mapping import MappingSet
+    from broker.mapping.reload import MappingWatcher
+    from broker.worker.runtime import Runtime
+
+    class EagerRuntime(Runtime):
+        def __post_init__(self) -> None:
+            roots = self.settings.mapping_roots
+            mappings = _MAPPINGS.get(roots)
+            if mappings is None:
+                mappings = _MAPPINGS[roots] = MappingSet.load(roots)
+            self.client = redis_sync.Redis.from_url(self.settings.effective_redis_url)
+            specs = load_adapters(self.settings.adapters_dir, hl7_versions=mappings.hl7_versions)
+            self.adapters = {spec.id: spec for spec in specs}
+            self.subscribers = [s for s in specs if s.direction == "outbound" and s.enabled]
+            self.watcher = MappingWatcher(roots, mappings)
+            self.kicker = Kicker(self.celery, self.client)
+            self.dead_letters = DeadLetterStore(self.client)
+
+    return EagerRuntime(settings, celery)

@@ -8,7 +8,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from broker.ack import ERROR_CODES, AckReply, build_ack, read_ack
+from broker.ack import ERROR_CODES, AckReply, build_ack, read_ack, should_acknowledge
 from broker.errors import HL7v2ParseError
 from broker.parsing.hl7v2 import parse
 
@@ -203,3 +203,25 @@ class TestReadAck:
         """A charset other than UTF-8 can be named for the reply's bytes."""
         reply = "MSH|^~\\&|LAB\rMSA|AE|MSG0001|donnée refusée\r".encode("latin-1")
         assert read_ack(reply, charset="latin-1").text == "donnée refusée"
+
+
+class TestShouldAcknowledge:
+    @pytest.mark.parametrize(
+        ("condition", "accepted", "expected"),
+        [
+            pytest.param("AL", True, True, id="AL-success"),
+            pytest.param("AL", False, True, id="AL-error"),
+            pytest.param("NE", True, False, id="NE-success"),
+            pytest.param("NE", False, False, id="NE-error"),
+            pytest.param("ER", True, False, id="ER-success"),
+            pytest.param("ER", False, True, id="ER-error"),
+            pytest.param("SU", True, True, id="SU-success"),
+            pytest.param("SU", False, False, id="SU-error"),
+            pytest.param("", True, True, id="empty-success"),
+            pytest.param("", False, True, id="empty-error"),
+            pytest.param(" su ", False, False, id="case-and-spaces"),
+        ],
+    )
+    def test_table_0155(self, condition: str, accepted: bool, expected: bool) -> None:
+        """HL7 table 0155 (MSH-15/16): AL always, NE never, ER on error, SU on success, empty always."""
+        assert should_acknowledge(condition, accepted) is expected

@@ -17,6 +17,7 @@ from broker.ingest import HL7v2Intake, partition_key
 from broker.journal import Journal
 from broker.parsing.hl7v2 import parse
 from broker.synthetic import adt, patients
+from broker.testing import QueuedTask, StubCelery
 
 ADAPTER = AdapterSpec(
     id="chu-rabat-adt",
@@ -27,26 +28,14 @@ ADAPTER = AdapterSpec(
 )
 
 
-class _NoCelery:
-    """Records kicks instead of publishing them (the drain itself is tested on the real stack)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[int]]] = []
-
-    def send_task(
-        self, name: str, args: list[int], queue: str, countdown: float | None = None
-    ) -> None:
-        self.sent.append((name, args))
-
-
 def intake(
     url: str,
     supports=lambda event, version, adapter: event.startswith("ADT"),
     adapter: AdapterSpec = ADAPTER,
     rejected_head_bytes: int = 64 * 1024,
-) -> tuple[HL7v2Intake, _NoCelery, redis.asyncio.Redis]:
+) -> tuple[HL7v2Intake, StubCelery, redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(url)
-    celery = _NoCelery()
+    celery = StubCelery()  # records the kicks (the drain is tested in tests/worker)
     journal = Journal(client, dedupe_window_s=60, rejected_head_bytes=rejected_head_bytes)
     handler = HL7v2Intake(adapter, journal, supports, 8, AsyncKicker(celery, client))
     return handler, celery, client
@@ -81,30 +70,19 @@ class TestIntake:
         partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER), 8)
         entries = redis_client.xrange(keys.inbound(partition))
         assert [e[1][b"raw"] for e in entries] == [message]
-        assert celery.sent == [("passerelle.drain_inbound", [partition])]
+        assert celery.queued == [QueuedTask("passerelle.drain_inbound", (partition,))]
 
     def test_a_journalled_message_gets_its_aa_when_the_kick_cannot_be_queued(
         self, redis_url, redis_client, message
     ):
         """Journalled but the drain task not queued (broker link down): still AA; beat re-kicks."""
 
-        class _BrokenPool:
-            def force_close_all(self) -> None:
-                pass
-
-        class _DownCelery(_NoCelery):
-            pool = _BrokenPool()
-
-            def send_task(self, *args, **kwargs) -> None:
-                raise ConnectionError("the Celery broker is unreachable")
-
-            def connection_for_write(self):
-                raise ConnectionError("the Celery broker is unreachable")
-
         async def go():
             client = redis.asyncio.Redis.from_url(redis_url)
             journal = Journal(client, dedupe_window_s=60, rejected_head_bytes=1024)
-            kicker = AsyncKicker(_DownCelery(), client)
+            down = StubCelery()
+            down.down = True  # every publish fails, the reconnect too
+            kicker = AsyncKicker(down, client)
             handler = HL7v2Intake(ADAPTER, journal, lambda *a: True, 8, kicker)
             answer = await handler(message, "peer")
             await client.aclose()

@@ -26,6 +26,7 @@ from broker.api import create_app
 from broker.errors import MessageError
 from broker.mapping import MapContext, MappingSet
 from broker.settings import REPO_ROOT, Settings
+from broker.testing import StubCelery
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
@@ -119,11 +120,7 @@ def fixture_app_client(
     settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=adapters)
     app = create_app(settings)
 
-    class _NoCelery:
-        def send_task(self, *args: Any, **kwargs: Any) -> None:
-            """Kicks are not published: nothing drains in these tests."""
-
-    app.state.inbound_celery = _NoCelery()
+    app.state.inbound_celery = StubCelery()  # kicks recorded: nothing drains here
     with TestClient(app) as client:
         yield client
 

@@ -20,6 +20,7 @@ from broker.api import create_app
 from broker.api.inbound import MAX_JSON_DEPTH
 from broker.settings import Settings
 from broker.synthetic import adt, patients
+from broker.testing import StubCelery
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,26 +50,14 @@ PATIENT: dict[str, Any] = {
 }
 
 
-class _NoCelery:
-    """Records kicks instead of publishing them."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[int]]] = []
-
-    def send_task(
-        self, name: str, args: list[int], queue: str, countdown: float | None = None
-    ) -> None:
-        self.sent.append((name, args))
-
-
 @pytest.fixture(scope="module", name="celery")
-def fixture_celery() -> _NoCelery:
-    return _NoCelery()
+def fixture_celery() -> StubCelery:
+    return StubCelery()
 
 
 @pytest.fixture(scope="module", name="app_client")
 def fixture_app_client(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory, celery: _NoCelery
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, celery: StubCelery
 ) -> Iterator[TestClient]:
     adapters: Path = tmp_path_factory.mktemp("adapters")
     for name, text in ADAPTERS.items():
@@ -88,9 +77,9 @@ def fixture_app_client(
 
 @pytest.fixture(name="client")
 def fixture_client(
-    app_client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+    app_client: TestClient, redis_client: redis.Redis, celery: StubCelery
 ) -> TestClient:
-    celery.sent.clear()
+    celery.clear()
     return app_client
 
 
@@ -136,7 +125,7 @@ def _nested_extension(levels: int) -> dict[str, Any]:
 
 class TestHL7v2:
     def test_a_message_is_journalled_and_answered_aa(
-        self, client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+        self, client: TestClient, redis_client: redis.Redis, celery: StubCelery
     ) -> None:
         """200 with an AA ACK echoing MSH-10; the raw bytes are in the journal, a drain queued."""
         reply = client.post("/inbound/hosp-http/hl7v2", content=_message(), headers=AUTH)
@@ -147,7 +136,7 @@ class TestHL7v2:
         (fields,) = _journalled(redis_client)
         assert fields[b"raw"] == _message()
         assert fields[b"source"] == b"hosp-http"
-        assert [name for name, _ in celery.sent] == ["passerelle.drain_inbound"]
+        assert [task.name for task in celery.queued] == ["passerelle.drain_inbound"]
 
     @pytest.mark.parametrize(
         ("payload", "code"),
@@ -252,7 +241,7 @@ class TestHL7v2:
 
 class TestFHIR:
     def test_a_valid_resource_is_journalled_and_202(
-        self, client: TestClient, redis_client: redis.Redis, celery: _NoCelery
+        self, client: TestClient, redis_client: redis.Redis, celery: StubCelery
     ) -> None:
         """202 with an information OperationOutcome; the JSON is journalled as FHIR."""
         body = json.dumps(PATIENT)
@@ -265,7 +254,7 @@ class TestFHIR:
         (fields,) = _journalled(redis_client)
         assert fields[b"content_type"] == b"application/fhir+json"
         assert fields[b"raw"] == body.encode()
-        assert len(celery.sent) == 1
+        assert len(celery.queued) == 1
 
     def test_a_resent_resource_is_answered_once_and_journalled_once(
         self, client: TestClient, redis_client: redis.Redis
@@ -462,7 +451,7 @@ def test_journal_down_is_503_for_both_routes(tmp_path: Path) -> None:
         adapters_dir=adapters,
     )
     app = create_app(settings)
-    app.state.inbound_celery = _NoCelery()
+    app.state.inbound_celery = StubCelery()
     with TestClient(app) as client:
         hl7 = client.post("/inbound/hosp-http/hl7v2", content=_message(), headers=AUTH)
         fhir = _post_fhir(client, json.dumps(PATIENT))

@@ -1,0 +1,289 @@
+"""The delivery state machine in process (no Celery, no serve), on a real Redis and loopback peers.
+
+Each test feeds HL7 v2 messages through the listener's intake and runs the real drains eagerly
+(``broker.testing.EagerBroker``). What is asserted is what reached the capture subscribers, what
+they answered (their own counts) and the dead-letter records in Redis. ``partitions=1`` puts every
+patient in one partition, so "the others go on" is checked in the very partition of the failure.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker import keys
+from broker.ack import read_ack
+from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, RELEASE_PATIENT
+from broker.synthetic import adt, patients
+from broker.testing import EagerBroker, wait_until
+
+DMP = "dmp-national"
+LAB = "lab-legacy"
+
+
+def receive(broker: EagerBroker, *messages: tuple[object, str, str]) -> None:
+    """Send (patient, event, control id) messages through the intake; each must get AA."""
+    for patient, event, control_id in messages:
+        answer = broker.receive(adt(patient, event, control_id=control_id))
+        assert answer is not None
+        assert read_ack(answer).code == "AA", answer
+
+
+def envelope_ids(broker: EagerBroker, subscriber: str) -> dict[str, str]:
+    """MSH-10 → envelope id of everything queued for ``subscriber`` (every partition)."""
+    found = {}
+    for partition in range(broker.runtime.settings.partitions):
+        for _, fields in broker.client.xrange(keys.outbound(subscriber, partition)):
+            envelope_id = fields[b"env"].decode()
+            found[broker.control_id(envelope_id)] = envelope_id
+    return found
+
+
+def parked(broker: EagerBroker, subscriber: str, patient_key: str) -> list[str]:
+    """MSH-10 of a held patient's parked messages, in order."""
+    stream = keys.parked(subscriber, patient_key)
+    return [broker.control_id(f[b"env"].decode()) for _, f in broker.client.xrange(stream)]
+
+
+def only_letter(broker: EagerBroker, subscriber: str = DMP) -> dict:
+    """The one open dead letter of ``subscriber``."""
+    letters = broker.runtime.dead_letters.find(subscriber)
+    assert len(letters) == 1, f"expected one dead letter for {subscriber}, found {len(letters)}"
+    return letters[0]
+
+
+class TestRetriesExhausted:
+    def test_a_head_out_of_attempts_is_a_dead_letter_with_the_reason_and_each_reply(
+        self, make_broker
+    ):
+        """max_attempts: 3 failures (503) make a dead letter holding every reply; the partition goes on."""
+        broker = make_broker(retry={"max_attempts": 3}, partitions=1)
+        x, y = patients(2, seed=1201)
+        broker.fhir.fail_next(3, "error")
+        receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
+        ran = broker.run()
+
+        letter = only_letter(broker)
+        assert letter["reason"].startswith("retries exhausted: ")
+        assert "503" in letter["reason"]
+        assert [a["reply"][:8] for a in letter["attempts"]] == ["HTTP 503"] * 3
+        assert letter["envelope_id"] == envelope_ids(broker, DMP)["X-1"]
+        assert broker.fhir.status_counts().get(503) == 3, "the peer did not see three attempts"
+        retries = [t for t in ran if t.name == DRAIN_OUTBOUND and t.countdown is not None]
+        assert len(retries) == 2, "two retries are scheduled before the third attempt gives up"
+        assert broker.fhir_control_ids() == ["Y-1"]
+        assert broker.lab.control_ids() == ["X-1", "Y-1"], "the other subscriber is not held"
+
+    def test_a_head_failing_past_its_max_age_is_a_dead_letter(self, make_broker):
+        """max_age_s: retried while young; once its first failure is older than the limit, a dead letter."""
+        broker = make_broker(retry={"max_age_s": 60}, partitions=1)
+        x = patients(1, seed=1202)[0]
+        broker.fhir.mode = "error"
+        receive(broker, (x, "A01", "X-1"))
+        broker.run(DRAIN_INBOUND)
+        broker.call(DRAIN_OUTBOUND, DMP, 0)
+        assert broker.runtime.dead_letters.find(DMP) == [], "a fresh failure gave up"
+        assert [t.stream for t in broker.celery.queued if t.countdown is not None] == [
+            keys.outbound(DMP, 0)
+        ]
+        # The first failure two minutes ago, as the drain records attempts.
+        key = keys.ATTEMPTS + DMP
+        ((entry_id, raw),) = broker.client.hgetall(key).items()
+        attempts = json.loads(raw)
+        attempts[0]["at"] -= 120
+        broker.client.hset(key, entry_id, json.dumps(attempts))
+        broker.run(limit=50)
+
+        letter = only_letter(broker)
+        assert letter["reason"].startswith("retries exhausted: ")
+        assert len(letter["attempts"]) == 2
+        assert broker.fhir.status_counts() == {503: 2}
+
+    def test_without_a_limit_a_failing_head_is_retried_and_never_dead_lettered(self, make_broker):
+        """The default policy (no max_attempts, no max_age_s) retries until the peer takes it."""
+        broker = make_broker(partitions=1)
+        x, y = patients(2, seed=1203)
+        broker.fhir.fail_next(6, "error")
+        receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
+        broker.run()
+
+        assert broker.runtime.dead_letters.find(DMP) == []
+        assert broker.fhir.status_counts().get(503) == 6
+        assert broker.fhir_control_ids() == ["X-1", "Y-1"]
+
+
+class TestRenderingBug:
+    def test_a_renderer_crash_is_a_dead_letter_not_a_retry_and_the_partition_goes_on(
+        self, make_broker
+    ):
+        """An envelope the renderer raises on (KeyError) is dead-lettered once; nothing is sent for it."""
+        broker = make_broker(partitions=1)
+        x, y = patients(2, seed=1211)
+        receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
+        broker.run(DRAIN_INBOUND)
+        # A stored envelope the renderer's code does not expect: an entry without its fullUrl.
+        key = keys.envelope(envelope_ids(broker, DMP)["X-1"])
+        envelope = json.loads(broker.client.get(key))
+        del envelope["bundle"]["entry"][1]["fullUrl"]
+        broker.client.set(key, json.dumps(envelope))
+        ran = broker.run(limit=50)  # an endless retry raises instead of passing
+
+        letter = only_letter(broker)
+        assert letter["reason"] == (
+            "internal error while rendering or sending (KeyError); see the worker log"
+        )
+        assert len(letter["attempts"]) == 1
+        assert not [t for t in ran if t.countdown is not None], "a rendering bug was retried"
+        assert broker.fhir.status_counts() == {200: 1}, "something was sent for the bad envelope"
+        assert broker.fhir_control_ids() == ["Y-1"]
+
+
+class TestExpiredEnvelope:
+    def test_an_envelope_gone_past_its_retention_is_a_dead_letter_that_holds_nobody(
+        self, make_broker
+    ):
+        """Its queue entry outlived the envelope: dead letter "expired", no payload; the patient goes on."""
+        broker = make_broker(partitions=1)
+        x, y = patients(2, seed=1221)
+        receive(broker, (x, "A01", "X-1"), (x, "A08", "X-2"), (y, "A01", "Y-1"))
+        broker.run(DRAIN_INBOUND)
+        key = keys.envelope(envelope_ids(broker, DMP)["X-1"])
+        assert 0 < broker.client.ttl(key) <= broker.runtime.settings.retention_s
+        broker.client.pexpire(key, 1)  # the retention TTL, run out
+        assert wait_until(lambda: not broker.client.exists(key), 10)
+        broker.run()
+
+        letter = only_letter(broker)
+        assert letter["reason"] == "the envelope expired before delivery"
+        assert letter["envelope"] is None
+        assert not letter["holds_patient"]
+        assert broker.client.hlen(keys.held(DMP)) == 0
+        assert broker.fhir.status_counts() == {200: 2}
+        assert [broker.control_id(e) for e in broker.fhir.received_control_ids] == ["X-2", "Y-1"]
+
+
+@pytest.fixture
+def held(make_broker):
+    """X's first message refused for good (422) by the FHIR subscriber; X-2, X-3 behind it.
+
+    Y and Z, in the same (only) partition, arrive between X's messages.
+    """
+    broker = make_broker(partitions=1)
+    x, y, z = patients(3, seed=1231)
+    broker.fhir.fail_next(1, "reject")
+    receive(
+        broker,
+        (x, "A01", "X-1"),
+        (y, "A01", "Y-1"),
+        (x, "A08", "X-2"),
+        (z, "A01", "Z-1"),
+        (x, "A08", "X-3"),
+    )
+    broker.run()
+    return broker, x, y
+
+
+class TestHold:
+    def test_a_dead_letter_parks_its_patients_later_messages_and_others_of_the_partition_go_on(
+        self, held
+    ):
+        """X-1 refused: X-2, X-3 parked behind it; Y and Z, same partition, delivered; the lab gets all."""
+        broker, _, _ = held
+        letter = only_letter(broker)
+        assert letter["holds_patient"]
+        assert "422" in letter["attempts"][0]["reply"]
+        assert {e["partition"] for e in map(json.loads, _envelopes(broker))} == {0}
+        assert broker.fhir_control_ids() == ["Y-1", "Z-1"]
+        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3"]
+        assert broker.lab.control_ids() == ["X-1", "Y-1", "X-2", "Z-1", "X-3"]
+
+    def test_a_held_patients_message_arriving_later_is_parked_too(self, held):
+        """A message of X in a later batch joins the parked stream; Y's goes through."""
+        broker, x, y = held
+        receive(broker, (x, "A08", "X-4"), (y, "A08", "Y-2"))
+        broker.run()
+        letter = only_letter(broker)
+        assert broker.fhir_control_ids() == ["Y-1", "Z-1", "Y-2"]
+        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3", "X-4"]
+
+    def test_skip_policy_delivers_the_patients_later_messages(self, make_broker):
+        """on_exhausted: skip: the refused message is a dead letter that holds nobody."""
+        broker = make_broker(retry={"on_exhausted": "skip"}, partitions=1)
+        x = patients(1, seed=1232)[0]
+        broker.fhir.fail_next(1, "reject")
+        receive(broker, (x, "A01", "X-1"), (x, "A08", "X-2"))
+        broker.run()
+        assert not only_letter(broker)["holds_patient"]
+        assert broker.fhir_control_ids() == ["X-2"]
+
+
+class TestRelease:
+    def test_replay_delivers_the_dead_letter_then_the_parked_messages_in_order(self, held):
+        """Replay: X-1, X-2, X-3 delivered in order, hold lifted, record delivered; X-4 goes straight on."""
+        broker, x, _ = held
+        letter = only_letter(broker)
+        broker.operations().replay(DMP, letter["id"], who="test", why="receiver fixed")
+        assert broker.celery.kicked(RELEASE_PATIENT) == [keys.parked(DMP, letter["patient"])]
+        broker.run()
+
+        assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-1", "X-2", "X-3"]
+        assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
+        assert broker.client.xlen(keys.parked(DMP, letter["patient"])) == 0
+        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "delivered"
+        receive(broker, (x, "A08", "X-4"))
+        broker.run()
+        assert broker.fhir_control_ids()[-1] == "X-4"
+
+    def test_discard_delivers_the_parked_messages_without_the_dead_letter(self, held):
+        """Discard: X-2, X-3 delivered in order, X-1 never; the hold is lifted."""
+        broker, _, _ = held
+        letter = only_letter(broker)
+        broker.operations().discard(DMP, letter["id"], who="test", why="wrong registry")
+        broker.run()
+
+        assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-2", "X-3"]
+        assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
+        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "discarded"
+
+    def test_a_replay_refused_again_reopens_the_dead_letter_and_keeps_the_hold(self, held):
+        """Replay while the peer still refuses: X-1 open again, X-2, X-3 still parked, nothing sent."""
+        broker, _, _ = held
+        letter = only_letter(broker)
+        broker.fhir.fail_next(1, "reject")
+        broker.operations().replay(DMP, letter["id"], who="test", why="try again")
+        broker.run()
+
+        record = broker.runtime.dead_letters.get(DMP, letter["id"])
+        assert record["status"] == "open"
+        assert len(record["attempts"]) == 2
+        assert broker.fhir_control_ids() == ["Y-1", "Z-1"]
+        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3"]
+        assert broker.client.hget(keys.held(DMP), letter["patient"]) is not None
+
+
+class TestRetryWait:
+    def test_a_retried_head_holds_its_partition_until_its_time_then_order_is_kept(
+        self, make_broker
+    ):
+        """A 503 head waits out its backoff (pl:hold), Y behind it waits too; then X-1, Y-1 in order."""
+        broker = make_broker(retry={"initial_delay_s": 30, "max_delay_s": 30}, partitions=1)
+        x, y = patients(2, seed=1241)
+        broker.fhir.fail_next(1, "error")
+        receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
+        ran = broker.run()
+
+        (retry,) = [t for t in ran if t.countdown is not None]
+        assert retry.stream == keys.outbound(DMP, 0)
+        assert 24 <= retry.countdown <= 36, "the backoff is initial_delay_s ± jitter"
+        assert broker.fhir.received_control_ids == [], "Y-1 passed the failing head"
+        assert broker.rekick() == 0, "the re-kick must respect the retry time"
+        broker.client.set(keys.hold(DMP, 0), "0")  # the backoff has run out
+        assert broker.rekick() == 1
+        broker.run()
+        assert broker.fhir_control_ids() == ["X-1", "Y-1"]
+
+
+def _envelopes(broker: EagerBroker) -> list[bytes]:
+    """The stored envelopes of everything queued for the FHIR subscriber."""
+    return [broker.client.get(keys.envelope(e)) for e in envelope_ids(broker, DMP).values()]
