@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,3 +24,28 @@ def fixture_ctx() -> MapContext:
     return MapContext(
         "env-test", "chu-rabat", received_at=datetime(2024, 3, 15, 10, 30, 5, tzinfo=UTC)
     )
+
+
+@pytest.fixture(name="golden_root")
+def fixture_golden_root(tmp_path: Path) -> Callable[..., Path]:
+    """A factory: a copy of mappings/ in tmp_path holding only the golden cases named.
+
+    ``make("adt_a01", "chu-rabat-adt/adt_a01_zpi")`` copies each case's input and expected file;
+    the golden set is run once, in test_golden.py, and CLI tests use a couple of cases.
+    """
+
+    def make(*keys: str, dest: Path | None = None) -> Path:
+        root = dest or tmp_path / "mappings"
+        shutil.copytree(
+            ROOT / "mappings",
+            root,
+            ignore=lambda d, _: ["tests"] if d == str(ROOT / "mappings") else [],
+        )
+        for key in keys:
+            for source in (ROOT / "mappings" / "tests").glob(f"{key}.*"):
+                target = root / "tests" / source.relative_to(ROOT / "mappings" / "tests")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+        return root
+
+    return make
