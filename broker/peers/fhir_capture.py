@@ -39,7 +39,7 @@ from typing import Any, Final, Literal, get_args
 
 from broker.log import get_logger
 
-__all__ = ["FhirCapture", "Mode", "StoredResource"]
+__all__ = ["FhirCapture", "HeldRequest", "Mode", "StoredResource"]
 
 Mode = Literal["ok", "down", "error", "reject"]
 """``ok`` answers; ``down`` stops listening; ``error`` answers 503; ``reject`` answers 422."""
@@ -80,6 +80,30 @@ class StoredResource:
     id: str
     version: int
     resource: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """A request the capture held for ``latency_s`` before answering.
+
+    Attributes:
+        peer: the client's ``(host, port)``: with ``/proc`` it names the process that sent it.
+        body: the request body as received.
+    """
+
+    peer: tuple[str, int]
+    body: bytes
+
+    @property
+    def identifier(self) -> str | None:
+        """``Bundle.identifier.value`` of the body (the broker's envelope id), if it has one."""
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return None
+        found = document.get("identifier") if isinstance(document, dict) else None
+        value = found.get("value") if isinstance(found, dict) else None
+        return str(value) if value else None
 
 
 class _HttpError(Exception):
@@ -135,6 +159,9 @@ class FhirCapture:
 
     Attributes:
         latency_s: seconds to wait before answering each request (simulates a slow subscriber).
+            While a request waits it is listed by ``in_flight()``; one whose connection closes
+            before its answer (the sender died or gave up) moves to ``abandoned()`` and is
+            neither answered nor recorded.
     """
 
     def __init__(
@@ -168,6 +195,8 @@ class FhirCapture:
         self._statuses: Counter[int] = Counter()
         self._plain_creates: Counter[str] = Counter()
         self._invalid = 0
+        self._in_flight: dict[int, HeldRequest] = {}
+        self._abandoned: list[HeldRequest] = []
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:8]
         self._validator: Callable[[dict[str, Any]], object] | None = None
@@ -316,6 +345,16 @@ class FhirCapture:
         with self._lock:
             return list(zip(self._control_ids, self._arrivals, strict=True))
 
+    def in_flight(self) -> list[HeldRequest]:
+        """The requests being held by ``latency_s`` right now, not answered yet."""
+        with self._lock:
+            return list(self._in_flight.values())
+
+    def abandoned(self) -> list[HeldRequest]:
+        """The held requests whose connection closed before they were answered, in order."""
+        with self._lock:
+            return list(self._abandoned)
+
     def duplicate_control_ids(self) -> dict[str, int]:
         """Identifier values received more than once → how many times."""
         with self._lock:
@@ -354,6 +393,7 @@ class FhirCapture:
             self._statuses.clear()
             self._plain_creates.clear()
             self._invalid = 0
+            self._abandoned.clear()
 
     # --- server ----------------------------------------------------------------------------
 
@@ -390,6 +430,16 @@ class FhirCapture:
         if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=2)
+
+    def _hold(self, connection: _Connection, request: _Request) -> None:
+        with self._lock:
+            self._in_flight[id(connection)] = HeldRequest(connection.peer, request.body)
+
+    def _settle(self, connection: _Connection, *, answered: bool) -> None:
+        with self._lock:
+            held = self._in_flight.pop(id(connection), None)
+            if held is not None and not answered:
+                self._abandoned.append(held)
 
     def _answer(self, transport: asyncio.Transport, request: _Request) -> None:
         status, payload, extra = self._dispatch(request.method, request.target, request.body)
@@ -630,15 +680,21 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.busy = False
+        self.peer: tuple[str, int] = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
         self.capture._transports.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.capture._transports.discard(self.transport)
+        if self.busy:
+            self.capture._settle(self, answered=False)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -659,8 +715,10 @@ class _Connection(asyncio.Protocol):
                 return
             delay = self.capture.latency_s
             if delay > 0:
+                # Reading goes on while the request is held (later bytes wait in the buffer),
+                # so a sender that disconnects meanwhile is seen: its request is abandoned.
                 self.busy = True
-                transport.pause_reading()
+                self.capture._hold(self, request)
                 asyncio.get_running_loop().call_later(delay, self._delayed, request)
                 return
             self.capture._answer(transport, request)
@@ -672,12 +730,13 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         self.busy = False
         if transport is None or transport.is_closing():
+            self.capture._settle(self, answered=False)
             return
+        self.capture._settle(self, answered=True)
         self.capture._answer(transport, request)
         if not request.keep_alive:
             transport.close()
             return
-        transport.resume_reading()
         self._process()
 
     def _next_request(self) -> _Request | None:

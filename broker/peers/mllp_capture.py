@@ -1,8 +1,10 @@
 """A built-in MLLP capture endpoint: the "legacy lab system" subscriber of the demo and tests.
 
 It records every message it receives and answers as its ``mode`` says, which tests change at run
-time to simulate a receiver that errors, rejects or hangs. It sits in the benchmark's hot path,
-so it reads only the MSH line of each message.
+time to simulate a receiver that errors, rejects or hangs. Each record keeps the answer it got,
+so a test can tell a message the receiver *accepted* (answered AA) from one it refused (AE, AR)
+or left unanswered: only the first is delivered. It sits in the benchmark's hot path, so it reads
+only the MSH line of each message.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ class CapturedMessage:
         received_at: when the frame was complete (UTC).
         control_id: MSH-10, ``""`` when the payload was not readable HL7.
         text: the decoded message as received.
+        answer: the acknowledgment code the capture answered (``AA``, ``AE``, ``AR``), ``None``
+            when it answered nothing (``silent``).
     """
 
     received_at: datetime
     control_id: str
     text: str
+    answer: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True when the capture answered AA: the one answer that makes a message delivered."""
+        return self.answer == "AA"
 
 
 class MllpCapture:
@@ -124,9 +134,31 @@ class MllpCapture:
             return len(self._unique)
 
     def control_ids(self) -> list[str]:
-        """The MSH-10 of every message received, in arrival order."""
+        """The MSH-10 of every message received, in arrival order, refused ones included."""
         with self._changed:
             return [r.control_id for r in self._records]
+
+    @property
+    def accepted(self) -> list[CapturedMessage]:
+        """The messages answered AA, in arrival order (a receiver keeps only these)."""
+        with self._changed:
+            return [r for r in self._records if r.accepted]
+
+    @property
+    def refused(self) -> list[CapturedMessage]:
+        """The messages answered AE or AR or left unanswered, in arrival order."""
+        with self._changed:
+            return [r for r in self._records if not r.accepted]
+
+    def accepted_ids(self) -> list[str]:
+        """The MSH-10 of every message answered AA, in arrival order, repeats kept."""
+        with self._changed:
+            return [r.control_id for r in self._records if r.accepted]
+
+    def refused_ids(self) -> list[str]:
+        """The MSH-10 of every message answered AE or AR or not at all, in arrival order."""
+        with self._changed:
+            return [r.control_id for r in self._records if not r.accepted]
 
     def clear(self) -> None:
         """Forget every message received so far (the journal file is kept)."""
@@ -199,8 +231,10 @@ class MllpCapture:
             text = payload.decode("latin-1")
         request = _read_header(text)
         control_id = request.control_id if request is not None else ""
+        mode = self._mode
+        code = None if mode == "silent" else _CODES[mode] if request is not None else "AR"
         with self._changed:
-            self._records.append(CapturedMessage(received_at, control_id, text))
+            self._records.append(CapturedMessage(received_at, control_id, text, code))
             if control_id:
                 self._unique.add(control_id)
             self._changed.notify_all()
@@ -208,10 +242,8 @@ class MllpCapture:
             line = {"control_id": control_id, "received_at": received_at.isoformat()}
             self._journal.write(json.dumps(line) + "\n")
             self._journal.flush()
-        mode = self._mode
-        if mode == "silent":
+        if code is None:
             return None
-        code = _CODES[mode] if request is not None else "AR"
         text_out = "" if code == "AA" else f"capture endpoint {self.name} answers {code}"
         ack = build_ack(code, request, text=text_out, error_code=None if code == "AA" else "207")
         return ack.encode("utf-8")

@@ -9,9 +9,12 @@ import pytest
 from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
+from broker.adapters.spec import load_adapters
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
-from broker.synthetic import adt, patients
+from broker.ingest import partition_key
+from broker.parsing.hl7v2 import parse
+from broker.synthetic import Patient, adt, patients
 from broker.testing import LoopbackStack, wait_until
 from broker.worker.celery_app import create_celery
 
@@ -51,9 +54,47 @@ def fhir_control_ids(stack: LoopbackStack) -> list[str]:
     return out
 
 
-def test_a_poison_message_holds_its_patient_and_replay_releases_in_order(stack):
-    """X's refused message holds X's later messages for that subscriber only; replay sends all in order."""
-    x, *others = patients(4, seed=909)
+def fhir_envelopes(stack: LoopbackStack) -> dict[str, dict]:
+    """Control id → the envelope (as the broker kept it) of every bundle the FHIR server accepted."""
+    out = {}
+    for envelope_id in stack.fhir.envelope_ids:
+        raw = stack.redis.get(keys.envelope(envelope_id))
+        if raw is not None:
+            envelope = json.loads(raw)
+            out[envelope["control_id"]] = envelope
+    return out
+
+
+def partition_mates(
+    stack: LoopbackStack, seed: int, candidates: int = 64
+) -> tuple[Patient, Patient, list[Patient]]:
+    """A patient X, another patient of X's partition, and two patients of other partitions.
+
+    Partitions as the listener computes them (``ingest.partition_key``, ``keys.partition_of``)
+    for the stack's inbound adapter; the test checks them again on the envelopes it gets back.
+    """
+    assert stack.settings is not None
+    (adapter,) = [a for a in load_adapters(stack.settings.adapters_dir) if a.id == "chu-rabat-adt"]
+
+    def partition(patient: Patient) -> int:
+        message = parse(adt(patient, "A01", control_id="PROBE"))
+        return keys.partition_of(partition_key(message, adapter), stack.settings.partitions)
+
+    x, *rest = patients(candidates, seed=seed)
+    mates = [p for p in rest if partition(p) == partition(x)]
+    strangers = [p for p in rest if partition(p) != partition(x)]
+    assert mates, "no partition mate among the candidates"
+    assert len(strangers) >= 2, "too few patients of other partitions among the candidates"
+    return x, mates[0], strangers[:2]
+
+
+def test_a_poison_message_holds_only_its_patient_not_its_partition_and_replay_releases_in_order(
+    stack,
+):
+    """X's refused message holds X's later messages for that subscriber only: a patient of the
+    same partition queued behind them, and patients of other partitions, are delivered; replay
+    sends X's messages in order."""
+    x, mate, others = partition_mates(stack, seed=909)
     stack.fhir.fail_next(1, "reject")
     send(stack, [adt(x, "A01", control_id="X-1")])
     store = DeadLetterStore(stack.redis)
@@ -63,11 +104,23 @@ def test_a_poison_message_holds_its_patient_and_replay_releases_in_order(stack):
     assert "422" in letter["attempts"][0]["reply"]
 
     later = [adt(x, "A08", control_id="X-2"), adt(x, "A08", control_id="X-3")]
+    mate_msgs = [adt(mate, "A01", control_id="M-1"), adt(mate, "A08", control_id="M-2")]
     others_msgs = [adt(p, "A01", control_id=f"O-{i}") for i, p in enumerate(others)]
-    send(stack, [later[0], others_msgs[0], later[1], *others_msgs[1:]])
+    # The mate's messages queue behind X's in the same partition stream.
+    send(stack, [later[0], mate_msgs[0], later[1], mate_msgs[1], *others_msgs])
+    wanted_mate = {"M-1", "M-2"}
     wanted_others = {f"O-{i}" for i in range(len(others))}
-    assert wait_until(lambda: wanted_others <= set(fhir_control_ids(stack)), 30), stack.logs()
-    assert wait_until(lambda: {"X-1", "X-2", "X-3"} <= set(stack.lab.control_ids()), 30), (
+    assert wait_until(lambda: wanted_mate | wanted_others <= set(fhir_control_ids(stack)), 30), (
+        f"held with X: {sorted(wanted_mate | wanted_others - set(fhir_control_ids(stack)))}\n"
+        f"{stack.logs()}"
+    )
+    # The mate really is in X's partition, and is another patient (the envelopes say so).
+    envelopes = fhir_envelopes(stack)
+    assert {envelopes[c]["partition"] for c in wanted_mate} == {letter["partition"]}
+    assert {envelopes[c]["partition_key"] for c in wanted_mate} != {letter["patient"]}
+    assert all(envelopes[c]["partition"] != letter["partition"] for c in wanted_others)
+    assert [c for c in fhir_control_ids(stack) if c.startswith("M-")] == ["M-1", "M-2"]
+    assert wait_until(lambda: {"X-1", "X-2", "X-3"} <= set(stack.lab.accepted_ids()), 30), (
         stack.logs()
     )
     assert not {"X-1", "X-2", "X-3"} & set(fhir_control_ids(stack)), (
@@ -75,7 +128,8 @@ def test_a_poison_message_holds_its_patient_and_replay_releases_in_order(stack):
     )
     parked = stack.redis.xlen(keys.parked("dmp-national", letter["patient"]))
     print(
-        f"held patient: {parked} messages parked (the dead letter first), others delivered: {len(wanted_others)}"
+        f"held patient: {parked} messages parked (the dead letter first); delivered: "
+        f"{len(wanted_mate)} of a patient of the same partition, {len(wanted_others)} of others"
     )
     assert parked == 3
 

@@ -255,8 +255,9 @@ def test_the_api_guards_everything_but_health(running, path, token, status):
     assert http_get(running.http_port, path, token) == status, running.logs()
 
 
-def test_a_clean_stop_right_after_the_acks_loses_nothing(running):
-    """SIGTERM right after 100 AAs: exit 0, no child left, and a restart delivers all 100."""
+def test_a_clean_stop_with_work_in_flight_loses_nothing(running):
+    """SIGTERM right after 100 AAs, while the lab refuses them (AE) and the FHIR server is slow,
+    so work is undelivered at the stop: exit 0, no child left, and a restart delivers all 100."""
     messages = [
         text
         for _, _, text in stream(
@@ -269,47 +270,53 @@ def test_a_clean_stop_right_after_the_acks_loses_nothing(running):
     wanted = {f"TERM{i:09d}" for i in range(100)}
     envelopes_before = running.fhir.envelope_ids
     running.snapshot()
-    with MllpClient("127.0.0.1", running.inbound_port, timeout=10) as client:
-        codes = [read_ack(client.send(text.encode("utf-8"))).code for text in messages]
-    assert codes == ["AA"] * 100
-
-    stopping = running.snapshot()
-    assert running.process is not None
-    running.process.send_signal(signal.SIGTERM)
+    running.lab.mode = "error"
+    running.fhir.latency_s = 0.05
     try:
-        code = running.process.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"serve did not stop within {STOP_GRACE_S} s of SIGTERM\n{running.logs()}")
-    assert code == 0, running.logs()
-    assert wait_until(lambda: not survivors(stopping), 5), [
-        cmdline(pid) for pid in survivors(stopping)
-    ]
-    delivered_before_restart = (
-        len(wanted & set(running.lab.control_ids())),
-        len(running.fhir.envelope_ids - envelopes_before),
-    )
+        with MllpClient("127.0.0.1", running.inbound_port, timeout=10) as client:
+            codes = [read_ack(client.send(text.encode("utf-8"))).code for text in messages]
+        assert codes == ["AA"] * 100
+
+        stopping = running.snapshot()
+        # What the subscribers had accepted when the stop came: some of the 100 are not.
+        lab_undelivered = wanted - set(running.lab.accepted_ids())
+        fhir_delivered = len(running.fhir.envelope_ids - envelopes_before)
+        assert lab_undelivered, "everything was delivered before the stop: nothing was in flight"
+        assert running.process is not None
+        running.process.send_signal(signal.SIGTERM)
+        try:
+            code = running.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not stop within {STOP_GRACE_S} s of SIGTERM\n{running.logs()}")
+        assert code == 0, running.logs()
+        assert wait_until(lambda: not survivors(stopping), 5), [
+            cmdline(pid) for pid in survivors(stopping)
+        ]
+    finally:
+        running.lab.mode = "ack"
+        running.fhir.latency_s = 0.0
 
     running.start()
 
     def lab_has_all() -> bool:
-        return wanted <= set(running.lab.control_ids())
+        return wanted <= set(running.lab.accepted_ids())
 
     def fhir_has_all() -> bool:
         return len(running.fhir.envelope_ids - envelopes_before) >= 100
 
     assert wait_until(lab_has_all, 90, 0.5), (
-        f"missing at the MLLP subscriber: {sorted(wanted - set(running.lab.control_ids()))}\n"
-        f"{running.logs()}"
+        f"never accepted by the MLLP subscriber: "
+        f"{sorted(wanted - set(running.lab.accepted_ids()))}\n{running.logs()}"
     )
     assert wait_until(fhir_has_all, 90, 0.5), (
         f"FHIR envelopes: {len(running.fhir.envelope_ids - envelopes_before)} of 100\n"
         f"{running.logs()}"
     )
-    lab_counts = Counter(c for c in running.lab.control_ids() if c in wanted)
+    lab_counts = Counter(c for c in running.lab.accepted_ids() if c in wanted)
     fhir_ids = [e for e in running.fhir.received_control_ids if e not in envelopes_before]
     print(
-        f"delivered before the stop: lab {delivered_before_restart[0]}, "
-        f"fhir {delivered_before_restart[1]}; after restart: lab {len(lab_counts)} unique "
+        f"undelivered at the SIGTERM: lab {len(lab_undelivered)}, fhir {100 - fhir_delivered}; "
+        f"after restart: lab {len(lab_counts)} unique "
         f"({sum(lab_counts.values()) - len(lab_counts)} duplicates), fhir {len(set(fhir_ids))} "
         f"unique ({len(fhir_ids) - len(set(fhir_ids))} duplicates)"
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -11,6 +14,7 @@ import pytest
 
 from broker.delivery.render import ENVELOPE_SYSTEM
 from broker.peers.fhir_capture import FhirCapture
+from broker.testing import wait_until
 
 
 def _bundle(envelope_id: str, ipp: str = "IPP0000001", n_obs: int = 2) -> dict[str, Any]:
@@ -232,6 +236,36 @@ class TestLatency:
             for i in range(3):
                 assert client.post("", json=_bundle(f"env-{i}")).status_code == 200
         assert capture.received_control_ids == ["env-0", "env-1", "env-2"]
+
+    def test_a_held_request_is_in_flight_until_answered(self, capture: FhirCapture) -> None:
+        """While latency_s holds a request it is listed in flight with its sender's port."""
+        capture.latency_s = 1.0
+        with httpx.Client(base_url=capture.url, timeout=5) as client, ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(client.post, "", json=_bundle("env-held"))
+            assert wait_until(capture.in_flight, 5, 0.01)
+            (held,) = capture.in_flight()
+            assert held.identifier == "env-held"
+            assert held.peer[0] == "127.0.0.1"
+            assert held.peer[1] > 0
+            assert reply.result().status_code == 200
+        assert capture.in_flight() == []
+        assert capture.abandoned() == []
+
+    def test_a_held_request_whose_sender_disconnects_is_abandoned(
+        self, capture: FhirCapture
+    ) -> None:
+        """A connection closed while its request is held: never answered, listed as abandoned."""
+        capture.latency_s = 0.5
+        body = json.dumps(_bundle("env-gone")).encode()
+        head = (f"POST /fhir HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection((capture.host, capture.port), timeout=5) as raw:
+            raw.sendall(head + body)
+            assert wait_until(capture.in_flight, 5, 0.01)
+        assert wait_until(capture.abandoned, 5, 0.01)
+        assert [r.identifier for r in capture.abandoned()] == ["env-gone"]
+        assert capture.in_flight() == []
+        time.sleep(1.0)  # past the latency: the answer was never sent nor counted
+        assert capture.received_control_ids == []
 
 
 class TestChunked:

@@ -70,6 +70,22 @@ class TestMllpCapture:
             assert read_ack(client.send(oru("S2"))).code == "AA"
         assert capture.control_ids() == ["S1", "S2"]
 
+    def test_only_messages_answered_aa_count_as_accepted(self, capture: MllpCapture) -> None:
+        """Each record keeps its answer: AA is accepted; AE, AR and no answer are refused."""
+        with MllpClient(capture.host, capture.port, timeout=0.2) as client:
+            for mode, cid in (("error", "M1"), ("reject", "M2"), ("ack", "M3")):
+                capture.mode = mode  # type: ignore[assignment]
+                client.send(oru(cid))
+            capture.mode = "silent"
+            with pytest.raises(MllpTimeout):
+                client.send(oru("M4"))
+        assert [m.answer for m in capture.messages] == ["AE", "AR", "AA", None]
+        assert capture.accepted_ids() == ["M3"]
+        assert capture.refused_ids() == ["M1", "M2", "M4"]
+        assert [m.control_id for m in capture.accepted] == ["M3"]
+        assert [m.control_id for m in capture.refused] == ["M1", "M2", "M4"]
+        assert capture.control_ids() == ["M1", "M2", "M3", "M4"]
+
     def test_journal_holds_ids_and_times_not_bodies(
         self, capture: MllpCapture, tmp_path: Path
     ) -> None:
