@@ -67,10 +67,12 @@ CODING_SYSTEMS: dict[str, str] = {
     "MVX": "http://hl7.org/fhir/sid/mvx",
     "NDC": "http://hl7.org/fhir/sid/ndc",
     "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
     "UCUM": UCUM,
     "ISO+": UCUM,
 }
 
+_CODING_SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]{0,19}$")
 # HL7 table 0396 names of local coding systems: "L" (local general code), "99zzz" (a site's).
 _LOCAL_CODING_SYSTEM = re.compile(r"^(?:L|99[A-Za-z0-9]*)$")
 
@@ -509,7 +511,8 @@ def _coding(
     if system is None:
         # A local code (L, 99zzz, none) or a system with no known URI: the adapter's namespace,
         # named by the sender's coding system, else by the field (identity.local_code_system).
-        local = not system_name or system_name == "L"
+        # A name that is no table 0396 name (a LOINC long name sent in CWE-3) says nothing.
+        local = not _CODING_SYSTEM_NAME.match(system_name) or system_name == "L"
         system = local_code_system(env.source, _field_name(v) if local else system_name)
         if system_name and not _LOCAL_CODING_SYSTEM.match(system_name):
             env.findings.append(
@@ -851,7 +854,9 @@ def fn_pl_location(
     v = _first(values)
     if v is None:
         return None
-    parts = [" ".join(plain_text(v.comp_raw(n), v.delims).split()) for n in (1, 2, 3)]
+    # From v2.7 PL-1..3 are HD (namespace&universal id&type, as some senders already do in
+    # 2.5): the name is the first subcomponent.
+    parts = [" ".join(plain_text(v.comp(n), v.delims).split()) for n in (1, 2, 3)]
     if not any(parts):
         return None
     return {"location": {"display": pl_display(*parts)}}
