@@ -78,7 +78,8 @@ class TestSite:
             site["subject"]["identifier"]["system"]
             == "https://passerelle.ma/fhir/sid/ipp/chu-rabat"
         )
-        assert [c["code"] for c in site["code"]["coding"]] == ["14682-9", "CREA"]
+        # CHU Rabat reports creatinine in mg/L: its own table gives the mass LOINC term.
+        assert [c["code"] for c in site["code"]["coding"]] == ["2160-0", "CREA"]
         assert other["subject"]["identifier"]["system"] == "http://chu-rabat.ma/ipp"
         assert other["code"]["coding"] == [
             {"system": "http://chu-rabat.ma/labo/codes", "code": "CREA"}
