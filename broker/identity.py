@@ -13,6 +13,9 @@ identifier Passerelle writes gets one, chosen in this order:
    lower-case slugs, so the same person sent by the same adapter always addresses the same
    Patient.
 
+Codes follow the same rule (``local_code_system``): a Coding whose coding system has no known
+URI is written in ``urn:passerelle:adapter:<adapter id>:code:<coding system or field>``.
+
 The patient's identity is the first of the Patient's identifiers that has both a system and a
 value (``conditional_identifier``), as the string ``system|value`` (``key``). The same function
 gives the journal partition at intake (``hl7v2_patient_key``), the dead-letter hold
@@ -42,6 +45,7 @@ __all__ = [
     "fhir_system",
     "hl7v2_patient_key",
     "key",
+    "local_code_system",
     "local_system",
     "resource_system",
     "slug",
@@ -134,6 +138,19 @@ def local_system(adapter: str, type_code: str = "", authority: str = "") -> str:
     system = f"urn:passerelle:adapter:{adapter}:id:{slug(type_code) or 'local'}"
     authority_slug = slug(authority)
     return f"{system}:{authority_slug}" if authority_slug else system
+
+
+def local_code_system(adapter: str, name: str) -> str:
+    """The adapter's namespace for a code whose coding system has no known URI.
+
+    ``urn:passerelle:adapter:<adapter>:code:<name>``: ``name`` is the sender's coding-system
+    name (CWE-3, e.g. a ``99xxx`` site system of HL7 table 0396) or, when the sender names
+    none or only ``L`` (local general code), the field the code came from (``obx-3``,
+    ``aip-4``), as a lower-case slug. Every Coding Passerelle writes has a system; a site maps
+    these local codes by this URI (a ``lab-local-to-loinc``-style table, or a terminology
+    server's ConceptMap), and one sender's local codes never meet another's.
+    """
+    return f"urn:passerelle:adapter:{adapter}:code:{slug(name) or 'local'}"
 
 
 def resource_system(adapter: str, resource_type: str) -> str:

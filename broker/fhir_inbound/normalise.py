@@ -10,16 +10,24 @@ several representations of one concept (FHIR R4 datatype CodeableConcept), so no
 Given the inbound adapter, an Identifier's system is first looked up in the adapter's
 ``identifier_systems`` (``local:`` entries), and an Identifier without a system gets the
 adapter's namespace (``identity.local_system``): every identifier delivered has a system, so a
-FHIR server finds the resource again by it (``broker.identity``).
+FHIR server finds the resource again by it (``broker.identity``). Likewise a Coding without a
+system gets the adapter's local code system (``identity.local_code_system``, named by the
+element: ``observation-code``).
+
+The CIN has one type on every path: an Identifier in the CIN system, or typed with a v2-0203
+``NNxxx`` national person code (not a code of terminology.hl7.org's v2-0203, which holds only
+the placeholder), is typed ``NI`` (national unique individual identifier), as the HL7 v2
+mappings type CX-5 ``NNMAR``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.identity import IdentifierSystem, fhir_system
+from broker.identity import IdentifierSystem, fhir_system, local_code_system
 from broker.mapping.context import TraceStep
 
 __all__ = ["Normaliser", "Table"]
@@ -56,7 +64,8 @@ class Normaliser:
         With ``adapter``, identifiers also get the adapter's systems (module docstring).
         """
         used: set[str] = set()
-        self._visit(resource, where, trace, used, (adapter, adapter_rules))
+        local = (adapter, len(where), str(resource.get("resourceType", "")))
+        self._visit(resource, where, trace, used, (adapter, adapter_rules), local)
         return used
 
     def _visit(
@@ -66,10 +75,11 @@ class Normaliser:
         trace: list[TraceStep] | None,
         used: set[str],
         ids: tuple[str | None, Sequence[IdentifierSystem]],
+        local: tuple[str | None, int, str],
     ) -> None:
         if isinstance(node, list):
             for index, item in enumerate(node):
-                self._visit(item, f"{where}[{index}]", trace, used, ids)
+                self._visit(item, f"{where}[{index}]", trace, used, ids, local)
             return
         if not isinstance(node, dict):
             return
@@ -78,10 +88,15 @@ class Normaliser:
             if key == "identifier":
                 for at, ident in _each(value, path):
                     self._identify(ident, at, trace, ids)
+                    # A resource's own identifiers (a list); a Reference's lone one stays as sent.
+                    _national_type(ident, add=isinstance(value, list))
             elif key == "coding" and isinstance(value, list):
+                adapter, prefix, kind = local
+                if adapter is not None:
+                    _local_systems(value, kind + where[prefix:], adapter)
                 self._codings(value, path, trace, used)
             if isinstance(value, dict | list):
-                self._visit(value, path, trace, used, ids)
+                self._visit(value, path, trace, used, ids, local)
         if _is_coding(node):
             self._rename(node, self.code_systems, where, trace)
 
@@ -162,3 +177,36 @@ def _is_coding(node: Any) -> bool:
         and isinstance(node.get("code"), str)
         and "value" not in node
     )
+
+
+CIN_SYSTEM = "https://passerelle.ma/fhir/sid/cin"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+_NATIONAL_PERSON = re.compile(r"^NN[A-Z]{3}$")
+
+
+def _national_type(ident: dict[str, Any], *, add: bool) -> None:
+    """Type the CIN (and any v2-0203 NNxxx national person identifier) NI, as the HL7 path does."""
+    kind = ident.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    national = [
+        c
+        for c in (codings if isinstance(codings, list) else [])
+        if isinstance(c, dict)
+        and c.get("system") == V2_0203
+        and isinstance(c.get("code"), str)
+        and _NATIONAL_PERSON.match(c["code"])
+    ]
+    for coding in national:
+        coding["code"] = "NI"
+        coding["display"] = "National unique individual identifier"
+    if add and ident.get("system") == CIN_SYSTEM and not kind:
+        ident["type"] = {"coding": [{"system": V2_0203, "code": "NI"}]}
+
+
+def _local_systems(codings: list[Any], where: str, adapter: str) -> None:
+    """Give each Coding without a system the adapter's local code system, named by ``where``."""
+    element = re.sub(r"\[\d+\]", "", where).replace(".", "-")
+    for coding in codings:
+        is_coding = isinstance(coding, dict) and isinstance(coding.get("code"), str)
+        if is_coding and not coding.get("system"):
+            coding["system"] = local_code_system(adapter, element)

@@ -14,6 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -206,13 +207,14 @@ class CompiledMapping:
         timezone: str,
         trace: list[TraceStep] | None = None,
         identifier_systems: Sequence[IdentifierSystem] = (),
+        received_at: datetime | None = None,
     ) -> tuple[list[Instance], Env]:
         """Map ``message``: the resource instances in Bundle order, and the Env with findings.
 
         ``trace``, when given, receives one TraceStep per element written. ``Env.seen`` holds
         every (segment instance, field) a rule, condition or variable read: ``unmapped`` input.
         """
-        env = Env(message, timezone, source, identifier_systems)
+        env = Env(message, timezone, source, identifier_systems, received_at)
         run = Run(env, trace)
         root = Scope(None, message.segments, None, seen=env.seen)
         groups = group_scopes(self.groups, self.group_order, root)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,16 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.envelope import Finding
-from broker.identity import PATIENT_SYSTEMS, CxSystem, IdentifierSystem, cx_system
+from broker.identity import (
+    PATIENT_SYSTEMS,
+    CxSystem,
+    IdentifierSystem,
+    cx_system,
+    local_code_system,
+)
 from broker.identity import slug as _slug
 from broker.parsing.hl7v2 import Delimiters, Message, Path, Segment, escape, unescape
+from broker.settings import BASE_MAPPINGS_DIR
 
 __all__ = [
     "INBOUND",
@@ -46,14 +54,76 @@ CIN_SYSTEM = "https://passerelle.ma/fhir/sid/cin"
 UCUM = "http://unitsofmeasure.org"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
-# HL7 coding system names (table 0396) → FHIR code system URIs (v2-to-FHIR IG, CWE map).
+# HL7 coding system names (table 0396) → FHIR code system URIs (v2-to-FHIR IG, CWE map;
+# terminology.hl7.org "External code systems"). ``HL7nnnn`` names are handled apart (v2-nnnn).
 CODING_SYSTEMS: dict[str, str] = {
     "LN": "http://loinc.org",
     "SCT": "http://snomed.info/sct",
     "SNM": "http://snomed.info/sct",
     "I10": "http://hl7.org/fhir/sid/icd-10",
+    "I10C": "http://hl7.org/fhir/sid/icd-10-cm",
+    "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
+    "CVX": "http://hl7.org/fhir/sid/cvx",
+    "MVX": "http://hl7.org/fhir/sid/mvx",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+    "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
     "UCUM": UCUM,
+    "ISO+": UCUM,
 }
+
+_CODING_SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]{0,19}$")
+# HL7 table 0396 names of local coding systems: "L" (local general code), "99zzz" (a site's).
+_LOCAL_CODING_SYSTEM = re.compile(r"^(?:L|99[A-Za-z0-9]*)$")
+
+# HL7 table 0203 identifier types (terminology.hl7.org CodeSystem v2-0203) that CX-5, XCN-13 and
+# EI types use here; another code is the sender's own and gets the adapter's namespace.
+V2_0203_CODES = frozenset(
+    [
+        "AN",
+        "BA",
+        "BR",
+        "BRN",
+        "DL",
+        "DN",
+        "EI",
+        "EN",
+        "FILL",
+        "MA",
+        "MB",
+        "MC",
+        "MD",
+        "MR",
+        "MRT",
+        "NH",
+        "NI",
+        "NII",
+        "NIIP",
+        "NPI",
+        "PEN",
+        "PI",
+        "PLAC",
+        "PN",
+        "PPN",
+        "PRN",
+        "PT",
+        "RRI",
+        "SN",
+        "SR",
+        "SS",
+        "TAX",
+        "U",
+        "UPIN",
+        "VN",
+        "WC",
+        "XX",
+        "ACSN",
+    ]
+)
+# Table 0203 NNxxx (national person identifier, xxx an ISO 3166 country code): terminology.hl7.org
+# holds only the placeholder "NNxxx", not each country's code, so a CIN typed NNMAR is written
+# as NI (national unique individual identifier) with the country in the system URI.
+_NATIONAL_PERSON = re.compile(r"^NN[A-Z]{3}$")
 
 # Common laboratory units that are already valid UCUM codes when the sender leaves CE-3 empty.
 UCUM_UNITS = frozenset(
@@ -117,6 +187,11 @@ class SourceValue:
         """The whole value, unescaped (components and all)."""
         return unescape(self.raw, self.delims)
 
+    def comp_raw(self, number: int) -> str:
+        """Component ``number`` as sent (escapes and subcomponents kept); ``""`` when absent."""
+        comps = self.raw.split(self.delims.component)
+        return comps[number - 1] if number <= len(comps) else ""
+
     def comp(self, number: int, sub: int = 1) -> str:
         """Component ``number`` (subcomponent ``sub``), unescaped; ``""`` when absent."""
         d = self.delims
@@ -147,6 +222,7 @@ class Env:
         "findings",
         "identifier_systems",
         "message",
+        "received_at",
         "seen",
         "sender",
         "source",
@@ -159,8 +235,12 @@ class Env:
         timezone: str,
         source: str,
         identifier_systems: Sequence[IdentifierSystem] = (),
+        received_at: datetime | None = None,
     ) -> None:
         self.message = message
+        self.received_at = received_at
+        """When the broker received the message (``MapContext.received_at``): "now" for
+        plausibility checks (a birth date in the future)."""
         self.timezone = timezone
         self.source = source
         self.identifier_systems = identifier_systems
@@ -299,8 +379,19 @@ def _first(values: Sequence[SourceValue | None]) -> SourceValue | None:
     return values[0] if values else None
 
 
+class _DateArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    birth: bool = False
+    """A birth date (PID-7): a year before ``EARLIEST_BIRTH_YEAR`` or a day after the message
+    was received is an ``implausible-date`` finding; the date, valid as a date, is kept."""
+
+
+EARLIEST_BIRTH_YEAR = 1900
+"""A birth date before this year is implausible for a living patient (docs/mappings.md)."""
+
+
 def fn_date(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
-    """DT/DTM → FHIR date (PID-7 → Patient.birthDate)."""
+    """DT/DTM → FHIR date (PID-7 → Patient.birthDate); with ``birth: true``, plausibility checked."""
     v = _first(values)
     if v is None:
         return None
@@ -313,7 +404,28 @@ def fn_date(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | 
             "the value is not a valid HL7 DT/DTM date "
             "(expected YYYY[MM[DD]] with a real calendar day); the element was left out",
         )
+    elif isinstance(args, _DateArgs) and args.birth:
+        _check_birth(result, v, env)
     return result
+
+
+def _check_birth(result: str, v: SourceValue, env: Env) -> None:
+    """An ``implausible-date`` warning for a birth before 1900 or after the message's arrival."""
+    year = int(result[:4])
+    received = env.received_at
+    # A partial date (YYYY or YYYY-MM) is in the future only when all of it is.
+    future = received is not None and result > received.date().isoformat()[: len(result)]
+    if year < EARLIEST_BIRTH_YEAR:
+        reason = f"the birth date is before {EARLIEST_BIRTH_YEAR}"
+    elif future:
+        reason = "the birth date is after the message was received"
+    else:
+        return
+    env.warn(
+        "implausible-date",
+        v,
+        f"{reason}; the date was kept as sent (valid as a date): check it with the sender",
+    )
 
 
 def fn_datetime(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
@@ -336,9 +448,9 @@ def fn_datetime(values: Sequence[SourceValue | None], env: Env, args: Any) -> st
 
 
 def fn_string(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
-    """ST/TX/FT/ID → FHIR string, unescaped and trimmed; ``None`` when blank."""
+    """ST/TX/FT/ID → FHIR string, as plain text (``plain_text``) and trimmed; ``None`` when blank."""
     v = _first(values)
-    text = v.text.strip() if v is not None else ""
+    text = plain_text(v.raw, v.delims).strip() if v is not None else ""
     return text or None
 
 
@@ -378,13 +490,41 @@ class _CodeArgs(BaseModel):
     """Extra HL7 coding-system names → FHIR system URIs, on top of the built-in table."""
 
 
-def _coding(code: str, display: str, system_name: str, systems: dict[str, str]) -> dict[str, Any]:
-    coding: dict[str, Any] = {}
-    system = systems.get(system_name) or CODING_SYSTEMS.get(system_name)
+def coding_system(system_name: str, systems: dict[str, str] | None = None) -> str | None:
+    """The FHIR system URI of an HL7 coding-system name (table 0396), or None when unknown."""
+    system = (systems or {}).get(system_name) or CODING_SYSTEMS.get(system_name)
     if system is None and system_name.startswith("HL7") and system_name[3:].isdigit():
         system = f"http://terminology.hl7.org/CodeSystem/v2-{system_name[3:]}"
-    if system:
-        coding["system"] = system
+    return system
+
+
+def _field_name(v: SourceValue) -> str:
+    """``OBX-3``: the segment and field a value was read from, without instance numbers."""
+    return f"{v.path.segment}-{v.path.field}"
+
+
+def _coding(
+    code: str, display: str, system_name: str, systems: dict[str, str], env: Env, v: SourceValue
+) -> dict[str, Any]:
+    coding: dict[str, Any] = {}
+    system = coding_system(system_name, systems)
+    if system is None:
+        # A local code (L, 99zzz, none) or a system with no known URI: the adapter's namespace,
+        # named by the sender's coding system, else by the field (identity.local_code_system).
+        # A name that is no table 0396 name (a LOINC long name sent in CWE-3) says nothing.
+        local = not _CODING_SYSTEM_NAME.match(system_name) or system_name == "L"
+        system = local_code_system(env.source, _field_name(v) if local else system_name)
+        if system_name and not _LOCAL_CODING_SYSTEM.match(system_name):
+            env.findings.append(
+                Finding(
+                    severity="info",
+                    code="unknown-coding-system",
+                    location=env.location(v),
+                    message="the coding system named here has no known URI; the code was "
+                    "written in the adapter's local namespace (docs/mappings.md, Codes)",
+                )
+            )
+    coding["system"] = system
     if code and is_code(code):
         coding["code"] = code
     if display:
@@ -404,7 +544,7 @@ def fn_codeable_concept(
     for base in (1, 4):
         code, display = v.comp(base).strip(), v.comp(base + 1).strip()
         if code:
-            codings.append(_coding(code, display, v.comp(base + 2).strip(), systems))
+            codings.append(_coding(code, display, v.comp(base + 2).strip(), systems, env, v))
     text = v.comp(9).strip() or (v.comp(2).strip() if not codings else "")
     cc: dict[str, Any] = {}
     if codings:
@@ -535,11 +675,24 @@ def fn_cx_identifier(
     if local:
         _local_finding(env, v)
     ident: dict[str, Any] = {"system": system, "value": value}
-    if type_code and is_code(type_code):
-        ident["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
+    identifier_type = _identifier_type(type_code, env, v)
+    if identifier_type:
+        ident["type"] = identifier_type
     if authority:
         ident["assigner"] = {"display": authority}
     return ident
+
+
+def _identifier_type(type_code: str, env: Env, v: SourceValue) -> dict[str, Any] | None:
+    """CX-5 (table 0203) → Identifier.type: v2-0203 when the code is HL7's, NNxxx as NI."""
+    if not type_code or not is_code(type_code):
+        return None
+    if _NATIONAL_PERSON.match(type_code):
+        return {"coding": [{"system": V2_0203, "code": "NI"}]}
+    if type_code in V2_0203_CODES:
+        return {"coding": [{"system": V2_0203, "code": type_code}]}
+    system = local_code_system(env.source, f"{v.path.segment}-{v.path.field}.5")
+    return {"coding": [{"system": system, "code": type_code}]}
 
 
 class _JoinedArgs(BaseModel):
@@ -692,15 +845,28 @@ def fn_xtn_telecom(
 def fn_pl_location(
     values: Sequence[SourceValue | None], env: Env, args: Any
 ) -> dict[str, Any] | None:
-    """PL → Encounter.location element: PL-1 point of care, -2 room, -3 bed as the display."""
+    """PL → Encounter.location element: PL-1 point of care, -2 room, -3 bed as the display.
+
+    The display reads as text, never as HL7 (``CARDIO^204^1`` → ``CARDIO, room 204, bed 1``):
+    the point of care, then each part it has with its name, so the reverse mapping
+    (``out_pl``) rebuilds PL-1..3 exactly, even with a part left empty.
+    """
     v = _first(values)
     if v is None:
         return None
-    parts = [v.comp(n).strip() for n in (1, 2, 3)]
+    # From v2.7 PL-1..3 are HD (namespace&universal id&type, as some senders already do in
+    # 2.5): the name is the first subcomponent.
+    parts = [" ".join(plain_text(v.comp(n), v.delims).split()) for n in (1, 2, 3)]
     if not any(parts):
         return None
-    # Keep the component positions so the reverse mapping can rebuild PL-1..3.
-    return {"location": {"display": "^".join(parts).rstrip("^")}}
+    return {"location": {"display": pl_display(*parts)}}
+
+
+def pl_display(point_of_care: str, room: str, bed: str) -> str:
+    """The display of a PL location: ``CARDIO, room 204, bed 1`` (parts that are empty left out)."""
+    labelled = [point_of_care] if point_of_care else []
+    labelled += [f"{name} {part}" for name, part in (("room", room), ("bed", bed)) if part]
+    return ", ".join(labelled)
 
 
 def fn_xcn_identifier(
@@ -759,7 +925,12 @@ def _units(units: SourceValue | None) -> dict[str, Any]:
 
 
 def fn_quantity(values: Sequence[SourceValue | None], env: Env, args: Any) -> dict[str, Any] | None:
-    """NM (OBX-5) + CE units (OBX-6) → Quantity, UCUM-coded when the unit is UCUM."""
+    """NM (OBX-5) + CE units (OBX-6) → Quantity, UCUM-coded when the unit is UCUM.
+
+    With a third source, the observation's code (OBX-3), a LOINC code whose property the unit
+    contradicts (a mass concentration in mmol/L) is a ``unit-mismatch`` warning
+    (``check_unit``); the value is kept as sent.
+    """
     v = values[0] if values else None
     if v is None:
         return None
@@ -771,33 +942,109 @@ def fn_quantity(values: Sequence[SourceValue | None], env: Env, args: Any) -> di
     quantity: dict[str, Any] = {"value": number}
     if comparator:
         quantity["comparator"] = comparator
-    quantity.update(_units(values[1] if len(values) > 1 else None))
+    units = values[1] if len(values) > 1 else None
+    quantity.update(_units(units))
+    code = values[2] if len(values) > 2 else None
+    if units is not None and code is not None:
+        check_unit(code, units, env)
     return quantity
+
+
+def _table_csv(name: str) -> dict[str, str]:
+    """A ``code,target`` table of the base mapping set (``mappings/tables/<name>.csv``)."""
+    text = (BASE_MAPPINGS_DIR / "tables" / f"{name}.csv").read_text(encoding="utf-8")
+    rows = csv.reader(line for line in text.splitlines() if not line.startswith("#"))
+    next(rows, None)  # the header
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+@lru_cache(maxsize=1)
+def unit_properties() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    """LOINC code → property, and UCUM unit → the properties it can express (mappings/tables)."""
+    loinc = _table_csv("loinc-property")
+    units = {unit: frozenset(p.split()) for unit, p in _table_csv("ucum-unit-property").items()}
+    return loinc, units
+
+
+def check_unit(code: SourceValue, units: SourceValue, env: Env) -> None:
+    """A ``unit-mismatch`` warning when OBX-3's LOINC property and OBX-6's unit disagree.
+
+    OBX-3's LOINC coding is its first or alternate triplet with coding system LN; a code or a
+    unit missing from the tables (``loinc-property.csv``, ``ucum-unit-property.csv``) is not
+    judged. The finding names the property and the unit's kind, never the value.
+    """
+    loinc_property, unit_property = unit_properties()
+    unit = units.comp(1).strip()
+    expressed = unit_property.get(unit)
+    if expressed is None:
+        return
+    for base in (1, 4):
+        if code.comp(base + 2).strip() != "LN":
+            continue
+        expected = loinc_property.get(code.comp(base).strip())
+        if expected is not None and expected not in expressed:
+            env.warn(
+                "unit-mismatch",
+                units,
+                f"the LOINC code in OBX-3 measures {expected} ({_PROPERTY_NAMES.get(expected, '')}) "
+                f"but the OBX-6 unit measures {'/'.join(sorted(expressed))}; the value was kept: "
+                "the code or the unit is wrong (mappings/tables/loinc-property.csv)",
+            )
+            return
+
+
+_PROPERTY_NAMES = {
+    "MCnc": "mass concentration",
+    "SCnc": "substance (molar) concentration",
+    "NCnc": "number concentration",
+    "CCnc": "catalytic concentration",
+    "ACnc": "arbitrary concentration",
+    "MFr": "mass fraction",
+    "VFr": "volume fraction",
+    "EntVol": "entitic volume",
+    "EntMass": "entitic mass",
+    "Pres": "pressure",
+    "Vel": "velocity",
+}
+
+
+_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$")
 
 
 def fn_reference_range(
     values: Sequence[SourceValue | None], env: Env, args: Any
 ) -> dict[str, Any] | None:
-    """OBX-7 references range (``3.5-5.0``, ``<5``, ``>10``) + OBX-6 units → referenceRange."""
+    """OBX-7 references range (``3.5-5.0``, ``<5``, ``>10``) + OBX-6 units → referenceRange.
+
+    OBX-7 is ST, but some senders send it as a composite (``35-150^35^150``: the text, then
+    low and high, as the v2.x SN/NR types): the first component is the range, and the
+    others give low and high when it cannot be read. No HL7 syntax reaches ``text``.
+    """
     v = values[0] if values else None
     if v is None:
         return None
-    text = v.text.strip()
-    if not text:
-        return None
+    text = " ".join(plain_text(v.comp_raw(1), v.delims).split())
     units = _units(values[1] if len(values) > 1 else None)
-    m = re.match(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$", text)
+    found: dict[str, Any] = {}
+    m = _RANGE.match(text)
+    parsed = _number(text)
     if m:
         low, high = _number(m.group(1)), _number(m.group(2))
         assert low is not None
         assert high is not None
-        return {"low": {"value": low[1], **units}, "high": {"value": high[1], **units}}
-    parsed = _number(text)
-    if parsed and parsed[0] in ("<", "<="):
-        return {"high": {"value": parsed[1], **units}}
-    if parsed and parsed[0] in (">", ">="):
-        return {"low": {"value": parsed[1], **units}}
-    return {"text": text}
+        found = {"low": {"value": low[1], **units}, "high": {"value": high[1], **units}}
+    elif parsed and parsed[0] in ("<", "<="):
+        found = {"high": {"value": parsed[1], **units}}
+    elif parsed and parsed[0] in (">", ">="):
+        found = {"low": {"value": parsed[1], **units}}
+    else:
+        for key, number in (("low", _number(v.comp(2))), ("high", _number(v.comp(3)))):
+            if number is not None and not number[0]:
+                found[key] = {"value": number[1], **units}
+    composite = v.delims.component in v.raw
+    if text and (composite or not found):
+        found["text"] = text
+    return found or None
 
 
 # --- strings: concat, split, regex, upper, lower, trim -------------------------------------------
@@ -806,7 +1053,7 @@ def fn_reference_range(
 
 
 def _text(v: SourceValue | None) -> str:
-    return v.text.strip() if v is not None else ""
+    return plain_text(v.raw, v.delims).strip() if v is not None else ""
 
 
 class _ConcatArgs(BaseModel):
@@ -914,6 +1161,27 @@ def fn_trim(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | 
 _FT_COMMAND = re.compile(r"\.(sp|sk|in|ti|ce|fi|nf)\s*([+-]?\d*)")
 
 
+# Escapes plain text has no use for (v2.5.1 §2.7.2-§2.7.6): locally defined (\Zxx\), character
+# set switches (\Cxxyy\, \Mxxyyzz\: the text is already decoded) and unknown formatting
+# commands. Kept, they would reach FHIR strings as HL7 syntax.
+_DROPPED_ESCAPE = re.compile(r"^(?:Z.*|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4,6}|\.(?!br$).*)$")
+
+
+def plain_text(raw: str, delims: Delimiters) -> str:
+    """One field repetition (or component) as sent → plain text for a FHIR string.
+
+    Components and subcomponents are joined with a space (an ST field sent with carets, an RP
+    pointer), FT formatting commands and escapes are decoded (``\\.br\\`` newline, ``\\H\\``
+    and ``\\N\\`` dropped, ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` the delimiter they
+    stand for, ``\\Xhh\\`` its bytes) and escapes with no meaning in plain text are dropped:
+    no HL7 syntax reaches a FHIR string.
+    """
+    if delims.component not in raw and delims.subcomponent not in raw:
+        return _formatted(raw, delims)
+    parts = (p for c in raw.split(delims.component) for p in c.split(delims.subcomponent))
+    return " ".join(t for t in (_formatted(p, delims).strip() for p in parts) if t)
+
+
 def _formatted(raw: str, delims: Delimiters) -> str:
     """One FT/TX repetition as plain text: formatting commands decoded, then escapes resolved."""
     esc = delims.escape
@@ -924,6 +1192,8 @@ def _formatted(raw: str, delims: Delimiters) -> str:
     def command(match: re.Match[str]) -> str:
         inner = _FT_COMMAND.fullmatch(match.group(1))
         if inner is None:
+            if _DROPPED_ESCAPE.match(match.group(1)):
+                return ""  # \Zxx\ local, \Cxxyy\ \Mxxyyzz\ character-set switches, \.xx\
             return match.group(0)  # \F\, \.br\, \Xhh\ ...: resolved by unescape below
         name, number = inner.groups()
         count = int(number) if number.lstrip("+-") else 1
@@ -951,7 +1221,7 @@ def fn_text_lines(values: Sequence[SourceValue | None], env: Env, args: Any) -> 
     # A path without (rep) reads repetition 1; the text is every repetition of that field.
     reps = v.segment.repetitions(v.path.field) if v.path.component is None else [v.raw]
     env.seen.add(field_read(v.segment, v.path.field))  # every repetition is read
-    lines = [_formatted(rep, v.delims).rstrip() for rep in reps if rep != '""']
+    lines = [plain_text(rep, v.delims).rstrip() for rep in reps if rep != '""']
     return "\n".join(lines).strip("\n") or None
 
 
@@ -1176,6 +1446,61 @@ def fn_obx_other_value(values: Sequence[SourceValue | None], env: Env, args: Any
     return fn_text_lines(values[:1], env, None)
 
 
+class _NotesArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    between: list[str] = []
+    """Segments that may stand between the anchor and its NTEs (SCH, TQ1, NTE: ``[TQ1]``)."""
+    unmapped: bool = False
+    """The NTEs have no FHIR element: report each with an ``unmapped-note`` warning and give
+    nothing (R4 Patient has no note, and no standard extension carries one)."""
+
+
+def fn_notes(values: Sequence[SourceValue | None], env: Env, args: Any) -> str | None:
+    """The NTE segments that follow the anchor (the segment of the value read) → text.
+
+    ``from: SCH-1`` reads the appointment's NTEs (v2.5.1 §10.4.1: SCH, TQ1, NTE), one line
+    each (NTE-3 as plain text, every repetition), so Appointment.comment holds them. With
+    ``unmapped: true``, each is reported instead (location ``NTE[n]-3``, never its text): a note
+    FHIR has no place for is never dropped silently.
+    """
+    v = _first(values)
+    if v is None:
+        return None
+    between = args.between if isinstance(args, _NotesArgs) else []
+    unmapped = isinstance(args, _NotesArgs) and args.unmapped
+    segments = env.message.segments
+    start = next((i for i, s in enumerate(segments) if s is v.segment), None)
+    if start is None:
+        return None
+    lines: list[str] = []
+    nth = sum(1 for s in segments[: start + 1] if s.name == "NTE")
+    for segment in segments[start + 1 :]:
+        if segment.name in between:
+            continue
+        if segment.name != "NTE":
+            break
+        nth += 1
+        text = "\n".join(
+            t for t in (plain_text(r, segment.delims).strip() for r in segment.repetitions(3)) if t
+        )
+        if not text:
+            continue
+        if unmapped:
+            env.findings.append(
+                Finding(
+                    severity="warning",
+                    code="unmapped-note",
+                    location=f"NTE[{nth}]-3",
+                    message=f"a note on the {v.path.segment} segment has no FHIR element to go to "
+                    "(R4 Patient has no note); it was not delivered",
+                )
+            )
+            continue
+        env.seen.add(field_read(segment, 3))
+        lines.append(text)
+    return "\n".join(lines) or None
+
+
 # --- orders and documents: EI identifiers (v2.5.1 §2A.28), document bodies (ch. 9 MDM) ---------
 
 
@@ -1295,7 +1620,7 @@ def fn_instant(values: Sequence[SourceValue | None], env: Env, args: Any) -> str
 INBOUND: dict[str, Transform] = {
     "string": Transform(fn_string, "string"),
     "code": Transform(fn_code, "code"),
-    "date": Transform(fn_date, "date"),
+    "date": Transform(fn_date, "date", args=_DateArgs),
     "datetime": Transform(fn_datetime, "dateTime"),
     "annotation": Transform(fn_annotation, "Annotation"),
     "codeable_concept": Transform(fn_codeable_concept, "CodeableConcept", args=_CodeArgs),
@@ -1310,7 +1635,7 @@ INBOUND: dict[str, Transform] = {
     "xad_address": Transform(fn_xad_address, "Address"),
     "xtn_telecom": Transform(fn_xtn_telecom, "ContactPoint"),
     "pl_location": Transform(fn_pl_location, "EncounterLocation"),
-    "quantity": Transform(fn_quantity, "Quantity", sources=2),
+    "quantity": Transform(fn_quantity, "Quantity", sources=3),
     "reference_range": Transform(fn_reference_range, "ObservationReferenceRange", sources=2),
     "concat": Transform(fn_concat, "string", sources=9, args=_ConcatArgs, optional=True),
     "split": Transform(fn_split, "string", args=_SplitArgs),
@@ -1328,6 +1653,7 @@ INBOUND: dict[str, Transform] = {
     "ei_identifier": Transform(fn_ei_identifier, "Identifier", args=_EiArgs),
     "document_attachment": Transform(fn_document_attachment, "Attachment"),
     "instant": Transform(fn_instant, "instant"),
+    "notes": Transform(fn_notes, "string", args=_NotesArgs),
 }
 """Inbound transforms by the name used in ``function:``."""
 
@@ -1375,8 +1701,10 @@ def out_cx(value: Any, d: Delimiters) -> str:
     authority = (value.get("assigner") or {}).get("display", "")
     codings = (value.get("type") or {}).get("coding") or [{}]
     type_code = codings[0].get("code", "")
-    if not authority and value.get("system") == CIN_SYSTEM:
-        authority, type_code = "MA", type_code or "NNMAR"
+    if value.get("system") == CIN_SYSTEM and type_code in ("", "NI"):
+        # FHIR types the CIN NI (v2-0203 has no per-country NNxxx code); in HL7 v2 it is NNMAR,
+        # table 0203 NNxxx with Morocco's ISO 3166 code, as the senders write it.
+        authority, type_code = authority or "MA", "NNMAR"
     parts = [escape(value["value"], d), "", "", escape(authority, d), escape(type_code, d)]
     return _join(parts, d.component)
 
@@ -1507,8 +1835,22 @@ def out_pl(value: Any, d: Delimiters) -> str:
     """Encounter.location → PL-1..3 from the display the inbound mapping wrote."""
     if not isinstance(value, dict):
         return ""
-    display = (value.get("location") or {}).get("display", "")
-    return _join([escape(p, d) for p in display.split("^")], d.component)
+    display = str((value.get("location") or {}).get("display", ""))
+    return _join([escape(p, d) for p in pl_parts(display)], d.component)
+
+
+def pl_parts(display: str) -> list[str]:
+    """PL-1..3 from a location display: the inverse of ``pl_display``.
+
+    A display written by another system (FHIR input: ``Cardiologie B``) is the point of care.
+    """
+    poc, room, bed = display, "", ""
+    m = re.fullmatch(r"(?:(.*?), )?room (.*?)(?:, bed (.*))?", display) or re.fullmatch(
+        r"(?:(.*?), )?()bed (.*)", display
+    )
+    if m:
+        poc, room, bed = m.group(1) or "", m.group(2) or "", m.group(3) or ""
+    return [poc, room, bed]
 
 
 def out_xcn(value: Any, d: Delimiters) -> str:
@@ -1536,6 +1878,8 @@ _OUT_CODING_SYSTEMS = {
     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": "HL70078",
     "https://passerelle.ma/fhir/CodeSystem/lab-local": "L",
 }
+_LOCAL_CODE_URN = re.compile(r"^urn:passerelle:adapter:[^:]+:code:(.+)$")
+_FIELD_SLUG = re.compile(r"^[a-z][a-z0-9]{2}-\d+(?:-\d+)?$")
 LOCAL_CODING_SYSTEM = "L"
 """HL7 table 0396 ``L``, local general code: CWE-3 of a Coding that has no system."""
 
@@ -1547,6 +1891,10 @@ def _coding_system_name(coding: dict[str, Any]) -> str:
         # from v2.7 CWE-3 is required when CWE-1 is valued (§2A.13), so say "local".
         return LOCAL_CODING_SYSTEM if coding.get("code") else ""
     name = _REVERSE_CODING_SYSTEMS.get(system) or _OUT_CODING_SYSTEMS.get(system, "")
+    local = _LOCAL_CODE_URN.match(system)
+    if not name and local:
+        # identity.local_code_system: named by the sender's coding system (99zzz), else by field.
+        name = local.group(1).upper() if not _FIELD_SLUG.match(local.group(1)) else "L"
     if not name and system.startswith("http://terminology.hl7.org/CodeSystem/v2-"):
         name = "HL7" + system.rsplit("-", 1)[1]
     return name

@@ -233,14 +233,14 @@ class MappingSet:
             CanonicalError: the Bundle is not valid FHIR R4.
         """
         mapping = self._mapping_for(message, ctx.source)
-        instances, env = mapping.run(
-            message, ctx.source, ctx.timezone, trace, ctx.identifier_systems
-        )
-        control_id = message.control_id
-        header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
         received = (
             ctx.received_at if ctx.received_at.tzinfo else ctx.received_at.replace(tzinfo=UTC)
         )
+        instances, env = mapping.run(
+            message, ctx.source, ctx.timezone, trace, ctx.identifier_systems, received
+        )
+        control_id = message.control_id
+        header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "id": resource_id(ctx.source, control_id, "bundle"),

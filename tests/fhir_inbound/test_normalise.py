@@ -30,10 +30,10 @@ class TestBase:
     def test_a_local_lab_code_gets_its_loinc_coding_first_and_keeps_its_own(
         self, mappings: MappingSet, ctx: MapContext
     ) -> None:
-        """lab-local GLY → LOINC 2345-7 added before the local coding (shared table)."""
+        """lab-local GLY → LOINC 14749-6 (glucose, molar) added before the local coding (shared table)."""
         out = mapped(mappings, ctx, observation(LAB_LOCAL, "GLY", CIN))
         assert [(c["system"], c["code"]) for c in out["code"]["coding"]] == [
-            ("http://loinc.org", "2345-7"),
+            ("http://loinc.org", "14749-6"),
             (LAB_LOCAL, "GLY"),
         ]
 
@@ -78,6 +78,7 @@ class TestSite:
             site["subject"]["identifier"]["system"]
             == "https://passerelle.ma/fhir/sid/ipp/chu-rabat"
         )
+        # CHU Rabat reports creatinine in mg/L: its own table gives the mass LOINC term.
         assert [c["code"] for c in site["code"]["coding"]] == ["2160-0", "CREA"]
         assert other["subject"]["identifier"]["system"] == "http://chu-rabat.ma/ipp"
         assert other["code"]["coding"] == [
@@ -89,3 +90,40 @@ class TestSite:
         data = observation(LAB_LOCAL, "NA", CIN)
         done = mappings.map_fhir(data, replace(ctx, source="chu-rabat-fhir"))
         assert [m.id for m in done.result.mappings][:2] == ["chu-rabat-fhir", "fhir-r4"]
+
+
+class TestFhirReadsAsFhir:
+    """Issue 12 on the FHIR path: the CIN typed NI as on the HL7 path, every Coding a system."""
+
+    V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+    def _patient(self, identifier: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Patient", "id": "p1", "identifier": [identifier]}
+
+    def test_a_cin_typed_nnmar_is_typed_ni(self, mappings: MappingSet, ctx: MapContext) -> None:
+        """A v2-0203 NNMAR type (not a v2-0203 code) becomes NI, the type the HL7 path writes."""
+        kind = {"coding": [{"system": self.V2_0203, "code": "NNMAR"}]}
+        out = mapped(mappings, ctx, self._patient({"system": CIN, "value": "BE1", "type": kind}))
+        assert [(c["system"], c["code"]) for c in out["identifier"][0]["type"]["coding"]] == [
+            (self.V2_0203, "NI")
+        ]
+
+    def test_an_untyped_cin_gets_type_ni(self, mappings: MappingSet, ctx: MapContext) -> None:
+        """A Patient's CIN sent without a type is typed NI (v2-0203), as from HL7 v2."""
+        out = mapped(mappings, ctx, self._patient({"system": CIN, "value": "BE1"}))
+        assert out["identifier"][0]["type"] == {"coding": [{"system": self.V2_0203, "code": "NI"}]}
+
+    def test_a_coding_without_system_gets_the_adapters_local_code_system(
+        self, mappings: MappingSet, ctx: MapContext
+    ) -> None:
+        """A Coding sent without a system is put in urn:passerelle:adapter:<adapter>:code:<element>."""
+        data = observation(LAB_LOCAL, "GLY", CIN)
+        data["code"] = {"coding": [{"code": "GLU-X", "display": "Glucose maison"}]}
+        out = mapped(mappings, ctx, data)
+        assert out["code"]["coding"] == [
+            {
+                "system": f"urn:passerelle:adapter:{ctx.source}:code:observation-code",
+                "code": "GLU-X",
+                "display": "Glucose maison",
+            }
+        ]

@@ -98,7 +98,7 @@ class TestOutputs:
             trace=True,
         )
         files = {Path(step.file).name for step in done.trace}
-        assert {"r4.yaml", "chu-rabat-fhir.yaml", "lab-local-to-loinc.csv"} <= files
+        assert {"r4.yaml", "chu-rabat-fhir.yaml", "chu-rabat-lab-to-loinc.csv"} <= files
         assert done.unmapped == (
             "Bundle.entry[0].request",
             "Bundle.entry[1].request",

@@ -46,8 +46,8 @@ def test_a02_transfer_moves_the_encounter_to_pv1_3(
     assert event(b) == "A02"
     assert enc["status"] == "in-progress"
     assert [(loc["location"]["display"], loc["status"]) for loc in enc["location"]] == [
-        ("USIC^12^1", "active"),
-        ("CARDIO^204^1", "completed"),
+        ("USIC, room 12, bed 1", "active"),
+        ("CARDIO, room 204, bed 1", "completed"),
     ]
     assert enc["period"] == {"start": "2024-03-15T10:15:00+00:00"}
 
@@ -111,7 +111,7 @@ def test_a12_cancel_transfer_reverts_location(mappings: MappingSet, ctx: MapCont
     """A12: back in progress at the location before the cancelled transfer (PV1-3)."""
     enc = encounter(bundle(mappings, ctx, "adt_a12_v251"))
     assert enc["status"] == "in-progress"
-    assert [loc["location"]["display"] for loc in enc["location"]] == ["CARDIO^204^1"]
+    assert [loc["location"]["display"] for loc in enc["location"]] == ["CARDIO, room 204, bed 1"]
 
 
 def test_a13_cancel_discharge_reopens_the_stay(mappings: MappingSet, ctx: MapContext) -> None:

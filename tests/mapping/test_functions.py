@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from broker.mapping.functions import hl7_date, hl7_datetime
+from broker.mapping.functions import (
+    CIN_SYSTEM,
+    INBOUND,
+    OUTBOUND,
+    V2_0203,
+    Env,
+    SourceValue,
+    hl7_date,
+    hl7_datetime,
+    pl_parts,
+    plain_text,
+)
+from broker.parsing.hl7v2 import DEFAULT, parse, parse_path
 
 
 @pytest.mark.parametrize(
@@ -42,3 +54,145 @@ def test_hl7_date(text: str, expected: str | None) -> None:
 def test_hl7_datetime(text: str, expected: str | None) -> None:
     """A DTM with a time always gets an offset: its own or the sender's zone at that moment."""
     assert hl7_datetime(text, "Africa/Casablanca") == expected
+
+
+# --- FHIR that reads as FHIR (issue 12): no HL7 syntax, every Coding and Identifier a system ---
+
+MSH = "MSH|^~\\&|HIS|CHUIS|PASSERELLE|MS|20240315103000||ADT^A01^ADT_A01|M1|P|2.5.1"
+
+
+def _value(segment_line: str, path: str) -> tuple[Env, SourceValue]:
+    """The Env of a message made of MSH and ``segment_line``, and the value at ``path`` (a field)."""
+    message = parse(f"{MSH}\r{segment_line}\r")
+    env = Env(message, "Africa/Casablanca", "chu-test")
+    p = parse_path(path)
+    segment = message.segments_named(p.segment)[0]
+    return env, SourceValue(segment.repetitions(p.field)[0], segment, p, 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("ligne 1\\.br\\ligne 2", "ligne 1\nligne 2", id="line-break"),
+        pytest.param("\\H\\Important\\N\\ : oui", "Important : oui", id="highlight"),
+        pytest.param("a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f", "a|b^c&d~e\\f", id="delimiters-as-data"),
+        pytest.param("caf\\XE9\\", "café", id="hex"),
+        pytest.param("x\\Z42\\y", "xy", id="local-escape-dropped"),
+        pytest.param("DOC-1^CHUIS^IM^JPEG", "DOC-1 CHUIS IM JPEG", id="components-as-words"),
+        pytest.param("a&b^c", "a b c", id="subcomponents-as-words"),
+        pytest.param("\\.sp 1\\fin", "\n\nfin", id="ft-space-command"),
+    ],
+)
+def test_plain_text_has_no_hl7_syntax(raw: str, expected: str) -> None:
+    """plain_text decodes FT/TX escapes and turns delimiters into spaces: no HL7 syntax remains."""
+    assert plain_text(raw, DEFAULT) == expected
+
+
+@pytest.mark.parametrize(
+    ("pl", "display", "parts"),
+    [
+        pytest.param(
+            "CARDIO^204^1^CHUIS", "CARDIO, room 204, bed 1", ["CARDIO", "204", "1"], id="full"
+        ),
+        pytest.param("CONSULT^2", "CONSULT, room 2", ["CONSULT", "2", ""], id="no-bed"),
+        pytest.param("LDR^^01", "LDR, bed 01", ["LDR", "", "01"], id="no-room"),
+        pytest.param("^204^1", "room 204, bed 1", ["", "204", "1"], id="no-point-of-care"),
+        pytest.param(
+            "HUH AE OMU&9.8&ISO^OMU B^Bed 03",
+            "HUH AE OMU, room OMU B, bed Bed 03",
+            ["HUH AE OMU", "OMU B", "Bed 03"],
+            id="hd-point-of-care",
+        ),
+    ],
+)
+def test_location_display_is_text_and_reverses_to_pl(
+    pl: str, display: str, parts: list[str]
+) -> None:
+    """PV1-3 → a display without carets, from which out_pl rebuilds PL-1..3 exactly."""
+    env, v = _value(f"PV1|1|I|{pl}", "PV1-3")
+    element = INBOUND["pl_location"].fn([v], env, None)
+    assert element == {"location": {"display": display}}
+    assert pl_parts(display) == parts
+    assert OUTBOUND["pl"](element, DEFAULT) == "^".join(parts).rstrip("^")
+
+
+@pytest.mark.parametrize(
+    ("cwe", "systems"),
+    [
+        pytest.param(
+            "GLY^Glycemie^L", ["urn:passerelle:adapter:chu-test:code:obx-3"], id="L-by-field"
+        ),
+        pytest.param(
+            "GLY^Glycemie", ["urn:passerelle:adapter:chu-test:code:obx-3"], id="none-by-field"
+        ),
+        pytest.param(
+            "D^Medecin^99CHUIS", ["urn:passerelle:adapter:chu-test:code:99chuis"], id="99zzz"
+        ),
+        pytest.param("2345-7^Glucose^LN", ["http://loinc.org"], id="loinc"),
+        pytest.param(
+            "H^High^HL70078", ["http://terminology.hl7.org/CodeSystem/v2-0078"], id="hl7-table"
+        ),
+        pytest.param("08^HepB^CVX", ["http://hl7.org/fhir/sid/cvx"], id="cvx"),
+        pytest.param(
+            "1554-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN",
+            ["urn:passerelle:adapter:chu-test:code:obx-3"],
+            id="not-a-0396-name-by-field",
+        ),
+        pytest.param(
+            "165747007^RhD+^SCT^POS^Positif^L",
+            ["http://snomed.info/sct", "urn:passerelle:adapter:chu-test:code:obx-3"],
+            id="alternate-local",
+        ),
+    ],
+)
+def test_every_coding_has_a_system(cwe: str, systems: list[str]) -> None:
+    """A CWE coding gets its terminology URI, else the adapter's local code system (identity.local_code_system)."""
+    env, v = _value(f"OBX|1|CWE|{cwe}", "OBX-3")
+    concept = INBOUND["codeable_concept"].fn([v], env, None)
+    assert [c.get("system") for c in concept["coding"]] == systems
+    assert [f.code for f in env.findings if f.code != "unknown-coding-system"] == []
+
+
+def test_an_unknown_named_coding_system_is_local_with_an_info_finding() -> None:
+    """A coding system with no known URI (NIP002) is written local, and named at its field."""
+    env, v = _value(
+        "RXA|0|1|20240101|20240101|08^HepB^CVX|||||||||||||00^Parental decision^NIP002", "RXA-18"
+    )
+    concept = INBOUND["codeable_concept"].fn([v], env, None)
+    assert concept["coding"][0]["system"] == "urn:passerelle:adapter:chu-test:code:nip002"
+    assert [(f.severity, f.code, f.location) for f in env.findings] == [
+        ("info", "unknown-coding-system", "RXA-18")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cx", "type_coding"),
+    [
+        pytest.param(
+            "BE123456^^^MA^NNMAR", {"system": V2_0203, "code": "NI"}, id="cin-nnmar-is-ni"
+        ),
+        pytest.param("X1^^^FR^NNFRA", {"system": V2_0203, "code": "NI"}, id="any-nnxxx-is-ni"),
+        pytest.param("IPP1^^^CHUIS^PI", {"system": V2_0203, "code": "PI"}, id="hl7-code"),
+        pytest.param(
+            "M1^^^CNOPS^MUT",
+            {"system": "urn:passerelle:adapter:chu-test:code:pid-3-5", "code": "MUT"},
+            id="local-type",
+        ),
+    ],
+)
+def test_identifier_type_is_a_v2_0203_code_or_local(cx: str, type_coding: dict[str, str]) -> None:
+    """CX-5 → Identifier.type: NNxxx (no v2-0203 code) is NI, a table 0203 code keeps v2-0203, another code is local."""
+    env, v = _value(f"PID|1||{cx}", "PID-3")
+    ident = INBOUND["cx_identifier"].fn([v], env, None)
+    assert ident["type"] == {"coding": [type_coding]}
+    assert ident["system"]
+
+
+def test_the_cin_goes_back_to_hl7_as_nnmar() -> None:
+    """out_cx writes the CIN (typed NI in FHIR) with CX-5 NNMAR and CX-4 MA, as HL7 v2 senders do."""
+    ident = {
+        "system": CIN_SYSTEM,
+        "value": "BE123456",
+        "type": {"coding": [{"system": V2_0203, "code": "NI"}]},
+    }
+    assert OUTBOUND["cx"](ident, DEFAULT) == "BE123456^^^MA^NNMAR"

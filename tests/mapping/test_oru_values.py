@@ -266,7 +266,7 @@ class TestOtherValueTypes:
     def test_unknown_type_is_kept_with_a_finding(self) -> None:
         """An RP (or any unconverted type) is kept as valueString and named at OBX-2."""
         result, env = self._call("RP", "DOC-42^CHUIS^IM^JPEG")
-        assert result == "DOC-42^CHUIS^IM^JPEG"
+        assert result == "DOC-42 CHUIS IM JPEG"  # its components as text, no HL7 delimiter
         assert [(f.code, f.location) for f in env.findings] == [("unsupported-value-type", "OBX-2")]
 
     def test_missing_type_is_a_finding(self) -> None:
@@ -292,7 +292,9 @@ class TestOruMapping:
         result = mappings.map_hl7v2(parse(self.HEAD + obx), ctx)
         validate_bundle(result.bundle)
         resources = [e["resource"] for e in result.bundle["entry"]]
-        return resources, result.findings
+        # HEAD's patient NTE is always reported (test_notes_follow_their_segment checks it).
+        patient_note = ("unmapped-note", "NTE[1]-3")
+        return resources, [f for f in result.findings if (f.code, f.location) != patient_note]
 
     @staticmethod
     def _of(resources: list[Any], kind: str) -> list[Any]:
@@ -319,8 +321,14 @@ class TestOruMapping:
         assert not findings
 
     def test_notes_follow_their_segment(self, mappings: MappingSet, ctx: MapContext) -> None:
-        """NTE after OBR goes to the ServiceRequest, after OBX to the Observation, after PID nowhere."""
-        resources, _ = self._map(mappings, ctx, "OBX|1|ST|X^X||ok||||||F\rNTE|1||Note résultat\r")
+        """NTE after OBR goes to the ServiceRequest, after OBX to the Observation, after PID to an unmapped-note warning."""
+        message = parse(self.HEAD + "OBX|1|ST|X^X||ok||||||F\rNTE|1||Note résultat\r")
+        result = mappings.map_hl7v2(message, ctx)
+        assert [(f.severity, f.code, f.location) for f in result.findings] == [
+            ("warning", "unmapped-note", "NTE[1]-3")
+        ]
+        assert "Note patient" not in result.findings[0].message
+        resources = [e["resource"] for e in result.bundle["entry"]]
         (order,) = self._of(resources, "ServiceRequest")
         (observation,) = self._of(resources, "Observation")
         (report,) = self._of(resources, "DiagnosticReport")
@@ -375,3 +383,105 @@ class TestOruMapping:
                     }
                 }
             ]
+
+
+def _obx_line(line: str) -> tuple[Env, dict[int, SourceValue | None]]:
+    """An Env over a message with one given OBX, and that OBX's fields by number."""
+    message = parse(f"{MSH}\r{line}\r")
+    env = Env(message, "Africa/Casablanca", "test")
+    obx = message.segments_named("OBX")[0]
+
+    def read(field: int) -> SourceValue | None:
+        raw = obx.repetitions(field)[0] if obx.repetitions(field) else ""
+        return SourceValue(raw, obx, parse_path(f"OBX-{field}"), 1) if raw else None
+
+    return env, {n: read(n) for n in (3, 5, 6, 7)}
+
+
+class TestUnitMatchesLoinc:
+    """quantity with OBX-3: a LOINC code and a unit of another kind are a unit-mismatch warning."""
+
+    @pytest.mark.parametrize(
+        ("code", "units", "mismatch"),
+        [
+            pytest.param(
+                "2345-7^Glucose^LN", "mmol/L^mmol/L^UCUM", True, id="mass-loinc-molar-unit"
+            ),
+            pytest.param(
+                "14749-6^Glucose^LN", "mmol/L^mmol/L^UCUM", False, id="molar-loinc-molar-unit"
+            ),
+            pytest.param("2345-7^Glucose^LN", "g/L^g/L^UCUM", False, id="mass-loinc-mass-unit"),
+            pytest.param("14682-9^Creat^LN", "mg/L", True, id="molar-loinc-mass-unit"),
+            pytest.param("GLY^Gly^L^2345-7^Glucose^LN", "mmol/L", True, id="alternate-loinc"),
+            pytest.param("GLY^Gly^L", "mmol/L", False, id="local-code-not-judged"),
+            pytest.param("4548-4^HbA1c^LN", "%", False, id="fraction-in-percent"),
+            pytest.param("2345-7^Glucose^LN", "furlong", False, id="unknown-unit-not-judged"),
+        ],
+    )
+    def test_mismatch_is_a_warning_and_the_value_is_kept(
+        self, code: str, units: str, mismatch: bool
+    ) -> None:
+        """A LOINC property (loinc-property.csv) the OBX-6 unit cannot express is a warning at OBX-6; the value stays."""
+        env, f = _obx_line(f"OBX|1|NM|{code}||5.4|{units}||||||F")
+        quantity = _call("quantity", [f[5], f[6], f[3]], env)
+        assert quantity["value"] == 5.4
+        found = [(x.severity, x.code, x.location) for x in env.findings]
+        assert found == ([("warning", "unit-mismatch", "OBX-6")] if mismatch else [])
+        assert all("5.4" not in x.message for x in env.findings)
+
+    def test_every_local_table_row_agrees_with_the_units_the_samples_use(self) -> None:
+        """Each lab-local-to-loinc row's LOINC has a property, and the local code's sample units express it."""
+        from broker.mapping.functions import unit_properties
+        from broker.settings import BASE_MAPPINGS_DIR
+
+        loinc, units = unit_properties()
+        rows = [
+            line.split(",")
+            for line in (BASE_MAPPINGS_DIR / "tables" / "lab-local-to-loinc.csv")
+            .read_text(encoding="utf-8")
+            .splitlines()
+            if line and not line.startswith(("#", "code,"))
+        ]
+        # The units the samples (mappings/tests, tests/samples) send these local codes in.
+        sample_units = {
+            "GLY": "mmol/L",
+            "CREA": "umol/L",
+            "UREE": "mmol/L",
+            "K": "mmol/L",
+            "HB": "g/dL",
+            "CRP": "mg/L",
+            "HBA1C": "%",
+            "PLQ": "10*9/L",
+        }
+        for code, _, target, _ in rows:
+            assert target in loinc, f"{code}: {target} has no property in loinc-property.csv"
+        for code, unit in sample_units.items():
+            target = next(r[2] for r in rows if r[0] == code)
+            assert loinc[target] in units[unit], (code, target, unit)
+
+
+class TestReferenceRange:
+    """OBX-7 → referenceRange: low/high Quantities, no HL7 delimiter in its text."""
+
+    @pytest.mark.parametrize(
+        ("obx7", "expected"),
+        [
+            pytest.param("3.9-6.1", {"low": 3.9, "high": 6.1}, id="plain-range"),
+            pytest.param(
+                "35-150^35^150", {"low": 35, "high": 150, "text": "35-150"}, id="composite"
+            ),
+            pytest.param("^35^150", {"low": 35, "high": 150}, id="components-only"),
+            pytest.param("<5", {"high": 5}, id="below"),
+            pytest.param("négatif", {"text": "négatif"}, id="text"),
+            pytest.param("neg\\S\\pos^^", {"text": "neg^pos"}, id="escaped-caret-is-data"),
+        ],
+    )
+    def test_range_is_low_high_and_clean_text(self, obx7: str, expected: dict[str, Any]) -> None:
+        """Numbers become low/high in OBX-6's unit; a composite's first component is the text."""
+        env, f = _obx_line(f"OBX|1|NM|X^X||5|mg/L^mg/L^UCUM|{obx7}|||||F")
+        found = _call("reference_range", [f[7], f[6]], env)
+        flat = {k: (v["value"] if isinstance(v, dict) else v) for k, v in found.items()}
+        assert flat == expected
+        for key in ("low", "high"):
+            if key in found:
+                assert found[key]["code"] == "mg/L"

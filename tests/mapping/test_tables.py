@@ -72,25 +72,30 @@ def observations(bundle: dict[str, object]) -> list[dict[str, object]]:
 
 
 def test_local_lab_code_gets_its_loinc_coding() -> None:
-    """OBX-3 in a local system (L, 99xxx) keeps its coding and gains the LOINC one from the CSV."""
+    """OBX-3 in a local system (L, 99xxx) keeps its coding, in the adapter's local code system, and gains the LOINC one from the CSV."""
     result = MappingSet.load(ROOT / "mappings").map_hl7v2(parse(ORU), CTX)
     validate_bundle(result.bundle)
     codes = [o["code"] for o in observations(result.bundle)]
     loinc = "http://loinc.org"
+    local = f"urn:passerelle:adapter:{CTX.source}:code"
     assert codes[0] == {
         "coding": [
-            {"code": "GLY", "display": "Glycemie"},
+            {"system": f"{local}:obx-3", "code": "GLY", "display": "Glycemie"},
             {
                 "system": loinc,
-                "code": "2345-7",
-                "display": "Glucose [Mass/volume] in Serum or Plasma",
+                "code": "14749-6",
+                "display": "Glucose [Moles/volume] in Serum or Plasma",
             },
         ]
     }
-    assert codes[1]["coding"][1]["code"] == "2160-0"  # type: ignore[index]
-    assert codes[2] == {"coding": [{"code": "XYZ", "display": "Inconnu"}]}
+    assert codes[1]["coding"][0]["system"] == f"{local}:99chu"  # type: ignore[index]
+    assert codes[1]["coding"][1]["code"] == "14682-9"  # type: ignore[index]
+    assert codes[2] == {
+        "coding": [{"system": f"{local}:obx-3", "code": "XYZ", "display": "Inconnu"}]
+    }
     assert codes[3] == {"coding": [{"system": loinc, "code": "2160-0", "display": "Creatinine"}]}
-    (finding,) = result.findings
+    # OBX 4 sends 2160-0 (Creatinine [Mass/volume]) in umol/L: unit-mismatch, checked elsewhere.
+    (finding,) = [f for f in result.findings if f.code != "unit-mismatch"]
     assert (finding.code, finding.location) == ("unknown-code", "OBX[3]-3")
     assert "lab-local-to-loinc" in finding.message
 

@@ -111,7 +111,7 @@ class TestLint:
         root = tmp_path / "mappings"
         shutil.copytree(ROOT / "mappings", root)
         table = root / "tables" / "lab-local-to-loinc.csv"
-        table.write_text(table.read_text(encoding="utf-8").replace(",2160-0,", ",", 1), "utf-8")
+        table.write_text(table.read_text(encoding="utf-8").replace(",14682-9,", ",", 1), "utf-8")
         done = runner.invoke(app, ["mappings", "lint", str(root)])
         assert done.exit_code == 1
         found = findings(done.stdout)
