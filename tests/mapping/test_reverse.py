@@ -109,9 +109,9 @@ def adt_bundle(event: str) -> dict[str, Any]:
                         "code": "IMP",
                     },
                     "subject": {"reference": PATIENT},
-                    # The canonical form of a location today: the PL components in the display
-                    # (issue 12 cleans displays; this input follows the canonical form).
-                    "location": [{"location": {"display": "CARDIO^204^1"}}],
+                    # The canonical form of a location: PL-1..3 in words in the display (no
+                    # HL7 delimiters in FHIR strings, issue 12).
+                    "location": [{"location": {"display": "CARDIO, room 204, bed 1"}}],
                     "participant": [{"individual": {"reference": DOCTOR}}],
                     "period": {"start": "2024-03-15T10:30:00+01:00"},
                 },
@@ -235,8 +235,8 @@ def test_a02_transfer_writes_the_new_and_the_prior_location(mappings: MappingSet
     """A02: PV1-3 is where the patient now is, PV1-6 the location left (status completed)."""
     bundle = adt_bundle("A02")
     bundle["entry"][2]["resource"]["location"] = [
-        {"location": {"display": "CARDIO^204^1"}, "status": "completed"},
-        {"location": {"display": "USIC^3^2"}, "status": "active"},
+        {"location": {"display": "CARDIO, room 204, bed 1"}, "status": "completed"},
+        {"location": {"display": "USIC, room 3, bed 2"}, "status": "active"},
     ]
     assert render(mappings, bundle) == [
         MSH.format(event="A02", structure="ADT_A02"),
