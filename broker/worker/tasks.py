@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 
 from broker import keys
@@ -115,14 +116,59 @@ def _trim(rt: Runtime) -> None:
     """Drop journal and queue entries older than the retention, at most once a minute.
 
     XTRIM MINID cuts by entry id, i.e. by arrival time; an entry is processed within seconds,
-    so only entries long done fall out. Dead letters, rejections and quarantine are kept.
+    so only entries long done fall out. An entry its consumer group has not yet read, or read
+    and not acknowledged, is never cut however old: the cut stops at the oldest of them, so a
+    drain still reaches it (a queued message whose envelope expired becomes a dead letter, §6 of
+    docs/reliability.md). Dead letters, rejections and quarantine are kept.
     """
     if not rt.client.set(keys.TRIMMED, b"1", nx=True, ex=60):
         return
-    oldest = f"{int((time.time() - rt.settings.retention_s) * 1000)}-0"
-    pipe = rt.client.pipeline(transaction=False)
+    cutoff = _stream_id(f"{int((time.time() - rt.settings.retention_s) * 1000)}-0")
+    streams = []
     for partition in range(rt.settings.partitions):
-        pipe.xtrim(keys.inbound(partition), minid=oldest, approximate=False)
-        for sub in rt.subscribers:
-            pipe.xtrim(keys.outbound(sub.id, partition), minid=oldest, approximate=False)
+        streams.append((keys.inbound(partition), keys.PIPELINE_GROUP))
+        streams.extend(
+            (keys.outbound(sub.id, partition), keys.DELIVER_GROUP) for sub in rt.subscribers
+        )
+    pipe = rt.client.pipeline(transaction=False)
+    for stream, group in streams:
+        floor = _undone_floor(rt.client, stream, group)
+        minid = cutoff if floor is None else min(cutoff, floor)
+        if minid > (0, 0):
+            pipe.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
     pipe.execute()
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stream_text(value: bytes | str) -> str:
+    """A name Redis returned, as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _undone_floor(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
+    """The id of the oldest entry of ``stream`` that ``group`` has not finished, or ``None``.
+
+    Unfinished: read and not acknowledged (the pending list's smallest id), or not read yet
+    (after the group's last-delivered id). A stream without the group is all unfinished.
+    """
+    try:
+        groups: Any = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return None  # no such stream: nothing to trim
+    info = next((g for g in groups if _stream_text(g["name"]) == group), None)
+    if info is None:
+        return (0, 0)
+    floors = []
+    if int(info["pending"]):
+        summary: Any = client.xpending(stream, group)
+        if summary and summary.get("min"):
+            floors.append(_stream_id(summary["min"]))
+    last = _stream_id(info["last-delivered-id"])
+    floors.append((last[0], last[1] + 1))
+    return min(floors)

@@ -277,11 +277,15 @@ class TestRobustness:
         assert wait_until(lambda: stack.fhir.count > after, 30), stack.logs()
 
     def test_entries_older_than_the_retention_are_trimmed(self, stack):
-        """The periodic task drops queue entries older than the retention (here: an entry from 1970)."""
+        """The periodic task drops finished queue entries older than the retention (here: an entry
+        from 1970 its group has read and acknowledged)."""
         stream = keys.outbound("lab-legacy", 1)
         # Earlier tests left only acknowledged entries here; an id from 1970 needs an empty stream.
         stack.redis.delete(stream)
         stack.redis.xadd(stream, {"env": "gone"}, id="1-0")
+        # The group's position after 1-0: read, acknowledged, done (an unfinished entry is kept:
+        # tests/worker/test_tasks.py::test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones).
+        stack.redis.xgroup_create(stream, keys.DELIVER_GROUP, id="1-0")
         stack.redis.delete(keys.TRIMMED)
         assert wait_until(lambda: not stack.redis.xrange(stream, min="1-0", max="1-0"), 30), (
             stack.logs()

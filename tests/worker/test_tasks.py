@@ -10,8 +10,6 @@ every ``rekick_interval_s``.
 
 from __future__ import annotations
 
-import pytest
-
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK
@@ -129,11 +127,6 @@ def test_backpressure_is_set_by_the_check_and_expires_by_itself(make_broker):
     assert not broker.client.exists(keys.PRESSURE), "the next check under the limit lifts it"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the retention trim drops an undelivered queue entry without a dead letter "
-    "(docs/reliability.md §6): a gap to close, not a promise",
-)
 def test_an_undelivered_entry_past_the_retention_ends_as_a_dead_letter(make_broker):
     """A queue entry older than the retention that no subscriber confirmed is a dead letter, not dropped."""
     broker = make_broker(partitions=1)
@@ -143,3 +136,24 @@ def test_an_undelivered_entry_past_the_retention_ends_as_a_dead_letter(make_brok
     broker.rekick()  # kicks the stream, then runs the retention trim
     broker.run()
     assert broker.runtime.dead_letters.find(DMP), "dropped without a trace"
+
+
+def test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones(make_broker):
+    """Past the retention, an acknowledged entry is cut; one read and not acknowledged (a drain in
+    progress or a dead drainer's), and one not read yet, are kept, whatever their age."""
+    broker = make_broker(partitions=1)
+    client = broker.client
+    done, pending, unread = keys.outbound(DMP, 0), keys.outbound(LAB, 0), keys.inbound(0)
+    for stream, group in ((done, keys.DELIVER_GROUP), (pending, keys.DELIVER_GROUP)):
+        ensure_group(client, stream, group)
+        client.xadd(stream, {"env": "old"}, id="1-0")  # 1970, far past the retention
+        client.xadd(stream, {"env": "new"}, id="2-0")
+        read_batch(client, stream, group, 10)
+    client.xack(done, keys.DELIVER_GROUP, "1-0", "2-0")
+    ensure_group(client, unread, keys.PIPELINE_GROUP)
+    client.xadd(unread, {"raw": "old"}, id="1-0")
+    client.delete(keys.TRIMMED)
+    broker.rekick()  # runs the retention trim (no drain runs here)
+    assert client.xlen(done) == 0
+    assert [i for i, _ in client.xrange(pending)] == [b"1-0", b"2-0"]
+    assert [i for i, _ in client.xrange(unread)] == [b"1-0"]
