@@ -12,22 +12,40 @@ import redis
 
 from broker.testing import LoopbackStack, PrivateRedis
 
+INTEGRATION_DIR = "tests/integration/"
+"""Where the integration tests live (node ids are relative to the repository root)."""
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup``: the integration tests as one unit of work, sent first.
 
-    One worker runs the integration tests one after the other (their stacks never compete with
-    each other) while the other workers take the remaining files, one file per unit (as
-    ``--dist loadfile``, so module fixtures are built once). Run serially, nothing changes.
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n N --dist loadfile``: the integration tests are one unit of work, not a file each.
+
+    One worker runs them one after the other (their stacks, Celery workers and peers never
+    compete with each other's) while the other workers take the remaining files, one file per
+    unit, so module fixtures are built once. (``--dist loadgroup`` would do it with marks, but
+    xdist 3.8 sets the group on ``Item._nodeid``, which pytest 9.2 no longer reads.)
     """
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    for item in items:
-        integration = item.get_closest_marker("integration") is not None
-        group = "integration" if integration else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class IntegrationAsOneUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return (
+                INTEGRATION_DIR
+                if nodeid.startswith(INTEGRATION_DIR)
+                else super()._split_scope(nodeid)
+            )
+
+    return IntegrationAsOneUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker: the integration tests first, so their unit (the longest) starts first.
+
+    Every worker sorts the same way, as xdist requires; a run without workers keeps pytest's order.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: not item.nodeid.startswith(INTEGRATION_DIR))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
