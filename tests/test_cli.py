@@ -1,4 +1,9 @@
-"""The ``passerelle`` command as a real subprocess: stdout carries the result alone, errors are one line."""
+"""The ``passerelle`` command: stdout carries the result alone, errors are one line.
+
+In-process (typer's CliRunner) for the contract of each command; a few runs of the installed
+``passerelle`` entry point as a real process check what only a process shows (the console
+script, logging kept off stdout, no traceback on stderr).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,22 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from broker.settings import REPO_ROOT
+from broker.testing import run_cli as cli
 from broker.testing import write_adapter
 
 SAMPLES = REPO_ROOT / "tests" / "samples" / "hl7v2"
 BROKEN = ("broken_no_msh", "broken_encoding_chars", "broken_missing_msh10", "adt_a17_unsupported")
 VALID = sorted(p.stem for p in SAMPLES.glob("*.hl7") if p.stem not in BROKEN)
 ADT = [name for name in VALID if name.startswith("adt_")]
-# Near-identical A01 variants cost a second each; fhir and hl7v2 run on one sample per shape.
 FHIR_SAMPLES = ["adt_a01_v23", "adt_a01_latin1", "adt_a04", "adt_a08", "oru_r01_20obx"]
 HL7V2_SAMPLES = ["adt_a01_v23", "adt_a01_latin1", "adt_a04", "adt_a08"]
+ENTRY_POINT = Path(sys.executable).parent / "passerelle"
+"""The console script pip installed beside this interpreter (``make test`` installs it)."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +39,14 @@ class Run:
     stderr: str
 
 
-def _cli(*args: str) -> Run:
+def _installed(*args: str) -> Run:
+    """Run the installed ``passerelle`` as a real process."""
+    assert ENTRY_POINT.is_file(), f"{ENTRY_POINT} is missing: install the package (make test)"
     done = subprocess.run(
-        [sys.executable, "-m", "broker", *args],
+        [str(ENTRY_POINT), *args],
         cwd=REPO_ROOT,
         capture_output=True,
-        timeout=60,
+        timeout=120,
         check=False,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
@@ -49,18 +59,6 @@ def _cli(*args: str) -> Run:
 
 def _translate_args(name: str, to: str) -> tuple[str, ...]:
     return ("translate", str(SAMPLES / f"{name}.hl7"), "--to", to)
-
-
-@pytest.fixture(scope="module")
-def translations() -> dict[tuple[str, ...], Run]:
-    """Every translate run this module asserts on, started concurrently (each costs ~1 s)."""
-    wanted = [_translate_args(n, "canonical") for n in VALID]
-    wanted += [_translate_args(n, "fhir") for n in FHIR_SAMPLES]
-    wanted += [_translate_args(n, "hl7v2") for n in HL7V2_SAMPLES]
-    wanted += [_translate_args(n, "canonical") for n in BROKEN]
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        runs = list(pool.map(lambda args: _cli(*args), wanted))
-    return dict(zip(wanted, runs, strict=True))
 
 
 def _inbound_msh10(name: str) -> str:
@@ -78,12 +76,11 @@ def test_the_sample_folder_holds_what_these_tests_expect():
     assert len(VALID) >= 8
 
 
-@pytest.mark.slow  # one `passerelle translate` process per sample: about a minute on 2 cores
 class TestTranslate:
     @pytest.mark.parametrize("name", VALID)
-    def test_canonical_prints_one_envelope_and_nothing_else(self, translations, name):
+    def test_canonical_prints_one_envelope_and_nothing_else(self, name):
         """`--to canonical` exits 0, stderr empty, stdout exactly one Envelope JSON document."""
-        run = translations[_translate_args(name, "canonical")]
+        run = cli(*_translate_args(name, "canonical"))
         assert run.code == 0, run.stderr
         assert run.stderr == ""
         document = json.loads(run.stdout)  # raises on a second document or stray text
@@ -93,9 +90,9 @@ class TestTranslate:
         assert document["bundle"]["resourceType"] == "Bundle"
 
     @pytest.mark.parametrize("name", FHIR_SAMPLES)
-    def test_fhir_prints_a_message_bundle_led_by_its_message_header(self, translations, name):
+    def test_fhir_prints_a_message_bundle_led_by_its_message_header(self, name):
         """`--to fhir` prints a Bundle of type message whose first entry is a MessageHeader."""
-        run = translations[_translate_args(name, "fhir")]
+        run = cli(*_translate_args(name, "fhir"))
         assert run.code == 0, run.stderr
         assert run.stderr == ""
         bundle = json.loads(run.stdout)
@@ -104,9 +101,9 @@ class TestTranslate:
         assert bundle["entry"][0]["resource"]["resourceType"] == "MessageHeader"
 
     @pytest.mark.parametrize("name", HL7V2_SAMPLES)
-    def test_hl7v2_prints_er7_that_keeps_the_inbound_control_id(self, translations, name):
+    def test_hl7v2_prints_er7_that_keeps_the_inbound_control_id(self, name):
         """`--to hl7v2` prints ER7 starting with MSH| whose MSH-10 is the inbound MSH-10."""
-        run = translations[_translate_args(name, "hl7v2")]
+        run = cli(*_translate_args(name, "hl7v2"))
         assert run.code == 0, run.stderr
         assert run.stderr == ""
         assert run.stdout.startswith("MSH|")
@@ -122,33 +119,33 @@ class TestTranslate:
             pytest.param("adt_a17_unsupported", id="unsupported-a17"),
         ],
     )
-    def test_a_bad_message_is_one_stderr_line_and_exit_1(self, translations, name):
+    def test_a_bad_message_is_one_stderr_line_and_exit_1(self, name):
         """A broken or unmapped message: exit 1, stdout empty, exactly one stderr line, no traceback."""
-        run = translations[_translate_args(name, "canonical")]
+        run = cli(*_translate_args(name, "canonical"))
         assert run.code == 1, run
         assert run.stdout == ""
         assert len(run.stderr.splitlines()) == 1, run.stderr
-        assert "Traceback" not in run.stderr
+        assert not run.crashed, run.exception
 
     def test_a_missing_file_is_one_stderr_line_and_exit_1(self, tmp_path):
         """A file that does not exist: exit 1, stdout empty, exactly one stderr line, no traceback."""
-        run = _cli("translate", str(tmp_path / "absent.hl7"), "--to", "canonical")
+        run = cli("translate", str(tmp_path / "absent.hl7"), "--to", "canonical")
         assert run.code == 1, run
         assert run.stdout == ""
         assert len(run.stderr.splitlines()) == 1, run.stderr
-        assert "Traceback" not in run.stderr
+        assert not run.crashed, run.exception
 
     def test_an_unknown_target_is_a_usage_error(self):
         """`--to nonsense` exits 2 (usage error) and prints nothing on stdout."""
-        run = _cli("translate", str(SAMPLES / "adt_a04.hl7"), "--to", "nonsense")
+        run = cli("translate", str(SAMPLES / "adt_a04.hl7"), "--to", "nonsense")
         assert run.code == 2, run
         assert run.stdout == ""
-        assert "Traceback" not in run.stderr
+        assert not run.crashed, run.exception
 
 
 def test_translate_unmapped_names_each_dropped_segment_group():
     """``--unmapped`` lists each malformed OBX dropped, by location and rule; stdout has the rest."""
-    run = _cli(*_translate_args("oru_r01_50obx_malformed", "fhir"), "--unmapped")
+    run = cli(*_translate_args("oru_r01_50obx_malformed", "fhir"), "--unmapped")
     assert run.code == 0, run
     bundle = json.loads(run.stdout)
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
@@ -166,7 +163,7 @@ def test_translate_unmapped_names_each_dropped_segment_group():
 class TestCheck:
     def test_the_repository_configuration_is_valid(self):
         """`check` on the repository's adapters and mappings exits 0."""
-        run = _cli(
+        run = cli(
             "check",
             "--adapters",
             str(REPO_ROOT / "adapters"),
@@ -174,7 +171,7 @@ class TestCheck:
             str(REPO_ROOT / "mappings"),
         )
         assert run.code == 0, run.stderr
-        assert "Traceback" not in run.stderr
+        assert not run.crashed, run.exception
 
     def test_an_unknown_key_is_reported_as_file_line_key(self, tmp_path):
         """A registration with an unknown key: exit 1, one stderr line `<file>:<line>: <key>: ...`."""
@@ -190,9 +187,40 @@ class TestCheck:
             },
         )
         line = 1 + path.read_text(encoding="utf-8").splitlines().index("colour: blue")
-        run = _cli("check", "--adapters", str(tmp_path / "adapters"))
+        run = cli("check", "--adapters", str(tmp_path / "adapters"))
         assert run.code == 1, run
         assert len(run.stderr.splitlines()) == 1, run.stderr
         # The program name may lead the line (`passerelle: `), as in `grep: file: ...`.
         pattern = rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: colour: \S"
         assert re.match(pattern, run.stderr), run.stderr
+
+
+@pytest.fixture(scope="module")
+def installed_runs() -> dict[str, Run]:
+    """A good and a broken translation by the installed command, as two concurrent processes."""
+    wanted = {
+        "good": _translate_args("adt_a01_latin1", "fhir"),
+        "broken": _translate_args("broken_missing_msh10", "canonical"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = pool.map(lambda args: _installed(*args), wanted.values())
+        return dict(zip(wanted, runs, strict=True))
+
+
+class TestTheInstalledCommand:
+    """The console script as a real process: what the in-process runs above cannot show."""
+
+    def test_a_translation_prints_the_bundle_alone(self, installed_runs):
+        """`passerelle translate` exits 0 with stdout one JSON Bundle and stderr empty."""
+        run = installed_runs["good"]
+        assert run.code == 0, run.stderr
+        assert run.stderr == ""
+        assert json.loads(run.stdout)["resourceType"] == "Bundle"
+
+    def test_a_broken_message_is_one_line_without_traceback(self, installed_runs):
+        """A broken message: exit 1, stdout empty, one stderr line, no traceback."""
+        run = installed_runs["broken"]
+        assert run.code == 1, run
+        assert run.stdout == ""
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        assert "Traceback" not in run.stderr

@@ -1,12 +1,10 @@
-"""Tests of ``passerelle dead-letters ...`` and ``passerelle replay``, run as subprocesses."""
+"""Tests of ``passerelle dead-letters ...`` and ``passerelle replay``, run in-process (CliRunner)."""
 
 from __future__ import annotations
 
 import getpass
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,36 +16,34 @@ from broker import keys
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT
+from broker.testing import CliRun, run_cli
 
 SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
 PATIENT_VALUE = "BE123456"
 
 
+Env = dict[str, str | None]
+
+
 @pytest.fixture(name="env")
 def fixture_env(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, dead_letter_adapters: Path
-) -> dict[str, str]:
-    adapters = dead_letter_adapters
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PASSERELLE_")}
+) -> Env:
+    """The broker's settings for the commands: the test Redis, every other PASSERELLE_ unset."""
+    env: Env = {k: None for k in os.environ if k.startswith("PASSERELLE_")}
     env.update(
         PASSERELLE_REDIS_URL=redis_url,
-        PASSERELLE_ADAPTERS_DIR=str(adapters),
+        PASSERELLE_ADAPTERS_DIR=str(dead_letter_adapters),
         PASSERELLE_MAPPINGS_DIR=str(REPO_ROOT / "mappings"),
         PASSERELLE_DATA_DIR=str(tmp_path / "var"),
     )
     return env
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run(env: Env, *args: str) -> CliRun:
+    """``passerelle ARGS`` in-process with ``env``."""
+    return run_cli(*args, env=env)
 
 
 def add_dead(
@@ -93,20 +89,20 @@ def audit(client: redis.Redis) -> list[dict[bytes, bytes]]:
     return [fields for _, fields in entries]
 
 
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+def one_error_line(done: CliRun) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stderr
+    assert not done.crashed, done.exception
     return lines[0]
 
 
 def test_list_prints_a_table_without_patient_data(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`list` prints id, time, status and reason per dead letter, and no patient identifier."""
     dead_id = add_dead(redis_client, envelope, reason="HTTP 422 " + "r" * 100)
     done = run(env, "dead-letters", "list", SUB)
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     header, row = done.stdout.splitlines()
     assert header.split()[:2] == ["ID", "DEAD-LETTERED"]
     assert row.startswith(dead_id)
@@ -116,14 +112,14 @@ def test_list_prints_a_table_without_patient_data(
 
 
 def test_list_json_and_filters(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`list --json` gives summaries; --status, --text and --since select them."""
     old = add_dead(redis_client, envelope, reason="timeout")
     DeadLetterStore(redis_client).save({**record(redis_client, old), "status": "discarded"})
     new = add_dead(redis_client, envelope, reason="invalid birthDate")
     done = run(env, "dead-letters", "list", SUB, "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert [s["id"] for s in json.loads(done.stdout)] == [new]
     assert PATIENT_VALUE not in done.stdout
     done = run(env, "dead-letters", "list", SUB, "--status", "all", "--text", "TIMEOUT", "--json")
@@ -142,19 +138,19 @@ def test_list_json_and_filters(
         ("replay", "abc", "--why", "x"),
     ],
 )
-def test_usage_errors_exit_2(env: dict[str, str], args: tuple[str, ...]) -> None:
+def test_usage_errors_exit_2(env: Env, args: tuple[str, ...]) -> None:
     """A bad option value or a missing --why/--to is a usage error: exit 2."""
     done = run(env, *args)
-    assert done.returncode == 2, done.stderr
+    assert done.code == 2, done.stderr
 
 
 def test_show_prints_the_record_and_audits_it(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`show` prints the full record as JSON and records the view with who."""
     dead_id = add_dead(redis_client, envelope)
     done = run(env, "dead-letters", "show", SUB, dead_id, "--by", "nadia")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["id"] == dead_id
     assert shown["envelope"]["bundle"] == envelope["bundle"]
@@ -163,32 +159,32 @@ def test_show_prints_the_record_and_audits_it(
     assert fields[b"who"] == b"nadia"
 
 
-def test_show_unknown_fails_with_one_line(env: dict[str, str], redis_client: redis.Redis) -> None:
+def test_show_unknown_fails_with_one_line(env: Env, redis_client: redis.Redis) -> None:
     """`show` of an unknown dead letter exits 1 with one line on stderr."""
     done = run(env, "dead-letters", "show", SUB, "0123456789abcdef0123456789ab")
-    assert done.returncode == 1
+    assert done.code == 1
     assert "no dead letter" in one_error_line(done)
 
 
 def test_replay_queues_the_release_and_records_who_and_why(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`replay` marks the dead letter replaying, records --by and --why, and queues the task."""
     dead_id = add_dead(redis_client, envelope)
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "fixed", "--by", "nadia")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert dead_id in done.stdout
     after = record(redis_client, dead_id)
     assert after["status"] == "replaying"
     assert (after["history"][-1]["who"], after["history"][-1]["why"]) == ("nadia", "fixed")
     assert queued_tasks(redis_client) == ["passerelle.release_patient"]
     again = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "again")
-    assert again.returncode == 1
+    assert again.code == 1
     assert "only an open dead letter" in one_error_line(again)
 
 
 def test_replay_with_a_corrected_fhir_bundle(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
 ) -> None:
     """`replay --payload bundle.json` sends the corrected Bundle and records the edit."""
     dead_id = add_dead(redis_client, envelope, hold=False)
@@ -198,7 +194,7 @@ def test_replay_with_a_corrected_fhir_bundle(
     path = tmp_path / "fixed.json"
     path.write_text("\n  " + json.dumps(corrected))
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert record(redis_client, dead_id)["history"][-1]["action"] == "edited and replayed"
     stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
     assert stored["bundle"] == corrected
@@ -206,14 +202,14 @@ def test_replay_with_a_corrected_fhir_bundle(
 
 
 def test_replay_with_a_corrected_hl7_message(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
 ) -> None:
     """`replay --payload msg.hl7` maps the corrected HL7 v2 message into the canonical Bundle."""
     dead_id = add_dead(redis_client, envelope, hold=False)
     path = tmp_path / "fixed.hl7"
     path.write_bytes(SAMPLE.read_bytes().replace(b"|19620312|", b"|19620313|"))
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
     (patient,) = [
         e["resource"]
@@ -228,63 +224,61 @@ def test_replay_with_a_corrected_hl7_message(
 
 
 def test_replay_refuses_a_changed_control_id(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
 ) -> None:
     """A corrected HL7 message with another MSH-10 is refused (replays must stay idempotent)."""
     dead_id = add_dead(redis_client, envelope)
     path = tmp_path / "fixed.hl7"
     path.write_bytes(SAMPLE.read_bytes().replace(b"|MSG00001|", b"|MSG00002|"))
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "x", "--payload", str(path))
-    assert done.returncode == 1
+    assert done.code == 1
     assert "MSH-10" in one_error_line(done)
     assert record(redis_client, dead_id)["status"] == "open"
 
 
 def test_replay_refuses_an_invalid_bundle(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
 ) -> None:
     """A corrected Bundle that is not valid FHIR R4 exits 1 with one line; nothing changes."""
     dead_id = add_dead(redis_client, envelope)
     path = tmp_path / "fixed.json"
     path.write_text(json.dumps({**envelope["bundle"], "type": "collection"}))
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "x", "--payload", str(path))
-    assert done.returncode == 1
+    assert done.code == 1
     assert "Bundle.type" in one_error_line(done)
     assert record(redis_client, dead_id)["status"] == "open"
     assert queued_tasks(redis_client) == []
 
 
 def test_discard_defaults_by_to_the_os_user(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`discard` marks the dead letter discarded, recorded as done by the OS user."""
     dead_id = add_dead(redis_client, envelope)
     done = run(env, "dead-letters", "discard", SUB, dead_id, "--why", "sent by fax")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     after = record(redis_client, dead_id)
     assert after["status"] == "discarded"
     assert after["history"][-1]["who"] == getpass.getuser()
 
 
-def test_replay_all_by_text(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
-) -> None:
+def test_replay_all_by_text(env: Env, redis_client: redis.Redis, envelope: dict[str, Any]) -> None:
     """`replay-all --text` replays the matching open dead letters and prints their ids."""
     match = add_dead(redis_client, envelope, reason="HTTP 503 maintenance", hold=False)
     other = add_dead(redis_client, envelope, reason="HTTP 422 invalid", hold=False)
     done = run(env, "dead-letters", "replay-all", SUB, "--why", "over", "--text", "maintenance")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [match]
     assert record(redis_client, other)["status"] == "open"
 
 
 def test_replay_message_to_a_subscriber(
-    env: dict[str, str], redis_client: redis.Redis, envelope: dict[str, Any]
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
 ) -> None:
     """`passerelle replay ID --to SUB` queues a journalled message again and audits it."""
     redis_client.set(keys.envelope(envelope["id"]), json.dumps(envelope))
     done = run(env, "replay", envelope["id"], "--to", SUB, "--why", "lost", "--by", "nadia")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     entries: list[Any] = redis_client.xrange(keys.outbound(SUB, 3))  # type: ignore[assignment]
     assert [e[1][b"env"].decode() for e in entries] == [envelope["id"]]
     (fields,) = audit(redis_client)
@@ -295,18 +289,16 @@ def test_replay_message_to_a_subscriber(
     ("message_id", "to", "expected"),
     [("0123456789abcdef0123456789ab", SUB, "no stored message"), ("x", "nobody", "no outbound")],
 )
-def test_replay_message_failures(
-    env: dict[str, str], message_id: str, to: str, expected: str
-) -> None:
+def test_replay_message_failures(env: Env, message_id: str, to: str, expected: str) -> None:
     """`passerelle replay` of an unknown message or subscriber exits 1 with one line."""
     done = run(env, "replay", message_id, "--to", to, "--why", "x")
-    assert done.returncode == 1
+    assert done.code == 1
     assert expected in one_error_line(done)
 
 
-def test_unreachable_redis_fails_with_one_line(env: dict[str, str]) -> None:
+def test_unreachable_redis_fails_with_one_line(env: Env) -> None:
     """With the broker's Redis down, a command exits 1 with one line saying so."""
     env = {**env, "PASSERELLE_REDIS_URL": "redis://127.0.0.1:1/0"}
     done = run(env, "dead-letters", "list", SUB)
-    assert done.returncode == 1
+    assert done.code == 1
     assert "cannot reach the broker's Redis" in one_error_line(done)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,7 +12,7 @@ from broker.errors import AdapterSpecError
 from broker.mapping import MappingSet
 from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import REPO_ROOT, Settings
-from broker.testing import free_port, write_adapter
+from broker.testing import CliRun, free_port, run_cli, write_adapter
 
 COMMANDS = ("check", "serve", "listen", "worker", "api")
 MAPPINGS = REPO_ROOT / "mappings"
@@ -47,50 +44,57 @@ def _old_lab(directory: Path, version: str) -> tuple[Path, int]:
     return path, line
 
 
+# What each command calls once its configuration is accepted: reaching one is a failed check.
+STARTERS = (
+    "broker.supervisor.Supervisor",  # serve
+    "broker.listen.run_listeners",  # listen
+    "broker.worker.celery_app.create_celery",  # worker
+    "broker.supervisor.ensure_api_token",  # api, before uvicorn
+    "uvicorn.run",
+)
+
+
+class StartedAnyway(AssertionError):
+    """A command got past its start-up check and began to start the broker."""
+
+
 @pytest.fixture(scope="module")
 def refused(
     tmp_path_factory: pytest.TempPathFactory, unwritten: str
-) -> tuple[Path, int, dict[str, tuple[int, str]]]:
-    """Each command run once on the bad registration, two at a time (each costs ~3 s)."""
+) -> tuple[Path, int, dict[str, CliRun]]:
+    """Each command run once in-process on the bad registration, its starters tripwired."""
     root = tmp_path_factory.mktemp("startup")
     path, line = _old_lab(root / "adapters", unwritten)
     env = {
-        **os.environ,
-        "PYTHONIOENCODING": "utf-8",
         "PASSERELLE_ADAPTERS_DIR": str(root / "adapters"),
         "PASSERELLE_MAPPINGS_DIR": str(MAPPINGS),
         "PASSERELLE_DATA_DIR": str(root / "data"),
-        # Nothing may start; should a command get past its check, it fails on this unused port.
+        # Belt and braces: a starter that escaped the tripwires would fail on these unused ports.
         "PASSERELLE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "PASSERELLE_HTTP_PORT": str(free_port()),
     }
 
-    def run(command: str) -> tuple[int, str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", command],
-            cwd=root,
-            capture_output=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
-        return done.returncode, done.stderr.decode("utf-8", "replace")
+    def tripwire(*args: Any, **kwargs: Any) -> NoReturn:
+        raise StartedAnyway
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(COMMANDS, pool.map(run, COMMANDS), strict=True))
+    with pytest.MonkeyPatch.context() as patch:
+        for starter in STARTERS:
+            patch.setattr(starter, tripwire)
+        results = {command: run_cli(command, env=env) for command in COMMANDS}
     return path, line, results
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_hl7_version_no_mapping_writes_stops_the_command_with_one_line(
-    refused: tuple[Path, int, dict[str, tuple[int, str]]], unwritten: str, command: str
+    refused: tuple[Path, int, dict[str, CliRun]], unwritten: str, command: str
 ) -> None:
-    """Exit 1 and one stderr line `file:line: hl7_version: reason`, no traceback, as `check`."""
+    """Exit 1 and one stderr line `file:line: hl7_version: reason`, nothing started, as `check`."""
     path, line, results = refused
-    code, stderr = results[command]
-    assert code == 1, stderr
+    run = results[command]
+    assert not run.crashed, f"{command} went on to start: {run.exception!r}"
+    assert run.code == 1, run.stderr
+    stderr = run.stderr
     assert len(stderr.splitlines()) == 1, stderr
-    assert "Traceback" not in stderr
     pattern = (
         rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: hl7_version: "
         rf"no outbound mapping writes HL7 v{re.escape(unwritten)}; expected one of "

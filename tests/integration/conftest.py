@@ -15,10 +15,14 @@ import pytest
 from broker.settings import REPO_ROOT
 from broker.testing import LoopbackStack, free_port, wait_until
 
+# Module scope, not package: tests/ has no __init__.py, so pytest turns a "package" fixture into
+# a session one, and the stack (Redis, Celery workers, beat, API) ran on through every test
+# collected after tests/integration. Each stack now stops when the module that uses it ends.
 
-@pytest.fixture(scope="package")
+
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackStack]:
-    """Start the whole broker as `passerelle serve` does, once for the integration tests."""
+    """Start the whole broker as `passerelle serve` does, once per module that asks for it."""
     with LoopbackStack(
         tmp_path_factory.mktemp("stack"),
         workers=2,
@@ -97,11 +101,11 @@ def _node_for_fhir_server() -> str:
     return node
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def start_fhir_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., RealFhirServer]]:
-    """Start a fresh, empty real FHIR server per call; all are stopped after the package."""
+    """Start a fresh, empty real FHIR server per call; all are stopped after the module."""
     node = _node_for_fhir_server()
     started: list[RealFhirServer] = []
 
@@ -116,7 +120,7 @@ def start_fhir_server(
         server.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def fhir_server(start_fhir_server: Callable[..., RealFhirServer]) -> RealFhirServer:
-    """One real FHIR server shared by the tests of the package that only need a server."""
+    """One real FHIR server shared by the tests of the module that only need a server."""
     return start_fhir_server()

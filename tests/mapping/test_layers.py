@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from broker.mapping.lint import lint
 from broker.mapping.reload import MappingWatcher
 from broker.parsing.hl7v2 import decode, parse
 from broker.settings import BASE_MAPPINGS_DIR, REPO_ROOT, Settings
-from broker.testing import write_adapter
+from broker.testing import run_cli, write_adapter
 from broker.translate import translate
 
 SAMPLE = (REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7").read_bytes()
@@ -123,18 +120,6 @@ def test_lint_over_layers_names_the_site_file(site):
     assert (problem.file, problem.line) == (str(site / "sites" / "hopital-fes.yaml"), 2)
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_the_cli_lays_mappings_and_the_environment_over_the_base_set(site, tmp_path):
     """`check --mappings DIR` and `mappings lint` with PASSERELLE_MAPPINGS_DIR use both layers."""
     adapters = tmp_path / "adapters"
@@ -148,10 +133,10 @@ def test_the_cli_lays_mappings_and_the_environment_over_the_base_set(site, tmp_p
             "listen": "127.0.0.1:2575",
         },
     )
-    checked = cli("check", "--adapters", str(adapters), "--mappings", str(site))
-    assert (checked.returncode, checked.stdout.strip()) == (0, "configuration ok"), checked.stderr
-    linted = cli("mappings", "lint", env={"PASSERELLE_MAPPINGS_DIR": str(site)})
-    assert linted.returncode == 0, linted.stdout + linted.stderr
-    missing = cli("check", "--adapters", str(adapters), "--mappings", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1
+    checked = run_cli("check", "--adapters", str(adapters), "--mappings", str(site))
+    assert (checked.code, checked.stdout.strip()) == (0, "configuration ok"), checked.stderr
+    linted = run_cli("mappings", "lint", env={"PASSERELLE_MAPPINGS_DIR": str(site)})
+    assert linted.code == 0, linted.stdout + linted.stderr
+    missing = run_cli("check", "--adapters", str(adapters), "--mappings", str(tmp_path / "nowhere"))
+    assert missing.code == 1
     assert "the mappings directory does not exist" in missing.stderr
