@@ -722,8 +722,11 @@ def run(
         },
         workers=2,
         rekick_interval_s=1.0,
-        claim_idle_s=10.0,
-        delivery_timeout_s=10.0,
+        # A 50-result ORU is one transaction of about 60 conditional entries that the server
+        # validates one by one: seconds on a busy 2-core machine. The wait is generous so that a
+        # slow answer is not a refusal; a refusal is still one.
+        claim_idle_s=90.0,
+        delivery_timeout_s=60.0,
     ) as stack:
         assert stack.settings is not None
         assert wait_for_port("127.0.0.1", stack.settings.http_port, 30), stack.logs()
