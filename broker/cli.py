@@ -253,8 +253,15 @@ def translate(
         )
     except BrokerError as exc:
         _fail(str(exc).splitlines()[0])
-    out = done.output
-    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    out = done.output if done.output.endswith("\n") else done.output + "\n"
+    # UTF-8 whatever the locale: --to hl7v2 names UNICODE UTF-8 in MSH-18, and JSON is UTF-8.
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(out)
+    else:
+        sys.stdout.flush()
+        buffer.write(out.encode("utf-8"))
+        buffer.flush()
     here = Path.cwd()
     for step in done.trace:
         file = Path(step.file)

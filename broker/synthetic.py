@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Final
 
-from broker.parsing.hl7v2 import escape
+from broker.parsing.hl7v2 import charset_code, escape
 
 __all__ = [
     "ADT_EVENTS",
@@ -303,9 +303,8 @@ def _msh(
     v = _version_tuple(version)
     # MSH-9.3 (message structure) exists from v2.3.1; v2.3 has only code^trigger.
     msh9 = _c(message_type, trigger, structure) if v >= (2, 3, 1) else _c(message_type, trigger)
-    # MSH-18, HL7 table 0211: "UNICODE UTF-8" appears in v2.5; v2.3 and v2.4 only have "UNICODE",
-    # which senders use for UTF-8 in practice (and which broker.parsing.hl7v2 reads as UTF-8).
-    charset = "UNICODE UTF-8" if v >= (2, 5) else "UNICODE"
+    # MSH-18, HL7 table 0211: "UNICODE UTF-8" from v2.5, "UNICODE" in v2.3 and v2.4.
+    charset = charset_code("utf-8", version) or ""
     fields = {
         3: _c(sending_application),
         4: _c(sending_facility),

@@ -20,6 +20,9 @@ from broker.parsing.hl7v2 import Message, decode, parse
 __all__ = ["TARGETS", "Translation", "dry_run", "translate"]
 
 TARGETS = ("canonical", "fhir", "hl7v2")
+OUTPUT_CHARSET = "utf-8"
+"""What ``to="hl7v2"`` names in MSH-18: the text is returned as ``str`` and the CLI writes it UTF-8
+(there is no outbound subscriber, whose ``charset`` would decide, in a dry run)."""
 """What ``translate`` can produce."""
 
 
@@ -89,7 +92,8 @@ def dry_run(
     Args:
         raw: the message's bytes: ER7 (decoded by MSH-18, else ``charset``) or FHIR JSON (UTF-8).
         to: ``canonical`` (the Envelope JSON), ``fhir`` (the canonical message Bundle JSON) or
-            ``hl7v2`` (ER7 rendered back with the outbound mapping, v2.5.1).
+            ``hl7v2`` (ER7 rendered back with the outbound mapping, v2.5.1, MSH-18 naming
+            UTF-8: ``OUTPUT_CHARSET``).
         mappings_dir: the ``mappings/`` directory to load, or its layers (a site's over the
             base set, ``broker.mapping.layers``).
         source: the inbound adapter id the message is taken to come from.
@@ -162,6 +166,7 @@ def _render_fhir(
             control_id=envelope_id[:20],
             receiving_application="",
             receiving_facility="",
+            charset=OUTPUT_CHARSET,
         )
     envelope = Envelope(
         id=envelope_id,
@@ -202,6 +207,7 @@ def _render(
             control_id=message.control_id,
             receiving_application=msh.value(5),
             receiving_facility=msh.value(6),
+            charset=OUTPUT_CHARSET,
         )
     sender = "^".join(part for part in (message.msh.value(3), message.msh.value(4)) if part)
     envelope = Envelope(

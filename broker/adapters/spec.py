@@ -22,6 +22,7 @@ from pydantic import (
 from broker.errors import AdapterSpecError
 from broker.identity import IdentifierSystem
 from broker.mapping.spec import HL7_VERSIONS
+from broker.parsing.hl7v2 import charset_code
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
 
@@ -238,6 +239,16 @@ class AdapterSpec(BaseModel):
             "fhir-rest",
         ):
             raise ValueError("'conditional_references' is for outbound fhir-rest adapters")
+        if (self.direction, self.transport, self.format) == (
+            "outbound",
+            "mllp",
+            "hl7v2",
+        ) and charset_code(self.charset, self.version) is None:
+            msg = (
+                f"charset {self.charset!r} has no HL7 table 0211 code for MSH-18; "
+                "expected utf-8, latin-1 (8859/1) or another ISO 8859 set"
+            )
+            raise ValueError(msg)
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self

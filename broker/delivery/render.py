@@ -213,11 +213,13 @@ def to_hl7v2(
     control_id: str,
     receiving_application: str,
     receiving_facility: str,
+    charset: str = "utf-8",
 ) -> str:
     """Render ``bundle`` as ER7 text with the outbound mapping for its event.
 
     ``version`` is the subscriber's ``hl7_version``: it is written in MSH-12 and selects the
-    mapping's version-specific fields and segments (``since:``/``until:``). A thin wrapper over
+    mapping's version-specific fields and segments (``since:``/``until:``); ``charset`` is the
+    subscriber's, named in MSH-18. A thin wrapper over
     ``MappingSet.render_hl7v2``; see it for the errors raised (a version the mapping does not
     write is a NoMappingError).
     """
@@ -227,4 +229,5 @@ def to_hl7v2(
         control_id=control_id,
         receiving_application=receiving_application,
         receiving_facility=receiving_facility,
+        charset=charset,
     )

@@ -265,6 +265,7 @@ class MllpSender:
             control_id=envelope.control_id or envelope.id,
             receiving_application=self.adapter.receiving_application or self.adapter.id,
             receiving_facility=self.adapter.receiving_facility or "",
+            charset=self.adapter.charset,
         )
         try:
             reply = self.client.send(text.encode(self.adapter.charset, errors="strict"))

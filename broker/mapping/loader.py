@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
-from broker.errors import MappingError, MappingSpecError, NoMappingError
+from broker.errors import ConfigurationError, MappingError, MappingSpecError, NoMappingError
 from broker.identity import bundle_patient_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.engine import (
@@ -27,7 +27,7 @@ from broker.mapping.scopes import Scope, field_numbers, group_scopes
 from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedTable, SiteSpec
 from broker.mapping.tables import TABLES_DIR, load_tables
-from broker.parsing.hl7v2 import Message, Segment
+from broker.parsing.hl7v2 import Message, Segment, charset_code
 from broker.yamlspec import read_yaml, validation_errors
 
 if TYPE_CHECKING:  # broker.fhir_inbound imports broker.mapping; it is loaded in load()
@@ -357,12 +357,16 @@ class MappingSet:
         receiving_facility: str,
         sending_application: str = "PASSERELLE",
         sending_facility: str = "",
+        charset: str = "utf-8",
     ) -> str:
         """Render a canonical message Bundle as ER7 text with the outbound mapping for its event.
 
         ``version`` is MSH-12 and selects the mapping's version-specific fields and segments.
+        ``charset`` is the Python codec the text will be encoded in (the subscriber's
+        ``charset``): MSH-18 names it with its HL7 table 0211 code (v2.5.1 §2.14.9.18).
 
         Raises:
+            ConfigurationError: HL7 table 0211 has no code for ``charset``.
             NoMappingError: no outbound mapping renders the Bundle's event in ``version``.
             MappingError: the Bundle could not be rendered.
         """
@@ -376,6 +380,10 @@ class MappingSet:
                 msg,
                 location="MessageHeader.eventCoding",
             )
+        code = charset_code(charset, version)
+        if code is None:
+            msg = f"HL7 table 0211 has no code for the character set {charset!r} (MSH-18)"
+            raise ConfigurationError(msg)
         try:
             return out.render(
                 bundle,
@@ -385,6 +393,7 @@ class MappingSet:
                 receiving_facility=receiving_facility,
                 sending_application=sending_application,
                 sending_facility=sending_facility,
+                charset_code=code,
             )
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             msg = f"the Bundle could not be rendered as HL7 v2 ({type(exc).__name__})"

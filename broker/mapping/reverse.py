@@ -238,8 +238,12 @@ class CompiledOutbound:
         receiving_facility: str,
         sending_application: str,
         sending_facility: str,
+        charset_code: str,
     ) -> str:
         """Render ``bundle`` as ER7 text of ``version`` (segments separated by CR, §2.6).
+
+        ``charset_code`` is MSH-18, the HL7 table 0211 name of the character set the text will
+        be encoded in (``broker.parsing.hl7v2.charset_code``).
 
         Raises:
             NoMappingError: when the Bundle's event, or ``version``, is not one this mapping
@@ -279,7 +283,8 @@ class CompiledOutbound:
         if structure and HL7_VERSIONS.index(version) >= HL7_VERSIONS.index("2.3.1"):
             msh9 += f"{d.component}{structure}"
         # MSH fields, v2.5.1 §2.14.9: 3/4 sender, 5/6 receiver, 7 time, 9 type, 10 control id,
-        # 11 processing id (P: production), 12 version id.
+        # 11 processing id (P: production), 12 version id, 18 character set (§2.14.9.18: empty
+        # means ASCII, so text in any other character set must name it).
         msh = [
             "MSH",
             d.msh2,
@@ -293,6 +298,7 @@ class CompiledOutbound:
             escape(control_id, d),
             "P",
             version,
+            *([""] * 5 + [charset_code] if charset_code else []),
         ]
         r = _Render(bundle, index, urls, first, version, d, [d.field.join(msh)])
         for segment in self.segments:

@@ -20,6 +20,7 @@ Examples: ``PID-5.1`` (first family name), ``PID-3(*).1`` (every identifier's id
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -32,6 +33,7 @@ __all__ = [
     "Message",
     "Path",
     "Segment",
+    "charset_code",
     "decode",
     "escape",
     "parse",
@@ -64,6 +66,34 @@ CHARSETS: Final[dict[str, str]] = {
     "BIG-5": "big5",
     "KS X 1001": "euc-kr",
 }
+
+# The reverse of CHARSETS for MSH-18 of what Passerelle sends: per codec, the first code listed
+# above (the table's own name, "8859/1" rather than "ISO IR100").
+_CODES: Final[dict[str, str]] = {}
+for _code, _codec in CHARSETS.items():
+    _CODES.setdefault(codecs.lookup(_codec).name, _code)
+
+
+def charset_code(charset: str, version: str) -> str | None:
+    """The HL7 table 0211 code MSH-18 names text encoded in ``charset`` with, in ``version``.
+
+    ``charset`` is a Python codec name (``utf-8``, ``latin-1``, ``iso-8859-1``, ``ascii``).
+    UTF-8 is "UNICODE UTF-8", which table 0211 has from v2.5 on; v2.3 and v2.4 only have
+    "UNICODE" (ISO/IEC 10646), which senders use for UTF-8 in practice and which ``decode``
+    reads as UTF-8. None when the table has no code for ``charset`` (cp1252, for one).
+    """
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return None
+    code = _CODES.get(name)
+    if code == "UNICODE UTF-8" and _version_tuple(version) < (2, 5):
+        return "UNICODE"
+    return code
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,9 +153,11 @@ def render(mappings: MappingSet, bundle: dict[str, Any], version: str = "2.5.1")
 # facility CHUIS; MSH-7 date/time of message, the Bundle's timestamp as DTM with its offset;
 # MSH-9 message type MSG: code ADT, trigger, structure (table 0354: A01, A04 and A08 use
 # ADT_A01; A02 ADT_A02; A03 ADT_A03); MSH-10 control id; MSH-11 processing id P (production,
-# table 0103); MSH-12 version 2.5.1. No MSH-18: the data below is ASCII, the default character set.
+# table 0103); MSH-12 version 2.5.1; MSH-13 to 17 empty; MSH-18 UNICODE UTF-8 (table 0211, v2.5
+# on): the text is sent in UTF-8 (the default subscriber charset), not ASCII, the empty default.
 MSH = (
     "MSH|^~\\&|PASSERELLE||DPI|CHUIS|20240315103005+0100||ADT^{event}^{structure}|ADT00001|P|2.5.1"
+    "||||||UNICODE UTF-8"
 )
 # EVN (§3.4.1): EVN-1 event type code (table 0003, kept for backward compatibility), EVN-2
 # recorded date/time (the message's time).
@@ -275,7 +277,10 @@ def test_v23_has_no_structure_in_msh_9_and_one_patient_name(mappings: MappingSet
     bundle = adt_bundle("A01")
     bundle["entry"][1]["resource"]["name"].append({"use": "usual", "family": "AMRANI"})
     lines = render(mappings, bundle, "2.3")
-    assert lines[0] == "MSH|^~\\&|PASSERELLE||DPI|CHUIS|20240315103005+0100||ADT^A01|ADT00001|P|2.3"
+    # MSH-18 UNICODE: v2.3's table 0211 has no "UNICODE UTF-8" (added in v2.5).
+    assert lines[0] == (
+        "MSH|^~\\&|PASSERELLE||DPI|CHUIS|20240315103005+0100||ADT^A01|ADT00001|P|2.3||||||UNICODE"
+    )
     assert lines[2].split("|")[5] == "EL AMRANI^Fatima^Zahra^^^^L"
 
 

@@ -118,8 +118,10 @@ def _render(mappings: MappingSet, bundle: dict[str, Any], version: str) -> list[
 # OBX; data types ch. 2A), one line per segment of the ORU_R01 structure (§7.3.1):
 V251 = [
     # MSH (§2.14.9): MSH-3 PASSERELLE, MSH-5/6 LAB and CHUIS, MSH-7 the Bundle's timestamp (DTM),
-    # MSH-9 ORU^R01^ORU_R01 (table 0354), MSH-10 control id, MSH-11 P, MSH-12 2.5.1.
-    "MSH|^~\\&|PASSERELLE||LAB|CHUIS|20240316090000+0000||ORU^R01^ORU_R01|LAB00001|P|2.5.1",
+    # MSH-9 ORU^R01^ORU_R01 (table 0354), MSH-10 control id, MSH-11 P, MSH-12 2.5.1, MSH-18
+    # UNICODE UTF-8 (table 0211): sent in UTF-8, the default subscriber charset.
+    "MSH|^~\\&|PASSERELLE||LAB|CHUIS|20240316090000+0000||ORU^R01^ORU_R01|LAB00001|P|2.5.1"
+    "||||||UNICODE UTF-8",
     # PID (§3.4.2): PID-3 the CIN as CX (CX-4 MA, CX-5 NNMAR), PID-5 XPN family^given with XPN-7 L
     # (official, table 0200), PID-7 birth date, PID-8 F (table 0001).
     "PID|1||BE123456^^^MA^NNMAR||EL AMRANI^Fatima^^^^^L||19620312|F",
@@ -161,6 +163,7 @@ def test_oru_v23_is_written_field_by_field(mappings: MappingSet) -> None:
     """v2.3: no MSH-9.3, coded values are CE, OBR-27 quantity 1 (required in v2.3)."""
     expected = [line.replace("|CWE|", "|CE|") for line in V251]
     expected[0] = expected[0].replace("ORU^R01^ORU_R01", "ORU^R01").replace("2.5.1", "2.3")
+    expected[0] = expected[0].replace("UNICODE UTF-8", "UNICODE")  # table 0211 of v2.3
     expected[2] += "||1"
     assert _render(mappings, _bundle(), "2.3") == expected
 
