@@ -107,7 +107,7 @@ class TestDrop:
         expected = _expected_codes(text)
         assert len(expected) == 46
         assert [o["code"]["coding"][0]["code"] for o in observations] == expected
-        assert "2093-3" not in str(observations)  # the shifted cholesterol OBX
+        assert "14647-2" not in str(observations)  # the shifted cholesterol OBX
         assert "2276-4" not in str(observations)  # the ferritin with units in OBX-5
 
     def test_each_report_refers_only_to_the_kept_observations(self, mappings):
@@ -193,7 +193,7 @@ class TestQuarantine:
     def test_an_order_with_none_of_its_results_usable_is_dropped_as_a_group(self, mappings):
         """In a four-order message, the lipid order whose 5 OBX are all bad leaves as a whole."""
         text = _sample(SAMPLE.name)
-        lipids = ("2085-9", "13457-7", "2571-8", "9830-1")
+        lipids = ("14646-4", "39469-2", "14927-8", "9830-1")
         for code in lipids:
             text = text.replace(f"|NM|{code}^", f"||NM^{code}^")  # shift: OBX-2 empty
         envelope, _ = _process(text, mappings)

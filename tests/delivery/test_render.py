@@ -55,7 +55,7 @@ def test_transaction_references_stay_consistent(mappings: MappingSet) -> None:
     observation = next(e for e in tx["entry"] if e["resource"]["resourceType"] == "Observation")
     assert observation["request"]["url"] == (
         "Observation?identifier=https://passerelle.ma/fhir/sid/lab-result/labchuis"
-        "|LAB-2024-55121-2345-7-1-2345-7"
+        "|LAB-2024-55121-14749-6-1-14749-6"
     )
 
 

@@ -71,7 +71,7 @@ def test_the_good_results_arrive_and_the_dropped_ones_are_visible(stack):
     sent = {c["code"] for o in observations for c in o["code"]["coding"]}
     # Of the NM results with a code, the comma value and the units-in-value one were malformed.
     assert set(codes) - sent == {"751-8", "2276-4"}
-    assert "2093-3" not in sent  # the shifted OBX: the value type where OBX-3 belongs
+    assert "14647-2" not in sent  # the shifted OBX: the value type where OBX-3 belongs
     reports = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
     assert sum(len(r["result"]) for r in reports) == 46
     assert stack.fhir.invalid == 0
