@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
+from broker.embedded import EmbeddedRedis
 from broker.settings import Settings
 from broker.supervisor import Supervisor
 from broker.testing import wait_until
@@ -59,3 +61,41 @@ def test_a_redis_stopped_on_purpose_is_left_stopped(supervisor: Supervisor) -> N
     assert embedded.process is not None
     assert embedded.process.poll() is not None
     assert embedded.restarts == 0
+
+
+def test_a_redis_that_cannot_start_again_is_retried_every_watch_until_it_can(
+    supervisor: Supervisor,
+) -> None:
+    """A corrupt AOF: each watch logs redis.restart_failed and tries again; repaired, it restarts."""
+    embedded = supervisor.redis
+    assert embedded is not None
+    assert embedded.process is not None
+    before = client(supervisor)
+    before.xadd("pl:in:0", {"raw": b"MSH|^~\\&|HIS"})
+    before.close()
+    aof = embedded.directory / "appendonly.aof"
+    os.kill(embedded.process.pid, signal.SIGKILL)
+    assert wait_until(lambda: embedded.died() is not None, 10)
+    intact = aof.read_bytes()
+    assert intact, "the write is not in the append-only file"
+    # Not a command: redis-server refuses the file ("Bad file format") and exits at once.
+    aof.write_bytes(intact + b"this is not a redis command\r\n")
+
+    with capture_logs() as logs:
+        supervisor.watch_once()
+        supervisor.watch_once()
+    failed = [entry for entry in logs if entry["event"] == "redis.restart_failed"]
+    assert len(failed) == 2, [entry["event"] for entry in logs]
+    assert all(str(embedded.directory / "redis.log") in entry["error"] for entry in failed)
+    assert "redis.restarted" not in [entry["event"] for entry in logs]
+    assert not EmbeddedRedis.is_running(embedded.socket)
+    assert embedded.restarts == 2
+
+    aof.write_bytes(intact)
+    with capture_logs() as logs:
+        supervisor.watch_once()
+    assert [entry["event"] for entry in logs] == ["redis.died", "redis.restarted"]
+    assert embedded.restarts == 3
+    after = client(supervisor)
+    assert after.xlen("pl:in:0") == 1
+    after.close()
