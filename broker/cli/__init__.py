@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli_mappings import mappings_app
-from broker.cli_ops import dead_letters_app, replay_command
+from broker.cli.mappings import mappings_app
+from broker.cli.dead_letters import dead_letters_app, replay_command
 from broker.errors import BrokerError
 from broker.log import configure_logging
 from broker.settings import Settings
