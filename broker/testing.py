@@ -811,7 +811,6 @@ def _logging_for_one_invocation() -> Iterator[None]:
     """
     import structlog
 
-    import broker.cli
     import broker.log
 
     real = broker.log.configure_logging
@@ -832,12 +831,10 @@ def _logging_for_one_invocation() -> Iterator[None]:
         if isinstance(logger, logging.Logger)
     }
     broker.log.configure_logging = configure_here
-    broker.cli.configure_logging = configure_here  # type: ignore[attr-defined]
     try:
         yield
     finally:
         broker.log.configure_logging = real
-        broker.cli.configure_logging = real  # type: ignore[attr-defined]
         structlog.configure(**saved)
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -1,32 +1,38 @@
-"""``passerelle dead-letters ...`` and ``passerelle replay``: operate a running broker's deliveries.
+"""``passerelle dead-letters list|show|replay|discard|replay-all``: a subscriber's dead letters.
 
-They work on the broker's Redis (``Settings().effective_redis_url``, so ``PASSERELLE_REDIS_URL``
-or the embedded one under ``data_dir``) and queue work for its Celery workers. Every action is
-recorded with who (``--by``, default the OS user) and why.
+They work on a running broker's Redis, as ``passerelle replay`` does (``broker.cli.ops``); every
+action is recorded with who and why, and every view of patient data is audited.
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from broker.errors import BrokerError
+from broker.cli._common import fail, print_json
+from broker.cli.ops import (
+    ByOpt,
+    WhyOpt,
+    attempt,
+    connect,
+    operations,
+    ops_settings,
+    who_acts,
+    why_given,
+)
 
 if TYPE_CHECKING:
     import redis
 
-    from broker.delivery.replay import Operations
     from broker.settings import Settings
 
-__all__ = ["dead_letters_app", "replay_command"]
+__all__ = ["dead_letters_app"]
 
 REASON_CHARS = 60
 """The table cuts reasons to this many characters (``--json`` has them whole)."""
@@ -42,10 +48,6 @@ dead_letters_app = typer.Typer(
 
 SubscriberArg = Annotated[str, typer.Argument(help="The outbound adapter (subscriber) id.")]
 DeadIdArg = Annotated[str, typer.Argument(help="The dead letter's id (see `list`).")]
-WhyOpt = Annotated[
-    str, typer.Option("--why", help="Why; recorded with the action in the audit trail.")
-]
-ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user name).")]
 SinceOpt = Annotated[
     str | None,
     typer.Option(
@@ -63,103 +65,19 @@ TextOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"passerelle: {message}".splitlines()[0], err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    from broker.log import configure_logging
-    from broker.settings import Settings
-
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        _fail(f"invalid settings: {exc}")
-    # stdout carries the result; library logs go to stderr, errors only.
-    configure_logging("console", "ERROR")
-    return settings
-
-
-def _redis(settings: Settings) -> redis.Redis:
-    import redis
-
-    url = settings.effective_redis_url
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _fail(f"cannot reach the broker's Redis at {url}: {exc}; is the broker running?")
-    return client
-
-
-def _operations(settings: Settings, client: redis.Redis) -> Operations:
-    from broker.adapters.spec import load_adapters
-    from broker.delivery.replay import Operations
-    from broker.dispatch import publish
-    from broker.worker.celery_app import create_celery
-
-    try:
-        adapters = load_adapters(settings.adapters_dir)
-    except BrokerError as exc:
-        _fail(str(exc))
-    celery = create_celery(settings)
-
-    def enqueue(name: str, args: list[Any]) -> None:
-        publish(celery, name, args)
-
-    return Operations(
-        client,
-        enqueue=enqueue,
-        subscribers=[a.id for a in adapters if a.direction == "outbound"],
-        retention_s=settings.retention_s,
-    )
-
-
-def _who(by: str | None) -> str:
-    if by is not None and by.strip():
-        return by.strip()
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        _fail("cannot tell who you are; say it with --by NAME", 2)
-
-
-def _why(why: str) -> str:
-    if not why.strip():
-        _fail("--why must say why (it is recorded in the audit trail)", 2)
-    return why.strip()
-
-
 def _epoch(value: str | None, option: str) -> float | None:
     if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"{option} {value!r} is not an ISO 8601 time (2024-05-01T08:30 or with +01:00)", 2)
+        fail(f"{option} {value!r} is not an ISO 8601 time (2024-05-01T08:30 or with +01:00)", 2)
     # A time without an offset is the operator's local time.
     return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
 
 
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-
-
-def _run(action: Any) -> Any:
-    """Run an operation; a refusal, invalid data or Redis failure is one line and exit 1."""
-    import redis
-
-    try:
-        return action()
-    except BrokerError as exc:
-        _fail(str(exc))
-    except redis.RedisError as exc:
-        _fail(f"Redis failed: {exc}")
 
 
 @dead_letters_app.command("list")
@@ -181,11 +99,11 @@ def list_command(
     from broker.delivery.dead_letter import DeadLetterStore
 
     if status not in STATUSES:
-        _fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}", 2)
+        fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}", 2)
     start, end = _epoch(since, "--since"), _epoch(until, "--until")
-    client = _redis(_settings())
+    client = connect(ops_settings())
     store = DeadLetterStore(client)
-    records = _run(
+    records = attempt(
         lambda: store.find(
             subscriber,
             status=None if status == "all" else status,  # type: ignore[arg-type]
@@ -197,7 +115,7 @@ def list_command(
     )
     summaries = [summary(r) for r in records]
     if as_json:
-        _print_json(summaries)
+        print_json(summaries)
         return
     if not summaries:
         typer.echo(f"no {'' if status == 'all' else status + ' '}dead letters for {subscriber}")
@@ -218,13 +136,13 @@ def show_command(subscriber: SubscriberArg, dead_id: DeadIdArg, by: ByOpt = None
     """The whole dead letter as JSON, payload and patient data included; the view is audited."""
     from broker.delivery.dead_letter import DeadLetterStore
 
-    who = _who(by)
-    store = DeadLetterStore(_redis(_settings()))
-    record = _run(lambda: store.get(subscriber, dead_id))
+    who = who_acts(by)
+    store = DeadLetterStore(connect(ops_settings()))
+    record = attempt(lambda: store.get(subscriber, dead_id))
     if record is None:
-        _fail(f"no dead letter {dead_id} for subscriber {subscriber}")
-    _run(lambda: store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id))
-    _print_json(record)
+        fail(f"no dead letter {dead_id} for subscriber {subscriber}")
+    attempt(lambda: store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id))
+    print_json(record)
 
 
 @dead_letters_app.command("replay")
@@ -244,14 +162,16 @@ def replay_dead_letter(
     by: ByOpt = None,
 ) -> None:
     """Send a dead letter again, as it was or corrected; a held patient is then released."""
-    reason, who = _why(why), _who(by)
-    settings = _settings()
-    client = _redis(settings)
-    ops = _operations(settings, client)
+    reason, who = why_given(why), who_acts(by)
+    settings = ops_settings()
+    client = connect(settings)
+    ops = operations(settings, client)
     corrected = None
     if payload is not None:
-        corrected = _run(lambda: _corrected(settings, client, subscriber, dead_id, payload))
-    record = _run(lambda: ops.replay(subscriber, dead_id, who=who, why=reason, corrected=corrected))
+        corrected = attempt(lambda: _corrected(settings, client, subscriber, dead_id, payload))
+    record = attempt(
+        lambda: ops.replay(subscriber, dead_id, who=who, why=reason, corrected=corrected)
+    )
     edited = " with the corrected payload" if corrected is not None else ""
     typer.echo(f"replaying dead letter {record['id']} of {subscriber}{edited}")
 
@@ -265,18 +185,18 @@ def _corrected(
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {path}: {exc.strerror}")
     if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
         try:
             bundle = json.loads(raw.decode("utf-8-sig"))
         except ValueError as exc:
-            _fail(f"{path} is not valid JSON: {exc}")
+            fail(f"{path} is not valid JSON: {exc}")
         if not isinstance(bundle, dict):
-            _fail(f"{path} must hold one FHIR message Bundle (a JSON object)")
+            fail(f"{path} must hold one FHIR message Bundle (a JSON object)")
         return bundle
     record = DeadLetterStore(client).get(subscriber, dead_id)
     if record is None:
-        _fail(f"no dead letter {dead_id} for subscriber {subscriber}")
+        fail(f"no dead letter {dead_id} for subscriber {subscriber}")
     return _map_hl7v2(settings, client, record, raw, path)
 
 
@@ -296,14 +216,14 @@ def _map_hl7v2(
     elif record.get("envelope"):
         envelope = Envelope.model_validate(record["envelope"])
     else:
-        _fail(f"dead letter {record['id']} kept no envelope; send a FHIR Bundle instead")
+        fail(f"dead letter {record['id']} kept no envelope; send a FHIR Bundle instead")
     inbound = {a.id: a for a in load_adapters(settings.adapters_dir) if a.direction == "inbound"}
     adapter = inbound.get(envelope.source)
     charset = adapter.charset if adapter else "utf-8"
     timezone = adapter.timezone if adapter else "Africa/Casablanca"
     message = parse(decode(raw, charset))
     if envelope.control_id and message.control_id != envelope.control_id:
-        _fail(
+        fail(
             f"{path}: MSH-10 is {message.control_id!r} but the original's is "
             f"{envelope.control_id!r}; keep it so the replay stays idempotent"
         )
@@ -317,10 +237,10 @@ def discard_command(
     subscriber: SubscriberArg, dead_id: DeadIdArg, why: WhyOpt, by: ByOpt = None
 ) -> None:
     """Give a dead letter up for good; a held patient's later messages are then delivered."""
-    reason, who = _why(why), _who(by)
-    settings = _settings()
-    ops = _operations(settings, _redis(settings))
-    _run(lambda: ops.discard(subscriber, dead_id, who=who, why=reason))
+    reason, who = why_given(why), who_acts(by)
+    settings = ops_settings()
+    ops = operations(settings, connect(settings))
+    attempt(lambda: ops.discard(subscriber, dead_id, who=who, why=reason))
     typer.echo(f"discarded dead letter {dead_id} of {subscriber}")
 
 
@@ -334,11 +254,11 @@ def replay_all_command(
     by: ByOpt = None,
 ) -> None:
     """Replay every open dead letter of a subscriber that matches the filter, oldest first."""
-    reason, who = _why(why), _who(by)
+    reason, who = why_given(why), who_acts(by)
     start, end = _epoch(since, "--since"), _epoch(until, "--until")
-    settings = _settings()
-    ops = _operations(settings, _redis(settings))
-    outcome: tuple[list[str], dict[str, str]] = _run(
+    settings = ops_settings()
+    ops = operations(settings, connect(settings))
+    outcome: tuple[list[str], dict[str, str]] = attempt(
         lambda: ops.replay_matching(
             subscriber, who=who, why=reason, since=start, until=end, text=text or None
         )
@@ -351,17 +271,3 @@ def replay_all_command(
         typer.echo(f"not replayed {dead_id}: {problem}", err=True)
     if failed:
         raise typer.Exit(1)
-
-
-def replay_command(
-    message_id: Annotated[str, typer.Argument(help="The envelope id of a journalled message.")],
-    to: Annotated[str, typer.Option("--to", help="The subscriber to send it to.")],
-    why: WhyOpt,
-    by: ByOpt = None,
-) -> None:
-    """Send any stored message to a subscriber again (idempotent for the receiver)."""
-    reason, who = _why(why), _who(by)
-    settings = _settings()
-    ops = _operations(settings, _redis(settings))
-    _run(lambda: ops.resend(message_id, to, who=who, why=reason))
-    typer.echo(f"queued message {message_id} for {to}")

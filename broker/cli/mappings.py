@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from broker.cli._common import fail, load_settings, mapping_roots, print_json
 from broker.errors import BrokerError
 
 if TYPE_CHECKING:  # broker.mapping is imported by the commands, not by every CLI start
@@ -36,21 +37,11 @@ PathArg = Annotated[
 
 
 def _root(path: Path | None) -> MappingRoots:
+    """The mappings ``path`` names (exit 2 when it does not exist), or the configured ones."""
     if path is None:
-        from broker.settings import Settings
-
-        roots = Settings().mapping_roots
-        missing = [root for root in roots if not root.is_dir()]
-        if missing:
-            typer.echo(
-                f"passerelle: {missing[0]} does not exist; expected a mappings directory",
-                err=True,
-            )
-            raise typer.Exit(2)
-        return roots
+        return mapping_roots(load_settings())
     if not path.exists():
-        typer.echo(f"passerelle: {path} does not exist; expected a mappings directory", err=True)
-        raise typer.Exit(2)
+        fail(f"{path} does not exist; expected a mappings directory", 2)
     return path
 
 
@@ -64,12 +55,10 @@ def lint(path: PathArg = None) -> None:
     if not (isinstance(root, Path) and root.is_file()) and not overlay(
         root, suffixes=(".yaml", ".yml", ".csv")
     ):
-        typer.echo(
-            f"passerelle: no mapping files (*.yaml) under {root}; "
-            "expected a mappings root or a mapping file",
-            err=True,
+        fail(
+            f"no mapping files (*.yaml) under {root}; expected a mappings root or a mapping file",
+            2,
         )
-        raise typer.Exit(2)
     problems = run_lint(root)
     for problem in problems:
         typer.echo(str(problem))
@@ -102,12 +91,11 @@ def run_tests(
     root = _root(path)
     if not any((layer / "tests").is_dir() for layer in layers(root)):
         shown = ", ".join(str(layer) for layer in layers(root))
-        typer.echo(
-            f"passerelle: {shown} has no tests/ folder; expected a mappings root whose golden "
-            "cases are in PATH/tests/",
-            err=True,
+        fail(
+            f"{shown} has no tests/ folder; expected a mappings root whose golden cases are in "
+            "PATH/tests/",
+            2,
         )
-        raise typer.Exit(2)
     try:
         results = run_cases(root, update=update)
     except BrokerError as exc:
@@ -165,8 +153,7 @@ def review(
     try:
         done = review_cases(root, case, by=by, against=against, note=note)
     except BrokerError as exc:
-        typer.echo(f"passerelle: {str(exc).splitlines()[0]}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     for key, record in done:
         typer.echo(f"reviewed {key} sha256 {record.sha256} on {record.reviewed} by {record.by}")
 
@@ -195,18 +182,13 @@ def style(
     One line per finding: file: FHIR path: rule: detail. Exit 1 when there is any finding or a
     message the mappings refuse (reported on stderr).
     """
-    import json
-
     from broker.mapping.loader import MappingSet
     from broker.mapping.style import style_of_file
 
     files: list[Path] = []
     for given in paths:
         if not given.exists():
-            typer.echo(
-                f"passerelle: {given} does not exist; expected a message or a folder", err=True
-            )
-            raise typer.Exit(2)
+            fail(f"{given} does not exist; expected a message or a folder", 2)
         if given.is_dir():
             files += sorted(
                 p
@@ -218,8 +200,7 @@ def style(
     try:
         loaded = MappingSet.load(_root(mappings))
     except BrokerError as exc:
-        typer.echo(f"passerelle: {str(exc).splitlines()[0]}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     rows: list[dict[str, str]] = []
     refused = 0
     for file in files:
@@ -234,7 +215,7 @@ def style(
             for f in findings
         ]
     if as_json:
-        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        print_json(rows)
     else:
         for row in rows:
             typer.echo(f"{row['file']}: {row['path']}: {row['rule']}: {row['detail']}")

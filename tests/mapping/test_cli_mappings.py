@@ -177,7 +177,7 @@ def test_style_of_clean_and_refused_messages(runner: CliRunner, tmp_path: Path) 
 def test_translate_trace_keeps_stdout(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """--trace leaves stdout as without it and writes trace lines and unmapped fields to stderr."""
     # Logging set up on CliRunner's stream would outlive it and break later tests' logging.
-    monkeypatch.setattr("broker.cli.configure_logging", lambda *args: None)
+    monkeypatch.setattr("broker.log.configure_logging", lambda *args: None)
     args = ["translate", str(SAMPLES / "adt_a01_zsegments.hl7"), "--to", "hl7v2"]
     plain = runner.invoke(app, args)
     traced = runner.invoke(app, [*args, "--trace"])

@@ -27,7 +27,7 @@ TRACE = re.compile(
 @pytest.fixture(name="runner")
 def fixture_runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     # Logging set up on CliRunner's stream would outlive it and break later tests' logging.
-    monkeypatch.setattr("broker.cli.configure_logging", lambda *args: None)
+    monkeypatch.setattr("broker.log.configure_logging", lambda *args: None)
     return CliRunner()
 
 

@@ -1,0 +1,119 @@
+"""``passerelle serve | listen | worker | beat | api``: the broker's long-running roles.
+
+Each role but ``beat`` runs the checks of ``passerelle check`` first and refuses to start on a
+configuration ``check`` refuses. Celery, uvicorn and the broker's parts are imported by the
+role that runs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.cli._common import (
+    AdaptersOpt,
+    DataDirOpt,
+    MappingsOpt,
+    PortOpt,
+    fail,
+    load_settings,
+    log_as_configured,
+)
+from broker.cli.check import check_configuration
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
+
+__all__ = ["api", "beat", "listen", "serve", "worker"]
+
+
+def _checked(
+    adapters: Path | None = None,
+    mappings: Path | None = None,
+    data_dir: Path | None = None,
+    http_port: int | None = None,
+) -> Settings:
+    """The role's settings, logging set up from them, once the configuration is checked."""
+    settings = load_settings(
+        adapters=adapters, mappings=mappings, data_dir=data_dir, http_port=http_port
+    )
+    log_as_configured(settings)
+    check_configuration(settings)
+    return settings
+
+
+def serve(
+    adapters: AdaptersOpt = None,
+    mappings: MappingsOpt = None,
+    data_dir: DataDirOpt = None,
+    http_port: PortOpt = None,
+) -> None:
+    """Run the whole system on this machine: Redis, listeners, workers, beat and the API."""
+    from broker.errors import BrokerError
+    from broker.supervisor import Supervisor
+
+    settings = _checked(adapters, mappings, data_dir, http_port)
+    supervisor = Supervisor(settings)
+    try:
+        supervisor.start()
+    except BrokerError as exc:
+        supervisor.stop()
+        fail(str(exc), every_line=True)
+    supervisor.run_forever()
+
+
+def listen(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
+    """Run only the inbound listeners (scale-out: needs PASSERELLE_REDIS_URL)."""
+    from broker.listen import run_listeners
+
+    run_listeners(_checked(adapters, mappings))
+
+
+def worker(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
+    """Run Celery worker processes that drain the journal and deliver to subscribers."""
+    from broker.worker.celery_app import create_celery
+
+    settings = _checked(adapters, mappings)
+    celery = create_celery(settings, register_tasks=True)
+    celery.worker_main(
+        [
+            "worker",
+            f"--concurrency={settings.workers}",
+            "--pool=prefork",
+            "--queues=passerelle",
+            "--hostname=passerelle@%h",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
+
+
+def beat() -> None:
+    """Run Celery beat: the periodic re-kick of streams with lag or a dead drainer's entries."""
+    from broker.worker.celery_app import create_celery
+
+    settings = load_settings()
+    log_as_configured(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery = create_celery(settings)
+    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    celery.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level}"])
+
+
+def api(
+    adapters: AdaptersOpt = None,
+    mappings: MappingsOpt = None,
+    data_dir: DataDirOpt = None,
+    http_port: PortOpt = None,
+) -> None:
+    """Run the HTTP API (health, metrics, queues, messages, inbound http adapters)."""
+    import uvicorn
+
+    from broker.api import create_app
+    from broker.supervisor import ensure_api_token
+
+    settings = ensure_api_token(_checked(adapters, mappings, data_dir, http_port))
+    uvicorn.run(
+        create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning"
+    )
