@@ -55,7 +55,7 @@ class RetryPolicy(BaseModel):
 class Settings(BaseSettings):
     """Everything a Passerelle process needs to know, with named defaults.
 
-    Built once per entrypoint (``cli.py``) and passed down. Tests build ``Settings(...)`` directly.
+    Built once per entrypoint (``broker/cli/``) and passed down. Tests build ``Settings(...)`` directly.
     """
 
     model_config = SettingsConfigDict(env_prefix="PASSERELLE_", extra="forbid", frozen=True)
