@@ -32,6 +32,7 @@ import yaml
 
 if TYPE_CHECKING:
     import redis
+    import typer
 
     from broker.delivery.replay import Operations
     from broker.worker.runtime import Runtime
@@ -842,18 +843,26 @@ def _logging_for_one_invocation() -> Iterator[None]:
             logging.getLogger(name).setLevel(old)
 
 
-def run_cli(*args: str, env: Mapping[str, str | None] | None = None) -> CliRun:
+def run_cli(
+    *args: str, env: Mapping[str, str | None] | None = None, app: typer.Typer | None = None
+) -> CliRun:
     """Run ``passerelle ARGS`` in this process (typer's CliRunner), from the repository root.
 
     ``env`` is laid over ``os.environ`` for the invocation (``None`` unsets a variable). The
     command configures logging as it does when run, on the invocation's stderr, and the
-    process's logging is restored after. What needs a real process (the installed entry point,
-    signals, ``serve``) still needs a subprocess; this costs about a third of one.
+    process's logging is restored after. ``app`` is the command to run, by default
+    ``broker.cli.app``; a test of plug-ins passes one from ``broker.cli.build_app()``. What
+    needs a real process (the installed entry point, signals, ``serve``) still needs a
+    subprocess; this costs about a third of one.
     """
     from typer.testing import CliRunner
 
-    from broker.cli import app
     from broker.settings import REPO_ROOT
+
+    if app is None:
+        from broker.cli import app as default_app
+
+        app = default_app
 
     here = Path.cwd()
     os.chdir(REPO_ROOT)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from broker.cli._common import fail
+
+if TYPE_CHECKING:
+    from typer.models import CommandInfo
 
 __all__ = ["DEMO_MISSING", "GROUP", "entry_points", "register_plugins"]
 
@@ -49,8 +52,8 @@ def register_plugins(app: typer.Typer) -> None:
     Called once the built-in commands are on ``app``; a plug-in named as one of them, or as a
     plug-in already added, is left out.
     """
-    taken = {info.name for info in app.registered_commands}
-    taken |= {info.name for info in app.registered_groups}
+    taken = {_name_of(info) for info in app.registered_commands}
+    taken |= {info.name for info in app.registered_groups if info.name}
     for entry_point in entry_points():
         name = entry_point.name
         if name in taken:
@@ -69,6 +72,13 @@ def register_plugins(app: typer.Typer) -> None:
     if "demo" not in taken:
         help_ = "Not installed here: says how to get the demo (a separate package)."
         app.command("demo", help=help_, context_settings=_ANY_ARGUMENTS)(_saying(DEMO_MISSING))
+
+
+def _name_of(info: CommandInfo) -> str:
+    """A registered command's name: the one given, or typer's from its function's name."""
+    if info.name:
+        return info.name
+    return typer.main.get_command_name(getattr(info.callback, "__name__", ""))
 
 
 def _load(entry_point: importlib.metadata.EntryPoint) -> Callable[..., Any]:

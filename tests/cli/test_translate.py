@@ -1,6 +1,6 @@
-"""The ``passerelle`` command: stdout carries the result alone, errors are one line.
+"""``passerelle translate``: stdout carries the result alone, errors are one line.
 
-In-process (typer's CliRunner) for the contract of each command; a few runs of the installed
+In-process (typer's CliRunner) for the command's contract; a few runs of the installed
 ``passerelle`` entry point as a real process check what only a process shows (the console
 script, logging kept off stdout, no traceback on stderr).
 """
@@ -20,7 +20,6 @@ import pytest
 
 from broker.settings import REPO_ROOT
 from broker.testing import run_cli as cli
-from broker.testing import write_adapter
 
 SAMPLES = REPO_ROOT / "tests" / "samples" / "hl7v2"
 BROKEN = ("broken_no_msh", "broken_encoding_chars", "broken_missing_msh10", "adt_a17_unsupported")
@@ -158,41 +157,6 @@ def test_translate_unmapped_names_each_dropped_segment_group():
         "PATIENT_RESULT(1)/ORDER_OBSERVATION(4)/OBSERVATION(4)/OBX (observation require[2])",
     ]
     assert "3,72" not in run.stderr
-
-
-class TestCheck:
-    def test_the_repository_configuration_is_valid(self):
-        """`check` on the repository's adapters and mappings exits 0."""
-        run = cli(
-            "check",
-            "--adapters",
-            str(REPO_ROOT / "adapters"),
-            "--mappings",
-            str(REPO_ROOT / "mappings"),
-        )
-        assert run.code == 0, run.stderr
-        assert not run.crashed, run.exception
-
-    def test_an_unknown_key_is_reported_as_file_line_key(self, tmp_path):
-        """A registration with an unknown key: exit 1, one stderr line `<file>:<line>: <key>: ...`."""
-        path = write_adapter(
-            tmp_path / "adapters",
-            {
-                "id": "typo-in",
-                "name": "Typo",
-                "direction": "inbound",
-                "transport": "mllp",
-                "listen": "127.0.0.1:2999",
-                "colour": "blue",
-            },
-        )
-        line = 1 + path.read_text(encoding="utf-8").splitlines().index("colour: blue")
-        run = cli("check", "--adapters", str(tmp_path / "adapters"))
-        assert run.code == 1, run
-        assert len(run.stderr.splitlines()) == 1, run.stderr
-        # The program name may lead the line (`passerelle: `), as in `grep: file: ...`.
-        pattern = rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: colour: \S"
-        assert re.match(pattern, run.stderr), run.stderr
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,10 @@ class TestTranslate:
             (["translate", "tests/samples/hl7v2/adt_a17_unsupported.hl7"], 1),
             (["translate", "tests/samples/hl7v2/broken_no_msh.hl7"], 1),
             (["translate", "tests/samples/hl7v2/adt_a01_v251.hl7", "--to", "xml"], 2),
-            (["translate", "tests/samples/hl7v2/no_such_file.hl7"], 1),  # tests/cli/test_translate.py too
+            (
+                ["translate", "tests/samples/hl7v2/no_such_file.hl7"],
+                1,
+            ),  # tests/cli/test_translate.py too
             (
                 ["translate", "tests/samples/hl7v2/adt_a01_v251.hl7", "--mappings", "/nonexistent"],
                 2,
