@@ -12,13 +12,18 @@ failure, JSON output, option types):
   ``demo`` among them
 
 Heavy modules (celery, fastapi, fhir.resources, the mapping engine) are imported by the
-command that needs them, so ``passerelle --help`` and the tools start quickly.
+command that needs them, and the plug-ins are loaded when the command is first built (``app``,
+``main()``), not when ``broker.cli`` is imported: a plug-in module may import
+``broker.cli``'s helpers for plug-ins (``fail``, ``load_settings``, ``DataDirOpt``).
 """
 
 from __future__ import annotations
 
+import functools
+
 import typer
 
+from broker.cli._common import DataDirOpt, fail, load_settings
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
 from broker.cli.mappings import mappings_app
@@ -27,7 +32,14 @@ from broker.cli.plugins import register_plugins
 from broker.cli.processes import api, beat, listen, serve, worker
 from broker.cli.translate import translate
 
-__all__ = ["app", "build_app", "main"]
+__all__ = [
+    "DataDirOpt",  # for plug-in commands
+    "app",
+    "build_app",
+    "fail",  # for plug-in commands
+    "load_settings",  # for plug-in commands
+    "main",
+]
 
 
 def build_app() -> typer.Typer:
@@ -47,10 +59,20 @@ def build_app() -> typer.Typer:
     return app
 
 
-app = build_app()
-"""The ``passerelle`` command as the console script runs it."""
+@functools.cache
+def _installed() -> typer.Typer:
+    """The command with the plug-ins installed in this environment, built once."""
+    return build_app()
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the ``passerelle`` command as the console script runs it, built on first use."""
+    if name == "app":
+        return _installed()
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def main() -> None:
     """Entry point of the ``passerelle`` command."""
-    app()
+    _installed()()

@@ -36,7 +36,7 @@ __all__ = [
     "why_given",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 WhyOpt = Annotated[
     str, typer.Option("--why", help="Why; recorded with the action in the audit trail.")
@@ -105,7 +105,7 @@ def why_given(why: str) -> str:
     return why.strip()
 
 
-def attempt(action: Callable[[], T]) -> T:
+def attempt(action: Callable[[], _T]) -> _T:
     """Run an operation; a refusal, invalid data or Redis failure is one line and exit 1."""
     import redis
 

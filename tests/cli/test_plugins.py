@@ -33,6 +33,8 @@ from typing import Annotated
 
 import typer
 
+from broker.cli import DataDirOpt, fail, load_settings
+
 
 def hello(name: Annotated[str, typer.Option("--name")] = "world") -> None:
     """Say hello."""
@@ -42,6 +44,14 @@ def hello(name: Annotated[str, typer.Option("--name")] = "world") -> None:
 def demo(messages: Annotated[int, typer.Option("--messages")] = 100) -> None:
     """A stand-in for the demo distribution's command."""
     typer.echo(f"demo of {messages} messages")
+
+
+def where(data_dir: DataDirOpt = None) -> None:
+    """Uses the helpers broker.cli offers plug-ins."""
+    settings = load_settings(data_dir=data_dir)
+    if not settings.data_dir.name.startswith("var-"):
+        fail(f"{settings.data_dir} is not a var- folder", 2)
+    typer.echo(settings.data_dir)
 
 
 def check() -> None:
@@ -137,6 +147,20 @@ class TestRegisteredPlugins:
         importlib.invalidate_caches()
         run = run_cli(f"hello-{module}", "--name", "Rabat", app=build_app())
         assert (run.code, run.stdout, run.stderr) == (0, "hello Rabat\n", "")
+
+    @pytest.mark.parametrize(
+        ("data_dir", "code", "stdout", "stderr"),
+        [
+            pytest.param("var-x", 0, "var-x\n", "", id="helpers-used"),
+            pytest.param("x", 2, "", "passerelle: x is not a var- folder\n", id="fail-helper"),
+        ],
+    )
+    def test_a_plugin_may_use_the_cli_helpers(
+        self, app_with: Plugins, module: str, data_dir: str, code: int, stdout: str, stderr: str
+    ):
+        """A plug-in importing broker.cli's helpers loads, and fails the way built-ins do."""
+        run = run_cli("where", "--data-dir", data_dir, app=app_with(where=f"{module}:where"))
+        assert (run.code, run.stdout, run.stderr) == (code, stdout, stderr)
 
     def test_a_plugin_cannot_replace_a_builtin_command(self, app_with: Plugins, module: str):
         """A plug-in named `check` is left out: `check` is still the configuration check."""
