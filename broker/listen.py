@@ -10,8 +10,8 @@ import redis.asyncio
 from broker.adapters.mllp import MllpServer
 from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.dispatch import AsyncKicker
-from broker.ingest import HL7v2Intake
-from broker.journal import Journal
+from broker.intake.hl7v2 import HL7v2Intake
+from broker.intake.journal import Journal
 from broker.log import get_logger
 from broker.mapping import MappingSet
 from broker.mapping.reload import MappingWatcher

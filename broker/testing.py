@@ -526,8 +526,8 @@ class EagerBroker:
         import redis.asyncio
 
         from broker.dispatch import AsyncKicker
-        from broker.ingest import HL7v2Intake
-        from broker.journal import Journal
+        from broker.intake.hl7v2 import HL7v2Intake
+        from broker.intake.journal import Journal
 
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         rt = self.runtime

@@ -13,7 +13,7 @@ from broker.adapters.spec import AdapterSpec
 from broker.delivery.render import to_fhir_transaction
 from broker.errors import MessageError
 from broker.identity import IdentifierSystem, local_system
-from broker.ingest import partition_key
+from broker.intake.hl7v2 import partition_key
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
 

@@ -43,8 +43,8 @@ from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import BrokerError, JournalError, MappingSpecError, MessageError
 from broker.identity import IdentifierSystem, unidentified_key
-from broker.ingest import HL7v2Intake
-from broker.journal import AppendResult, Journal, content_digest
+from broker.intake.hl7v2 import HL7v2Intake
+from broker.intake.journal import AppendResult, Journal, content_digest
 from broker.log import get_logger
 from broker.settings import Settings
 

@@ -13,8 +13,8 @@ from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, MllpServer
 from broker.adapters.spec import AdapterSpec, Sender
 from broker.dispatch import AsyncKicker
-from broker.ingest import HL7v2Intake, partition_key
-from broker.journal import Journal
+from broker.intake.hl7v2 import HL7v2Intake, partition_key
+from broker.intake.journal import Journal
 from broker.parsing.hl7v2 import parse
 from broker.synthetic import adt, patients
 from broker.testing import QueuedTask, StubCelery

@@ -27,7 +27,7 @@ from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import JournalError, MessageError, NoMappingError, RejectedError
 from broker.identity import hl7v2_patient_key, unidentified_key
-from broker.journal import Journal, dedupe_digest
+from broker.intake.journal import Journal, dedupe_digest
 from broker.log import get_logger
 from broker.parsing.hl7v2 import Message, decode, parse
 
