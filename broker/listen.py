@@ -1,4 +1,9 @@
-"""The listener process: one MLLP server per inbound adapter, journalling before each ACK."""
+"""The listener process: one MLLP server per inbound adapter, journalling before each ACK.
+
+The MLLP server frames bytes; the ``HL7v2Intake`` decides what becomes of them. ``mllp_server``
+is the whole of the glue between the two: each frame's payload goes to the intake and the reply
+of its ``Outcome`` is framed back.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import signal
 
 import redis.asyncio
 
-from broker.adapters.mllp import MllpServer
+from broker.adapters.mllp import Frame, MllpServer
 from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.dispatch import AsyncKicker
 from broker.intake.hl7v2 import HL7v2Intake
@@ -18,9 +23,33 @@ from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
 from broker.worker.celery_app import create_celery
 
-__all__ = ["Listeners", "run_listeners"]
+__all__ = ["Listeners", "mllp_server", "run_listeners"]
 
 log = get_logger(__name__)
+
+
+def mllp_server(
+    host: str, port: int, intake: HL7v2Intake, *, max_bytes: int, name: str = ""
+) -> MllpServer:
+    """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
+
+    Args:
+        host: the address to bind.
+        port: the port to bind (0: any free port).
+        intake: the adapter's HL7 v2 intake.
+        max_bytes: the largest message taken whole; a larger one is answered AR (over-size).
+        name: the adapter id, for logs.
+    """
+
+    async def handler(payload: bytes, peer: str) -> bytes | None:
+        return (await intake.receive(payload, peer)).reply
+
+    async def on_oversize(frame: Frame, peer: str) -> bytes | None:
+        size = frame.size if frame.size is not None else len(frame.payload)
+        outcome = await intake.oversize(frame.payload, peer, size=size, sha256=frame.sha256)
+        return outcome.reply
+
+    return MllpServer(host, port, handler, max_bytes=max_bytes, name=name, on_oversize=on_oversize)
 
 
 class Listeners:
@@ -54,13 +83,8 @@ class Listeners:
         for adapter in self.adapters:
             host, port = adapter.host_port
             intake = HL7v2Intake(adapter, journal, self._supports, self.settings.partitions, kicker)
-            server = MllpServer(
-                host,
-                port,
-                intake,
-                max_bytes=self.settings.max_message_bytes,
-                name=adapter.id,
-                on_oversize=intake.oversize,
+            server = mllp_server(
+                host, port, intake, max_bytes=self.settings.max_message_bytes, name=adapter.id
             )
             await server.start()
             self.servers.append(server)

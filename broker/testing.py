@@ -548,7 +548,7 @@ class EagerBroker:
                     settings.partitions,
                     AsyncKicker(self.celery, client),
                 )
-                return await handler(data, peer)
+                return (await handler.receive(data, peer)).reply
             finally:
                 await client.aclose()
 

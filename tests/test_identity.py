@@ -13,7 +13,7 @@ from broker.adapters.spec import AdapterSpec
 from broker.delivery.render import to_fhir_transaction
 from broker.errors import MessageError
 from broker.identity import IdentifierSystem, local_system
-from broker.intake.hl7v2 import partition_key
+from broker.intake import fhir, hl7v2
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
 
@@ -58,7 +58,7 @@ def _three_keys(mappings: MappingSet, sample: Path, adapter: AdapterSpec) -> tup
     tx = to_fhir_transaction(result.bundle)
     patient = next(e for e in tx["entry"] if e["resource"]["resourceType"] == "Patient")
     url = unquote(patient["request"]["url"].removeprefix("Patient?identifier="))
-    return partition_key(message, adapter), result.partition_key, url
+    return hl7v2.partition_key(message, adapter), result.partition_key, url
 
 
 def _mappable(mappings: MappingSet, sample: Path) -> bool:
@@ -150,7 +150,15 @@ def test_fhir_edge_hold_and_conditional_url_agree(mappings: MappingSet, rules: t
             result = mappings.map_fhir(json.loads(case.read_bytes()), ctx).result
         except MessageError:
             continue
-        edge = mappings.fhir.patient_key(data, source, rules)
+        adapter = AdapterSpec(
+            id=source,
+            name=source,
+            direction="inbound",
+            transport="http",
+            format="fhir",
+            identifier_systems=list(rules),
+        )
+        edge = fhir.partition_key(data, adapter, mappings, "env")
         assert edge == result.partition_key, case.name
         patients = [
             e
