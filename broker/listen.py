@@ -13,13 +13,11 @@ import signal
 import redis.asyncio
 
 from broker.adapters.mllp import Frame, MllpServer
-from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.log import get_logger
-from broker.mapping import MappingSet
-from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
 from broker.worker.celery_app import create_celery
 
@@ -53,23 +51,20 @@ def mllp_server(
 
 
 class Listeners:
-    """The inbound MLLP servers of a set of registrations, sharing one journal."""
+    """The MLLP servers of a configuration's enabled inbound ``mllp`` adapters, one journal.
 
-    def __init__(
-        self, settings: Settings, adapters: list[AdapterSpec], mappings: MappingSet
-    ) -> None:
-        self.settings = settings
-        self.adapters = [
-            a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
-        ]
-        self.watcher = MappingWatcher(settings.mapping_roots, mappings)
-        self.watcher.start()  # reloads off the event loop that answers ACKs
+    Args:
+        config: the loaded configuration (``broker.config.load_config``); its mappings are
+            reloaded off the event loop that answers ACKs from now on.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.adapters = config.inbound("mllp")
+        config.watch()
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
-
-    def _supports(self, event: str, version: str, adapter: str) -> bool:
-        # Through the watcher: a mapping added or removed on disk counts within seconds.
-        return self.watcher.current().supports(event, version, adapter)
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -82,7 +77,9 @@ class Listeners:
         kicker = AsyncKicker(create_celery(self.settings), self.client)
         for adapter in self.adapters:
             host, port = adapter.host_port
-            intake = HL7v2Intake(adapter, journal, self._supports, self.settings.partitions, kicker)
+            intake = HL7v2Intake(
+                adapter, journal, self.config.supports, self.settings.partitions, kicker
+            )
             server = mllp_server(
                 host, port, intake, max_bytes=self.settings.max_message_bytes, name=adapter.id
             )
@@ -100,9 +97,7 @@ class Listeners:
 
 
 async def _serve(settings: Settings) -> None:
-    mappings = MappingSet.load(settings.mapping_roots)
-    adapters = load_adapters(settings.adapters_dir, hl7_versions=mappings.hl7_versions)
-    listeners = Listeners(settings, adapters, mappings)
+    listeners = Listeners(load_config(settings))
     await listeners.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,5 +108,9 @@ async def _serve(settings: Settings) -> None:
 
 
 def run_listeners(settings: Settings) -> None:
-    """Run the listeners until SIGINT or SIGTERM."""
+    """Run the listeners until SIGINT or SIGTERM.
+
+    Raises:
+        ConfigurationError: the configuration does not load or is refused (``load_config``).
+    """
     asyncio.run(_serve(settings))

@@ -25,10 +25,10 @@ import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.responses import Response
 
-from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.adapters.spec import AdapterSpec
 from broker.api.auth import require_token
+from broker.config import Config
 from broker.dispatch import AsyncKicker
-from broker.errors import BrokerError, MappingSpecError
 from broker.intake.fhir import FHIR_MEDIA_TYPE, HTTP_STATUS, FHIRIntake
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
@@ -62,7 +62,7 @@ class InboundEdge:
 
     Attributes:
         adapters: enabled inbound ``transport: http`` adapters by id.
-        intakes: one intake per adapter, by its ``format`` (empty until the mappings load).
+        intakes: one intake per adapter, by its ``format``.
         client: the asyncio Redis client the journal uses (closed on shutdown).
         problem: why the edge cannot serve (registrations or mappings failed to load).
     """
@@ -73,27 +73,24 @@ class InboundEdge:
     problem: str | None = None
 
 
-async def open_inbound(app: FastAPI) -> None:
+async def open_inbound(app: FastAPI, config: Config | str) -> None:
     """Build the edge of the http inbound adapters (lifespan start).
 
+    Args:
+        app: the application; the edge is ``app.state.inbound``.
+        config: the API's loaded configuration, or why it could not be loaded: the API still
+            starts, and the inbound routes answer 503 naming the problem.
+
     The Celery app that receives kicks is ``app.state.inbound_celery`` when set (tests), else
-    ``create_celery(settings)``. A registration or mapping that fails to load does not stop the
-    API: the inbound routes answer 503 naming the problem.
+    ``create_celery(settings)``.
     """
     settings: Settings = app.state.settings
     edge = InboundEdge()
     app.state.inbound = edge
-    try:
-        adapters = load_adapters(settings.adapters_dir)
-    except BrokerError as exc:
-        edge.problem = f"adapter registrations cannot be loaded: {exc}".splitlines()[0]
-        log.error("inbound.adapters_unavailable", error=edge.problem)
+    if isinstance(config, str):
+        edge.problem = config
         return
-    edge.adapters = {
-        a.id: a
-        for a in adapters
-        if a.direction == "inbound" and a.transport == "http" and a.enabled
-    }
+    edge.adapters = {a.id: a for a in config.inbound("http")}
     if not edge.adapters:
         return
     edge.client = redis.asyncio.Redis.from_url(
@@ -108,28 +105,15 @@ async def open_inbound(app: FastAPI) -> None:
 
         celery = create_celery(settings)
     kicker = AsyncKicker(celery, edge.client)
-    from broker.mapping import MappingSet
-    from broker.mapping.reload import MappingWatcher
-
-    try:
-        watcher = MappingWatcher(settings.mapping_roots, MappingSet.load(settings.mapping_roots))
-    except (MappingSpecError, OSError) as exc:
-        edge.problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
-        log.error("inbound.mappings_unavailable", error=edge.problem)
-        return
-    watcher.start()  # reloads off the event loop that answers requests
-
-    def supports(event: str, version: str, adapter: str) -> bool:
-        return watcher.current().supports(event, version, adapter)
-
+    config.watch()  # reloads off the event loop that answers requests
     for adapter in edge.adapters.values():
         if adapter.format == "hl7v2":
             edge.intakes[adapter.id] = HL7v2Intake(
-                adapter, journal, supports, settings.partitions, kicker
+                adapter, journal, config.supports, settings.partitions, kicker
             )
         else:
             edge.intakes[adapter.id] = FHIRIntake(
-                adapter, journal, watcher.current, settings.partitions, kicker
+                adapter, journal, config.watcher.current, settings.partitions, kicker
             )
     log.info("inbound.http_ready", adapters=sorted(edge.adapters))
 
@@ -148,14 +132,11 @@ def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the inbound edge is not running")
     adapter = edge.adapters.get(adapter_id)
     if adapter is None or adapter.format != fmt:
-        if edge.problem is not None and not edge.adapters:  # registrations did not load
+        if edge.problem is not None:  # the configuration did not load
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem)
         msg = f"no enabled inbound http adapter {adapter_id!r} for {fmt}"
         raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
-    intake = edge.intakes.get(adapter.id)
-    if intake is None:  # the mappings did not load
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem or "not ready")
-    return intake
+    return edge.intakes[adapter.id]
 
 
 @dataclass(frozen=True, slots=True)
