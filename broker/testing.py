@@ -527,8 +527,8 @@ class EagerBroker:
         import redis.asyncio
 
         from broker.dispatch import AsyncKicker
-        from broker.ingest import HL7v2Intake
-        from broker.journal import Journal
+        from broker.intake.hl7v2 import HL7v2Intake
+        from broker.intake.journal import Journal
 
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         rt = self.runtime
@@ -549,7 +549,7 @@ class EagerBroker:
                     settings.partitions,
                     AsyncKicker(self.celery, client),
                 )
-                return await handler(data, peer)
+                return (await handler.receive(data, peer)).reply
             finally:
                 await client.aclose()
 
@@ -627,32 +627,18 @@ def _eager_runtime(settings: Any, celery: StubCelery) -> Runtime:
     """A worker ``Runtime`` whose mappings are loaded once per process and set of roots.
 
     Loading and compiling the base mappings takes most of a second; a test module starts an
-    EagerBroker per test. The rest is built as ``Runtime.__post_init__`` builds it.
+    EagerBroker per test. The registrations are loaded and checked against them as every
+    process does (``broker.config.load_config``).
     """
-    import redis as redis_sync
-
-    from broker.adapters.spec import load_adapters
-    from broker.delivery.dead_letter import DeadLetterStore
-    from broker.dispatch import Kicker
+    from broker.config import load_config
     from broker.mapping import MappingSet
-    from broker.mapping.reload import MappingWatcher
     from broker.worker.runtime import Runtime
 
-    class EagerRuntime(Runtime):
-        def __post_init__(self) -> None:
-            roots = self.settings.mapping_roots
-            mappings = _MAPPINGS.get(roots)
-            if mappings is None:
-                mappings = _MAPPINGS[roots] = MappingSet.load(roots)
-            self.client = redis_sync.Redis.from_url(self.settings.effective_redis_url)
-            specs = load_adapters(self.settings.adapters_dir, hl7_versions=mappings.hl7_versions)
-            self.adapters = {spec.id: spec for spec in specs}
-            self.subscribers = [s for s in specs if s.direction == "outbound" and s.enabled]
-            self.watcher = MappingWatcher(roots, mappings)
-            self.kicker = Kicker(self.celery, self.client)
-            self.dead_letters = DeadLetterStore(self.client)
-
-    return EagerRuntime(settings, celery)
+    roots = settings.mapping_roots
+    mappings = _MAPPINGS.get(roots)
+    if mappings is None:
+        mappings = _MAPPINGS[roots] = MappingSet.load(roots)
+    return Runtime(load_config(settings, mappings=mappings), celery)
 
 
 class ForeignRedisError(RuntimeError):
