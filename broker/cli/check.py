@@ -9,6 +9,7 @@ import typer
 from broker.cli._common import AdaptersOpt, MappingsOpt, fail, load_settings, log_as_configured
 
 if TYPE_CHECKING:
+    from broker.config import Config
     from broker.settings import Settings
 
 __all__ = ["check", "check_configuration"]
@@ -22,19 +23,17 @@ def check(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
     typer.echo("configuration ok")
 
 
-def check_configuration(settings: Settings) -> None:
-    """Load the mappings and the registrations as every process does, or exit 1.
+def check_configuration(settings: Settings) -> Config:
+    """Load the configuration as every process role does (``load_config``), or exit 1.
 
     Run by ``check`` and before ``serve``, ``listen``, ``worker`` and ``api`` start: each
     problem is ``file:line: key: reason`` (an outbound subscriber's ``hl7_version`` that no
     outbound mapping writes among them), never a traceback.
     """
-    from broker.adapters.spec import load_adapters
+    from broker.config import load_config
     from broker.errors import BrokerError
-    from broker.mapping import MappingSet
 
     try:
-        mapping_set = MappingSet.load(settings.mapping_roots)
-        load_adapters(settings.adapters_dir, hl7_versions=mapping_set.hl7_versions)
+        return load_config(settings)
     except BrokerError as exc:
         fail(str(exc), every_line=True)
