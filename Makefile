@@ -13,8 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# The broker and the simulator (demo/, the `demo` extra), both editable: the tests, the benchmark
+# and `make demo` need the simulator; a production install (`pip install .`) does not have it.
+$(STAMP): pyproject.toml demo/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]' -e ./demo
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,8 +41,8 @@ $(FHIR_STAMP): $(FHIR_SERVER)/package.json $(FHIR_SERVER)/package-lock.json
 # file. PYTEST_WORKERS=0 runs everything in this one process.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) $(FHIR_STAMP)
-	$(BIN)/ruff format --check broker tests benchmarks
-	$(BIN)/ruff check broker tests benchmarks
+	$(BIN)/ruff format --check broker demo tests benchmarks
+	$(BIN)/ruff check broker demo tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-report=term -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
@@ -56,8 +58,8 @@ test-fast: test-unit
 check: test
 
 lint: $(STAMP)
-	$(BIN)/ruff format broker tests benchmarks
-	$(BIN)/ruff check --fix broker tests benchmarks
+	$(BIN)/ruff format broker demo tests benchmarks
+	$(BIN)/ruff check --fix broker demo tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -16,8 +16,8 @@ from broker.dispatch import AsyncKicker
 from broker.ingest import HL7v2Intake, partition_key
 from broker.journal import Journal
 from broker.parsing.hl7v2 import parse
-from broker.synthetic import adt, patients
 from broker.testing import QueuedTask, StubCelery
+from passerelle_demo.synthetic import adt, patients
 
 ADAPTER = AdapterSpec(
     id="chu-rabat-adt",

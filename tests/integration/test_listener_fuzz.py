@@ -26,8 +26,8 @@ from broker.adapters.spec import load_adapters
 from broker.listen import Listeners
 from broker.mapping import MappingSet
 from broker.settings import Settings
-from broker.synthetic import adt, patients
 from broker.testing import free_port, wait_for_port, write_adapter
+from passerelle_demo.synthetic import adt, patients
 from tests.oracles.mllp import (
     ack_code,
     acknowledged_id,
