@@ -1,10 +1,10 @@
 """A FHIR capture endpoint: the "national DMP" subscriber of the demo, the tests and the benchmark.
 
-A small HTTP/1.1 server (asyncio streams, keep-alive) that accepts FHIR transaction Bundles,
-records them and answers as a FHIR server would, with conditional-update semantics: a resource
-sent as ``PUT Patient?identifier=system|value`` is created once and updated on re-delivery, so the
-counts of unique resources prove that the broker delivers no duplicates. It runs in its own thread
-and event loop, so synchronous tests can drive it.
+A small FastAPI app, served by uvicorn on its own thread and event loop so that synchronous
+tests can drive it, in front of a :class:`~passerelle_demo.peers.fhir_store.FhirStore` that
+records what it is sent and answers as a FHIR server would. Tests switch its behaviour at run
+time (``mode``, ``fail_next``, ``latency_s``) to play a subscriber that is down, failing,
+rejecting or slow.
 
 Routes (``base`` is ``/fhir`` by default)::
 
@@ -27,59 +27,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
+import socket
 import threading
-import time
-import uuid
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException
+from starlette.types import Receive
 
 from broker.log import get_logger
+from passerelle_demo.peers.fhir_store import (
+    CAPABILITY,
+    Answer,
+    FhirStore,
+    StoredResource,
+    operation_outcome,
+)
 
 __all__ = ["FhirCapture", "HeldRequest", "Mode", "StoredResource"]
 
 Mode = Literal["ok", "down", "error", "reject"]
 """``ok`` answers; ``down`` stops listening; ``error`` answers 503; ``reject`` answers 422."""
 
-
-_MAX_HEADER_BYTES: Final = 64 * 1024
-_REASONS: Final[dict[int, str]] = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Payload Too Large",
-    422: "Unprocessable Entity",
-    503: "Service Unavailable",
-}
 _FHIR_JSON: Final = "application/fhir+json"
+_IDLE_KEEP_ALIVE_S: Final = 3600.0
+"""How long an idle keep-alive connection stays open: the broker's pooled connections are
+closed by the broker (or by ``down``), never by a capture timing them out under its feet."""
+_STOP_WAIT_S: Final = 5.0
+_T = TypeVar("_T")
 
 _log = get_logger(__name__)
-
-
-@dataclass(slots=True)
-class StoredResource:
-    """One resource as the capture keeps it.
-
-    Attributes:
-        key: the conditional URL (``Patient?identifier=sys|val``) or ``Type/id`` it is stored under.
-        resource_type: its FHIR type.
-        id: the server-assigned id.
-        version: 1 on creation, +1 per update.
-        resource: the last JSON received (``{}`` when ``keep_bundles`` is off).
-    """
-
-    key: str
-    resource_type: str
-    id: str
-    version: int
-    resource: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,48 +87,8 @@ class HeldRequest:
         return str(value) if value else None
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, diagnostics: str) -> None:
-        self.status = status
-        self.diagnostics = diagnostics
-        super().__init__(diagnostics)
-
-
-def _outcome(code: str, diagnostics: str) -> dict[str, Any]:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
-    }
-
-
-_CAPABILITY: Final[dict[str, Any]] = {
-    "resourceType": "CapabilityStatement",
-    "status": "active",
-    "date": "2025-01-01",
-    "kind": "instance",
-    "software": {"name": "Passerelle FHIR capture"},
-    "fhirVersion": "4.0.1",
-    "format": ["json"],
-    "rest": [
-        {
-            "mode": "server",
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "resource": [
-                {
-                    "type": t,
-                    "interaction": [{"code": "create"}, {"code": "update"}],
-                    "conditionalCreate": True,
-                    "conditionalUpdate": True,
-                }
-                for t in ("Patient", "Encounter", "Observation", "DiagnosticReport", "Coverage")
-            ],
-        }
-    ],
-}
-
-
-class FhirCapture:
-    """A recording FHIR server on loopback, controllable from tests.
+class FhirCapture(FhirStore):
+    """A recording FHIR server on loopback, controllable from tests: a FhirStore served over HTTP.
 
     Args:
         host: the address to listen on.
@@ -173,33 +114,20 @@ class FhirCapture:
         *,
         keep_bundles: bool = True,
     ) -> None:
+        super().__init__(base, validate, keep_bundles=keep_bundles)
         self.host = host
         self.port = port
-        self.base = "/" + base.strip("/") if base.strip("/") else ""
-        self.validate = validate
-        self.keep_bundles = keep_bundles
         self.latency_s = 0.0
         self._mode: Mode = "ok"
         self._fail_left = 0
         self._fail_mode: Mode = "error"
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.Transport] = set()
-        self._received: list[dict[str, Any]] = []
-        self._received_count = 0
-        self._control_ids: list[str] = []
-        self._arrivals: list[float] = []
-        self._resources: dict[str, StoredResource] = {}
-        self._statuses: Counter[int] = Counter()
-        self._plain_creates: Counter[str] = Counter()
-        self._invalid = 0
         self._in_flight: dict[int, HeldRequest] = {}
         self._abandoned: list[HeldRequest] = []
-        self._ids = itertools.count(1)
-        self._id_prefix = uuid.uuid4().hex[:8]
-        self._validator: Callable[[dict[str, Any]], object] | None = None
+        self._app = _app(self)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -236,7 +164,7 @@ class FhirCapture:
                 self.stop()
                 raise
         elif self.port == 0:
-            self._call(self._reserve_port())
+            self.port = _free_port(self.host)
         return self.port
 
     def stop(self) -> None:
@@ -299,52 +227,6 @@ class FhirCapture:
             self._fail_left = count
             self._fail_mode = mode
 
-    # --- what was received -----------------------------------------------------------------
-
-    @property
-    def received(self) -> list[dict[str, Any]]:
-        """Every accepted Bundle, in arrival order (empty when ``keep_bundles`` is off)."""
-        with self._lock:
-            return list(self._received)
-
-    @property
-    def received_count(self) -> int:
-        """How many Bundles (or single resources) were accepted."""
-        with self._lock:
-            return self._received_count
-
-    @property
-    def count(self) -> int:
-        """Alias of ``received_count``: accepted Bundles (or single resources)."""
-        return self.received_count
-
-    @property
-    def invalid(self) -> int:
-        """Bundles answered 422 because ``validate`` found them not valid FHIR R4B."""
-        with self._lock:
-            return self._invalid
-
-    @property
-    def envelope_ids(self) -> set[str]:
-        """The distinct ``Bundle.identifier`` values received: one per envelope delivered."""
-        with self._lock:
-            return set(self._control_ids)
-
-    @property
-    def received_control_ids(self) -> list[str]:
-        """``Bundle.identifier.value`` of every accepted Bundle, in arrival order, repeats kept.
-
-        The broker sets it to the envelope id (system ``urn:passerelle:envelope``), so a repeat
-        is a duplicate delivery and a missing id a loss.
-        """
-        with self._lock:
-            return list(self._control_ids)
-
-    def arrivals(self) -> list[tuple[str, float]]:
-        """``(Bundle.identifier.value, epoch seconds)`` of every accepted Bundle, in order."""
-        with self._lock:
-            return list(zip(self._control_ids, self._arrivals, strict=True))
-
     def in_flight(self) -> list[HeldRequest]:
         """The requests being held by ``latency_s`` right now, not answered yet."""
         with self._lock:
@@ -355,422 +237,184 @@ class FhirCapture:
         with self._lock:
             return list(self._abandoned)
 
-    def duplicate_control_ids(self) -> dict[str, int]:
-        """Identifier values received more than once → how many times."""
-        with self._lock:
-            counts = Counter(self._control_ids)
-        return {value: n for value, n in counts.items() if n > 1}
-
-    def unique_resources(self) -> dict[str, int]:
-        """Resource type → number of distinct resources.
-
-        A conditional update or create counts once per conditional URL, an update by id once
-        per id, and each plain ``POST`` (no ``ifNoneExist``) counts as a new resource.
-        """
-        with self._lock:
-            counts = Counter(r.resource_type for r in self._resources.values())
-            counts.update(self._plain_creates)
-        return dict(counts)
-
-    def stored(self, key: str) -> StoredResource | None:
-        """The resource stored under ``key`` (``Patient?identifier=sys|val`` or ``Type/id``)."""
-        with self._lock:
-            return self._resources.get(key)
-
-    def status_counts(self) -> dict[int, int]:
-        """HTTP status → number of responses sent with it."""
-        with self._lock:
-            return dict(self._statuses)
-
     def reset(self) -> None:
         """Forget everything received and stored; the mode is kept."""
+        super().reset()
         with self._lock:
-            self._received.clear()
-            self._received_count = 0
-            self._control_ids.clear()
-            self._arrivals.clear()
-            self._resources.clear()
-            self._statuses.clear()
-            self._plain_creates.clear()
-            self._invalid = 0
             self._abandoned.clear()
 
-    # --- server ----------------------------------------------------------------------------
+    # --- serving ---------------------------------------------------------------------------
 
-    def _call(self, coro: Any) -> Any:
-        assert self._loop is not None
-        if self._thread is threading.current_thread():
-            msg = "FhirCapture cannot be controlled from its own event loop thread"
-            raise RuntimeError(msg)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+    async def handle(self, request: Request, interaction: Callable[[bytes], Answer]) -> Response:
+        """Answer one write: hold it ``latency_s``, apply the mode, then ``interaction(body)``.
 
-    async def _reserve_port(self) -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
-        self.port = server.sockets[0].getsockname()[1]
-        server.close()
+        Returns:
+            The response, or an empty 499 nobody receives when the sender went away while the
+            request was held (it is then listed by ``abandoned()``, not recorded).
+        """
+        body = await request.body()
+        if self.latency_s > 0 and not await self._hold(request, body):
+            return Response(status_code=499)
+        answer = self._failure() or interaction(body)
+        return self.respond(answer)
 
-    async def _listen(self) -> None:
-        if self._server is not None:
-            return
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=512
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        _log.info("fhir_capture.listening", port=self.port)
+    def respond(self, answer: Answer) -> Response:
+        """The HTTP response for ``answer``, counted in ``status_counts()``."""
+        self.count_status(answer.status)
+        content = json.dumps(answer.payload, separators=(",", ":")).encode()
+        return Response(content, answer.status, answer.headers, media_type=_FHIR_JSON)
 
-    async def _close_all(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for transport in list(self._transports):
-            transport.abort()
-        self._transports.clear()
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), timeout=2)
-
-    def _hold(self, connection: _Connection, request: _Request) -> None:
+    async def _hold(self, request: Request, body: bytes) -> bool:
+        """Hold a request ``latency_s``; False when its connection closed meanwhile."""
+        client = request.client
+        held = HeldRequest((client.host, client.port) if client else ("", 0), body)
         with self._lock:
-            self._in_flight[id(connection)] = HeldRequest(connection.peer, request.body)
-
-    def _settle(self, connection: _Connection, *, answered: bool) -> None:
-        with self._lock:
-            held = self._in_flight.pop(id(connection), None)
-            if held is not None and not answered:
-                self._abandoned.append(held)
-
-    def _answer(self, transport: asyncio.Transport, request: _Request) -> None:
-        status, payload, extra = self._dispatch(request.method, request.target, request.body)
-        self._respond(transport, status, payload, request.keep_alive, extra)
-
-    def _respond(
-        self,
-        transport: asyncio.BaseTransport,
-        status: int,
-        payload: dict[str, Any] | None,
-        keep_alive: bool,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-        head = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-            f"Content-Length: {len(body)}",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        ]
-        if payload is not None:
-            head.append(f"Content-Type: {_FHIR_JSON}")
-        head.extend(f"{k}: {v}" for k, v in (extra or {}).items())
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        with self._lock:
-            self._statuses[status] += 1
-
-    # --- FHIR semantics --------------------------------------------------------------------
-
-    def _dispatch(
-        self, method: str, target: str, body: bytes
-    ) -> tuple[int, dict[str, Any] | None, dict[str, str] | None]:
-        path, _, query = target.partition("?")
-        if self.base and not (path == self.base or path.startswith(self.base + "/")):
-            return 404, _outcome("not-found", "no FHIR endpoint at this path"), None
-        rest = path[len(self.base) :].strip("/")
-        if method == "GET" and rest == "metadata":
-            return 200, _CAPABILITY, None
-        if method not in ("POST", "PUT"):
-            return 405, _outcome("not-supported", f"{method} is not supported here"), None
-        failure = self._failure()
-        if failure is not None:
-            return failure
+            self._in_flight[id(held)] = held
+        gone = True
         try:
-            document = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            return 400, _outcome("structure", "the body is not JSON"), None
-        if not isinstance(document, dict):
-            return 400, _outcome("structure", "the body is not a JSON object"), None
-        try:
-            if not rest and method == "POST":
-                return 200, self._transaction(document), None
-            if (method == "POST" and "/" not in rest) or (method == "PUT" and rest):
-                return self._single(method, rest, query, document)
-        except _HttpError as exc:
-            return exc.status, _outcome("invalid", exc.diagnostics), None
-        return 404, _outcome("not-found", "unsupported interaction"), None
+            gone = await _disconnects_within(request.receive, self.latency_s)
+        finally:
+            with self._lock:
+                del self._in_flight[id(held)]
+                if gone:
+                    self._abandoned.append(held)
+        return not gone
 
-    def _failure(self) -> tuple[int, dict[str, Any], None] | None:
+    def _failure(self) -> Answer | None:
         with self._lock:
             mode: Mode = self._mode
             if self._fail_left > 0:
                 self._fail_left -= 1
                 mode = self._fail_mode
         if mode == "error":
-            return 503, _outcome("transient", "the capture endpoint is in error mode"), None
+            return Answer(
+                503, operation_outcome("transient", "the capture endpoint is in error mode")
+            )
         if mode == "reject":
-            return 422, _outcome("business-rule", "the capture endpoint rejects this"), None
+            return Answer(
+                422, operation_outcome("business-rule", "the capture endpoint rejects this")
+            )
         return None
 
-    def _check(self, document: dict[str, Any]) -> None:
-        if not self.validate:
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        assert self._loop is not None
+        if self._thread is threading.current_thread():
+            msg = "FhirCapture cannot be controlled from its own event loop thread"
+            raise RuntimeError(msg)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    async def _listen(self) -> None:
+        if self._server is not None:
             return
-        if self._validator is None:
-            from fhir.resources.R4B.bundle import Bundle  # slow import: only when validating
-
-            self._validator = Bundle.model_validate
+        # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY on the accepted connections only
+        # then, and without it every answer waits out the client's delayed ACK (40 ms).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._validator(document)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            msg = f"the Bundle is not valid FHIR R4B: {exc.__class__.__name__}"
-            errors = getattr(exc, "errors", None)
-            if callable(errors):
-                where = [".".join(str(p) for p in e.get("loc", ())) for e in errors()[:5]]
-                msg += f" at {', '.join(where)}"
-            with self._lock:
-                self._invalid += 1
-            raise _HttpError(422, msg) from None
-
-    def _transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        if bundle.get("resourceType") != "Bundle":
-            raise _HttpError(400, "POST to the base expects a Bundle")
-        kind = bundle.get("type")
-        if kind not in ("transaction", "batch"):
-            raise _HttpError(400, "the Bundle type must be transaction or batch")
-        self._check(bundle)
-        entries = bundle.get("entry") or []
-        if not isinstance(entries, list):
-            raise _HttpError(400, "Bundle.entry must be an array")
-        # Check every entry before storing any: a transaction succeeds or fails as a whole.
-        requests: list[tuple[str, str, dict[str, Any], Any]] = []
-        for index, entry in enumerate(entries):
-            request = entry.get("request") if isinstance(entry, dict) else None
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            method = str((request or {}).get("method", "")).upper()
-            if method not in ("POST", "PUT") or not isinstance(resource, dict):
-                msg = f"Bundle.entry[{index}] needs a resource and request.method POST or PUT"
-                raise _HttpError(400, msg)
-            assert request is not None
-            requests.append(
-                (method, str(request.get("url", "")), resource, request.get("ifNoneExist"))
-            )
-        responses = []
-        with self._lock:
-            for method, url, resource, if_none_exist in requests:
-                status, stored = self._store(method, url, resource, if_none_exist)
-                responses.append(
-                    {
-                        "response": {
-                            "status": "201 Created" if status == 201 else "200 OK",
-                            "location": f"{stored.resource_type}/{stored.id}"
-                            f"/_history/{stored.version}",
-                            "etag": f'W/"{stored.version}"',
-                        }
-                    }
-                )
-            self._record(bundle)
-        return {
-            "resourceType": "Bundle",
-            "id": self._new_id(),
-            "type": f"{kind}-response",
-            "entry": responses,
-        }
-
-    def _single(
-        self, method: str, rest: str, query: str, resource: dict[str, Any]
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        url = f"{rest}?{query}" if query else rest
-        if not isinstance(resource.get("resourceType"), str):
-            raise _HttpError(400, "the body is not a FHIR resource (no resourceType)")
-        with self._lock:
-            status, stored = self._store(method, url, resource, None)
-            self._record(resource)
-            answer = {
-                **stored.resource,
-                "id": stored.id,
-                "meta": {"versionId": str(stored.version)},
-            }
-        location = f"{self.base}/{stored.resource_type}/{stored.id}/_history/{stored.version}"
-        return status, answer, {"Location": location, "ETag": f'W/"{stored.version}"'}
-
-    def _store(
-        self, method: str, url: str, resource: dict[str, Any], if_none_exist: Any
-    ) -> tuple[int, StoredResource]:
-        """Apply one create or update to the store (lock held); return (status, stored)."""
-        path, _, query = url.partition("?")
-        resource_type = str(resource.get("resourceType") or path.split("/")[0])
-        if method == "PUT":
-            key = url if query else path  # conditional update or Type/id update (RESTful API)
-        elif if_none_exist:
-            key = f"{path}?{if_none_exist}"  # conditional create
-            found = self._resources.get(key)
-            if found is not None:
-                return 200, found
-        else:
-            # A plain create always makes a new resource: counted, not stored (the benchmark
-            # sends hundreds of thousands).
-            self._plain_creates[resource_type] += 1
-            return 201, StoredResource("", resource_type, self._new_id(), 1, {})
-        kept = resource if self.keep_bundles else {}
-        found = self._resources.get(key)
-        if found is not None:
-            found.version += 1
-            found.resource = kept
-            return 200, found
-        rid = path.split("/")[1] if method == "PUT" and "/" in path else self._new_id()
-        stored = StoredResource(key, resource_type, rid, 1, kept)
-        self._resources[key] = stored
-        return 201, stored
-
-    def _new_id(self) -> str:
-        # A counter, not uuid4: uuid4 costs more than the rest of a request's bookkeeping.
-        return f"{self._id_prefix}{next(self._ids):x}"
-
-    def _record(self, document: dict[str, Any]) -> None:
-        """Count one accepted request and keep its identifier (lock held)."""
-        self._received_count += 1
-        if self.keep_bundles:
-            self._received.append(document)
-        identifier = (
-            document.get("identifier") if document.get("resourceType") == "Bundle" else None
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        config = uvicorn.Config(
+            self._app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            http="httptools",
+            ws="none",
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=int(_IDLE_KEEP_ALIVE_S),
+            backlog=512,
         )
-        if isinstance(identifier, dict) and identifier.get("value"):
-            self._control_ids.append(str(identifier["value"]))
-            self._arrivals.append(time.time())
+        server = uvicorn.Server(config)
+        self._serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if self._serving.done():
+                sock.close()
+                await self._serving  # raises what stopped it
+                msg = f"the FHIR capture did not start on {self.host}:{self.port}"
+                raise RuntimeError(msg)
+            await asyncio.sleep(0.005)
+        self._server = server
+        self.port = int(sock.getsockname()[1])
+        _log.info("fhir_capture.listening", port=self.port)
 
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    target: str
-    body: bytes
-    keep_alive: bool
-
-
-def _chunked_body(buf: bytearray, start: int) -> tuple[bytes, int] | None:
-    """Decode a chunked body starting at ``start``: (body, end offset), or None if incomplete."""
-    chunks: list[bytes] = []
-    pos = start
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        size_text = bytes(buf[pos:line_end]).split(b";")[0].strip() or b"0"
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _HttpError(400, "malformed chunk size") from None
-        pos = line_end + 2
-        if size == 0:
-            trailer_end = buf.find(b"\r\n", pos)
-            return (b"".join(chunks), trailer_end + 2) if trailer_end >= 0 else None
-        if len(buf) < pos + size + 2:
-            return None
-        chunks.append(bytes(buf[pos : pos + size]))
-        pos += size + 2
-
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: requests are answered in order, keep-alive by default.
-
-    A protocol rather than asyncio streams: it halves the per-request cost, which is what lets
-    the capture keep up with the benchmark.
-    """
-
-    def __init__(self, capture: FhirCapture) -> None:
-        self.capture = capture
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.busy = False
-        self.peer: tuple[str, int] = ("", 0)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = (str(peer[0]), int(peer[1]))
-        self.capture._transports.add(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.capture._transports.discard(self.transport)
-        if self.busy:
-            self.capture._settle(self, answered=False)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.busy:
-            self._process()
-
-    def _process(self) -> None:
-        transport = self.transport
-        while transport is not None and not transport.is_closing():
-            try:
-                request = self._next_request()
-            except _HttpError as exc:
-                outcome = _outcome("structure", exc.diagnostics)
-                self.capture._respond(transport, exc.status, outcome, False)
-                transport.close()
-                return
-            if request is None:
-                return
-            delay = self.capture.latency_s
-            if delay > 0:
-                # Reading goes on while the request is held (later bytes wait in the buffer),
-                # so a sender that disconnects meanwhile is seen: its request is abandoned.
-                self.busy = True
-                self.capture._hold(self, request)
-                asyncio.get_running_loop().call_later(delay, self._delayed, request)
-                return
-            self.capture._answer(transport, request)
-            if not request.keep_alive:
-                transport.close()
-                return
-
-    def _delayed(self, request: _Request) -> None:
-        transport = self.transport
-        self.busy = False
-        if transport is None or transport.is_closing():
-            self.capture._settle(self, answered=False)
+    async def _close_all(self) -> None:
+        """Stop listening and drop every connection at once, held requests included."""
+        server, serving = self._server, self._serving
+        self._server = self._serving = None
+        if server is None or serving is None:
             return
-        self.capture._settle(self, answered=True)
-        self.capture._answer(transport, request)
-        if not request.keep_alive:
-            transport.close()
-            return
-        self._process()
-
-    def _next_request(self) -> _Request | None:
-        buf = self.buffer
-        head_end = buf.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(buf) > _MAX_HEADER_BYTES:
-                raise _HttpError(413, "request headers are too large")
-            return None
-        lines = bytes(buf[:head_end]).decode("latin-1").split("\r\n")
+        # Refuse new connections and cut the open ones now (a subscriber that went away), not
+        # uvicorn's graceful shutdown, which would finish and record the held requests.
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        server.should_exit = server.force_exit = True
         try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            raise _HttpError(400, "malformed request line") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-        start = head_end + 4
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            decoded = _chunked_body(buf, start)
-            if decoded is None:
-                return None
-            body, end = decoded
-        else:
-            length = headers.get("content-length", "0")
-            if not length.isdigit():
-                raise _HttpError(400, "Content-Length is not a number")
-            end = start + int(length)
-            if len(buf) < end:
-                return None
-            body = bytes(buf[start:end])
-        del buf[:end]
-        return _Request(method, target, body, keep_alive)
+            await asyncio.wait_for(asyncio.shield(serving), _STOP_WAIT_S)
+        except TimeoutError:
+            serving.cancel()
+        tasks = list(server.server_state.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=_STOP_WAIT_S)
+
+
+def _app(capture: FhirCapture) -> FastAPI:
+    """The capture's routes under ``capture.base``; everything else is an OperationOutcome."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
+    base = capture.base
+
+    @app.get(f"{base}/metadata")
+    async def metadata() -> Response:
+        return capture.respond(Answer(200, CAPABILITY))
+
+    @app.post(base + "/")
+    @app.post(base or "/")
+    async def transaction(request: Request) -> Response:
+        return await capture.handle(request, capture.transaction)
+
+    @app.post(base + "/{resource_type}")
+    async def create(request: Request, resource_type: str) -> Response:
+        return await capture.handle(request, _writer(capture, "POST", request))
+
+    @app.put(base + "/{path:path}")
+    async def update(request: Request, path: str) -> Response:
+        return await capture.handle(request, _writer(capture, "PUT", request))
+
+    @app.exception_handler(HTTPException)
+    async def not_here(request: Request, exc: HTTPException) -> Response:
+        code = "not-supported" if exc.status_code == 405 else "not-found"
+        diagnostics = f"{request.method} {request.url.path}: {exc.detail}"
+        return capture.respond(Answer(exc.status_code, operation_outcome(code, diagnostics)))
+
+    return app
+
+
+def _writer(capture: FhirCapture, method: str, request: Request) -> Callable[[bytes], Answer]:
+    """``capture.write`` for the URL of ``request`` relative to the base, query included."""
+    url = request.url.path[len(capture.base) :].strip("/")
+    query = request.url.query
+    return lambda body: capture.write(method, f"{url}?{query}" if query else url, body)
+
+
+async def _disconnects_within(receive: Receive, seconds: float) -> bool:
+    """Whether the client disconnects within ``seconds`` (the body has been read already)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
