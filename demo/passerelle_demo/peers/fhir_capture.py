@@ -58,6 +58,7 @@ _IDLE_KEEP_ALIVE_S: Final = 3600.0
 """How long an idle keep-alive connection stays open: the broker's pooled connections are
 closed by the broker (or by ``down``), never by a capture timing them out under its feet."""
 _STOP_WAIT_S: Final = 5.0
+"""How long a stop waits for the requests being answered to end once their connection is cut."""
 _T = TypeVar("_T")
 
 _log = get_logger(__name__)
@@ -355,11 +356,11 @@ class FhirCapture(FhirStore):
             transport = getattr(connection, "transport", None)
             if transport is not None:
                 transport.abort()
-        server.should_exit = server.force_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(serving), _STOP_WAIT_S)
-        except TimeoutError:
-            serving.cancel()
+        # Nothing is left for uvicorn's shutdown to do: end its loop now rather than at its
+        # next tick and pause (0.2 s per stop, paid by every test that starts a capture).
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
         tasks = list(server.server_state.tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=_STOP_WAIT_S)
