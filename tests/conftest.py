@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from broker.testing import LoopbackStack, PrivateRedis
+from broker.testing import PrivateRedis
+from passerelle_demo.loopback import LoopbackStack
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from broker.testing import EagerBroker
+from passerelle_demo.peers import FhirCapture, MllpCapture
 
 MakeBroker = Callable[..., EagerBroker]
 
@@ -20,7 +21,8 @@ def make_broker(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> It
     started: list[EagerBroker] = []
 
     def make(**options: Any) -> EagerBroker:
-        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, **options)
+        peers = (FhirCapture(validate=False, keep_bundles=True), MllpCapture())
+        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, peers=peers, **options)
         broker.start()
         started.append(broker)
         return broker

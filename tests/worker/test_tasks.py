@@ -14,9 +14,9 @@ from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK
 from broker.streams import drainer_lock, ensure_group, read_batch
-from broker.synthetic import adt, patients
 from broker.testing import wait_until
 from broker.worker.celery_app import create_celery
+from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
 LAB = "lab-legacy"
