@@ -11,27 +11,23 @@ from typing import Annotated
 
 import typer
 
-from broker.log import configure_logging
-from broker.settings import Settings
+# Only broker.cli's light helpers at module level: every `passerelle` command (``--help``
+# included) imports this module to register the command.
+from broker.cli import DataDirOpt, load_settings
 
 __all__ = ["demo"]
 
 
 def demo(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Where Redis data, logs and tokens live.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     messages: Annotated[int, typer.Option(help="Messages each simulated hospital sends.")] = 100,
 ) -> None:
     """Start the embedded system with capture subscribers, send synthetic traffic, report."""
-    # Imported when the command runs: every `passerelle` command loads this module to register it.
+    # Imported when the command runs, not when it is registered.
+    from broker.log import configure_logging
     from passerelle_demo.demo import run_demo
 
-    try:
-        settings = Settings(data_dir=data_dir or Path("var/demo"))
-    except ValueError as exc:
-        typer.echo(f"passerelle: {f'invalid settings: {exc}'.splitlines()[0]}", err=True)
-        raise typer.Exit(1) from None
+    settings = load_settings(data_dir=data_dir or Path("var/demo"))
     # The demo's own progress lines are the output.
     configure_logging(settings.log_format, "WARNING")
     sys.exit(run_demo(settings, messages))
