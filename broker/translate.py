@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 
 from broker.envelope import Envelope, Finding, new_id
 from broker.errors import ConfigurationError
-from broker.fhir_inbound import FhirResult, looks_like_json, read_fhir
 from broker.mapping import MapContext, MappingSet, MapResult, TraceStep
+from broker.mapping.fhir_in import FhirResult
 from broker.mapping.layers import MappingRoots
+from broker.parsing.fhir import looks_like_json, read_fhir
 from broker.parsing.hl7v2 import Message, decode, parse
 
 __all__ = ["TARGETS", "Translation", "dry_run", "translate"]

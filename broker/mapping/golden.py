@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from broker.canonical import check, validate_bundle
 from broker.errors import BrokerError, MappingSpecError, MessageError, SpecError
-from broker.fhir_inbound import read_fhir
 from broker.mapping.context import MapContext
 from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.loader import MappingSet
+from broker.parsing.fhir import read_fhir
 from broker.parsing.hl7v2 import decode, parse
 from broker.yamlspec import parse_yaml, read_yaml, validation_errors
 

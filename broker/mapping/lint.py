@@ -22,12 +22,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
-from broker.fhir_inbound import FHIR_DIR, FhirProblem, load_fhir
-from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec
-from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
+from broker.mapping.fhir_in import FHIR_DIR, FhirProblem, load_fhir
+from broker.mapping.fhir_in.spec import FhirSiteSpec, FhirSpec
+from broker.mapping.hl7v2_in.engine import CompiledMapping, SpecProblem, compile_inbound
+from broker.mapping.hl7v2_in.sites import compile_site, site_order
+from broker.mapping.hl7v2_out.reverse import compile_outbound
 from broker.mapping.layers import MappingRoots, layers, overlay
-from broker.mapping.reverse import compile_outbound
-from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SharedTable, SiteSpec
 from broker.mapping.tables import TABLES_DIR, load_tables
 from broker.yamlspec import LineMap, parse_yaml

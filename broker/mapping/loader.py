@@ -13,25 +13,25 @@ from broker.envelope import MappingRef
 from broker.errors import ConfigurationError, MappingError, MappingSpecError, NoMappingError
 from broker.identity import bundle_patient_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import (
+from broker.mapping.functions import field_read
+from broker.mapping.hl7v2_in.engine import (
     ENGINE_READS,
     CompiledMapping,
     compile_inbound,
     message_header,
     resource_id,
 )
-from broker.mapping.functions import field_read
+from broker.mapping.hl7v2_in.scopes import Scope, field_numbers, group_scopes
+from broker.mapping.hl7v2_in.sites import compile_site, site_order
+from broker.mapping.hl7v2_out.reverse import CompiledOutbound, compile_outbound
 from broker.mapping.layers import MappingRoots, layers, overlay
-from broker.mapping.reverse import CompiledOutbound, compile_outbound
-from broker.mapping.scopes import Scope, field_numbers, group_scopes
-from broker.mapping.sites import compile_site, site_order
 from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedTable, SiteSpec
 from broker.mapping.tables import TABLES_DIR, load_tables
 from broker.parsing.hl7v2 import Message, Segment, charset_code
 from broker.yamlspec import read_yaml, validation_errors
 
-if TYPE_CHECKING:  # broker.fhir_inbound imports broker.mapping; it is loaded in load()
-    from broker.fhir_inbound import FhirMapping, FhirResult
+if TYPE_CHECKING:  # broker.mapping.fhir_in imports broker.mapping; it is loaded in load()
+    from broker.mapping.fhir_in import FhirMapping, FhirResult
 
 __all__ = ["MappingSet"]
 
@@ -148,7 +148,7 @@ class MappingSet:
         outbound: list[CompiledOutbound] = []
         sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
-        from broker.fhir_inbound import FHIR_DIR, load_fhir
+        from broker.mapping.fhir_in import FHIR_DIR, load_fhir
 
         tables = load_tables([root / TABLES_DIR for root in roots])
         for relative, path in overlay(roots).items():
@@ -264,7 +264,7 @@ class MappingSet:
     def map_fhir(
         self, data: Any, ctx: MapContext, *, trace: list[TraceStep] | None = None
     ) -> FhirResult:
-        """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.fhir_inbound``.
+        """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.mapping.fhir_in``.
 
         Raises:
             NoMappingError: no ``mappings/fhir/`` files, or nothing in the input is supported.

@@ -198,8 +198,8 @@ def style_of_file(mappings: MappingSet, file: Path, adapter: str = "style") -> l
         OSError: the file cannot be read.
     """
     from broker.canonical import check, validate_bundle
-    from broker.fhir_inbound import looks_like_json, read_fhir
     from broker.mapping.golden import CONTEXT
+    from broker.parsing.fhir import looks_like_json, read_fhir
     from broker.parsing.hl7v2 import decode, parse
 
     raw = file.read_bytes()

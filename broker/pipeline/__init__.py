@@ -10,10 +10,10 @@ from broker.adapters.spec import AdapterSpec
 from broker.canonical import check
 from broker.envelope import Envelope, MessageState
 from broker.errors import MappingError, MessageError
-from broker.fhir_inbound import read_fhir
 from broker.log import get_logger
 from broker.mapping import MapContext, MappingSet, MapResult
-from broker.mapping.drops import DROPPED, tally_key
+from broker.mapping.hl7v2_in.drops import DROPPED, tally_key
+from broker.parsing.fhir import read_fhir
 from broker.parsing.hl7v2 import decode, parse
 from broker.routing import route
 

@@ -23,10 +23,10 @@ from pydantic import BaseModel
 from broker.errors import CanonicalError
 from broker.identity import IdentifierSystem
 from broker.mapping.context import TraceStep
-from broker.mapping.drops import Drops, Requirement
 from broker.mapping.functions import Env, is_code
-from broker.mapping.rules import Instance, Let, Rule, Run, compile_let, compile_rule
-from broker.mapping.scopes import (
+from broker.mapping.hl7v2_in.drops import Drops, Requirement
+from broker.mapping.hl7v2_in.rules import Instance, Let, Rule, Run, compile_let, compile_rule
+from broker.mapping.hl7v2_in.scopes import (
     SEGMENT,
     Guard,
     Scope,

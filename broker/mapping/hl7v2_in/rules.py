@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from broker.errors import BrokerError, MappingError
 from broker.mapping.context import TraceStep
 from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
-from broker.mapping.scopes import (
+from broker.mapping.hl7v2_in.scopes import (
     VARIABLE,
     CoalesceSource,
     Guard,

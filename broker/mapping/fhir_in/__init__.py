@@ -7,10 +7,9 @@ Usage::
     done.result.bundle, done.event, done.unmapped
 """
 
-from broker.fhir_inbound.fhirpath import Expression, FHIRPathSyntaxError, compile_path
-from broker.fhir_inbound.loader import FHIR_DIR, FhirProblem, load_fhir
-from broker.fhir_inbound.mapper import BUNDLE_TYPES, FhirMapping, FhirResult
-from broker.fhir_inbound.read import looks_like_json, read_fhir
+from broker.mapping.fhir_in.fhirpath import Expression, FHIRPathSyntaxError, compile_path
+from broker.mapping.fhir_in.loader import FHIR_DIR, FhirProblem, load_fhir
+from broker.mapping.fhir_in.mapper import BUNDLE_TYPES, FhirMapping, FhirResult
 
 __all__ = [
     "BUNDLE_TYPES",
@@ -22,6 +21,4 @@ __all__ = [
     "FhirResult",
     "compile_path",
     "load_fhir",
-    "looks_like_json",
-    "read_fhir",
 ]

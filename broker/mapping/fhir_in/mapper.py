@@ -24,9 +24,6 @@ from typing import Any
 from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import CanonicalError, FHIRParseError, MappingError, NoMappingError
-from broker.fhir_inbound.fhirpath import Expression
-from broker.fhir_inbound.normalise import Normaliser
-from broker.fhir_inbound.references import Entry, Run, aliases, base_of, rewrite
 from broker.identity import (
     IdentifierSystem,
     conditional_identifier,
@@ -35,7 +32,10 @@ from broker.identity import (
 )
 from broker.identity import key as identity_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import V2_0003, resource_id
+from broker.mapping.fhir_in.fhirpath import Expression
+from broker.mapping.fhir_in.normalise import Normaliser
+from broker.mapping.fhir_in.references import Entry, Run, aliases, base_of, rewrite
+from broker.mapping.hl7v2_in.engine import V2_0003, resource_id
 from broker.mapping.spec import SharedTable
 
 __all__ = ["BUNDLE_TYPES", "CompiledType", "FhirMapping", "FhirResult", "Require", "Site"]

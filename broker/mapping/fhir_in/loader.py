@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
-from broker.fhir_inbound.fhirpath import Expression, FHIRPathSyntaxError, compile_path
-from broker.fhir_inbound.mapper import CompiledType, FhirMapping, Require, Site
-from broker.fhir_inbound.normalise import Normaliser, Table
-from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
+from broker.mapping.fhir_in.fhirpath import Expression, FHIRPathSyntaxError, compile_path
+from broker.mapping.fhir_in.mapper import CompiledType, FhirMapping, Require, Site
+from broker.mapping.fhir_in.normalise import Normaliser, Table
+from broker.mapping.fhir_in.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
 from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.spec import SharedTable
 from broker.mapping.targets import fhir_model, resource_base

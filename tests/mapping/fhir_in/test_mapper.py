@@ -13,7 +13,7 @@ from broker.canonical import validate_bundle
 from broker.errors import CanonicalError, NoMappingError
 from broker.mapping import MapContext, MappingSet
 
-CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
+CASES = Path(__file__).resolve().parents[3] / "mappings" / "tests"
 
 
 def case(name: str) -> dict[str, Any]:
