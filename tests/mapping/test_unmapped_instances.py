@@ -14,7 +14,7 @@ from broker.mapping import MapContext, MappingSet
 from broker.mapping.functions import INBOUND, Env, SourceValue
 from broker.mapping.hl7v2_in.engine import CompiledResource
 from broker.mapping.hl7v2_in.scopes import compile_source, field_count, field_numbers
-from broker.mapping.loader import _is_set_id
+from broker.mapping.hl7v2_in.unmapped import _is_set_id
 from broker.mapping.spec import ResourceSpec, RuleSpec
 from broker.mapping.targets import fhir_model, requirements
 from broker.mapping.where import Where

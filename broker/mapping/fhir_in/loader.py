@@ -72,11 +72,16 @@ class _Problems:
 
 
 def load_fhir(
-    root: MappingRoots, tables: dict[str, SharedTable], problems: list[FhirProblem] | None = None
+    root: MappingRoots,
+    tables: dict[str, SharedTable],
+    problems: list[FhirProblem] | None = None,
+    *,
+    hl7_events: dict[str, str] | None = None,
 ) -> FhirMapping | None:
     """Load ``root/fhir/``; ``None`` when the folder does not exist (FHIR input is then refused).
 
     ``root`` may be layers (``broker.mapping.layers``): their ``fhir/`` files are read together.
+    ``hl7_events`` is ``FhirMapping.hl7_events``: what the HL7 v2 mappings call each trigger.
 
     Raises:
         MappingSpecError: the first problem, naming file, line and key (unless ``problems``).
@@ -110,7 +115,7 @@ def load_fhir(
         if base is not None:
             report.add(("id",), f"a second base FHIR inbound file; {base.file} is the base")
             continue
-        base = _compile_base(spec, file, sha, report, tables)
+        base = _compile_base(spec, file, sha, report, tables, hl7_events or {})
     for site, file, lines, sha in sites:
         report = _Problems(file, lines, problems)
         if base is None or site.extends != base.id:
@@ -144,7 +149,12 @@ def _validate(model: type[BaseModel], data: dict[str, Any], report: _Problems) -
 
 
 def _compile_base(
-    spec: FhirSpec, file: str, sha: str, report: _Problems, tables: dict[str, SharedTable]
+    spec: FhirSpec,
+    file: str,
+    sha: str,
+    report: _Problems,
+    tables: dict[str, SharedTable],
+    hl7_events: dict[str, str],
 ) -> FhirMapping:
     _uri(spec.event_system, ("event-system",), report)
     types: dict[str, CompiledType] = {}
@@ -173,7 +183,9 @@ def _compile_base(
         line = report.lines.get(key)
         types[name] = CompiledType(name, patient, tuple(requires), line)
     normaliser = _normaliser(spec.normalise, report, tables, None, report.lines)
-    return FhirMapping(spec.id, file, sha, spec.event_system, types, normaliser, {}, dict(tables))
+    return FhirMapping(
+        spec.id, file, sha, spec.event_system, types, normaliser, {}, dict(tables), hl7_events
+    )
 
 
 def _uri(text: str, key: Key, report: _Problems) -> None:

@@ -31,11 +31,11 @@ from broker.identity import (
     unidentified_key,
 )
 from broker.identity import key as identity_key
+from broker.mapping.bundle import V2_0003, message_bundle, resource_id
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.fhir_in.fhirpath import Expression
 from broker.mapping.fhir_in.normalise import Normaliser
 from broker.mapping.fhir_in.references import Entry, Run, aliases, base_of, rewrite
-from broker.mapping.hl7v2_in.engine import V2_0003, resource_id
 from broker.mapping.spec import SharedTable
 
 __all__ = ["BUNDLE_TYPES", "CompiledType", "FhirMapping", "FhirResult", "Require", "Site"]
@@ -102,7 +102,7 @@ class FhirMapping:
     tables: dict[str, SharedTable]
     hl7_events: dict[str, str] = field(default_factory=dict)
     """HL7 table 0003 trigger → the ``MSG^TRG`` event the HL7 v2 mappings name (``A01`` →
-    ``ADT^A01``), set by ``MappingSet.load``: a message Bundle whose MessageHeader.eventCoding
+    ``ADT^A01``), given by ``MappingSet.load``: a message Bundle whose MessageHeader.eventCoding
     is in table 0003 gets that event, so one subscription serves HL7 v2 and FHIR input."""
 
     def files(self) -> list[FhirMapping | Site]:
@@ -157,15 +157,8 @@ class FhirMapping:
             ctx.source,
             correlation,
         )
-        bundle = {
-            "resourceType": "Bundle",
-            "id": resource_id(ctx.source, correlation, "bundle"),
-            "identifier": {"system": f"urn:passerelle:adapter:{ctx.source}", "value": correlation},
-            "type": "message",
-            "timestamp": ctx.received_at.isoformat(),
-            "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}]
-            + [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources],
-        }
+        entries = [(r["id"], r) for r in resources]
+        bundle = message_bundle(ctx.source, correlation, ctx.received_at, header, entries)
         validate_bundle(bundle)
         refs = [MappingRef(id=self.id, sha256=self.sha256)]
         if site is not None:
