@@ -22,7 +22,6 @@ from broker.errors import CanonicalError
 from broker.identity import IdentifierSystem
 from broker.mapping.bundle import V2_0003, resource_id
 from broker.mapping.context import TraceStep
-from broker.mapping.functions import Env, is_code
 from broker.mapping.hl7v2_in.drops import Drops, Requirement
 from broker.mapping.hl7v2_in.rules import Instance, Let, Rule, Run, compile_let, compile_rule
 from broker.mapping.hl7v2_in.scopes import (
@@ -48,6 +47,8 @@ from broker.mapping.spec import (
     ValueMapSpec,
 )
 from broker.mapping.targets import close_type, fhir_model, requirements, resource_base
+from broker.mapping.transforms import Env
+from broker.mapping.transforms.codes import is_code
 from broker.mapping.where import Key, SpecProblem, Where
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import LineMap

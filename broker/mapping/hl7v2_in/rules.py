@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from broker.errors import BrokerError, MappingError
 from broker.mapping.context import TraceStep
-from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
 from broker.mapping.hl7v2_in.scopes import (
     VARIABLE,
     CoalesceSource,
@@ -28,6 +27,7 @@ from broker.mapping.hl7v2_in.scopes import (
 )
 from broker.mapping.spec import LetSpec, RuleSpec, SharedTable, ValueMapSpec
 from broker.mapping.targets import Step, compile_target, put, requirements
+from broker.mapping.transforms import INBOUND, Env, SourceValue, Transform
 from broker.mapping.where import Key, Where, dotted
 from broker.parsing.hl7v2 import escape
 

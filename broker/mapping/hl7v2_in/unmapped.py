@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from broker.mapping.functions import field_read
 from broker.mapping.hl7v2_in.engine import ENGINE_READS, CompiledMapping
 from broker.mapping.hl7v2_in.scopes import Scope, field_numbers, group_scopes
 from broker.mapping.spec import HL7_VERSIONS
+from broker.mapping.transforms import field_read
 from broker.parsing.hl7v2 import Message, Segment
 
 __all__ = ["unmapped_fields"]
