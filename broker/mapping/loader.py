@@ -10,15 +10,16 @@ from pydantic import BaseModel, ValidationError
 from broker.envelope import MappingRef
 from broker.errors import ConfigurationError, MappingError, MappingSpecError, NoMappingError
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.fhir_in import FHIR_DIR, FhirMapping, FhirResult, load_fhir
+from broker.mapping.fhir_in import FhirMapping, FhirResult, load_fhir
+from broker.mapping.files import mapping_files
 from broker.mapping.hl7v2_in.engine import CompiledMapping, compile_inbound
 from broker.mapping.hl7v2_in.mapper import map_hl7v2
 from broker.mapping.hl7v2_in.sites import compile_site, site_order
 from broker.mapping.hl7v2_in.unmapped import unmapped_fields
 from broker.mapping.hl7v2_out.reverse import CompiledOutbound, compile_outbound
-from broker.mapping.layers import MappingRoots, layers, overlay
+from broker.mapping.layers import MappingRoots, layers
 from broker.mapping.spec import InboundSpec, OutboundSpec, SharedTable, SiteSpec
-from broker.mapping.tables import TABLES_DIR, load_tables
+from broker.mapping.tables import load_tables
 from broker.parsing.hl7v2 import Message, charset_code
 from broker.yamlspec import read_yaml, validation_errors
 
@@ -133,10 +134,9 @@ class MappingSet:
         outbound: list[CompiledOutbound] = []
         sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
-        tables = load_tables([root / TABLES_DIR for root in roots])
-        for relative, path in overlay(roots).items():
-            if relative.parts[0] in ("tests", TABLES_DIR, FHIR_DIR):
-                continue  # golden cases; tables above; FHIR inbound files in load_fhir
+        files = mapping_files(roots)
+        tables = load_tables(files.tables)
+        for path in files.mappings:
             file = str(path)
             data, lines = read_yaml(path, MappingSpecError)
             if not isinstance(data, dict):
@@ -186,7 +186,7 @@ class MappingSet:
             compiled[site.id] = site
             inbound.append(site)
         declared = [*(m.events for m in inbound), *(o.spec.target.events for o in outbound)]
-        fhir = load_fhir(roots, tables, hl7_events=_hl7_events(declared))
+        fhir = load_fhir(files.fhir, tables, hl7_events=_hl7_events(declared))
         return cls(inbound, outbound, full_validation=full_validation, fhir=fhir)
 
     @property

@@ -2,18 +2,18 @@
 
 Usage::
 
-    fhir = load_fhir(Path("mappings"), load_tables(Path("mappings/tables")))
+    files = mapping_files(Path("mappings"))
+    fhir = load_fhir(files.fhir, load_tables(files.tables))
     done = fhir.map(json.loads(raw), MapContext("env-1", "dmp-national", received_at=now))
     done.result.bundle, done.event, done.unmapped
 """
 
 from broker.mapping.fhir_in.fhirpath import Expression, FHIRPathSyntaxError, compile_path
-from broker.mapping.fhir_in.loader import FHIR_DIR, FhirProblem, load_fhir
+from broker.mapping.fhir_in.loader import FhirProblem, load_fhir
 from broker.mapping.fhir_in.mapper import BUNDLE_TYPES, FhirMapping, FhirResult
 
 __all__ = [
     "BUNDLE_TYPES",
-    "FHIR_DIR",
     "Expression",
     "FHIRPathSyntaxError",
     "FhirMapping",

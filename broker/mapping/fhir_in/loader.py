@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -20,15 +22,11 @@ from broker.mapping.fhir_in.fhirpath import Expression, FHIRPathSyntaxError, com
 from broker.mapping.fhir_in.mapper import CompiledType, FhirMapping, Require, Site
 from broker.mapping.fhir_in.normalise import Normaliser, Table
 from broker.mapping.fhir_in.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
-from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.spec import SharedTable
 from broker.mapping.targets import fhir_model, resource_base
 from broker.yamlspec import LineMap, read_yaml, validation_errors
 
-__all__ = ["FHIR_DIR", "FhirProblem", "load_fhir"]
-
-FHIR_DIR = "fhir"
-"""The folder of a mappings root that holds the FHIR inbound files."""
+__all__ = ["FhirProblem", "load_fhir"]
 
 _URI = re.compile(r"^(urn:oid:[0-2](\.(0|[1-9][0-9]*))+|urn:uuid:[0-9a-f-]{36}|https?://\S+)$")
 """What a system may be: an OID (``urn:oid:``), a UUID URN or an http(s) URL (FHIR R4 datatype uri)."""
@@ -72,25 +70,23 @@ class _Problems:
 
 
 def load_fhir(
-    root: MappingRoots,
+    files: Sequence[Path],
     tables: dict[str, SharedTable],
     problems: list[FhirProblem] | None = None,
     *,
     hl7_events: dict[str, str] | None = None,
 ) -> FhirMapping | None:
-    """Load ``root/fhir/``; ``None`` when the folder does not exist (FHIR input is then refused).
+    """Load the FHIR inbound files; ``None`` when there is no base file (FHIR input is refused).
 
-    ``root`` may be layers (``broker.mapping.layers``): their ``fhir/`` files are read together.
+    ``files`` are a mappings root's ``fhir/`` files (``MappingFiles.fhir``, every layer's).
     ``hl7_events`` is ``FhirMapping.hl7_events``: what the HL7 v2 mappings call each trigger.
 
     Raises:
         MappingSpecError: the first problem, naming file, line and key (unless ``problems``).
     """
-    if not any((layer / FHIR_DIR).is_dir() for layer in layers(root)):
-        return None
     base: FhirMapping | None = None
     sites: list[tuple[FhirSiteSpec, str, LineMap, str]] = []
-    for path in overlay(root, FHIR_DIR).values():
+    for path in files:
         file = str(path)
         try:
             data, lines = read_yaml(path, MappingSpecError)
