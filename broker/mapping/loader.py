@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from broker.envelope import MappingRef
 from broker.errors import ConfigurationError, MappingError, MappingSpecError, NoMappingError
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.fhir_in import FhirMapping, FhirResult, load_fhir
+from broker.mapping.fhir_in import FhirMapping, load_fhir
 from broker.mapping.files import mapping_files
 from broker.mapping.hl7v2_in.engine import CompiledMapping, compile_inbound
 from broker.mapping.hl7v2_in.mapper import map_hl7v2
@@ -228,7 +228,7 @@ class MappingSet:
 
     def map_fhir(
         self, data: Any, ctx: MapContext, *, trace: list[TraceStep] | None = None
-    ) -> FhirResult:
+    ) -> MapResult:
         """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.mapping.fhir_in``.
 
         Raises:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from broker import pipeline
 from broker.envelope import Envelope, MessageState
 from broker.mapping import MappingSet, transforms
+from broker.mapping import message as mapping_message
 from broker.pipeline import process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def test_an_unexpected_error_is_logged_without_patient_data(
     def broken_check(event: str, bundle: dict[str, Any]) -> None:
         raise RuntimeError(f"cannot handle {FAMILY!r}")
 
-    monkeypatch.setattr(pipeline, "check", broken_check)
+    monkeypatch.setattr(mapping_message, "check", broken_check)
     with capture_logs() as logs:
         envelope = run(root)
     assert "RuntimeError" in (envelope.reason or "")

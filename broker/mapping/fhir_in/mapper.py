@@ -38,7 +38,10 @@ from broker.mapping.fhir_in.normalise import Normaliser
 from broker.mapping.fhir_in.references import Entry, Run, aliases, base_of, rewrite
 from broker.mapping.spec import SharedTable
 
-__all__ = ["BUNDLE_TYPES", "CompiledType", "FhirMapping", "FhirResult", "Require", "Site"]
+__all__ = ["BUNDLE_TYPES", "FHIR_VERSION", "CompiledType", "FhirMapping", "Require", "Site"]
+
+FHIR_VERSION = "4.0.1"
+"""The FHIR version of the input and of the canonical message (R4): the envelope's ``version``."""
 
 BUNDLE_TYPES = ("transaction", "batch", "message", "collection")
 """The Bundle types accepted as input (FHIR R4 Bundle.type, value set bundle-type)."""
@@ -78,16 +81,6 @@ class Site:
     normaliser: Normaliser
 
 
-@dataclass(frozen=True)
-class FhirResult:
-    """A mapped FHIR input: the MapResult, the envelope facts and the unmapped locations."""
-
-    result: MapResult
-    event: str
-    correlation_id: str
-    unmapped: tuple[str, ...]
-
-
 @dataclass
 class FhirMapping:
     """The compiled ``mappings/fhir/`` files: call ``map(data, ctx)``."""
@@ -110,7 +103,7 @@ class FhirMapping:
         sites = {id(s): s for s in self.sites.values()}
         return [self, *sorted(sites.values(), key=lambda s: s.id)]
 
-    def map(self, data: Any, ctx: MapContext, trace: list[TraceStep] | None = None) -> FhirResult:
+    def map(self, data: Any, ctx: MapContext, trace: list[TraceStep] | None = None) -> MapResult:
         """Map one FHIR resource or Bundle (parsed JSON) to a validated canonical message Bundle.
 
         ``trace``, for dry runs only (it receives the patient's values), gets a TraceStep per
@@ -168,20 +161,23 @@ class FhirMapping:
             for n in sorted(used)
             if n in self.tables
         ]
-        result = MapResult(
+        return MapResult(
             bundle=bundle,
             findings=tuple(run.findings),
             mappings=tuple(refs),
             partition_key=self._partition_key(kept, run, ctx.source),
+            event=event,
+            version=FHIR_VERSION,
+            correlation_id=correlation,
+            unmapped=tuple(run.unmapped),
         )
-        return FhirResult(result, event, correlation, tuple(run.unmapped))
 
     def patient_key(
         self, data: Any, source: str, adapter_rules: Sequence[IdentifierSystem] = ()
     ) -> str:
         """The partition key ``map`` would give this input, without mapping it.
 
-        The same identity as ``map(...).result.partition_key``: the first Patient's first
+        The same identity as ``map(...).partition_key``: the first Patient's first
         identifier with its system normalised, else the first resource's patient reference.
         The HTTP edge journals by it, so one patient's messages share a partition however the
         sender spells the identifier system (see docs/reliability.md, per-patient order).
