@@ -1,7 +1,9 @@
 """Offline dry run of one message through parsing and mapping (``passerelle translate``).
 
 The input's format is detected: JSON (``{`` first, after a BOM and blanks) is FHIR R4, a
-resource or a Bundle, mapped with ``mappings/fhir/``; anything else is HL7 v2 ER7.
+resource or a Bundle, mapped with ``mappings/fhir/``; anything else is HL7 v2 ER7. The message
+goes through ``broker.mapping.map_message`` as in the pipeline, every check included, plus the
+full fhir.resources validation of every resource.
 """
 
 from __future__ import annotations
@@ -9,13 +11,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from broker.envelope import Envelope, Finding, new_id
 from broker.errors import ConfigurationError
-from broker.fhir_inbound import FhirResult, looks_like_json, read_fhir
-from broker.mapping import MapContext, MappingSet, MapResult, TraceStep
+from broker.mapping import (
+    FHIR_JSON,
+    HL7V2,
+    MappingSet,
+    MapResult,
+    SourceOptions,
+    TraceStep,
+    map_message,
+    read_message,
+)
 from broker.mapping.layers import MappingRoots
-from broker.parsing.hl7v2 import Message, decode, parse
+from broker.parsing.fhir import looks_like_json
+from broker.parsing.hl7v2 import Message
 
 __all__ = ["TARGETS", "Translation", "dry_run", "translate"]
 
@@ -80,12 +92,13 @@ def dry_run(
     raw: bytes,
     *,
     to: str,
-    mappings_dir: MappingRoots,
+    mappings_dir: MappingRoots | MappingSet,
     source: str = "translate",
     charset: str = "utf-8",
     timezone: str = "Africa/Casablanca",
     trace: bool = False,
     hl7_version: str = "2.5.1",
+    received_at: datetime | None = None,
 ) -> Translation:
     """Translate one HL7 v2 message, or one FHIR R4 resource or Bundle, without the broker running.
 
@@ -95,12 +108,15 @@ def dry_run(
             ``hl7v2`` (ER7 rendered back with the outbound mapping, v2.5.1, MSH-18 naming
             UTF-8: ``OUTPUT_CHARSET``).
         mappings_dir: the ``mappings/`` directory to load, or its layers (a site's over the
-            base set, ``broker.mapping.layers``).
+            base set, ``broker.mapping.layers``), or mappings already loaded (loaded with
+            ``full_validation=True``, as a dry run loads them).
         source: the inbound adapter id the message is taken to come from.
         charset: the charset used when MSH-18 is empty.
         timezone: the sender's time zone for times without an offset.
         trace: record a TraceStep per element written.
         hl7_version: MSH-12 of the ER7 written for ``to="hl7v2"``.
+        received_at: when the message is taken to be received (Bundle.timestamp); now when
+            left out.
 
     Returns:
         The output, the trace and the unmapped fields.
@@ -115,114 +131,71 @@ def dry_run(
         msg = f"cannot translate to {to!r}; choose one of {', '.join(TARGETS)}"
         raise ConfigurationError(msg)
     # A dry run can afford the full fhir.resources validation of every resource.
-    mappings = MappingSet.load(mappings_dir, full_validation=True)
+    if isinstance(mappings_dir, MappingSet):
+        mappings = mappings_dir
+    else:
+        mappings = MappingSet.load(mappings_dir, full_validation=True)
     envelope_id = new_id()
-    received_at = datetime.now(UTC)
+    received_at = received_at or datetime.now(UTC)
     steps: list[TraceStep] | None = [] if trace else None
-    if looks_like_json(raw):
-        ctx = MapContext(envelope_id, source, timezone, received_at=received_at)
-        done = mappings.map_fhir(read_fhir(raw), ctx, trace=steps)
-        output = _render_fhir(
-            to, mappings, done, envelope_id, source, received_at, hl7_version=hl7_version
-        )
-        return Translation(output, tuple(steps or ()), done.unmapped, done.result.findings)
-    message = parse(decode(raw, charset))
-    result = mappings.map_hl7v2(
-        message, MapContext(envelope_id, source, timezone, received_at=received_at), trace=steps
-    )
-    unmapped = tuple(mappings.unmapped(message, source, result))
-    output = _render(
-        to,
-        mappings,
+    content_type = FHIR_JSON if looks_like_json(raw) else HL7V2
+    message = read_message(raw, content_type, charset)
+    result = map_message(
         message,
-        result,
-        envelope_id,
-        source,
-        received_at,
-        hl7_version=hl7_version,
-        unmapped=unmapped,
-    )
-    return Translation(output, tuple(steps or ()), unmapped, result.findings)
-
-
-def _render_fhir(
-    to: str,
-    mappings: MappingSet,
-    done: FhirResult,
-    envelope_id: str,
-    source: str,
-    received_at: datetime,
-    *,
-    hl7_version: str,
-) -> str:
-    bundle = done.result.bundle
-    if to == "fhir":
-        return json.dumps(bundle, ensure_ascii=False, indent=2)
-    if to == "hl7v2":
-        # MSH-10 is at most 20 characters (v2.5.1 §2.14.9.10): the envelope id's first 20.
-        return mappings.render_hl7v2(
-            bundle,
-            version=hl7_version,
-            control_id=envelope_id[:20],
-            receiving_application="",
-            receiving_facility="",
-            charset=OUTPUT_CHARSET,
-        )
-    envelope = Envelope(
-        id=envelope_id,
+        mappings,
         source=source,
-        content_type="application/fhir+json",
+        envelope_id=envelope_id,
         received_at=received_at,
-        correlation_id=done.correlation_id,
-        event=done.event,
-        version="4.0.1",
-        partition_key=done.result.partition_key,
-        mappings=done.result.mappings,
-        findings=done.result.findings,
-        unmapped=done.unmapped,
-        bundle=bundle,
+        content_type=content_type,
+        settings=SourceOptions(charset=charset, timezone=timezone),
+        full_validation=True,
+        trace=steps,
     )
-    return envelope.model_dump_json(indent=2)
+    output = _render(to, mappings, message, result, envelope_id, source, received_at, hl7_version)
+    return Translation(output, tuple(steps or ()), result.unmapped, result.findings)
 
 
 def _render(
     to: str,
     mappings: MappingSet,
-    message: Message,
+    message: Message | dict[str, Any],
     result: MapResult,
     envelope_id: str,
     source: str,
     received_at: datetime,
-    *,
     hl7_version: str,
-    unmapped: tuple[str, ...],
 ) -> str:
     if to == "fhir":
         return json.dumps(result.bundle, ensure_ascii=False, indent=2)
     if to == "hl7v2":
-        msh = message.msh
+        if isinstance(message, Message):
+            msh = message.msh
+            control_id, application, facility = message.control_id, msh.value(5), msh.value(6)
+        else:
+            # MSH-10 is at most 20 characters (v2.5.1 §2.14.9.10): the envelope id's first 20.
+            control_id, application, facility = envelope_id[:20], "", ""
         return mappings.render_hl7v2(
             result.bundle,
             version=hl7_version,
-            control_id=message.control_id,
-            receiving_application=msh.value(5),
-            receiving_facility=msh.value(6),
+            control_id=control_id,
+            receiving_application=application,
+            receiving_facility=facility,
             charset=OUTPUT_CHARSET,
         )
-    sender = "^".join(part for part in (message.msh.value(3), message.msh.value(4)) if part)
     envelope = Envelope(
         id=envelope_id,
         source=source,
+        content_type=FHIR_JSON if isinstance(message, dict) else HL7V2,
         received_at=received_at,
-        correlation_id=message.control_id,
-        event=message.event,
-        version=message.version,
-        control_id=message.control_id,
-        sender=sender or None,
+        correlation_id=result.correlation_id,
+        event=result.event,
+        version=result.version,
+        control_id=result.control_id,
+        sender=result.sender,
         partition_key=result.partition_key,
         mappings=result.mappings,
         findings=result.findings,
-        unmapped=unmapped,
+        unmapped=result.unmapped,
         bundle=result.bundle,
     )
     return envelope.model_dump_json(indent=2)

@@ -147,7 +147,7 @@ def test_fhir_edge_hold_and_conditional_url_agree(mappings: MappingSet, rules: t
             "env", source, received_at=datetime(2024, 1, 1, tzinfo=UTC), identifier_systems=rules
         )
         try:
-            result = mappings.map_fhir(json.loads(case.read_bytes()), ctx).result
+            result = mappings.map_fhir(json.loads(case.read_bytes()), ctx)
         except MessageError:
             continue
         adapter = AdapterSpec(
@@ -189,7 +189,7 @@ def test_fhir_identifier_without_system_gets_the_adapter_namespace(mappings: Map
         received_at=datetime(2024, 1, 1, tzinfo=UTC),
         identifier_systems=FHIR_RULES,
     )
-    result = mappings.map_fhir(patient, ctx).result
+    result = mappings.map_fhir(patient, ctx)
     mapped = next(
         e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Patient"
     )

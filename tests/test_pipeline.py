@@ -73,7 +73,7 @@ class TestProcess:
 class _BrokenMappings(MappingSet):
     """A mapping set whose engine has a bug: every message raises KeyError."""
 
-    def map_hl7v2(self, message, ctx):
+    def map_hl7v2(self, message, ctx, *, trace=None):
         raise KeyError("bug")
 
 

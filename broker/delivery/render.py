@@ -76,7 +76,7 @@ def _conditional(node: Any) -> Any:
 
     A Reference without ``reference`` but with ``type`` and an ``identifier`` that has a system
     and a value (what FHIR input's references to the sender's own resources become,
-    ``broker.fhir_inbound.references``) gets ``reference: Type?identifier=system|value``; the
+    ``broker.mapping.fhir_in.references``) gets ``reference: Type?identifier=system|value``; the
     server resolves it to the one resource with that identifier, or fails the transaction
     (FHIR R4 §3.1.0.11.2, "conditional references").
     """

@@ -23,7 +23,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,13 +31,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from broker.canonical import check, validate_bundle
 from broker.errors import BrokerError, MappingSpecError, MessageError, SpecError
-from broker.fhir_inbound import read_fhir
-from broker.mapping.context import MapContext
+from broker.mapping.context import MapContext, MapResult
 from broker.mapping.layers import MappingRoots, layers, overlay
 from broker.mapping.loader import MappingSet
-from broker.parsing.hl7v2 import decode, parse
+from broker.mapping.message import FHIR_JSON, HL7V2, map_message
 from broker.yamlspec import parse_yaml, read_yaml, validation_errors
 
 __all__ = [
@@ -51,6 +49,7 @@ __all__ = [
     "cases",
     "expected_sha256",
     "golden_output",
+    "golden_result",
     "layer_keys",
     "load_reviews",
     "review_cases",
@@ -73,23 +72,32 @@ def case_adapter(case: Path) -> str:
     return "golden" if case.parent.name == "tests" else case.parent.name
 
 
+def golden_result(mappings: MappingSet, case: Path) -> MapResult:
+    """Map one case as the pipeline maps a message (``map_message``), with full validation.
+
+    Raises:
+        MessageError: the case is refused, as the pipeline would refuse it.
+    """
+    return map_message(
+        case.read_bytes(),
+        mappings,
+        source=case_adapter(case),
+        envelope_id=CONTEXT.envelope_id,
+        received_at=CONTEXT.received_at,
+        content_type=FHIR_JSON if case.suffix == ".json" else HL7V2,
+        full_validation=True,
+    )
+
+
 def golden_output(mappings: MappingSet, case: Path) -> str:
-    """The canonical JSON document a case maps to (sorted keys, two-space indent)."""
+    """The canonical JSON document a case maps to (sorted keys, two-space indent).
+
+    The pipeline's refusals (no identified patient, an order without its ServiceRequest...) are
+    part of what a case pins down: the document then holds the error.
+    """
     document: dict[str, Any]
-    source = case_adapter(case)
-    context = CONTEXT if source == CONTEXT.source else replace(CONTEXT, source=source)
-    unmapped: tuple[str, ...] | None = None
     try:
-        if case.suffix == ".json":
-            done = mappings.map_fhir(read_fhir(case.read_bytes()), context)
-            result, unmapped = done.result, done.unmapped
-        else:
-            message = parse(decode(case.read_bytes()))
-            result = mappings.map_hl7v2(message, context)
-            # The pipeline's refusals (no identified patient, an order without its
-            # ServiceRequest...) are part of what a case pins down.
-            check(message.event, result.bundle)
-        validate_bundle(result.bundle)
+        result = golden_result(mappings, case)
     except MessageError as exc:
         document = {"error": {"type": type(exc).__name__, "message": str(exc)}}
     else:
@@ -98,8 +106,8 @@ def golden_output(mappings: MappingSet, case: Path) -> str:
             "findings": [f.model_dump() for f in result.findings],
             "partition_key": result.partition_key,
         }
-        if unmapped is not None:
-            document["unmapped"] = list(unmapped)
+        if case.suffix == ".json":
+            document["unmapped"] = list(result.unmapped)
     return json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
 

@@ -14,6 +14,7 @@ import hashlib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
-from broker.fhir_inbound import FHIR_DIR, FhirProblem, load_fhir
-from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec
-from broker.mapping.engine import CompiledMapping, SpecProblem, compile_inbound
-from broker.mapping.layers import MappingRoots, layers, overlay
-from broker.mapping.reverse import compile_outbound
-from broker.mapping.sites import compile_site, site_order
+from broker.mapping.fhir_in import FhirProblem, load_fhir
+from broker.mapping.fhir_in.spec import FhirSiteSpec, FhirSpec
+from broker.mapping.files import FHIR_DIR, TABLES_DIR, mapping_files
+from broker.mapping.hl7v2_in.engine import CompiledMapping, SpecProblem, compile_inbound
+from broker.mapping.hl7v2_in.sites import compile_site, site_order
+from broker.mapping.hl7v2_out.reverse import compile_outbound
+from broker.mapping.layers import MappingRoots
 from broker.mapping.spec import InboundSpec, OutboundSpec, RuleSpec, SharedTable, SiteSpec
-from broker.mapping.tables import TABLES_DIR, load_tables
+from broker.mapping.tables import load_tables
 from broker.yamlspec import LineMap, parse_yaml
 
 __all__ = ["Problem", "lint"]
@@ -68,8 +70,9 @@ def lint(path: MappingRoots) -> list[Problem]:
     fhir_holder = next((d for d in path.parents if d.name == FHIR_DIR), None)
     if fhir_holder is not None:
         # A FHIR inbound file: every file of mappings/fhir/ is compiled, its problems reported.
-        _lint_tables(fhir_holder.parent / TABLES_DIR, claims)
-        found = _lint_fhir(fhir_holder.parent, claims)
+        files = mapping_files(fhir_holder.parent)
+        _lint_tables(files.tables, claims)
+        found = _lint_fhir(files.fhir, claims)
         return sorted(
             p
             for p in found
@@ -78,17 +81,17 @@ def lint(path: MappingRoots) -> list[Problem]:
     holder = next((d for d in path.parents if d.name == TABLES_DIR), None)
     if holder is not None:
         # A table file alone: its problems only (the other tables are read for name clashes).
-        return sorted({p for p in _lint_tables(holder, claims) if Path(p.file) == path})
+        tables = mapping_files(holder.parent).tables
+        return sorted({p for p in _lint_tables(tables, claims) if Path(p.file) == path})
     roots = (path.parent / TABLES_DIR, path.parent.parent / TABLES_DIR)
     tables_dir = next((d for d in roots if d.is_dir()), None)
     if tables_dir is not None:
-        _lint_tables(tables_dir, claims)
+        _lint_tables(mapping_files(tables_dir.parent).tables, claims)
     problems.extend(_lint_file(path, claims))
     if claims.sites:
         # A site file alone: its base is among the mappings next to it (mappings/sites/x.yaml).
-        tests = path.parent.parent / "tests"
-        for other in sorted(path.parent.parent.rglob("*.yaml")):
-            if other != path and not other.is_relative_to(tests):
+        for other in mapping_files(path.parent.parent).mappings:
+            if other != path:
                 _lint_file(other, claims)
     problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
@@ -99,21 +102,20 @@ def lint(path: MappingRoots) -> list[Problem]:
 def _lint_root(roots: MappingRoots) -> list[Problem]:
     """Every problem of the files a mappings root (or its layers) is made of."""
     claims = _Claims()
-    problems = _lint_tables([root / TABLES_DIR for root in layers(roots)], claims)
-    for relative, file in overlay(roots).items():
-        if relative.parts[0] not in ("tests", TABLES_DIR, FHIR_DIR):
-            problems.extend(_lint_file(file, claims))
+    files = mapping_files(roots)
+    problems = _lint_tables(files.tables, claims)
+    for file in files.mappings:
+        problems.extend(_lint_file(file, claims))
     problems.extend(_lint_sites(claims))
     problems.extend(claims.problems)
-    problems.extend(_lint_fhir(roots, claims))
+    problems.extend(_lint_fhir(files.fhir, claims))
     # A table that does not load is reported at its own line; rules naming it are not findings.
     return sorted({p for p in problems if not _about_broken_table(p, claims.broken_tables)})
 
 
-def _lint_fhir(root: MappingRoots, claims: _Claims) -> list[Problem]:
-    """Every problem of ``root/fhir/``: schema, FHIRPath syntax (at its column), resource type
-    names, system URIs, unknown shared tables and site files without their base."""
-    files = overlay(root, FHIR_DIR).values()
+def _lint_fhir(files: Sequence[Path], claims: _Claims) -> list[Problem]:
+    """Every problem of the FHIR inbound files: schema, FHIRPath syntax (at its column), resource
+    type names, system URIs, unknown shared tables and site files without their base."""
     if not files:
         return []
     problems: list[Problem] = []
@@ -126,7 +128,7 @@ def _lint_fhir(root: MappingRoots, claims: _Claims) -> list[Problem]:
             texts[str(file)] = file.read_text(encoding="utf-8").splitlines()
             problems.extend(_fhir_schema(read[0], str(file), read[1]))
     found: list[FhirProblem] = []
-    load_fhir(root, claims.tables, found)
+    load_fhir(files, claims.tables, found)
     for problem in found:
         if problem.file not in positions:
             continue  # a YAML syntax error, reported by _read
@@ -167,11 +169,11 @@ def _fhir_expected(problem: FhirProblem) -> str:
     return "; expected a FHIR inbound file as docs/mappings.md (FHIR input) describes"
 
 
-def _lint_tables(directory: Path | list[Path], claims: _Claims) -> list[Problem]:
-    """Every problem of the shared tables; the tables that load are kept for the mappings."""
+def _lint_tables(files: Sequence[Path], claims: _Claims) -> list[Problem]:
+    """Every problem of the shared table files; the tables that load are kept for the mappings."""
     problems: list[Problem] = []
     unreadable: set[str] = set()
-    for table_file in overlay(directory, suffixes=(".yaml", ".yml")).values():
+    for table_file in files:
         if table_file.suffix in (".yaml", ".yml"):
             read = _read(table_file, problems)
             if read is None:
@@ -179,7 +181,7 @@ def _lint_tables(directory: Path | list[Path], claims: _Claims) -> list[Problem]
             else:
                 claims.table_positions[str(table_file)] = read[1]
     found: list[MappingSpecError] = []
-    claims.tables = load_tables(directory, found)
+    claims.tables = load_tables(files, found)
     for error in found:
         claims.broken_tables.add(_table_name(Path(error.file)))
         if error.file in unreadable:

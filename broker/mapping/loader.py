@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import ConfigurationError, MappingError, MappingSpecError, NoMappingError
-from broker.identity import bundle_patient_key
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import (
-    ENGINE_READS,
-    CompiledMapping,
-    compile_inbound,
-    message_header,
-    resource_id,
-)
-from broker.mapping.functions import field_read
-from broker.mapping.layers import MappingRoots, layers, overlay
-from broker.mapping.reverse import CompiledOutbound, compile_outbound
-from broker.mapping.scopes import Scope, field_numbers, group_scopes
-from broker.mapping.sites import compile_site, site_order
-from broker.mapping.spec import HL7_VERSIONS, InboundSpec, OutboundSpec, SharedTable, SiteSpec
-from broker.mapping.tables import TABLES_DIR, load_tables
-from broker.parsing.hl7v2 import Message, Segment, charset_code
+from broker.mapping.fhir_in import FhirMapping, load_fhir
+from broker.mapping.files import mapping_files
+from broker.mapping.hl7v2_in.engine import CompiledMapping, compile_inbound
+from broker.mapping.hl7v2_in.mapper import map_hl7v2
+from broker.mapping.hl7v2_in.sites import compile_site, site_order
+from broker.mapping.hl7v2_in.unmapped import unmapped_fields
+from broker.mapping.hl7v2_out.reverse import CompiledOutbound, compile_outbound
+from broker.mapping.layers import MappingRoots, layers
+from broker.mapping.spec import InboundSpec, OutboundSpec, SharedTable, SiteSpec
+from broker.mapping.tables import load_tables
+from broker.parsing.hl7v2 import Message, charset_code
 from broker.yamlspec import read_yaml, validation_errors
-
-if TYPE_CHECKING:  # broker.fhir_inbound imports broker.mapping; it is loaded in load()
-    from broker.fhir_inbound import FhirMapping, FhirResult
 
 __all__ = ["MappingSet"]
 
@@ -108,10 +98,6 @@ class MappingSet:
         for out in outbound:
             for trigger in out.triggers():
                 self._outbound.setdefault(trigger, out)
-        if fhir is not None:
-            fhir.hl7_events = _hl7_events(
-                [*(m.events for m in inbound), *(o.spec.target.events for o in outbound)]
-            )
 
     def _add_site(self, mapping: CompiledMapping) -> None:
         for adapter in sorted(mapping.adapters):
@@ -148,12 +134,9 @@ class MappingSet:
         outbound: list[CompiledOutbound] = []
         sites: list[tuple[SiteSpec, str, Any, str]] = []
         ids: dict[str, str] = {}
-        from broker.fhir_inbound import FHIR_DIR, load_fhir
-
-        tables = load_tables([root / TABLES_DIR for root in roots])
-        for relative, path in overlay(roots).items():
-            if relative.parts[0] in ("tests", TABLES_DIR, FHIR_DIR):
-                continue  # golden cases; tables above; FHIR inbound files in load_fhir
+        files = mapping_files(roots)
+        tables = load_tables(files.tables)
+        for path in files.mappings:
             file = str(path)
             data, lines = read_yaml(path, MappingSpecError)
             if not isinstance(data, dict):
@@ -202,7 +185,8 @@ class MappingSet:
             site = compile_site(site_spec, file, lines, sha, base)
             compiled[site.id] = site
             inbound.append(site)
-        fhir = load_fhir(roots, tables)
+        declared = [*(m.events for m in inbound), *(o.spec.target.events for o in outbound)]
+        fhir = load_fhir(files.fhir, tables, hl7_events=_hl7_events(declared))
         return cls(inbound, outbound, full_validation=full_validation, fhir=fhir)
 
     @property
@@ -233,38 +217,19 @@ class MappingSet:
             CanonicalError: the Bundle is not valid FHIR R4.
         """
         mapping = self._mapping_for(message, ctx.source)
-        received = (
-            ctx.received_at if ctx.received_at.tzinfo else ctx.received_at.replace(tzinfo=UTC)
-        )
-        instances, env = mapping.run(
-            message, ctx.source, ctx.timezone, trace, ctx.identifier_systems, received
-        )
-        control_id = message.control_id
-        header = message_header(message, ctx.source, control_id, [i for i in instances if i.focus])
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "id": resource_id(ctx.source, control_id, "bundle"),
-            # Bundle.identifier carries MSH-10, unique per sender (v2.5.1 §2.14.9.10).
-            "identifier": {"system": f"urn:passerelle:adapter:{ctx.source}", "value": control_id},
-            "type": "message",
-            "timestamp": received.isoformat(),
-            "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}]
-            + [{"fullUrl": f"urn:uuid:{i.id}", "resource": i.resource} for i in instances],
-        }
-        if self.full_validation:
-            validate_bundle(bundle)
-        return MapResult(
-            bundle=bundle,
-            findings=tuple(env.findings),
-            mappings=self._refs[id(mapping)],
-            partition_key=bundle_patient_key(bundle, ctx.source),
-            read=env.seen,
+        return map_hl7v2(
+            mapping,
+            message,
+            ctx,
+            self._refs[id(mapping)],
+            trace=trace,
+            full_validation=self.full_validation,
         )
 
     def map_fhir(
         self, data: Any, ctx: MapContext, *, trace: list[TraceStep] | None = None
-    ) -> FhirResult:
-        """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.fhir_inbound``.
+    ) -> MapResult:
+        """Map one FHIR R4 resource or Bundle (parsed JSON); see ``broker.mapping.fhir_in``.
 
         Raises:
             NoMappingError: no ``mappings/fhir/`` files, or nothing in the input is supported.
@@ -292,15 +257,7 @@ class MappingSet:
     ) -> list[str]:
         """The fields present in ``message`` that no rule read, per segment instance, in order.
 
-        A field counts as read in the segment instances its rules actually read for this
-        message: an NTE-3 read under each OBX does not hide the NTE after PID that no rule
-        reads. Locations are structural, the same for every message (the Redis tally stays
-        bounded): ``SEG-n`` (``ZPI-2``, ``OBX-8``), or ``GROUP/SEG-n`` (``PATIENT_RESULT/NTE-3``)
-        for a segment inside an instance of a declared group that it does not start (the
-        innermost group). A field whose rules read one repetition (``OBX-5``, not ``OBX-5(*)``)
-        while others are present is named ``OBX-5(2+)``. Never a value. Set ID fields (data type
-        SI, such as PID-1 and OBX-1) number segments, and the MSH fields the engine reads, are
-        not reported.
+        See ``broker.mapping.hl7v2_in.unmapped.unmapped_fields`` for the locations reported.
 
         Args:
             message: the parsed message.
@@ -316,31 +273,7 @@ class MappingSet:
         read = result.read if result is not None else None
         if read is None:
             read = mapping.run(message, adapter or "unmapped", "UTC")[1].seen
-        places = _places(mapping, message)
-        version = message.version
-        found: dict[str, None] = {}
-        for segment in message.segments:
-            name = segment.name
-            place = places.get(id(segment))
-            prefix = f"{place}/{name}" if place else name
-            fields = segment.fields
-            for number in range(1, len(fields)):
-                if not fields[number] or field_read(segment, number) in read:
-                    continue
-                if name == "MSH" and (name, number) in ENGINE_READS:
-                    continue
-                location = f"{prefix}-{number}"
-                if field_read(segment, number, one_repetition=True) in read:
-                    # One repetition was read; the others are named ``OBX-5(2+)`` when present.
-                    if not _other_repetitions(segment, number):
-                        continue
-                    location += "(2+)"
-                if location in found:
-                    continue
-                if not name.startswith("Z") and _is_set_id(name, number, version):
-                    continue
-                found[location] = None
-        return list(found)
+        return unmapped_fields(mapping, message, read)
 
     @property
     def hl7_versions(self) -> frozenset[str]:
@@ -398,39 +331,6 @@ class MappingSet:
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             msg = f"the Bundle could not be rendered as HL7 v2 ({type(exc).__name__})"
             raise MappingError(msg, mapping=out.file) from exc
-
-
-def _other_repetitions(segment: Segment, number: int) -> bool:
-    """Tell whether field ``number`` has a non-empty repetition after its first."""
-    return any(rep and rep != '""' for rep in segment.repetitions(number)[1:])
-
-
-def _places(mapping: CompiledMapping, message: Message) -> dict[int, str]:
-    """id(segment) → the innermost declared group holding it, for segments that do not start it."""
-    if not mapping.groups:
-        return {}
-    root = Scope(None, message.segments, None)
-    scopes = group_scopes(mapping.groups, mapping.group_order, root)
-    places: dict[int, str] = {}
-    for name in mapping.group_order:  # parents first: an inner group overrides its parent
-        starts = mapping.groups[name].start_names
-        for scope in scopes[name]:
-            for segment in scope.segments:
-                if segment.name in starts:
-                    places.pop(id(segment), None)
-                else:
-                    places[id(segment)] = name
-    return places
-
-
-def _is_set_id(segment: str, number: int, version: str) -> bool:
-    """Tell whether hl7apy's reference tables give field ``number`` of ``segment`` type SI.
-
-    Looked up by the field number in the element name (``OBX_1``), so the fields hl7apy leaves
-    out as withdrawn do not shift the types of those after them.
-    """
-    numbers = field_numbers(segment, version if version in HL7_VERSIONS else "2.5.1")
-    return numbers is not None and numbers.get(number) == "SI"
 
 
 def _hl7_events(declared: list[Any]) -> dict[str, str]:

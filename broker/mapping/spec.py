@@ -77,7 +77,7 @@ Field grammar: ``field`` and exactly one of ``from`` (an element path; ``%set_id
 1-based position) or ``value``; optionally ``function`` *or* ``map``, ``when`` (element paths
 of the item) and ``note``. Several entries may write one field: the first that applies and gives
 a value wins. Segments and fields take ``since``/``until`` (inclusive HL7 versions); element
-paths are ``broker.mapping.reverse``'s FHIRPath subset.
+paths are ``broker.mapping.hl7v2_out.reverse``'s FHIRPath subset.
 """
 
 from __future__ import annotations

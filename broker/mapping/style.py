@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,18 +197,18 @@ def style_of_file(mappings: MappingSet, file: Path, adapter: str = "style") -> l
         MessageError: the message is refused (parse error, no mapping, canonical check).
         OSError: the file cannot be read.
     """
-    from broker.canonical import check, validate_bundle
-    from broker.fhir_inbound import looks_like_json, read_fhir
     from broker.mapping.golden import CONTEXT
-    from broker.parsing.hl7v2 import decode, parse
+    from broker.mapping.message import FHIR_JSON, HL7V2, map_message
+    from broker.parsing.fhir import looks_like_json
 
     raw = file.read_bytes()
-    context = replace(CONTEXT, source=adapter)
-    if looks_like_json(raw):
-        bundle = mappings.map_fhir(read_fhir(raw), context).result.bundle
-    else:
-        message = parse(decode(raw))
-        bundle = mappings.map_hl7v2(message, context).bundle
-        check(message.event, bundle)
-    validate_bundle(bundle)
-    return check_style(bundle)
+    result = map_message(
+        raw,
+        mappings,
+        source=adapter,
+        envelope_id=CONTEXT.envelope_id,
+        received_at=CONTEXT.received_at,
+        content_type=FHIR_JSON if looks_like_json(raw) else HL7V2,
+        full_validation=True,
+    )
+    return check_style(result.bundle)

@@ -27,33 +27,30 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.errors import MappingSpecError
-from broker.mapping.layers import overlay
 from broker.mapping.spec import SharedTable, TableSpec
 from broker.yamlspec import read_yaml, validation_errors
 
-__all__ = ["CODING_HEADER", "PLAIN_HEADER", "TABLES_DIR", "load_tables"]
+__all__ = ["CODING_HEADER", "PLAIN_HEADER", "load_tables"]
 
-TABLES_DIR = "tables"
-"""The folder of a mappings root that holds shared tables (not mapping files)."""
 CODING_HEADER = ("code", "system", "target_code", "display")
 PLAIN_HEADER = ("code", "target")
 
 
 def load_tables(
-    directory: Path | Sequence[Path], problems: list[MappingSpecError] | None = None
+    files: Sequence[Path], problems: list[MappingSpecError] | None = None
 ) -> dict[str, SharedTable]:
-    """Load every table under ``directory`` (a ``tables/`` folder), by name.
+    """Load the table files of a mappings root (``MappingFiles.tables``), by name.
 
     Args:
-        directory: the tables folder; absent means no tables. Several folders are layers
-            (``broker.mapping.layers``): a file at the same path in two is read from the last.
+        files: the table files, as ``broker.mapping.files.mapping_files`` names them (a file
+            overridden by a later layer is not among them).
         problems: when given, every problem is appended to it instead of raised (lint).
 
     Raises:
         MappingSpecError: the first problem (file, line, what is wrong).
     """
     tables: dict[str, SharedTable] = {}
-    for path in overlay(directory, suffixes=(".yaml", ".yml", ".csv")).values():
+    for path in files:
         try:
             table = _read_csv(path) if path.suffix == ".csv" else _read_yaml(path)
             other = tables.get(table.name)

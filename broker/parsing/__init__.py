@@ -1,5 +1,6 @@
-"""Parsing: raw bytes → structured messages. The hot path uses the fast ER7 tokenizer."""
+"""Parsing: raw bytes → structured messages: HL7 v2 ER7 (the fast tokenizer) and FHIR JSON."""
 
+from broker.parsing.fhir import looks_like_json, read_fhir
 from broker.parsing.hl7v2 import (
     Delimiters,
     Message,
@@ -17,7 +18,9 @@ __all__ = [
     "Segment",
     "decode",
     "escape",
+    "looks_like_json",
     "parse",
     "parse_path",
+    "read_fhir",
     "unescape",
 ]

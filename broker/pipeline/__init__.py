@@ -1,20 +1,18 @@
-"""The pipeline: the one place that chains parse → map → route for a journalled message."""
+"""The pipeline: the one place that chains map_message (parse, map, check) → route for a
+journalled message."""
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from broker.adapters.spec import AdapterSpec
-from broker.canonical import check
 from broker.envelope import Envelope, MessageState
 from broker.errors import MappingError, MessageError
-from broker.fhir_inbound import read_fhir
 from broker.log import get_logger
-from broker.mapping import MapContext, MappingSet, MapResult
-from broker.mapping.drops import DROPPED, tally_key
-from broker.parsing.hl7v2 import decode, parse
+from broker.mapping import DROPPED, MappingSet, MapResult, map_message, tally_key
 from broker.routing import route
 
 __all__ = ["DROPPED_PREFIX", "dropped_tally", "envelope_from_journal", "process"]
@@ -55,28 +53,16 @@ def process(
         subscribers it must be delivered to. Never raises for a bad message.
     """
     source = adapters.get(envelope.source)
-    charset = source.charset if source else "utf-8"
-    ctx = MapContext(
-        envelope_id=envelope.id,
-        source=envelope.source,
-        timezone=source.timezone if source else "Africa/Casablanca",
-        received_at=envelope.received_at,
-        identifier_systems=tuple(source.identifier_systems) if source else (),
-    )
-    on_invalid = source.on_invalid_segment if source else "drop"
     try:
-        if envelope.content_type == "application/fhir+json":
-            envelope, result, unmapped = _map_fhir(envelope, raw, mappings, ctx)
-        else:
-            envelope, result, unmapped = _map_hl7v2(envelope, raw, mappings, charset, ctx)
-            refused = _dropped(envelope, result, on_invalid)
-            if refused is not None:
-                update = {
-                    "state": MessageState.FAILED,
-                    "reason": refused,
-                    "findings": result.findings,
-                }
-                return envelope.model_copy(update=update), []
+        result = map_message(
+            raw,
+            mappings,
+            source=envelope.source,
+            envelope_id=envelope.id,
+            received_at=envelope.received_at,
+            content_type=envelope.content_type,
+            settings=source,
+        )
     except MessageError as exc:
         failed = envelope.model_copy(update={"state": MessageState.FAILED, "reason": _reason(exc)})
         return failed, []
@@ -95,36 +81,43 @@ def process(
             f"internal error while parsing or mapping ({type(exc).__name__}); see the worker log"
         )
         return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
-    return _route(envelope, result, unmapped, subscribers)
+    envelope = envelope.model_copy(update=_facts(result))
+    if result.refused is not None:
+        update = {
+            "state": MessageState.FAILED,
+            "reason": result.refused,
+            "findings": result.findings,
+        }
+        return envelope.model_copy(update=update), []
+    _log_dropped(envelope, result)
+    return _route(envelope, result, subscribers)
 
 
-def _dropped(envelope: Envelope, result: MapResult, on_invalid: str) -> str | None:
-    """Log the segment groups the mapping dropped, or refuse them when the adapter says so.
+def _facts(result: MapResult) -> dict[str, Any]:
+    """What the envelope records of the message itself: event, version, control id..."""
+    facts = {
+        "event": result.event,
+        "version": result.version,
+        "correlation_id": result.correlation_id,
+    }
+    if result.control_id is not None:
+        facts["control_id"] = result.control_id
+    if result.sender is not None:
+        facts["sender"] = result.sender
+    return facts
 
-    Returns:
-        None to deliver what was kept, or the quarantine reason when a group was dropped and
-        the source adapter's ``on_invalid_segment`` is ``quarantine``: it names the first
-        group and why, and counts the others (the envelope keeps every finding).
-    """
+
+def _log_dropped(envelope: Envelope, result: MapResult) -> None:
+    """Log the segment groups the mapping dropped: structural locations and rule names only."""
     dropped = [f for f in result.findings if f.code == DROPPED]
-    if not dropped:
-        return None
-    if on_invalid == "quarantine":
-        first = dropped[0]
-        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
-        return (
-            f"malformed segment group at {first.location}{more}; adapter {envelope.source} "
-            f"quarantines the whole message (on_invalid_segment: quarantine): {first.message}"
+    if dropped:
+        log.warning(
+            "message.segments_dropped",
+            envelope_id=envelope.id,
+            control_id=envelope.control_id,
+            adapter=envelope.source,
+            dropped=[f"{f.location} {f.rule}" for f in dropped],
         )
-    # Structural locations and rule names only: never a value.
-    log.warning(
-        "message.segments_dropped",
-        envelope_id=envelope.id,
-        control_id=envelope.control_id,
-        adapter=envelope.source,
-        dropped=[f"{f.location} {f.rule}" for f in dropped],
-    )
-    return None
 
 
 def dropped_tally(envelope: Envelope) -> list[str]:
@@ -163,45 +156,8 @@ def _frames(exc: BaseException) -> list[str]:
     ]
 
 
-def _map_hl7v2(
-    envelope: Envelope, raw: bytes, mappings: MappingSet, charset: str, ctx: MapContext
-) -> tuple[Envelope, MapResult, tuple[str, ...]]:
-    message = parse(decode(raw, charset))
-    msh = message.msh
-    envelope = envelope.model_copy(
-        update={
-            "event": message.event,
-            "version": message.version,
-            "control_id": message.control_id,
-            "correlation_id": message.control_id,
-            "sender": f"{msh.value(3)}^{msh.value(4)}",
-        }
-    )
-    result = mappings.map_hl7v2(message, ctx)
-    check(message.event, result.bundle)
-    return envelope, result, tuple(mappings.unmapped(message, envelope.source, result))
-
-
-def _map_fhir(
-    envelope: Envelope, raw: bytes, mappings: MappingSet, ctx: MapContext
-) -> tuple[Envelope, MapResult, tuple[str, ...]]:
-    """Map FHIR JSON (validated at the edge) with ``mappings/fhir/``; no canonical ``check``.
-
-    The FHIR inbound file's ``require:`` rules say what each resource type needs (its patient);
-    a lone Observation naming its patient by reference carries no Patient resource.
-    """
-    done = mappings.map_fhir(read_fhir(raw), ctx)
-    envelope = envelope.model_copy(
-        update={"event": done.event, "version": "4.0.1", "correlation_id": done.correlation_id}
-    )
-    return envelope, done.result, done.unmapped
-
-
 def _route(
-    envelope: Envelope,
-    result: MapResult,
-    unmapped: tuple[str, ...],
-    subscribers: Sequence[AdapterSpec],
+    envelope: Envelope, result: MapResult, subscribers: Sequence[AdapterSpec]
 ) -> tuple[Envelope, list[AdapterSpec]]:
     envelope = envelope.model_copy(
         update={
@@ -209,7 +165,7 @@ def _route(
             "findings": result.findings,
             "mappings": result.mappings,
             "partition_key": result.partition_key,
-            "unmapped": unmapped,
+            "unmapped": result.unmapped,
         }
     )
     destinations = route(envelope, subscribers)

@@ -228,7 +228,7 @@ def _message(*resources: dict) -> dict:
 
 def _fhir(mappings: MappingSet, name: str) -> dict:
     data = json.loads((ROOT / "mappings/tests" / name).read_text(encoding="utf-8"))
-    return mappings.map_fhir(data, CTX).result.bundle
+    return mappings.map_fhir(data, CTX).bundle
 
 
 class TestReferencesToTheSendersResources:

@@ -164,7 +164,7 @@ def test_a_subscriber_asking_for_conditional_references_receives_them(peer) -> N
         source="chu-rabat-fhir",
         content_type="application/fhir+json",
         received_at=now,
-        bundle=mapped.result.bundle,
+        bundle=mapped.bundle,
     )
     for asked in (True, False):
         sender = _sender(url)

@@ -1,4 +1,4 @@
-"""Promises of the engine's malformed-segment rule (broker/mapping/drops.py), on small mappings.
+"""Promises of the engine's malformed-segment rule (broker/mapping/hl7v2_in/drops.py), on small mappings.
 
 The ORU^R01 cases are in tests/test_partial_messages.py; these cover the rest of the rule: a
 field repetition is a droppable part too, references to a dropped resource are cut, and a

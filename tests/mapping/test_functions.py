@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.mapping.functions import (
-    CIN_SYSTEM,
-    INBOUND,
-    OUTBOUND,
-    V2_0203,
-    Env,
-    SourceValue,
-    hl7_date,
-    hl7_datetime,
-    pl_parts,
-    plain_text,
-)
+from broker.mapping.transforms import INBOUND, OUTBOUND, Env, SourceValue, hl7_date, hl7_datetime
+from broker.mapping.transforms.names import CIN_SYSTEM, V2_0203
+from broker.mapping.transforms.outbound import pl_parts
+from broker.mapping.transforms.strings import plain_text
 from broker.parsing.hl7v2 import DEFAULT, parse, parse_path
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from broker.errors import MappingSpecError
 from broker.mapping import MapContext, MappingSet
-from broker.mapping.scopes import Scope, group_scopes
+from broker.mapping.hl7v2_in.scopes import Scope, group_scopes
 from broker.mapping.spec import GroupSpec
 from broker.parsing.hl7v2 import parse
 

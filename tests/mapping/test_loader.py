@@ -170,7 +170,20 @@ def test_public_surface() -> None:
     import broker.canonical
     import broker.mapping
 
-    assert sorted(broker.mapping.__all__) == ["MapContext", "MapResult", "MappingSet", "TraceStep"]
+    assert sorted(broker.mapping.__all__) == [
+        "DROPPED",
+        "FHIR_JSON",
+        "HL7V2",
+        "MapContext",
+        "MapResult",
+        "MappingSet",
+        "SourceOptions",
+        "SourceSettings",
+        "TraceStep",
+        "map_message",
+        "read_message",
+        "tally_key",
+    ]
     assert broker.canonical.__all__ == ["check", "validate_bundle"]
     for name in broker.mapping.__all__:
         assert getattr(broker.mapping, name).__doc__

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker.mapping.functions import INBOUND, Env, SourceValue
+from broker.mapping.transforms import INBOUND, Env, SourceValue
 from broker.parsing.hl7v2 import Message, parse, parse_path
 
 MSH = "MSH|^~\\&|HIS|CHUIS|LIS|LABCHUIS|20240316074500||ORM^O01^ORM_O01|T1|P|2.5.1"

@@ -9,7 +9,7 @@ import pytest
 
 from broker.canonical import validate_bundle
 from broker.mapping import MapContext, MappingSet
-from broker.mapping.functions import INBOUND, Env, SourceValue
+from broker.mapping.transforms import INBOUND, Env, SourceValue
 from broker.parsing.hl7v2 import parse, parse_path
 
 HANDLED = {"handled": ["NM", "ST", "SN"]}
@@ -431,7 +431,7 @@ class TestUnitMatchesLoinc:
 
     def test_every_local_table_row_agrees_with_the_units_the_samples_use(self) -> None:
         """Each lab-local-to-loinc row's LOINC has a property, and the local code's sample units express it."""
-        from broker.mapping.functions import unit_properties
+        from broker.mapping.transforms.quantities import unit_properties
         from broker.settings import BASE_MAPPINGS_DIR
 
         loinc, units = unit_properties()

@@ -202,12 +202,12 @@ def test_failing_function_is_a_mapping_error(
 ) -> None:
     """An exception inside a transform becomes a MappingError naming the file, rule and source path."""
     from broker.errors import MappingError
-    from broker.mapping import functions
+    from broker.mapping import transforms
 
     def boom(values: object, env: object, args: object) -> str:
         raise ZeroDivisionError
 
-    monkeypatch.setitem(functions.INBOUND, "boom", functions.Transform(boom, "string"))
+    monkeypatch.setitem(transforms.INBOUND, "boom", transforms.Transform(boom, "string"))
     mappings = load(
         tmp_path,
         """\

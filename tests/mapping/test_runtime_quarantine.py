@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from broker import pipeline
 from broker.envelope import Envelope, MessageState
-from broker.mapping import MappingSet, functions
+from broker.mapping import MappingSet, transforms
+from broker.mapping import message as mapping_message
 from broker.pipeline import process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,9 @@ def failing(exc: Exception) -> Any:
 def test_a_failing_function_names_file_rule_and_source_path(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    date = functions.INBOUND["date"]
+    date = transforms.INBOUND["date"]
     bug = ValueError(f"invalid literal: {FAMILY!r}")
-    monkeypatch.setitem(functions.INBOUND, "date", dataclasses.replace(date, fn=failing(bug)))
+    monkeypatch.setitem(transforms.INBOUND, "date", dataclasses.replace(date, fn=failing(bug)))
     reason = run(root).reason or ""
     assert str(root / "hl7v2" / "adt.yaml") in reason
     assert "rule resources[0].rules[2] (birthDate)" in reason
@@ -83,9 +83,9 @@ def test_any_bug_in_a_function_names_its_rule(
     root: Path, monkeypatch: pytest.MonkeyPatch, bug: type[Exception]
 ) -> None:
     """Not only the usual ValueError/KeyError: any exception a function raises is that rule's."""
-    date = functions.INBOUND["date"]
+    date = transforms.INBOUND["date"]
     raised = bug(f"cannot handle {FAMILY!r}")
-    monkeypatch.setitem(functions.INBOUND, "date", dataclasses.replace(date, fn=failing(raised)))
+    monkeypatch.setitem(transforms.INBOUND, "date", dataclasses.replace(date, fn=failing(raised)))
     reason = run(root).reason or ""
     assert "rule resources[0].rules[2] (birthDate)" in reason
     assert bug.__name__ in reason
@@ -102,7 +102,7 @@ def test_an_unexpected_error_is_logged_without_patient_data(
     def broken_check(event: str, bundle: dict[str, Any]) -> None:
         raise RuntimeError(f"cannot handle {FAMILY!r}")
 
-    monkeypatch.setattr(pipeline, "check", broken_check)
+    monkeypatch.setattr(mapping_message, "check", broken_check)
     with capture_logs() as logs:
         envelope = run(root)
     assert "RuntimeError" in (envelope.reason or "")

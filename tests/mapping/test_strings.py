@@ -515,7 +515,7 @@ def test_coalesce_needs_two_paths(tmp_path: Path) -> None:
 
 def test_a_variable_failing_at_run_time_is_a_mapping_error() -> None:
     """A let: that raises is reported like a rule: the file, the variable and its source path."""
-    from broker.mapping.rules import Let
+    from broker.mapping.hl7v2_in.rules import Let
 
     def boom(scope: Any, run: Any) -> None:
         raise ValueError

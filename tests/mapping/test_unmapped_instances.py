@@ -11,12 +11,12 @@ import pytest
 
 from broker.errors import CanonicalError
 from broker.mapping import MapContext, MappingSet
-from broker.mapping.engine import CompiledResource
-from broker.mapping.functions import INBOUND, Env, SourceValue
-from broker.mapping.loader import _is_set_id
-from broker.mapping.scopes import compile_source, field_count, field_numbers
+from broker.mapping.hl7v2_in.engine import CompiledResource
+from broker.mapping.hl7v2_in.scopes import compile_source, field_count, field_numbers
+from broker.mapping.hl7v2_in.unmapped import _is_set_id
 from broker.mapping.spec import ResourceSpec, RuleSpec
 from broker.mapping.targets import fhir_model, requirements
+from broker.mapping.transforms import INBOUND, Env, SourceValue
 from broker.mapping.where import Where
 from broker.parsing.hl7v2 import parse, parse_path
 

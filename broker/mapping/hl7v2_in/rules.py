@@ -15,8 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.errors import BrokerError, MappingError
 from broker.mapping.context import TraceStep
-from broker.mapping.functions import INBOUND, Env, SourceValue, Transform
-from broker.mapping.scopes import (
+from broker.mapping.hl7v2_in.scopes import (
     VARIABLE,
     CoalesceSource,
     Guard,
@@ -28,6 +27,7 @@ from broker.mapping.scopes import (
 )
 from broker.mapping.spec import LetSpec, RuleSpec, SharedTable, ValueMapSpec
 from broker.mapping.targets import Step, compile_target, put, requirements
+from broker.mapping.transforms import INBOUND, Env, SourceValue, Transform
 from broker.mapping.where import Key, Where, dotted
 from broker.parsing.hl7v2 import escape
 

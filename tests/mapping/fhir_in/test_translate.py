@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from broker.errors import FHIRParseError, HL7v2ParseError, NoMappingError
-from broker.fhir_inbound import looks_like_json
+from broker.parsing.fhir import looks_like_json
 from broker.translate import dry_run, translate
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAPPINGS = ROOT / "mappings"
 CASES = MAPPINGS / "tests"
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import MappingSpecError, NoMappingError
-from broker.mapping.functions import OUTBOUND, OutboundTransform, out_datetime
 from broker.mapping.spec import (
     HL7_VERSIONS,
     Condition,
@@ -32,6 +31,8 @@ from broker.mapping.spec import (
     OutFieldSpec,
     OutSegmentSpec,
 )
+from broker.mapping.transforms import OUTBOUND, OutboundTransform
+from broker.mapping.transforms.outbound import out_datetime
 from broker.parsing.hl7v2 import DEFAULT, Delimiters, escape
 from broker.yamlspec import LineMap
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import replace
 from functools import partial
 
-from broker.mapping.engine import (
+from broker.mapping.hl7v2_in.engine import (
     CompiledMapping,
     CompiledResource,
     check_groups,
@@ -23,8 +23,8 @@ from broker.mapping.engine import (
     resource_model,
     used_tables,
 )
-from broker.mapping.rules import Rule
-from broker.mapping.scopes import compile_condition, group_order
+from broker.mapping.hl7v2_in.rules import Rule
+from broker.mapping.hl7v2_in.scopes import compile_condition, group_order
 from broker.mapping.spec import (
     GroupSpec,
     ResourcePatchSpec,

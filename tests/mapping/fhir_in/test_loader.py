@@ -13,7 +13,7 @@ from broker.mapping import MapContext, MappingSet
 from broker.mapping.lint import lint
 from broker.mapping.reload import MappingWatcher
 
-ROOT = Path(__file__).resolve().parents[2] / "mappings"
+ROOT = Path(__file__).resolve().parents[3] / "mappings"
 BASE = """\
 id: fhir-r4
 event-system: https://passerelle.ma/fhir/CodeSystem/fhir-inbound-event

@@ -10,8 +10,6 @@ list target (``result[]``), every instance inside the current scope.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -22,11 +20,11 @@ from pydantic import BaseModel
 
 from broker.errors import CanonicalError
 from broker.identity import IdentifierSystem
+from broker.mapping.bundle import V2_0003, resource_id
 from broker.mapping.context import TraceStep
-from broker.mapping.drops import Drops, Requirement
-from broker.mapping.functions import Env, is_code
-from broker.mapping.rules import Instance, Let, Rule, Run, compile_let, compile_rule
-from broker.mapping.scopes import (
+from broker.mapping.hl7v2_in.drops import Drops, Requirement
+from broker.mapping.hl7v2_in.rules import Instance, Let, Rule, Run, compile_let, compile_rule
+from broker.mapping.hl7v2_in.scopes import (
     SEGMENT,
     Guard,
     Scope,
@@ -49,6 +47,8 @@ from broker.mapping.spec import (
     ValueMapSpec,
 )
 from broker.mapping.targets import close_type, fhir_model, requirements, resource_base
+from broker.mapping.transforms import Env
+from broker.mapping.transforms.codes import is_code
 from broker.mapping.where import Key, SpecProblem, Where
 from broker.parsing.hl7v2 import Message
 from broker.yamlspec import LineMap
@@ -62,34 +62,11 @@ __all__ = [
     "compile_inbound",
     "fhir_model",
     "message_header",
-    "resource_id",
 ]
-
-NAMESPACE = uuid.UUID("6f1c3c52-4d8e-5a8f-9a57-0b1e5a7c2d11")
-"""uuid5 namespace of every resource id Passerelle derives (fixed forever: ids must be stable)."""
-
-V2_0003 = "http://terminology.hl7.org/CodeSystem/v2-0003"
 
 ENGINE_READS = frozenset({("MSH", n) for n in (1, 2, 3, 4, 9, 10, 12, 18)})
 """MSH fields the engine itself reads: delimiters, MSH-3/4 sender, MSH-9 type, MSH-10 control
 id, MSH-12 version, MSH-18 charset (v2.5.1 §2.14.9)."""
-
-_NAMESPACE_BYTES = NAMESPACE.bytes
-
-
-def resource_id(source: str, control_id: str, role: str) -> str:
-    """A deterministic resource id: uuid5 of the source adapter, MSH-10 and the resource role.
-
-    Computed as RFC 4122 §4.3 describes (SHA-1 of namespace + name, version and variant bits
-    set) without building ``uuid.UUID`` objects: equal to ``uuid.uuid5`` and a third of its cost,
-    which showed in the worker profile (several ids per message).
-    """
-    name = f"{source}|{control_id}|{role}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass

@@ -22,7 +22,7 @@ def observation(system: str, code: str, subject_system: str) -> dict[str, Any]:
 
 
 def mapped(mappings: MappingSet, ctx: MapContext, data: dict[str, Any]) -> dict[str, Any]:
-    resource: dict[str, Any] = mappings.map_fhir(data, ctx).result.bundle["entry"][1]["resource"]
+    resource: dict[str, Any] = mappings.map_fhir(data, ctx).bundle["entry"][1]["resource"]
     return resource
 
 
@@ -42,7 +42,7 @@ class TestBase:
     ) -> None:
         """MapResult.mappings names the FHIR file and the shared table with their hashes."""
         done = mappings.map_fhir(observation(LAB_LOCAL, "GLY", CIN), ctx)
-        assert [m.id for m in done.result.mappings] == ["fhir-r4", "table:lab-local-to-loinc"]
+        assert [m.id for m in done.mappings] == ["fhir-r4", "table:lab-local-to-loinc"]
 
     def test_an_unknown_local_code_is_left_as_sent(
         self, mappings: MappingSet, ctx: MapContext
@@ -61,9 +61,9 @@ class TestBase:
     ) -> None:
         """Reference.identifier is an Identifier too; the partition key uses the national URI."""
         done = mappings.map_fhir(observation(LAB_LOCAL, "GLY", "urn:oid:2.16.504.1.1.1"), ctx)
-        out = done.result.bundle["entry"][1]["resource"]
+        out = done.bundle["entry"][1]["resource"]
         assert out["subject"]["identifier"]["system"] == CIN
-        assert done.result.partition_key == f"{CIN}|BE123456"
+        assert done.partition_key == f"{CIN}|BE123456"
 
 
 class TestSite:
@@ -89,7 +89,7 @@ class TestSite:
         """As for HL7 site mappings: the site, then the base it extends."""
         data = observation(LAB_LOCAL, "NA", CIN)
         done = mappings.map_fhir(data, replace(ctx, source="chu-rabat-fhir"))
-        assert [m.id for m in done.result.mappings][:2] == ["chu-rabat-fhir", "fhir-r4"]
+        assert [m.id for m in done.mappings][:2] == ["chu-rabat-fhir", "fhir-r4"]
 
 
 class TestFhirReadsAsFhir:

@@ -11,7 +11,7 @@ from broker.envelope import Envelope, MessageState
 from broker.mapping import MappingSet
 from broker.pipeline import process
 
-CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
+CASES = Path(__file__).resolve().parents[3] / "mappings" / "tests"
 
 
 def subscriber(events: list[str]) -> AdapterSpec:

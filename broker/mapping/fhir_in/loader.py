@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import MappingSpecError
-from broker.fhir_inbound.fhirpath import Expression, FHIRPathSyntaxError, compile_path
-from broker.fhir_inbound.mapper import CompiledType, FhirMapping, Require, Site
-from broker.fhir_inbound.normalise import Normaliser, Table
-from broker.fhir_inbound.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
-from broker.mapping.layers import MappingRoots, layers, overlay
+from broker.mapping.fhir_in.fhirpath import Expression, FHIRPathSyntaxError, compile_path
+from broker.mapping.fhir_in.mapper import CompiledType, FhirMapping, Require, Site
+from broker.mapping.fhir_in.normalise import Normaliser, Table
+from broker.mapping.fhir_in.spec import FhirSiteSpec, FhirSpec, NormaliseSpec
 from broker.mapping.spec import SharedTable
 from broker.mapping.targets import fhir_model, resource_base
 from broker.yamlspec import LineMap, read_yaml, validation_errors
 
-__all__ = ["FHIR_DIR", "FhirProblem", "load_fhir"]
-
-FHIR_DIR = "fhir"
-"""The folder of a mappings root that holds the FHIR inbound files."""
+__all__ = ["FhirProblem", "load_fhir"]
 
 _URI = re.compile(r"^(urn:oid:[0-2](\.(0|[1-9][0-9]*))+|urn:uuid:[0-9a-f-]{36}|https?://\S+)$")
 """What a system may be: an OID (``urn:oid:``), a UUID URN or an http(s) URL (FHIR R4 datatype uri)."""
@@ -72,20 +70,23 @@ class _Problems:
 
 
 def load_fhir(
-    root: MappingRoots, tables: dict[str, SharedTable], problems: list[FhirProblem] | None = None
+    files: Sequence[Path],
+    tables: dict[str, SharedTable],
+    problems: list[FhirProblem] | None = None,
+    *,
+    hl7_events: dict[str, str] | None = None,
 ) -> FhirMapping | None:
-    """Load ``root/fhir/``; ``None`` when the folder does not exist (FHIR input is then refused).
+    """Load the FHIR inbound files; ``None`` when there is no base file (FHIR input is refused).
 
-    ``root`` may be layers (``broker.mapping.layers``): their ``fhir/`` files are read together.
+    ``files`` are a mappings root's ``fhir/`` files (``MappingFiles.fhir``, every layer's).
+    ``hl7_events`` is ``FhirMapping.hl7_events``: what the HL7 v2 mappings call each trigger.
 
     Raises:
         MappingSpecError: the first problem, naming file, line and key (unless ``problems``).
     """
-    if not any((layer / FHIR_DIR).is_dir() for layer in layers(root)):
-        return None
     base: FhirMapping | None = None
     sites: list[tuple[FhirSiteSpec, str, LineMap, str]] = []
-    for path in overlay(root, FHIR_DIR).values():
+    for path in files:
         file = str(path)
         try:
             data, lines = read_yaml(path, MappingSpecError)
@@ -110,7 +111,7 @@ def load_fhir(
         if base is not None:
             report.add(("id",), f"a second base FHIR inbound file; {base.file} is the base")
             continue
-        base = _compile_base(spec, file, sha, report, tables)
+        base = _compile_base(spec, file, sha, report, tables, hl7_events or {})
     for site, file, lines, sha in sites:
         report = _Problems(file, lines, problems)
         if base is None or site.extends != base.id:
@@ -144,7 +145,12 @@ def _validate(model: type[BaseModel], data: dict[str, Any], report: _Problems) -
 
 
 def _compile_base(
-    spec: FhirSpec, file: str, sha: str, report: _Problems, tables: dict[str, SharedTable]
+    spec: FhirSpec,
+    file: str,
+    sha: str,
+    report: _Problems,
+    tables: dict[str, SharedTable],
+    hl7_events: dict[str, str],
 ) -> FhirMapping:
     _uri(spec.event_system, ("event-system",), report)
     types: dict[str, CompiledType] = {}
@@ -173,7 +179,9 @@ def _compile_base(
         line = report.lines.get(key)
         types[name] = CompiledType(name, patient, tuple(requires), line)
     normaliser = _normaliser(spec.normalise, report, tables, None, report.lines)
-    return FhirMapping(spec.id, file, sha, spec.event_system, types, normaliser, {}, dict(tables))
+    return FhirMapping(
+        spec.id, file, sha, spec.event_system, types, normaliser, {}, dict(tables), hl7_events
+    )
 
 
 def _uri(text: str, key: Key, report: _Problems) -> None:

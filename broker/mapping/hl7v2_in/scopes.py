@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
-from broker.mapping.functions import SourceValue
 from broker.mapping.spec import Condition, GroupSpec
+from broker.mapping.transforms import SourceValue
 from broker.mapping.where import Key, Where
 from broker.parsing.hl7v2 import Path, Segment, parse_path
 
@@ -44,7 +44,7 @@ __all__ = [
 Pin = tuple[Segment, int]
 """A field loop's segment and the repetition it is on."""
 FieldRead = int
-"""A ``functions.field_read`` key: a segment instance and one of its fields that was read."""
+"""A ``transforms.field_read`` key: a segment instance and one of its fields that was read."""
 
 
 class Scope:
@@ -53,7 +53,7 @@ class Scope:
     ``pins`` maps (segment name, field number) to the segment and repetition a field loop
     (``each: PV1-7(*)``) is on: inside the loop, ``PV1-7`` reads that repetition. ``seen`` is
     the message's (segment instance, field number) reads, shared by every scope of one run: what
-    the unmapped-input report compares the message with (``functions.field_read`` keys; the
+    the unmapped-input report compares the message with (``transforms.field_read`` keys; the
     hot paths below compute them inline).
     """
 

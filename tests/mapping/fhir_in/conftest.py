@@ -9,7 +9,7 @@ import pytest
 
 from broker.mapping import MapContext, MappingSet
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CASES = ROOT / "mappings" / "tests"
 
 

@@ -13,7 +13,7 @@ from broker.canonical import validate_bundle
 from broker.errors import CanonicalError, NoMappingError
 from broker.mapping import MapContext, MappingSet
 
-CASES = Path(__file__).resolve().parents[2] / "mappings" / "tests"
+CASES = Path(__file__).resolve().parents[3] / "mappings" / "tests"
 
 
 def case(name: str) -> dict[str, Any]:
@@ -31,12 +31,12 @@ class TestReferences:
     ) -> None:
         """Encounter and Observation refer to the Patient by its new urn:uuid, as fullUrl."""
         done = mappings.map_fhir(case("fhir_transaction.json"), ctx)
-        header, patient, encounter, observation = resources(done.result.bundle)
+        header, patient, encounter, observation = resources(done.bundle)
         assert encounter["subject"] == {"reference": f"urn:uuid:{patient['id']}"}
         assert observation["subject"] == {"reference": f"urn:uuid:{patient['id']}"}
         assert observation["encounter"] == {"reference": f"urn:uuid:{encounter['id']}"}
         assert header["focus"] == [
-            {"reference": f"urn:uuid:{r['id']}"} for r in resources(done.result.bundle)[1:]
+            {"reference": f"urn:uuid:{r['id']}"} for r in resources(done.bundle)[1:]
         ]
 
     def test_relative_references_of_a_batch_point_at_the_new_entries(
@@ -44,7 +44,7 @@ class TestReferences:
     ) -> None:
         """``Patient/pat-2002`` inside a batch becomes the Patient entry's urn:uuid."""
         done = mappings.map_fhir(case("fhir_batch.json"), ctx)
-        _, patient, condition, allergy = resources(done.result.bundle)
+        _, patient, condition, allergy = resources(done.bundle)
         assert condition["subject"]["reference"] == f"urn:uuid:{patient['id']}"
         assert allergy["patient"]["reference"] == f"urn:uuid:{patient['id']}"
 
@@ -54,7 +54,7 @@ class TestReferences:
         """An Appointment's ``Practitioner/pr-77`` names a resource on the sender's server only:
         it becomes the type and the identifier that resource keeps its sender id under."""
         done = mappings.map_fhir(case("fhir_appointment.json"), ctx)
-        appointment = resources(done.result.bundle)[1]
+        appointment = resources(done.bundle)[1]
         assert appointment["participant"][1]["actor"] == {
             "type": "Practitioner",
             "identifier": {
@@ -65,7 +65,7 @@ class TestReferences:
         }
         data = case("fhir_condition.json")
         data["subject"] = {"reference": "Patient/pat-1001"}
-        condition = resources(mappings.map_fhir(data, ctx).result.bundle)[1]
+        condition = resources(mappings.map_fhir(data, ctx).bundle)[1]
         assert condition["subject"] == {
             "type": "Patient",
             "identifier": {
@@ -79,7 +79,7 @@ class TestReferences:
     ) -> None:
         """``Patient/pat-2002`` given with the patient's IPP: the IPP names it everywhere."""
         done = mappings.map_fhir(case("fhir_observation.json"), ctx)
-        observation = resources(done.result.bundle)[1]
+        observation = resources(done.bundle)[1]
         assert observation["subject"] == {
             "type": "Patient",
             "identifier": {
@@ -102,7 +102,7 @@ class TestReferences:
             {"reference": "https://labo.example.ma/fhir/Observation/obs-na-1"},
         ]
         done = mappings.map_fhir(data, ctx)
-        report, sodium = resources(done.result.bundle)[2:4]
+        report, sodium = resources(done.bundle)[2:4]
         assert report["result"] == [
             {"reference": f"urn:uuid:{sodium['id']}"},
             {
@@ -114,7 +114,7 @@ class TestReferences:
             },
             {"reference": "https://labo.example.ma/fhir/Observation/obs-na-1"},
         ]
-        validate_bundle(done.result.bundle)
+        validate_bundle(done.bundle)
 
     def test_each_resource_keeps_the_senders_id_as_its_last_identifier(
         self, mappings: MappingSet, ctx: MapContext
@@ -122,15 +122,15 @@ class TestReferences:
         """``Patient/pat-1001`` keeps ``…:resource:Patient|pat-1001`` after its CIN and IPP; the
         CIN still names the patient; a resource without an id gets none."""
         done = mappings.map_fhir(case("fhir_patient.json"), ctx)
-        patient = resources(done.result.bundle)[1]
+        patient = resources(done.bundle)[1]
         assert patient["identifier"][-1] == {
             "use": "secondary",
             "system": "urn:passerelle:adapter:dmp-in:resource:Patient",
             "value": "pat-1001",
         }
         assert patient["identifier"][0]["value"] == "BE123456"
-        assert done.result.partition_key == "https://passerelle.ma/fhir/sid/cin|BE123456"
-        condition = resources(mappings.map_fhir(case("fhir_condition.json"), ctx).result.bundle)[1]
+        assert done.partition_key == "https://passerelle.ma/fhir/sid/cin|BE123456"
+        condition = resources(mappings.map_fhir(case("fhir_condition.json"), ctx).bundle)[1]
         assert condition["identifier"] == [
             {
                 "use": "secondary",
@@ -138,7 +138,7 @@ class TestReferences:
                 "value": "cond-4401",
             }
         ]
-        transaction = resources(mappings.map_fhir(case("fhir_transaction.json"), ctx).result.bundle)
+        transaction = resources(mappings.map_fhir(case("fhir_transaction.json"), ctx).bundle)
         assert not any(
             i["system"].startswith("urn:passerelle:adapter:")
             for r in transaction
@@ -179,26 +179,26 @@ class TestReferences:
             ],
         }
         done = mappings.map_fhir(bundle, ctx)
-        observation = resources(done.result.bundle)[1]
+        observation = resources(done.bundle)[1]
         assert observation["focus"] == [{"display": "Metformine"}]
         assert "Bundle.entry[1].resource.focus[0].reference" in done.unmapped
         assert "Bundle.entry[0].resource" in done.unmapped
-        codes = {f.code for f in done.result.findings}
+        codes = {f.code for f in done.findings}
         assert codes == {"dangling-reference", "unsupported-resource"}
 
 
 class TestIdentity:
     def test_the_same_input_gives_the_same_ids(self, mappings: MappingSet, ctx: MapContext) -> None:
         """Replays are idempotent: ids depend on the adapter and the input, not on time."""
-        first = mappings.map_fhir(case("fhir_transaction.json"), ctx).result.bundle
+        first = mappings.map_fhir(case("fhir_transaction.json"), ctx).bundle
         later = replace(ctx, envelope_id="other")
-        again = mappings.map_fhir(case("fhir_transaction.json"), later).result.bundle
+        again = mappings.map_fhir(case("fhir_transaction.json"), later).bundle
         assert [r["id"] for r in resources(first)] == [r["id"] for r in resources(again)]
 
     def test_another_adapter_gives_other_ids(self, mappings: MappingSet, ctx: MapContext) -> None:
         """Two senders using the same resource ids never collide."""
-        first = mappings.map_fhir(case("fhir_patient.json"), ctx).result.bundle
-        other = mappings.map_fhir(case("fhir_patient.json"), replace(ctx, source="x")).result.bundle
+        first = mappings.map_fhir(case("fhir_patient.json"), ctx).bundle
+        other = mappings.map_fhir(case("fhir_patient.json"), replace(ctx, source="x")).bundle
         assert resources(first)[1]["id"] != resources(other)[1]["id"]
 
     def test_every_case_validates(self, mappings: MappingSet, ctx: MapContext) -> None:
@@ -206,7 +206,7 @@ class TestIdentity:
         for path in sorted(CASES.glob("fhir_*.json")):
             if path.name.endswith(".expected.json") or "no_subject" in path.name:
                 continue
-            validate_bundle(mappings.map_fhir(json.loads(path.read_text()), ctx).result.bundle)
+            validate_bundle(mappings.map_fhir(json.loads(path.read_text()), ctx).bundle)
 
 
 class TestEventsAndKeys:
@@ -226,7 +226,7 @@ class TestEventsAndKeys:
         """
         done = mappings.map_fhir(case(name), ctx)
         assert done.event == event
-        assert resources(done.result.bundle)[0]["eventCoding"]["code"] == event.split("^")[-1]
+        assert resources(done.bundle)[0]["eventCoding"]["code"] == event.split("^")[-1]
 
     def test_an_event_outside_table_0003_is_kept_as_sent(
         self, mappings: MappingSet, ctx: MapContext
@@ -244,7 +244,7 @@ class TestEventsAndKeys:
     ) -> None:
         """destination, sender and source.endpoint are not kept: reported, not dropped silently."""
         done = mappings.map_fhir(case("fhir_message.json"), ctx)
-        header = resources(done.result.bundle)[0]
+        header = resources(done.bundle)[0]
         assert header["eventCoding"]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0003"
         assert header["source"] == {
             "endpoint": "urn:passerelle:adapter:dmp-in",
@@ -276,7 +276,7 @@ class TestEventsAndKeys:
         self, mappings: MappingSet, ctx: MapContext, name: str, key: str
     ) -> None:
         """The patient's identifier, from the Patient or from the reference to it."""
-        assert mappings.map_fhir(case(name), ctx).result.partition_key == key
+        assert mappings.map_fhir(case(name), ctx).partition_key == key
 
     def test_a_patient_known_only_by_reference_is_keyed_by_its_sender_id(
         self, mappings: MappingSet, ctx: MapContext
@@ -286,7 +286,7 @@ class TestEventsAndKeys:
         does not identify a person on the network (as an empty PID-3 does not)."""
         data = case("fhir_condition.json")
         data["subject"] = {"reference": "Patient/123"}
-        key = mappings.map_fhir(data, ctx).result.partition_key
+        key = mappings.map_fhir(data, ctx).partition_key
         assert key == "urn:passerelle:adapter:dmp-in:resource:Patient|123"
         patient = {"resourceType": "Patient", "id": "123", "gender": "female"}
         with pytest.raises(CanonicalError, match="a patient needs an identifier"):

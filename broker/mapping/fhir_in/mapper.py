@@ -24,9 +24,6 @@ from typing import Any
 from broker.canonical import validate_bundle
 from broker.envelope import MappingRef
 from broker.errors import CanonicalError, FHIRParseError, MappingError, NoMappingError
-from broker.fhir_inbound.fhirpath import Expression
-from broker.fhir_inbound.normalise import Normaliser
-from broker.fhir_inbound.references import Entry, Run, aliases, base_of, rewrite
 from broker.identity import (
     IdentifierSystem,
     conditional_identifier,
@@ -34,11 +31,17 @@ from broker.identity import (
     unidentified_key,
 )
 from broker.identity import key as identity_key
+from broker.mapping.bundle import V2_0003, message_bundle, resource_id
 from broker.mapping.context import MapContext, MapResult, TraceStep
-from broker.mapping.engine import V2_0003, resource_id
+from broker.mapping.fhir_in.fhirpath import Expression
+from broker.mapping.fhir_in.normalise import Normaliser
+from broker.mapping.fhir_in.references import Entry, Run, aliases, base_of, rewrite
 from broker.mapping.spec import SharedTable
 
-__all__ = ["BUNDLE_TYPES", "CompiledType", "FhirMapping", "FhirResult", "Require", "Site"]
+__all__ = ["BUNDLE_TYPES", "FHIR_VERSION", "CompiledType", "FhirMapping", "Require", "Site"]
+
+FHIR_VERSION = "4.0.1"
+"""The FHIR version of the input and of the canonical message (R4): the envelope's ``version``."""
 
 BUNDLE_TYPES = ("transaction", "batch", "message", "collection")
 """The Bundle types accepted as input (FHIR R4 Bundle.type, value set bundle-type)."""
@@ -78,16 +81,6 @@ class Site:
     normaliser: Normaliser
 
 
-@dataclass(frozen=True)
-class FhirResult:
-    """A mapped FHIR input: the MapResult, the envelope facts and the unmapped locations."""
-
-    result: MapResult
-    event: str
-    correlation_id: str
-    unmapped: tuple[str, ...]
-
-
 @dataclass
 class FhirMapping:
     """The compiled ``mappings/fhir/`` files: call ``map(data, ctx)``."""
@@ -102,7 +95,7 @@ class FhirMapping:
     tables: dict[str, SharedTable]
     hl7_events: dict[str, str] = field(default_factory=dict)
     """HL7 table 0003 trigger → the ``MSG^TRG`` event the HL7 v2 mappings name (``A01`` →
-    ``ADT^A01``), set by ``MappingSet.load``: a message Bundle whose MessageHeader.eventCoding
+    ``ADT^A01``), given by ``MappingSet.load``: a message Bundle whose MessageHeader.eventCoding
     is in table 0003 gets that event, so one subscription serves HL7 v2 and FHIR input."""
 
     def files(self) -> list[FhirMapping | Site]:
@@ -110,7 +103,7 @@ class FhirMapping:
         sites = {id(s): s for s in self.sites.values()}
         return [self, *sorted(sites.values(), key=lambda s: s.id)]
 
-    def map(self, data: Any, ctx: MapContext, trace: list[TraceStep] | None = None) -> FhirResult:
+    def map(self, data: Any, ctx: MapContext, trace: list[TraceStep] | None = None) -> MapResult:
         """Map one FHIR resource or Bundle (parsed JSON) to a validated canonical message Bundle.
 
         ``trace``, for dry runs only (it receives the patient's values), gets a TraceStep per
@@ -157,15 +150,8 @@ class FhirMapping:
             ctx.source,
             correlation,
         )
-        bundle = {
-            "resourceType": "Bundle",
-            "id": resource_id(ctx.source, correlation, "bundle"),
-            "identifier": {"system": f"urn:passerelle:adapter:{ctx.source}", "value": correlation},
-            "type": "message",
-            "timestamp": ctx.received_at.isoformat(),
-            "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}]
-            + [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources],
-        }
+        entries = [(r["id"], r) for r in resources]
+        bundle = message_bundle(ctx.source, correlation, ctx.received_at, header, entries)
         validate_bundle(bundle)
         refs = [MappingRef(id=self.id, sha256=self.sha256)]
         if site is not None:
@@ -175,20 +161,23 @@ class FhirMapping:
             for n in sorted(used)
             if n in self.tables
         ]
-        result = MapResult(
+        return MapResult(
             bundle=bundle,
             findings=tuple(run.findings),
             mappings=tuple(refs),
             partition_key=self._partition_key(kept, run, ctx.source),
+            event=event,
+            version=FHIR_VERSION,
+            correlation_id=correlation,
+            unmapped=tuple(run.unmapped),
         )
-        return FhirResult(result, event, correlation, tuple(run.unmapped))
 
     def patient_key(
         self, data: Any, source: str, adapter_rules: Sequence[IdentifierSystem] = ()
     ) -> str:
         """The partition key ``map`` would give this input, without mapping it.
 
-        The same identity as ``map(...).result.partition_key``: the first Patient's first
+        The same identity as ``map(...).partition_key``: the first Patient's first
         identifier with its system normalised, else the first resource's patient reference.
         The HTTP edge journals by it, so one patient's messages share a partition however the
         sender spells the identifier system (see docs/reliability.md, per-patient order).

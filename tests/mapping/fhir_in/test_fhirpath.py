@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.fhir_inbound import FHIRPathSyntaxError, compile_path
+from broker.mapping.fhir_in import FHIRPathSyntaxError, compile_path
 
 
 class TestCompilePath:

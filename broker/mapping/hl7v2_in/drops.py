@@ -22,8 +22,8 @@ from typing import Any
 
 from broker.envelope import Finding
 from broker.errors import CanonicalError
-from broker.mapping.rules import Instance
-from broker.mapping.scopes import Guard, Scope
+from broker.mapping.hl7v2_in.rules import Instance
+from broker.mapping.hl7v2_in.scopes import Guard, Scope
 
 __all__ = ["DROPPED", "Drops", "Requirement", "tally_key"]
 

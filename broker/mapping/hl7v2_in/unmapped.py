@@ -1,0 +1,91 @@
+"""What a message holds that its inbound mapping did not read: the ``unmapped`` report."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from broker.mapping.hl7v2_in.engine import ENGINE_READS, CompiledMapping
+from broker.mapping.hl7v2_in.scopes import Scope, field_numbers, group_scopes
+from broker.mapping.spec import HL7_VERSIONS
+from broker.mapping.transforms import field_read
+from broker.parsing.hl7v2 import Message, Segment
+
+__all__ = ["unmapped_fields"]
+
+
+def unmapped_fields(mapping: CompiledMapping, message: Message, read: Collection[int]) -> list[str]:
+    """The fields present in ``message`` that no rule read, per segment instance, in order.
+
+    A field counts as read in the segment instances its rules actually read for this
+    message: an NTE-3 read under each OBX does not hide the NTE after PID that no rule
+    reads. Locations are structural, the same for every message (the Redis tally stays
+    bounded): ``SEG-n`` (``ZPI-2``, ``OBX-8``), or ``GROUP/SEG-n`` (``PATIENT_RESULT/NTE-3``)
+    for a segment inside an instance of a declared group that it does not start (the
+    innermost group). A field whose rules read one repetition (``OBX-5``, not ``OBX-5(*)``)
+    while others are present is named ``OBX-5(2+)``. Never a value. Set ID fields (data type
+    SI, such as PID-1 and OBX-1) number segments, and the MSH fields the engine reads, are
+    not reported.
+
+    Args:
+        mapping: the mapping that mapped ``message``.
+        message: the parsed message.
+        read: the ``field_read`` keys of what the mapping read (``MapResult.read``).
+    """
+    places = _places(mapping, message)
+    version = message.version
+    found: dict[str, None] = {}
+    for segment in message.segments:
+        name = segment.name
+        place = places.get(id(segment))
+        prefix = f"{place}/{name}" if place else name
+        fields = segment.fields
+        for number in range(1, len(fields)):
+            if not fields[number] or field_read(segment, number) in read:
+                continue
+            if name == "MSH" and (name, number) in ENGINE_READS:
+                continue
+            location = f"{prefix}-{number}"
+            if field_read(segment, number, one_repetition=True) in read:
+                # One repetition was read; the others are named ``OBX-5(2+)`` when present.
+                if not _other_repetitions(segment, number):
+                    continue
+                location += "(2+)"
+            if location in found:
+                continue
+            if not name.startswith("Z") and _is_set_id(name, number, version):
+                continue
+            found[location] = None
+    return list(found)
+
+
+def _other_repetitions(segment: Segment, number: int) -> bool:
+    """Tell whether field ``number`` has a non-empty repetition after its first."""
+    return any(rep and rep != '""' for rep in segment.repetitions(number)[1:])
+
+
+def _places(mapping: CompiledMapping, message: Message) -> dict[int, str]:
+    """id(segment) → the innermost declared group holding it, for segments that do not start it."""
+    if not mapping.groups:
+        return {}
+    root = Scope(None, message.segments, None)
+    scopes = group_scopes(mapping.groups, mapping.group_order, root)
+    places: dict[int, str] = {}
+    for name in mapping.group_order:  # parents first: an inner group overrides its parent
+        starts = mapping.groups[name].start_names
+        for scope in scopes[name]:
+            for segment in scope.segments:
+                if segment.name in starts:
+                    places.pop(id(segment), None)
+                else:
+                    places[id(segment)] = name
+    return places
+
+
+def _is_set_id(segment: str, number: int, version: str) -> bool:
+    """Tell whether hl7apy's reference tables give field ``number`` of ``segment`` type SI.
+
+    Looked up by the field number in the element name (``OBX_1``), so the fields hl7apy leaves
+    out as withdrawn do not shift the types of those after them.
+    """
+    numbers = field_numbers(segment, version if version in HL7_VERSIONS else "2.5.1")
+    return numbers is not None and numbers.get(number) == "SI"
