@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -203,12 +203,15 @@ def _corrected(
 def _map_hl7v2(
     settings: Settings, client: redis.Redis, record: dict[str, Any], raw: bytes, path: Path
 ) -> dict[str, Any]:
-    """Map a corrected HL7 v2 message as its inbound adapter would; keep its control id."""
+    """Map a corrected HL7 v2 message exactly as the pipeline maps its inbound adapter's
+    messages (``map_message``: the adapter's settings, the canonical check, its refusal of a
+    malformed segment group); keep its control id."""
     from broker import keys
-    from broker.adapters.spec import load_adapters
+    from broker.config import load_config
     from broker.envelope import Envelope
-    from broker.mapping import MapContext, MappingSet
-    from broker.parsing.hl7v2 import decode, parse
+    from broker.errors import BrokerError
+    from broker.mapping import HL7V2, map_message, read_message
+    from broker.parsing.hl7v2 import Message
 
     stored = client.get(keys.envelope(record["envelope_id"]))
     if stored is not None:
@@ -217,19 +220,30 @@ def _map_hl7v2(
         envelope = Envelope.model_validate(record["envelope"])
     else:
         fail(f"dead letter {record['id']} kept no envelope; send a FHIR Bundle instead")
-    inbound = {a.id: a for a in load_adapters(settings.adapters_dir) if a.direction == "inbound"}
-    adapter = inbound.get(envelope.source)
-    charset = adapter.charset if adapter else "utf-8"
-    timezone = adapter.timezone if adapter else "Africa/Casablanca"
-    message = parse(decode(raw, charset))
+    try:
+        config = load_config(settings)
+    except BrokerError as exc:
+        fail(str(exc), every_line=True)
+    adapter = config.adapters.get(envelope.source)
+    inbound = adapter if adapter is not None and adapter.direction == "inbound" else None
+    # A MessageError (unreadable, unmapped, refused by the canonical check) is attempt()'s line.
+    message = cast(Message, read_message(raw, HL7V2, inbound.charset if inbound else "utf-8"))
     if envelope.control_id and message.control_id != envelope.control_id:
         fail(
             f"{path}: MSH-10 is {message.control_id!r} but the original's is "
             f"{envelope.control_id!r}; keep it so the replay stays idempotent"
         )
-    mappings = MappingSet.load(settings.mapping_roots)
-    context = MapContext(envelope.id, envelope.source, timezone, received_at=envelope.received_at)
-    return mappings.map_hl7v2(message, context).bundle
+    result = map_message(
+        message,
+        config.mappings,
+        source=envelope.source,
+        envelope_id=envelope.id,
+        received_at=envelope.received_at,
+        settings=inbound,
+    )
+    if result.refused:
+        fail(f"{path}: the corrected message is refused: {result.refused}")
+    return result.bundle
 
 
 @dead_letters_app.command("discard")

@@ -302,3 +302,26 @@ def test_unreachable_redis_fails_with_one_line(env: Env) -> None:
     done = run(env, "dead-letters", "list", SUB)
     assert done.code == 1
     assert "cannot reach the broker's Redis" in one_error_line(done)
+
+
+def test_replay_refuses_a_corrected_hl7_message_the_pipeline_would_quarantine(
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+) -> None:
+    """A correction goes through the pipeline's own map_message: no patient identity, no replay.
+
+    Before map_message, the correction skipped the canonical check and replayed a Bundle the
+    pipeline would have quarantined.
+    """
+    dead_id = add_dead(redis_client, envelope)
+    path = tmp_path / "fixed.hl7"
+    lines = SAMPLE.read_bytes().split(b"\r")
+    pid = next(i for i, line in enumerate(lines) if line.startswith(b"PID|"))
+    fields = lines[pid].split(b"|")
+    fields[3] = b""
+    lines[pid] = b"|".join(fields)
+    path.write_bytes(b"\r".join(lines))
+    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "x", "--payload", str(path))
+    assert done.code == 1
+    assert "PID-3" in one_error_line(done) or "patient" in one_error_line(done).lower()
+    assert record(redis_client, dead_id)["status"] == "open"
+    assert queued_tasks(redis_client) == []
