@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.envelope import Envelope, Finding, new_id
-from broker.errors import ConfigurationError
+from broker.errors import CanonicalError, ConfigurationError
 from broker.mapping import (
     FHIR_JSON,
     HL7V2,
     MappingSet,
     MapResult,
     SourceOptions,
+    SourceSettings,
     TraceStep,
     map_message,
     read_message,
@@ -99,6 +100,7 @@ def dry_run(
     trace: bool = False,
     hl7_version: str = "2.5.1",
     received_at: datetime | None = None,
+    settings: SourceSettings | None = None,
 ) -> Translation:
     """Translate one HL7 v2 message, or one FHIR R4 resource or Bundle, without the broker running.
 
@@ -117,6 +119,9 @@ def dry_run(
         hl7_version: MSH-12 of the ER7 written for ``to="hl7v2"``.
         received_at: when the message is taken to be received (Bundle.timestamp); now when
             left out.
+        settings: the source adapter's registration (its charset, time zone, identifier
+            systems, ``on_invalid_segment``), as the pipeline applies them; when left out,
+            ``charset`` and ``timezone`` with the defaults for the rest.
 
     Returns:
         The output, the trace and the unmapped fields.
@@ -139,7 +144,8 @@ def dry_run(
     received_at = received_at or datetime.now(UTC)
     steps: list[TraceStep] | None = [] if trace else None
     content_type = FHIR_JSON if looks_like_json(raw) else HL7V2
-    message = read_message(raw, content_type, charset)
+    given = settings or SourceOptions(charset=charset, timezone=timezone)
+    message = read_message(raw, content_type, given.charset)
     result = map_message(
         message,
         mappings,
@@ -147,10 +153,13 @@ def dry_run(
         envelope_id=envelope_id,
         received_at=received_at,
         content_type=content_type,
-        settings=SourceOptions(charset=charset, timezone=timezone),
+        settings=given,
         full_validation=True,
         trace=steps,
     )
+    if result.refused:
+        # The adapter quarantines a message with a malformed segment group, as the pipeline does.
+        raise CanonicalError(result.refused)
     output = _render(to, mappings, message, result, envelope_id, source, received_at, hl7_version)
     return Translation(output, tuple(steps or ()), result.unmapped, result.findings)
 

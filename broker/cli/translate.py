@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from broker.cli._common import MappingsOpt, fail, load_settings, log_errors_only, mapping_roots
+
+if TYPE_CHECKING:
+    from broker.mapping import SourceOptions
+    from broker.settings import Settings
 
 __all__ = ["translate"]
 
@@ -23,11 +27,19 @@ def translate(
     ],
     to: Annotated[str, typer.Option("--to", help="canonical | fhir | hl7v2")] = "canonical",
     mappings: MappingsOpt = None,
-    charset: Annotated[str, typer.Option(help="Charset when MSH-18 is empty.")] = "utf-8",
+    charset: Annotated[
+        str | None,
+        typer.Option(help="Charset when MSH-18 is empty (default: the adapter's, else utf-8)."),
+    ] = None,
     adapter: Annotated[
         str,
         typer.Option(
-            "--adapter", help="Translate as if received from this inbound adapter (site mappings)."
+            "--adapter",
+            help=(
+                "Translate as if received from this inbound adapter: its site mappings and, when "
+                "it is registered, its charset, time zone, identifier systems and "
+                "on_invalid_segment, as the pipeline applies them."
+            ),
         ),
     ] = "translate",
     trace: Annotated[
@@ -62,7 +74,9 @@ def translate(
     log_errors_only()
     if to not in ("canonical", "fhir", "hl7v2"):
         fail(f"--to must be canonical, fhir or hl7v2, not {to!r}", 2)
-    roots = mapping_roots(load_settings(mappings=mappings))
+    settings = load_settings(mappings=mappings)
+    roots = mapping_roots(settings)
+    source = _registration(settings, adapter, charset)
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -73,8 +87,9 @@ def translate(
             to=to,
             mappings_dir=roots,
             source=adapter,
-            charset=charset,
+            charset=charset or "utf-8",
             trace=trace,
+            settings=source,
             hl7_version=hl7_version,
         )
     except BrokerError as exc:
@@ -100,3 +115,30 @@ def translate(
                 typer.echo(
                     f"dropped: {finding.location} ({finding.rule}): {finding.message}", err=True
                 )
+
+
+def _registration(settings: Settings, adapter: str, charset: str | None) -> SourceOptions | None:
+    """The inbound registration named ``--adapter`` as map_message reads it, if there is one.
+
+    ``--charset``, when given, replaces the registration's. None when the adapter is not
+    registered (the default ``translate``): the pipeline's defaults then apply.
+    """
+    from broker.adapters.spec import load_adapters
+    from broker.errors import BrokerError
+    from broker.mapping import SourceOptions
+
+    if not settings.adapters_dir.is_dir():
+        return None
+    try:
+        specs = load_adapters(settings.adapters_dir)
+    except BrokerError as exc:
+        fail(str(exc), every_line=True)
+    spec = next((s for s in specs if s.id == adapter and s.direction == "inbound"), None)
+    if spec is None:
+        return None
+    return SourceOptions(
+        charset=charset or spec.charset,
+        timezone=spec.timezone,
+        identifier_systems=tuple(spec.identifier_systems),
+        on_invalid_segment=spec.on_invalid_segment,
+    )

@@ -188,3 +188,31 @@ class TestTheInstalledCommand:
         assert run.stdout == ""
         assert len(run.stderr.splitlines()) == 1, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_translate_applies_the_registered_adapters_identifier_systems(tmp_path: Path) -> None:
+    """``--adapter`` with a registration maps as the pipeline does for it: its identifier systems.
+
+    Before, translate passed only the charset and the time zone: the IPP got the mappings'
+    default system while the pipeline wrote the registered one (another conditional URL).
+    """
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "his.yaml").write_text(
+        "id: his-rabat\nname: HIS Rabat\ndirection: inbound\ntransport: mllp\n"
+        "listen: 127.0.0.1:2575\nformat: hl7v2\n"
+        "identifier_systems:\n"
+        '  - {authority: CHUIS, type: PI, system: "https://chu-rabat.ma/fhir/sid/ipp"}\n',
+        encoding="utf-8",
+    )
+    sample = str(SAMPLES / "adt_a01_v251.hl7")
+    args = ("translate", sample, "--to", "fhir", "--adapter", "his-rabat")
+    run = cli(*args, env={"PASSERELLE_ADAPTERS_DIR": str(adapters)})
+    assert run.code == 0, run
+    (patient,) = [
+        e["resource"]
+        for e in json.loads(run.stdout)["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    systems = {i["value"]: i["system"] for i in patient["identifier"]}
+    assert systems["IPP0042317"] == "https://chu-rabat.ma/fhir/sid/ipp"
