@@ -485,7 +485,7 @@ class EagerBroker:
 
     def stop(self) -> None:
         """Close the senders and connections, give back the previous runtime, stop the peers."""
-        from broker.worker import acks
+        from broker.delivery import acks
         from broker.worker import runtime as worker_runtime
 
         if self._runtime is not None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from broker.testing import LoopbackStack, PrivateRedis
+from broker.testing import EagerBroker, LoopbackStack, PrivateRedis
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""
@@ -124,3 +124,22 @@ def envelope() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(out)
     data["partition"] = 3
     return data
+
+
+MakeBroker = Callable[..., EagerBroker]
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterator[MakeBroker]:
+    """Start an EagerBroker (options as its constructor's) on an emptied Redis; stopped after."""
+    started: list[EagerBroker] = []
+
+    def make(**options: Any) -> EagerBroker:
+        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, **options)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in reversed(started):
+        broker.stop()

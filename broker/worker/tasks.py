@@ -14,14 +14,14 @@ import redis
 from celery import Celery
 
 from broker import keys
+from broker.delivery.acks import drain_app_acks
+from broker.delivery.drain import drain_outbound, release_patient
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
 from broker.log import get_logger
 from broker.ops.stats import group_stats
+from broker.pipeline.drain import drain_inbound
 from broker.settings import Settings
 from broker.streams import has_work
-from broker.worker.acks import drain_app_acks
-from broker.worker.inbound import drain_inbound
-from broker.worker.outbound import drain_outbound, release_patient
 from broker.worker.runtime import Runtime, configure, runtime
 
 __all__ = [
