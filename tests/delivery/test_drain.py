@@ -33,7 +33,7 @@ def receive(broker: EagerBroker, *messages: tuple[object, str, str]) -> None:
 def envelope_ids(broker: EagerBroker, subscriber: str) -> dict[str, str]:
     """MSH-10 → envelope id of everything queued for ``subscriber`` (every partition)."""
     found = {}
-    for partition in range(broker.runtime.settings.partitions):
+    for partition in range(broker.settings.partitions):
         for _, fields in broker.client.xrange(keys.outbound(subscriber, partition)):
             envelope_id = fields[b"env"].decode()
             found[broker.control_id(envelope_id)] = envelope_id
@@ -48,7 +48,7 @@ def parked(broker: EagerBroker, subscriber: str, patient_key: str) -> list[str]:
 
 def only_letter(broker: EagerBroker, subscriber: str = DMP) -> dict:
     """The one open dead letter of ``subscriber``."""
-    letters = broker.runtime.dead_letters.find(subscriber)
+    letters = broker.dead_letters.find(subscriber)
     assert len(letters) == 1, f"expected one dead letter for {subscriber}, found {len(letters)}"
     return letters[0]
 
@@ -83,7 +83,7 @@ class TestRetriesExhausted:
         receive(broker, (x, "A01", "X-1"))
         broker.run(DRAIN_INBOUND)
         broker.call(DRAIN_OUTBOUND, DMP, 0)
-        assert broker.runtime.dead_letters.find(DMP) == [], "a fresh failure gave up"
+        assert broker.dead_letters.find(DMP) == [], "a fresh failure gave up"
         assert [t.stream for t in broker.celery.queued if t.countdown is not None] == [
             keys.outbound(DMP, 0)
         ]
@@ -108,7 +108,7 @@ class TestRetriesExhausted:
         receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
         broker.run()
 
-        assert broker.runtime.dead_letters.find(DMP) == []
+        assert broker.dead_letters.find(DMP) == []
         assert broker.fhir.status_counts().get(503) == 6
         assert broker.fhir_control_ids() == ["X-1", "Y-1"]
 
@@ -149,7 +149,7 @@ class TestExpiredEnvelope:
         receive(broker, (x, "A01", "X-1"), (x, "A08", "X-2"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)
         key = keys.envelope(envelope_ids(broker, DMP)["X-1"])
-        assert 0 < broker.client.ttl(key) <= broker.runtime.settings.retention_s
+        assert 0 < broker.client.ttl(key) <= broker.settings.retention_s
         broker.client.pexpire(key, 1)  # the retention TTL, run out
         assert wait_until(lambda: not broker.client.exists(key), 10)
         broker.run()
@@ -230,7 +230,7 @@ class TestRelease:
         assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-1", "X-2", "X-3"]
         assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
         assert broker.client.xlen(keys.parked(DMP, letter["patient"])) == 0
-        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "delivered"
+        assert broker.dead_letters.get(DMP, letter["id"])["status"] == "delivered"
         receive(broker, (x, "A08", "X-4"))
         broker.run()
         assert broker.fhir_control_ids()[-1] == "X-4"
@@ -244,7 +244,7 @@ class TestRelease:
 
         assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-2", "X-3"]
         assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
-        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "discarded"
+        assert broker.dead_letters.get(DMP, letter["id"])["status"] == "discarded"
 
     def test_a_replay_refused_again_reopens_the_dead_letter_and_keeps_the_hold(self, held):
         """Replay while the peer still refuses: X-1 open again, X-2, X-3 still parked, nothing sent."""
@@ -254,7 +254,7 @@ class TestRelease:
         broker.operations().replay(DMP, letter["id"], who="test", why="try again")
         broker.run()
 
-        record = broker.runtime.dead_letters.get(DMP, letter["id"])
+        record = broker.dead_letters.get(DMP, letter["id"])
         assert record["status"] == "open"
         assert len(record["attempts"]) == 2
         assert broker.fhir_control_ids() == ["Y-1", "Z-1"]

@@ -71,7 +71,7 @@ def test_the_rekick_kicks_an_enhanced_sources_unsent_application_acks(make_broke
 def test_beat_runs_the_rekick_every_rekick_interval(make_broker):
     """The beat schedule's one entry is the re-kick, every rekick_interval_s."""
     broker = make_broker(rekick_interval_s=3.0)
-    schedule = create_celery(broker.runtime.settings).conf.beat_schedule
+    schedule = create_celery(broker.settings).conf.beat_schedule
     assert [(e["task"], e["schedule"]) for e in schedule.values()] == [(REKICK, 3.0)]
 
 
@@ -88,7 +88,7 @@ def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_f
     stream = keys.outbound(DMP, 0)
 
     # A drainer takes the lock and reads X-1, then dies: never released, never acknowledged.
-    dead = drainer_lock(broker.client, stream, broker.runtime.settings.claim_idle_s)
+    dead = drainer_lock(broker.client, stream, broker.settings.claim_idle_s)
     assert dead.__enter__() is not None
     (taken,) = read_batch(broker.client, stream, keys.DELIVER_GROUP, 1)
     assert 0 < broker.client.pttl(keys.lock(stream)) <= 3000, "the lock outlives claim_idle_s"
@@ -135,7 +135,7 @@ def test_an_undelivered_entry_past_the_retention_ends_as_a_dead_letter(make_brok
     broker.client.xadd(stream, {"env": "gone", "pk": "p", "partition": "0"}, id="1-0")  # 1970
     broker.rekick()  # kicks the stream, then runs the retention trim
     broker.run()
-    assert broker.runtime.dead_letters.find(DMP), "dropped without a trace"
+    assert broker.dead_letters.find(DMP), "dropped without a trace"
 
 
 def test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones(make_broker):
