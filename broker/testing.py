@@ -740,6 +740,27 @@ class EagerBroker:
         """The MSH-10 of every Bundle the FHIR capture accepted, in arrival order, repeats kept."""
         return [self.control_id(e) for e in self.fhir.received_control_ids]
 
+    def queued(self, subscriber: str) -> dict[str, str]:
+        """MSH-10 → envelope id of everything ever queued for ``subscriber`` (every partition)."""
+        from broker import keys
+
+        found = {}
+        for partition in range(self.settings.partitions):
+            entries: list[tuple[bytes, dict[bytes, bytes]]]
+            entries = self.client.xrange(keys.outbound(subscriber, partition))  # type: ignore[assignment]
+            for _, fields in entries:
+                envelope_id = fields[b"env"].decode()
+                found[self.control_id(envelope_id)] = envelope_id
+        return found
+
+    def parked(self, subscriber: str, patient: str) -> list[str]:
+        """The MSH-10 of a held patient's parked messages for ``subscriber``, in order."""
+        from broker import keys
+
+        entries: list[tuple[bytes, dict[bytes, bytes]]]
+        entries = self.client.xrange(keys.parked(subscriber, patient))  # type: ignore[assignment]
+        return [self.control_id(f[b"env"].decode()) for _, f in entries]
+
 
 @dataclass(frozen=True)
 class _EagerParts:

@@ -1,22 +1,23 @@
-"""The periodic re-kick and the takeover of a dead drainer's stream, in process on a real Redis.
+"""Housekeeping (``broker.ops.housekeeping``) in process on a real Redis: no Celery, no beat.
+
+The re-kick and the takeover of a dead drainer's stream, backpressure and the retention trim.
 
 docs/reliability.md §2 bounds the extra delay a killed drainer costs by
 ``claim_idle_s + rekick_interval_s``. These tests prove the mechanism behind the bound without
 measuring time: the dead drainer's lock lives at most ``claim_idle_s``; while it lives nobody
 drains the stream; once it is gone the next re-kick queues the stream whatever stale kick flag is
 left, and the next drainer reads the dead one's pending entries first; beat runs the re-kick
-every ``rekick_interval_s``.
+every ``rekick_interval_s`` (``tests/worker/test_celery_app.py``).
 """
 
 from __future__ import annotations
 
 from broker import keys
 from broker.ack import read_ack
-from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK
+from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND
 from broker.streams import drainer_lock, ensure_group, read_batch
 from broker.synthetic import adt, patients
 from broker.testing import wait_until
-from broker.worker.celery_app import create_celery
 
 DMP = "dmp-national"
 LAB = "lab-legacy"
@@ -66,13 +67,6 @@ def test_the_rekick_kicks_an_enhanced_sources_unsent_application_acks(make_broke
     broker.client.xadd(stream, {"ack": b"MSH|", "envelope": "e"})
     broker.rekick()
     assert broker.celery.kicked(DRAIN_APP_ACKS) == [stream]
-
-
-def test_beat_runs_the_rekick_every_rekick_interval(make_broker):
-    """The beat schedule's one entry is the re-kick, every rekick_interval_s."""
-    broker = make_broker(rekick_interval_s=3.0)
-    schedule = create_celery(broker.settings).conf.beat_schedule
-    assert [(e["task"], e["schedule"]) for e in schedule.values()] == [(REKICK, 3.0)]
 
 
 def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_first(
