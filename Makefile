@@ -7,14 +7,16 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER := tests/fhir_server
 FHIR_STAMP := $(FHIR_SERVER)/node_modules/.installed
 
-.PHONY: demo test test-unit test-fast check lint typecheck bench bench-mapping serve clean
+.PHONY: demo test test-unit test-fast check lint typecheck bench bench-mapping serve clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# constraints.txt pins every distribution, dev tools included (`make lock` regenerates it from
+# pyproject.toml): a checkout installs what CI and the Docker image install.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -64,6 +66,15 @@ bench: $(STAMP)
 
 bench-mapping: $(STAMP)
 	$(BIN)/python -m benchmarks.mapping
+
+# Re-pin constraints.txt after a change to the dependencies of pyproject.toml (pip-tools runs in a
+# throw-away venv; the pins come from the package index pip is configured with).
+lock:
+	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet pip-tools
+	$(VENV)-lock/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file constraints.txt pyproject.toml
+	rm -rf $(VENV)-lock
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage $(FHIR_SERVER)/node_modules

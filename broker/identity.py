@@ -17,10 +17,14 @@ Codes follow the same rule (``local_code_system``): a Coding whose coding system
 URI is written in ``urn:passerelle:adapter:<adapter id>:code:<coding system or field>``.
 
 The patient's identity is the first of the Patient's identifiers that has both a system and a
-value (``conditional_identifier``), as the string ``system|value`` (``key``). The same function
-gives the journal partition at intake (``hl7v2_patient_key``), the dead-letter hold
+value (``conditional_identifier``), as the string ``system|value`` (``key``, or
+``identifier_key`` of an ``identifier`` element). The same functions give the journal partition
+at intake (``hl7v2_patient_key`` through ``broker.intake.hl7v2.partition_key``; for FHIR input
+the FHIR mapping's key through ``broker.intake.fhir.partition_key``), the dead-letter hold
 (``Envelope.partition_key`` from ``bundle_patient_key``) and the conditional URL of the
-delivered Patient (``broker.delivery.render``), so the three always agree.
+delivered Patient (``conditional_url``, written by ``broker.delivery.render``), so the three
+always agree (``tests/test_identity.py``). A message without an identified patient is ordered
+on its own (``unidentified_key``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -41,9 +46,11 @@ __all__ = [
     "IdentifierSystem",
     "bundle_patient_key",
     "conditional_identifier",
+    "conditional_url",
     "cx_system",
     "fhir_system",
     "hl7v2_patient_key",
+    "identifier_key",
     "key",
     "local_code_system",
     "local_system",
@@ -275,14 +282,31 @@ def conditional_identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def identifier_key(identifiers: Any) -> str | None:
+    """The key of an ``identifier`` element (a list, or one Identifier): its first with a system.
+
+    ``None`` when no identifier has both a system and a value.
+    """
+    found = conditional_identifier({"identifier": identifiers})
+    return key(*found) if found is not None else None
+
+
+def conditional_url(resource_type: str, system: str, value: str) -> str:
+    """``Type?identifier=system|value``: the key as a conditional URL (FHIR R4 §3.1.1.5.7 token).
+
+    The system and value are escaped as a query; the ``|`` between them is the token syntax.
+    """
+    return f"{resource_type}?identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+
+
 def bundle_patient_key(bundle: dict[str, Any], adapter: str) -> str:
     """The patient key of a canonical Bundle: its first Patient's ``conditional_identifier``."""
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") or {}
         if resource.get("resourceType") == "Patient":
-            found = conditional_identifier(resource)
+            found = identifier_key(resource.get("identifier"))
             if found is not None:
-                return key(*found)
+                return found
     return unidentified_key(adapter)
 
 

@@ -1,4 +1,9 @@
-"""The listener process: one MLLP server per inbound adapter, journalling before each ACK."""
+"""The listener process: one MLLP server per inbound adapter, journalling before each ACK.
+
+The MLLP server frames bytes; the ``HL7v2Intake`` decides what becomes of them. ``mllp_server``
+is the whole of the glue between the two: each frame's payload goes to the intake and the reply
+of its ``Outcome`` is framed back.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +12,59 @@ import signal
 
 import redis.asyncio
 
-from broker.adapters.mllp import MllpServer
-from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.adapters.mllp import Frame, MllpServer
+from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
-from broker.ingest import HL7v2Intake
-from broker.journal import Journal
+from broker.intake.hl7v2 import HL7v2Intake
+from broker.intake.journal import Journal
 from broker.log import get_logger
-from broker.mapping import MappingSet
-from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
 from broker.worker.celery_app import create_celery
 
-__all__ = ["Listeners", "run_listeners"]
+__all__ = ["Listeners", "mllp_server", "run_listeners"]
 
 log = get_logger(__name__)
 
 
-class Listeners:
-    """The inbound MLLP servers of a set of registrations, sharing one journal."""
+def mllp_server(
+    host: str, port: int, intake: HL7v2Intake, *, max_bytes: int, name: str = ""
+) -> MllpServer:
+    """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
-    def __init__(
-        self, settings: Settings, adapters: list[AdapterSpec], mappings: MappingSet
-    ) -> None:
-        self.settings = settings
-        self.adapters = [
-            a for a in adapters if a.direction == "inbound" and a.transport == "mllp" and a.enabled
-        ]
-        self.watcher = MappingWatcher(settings.mapping_roots, mappings)
-        self.watcher.start()  # reloads off the event loop that answers ACKs
+    Args:
+        host: the address to bind.
+        port: the port to bind (0: any free port).
+        intake: the adapter's HL7 v2 intake.
+        max_bytes: the largest message taken whole; a larger one is answered AR (over-size).
+        name: the adapter id, for logs.
+    """
+
+    async def handler(payload: bytes, peer: str) -> bytes | None:
+        return (await intake.receive(payload, peer)).reply
+
+    async def on_oversize(frame: Frame, peer: str) -> bytes | None:
+        size = frame.size if frame.size is not None else len(frame.payload)
+        outcome = await intake.oversize(frame.payload, peer, size=size, sha256=frame.sha256)
+        return outcome.reply
+
+    return MllpServer(host, port, handler, max_bytes=max_bytes, name=name, on_oversize=on_oversize)
+
+
+class Listeners:
+    """The MLLP servers of a configuration's enabled inbound ``mllp`` adapters, one journal.
+
+    Args:
+        config: the loaded configuration (``broker.config.load_config``); its mappings are
+            reloaded off the event loop that answers ACKs from now on.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.adapters = config.inbound("mllp")
+        config.watch()
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
-
-    def _supports(self, event: str, version: str, adapter: str) -> bool:
-        # Through the watcher: a mapping added or removed on disk counts within seconds.
-        return self.watcher.current().supports(event, version, adapter)
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -53,14 +77,11 @@ class Listeners:
         kicker = AsyncKicker(create_celery(self.settings), self.client)
         for adapter in self.adapters:
             host, port = adapter.host_port
-            intake = HL7v2Intake(adapter, journal, self._supports, self.settings.partitions, kicker)
-            server = MllpServer(
-                host,
-                port,
-                intake,
-                max_bytes=self.settings.max_message_bytes,
-                name=adapter.id,
-                on_oversize=intake.oversize,
+            intake = HL7v2Intake(
+                adapter, journal, self.config.supports, self.settings.partitions, kicker
+            )
+            server = mllp_server(
+                host, port, intake, max_bytes=self.settings.max_message_bytes, name=adapter.id
             )
             await server.start()
             self.servers.append(server)
@@ -76,9 +97,7 @@ class Listeners:
 
 
 async def _serve(settings: Settings) -> None:
-    mappings = MappingSet.load(settings.mapping_roots)
-    adapters = load_adapters(settings.adapters_dir, hl7_versions=mappings.hl7_versions)
-    listeners = Listeners(settings, adapters, mappings)
+    listeners = Listeners(load_config(settings))
     await listeners.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -89,5 +108,9 @@ async def _serve(settings: Settings) -> None:
 
 
 def run_listeners(settings: Settings) -> None:
-    """Run the listeners until SIGINT or SIGTERM."""
+    """Run the listeners until SIGINT or SIGTERM.
+
+    Raises:
+        ConfigurationError: the configuration does not load or is refused (``load_config``).
+    """
     asyncio.run(_serve(settings))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from broker.adapters.mllp import MllpClient
     from broker.adapters.spec import AdapterSpec
+    from broker.config import Config
     from broker.delivery.dead_letter import DeadLetterStore
     from broker.delivery.replay import Operations
     from broker.delivery.send import Sender
@@ -461,10 +462,10 @@ class EagerBroker:
         self.stop()
 
     def start(self) -> None:
-        """Start the peers, write the registrations, load them and the mappings, connect."""
+        """Start the peers, write the registrations, load the configuration, connect."""
         import redis as redis_sync
 
-        from broker.adapters.spec import load_adapters
+        from broker.config import load_config
         from broker.dispatch import Kicker
         from broker.mapping import MappingSet
         from broker.settings import Settings
@@ -490,21 +491,14 @@ class EagerBroker:
         )
         # Loading and compiling the base mappings takes most of a second, and a test module
         # starts an EagerBroker per test: they are loaded once per process and set of roots.
+        # The registrations are loaded and checked against them as every process does.
         roots = settings.mapping_roots
         mappings = _MAPPINGS.get(roots)
         if mappings is None:
             mappings = _MAPPINGS[roots] = MappingSet.load(roots)
-        # As the worker's runtime: a subscriber's hl7_version must be one the mappings write.
-        specs = load_adapters(settings.adapters_dir, hl7_versions=mappings.hl7_versions)
+        config = load_config(settings, mappings=mappings)
         client = redis_sync.Redis.from_url(settings.effective_redis_url)
-        self._parts = _EagerParts(
-            settings=settings,
-            client=client,
-            adapters={spec.id: spec for spec in specs},
-            subscribers=[s for s in specs if s.direction == "outbound" and s.enabled],
-            mappings=mappings,
-            kicker=Kicker(self.celery, client),
-        )
+        self._parts = _EagerParts(config, client, Kicker(self.celery, client))
 
     def stop(self) -> None:
         """Close the senders and connections, stop the peers."""
@@ -527,9 +521,14 @@ class EagerBroker:
         return self._parts
 
     @property
+    def config(self) -> Config:
+        """What the drains run with: settings, registrations, mappings (as ``load_config``)."""
+        return self._started.config
+
+    @property
     def settings(self) -> Settings:
         """The settings the drains run under."""
-        return self._started.settings
+        return self.config.settings
 
     @property
     def client(self) -> redis.Redis:
@@ -539,17 +538,17 @@ class EagerBroker:
     @property
     def adapters(self) -> dict[str, AdapterSpec]:
         """Every registration, by id."""
-        return self._started.adapters
+        return self.config.adapters
 
     @property
     def subscribers(self) -> list[AdapterSpec]:
         """The enabled outbound registrations."""
-        return self._started.subscribers
+        return self.config.subscribers
 
     @property
     def mappings(self) -> MappingSet:
-        """The mappings the pipeline drain maps with."""
-        return self._started.mappings
+        """The mappings serving now."""
+        return self.config.mappings
 
     @property
     def kicker(self) -> Kicker:
@@ -570,7 +569,9 @@ class EagerBroker:
         sender = self._senders.get(subscriber)
         if sender is None:
             sender = make_sender(
-                self.adapters[subscriber], lambda: self.mappings, self.settings.delivery_timeout_s
+                self.adapters[subscriber],
+                self.config.watcher.current,
+                self.settings.delivery_timeout_s,
             )
             self._senders[subscriber] = sender
         return sender
@@ -586,8 +587,8 @@ class EagerBroker:
         import redis.asyncio
 
         from broker.dispatch import AsyncKicker
-        from broker.ingest import HL7v2Intake
-        from broker.journal import Journal
+        from broker.intake.hl7v2 import HL7v2Intake
+        from broker.intake.journal import Journal
 
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         settings = self.settings
@@ -607,7 +608,7 @@ class EagerBroker:
                     settings.partitions,
                     AsyncKicker(self.celery, client),
                 )
-                return await handler(data, peer)
+                return (await handler.receive(data, peer)).reply
             finally:
                 await client.aclose()
 
@@ -638,7 +639,7 @@ class EagerBroker:
         return drain_inbound(
             self.client,
             partition,
-            mappings=lambda: self.mappings,
+            mappings=self.config.watcher.current,
             adapters=self.adapters,
             subscribers=self.subscribers,
             kicker=self.kicker,
@@ -766,11 +767,8 @@ class EagerBroker:
 class _EagerParts:
     """What a started :class:`EagerBroker` holds: what a worker's runtime holds, in process."""
 
-    settings: Settings
+    config: Config
     client: redis.Redis
-    adapters: dict[str, AdapterSpec]
-    subscribers: list[AdapterSpec]
-    mappings: MappingSet
     kicker: Kicker
 
 

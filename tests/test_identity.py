@@ -12,8 +12,8 @@ import pytest
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.render import to_fhir_transaction
 from broker.errors import MessageError
-from broker.identity import IdentifierSystem, local_system
-from broker.ingest import partition_key
+from broker.identity import IdentifierSystem, conditional_url, identifier_key, key, local_system
+from broker.intake import fhir, hl7v2
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
 
@@ -58,7 +58,7 @@ def _three_keys(mappings: MappingSet, sample: Path, adapter: AdapterSpec) -> tup
     tx = to_fhir_transaction(result.bundle)
     patient = next(e for e in tx["entry"] if e["resource"]["resourceType"] == "Patient")
     url = unquote(patient["request"]["url"].removeprefix("Patient?identifier="))
-    return partition_key(message, adapter), result.partition_key, url
+    return hl7v2.partition_key(message, adapter), result.partition_key, url
 
 
 def _mappable(mappings: MappingSet, sample: Path) -> bool:
@@ -150,7 +150,15 @@ def test_fhir_edge_hold_and_conditional_url_agree(mappings: MappingSet, rules: t
             result = mappings.map_fhir(json.loads(case.read_bytes()), ctx).result
         except MessageError:
             continue
-        edge = mappings.fhir.patient_key(data, source, rules)
+        adapter = AdapterSpec(
+            id=source,
+            name=source,
+            direction="inbound",
+            transport="http",
+            format="fhir",
+            identifier_systems=list(rules),
+        )
+        edge = fhir.partition_key(data, adapter, mappings, "env")
         assert edge == result.partition_key, case.name
         patients = [
             e
@@ -213,3 +221,29 @@ def test_an_authority_rule_leaves_visit_numbers_their_own_system(mappings: Mappi
         "https://chu-rabat.ma/fhir/sid/chuis",
     ]
     assert systems["Encounter"] == ["https://passerelle.ma/fhir/sid/visit/chuis"]
+
+
+def test_the_conditional_url_is_the_key_as_a_token_search() -> None:
+    """Unescaped, the conditional URL is Type?identifier=<key>; the value's own | is escaped."""
+    system, value = "https://chu-rabat.ma/fhir/sid/ipp", "IPP 0093|310"
+    url = conditional_url("Patient", system, value)
+    assert url.count("|") == 1
+    assert unquote(url) == f"Patient?identifier={key(system, value)}"
+
+
+@pytest.mark.parametrize(
+    ("identifiers", "expected"),
+    [
+        pytest.param(
+            [{"value": "no-system"}, {"system": "urn:x", "value": "1"}], "urn:x|1", id="list"
+        ),
+        pytest.param({"system": "urn:x", "value": "2"}, "urn:x|2", id="one-identifier"),
+        pytest.param([{"system": "urn:x"}], None, id="no-value"),
+        pytest.param(None, None, id="absent"),
+    ],
+)
+def test_identifier_key_is_the_first_identifier_with_a_system_and_a_value(
+    identifiers: object, expected: str | None
+) -> None:
+    """The identity of a Patient (or a reference's identifier): the conditional identifier."""
+    assert identifier_key(identifiers) == expected

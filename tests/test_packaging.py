@@ -81,3 +81,35 @@ def test_every_broker_package_is_in_the_wheel():
     assert sorted(on_disk - listed) == []
     assert listed - on_disk == {"passerelle_mappings"}
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"passerelle_mappings": "mappings"}
+
+
+# Declared but never imported by broker/, each for a reason a reader can check.
+NOT_IMPORTED = {
+    # Celery titles its worker processes `[celeryd: …]` only when setproctitle is installed
+    # (integration/test_serve.py::test_worker_processes_are_titled_as_celery).
+    "setproctitle",
+    # Celery's Redis broker is kombu's transport: its `redis` extra brings what that transport
+    # imports (packaging, redis), which `celery[redis]` alone did not guarantee (issue 8).
+    "kombu",
+}
+
+
+def test_every_runtime_dependency_is_imported_by_the_broker():
+    """Runtime dependencies are what the broker imports: nothing declared and never used.
+
+    A dependency only the tests, the benchmark or the demo need belongs to the ``dev`` extra or
+    to the demo's own distribution; one needed at run time without an import is listed in
+    ``NOT_IMPORTED`` with its reason.
+    """
+    distributions = importlib.metadata.packages_distributions()
+    used = {
+        normalise(provider)
+        for module in imported_modules()
+        for provider in distributions.get(module, [])
+    }
+    unused = sorted(
+        requirement
+        for requirement in declared()
+        if requirement not in used and requirement not in NOT_IMPORTED
+    )
+    assert unused == [], f"declared in pyproject.toml but never imported by broker/: {unused}"

@@ -12,7 +12,7 @@ from broker.errors import AdapterSpecError
 from broker.mapping import MappingSet
 from broker.mapping.spec import HL7_VERSIONS
 from broker.settings import REPO_ROOT, Settings
-from broker.testing import CliRun, free_port, run_cli, write_adapter
+from broker.testing import CliRun, StubCelery, free_port, run_cli, write_adapter
 
 COMMANDS = ("check", "serve", "listen", "worker", "api")
 MAPPINGS = REPO_ROOT / "mappings"
@@ -104,7 +104,7 @@ def test_an_hl7_version_no_mapping_writes_stops_the_command_with_one_line(
 
 def test_a_worker_process_refuses_it_too(tmp_path: Path, unwritten: str) -> None:
     """A worker child restarted after the files changed loads the registrations the same way."""
-    from broker.worker.runtime import Runtime
+    from broker.worker import runtime as worker_runtime
 
     path, line = _old_lab(tmp_path / "adapters", unwritten)
     settings = Settings(
@@ -113,6 +113,10 @@ def test_a_worker_process_refuses_it_too(tmp_path: Path, unwritten: str) -> None
         data_dir=tmp_path,
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
     )
-    with pytest.raises(AdapterSpecError) as raised:
-        Runtime(settings, celery=None)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("_runtime", "_settings", "_celery"):  # given back on leaving
+            patch.setattr(worker_runtime, name, None)
+        worker_runtime.configure(StubCelery(), settings)  # as the worker's process init does
+        with pytest.raises(AdapterSpecError) as raised:
+            worker_runtime.runtime()
     assert str(raised.value).startswith(f"{path}:{line}: hl7_version: ")

@@ -10,12 +10,31 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from broker.api import dead_letters, health, inbound, messages, operations, refusals, unmapped
+from broker.config import Config, load_config
+from broker.errors import AdapterSpecError, BrokerError
 from broker.log import get_logger
 from broker.settings import Settings
 
 __all__ = ["create_app"]
 
 _log = get_logger(__name__)
+
+
+def _load_config(settings: Settings) -> Config | str:
+    """The API's configuration (``load_config``, as every role), or why it cannot be loaded.
+
+    The API serves health and operations without it; its inbound routes answer 503 naming the
+    problem (``passerelle api`` refuses to start on it before this runs).
+    """
+    try:
+        return load_config(settings)
+    except AdapterSpecError as exc:
+        problem = f"adapter registrations cannot be loaded: {exc}".splitlines()[0]
+        _log.error("inbound.adapters_unavailable", error=problem)
+    except (BrokerError, OSError) as exc:
+        problem = f"mappings cannot be loaded: {exc}".splitlines()[0]
+        _log.error("inbound.mappings_unavailable", error=problem)
+    return problem
 
 
 def create_app(settings: Settings, *, client: redis.Redis | None = None) -> FastAPI:
@@ -43,7 +62,9 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await inbound.open_inbound(app)
+        config = _load_config(settings)
+        app.state.config = config if isinstance(config, Config) else None
+        await inbound.open_inbound(app, config)
         yield
         await inbound.close_inbound(app)
         if own:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from broker.errors import CanonicalError
-from broker.identity import PASSERELLE_ID_SYSTEM, conditional_identifier
+from broker.identity import PASSERELLE_ID_SYSTEM, conditional_identifier, conditional_url
 
 if TYPE_CHECKING:
     from broker.mapping import MappingSet
 
-__all__ = ["ENVELOPE_SYSTEM", "conditional_url", "to_fhir_transaction", "to_hl7v2"]
+__all__ = ["ENVELOPE_SYSTEM", "to_fhir_transaction", "to_hl7v2"]
 
 ENVELOPE_SYSTEM = "urn:passerelle:envelope"
 """``Bundle.identifier.system`` of a delivered transaction; the value is the envelope id, so a
@@ -22,11 +21,6 @@ receiver can recognise a re-delivery."""
 
 _NO_IDENTIFIER = frozenset({"Binary", "Bundle", "OperationOutcome", "Parameters", "Provenance"})
 """R4 resource types without an ``identifier`` element: only their id can address them."""
-
-
-def conditional_url(resource_type: str, system: str, value: str) -> str:
-    """``Type?identifier=system|value``, escaped as a query (FHIR R4 §3.1.1.5.7 token)."""
-    return f"{resource_type}?identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
 
 
 def _same(first: dict[str, Any], second: dict[str, Any]) -> bool:

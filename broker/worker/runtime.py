@@ -1,4 +1,4 @@
-"""What a worker process loads once: registrations, mappings, connections, senders."""
+"""What a worker process loads once: its configuration, connections and senders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
-from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.adapters.spec import AdapterSpec
+from broker.config import Config, load_config
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender, make_sender
 from broker.dispatch import Kicker
@@ -20,34 +21,49 @@ __all__ = ["Runtime", "configure", "runtime"]
 
 @dataclass
 class Runtime:
-    """What a worker process loads once: registrations, mappings, connections."""
+    """What a worker process runs with: the loaded configuration, Redis, kicker and senders.
 
-    settings: Settings
+    Args:
+        config: the configuration ``load_config`` loaded and checked (as ``passerelle check``).
+        celery: the Celery app tasks are queued on.
+    """
+
+    config: Config
     celery: Celery
     client: redis.Redis = field(init=False)
-    adapters: dict[str, AdapterSpec] = field(init=False)
-    subscribers: list[AdapterSpec] = field(init=False)
-    watcher: MappingWatcher = field(init=False)
     kicker: Kicker = field(init=False)
     dead_letters: DeadLetterStore = field(init=False)
     senders: dict[str, Sender] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.settings.effective_redis_url)
-        directory = self.settings.mapping_roots
-        mappings = MappingSet.load(directory)
-        # As `passerelle check`: a subscriber's hl7_version must be one the mappings write.
-        specs = load_adapters(self.settings.adapters_dir, hl7_versions=mappings.hl7_versions)
-        self.adapters = {spec.id: spec for spec in specs}
-        self.subscribers = [s for s in specs if s.direction == "outbound" and s.enabled]
-        self.watcher = MappingWatcher(directory, mappings)
         self.kicker = Kicker(self.celery, self.client)
         self.dead_letters = DeadLetterStore(self.client)
 
     @property
+    def settings(self) -> Settings:
+        """The process settings."""
+        return self.config.settings
+
+    @property
+    def adapters(self) -> dict[str, AdapterSpec]:
+        """Every registration by id."""
+        return self.config.adapters
+
+    @property
+    def subscribers(self) -> list[AdapterSpec]:
+        """The enabled outbound registrations."""
+        return self.config.subscribers
+
+    @property
+    def watcher(self) -> MappingWatcher:
+        """Serves the current mappings (a worker looks for changed files on use)."""
+        return self.config.watcher
+
+    @property
     def mappings(self) -> MappingSet:
         """The mappings serving now (reloaded when the files change, if they load cleanly)."""
-        return self.watcher.current()
+        return self.config.mappings
 
     def sender(self, subscriber: str) -> Sender:
         """The persistent sender of a subscriber in this process."""
@@ -66,12 +82,16 @@ _celery: Celery | None = None
 
 
 def runtime() -> Runtime:
-    """This process's Runtime, built on first use (after Celery forked the pool process)."""
+    """This process's Runtime, built on first use (after Celery forked the pool process).
+
+    Raises:
+        ConfigurationError: the configuration does not load or is refused (``load_config``).
+    """
     global _runtime
     if _runtime is None:
         if _settings is None or _celery is None:
             raise RuntimeError("worker.runtime.configure() was not called in this process")
-        _runtime = Runtime(_settings, _celery)
+        _runtime = Runtime(load_config(_settings), _celery)
     return _runtime
 
 

@@ -17,7 +17,7 @@ from broker import keys
 from broker.ack import read_ack
 from broker.adapters.spec import AdapterSpec
 from broker.api import create_app
-from broker.api.inbound import MAX_JSON_DEPTH
+from broker.intake.fhir import MAX_JSON_DEPTH
 from broker.settings import Settings
 from broker.synthetic import adt, patients
 from broker.testing import StubCelery

@@ -12,7 +12,7 @@ from broker.adapters.mllp import MllpClient
 from broker.adapters.spec import load_adapters
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
-from broker.ingest import partition_key
+from broker.intake.hl7v2 import partition_key
 from broker.parsing.hl7v2 import parse
 from broker.synthetic import Patient, adt, patients
 from broker.testing import LoopbackStack, wait_until

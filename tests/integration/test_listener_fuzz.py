@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.adapters.spec import load_adapters
+from broker.config import load_config
 from broker.listen import Listeners
-from broker.mapping import MappingSet
 from broker.settings import Settings
 from broker.synthetic import adt, patients
 from broker.testing import free_port, wait_for_port, write_adapter
@@ -72,9 +71,7 @@ def listener(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         },
     )
     config = Settings(data_dir=root, adapters_dir=root / "adapters", redis_url=redis_url)
-    listeners = Listeners(
-        config, load_adapters(config.adapters_dir), MappingSet.load(config.mapping_roots)
-    )
+    listeners = Listeners(load_config(config))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fuzz-listener", daemon=True)
     thread.start()

@@ -87,7 +87,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], root, env, 120)
     python = root / "venv" / "bin" / "python"
     install = [*pip, "--python", str(python), "install", "-q", "--prefer-binary", "--no-compile"]
-    run([*install, str(wheel)], root, env, PIP_TIMEOUT_S)
+    # As the Dockerfile: the pinned versions of constraints.txt.
+    constraints = ["-c", str(REPO_ROOT / "constraints.txt")]
+    run([*install, *constraints, str(wheel)], root, env, PIP_TIMEOUT_S)
     return root / "venv"
 
 

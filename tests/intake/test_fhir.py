@@ -1,4 +1,4 @@
-"""The FHIR edge journals each message in the partition of its normalised patient identity.
+"""The FHIR intake journals each message in the partition of its normalised patient identity.
 
 Order is per journal partition: the drain maps a partition in order and queues each message to
 the same partition of every subscriber. So the edge's key must give one partition per patient
@@ -9,27 +9,29 @@ a lone Observation, went to different partitions).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import redis
-from fastapi.testclient import TestClient
-from pydantic import SecretStr
+import redis.asyncio
 
 from broker import keys
-from broker.api import create_app
+from broker.adapters.spec import AdapterSpec, load_adapters
+from broker.dispatch import AsyncKicker
 from broker.errors import MessageError
+from broker.identity import unidentified_key
+from broker.intake.fhir import FHIRIntake, partition_key
+from broker.intake.journal import Journal
+from broker.intake.outcome import Outcome, Verdict
 from broker.mapping import MapContext, MappingSet
-from broker.settings import REPO_ROOT, Settings
+from broker.settings import REPO_ROOT
 from broker.testing import StubCelery
 
-TOKEN = "synthetic-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
 SITE = "chu-rabat-fhir"
 CASES = REPO_ROOT / "mappings" / "tests"
 INPUTS = sorted(
@@ -62,9 +64,13 @@ def fixture_mappings() -> MappingSet:
     return MappingSet.load(REPO_ROOT / "mappings")
 
 
+def _adapter(source: str) -> AdapterSpec:
+    """An inbound FHIR adapter with no identifier_systems (as the mapping contexts here)."""
+    return AdapterSpec(id=source, name=source, direction="inbound", transport="http", format="fhir")
+
+
 def _key(mappings: MappingSet, data: dict[str, Any], source: str = SITE) -> str:
-    assert mappings.fhir is not None
-    return mappings.fhir.patient_key(copy.deepcopy(data), source)
+    return partition_key(copy.deepcopy(data), _adapter(source), mappings, "env-1")
 
 
 class TestPatientKey:
@@ -80,9 +86,8 @@ class TestPatientKey:
         try:
             mapped = mappings.fhir.map(copy.deepcopy(data), ctx).result.partition_key
         except MessageError:  # refused by the worker: the edge key only has to exist
-            mapped = None
-        key = _key(mappings, data, source) if mapped is not None else None
-        assert key == mapped
+            return
+        assert _key(mappings, data, source) == mapped
 
     def test_two_spellings_of_one_identifier_system_give_one_key(
         self, mappings: MappingSet
@@ -101,33 +106,39 @@ class TestPatientKey:
         """subject.identifier in the site's own system gives the Patient's normalised key."""
         assert _key(mappings, OBSERVATION) == _key(mappings, PATIENT) == f"{IPP}|IPP0093310"
 
-    def test_input_the_worker_refuses_has_no_key(self, mappings: MappingSet) -> None:
+    def test_input_the_worker_refuses_is_ordered_on_its_own(self, mappings: MappingSet) -> None:
         """No supported resource: the edge orders it on its own (the worker quarantines it)."""
-        from broker.api.inbound import _patient_key
-
         coverage = {"resourceType": "Coverage", "status": "active"}
-        assert _patient_key(mappings, SITE, coverage) is None
+        assert _key(mappings, coverage) == unidentified_key(SITE, "env-1")
 
 
-@pytest.fixture(scope="module", name="app_client")
-def fixture_app_client(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", name="site")
+def fixture_site(tmp_path_factory: pytest.TempPathFactory) -> AdapterSpec:
+    """The repository's chu-rabat-fhir registration, loaded as the API loads it."""
     adapters: Path = tmp_path_factory.mktemp("adapters")
     (adapters / f"{SITE}.yaml").write_text(
         (REPO_ROOT / "adapters" / f"{SITE}.yaml").read_text(encoding="utf-8")
     )
-    settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=adapters)
-    app = create_app(settings)
-
-    app.state.inbound_celery = StubCelery()  # kicks recorded: nothing drains here
-    with TestClient(app) as client:
-        yield client
+    (adapter,) = load_adapters(adapters)
+    return adapter
 
 
-@pytest.fixture(name="client")
-def fixture_client(app_client: TestClient, redis_client: redis.Redis) -> TestClient:
-    return app_client
+def _receive(
+    redis_url: str, adapter: AdapterSpec, mappings: MappingSet, bodies: list[bytes]
+) -> list[Outcome]:
+    """Hand each body to a FHIRIntake on the test Redis, in order; the kicks are recorded."""
+
+    async def go() -> list[Outcome]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            journal = Journal(client, dedupe_window_s=60)
+            kicker = AsyncKicker(StubCelery(), client)  # nothing drains here
+            intake = FHIRIntake(adapter, journal, lambda: mappings, 8, kicker)
+            return [await intake.receive(body, "http:127.0.0.1:1") for body in bodies]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
 
 
 def _partitions(redis_client: redis.Redis) -> dict[str, int]:
@@ -141,26 +152,28 @@ def _partitions(redis_client: redis.Redis) -> dict[str, int]:
 
 class TestEdge:
     def test_one_patients_resources_share_the_partition_of_the_normalised_key(
-        self, client: TestClient, redis_client: redis.Redis
+        self, redis_url: str, redis_client: redis.Redis, site: AdapterSpec, mappings: MappingSet
     ) -> None:
         """The Patient and two lone Observations about it land in one partition, the worker's."""
         second = {**OBSERVATION, "id": "o-2"}
-        for resource in (PATIENT, OBSERVATION, second):
-            reply = client.post(f"/inbound/{SITE}/fhir", content=json.dumps(resource), headers=AUTH)
-            assert reply.status_code == 202, reply.text
+        bodies = [json.dumps(r).encode() for r in (PATIENT, OBSERVATION, second)]
+        outcomes = _receive(redis_url, site, mappings, bodies)
+        assert [o.verdict for o in outcomes] == [Verdict.ACCEPTED] * 3
         wanted = keys.partition_of(f"{IPP}|IPP0093310", 8)
         assert _partitions(redis_client) == {"p-1": wanted, "o-1": wanted, "o-2": wanted}
 
     def test_a_refused_resource_is_kept_with_its_reason(
-        self, client: TestClient, redis_client: redis.Redis
+        self, redis_url: str, redis_client: redis.Redis, site: AdapterSpec, mappings: MappingSet
     ) -> None:
         """422 for the sender; pl:rejected keeps the body and the first issue, not the value."""
         bad = {**PATIENT, "birthDate": "28/11/2026"}
-        body = json.dumps(bad)
-        reply = client.post(f"/inbound/{SITE}/fhir", content=body, headers=AUTH)
-        assert reply.status_code == 422
+        body = json.dumps(bad).encode()
+        (outcome,) = _receive(redis_url, site, mappings, [body])
+        assert outcome.verdict is Verdict.REFUSED
+        assert outcome.reply is not None
+        assert json.loads(outcome.reply)["resourceType"] == "OperationOutcome"
         (entry,) = [f for _, f in cast(list[Any], redis_client.xrange(keys.REJECTED))]
         assert entry[b"source"] == SITE.encode()
-        assert entry[b"raw"] == body.encode()
+        assert entry[b"raw"] == body
         assert entry[b"reason"].startswith(b"HTTP 422: Patient.birthDate")
         assert b"28/11/2026" not in entry[b"reason"]

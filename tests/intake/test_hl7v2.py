@@ -1,4 +1,4 @@
-"""The inbound edge on a real Redis: journal first, then ACK; refusals kept; duplicates answered once."""
+"""The HL7 v2 intake on a real Redis: journal first, then ACK; refusals kept; duplicates answered once."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import redis.asyncio
 
 from broker import keys
 from broker.ack import read_ack
-from broker.adapters.mllp import MllpClient, MllpServer
+from broker.adapters.mllp import MllpClient
 from broker.adapters.spec import AdapterSpec, Sender
 from broker.dispatch import AsyncKicker
-from broker.ingest import HL7v2Intake, partition_key
-from broker.journal import Journal
+from broker.intake.hl7v2 import HL7v2Intake, partition_key
+from broker.intake.journal import Journal
+from broker.intake.outcome import Verdict
+from broker.listen import mllp_server
 from broker.parsing.hl7v2 import parse
 from broker.synthetic import adt, patients
 from broker.testing import QueuedTask, StubCelery
@@ -61,7 +63,7 @@ class TestIntake:
 
         async def go():
             handler, celery, client = intake(redis_url)
-            ack = read_ack(await handler(message, "peer"))
+            ack = read_ack((await handler.receive(message, "peer")).reply)
             await client.aclose()
             return ack, celery
 
@@ -84,7 +86,7 @@ class TestIntake:
             down.down = True  # every publish fails, the reconnect too
             kicker = AsyncKicker(down, client)
             handler = HL7v2Intake(ADAPTER, journal, lambda *a: True, 8, kicker)
-            answer = await handler(message, "peer")
+            answer = (await handler.receive(message, "peer")).reply
             await client.aclose()
             return answer
 
@@ -99,13 +101,14 @@ class TestIntake:
 
         async def go():
             handler, _, client = intake(redis_url)
-            first = await handler(message, "peer")
-            second = await handler(message, "peer")
+            first = await handler.receive(message, "peer")
+            second = await handler.receive(message, "peer")
             await client.aclose()
             return first, second
 
         first, second = run(go())
-        assert first == second
+        assert (first.verdict, second.verdict) == (Verdict.ACCEPTED, Verdict.DUPLICATE)
+        assert first.reply == second.reply
         total = sum(redis_client.xlen(keys.inbound(p)) for p in range(8))
         assert total == 1
 
@@ -145,12 +148,14 @@ class TestIntake:
 
         async def go():
             handler, _, client = intake(redis_url)
-            reply = await handler(payload, "peer")
+            outcome = await handler.receive(payload, "peer")
             await client.aclose()
-            return read_ack(reply)
+            return outcome
 
-        ack = run(go())
+        outcome = run(go())
+        ack = read_ack(outcome.reply)
         assert ack.code == code
+        assert outcome.verdict == {"AE": Verdict.UNREADABLE, "AR": Verdict.REFUSED}[code]
         assert text in ack.text
         ((_, fields),) = redis_client.xrange(keys.REJECTED)
         assert fields[b"raw"] == payload
@@ -161,11 +166,13 @@ class TestIntake:
 
         async def go():
             handler, _, client = intake(f"unix://{tmp_path / 'nothing-here.sock'}")
-            reply = await handler(message, "peer")
+            outcome = await handler.receive(message, "peer")
             await client.aclose()
-            return read_ack(reply)
+            return outcome
 
-        ack = run(go())
+        outcome = run(go())
+        assert outcome.verdict is Verdict.UNAVAILABLE
+        ack = read_ack(outcome.reply)
         assert ack.code == "AR"
         assert "journal" in ack.text
 
@@ -184,7 +191,10 @@ class TestDedupeIsPerAdapter:
         async def go():
             handler_a, _, client_a = intake(redis_url)
             handler_b, _, client_b = intake(redis_url, adapter=HOSPITAL_B)
-            replies = [await handler_b(from_b, "b"), await handler_a(from_a, "a")]
+            replies = [
+                (await handler_b.receive(from_b, "b")).reply,
+                (await handler_a.receive(from_a, "a")).reply,
+            ]
             await client_a.aclose()
             await client_b.aclose()
             return [read_ack(r) for r in replies]
@@ -204,10 +214,10 @@ class TestDedupeIsPerAdapter:
         async def go():
             handler_a, _, client_a = intake(redis_url)
             handler_b, _, client_b = intake(redis_url, adapter=HOSPITAL_B)
-            first_a = await handler_a(text, "a")
-            first_b = await handler_b(text, "b")
-            again_a = await handler_a(text, "a")
-            again_b = await handler_b(text, "b")
+            first_a = (await handler_a.receive(text, "a")).reply
+            first_b = (await handler_b.receive(text, "b")).reply
+            again_a = (await handler_a.receive(text, "a")).reply
+            again_b = (await handler_b.receive(text, "b")).reply
             await client_a.aclose()
             await client_b.aclose()
             return first_a, first_b, again_a, again_b
@@ -230,7 +240,7 @@ class TestDedupeIsPerAdapter:
 
         async def go():
             handler, _, client = intake(redis_url)
-            codes = [read_ack(await handler(m, "peer")).code for m in (one, other)]
+            codes = [read_ack((await handler.receive(m, "peer")).reply).code for m in (one, other)]
             await client.aclose()
             return codes
 
@@ -273,7 +283,7 @@ class TestSenders:
 
         async def go():
             handler, _, client = intake(redis_url, adapter=rabat_only)
-            reply = await handler(text.encode(), "peer")
+            reply = (await handler.receive(text.encode(), "peer")).reply
             await client.aclose()
             return read_ack(reply)
 
@@ -295,7 +305,7 @@ class TestSenders:
 
         async def go():
             handler, _, client = intake(redis_url, adapter=rabat_only)
-            reply = await handler(text, "peer")
+            reply = (await handler.receive(text, "peer")).reply
             await client.aclose()
             return reply
 
@@ -322,7 +332,7 @@ class TestSenders:
 
         async def go():
             handler, _, client = intake(redis_url)
-            reply = await handler(text, "peer")
+            reply = (await handler.receive(text, "peer")).reply
             await client.aclose()
             return read_ack(reply)
 
@@ -341,9 +351,7 @@ class TestOversize:
 
         async def go():
             handler, _, client = intake(redis_url, rejected_head_bytes=1024)
-            server = MllpServer(
-                "127.0.0.1", 0, handler, max_bytes=limit, on_oversize=handler.oversize
-            )
+            server = mllp_server("127.0.0.1", 0, handler, max_bytes=limit)
             await server.start()
             try:
                 with MllpClient("127.0.0.1", server.port, timeout=10) as sender:

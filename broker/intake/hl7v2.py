@@ -6,7 +6,8 @@ a frame holds two messages, when MSH-3/MSH-4 name a sender the adapter does not 
 (``senders:``), when it is over the size limit, or when the journal cannot accept it. Everything
 refused is kept in ``pl:rejected`` with its reason (of an over-size message, its first bytes,
 size and digest), except when the journal itself is down (then the sender keeps it and retries:
-that is what AR tells it).
+that is what AR tells it). Each call returns an ``Outcome``: the ACK and what became of the
+message, which the transport (``broker.listen``, ``broker.api.inbound``) answers with.
 
 A resend is the same MSH-3, MSH-4 and MSH-10 received by the same adapter within the dedupe
 window: it gets the stored ACK and is not journalled again. The same three values from another
@@ -21,13 +22,13 @@ from datetime import UTC, datetime
 
 from broker import keys
 from broker.ack import build_ack, should_acknowledge
-from broker.adapters.mllp import Frame
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import JournalError, MessageError, NoMappingError, RejectedError
 from broker.identity import hl7v2_patient_key, unidentified_key
-from broker.journal import Journal, dedupe_digest
+from broker.intake.journal import Journal, dedupe_digest
+from broker.intake.outcome import Outcome, Verdict
 from broker.log import get_logger
 from broker.parsing.hl7v2 import Message, decode, parse
 
@@ -57,7 +58,10 @@ def _hd(value: tuple[str, str]) -> str:
 
 
 class HL7v2Intake:
-    """Turns one MLLP frame into an ACK, journalling it first. Callable as an MllpServer handler.
+    """Turns one HL7 v2 message into an ACK, journalling it first.
+
+    ``receive`` takes a message the transport read whole, ``oversize`` the first bytes of one
+    over the size limit; both return the ``Outcome`` the transport answers with.
 
     Args:
         adapter: the inbound registration (id, charset).
@@ -81,15 +85,16 @@ class HL7v2Intake:
         self.partitions = partitions
         self.kicker = kicker
 
-    async def __call__(self, payload: bytes, peer: str) -> bytes | None:
-        """Handle one frame's payload from ``peer``; return the ACK to send (None: send none)."""
+    async def receive(self, payload: bytes, peer: str) -> Outcome:
+        """Handle one message's bytes from ``peer``: journal them, or refuse them; the ACK."""
         started = time.perf_counter()
         message: Message | None = None
         try:
             message = parse(decode(payload, self.adapter.charset))
             self._check(message)
         except MessageError as exc:
-            return await self._refuse(payload, peer, message, exc)
+            verdict = Verdict.UNREADABLE if exc.ack_code == "AE" else Verdict.REFUSED
+            return await self._refuse(payload, peer, message, exc, verdict)
         envelope_id = new_id()
         ack = self._ack("AA", message)
         partition = keys.partition_of(partition_key(message, self.adapter), self.partitions)
@@ -111,10 +116,12 @@ class HL7v2Intake:
             log.error(
                 "message.journal_unavailable", adapter=self.adapter.id, peer=peer, error=str(exc)
             )
-            return self._ack("AR", message, text=str(exc), error_code="207")
+            return Outcome(
+                Verdict.UNAVAILABLE, self._ack("AR", message, text=str(exc), error_code="207")
+            )
         if result.previous_ack is not None:
             log.info("message.duplicate", adapter=self.adapter.id, control_id=message.control_id)
-            return result.previous_ack
+            return Outcome(Verdict.DUPLICATE, result.previous_ack)
         if result.kick:
             try:
                 await self.kicker.dispatch(DRAIN_INBOUND, [partition])
@@ -131,25 +138,32 @@ class HL7v2Intake:
             partition=partition,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        return ack if self._wanted(message, accepted=True) else None
+        return Outcome(Verdict.ACCEPTED, ack if self._wanted(message, accepted=True) else None)
 
-    async def oversize(self, frame: Frame, peer: str) -> bytes | None:
-        """Answer a frame over the size limit with AR, read from its truncated MSH.
+    async def oversize(
+        self, payload: bytes, peer: str, *, size: int, sha256: str | None
+    ) -> Outcome:
+        """Answer a message over the size limit with AR, read from its truncated MSH.
 
-        Only the frame's first bytes are kept in ``pl:rejected`` (``Journal.rejected_head_bytes``),
-        with the whole payload's size and SHA-256 and a reason that says so. An MllpServer
-        ``on_oversize`` handler; the HTTP route passes the body it read the same way.
+        Args:
+            payload: its first bytes, as many as the limit allows (the limit is their length).
+            peer: who sent it.
+            size: the whole message's size in bytes.
+            sha256: the hex SHA-256 of the whole message.
+
+        Only the first bytes are kept in ``pl:rejected`` (``Journal.rejected_head_bytes``),
+        with the whole payload's size and SHA-256 and a reason that says so.
         """
-        payload = frame.payload
         message: Message | None = None
         try:
             message = parse(decode(payload.split(b"\r", 1)[0], self.adapter.charset))
         except MessageError:
             message = None
-        size = frame.size if frame.size is not None else len(payload)
         msg = f"the message is {size} bytes, over the limit of {len(payload)} bytes"
         exc = RejectedError(msg, location="MSH")
-        return await self._refuse(payload, peer, message, exc, size=size, sha256=frame.sha256)
+        return await self._refuse(
+            payload, peer, message, exc, Verdict.OVERSIZE, size=size, sha256=sha256
+        )
 
     def _check(self, message: Message) -> None:
         body = message.text
@@ -211,10 +225,12 @@ class HL7v2Intake:
         peer: str,
         message: Message | None,
         exc: MessageError,
+        verdict: Verdict,
         *,
         size: int | None = None,
         sha256: str | None = None,
-    ) -> bytes | None:
+    ) -> Outcome:
+        """Keep refused input in ``pl:rejected`` and answer it; AR 207 when it cannot be kept."""
         code = exc.ack_code
         reason = str(exc)
         ack = self._ack(
@@ -226,7 +242,10 @@ class HL7v2Intake:
             )
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))
-            return self._ack("AR", message, text=str(journal_exc), error_code="207")
+            return Outcome(
+                Verdict.UNAVAILABLE,
+                self._ack("AR", message, text=str(journal_exc), error_code="207"),
+            )
         log.warning(
             "message.rejected",
             adapter=self.adapter.id,
@@ -235,4 +254,4 @@ class HL7v2Intake:
             reason=reason,
             control_id=message.control_id if message else None,
         )
-        return ack if self._wanted(message, accepted=False) else None
+        return Outcome(verdict, ack if self._wanted(message, accepted=False) else None)
