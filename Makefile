@@ -13,10 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# constraints.txt pins every distribution, dev tools included (`make lock` regenerates it from
-# pyproject.toml): a checkout installs what CI and the Docker image install.
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+# The broker and the simulator (demo/, the `demo` extra), both editable: the tests, the benchmark
+# and `make demo` need the simulator; a production install (`pip install .`) does not have it.
+# constraints.txt pins every distribution, dev tools and the simulator's included (`make lock`
+# regenerates it): a checkout installs what CI and the Docker image install.
+$(STAMP): pyproject.toml demo/pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,demo]' -e ./demo
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,8 +43,8 @@ $(FHIR_STAMP): $(FHIR_SERVER)/package.json $(FHIR_SERVER)/package-lock.json
 # file. PYTEST_WORKERS=0 runs everything in this one process.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) $(FHIR_STAMP)
-	$(BIN)/ruff format --check broker tests benchmarks
-	$(BIN)/ruff check broker tests benchmarks
+	$(BIN)/ruff format --check broker demo tests benchmarks
+	$(BIN)/ruff check broker demo tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-report=term -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
@@ -58,8 +60,8 @@ test-fast: test-unit
 check: test
 
 lint: $(STAMP)
-	$(BIN)/ruff format broker tests benchmarks
-	$(BIN)/ruff check --fix broker tests benchmarks
+	$(BIN)/ruff format broker demo tests benchmarks
+	$(BIN)/ruff check --fix broker demo tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
@@ -72,8 +74,9 @@ bench-mapping: $(STAMP)
 lock:
 	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/python -m pip install --quiet pip-tools
+	$(VENV)-lock/bin/python -c 'import tomllib; deps = tomllib.load(open("demo/pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if d != "passerelle"))' > $(VENV)-lock/demo.in
 	$(VENV)-lock/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
-		--no-emit-find-links --output-file constraints.txt pyproject.toml
+		--no-emit-find-links --output-file constraints.txt pyproject.toml $(VENV)-lock/demo.in
 	rm -rf $(VENV)-lock
 
 clean:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import parse
 from broker.settings import REPO_ROOT
-from broker.synthetic import adt, oru_r01, patients
+from passerelle_demo.synthetic import adt, oru_r01, patients
 
 
 def _per_message_ms(mappings: MappingSet, text: str, number: int) -> tuple[float, float]:

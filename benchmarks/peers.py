@@ -15,8 +15,8 @@ _CALLABLE = "__callable__"
 
 
 def _serve(kind: str, kwargs: dict[str, Any], conn: Connection) -> None:
-    from broker.peers.fhir_capture import FhirCapture
-    from broker.peers.mllp_capture import MllpCapture
+    from passerelle_demo.peers.fhir_capture import FhirCapture
+    from passerelle_demo.peers.mllp_capture import MllpCapture
 
     peer: Any = FhirCapture(**kwargs) if kind == "fhir" else MllpCapture(**kwargs)
     while True:

@@ -26,9 +26,10 @@ from typing import Any
 from benchmarks import cpu
 from benchmarks.peers import RemotePeer
 from broker import keys
-from broker.peers.sender import SendResult, patient_key, send_messages
-from broker.synthetic import stream
-from broker.testing import LoopbackStack, wait_until
+from broker.testing import wait_until
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers.sender import SendResult, patient_key, send_messages
+from passerelle_demo.synthetic import stream
 
 
 def _pct(values: list[float], p: float) -> float:

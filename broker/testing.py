@@ -1,14 +1,16 @@
-"""Helpers for tests, the demo and benchmarks: free ports, polling, throw-away registrations.
+"""Helpers for tests and benchmarks: free ports, polling, throw-away registrations, fakes.
 
-Two ways to run the broker with capture subscribers on loopback:
+- :class:`EagerBroker`: the broker's drain functions run in the calling process, one task at a
+  time, on a real Redis; the tasks they queue are recorded by a :class:`StubCelery` (the fake
+  kicker) instead of being sent to Celery, and run when the test says so. Fast, deterministic
+  tests of the delivery state machine (retries, dead letters, holds, releases, the re-kick).
+- :func:`write_loopback_adapters`: the registrations of a broker with one MLLP source and a FHIR
+  and an MLLP subscriber on loopback, which ``EagerBroker`` and the demo package's
+  ``LoopbackStack`` (every process as ``passerelle serve`` runs them) both use.
 
-- :class:`LoopbackStack`: every process (embedded Redis, listener, Celery workers, beat, API) as
-  ``passerelle serve`` runs them; for what only separate processes can show (a killed worker,
-  a restart, the wire).
-- :class:`EagerBroker`: the same drain functions run in the calling process, one task at a time,
-  on a real Redis; the tasks they queue are recorded by a :class:`StubCelery` (the fake kicker)
-  instead of being sent to Celery, and run when the test says so. Fast, deterministic tests of
-  the delivery state machine (retries, dead letters, holds, releases, the re-kick).
+The capture subscribers themselves (a FHIR server and an MLLP system that record what they
+receive) are simulators: they ship in the ``passerelle-demo`` distribution
+(``passerelle_demo.peers``), which ``broker`` never imports; a test hands them in.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import yaml
 
 if TYPE_CHECKING:
@@ -44,11 +45,9 @@ if TYPE_CHECKING:
     from broker.settings import Settings
 
 __all__ = [
-    "API_TOKEN",
     "CliRun",
     "EagerBroker",
     "ForeignRedisError",
-    "LoopbackStack",
     "PrivateRedis",
     "QueuedTask",
     "StubCelery",
@@ -59,9 +58,6 @@ __all__ = [
     "write_adapter",
     "write_loopback_adapters",
 ]
-
-API_TOKEN = "loopback-stack-token"
-"""The bearer token of the stack's API (a test value, never a real secret)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -154,145 +150,6 @@ def write_loopback_adapters(
         "retry": retry,
     }
     write_adapter(directory, lab)
-
-
-class LoopbackStack:
-    """The whole broker as separate processes, with capture subscribers on loopback.
-
-    One inbound MLLP adapter (``chu-rabat-adt``), a FHIR REST subscriber (``dmp-national``, a
-    :class:`~broker.peers.fhir_capture.FhirCapture`) and an MLLP subscriber (``lab-legacy``, a
-    :class:`~broker.peers.mllp_capture.MllpCapture`), all on free ports; used by the integration
-    tests and ``make bench``.
-
-    Usage::
-
-        with LoopbackStack(tmp_path, workers=2) as stack:
-            ...  # send to 127.0.0.1:stack.inbound_port
-    """
-
-    running: ClassVar[set[LoopbackStack]] = set()
-    """The stacks of this process between ``start()`` and ``stop()`` (the tests check that none
-    is left running while unrelated tests run)."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        fhir_validate: bool = True,
-        retry: dict[str, Any] | None = None,
-        ack_timeout_s: float = 2.0,
-        peers: tuple[Any, Any] | None = None,
-        inbound: dict[str, Any] | None = None,
-        events: dict[str, list[str]] | None = None,
-        **settings: Any,
-    ) -> None:
-        from broker.peers.fhir_capture import FhirCapture
-        from broker.peers.mllp_capture import MllpCapture
-        from broker.settings import Settings
-
-        self.data_dir = data_dir
-        # `peers` replaces the in-process captures (the benchmark runs them in other processes).
-        if peers is None:
-            peers = (FhirCapture(validate=fhir_validate, keep_bundles=fhir_validate), MllpCapture())
-        self.fhir: Any = peers[0]
-        self.lab: Any = peers[1]
-        self.inbound_port = free_port()
-        self._retry = retry or {"initial_delay_s": 0.2, "max_delay_s": 1.0}
-        self._ack_timeout_s = ack_timeout_s
-        self._inbound = inbound or {}
-        self._events = events
-        self._settings_overrides = settings
-        self.settings: Settings | None = None
-        self.supervisor: Any = None
-        self.redis: Any = None
-        self._settings_cls = Settings
-        self._watching = threading.Event()
-        self._watcher: threading.Thread | None = None
-
-    def __enter__(self) -> LoopbackStack:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start the peers, write the registrations, start the broker, wait for the listener."""
-        import redis
-
-        from broker.supervisor import Supervisor
-
-        fhir_port = self.fhir.start_in_thread()
-        _, lab_port = self.lab.start_in_thread()
-        adapters = self.data_dir / "adapters"
-        write_loopback_adapters(
-            adapters,
-            inbound_port=self.inbound_port,
-            fhir_port=fhir_port,
-            lab_port=lab_port,
-            retry=self._retry,
-            ack_timeout_s=self._ack_timeout_s,
-            inbound=self._inbound,
-            events=self._events,
-        )
-        options: dict[str, Any] = {
-            "data_dir": self.data_dir,
-            "adapters_dir": adapters,
-            "http_port": free_port(),
-            "api_token": API_TOKEN,
-            **self._settings_overrides,
-        }
-        self.settings = self._settings_cls(**options)
-        self.supervisor = Supervisor(self.settings, log_dir=self.data_dir / "logs")
-        LoopbackStack.running.add(self)
-        self.supervisor.start()
-        # As `passerelle serve` does: a child that exits is restarted (a Celery worker exits on
-        # some broker connection losses, e.g. a Redis restart, and its successor takes over).
-        self._watching.clear()
-        self._watcher = threading.Thread(target=self._watch, name="stack-watcher", daemon=True)
-        self._watcher.start()
-        self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
-        if not wait_for_port("127.0.0.1", self.inbound_port, 30):
-            self.stop()
-            msg = f"the MLLP listener did not start; logs:\n{self.logs()}"
-            raise RuntimeError(msg)
-
-    def _watch(self) -> None:
-        while not self._watching.wait(0.5):
-            self.supervisor.watch_once()
-
-    def stop(self) -> None:
-        """Stop the broker and the peers."""
-        if self.redis is not None:
-            self.redis.close()
-        # The supervisor first: a child the watcher thread restarted (Redis included) gets
-        # SIGTERM from Linux when that thread ends (PR_SET_PDEATHSIG is per thread), which must
-        # not come before the ordered stop.
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        self._watching.set()
-        if self._watcher is not None:
-            self._watcher.join()
-            self._watcher = None
-        self.fhir.stop()
-        self.lab.stop()
-        LoopbackStack.running.discard(self)
-
-    def api_client(self, timeout: float = 30) -> httpx.Client:
-        """An HTTP client for the stack's API, with its bearer token; close it (``with``)."""
-        assert self.settings is not None, "start the stack first"
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.settings.http_port}",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-            timeout=timeout,
-        )
-
-    def logs(self, tail: int = 4000) -> str:
-        """The end of every child's log, for failure messages."""
-        out = []
-        for path in sorted((self.data_dir / "logs").glob("*.log")):
-            out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
-        return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -402,10 +259,10 @@ class StubCelery:
 class EagerBroker:
     """The broker's drains in this process, on a real Redis, with capture subscribers on loopback.
 
-    The in-process counterpart of :class:`LoopbackStack`, with the same registrations
+    The in-process counterpart of ``passerelle_demo.loopback.LoopbackStack``, with its registrations
     (``write_loopback_adapters``: the ``chu-rabat-adt`` MLLP source, the ``dmp-national`` FHIR
-    subscriber on a :class:`~broker.peers.fhir_capture.FhirCapture` and the ``lab-legacy`` MLLP
-    subscriber on a :class:`~broker.peers.mllp_capture.MllpCapture`). Nothing runs by itself:
+    subscriber and the ``lab-legacy`` MLLP subscriber on the two ``peers`` it is given, a
+    ``passerelle_demo.peers.FhirCapture`` and ``MllpCapture``). Nothing runs by itself:
     ``receive`` is the listener's intake (journal, then the ACK it returns), and ``run`` runs
     the queued tasks one at a time, oldest first, until none is left. A task runs as the plain
     function its Celery task wraps (``broker.pipeline.drain``, ``broker.delivery.drain``,
@@ -419,7 +276,8 @@ class EagerBroker:
 
     Usage::
 
-        with EagerBroker(tmp_path, redis_url, retry={"max_attempts": 3}) as broker:
+        peers = (FhirCapture(keep_bundles=True), MllpCapture())
+        with EagerBroker(tmp_path, redis_url, peers=peers, retry={"max_attempts": 3}) as broker:
             assert read_ack(broker.receive(adt(patient, "A01"))).code == "AA"
             broker.run()
             broker.fhir_control_ids()
@@ -430,20 +288,19 @@ class EagerBroker:
         data_dir: Path,
         redis_url: str,
         *,
-        fhir_validate: bool = False,
+        peers: tuple[Any, Any],
         retry: dict[str, Any] | None = None,
         ack_timeout_s: float = 2.0,
         inbound: dict[str, Any] | None = None,
         events: dict[str, list[str]] | None = None,
         **settings: Any,
     ) -> None:
-        from broker.peers.fhir_capture import FhirCapture
-        from broker.peers.mllp_capture import MllpCapture
-
         self.data_dir = data_dir
         self.redis_url = redis_url
-        self.fhir = FhirCapture(validate=fhir_validate, keep_bundles=True)
-        self.lab = MllpCapture()
+        # The subscribers: a FHIR capture and an MLLP capture (passerelle_demo.peers), not built
+        # here because the broker package never imports the simulator.
+        self.fhir: Any = peers[0]
+        self.lab: Any = peers[1]
         self.celery = StubCelery()
         self._retry = retry or {}
         self._ack_timeout_s = ack_timeout_s

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from broker.testing import EagerBroker, LoopbackStack, PrivateRedis
+from broker.testing import EagerBroker, PrivateRedis
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers import FhirCapture, MllpCapture
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""
@@ -135,7 +137,8 @@ def make_broker(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> It
     started: list[EagerBroker] = []
 
     def make(**options: Any) -> EagerBroker:
-        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, **options)
+        peers = (FhirCapture(validate=False, keep_bundles=True), MllpCapture())
+        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, peers=peers, **options)
         broker.start()
         started.append(broker)
         return broker

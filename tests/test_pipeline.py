@@ -9,7 +9,7 @@ from broker.envelope import Envelope, MessageState
 from broker.mapping import MappingSet
 from broker.pipeline import process
 from broker.settings import REPO_ROOT
-from broker.synthetic import adt, oru_r01, patients
+from passerelle_demo.synthetic import adt, oru_r01, patients
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from broker.adapters.spec import AdapterSpec
 from broker.api import create_app
 from broker.intake.fhir import MAX_JSON_DEPTH
 from broker.settings import Settings
-from broker.synthetic import adt, patients
 from broker.testing import StubCelery
+from passerelle_demo.synthetic import adt, patients
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

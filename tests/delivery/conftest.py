@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker.ack import read_ack
-from broker.synthetic import adt, patients
 from broker.testing import EagerBroker
+from passerelle_demo.synthetic import adt, patients
 
 
 def _receive(broker: EagerBroker, *messages: tuple[object, str, str]) -> None:

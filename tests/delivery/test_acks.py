@@ -14,8 +14,8 @@ import pytest
 
 from broker import keys
 from broker.ack import read_ack
-from broker.peers.mllp_capture import MllpCapture
-from broker.synthetic import adt, patients
+from passerelle_demo.peers.mllp_capture import MllpCapture
+from passerelle_demo.synthetic import adt, patients
 
 GOOD = "journalled"
 REFUSED = "refused"

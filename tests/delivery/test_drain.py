@@ -15,8 +15,8 @@ import json
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
-from broker.synthetic import adt, patients
 from broker.testing import EagerBroker, wait_until
+from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
 LAB = "lab-legacy"

@@ -18,7 +18,7 @@ from broker.delivery.send import MllpSender
 from broker.envelope import Envelope
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
-from broker.peers.mllp_capture import MllpCapture
+from passerelle_demo.peers.mllp_capture import MllpCapture
 
 ROOT = Path(__file__).resolve().parents[2]
 ORU = ROOT / "mappings/tests/oru_r01_value_types_v251.hl7"

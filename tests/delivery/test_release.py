@@ -10,7 +10,7 @@ from __future__ import annotations
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import RELEASE_PATIENT
-from broker.synthetic import adt
+from passerelle_demo.synthetic import adt
 
 DMP = "dmp-national"
 

@@ -18,8 +18,8 @@ from broker.intake.journal import Journal
 from broker.intake.outcome import Verdict
 from broker.listen import mllp_server
 from broker.parsing.hl7v2 import parse
-from broker.synthetic import adt, patients
 from broker.testing import QueuedTask, StubCelery
+from passerelle_demo.synthetic import adt, patients
 
 ADAPTER = AdapterSpec(
     id="chu-rabat-adt",

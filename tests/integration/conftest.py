@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from broker.settings import REPO_ROOT
-from broker.testing import LoopbackStack, free_port, wait_until
+from broker.testing import free_port, wait_until
+from passerelle_demo.loopback import LoopbackStack
 
 # Module scope, not package: tests/ has no __init__.py, so pytest turns a "package" fixture into
 # a session one, and the stack (Redis, Celery workers, beat, API) ran on through every test

@@ -17,8 +17,9 @@ from broker import keys
 from broker.ack import AckReply, read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
-from broker.synthetic import adt, patients
-from broker.testing import LoopbackStack, wait_for_port, wait_until
+from broker.testing import wait_for_port, wait_until
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,10 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.intake.hl7v2 import partition_key
 from broker.parsing.hl7v2 import parse
-from broker.synthetic import Patient, adt, patients
-from broker.testing import LoopbackStack, wait_until
+from broker.testing import wait_until
 from broker.worker.celery_app import create_celery
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.synthetic import Patient, adt, patients
 
 pytestmark = pytest.mark.integration
 

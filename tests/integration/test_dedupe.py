@@ -24,8 +24,9 @@ from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.parsing.hl7v2 import parse
 from broker.settings import REPO_ROOT
-from broker.synthetic import adt, patients
-from broker.testing import LoopbackStack, free_port, wait_for_port, wait_until, write_adapter
+from broker.testing import free_port, wait_for_port, wait_until, write_adapter
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.integration
 

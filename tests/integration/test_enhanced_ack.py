@@ -8,9 +8,10 @@ import pytest
 
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, frame
-from broker.peers.mllp_capture import MllpCapture
-from broker.synthetic import adt, patients
-from broker.testing import LoopbackStack, wait_until
+from broker.testing import wait_until
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers.mllp_capture import MllpCapture
+from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.integration
 

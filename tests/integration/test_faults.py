@@ -29,10 +29,11 @@ from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpError, frame
 from broker.parsing.hl7v2 import parse
-from broker.peers.fhir_capture import HeldRequest
-from broker.peers.sender import ack_code, patient_key, send
-from broker.synthetic import stream
-from broker.testing import LoopbackStack, wait_until
+from broker.testing import wait_until
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers.fhir_capture import HeldRequest
+from passerelle_demo.peers.sender import ack_code, patient_key, send
+from passerelle_demo.synthetic import stream
 
 pytestmark = pytest.mark.integration
 

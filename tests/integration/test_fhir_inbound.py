@@ -20,7 +20,8 @@ import pytest
 from broker import keys
 from broker.parsing.hl7v2 import parse
 from broker.settings import REPO_ROOT
-from broker.testing import LoopbackStack, wait_for_port, wait_until
+from broker.testing import wait_for_port, wait_until
+from passerelle_demo.loopback import LoopbackStack
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, frame
 from broker.parsing.hl7v2 import parse
-from broker.synthetic import adt, oru_r01, patients, stream
 from broker.testing import wait_until
+from passerelle_demo.synthetic import adt, oru_r01, patients, stream
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count(1)

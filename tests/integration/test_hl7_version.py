@@ -12,8 +12,9 @@ import broker.testing
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.parsing.hl7v2 import parse
-from broker.synthetic import adt, patients
-from broker.testing import LoopbackStack, wait_until, write_adapter
+from broker.testing import wait_until, write_adapter
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.integration
 

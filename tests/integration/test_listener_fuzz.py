@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from broker.config import load_config
 from broker.listen import Listeners
 from broker.settings import Settings
-from broker.synthetic import adt, patients
 from broker.testing import free_port, wait_for_port, write_adapter
+from passerelle_demo.synthetic import adt, patients
 from tests.oracles.mllp import (
     ack_code,
     acknowledged_id,

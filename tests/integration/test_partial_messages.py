@@ -17,7 +17,8 @@ import pytest
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
-from broker.testing import API_TOKEN, wait_until
+from broker.testing import wait_until
+from passerelle_demo.loopback import API_TOKEN
 
 pytestmark = pytest.mark.integration
 

@@ -33,9 +33,10 @@ import pytest
 
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
-from broker.peers.mllp_capture import MllpCapture
 from broker.settings import REPO_ROOT
-from broker.testing import LoopbackStack, wait_for_port, wait_until
+from broker.testing import wait_for_port, wait_until
+from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers.mllp_capture import MllpCapture
 
 pytestmark = pytest.mark.integration
 

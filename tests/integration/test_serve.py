@@ -18,11 +18,11 @@ import pytest
 
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
-from broker.peers.fhir_capture import FhirCapture
-from broker.peers.mllp_capture import MllpCapture
 from broker.settings import REPO_ROOT
-from broker.synthetic import stream
 from broker.testing import free_port, wait_for_port, wait_until, write_loopback_adapters
+from passerelle_demo.peers.fhir_capture import FhirCapture
+from passerelle_demo.peers.mllp_capture import MllpCapture
+from passerelle_demo.synthetic import stream
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,10 @@ import pytest
 
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, MllpError
-from broker.peers.fhir_capture import FhirCapture
 from broker.settings import REPO_ROOT
-from broker.synthetic import adt, patients
 from broker.testing import free_port, wait_for_port, wait_until
+from passerelle_demo.peers.fhir_capture import FhirCapture
+from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND
 from broker.streams import drainer_lock, ensure_group, read_batch
-from broker.synthetic import adt, patients
 from broker.testing import wait_until
+from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
 LAB = "lab-legacy"

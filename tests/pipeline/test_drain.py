@@ -11,7 +11,7 @@ from __future__ import annotations
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
-from broker.synthetic import adt, patients
+from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
 LAB = "lab-legacy"

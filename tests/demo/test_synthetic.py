@@ -11,9 +11,9 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from broker import synthetic
 from broker.parsing.hl7v2 import decode, parse
-from broker.synthetic import MOROCCO_TZ, Patient, adt, oru_r01, patients, stream
+from passerelle_demo import synthetic
+from passerelle_demo.synthetic import MOROCCO_TZ, Patient, adt, oru_r01, patients, stream
 
 CIN_RE = re.compile(r"^[A-Z]{1,2}\d{5,6}$")
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from broker.delivery.render import ENVELOPE_SYSTEM
-from broker.peers.fhir_capture import FhirCapture
 from broker.testing import wait_until
+from passerelle_demo.peers.fhir_capture import FhirCapture
 
 
 def _bundle(envelope_id: str, ipp: str = "IPP0000001", n_obs: int = 2) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 It uses the repository's registrations as written (``adapters/``): CHU Rabat's ADT feed and the
 Casablanca laboratory's results come in over MLLP; the national DMP (a built-in FHIR capture
 server on 127.0.0.1:9090) and the legacy lab system (a built-in MLLP capture on 127.0.0.1:2576)
-subscribe. Every message is synthetic (``broker.synthetic``).
+subscribe. Every message is synthetic (``passerelle_demo.synthetic``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import TextIO
 
 from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.errors import BrokerError
-from broker.peers.fhir_capture import FhirCapture
-from broker.peers.mllp_capture import MllpCapture
-from broker.peers.sender import SendResult, send_messages
 from broker.settings import Settings
 from broker.supervisor import Supervisor
-from broker.synthetic import stream
 from broker.testing import wait_for_port, wait_until
+from passerelle_demo.peers.fhir_capture import FhirCapture
+from passerelle_demo.peers.mllp_capture import MllpCapture
+from passerelle_demo.peers.sender import SendResult, send_messages
+from passerelle_demo.synthetic import stream
 
 __all__ = ["run_demo"]
 

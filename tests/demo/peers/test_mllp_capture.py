@@ -11,7 +11,7 @@ import pytest
 
 from broker.ack import read_ack
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpTimeout
-from broker.peers.mllp_capture import MllpCapture
+from passerelle_demo.peers.mllp_capture import MllpCapture
 
 
 def oru(control_id: str) -> bytes:

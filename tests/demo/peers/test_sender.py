@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from broker.adapters.mllp import MllpServer
-from broker.peers.sender import SendResult, ack_code, patient_key, send_messages
-from broker.synthetic import stream
+from passerelle_demo.peers.sender import SendResult, ack_code, patient_key, send_messages
+from passerelle_demo.synthetic import stream
 
 Handler = Callable[[bytes, str], Awaitable[bytes | None]]
 
