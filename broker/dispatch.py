@@ -86,6 +86,13 @@ class Kicker:
         publish(self.celery, task, args, countdown or None)
         return True
 
+    def later(self, task: str, args: list[Any], delay: float) -> None:
+        """Queue ``task(*args)`` to run in ``delay`` seconds, whatever kick flag is set.
+
+        A retry's back-off: the drain that asks for it stops, so no other drain would run it.
+        """
+        publish(self.celery, task, args, delay)
+
 
 class AsyncKicker:
     """Kicks from an asyncio process (the listeners): the Celery publish runs in a thread."""

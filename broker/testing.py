@@ -35,8 +35,15 @@ if TYPE_CHECKING:
     import redis
     import typer
 
+    from broker.adapters.mllp import MllpClient
+    from broker.adapters.spec import AdapterSpec
+    from broker.config import Config
+    from broker.delivery.dead_letter import DeadLetterStore
     from broker.delivery.replay import Operations
-    from broker.worker.runtime import Runtime
+    from broker.delivery.send import Sender
+    from broker.dispatch import Kicker
+    from broker.mapping import MappingSet
+    from broker.settings import Settings
 
 __all__ = [
     "CliRun",
@@ -258,15 +265,15 @@ class EagerBroker:
     subscriber and the ``lab-legacy`` MLLP subscriber on the two ``peers`` it is given, a
     ``passerelle_demo.peers.FhirCapture`` and ``MllpCapture``). Nothing runs by itself:
     ``receive`` is the listener's intake (journal, then the ACK it returns), and ``run`` runs
-    the queued tasks (the drains of ``broker.worker.tasks``, unchanged) one at a time, oldest
-    first, until none is left. The kicks are recorded by ``celery`` (a :class:`StubCelery`).
+    the queued tasks one at a time, oldest first, until none is left. A task runs as the plain
+    function its Celery task wraps (``broker.pipeline.drain``, ``broker.delivery.drain``,
+    ``.release``, ``.acks``, ``broker.ops.housekeeping``), given this broker's Redis,
+    registrations, senders and kicker; the kicks are recorded by ``celery`` (a
+    :class:`StubCelery`).
 
     A countdown (a retry's backoff) is recorded, not waited for: the default retry policy here
     backs off by 10–50 ms, under the drain's hold slack, so a retried head is tried again at
     once; give a longer ``initial_delay_s`` to see the partition wait.
-
-    While started, the process's ``broker.worker.runtime.runtime()`` is this broker's
-    ``Runtime`` (restored by ``stop``): one at a time per process.
 
     Usage::
 
@@ -301,8 +308,9 @@ class EagerBroker:
         self._inbound = inbound or {}
         self._events = events
         self._settings_overrides = settings
-        self._runtime: Runtime | None = None
-        self._previous: Runtime | None = None
+        self._parts: _EagerParts | None = None
+        self._senders: dict[str, Sender] = {}
+        self._return_addresses: dict[str, MllpClient] = {}
 
     def __enter__(self) -> EagerBroker:
         self.start()
@@ -312,9 +320,13 @@ class EagerBroker:
         self.stop()
 
     def start(self) -> None:
-        """Start the peers, write the registrations, build the runtime and make it this process's."""
+        """Start the peers, write the registrations, load the configuration, connect."""
+        import redis as redis_sync
+
+        from broker.config import load_config
+        from broker.dispatch import Kicker
+        from broker.mapping import MappingSet
         from broker.settings import Settings
-        from broker.worker import runtime as worker_runtime
 
         fhir_port = self.fhir.start_in_thread()
         _, lab_port = self.lab.start_in_thread()
@@ -335,43 +347,92 @@ class EagerBroker:
             redis_url=self.redis_url,
             **self._settings_overrides,
         )
-        self._runtime = _eager_runtime(settings, self.celery)
-        # The drains find their Runtime through runtime(); a Celery worker builds it on first
-        # use, here it is this broker's (the module global is the one place they look).
-        self._previous = worker_runtime._runtime
-        worker_runtime._runtime = self._runtime
+        # Loading and compiling the base mappings takes most of a second, and a test module
+        # starts an EagerBroker per test: they are loaded once per process and set of roots.
+        # The registrations are loaded and checked against them as every process does.
+        roots = settings.mapping_roots
+        mappings = _MAPPINGS.get(roots)
+        if mappings is None:
+            mappings = _MAPPINGS[roots] = MappingSet.load(roots)
+        config = load_config(settings, mappings=mappings)
+        client = redis_sync.Redis.from_url(settings.effective_redis_url)
+        self._parts = _EagerParts(config, client, Kicker(self.celery, client))
 
     def stop(self) -> None:
-        """Close the senders and connections, give back the previous runtime, stop the peers."""
-        from broker.worker import acks
-        from broker.worker import runtime as worker_runtime
-
-        if self._runtime is not None:
-            if worker_runtime._runtime is self._runtime:
-                worker_runtime._runtime = self._previous
-            for sender in self._runtime.senders.values():
-                sender.close()
-            self._runtime.client.close()
-            self._runtime = None
-        # drain_app_acks keeps one MLLP client per source in its module: the next broker's
-        # return address is another port.
-        for client in acks._clients.values():
-            client.close()
-        acks._clients.clear()
+        """Close the senders and connections, stop the peers."""
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+        for connection in self._return_addresses.values():
+            connection.close()
+        self._return_addresses.clear()
+        if self._parts is not None:
+            self._parts.client.close()
+            self._parts = None
         self.fhir.stop()
         self.lab.stop()
 
     @property
-    def runtime(self) -> Runtime:
-        """What the drains run with: settings, registrations, mappings, Redis, senders."""
-        if self._runtime is None:
+    def _started(self) -> _EagerParts:
+        if self._parts is None:
             raise RuntimeError("start the EagerBroker first")
-        return self._runtime
+        return self._parts
+
+    @property
+    def config(self) -> Config:
+        """What the drains run with: settings, registrations, mappings (as ``load_config``)."""
+        return self._started.config
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the drains run under."""
+        return self.config.settings
 
     @property
     def client(self) -> redis.Redis:
         """The Redis client the drains use."""
-        return self.runtime.client
+        return self._started.client
+
+    @property
+    def adapters(self) -> dict[str, AdapterSpec]:
+        """Every registration, by id."""
+        return self.config.adapters
+
+    @property
+    def subscribers(self) -> list[AdapterSpec]:
+        """The enabled outbound registrations."""
+        return self.config.subscribers
+
+    @property
+    def mappings(self) -> MappingSet:
+        """The mappings serving now."""
+        return self.config.mappings
+
+    @property
+    def kicker(self) -> Kicker:
+        """The drains' kicker: its kick flags are in Redis, its tasks go to ``celery``."""
+        return self._started.kicker
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """The dead letters, holds and their records in this broker's Redis."""
+        from broker.delivery.dead_letter import DeadLetterStore
+
+        return DeadLetterStore(self.client)
+
+    def sender(self, subscriber: str) -> Sender:
+        """The subscriber's sender in this broker (one connection, kept until ``stop``)."""
+        from broker.delivery.send import make_sender
+
+        sender = self._senders.get(subscriber)
+        if sender is None:
+            sender = make_sender(
+                self.adapters[subscriber],
+                self.config.watcher.current,
+                self.settings.delivery_timeout_s,
+            )
+            self._senders[subscriber] = sender
+        return sender
 
     def receive(
         self, payload: bytes | str, adapter: str = "chu-rabat-adt", peer: str = "127.0.0.1:0"
@@ -388,8 +449,7 @@ class EagerBroker:
         from broker.intake.journal import Journal
 
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        rt = self.runtime
-        settings = rt.settings
+        settings = self.settings
 
         async def intake() -> bytes | None:
             client = redis.asyncio.Redis.from_url(self.redis_url)
@@ -400,9 +460,9 @@ class EagerBroker:
                     rejected_head_bytes=settings.rejected_head_bytes,
                 )
                 handler = HL7v2Intake(
-                    rt.adapters[adapter],
+                    self.adapters[adapter],
                     journal,
-                    rt.mappings.supports,
+                    self.mappings.supports,
                     settings.partitions,
                     AsyncKicker(self.celery, client),
                 )
@@ -414,16 +474,72 @@ class EagerBroker:
 
     def call(self, name: str, *args: Any) -> Any:
         """Run task ``name(*args)`` now, as a Celery worker would; return its result."""
-        from broker.worker import tasks
+        from broker.dispatch import (
+            DRAIN_APP_ACKS,
+            DRAIN_INBOUND,
+            DRAIN_OUTBOUND,
+            REKICK,
+            RELEASE_PATIENT,
+        )
 
         functions: dict[str, Callable[..., Any]] = {
-            "passerelle.drain_inbound": tasks.drain_inbound,
-            "passerelle.drain_outbound": tasks.drain_outbound,
-            "passerelle.release_patient": tasks.release_patient,
-            "passerelle.drain_app_acks": tasks.drain_app_acks,
-            "passerelle.rekick": tasks.rekick,
+            DRAIN_INBOUND: self._drain_inbound,
+            DRAIN_OUTBOUND: self._drain_outbound,
+            RELEASE_PATIENT: self._release_patient,
+            DRAIN_APP_ACKS: self._drain_app_acks,
+            REKICK: self.rekick,
         }
         return functions[name](*args)
+
+    def _drain_inbound(self, partition: int) -> int:
+        from broker.pipeline.drain import drain_inbound
+
+        return drain_inbound(
+            self.client,
+            partition,
+            mappings=self.config.watcher.current,
+            adapters=self.adapters,
+            subscribers=self.subscribers,
+            kicker=self.kicker,
+            settings=self.settings,
+        )
+
+    def _drain_outbound(self, subscriber: str, partition: int) -> int:
+        from broker.delivery.drain import drain_outbound
+
+        return drain_outbound(
+            self.client,
+            self.adapters[subscriber],
+            partition,
+            sender=self.sender(subscriber),
+            kicker=self.kicker,
+            settings=self.settings,
+        )
+
+    def _release_patient(self, subscriber: str, patient: str) -> int:
+        from broker.delivery.release import release_patient
+
+        return release_patient(
+            self.client,
+            self.adapters[subscriber],
+            patient,
+            sender=self.sender(subscriber),
+            kicker=self.kicker,
+            settings=self.settings,
+        )
+
+    def _drain_app_acks(self, source: str) -> int:
+        from broker.delivery.acks import drain_app_acks, return_address
+
+        spec = self.adapters[source]
+        connection = self._return_addresses.get(source) or return_address(spec)
+        if connection is None:
+            msg = f"{source} has no reply_to: no application ACK can be sent"
+            raise RuntimeError(msg)
+        self._return_addresses[source] = connection
+        return drain_app_acks(
+            self.client, spec, connection=connection, kicker=self.kicker, settings=self.settings
+        )
 
     def run(self, *names: str, limit: int = 500) -> list[QueuedTask]:
         """Run queued tasks (of ``names`` only, if given), oldest first, until none is left.
@@ -445,7 +561,15 @@ class EagerBroker:
 
     def rekick(self) -> int:
         """Run the periodic re-kick once (beat's task); return how many streams it kicked."""
-        return int(self.call("passerelle.rekick"))
+        from broker.ops.housekeeping import rekick
+
+        return rekick(
+            self.client,
+            adapters=self.adapters.values(),
+            subscribers=self.subscribers,
+            kicker=self.kicker,
+            settings=self.settings,
+        )
 
     def operations(self) -> Operations:
         """The operator actions (replay, discard…), queueing their tasks on ``celery``."""
@@ -455,8 +579,8 @@ class EagerBroker:
         return Operations(
             self.client,
             enqueue=lambda name, args: self.celery.send_task(name, args=args, queue=QUEUE),
-            subscribers=[s.id for s in self.runtime.subscribers],
-            retention_s=self.runtime.settings.retention_s,
+            subscribers=[s.id for s in self.subscribers],
+            retention_s=self.settings.retention_s,
         )
 
     def control_id(self, envelope_id: str) -> str:
@@ -475,27 +599,39 @@ class EagerBroker:
         """The MSH-10 of every Bundle the FHIR capture accepted, in arrival order, repeats kept."""
         return [self.control_id(e) for e in self.fhir.received_control_ids]
 
+    def queued(self, subscriber: str) -> dict[str, str]:
+        """MSH-10 → envelope id of everything ever queued for ``subscriber`` (every partition)."""
+        from broker import keys
+
+        found = {}
+        for partition in range(self.settings.partitions):
+            entries: list[tuple[bytes, dict[bytes, bytes]]]
+            entries = self.client.xrange(keys.outbound(subscriber, partition))  # type: ignore[assignment]
+            for _, fields in entries:
+                envelope_id = fields[b"env"].decode()
+                found[self.control_id(envelope_id)] = envelope_id
+        return found
+
+    def parked(self, subscriber: str, patient: str) -> list[str]:
+        """The MSH-10 of a held patient's parked messages for ``subscriber``, in order."""
+        from broker import keys
+
+        entries: list[tuple[bytes, dict[bytes, bytes]]]
+        entries = self.client.xrange(keys.parked(subscriber, patient))  # type: ignore[assignment]
+        return [self.control_id(f[b"env"].decode()) for _, f in entries]
+
+
+@dataclass(frozen=True)
+class _EagerParts:
+    """What a started :class:`EagerBroker` holds: what a worker's runtime holds, in process."""
+
+    config: Config
+    client: redis.Redis
+    kicker: Kicker
+
 
 _MAPPINGS: dict[tuple[Path, ...], Any] = {}
 """Mapping sets loaded by EagerBrokers of this process, by their roots (they are read-only)."""
-
-
-def _eager_runtime(settings: Any, celery: StubCelery) -> Runtime:
-    """A worker ``Runtime`` whose mappings are loaded once per process and set of roots.
-
-    Loading and compiling the base mappings takes most of a second; a test module starts an
-    EagerBroker per test. The registrations are loaded and checked against them as every
-    process does (``broker.config.load_config``).
-    """
-    from broker.config import load_config
-    from broker.mapping import MappingSet
-    from broker.worker.runtime import Runtime
-
-    roots = settings.mapping_roots
-    mappings = _MAPPINGS.get(roots)
-    if mappings is None:
-        mappings = _MAPPINGS[roots] = MappingSet.load(roots)
-    return Runtime(load_config(settings, mappings=mappings), celery)
 
 
 class ForeignRedisError(RuntimeError):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from broker.testing import PrivateRedis
+from broker.testing import EagerBroker, PrivateRedis
 from passerelle_demo.loopback import LoopbackStack
+from passerelle_demo.peers import FhirCapture, MllpCapture
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""
@@ -125,3 +126,23 @@ def envelope() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(out)
     data["partition"] = 3
     return data
+
+
+MakeBroker = Callable[..., EagerBroker]
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterator[MakeBroker]:
+    """Start an EagerBroker (options as its constructor's) on an emptied Redis; stopped after."""
+    started: list[EagerBroker] = []
+
+    def make(**options: Any) -> EagerBroker:
+        peers = (FhirCapture(validate=False, keep_bundles=True), MllpCapture())
+        broker = EagerBroker(tmp_path / f"broker-{len(started)}", redis_url, peers=peers, **options)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in reversed(started):
+        broker.stop()

@@ -157,6 +157,27 @@ class DeadLetterStore:
         """Write back a record after changing its status or history."""
         self.client.hset(keys.dead_records(record["subscriber"]), record["id"], json.dumps(record))
 
+    def reopen(
+        self, subscriber: str, dead_id: str, attempts: list[dict[str, Any]], reason: str
+    ) -> None:
+        """A replay of the dead letter failed: open again, with the new attempts and why."""
+        record = self.get(subscriber, dead_id)
+        if record is not None:
+            record["status"] = "open"
+            record["attempts"].extend(attempts)
+            record["history"].append(
+                {"action": "replay failed", "at": time.time(), "reason": reason}
+            )
+            self.save(record)
+
+    def resolve(self, subscriber: str, dead_id: str) -> None:
+        """A replay of the dead letter was delivered: mark it so."""
+        record = self.get(subscriber, dead_id)
+        if record is not None:
+            record["status"] = "delivered"
+            record["history"].append({"action": "delivered", "at": time.time()})
+            self.save(record)
+
     def find(
         self,
         subscriber: str,

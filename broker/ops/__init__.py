@@ -1,6 +1,7 @@
-"""What operators look at: health checks and queue statistics."""
+"""What operators look at and what keeps the streams tidy: health, statistics, housekeeping."""
 
 from broker.ops.health import Readiness, check_redis, readiness
+from broker.ops.housekeeping import pressure, rekick, trim
 from broker.ops.stats import GroupStats, counters, group_stats, prometheus_text, queues
 
 __all__ = [
@@ -9,7 +10,10 @@ __all__ = [
     "check_redis",
     "counters",
     "group_stats",
+    "pressure",
     "prometheus_text",
     "queues",
     "readiness",
+    "rekick",
+    "trim",
 ]

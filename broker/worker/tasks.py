@@ -1,27 +1,24 @@
-"""Celery task registration, the periodic re-kick and the retention trim.
+"""The Celery tasks: thin wrappers that build a drain's arguments from this process's runtime.
 
-The tasks are thin: they carry stream coordinates (a partition, a subscriber, a patient key),
-never patient data, and call ``worker.inbound`` / ``worker.outbound``. Each is idempotent: a
-redelivered task finds the work done or does it once more, in order.
+The tasks carry stream coordinates (a partition, a subscriber, a patient key), never patient
+data, and call the plain functions that hold the logic: ``broker.pipeline.drain``,
+``broker.delivery.drain``, ``broker.delivery.release``, ``broker.delivery.acks`` and
+``broker.ops.housekeeping``. Each is idempotent: a redelivered task finds the work done or does
+it once more, in order.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import redis
 from celery import Celery
 
 from broker import keys
+from broker.adapters.mllp import MllpClient
+from broker.delivery import acks, drain, release
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
 from broker.log import get_logger
-from broker.ops.stats import group_stats
+from broker.ops import housekeeping
+from broker.pipeline import drain as pipeline_drain
 from broker.settings import Settings
-from broker.streams import has_work
-from broker.worker.acks import drain_app_acks
-from broker.worker.inbound import drain_inbound
-from broker.worker.outbound import drain_outbound, release_patient
 from broker.worker.runtime import Runtime, configure, runtime
 
 __all__ = [
@@ -34,6 +31,8 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+_return_addresses: dict[str, MllpClient] = {}
+"""This process's connection to each enhanced-mode source's return address, kept between tasks."""
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -46,129 +45,84 @@ def register(app: Celery, settings: Settings) -> None:
     app.task(name=REKICK)(rekick)
 
 
-def rekick() -> int:
-    """Queue a drain for every stream with work and no live drainer (lost tasks, dead workers)."""
+def drain_inbound(partition: int) -> int:
+    """Map journal partition ``partition`` (``broker.pipeline.drain.drain_inbound``)."""
     rt = runtime()
-    kicked = 0
-    now = time.time()
-    for partition in range(rt.settings.partitions):
-        stream = keys.inbound(partition)
-        if not rt.client.exists(keys.lock(stream)) and has_work(
-            rt.client, stream, keys.PIPELINE_GROUP
-        ):
-            kicked += rt.kicker.kick(DRAIN_INBOUND, [partition], force=True)
-        for sub in rt.subscribers:
-            out = keys.outbound(sub.id, partition)
-            hold = rt.client.get(keys.hold(sub.id, partition))
-            if hold is not None and float(hold) > now:
-                continue
-            if not rt.client.exists(keys.lock(out)) and has_work(
-                rt.client, out, keys.DELIVER_GROUP
-            ):
-                kicked += rt.kicker.kick(DRAIN_OUTBOUND, [sub.id, partition], force=True)
-    for source in rt.adapters.values():
-        if source.ack_mode == "enhanced":
-            acks = keys.app_acks(source.id)
-            if not rt.client.exists(keys.lock(acks)) and has_work(
-                rt.client, acks, keys.DELIVER_GROUP
-            ):
-                kicked += rt.kicker.kick(DRAIN_APP_ACKS, [source.id], force=True)
-    _trim(rt)
-    _pressure(rt)
-    return kicked
+    return pipeline_drain.drain_inbound(
+        rt.client,
+        partition,
+        mappings=rt.watcher.current,
+        adapters=rt.adapters,
+        subscribers=rt.subscribers,
+        kicker=rt.kicker,
+        settings=rt.settings,
+    )
 
 
-def _pressure(rt: Runtime) -> None:
-    """Turn backpressure on while a subscriber's backlog or Redis memory is over its limit.
-
-    The mark expires by itself three periods after the last check that found pressure, so a
-    stopped beat cannot leave the listeners refusing forever.
-    """
-    reasons = []
-    limit_backlog = rt.settings.max_backlog
-    for sub in rt.subscribers:
-        waiting = 0
-        for p in range(rt.settings.partitions):
-            # Redis 6.2 reports no lag: counting stops once the limit is known to be passed.
-            stats = group_stats(
-                rt.client, keys.outbound(sub.id, p), keys.DELIVER_GROUP, lag_cap=limit_backlog + 1
-            )
-            waiting += stats.depth
-            if waiting > limit_backlog:
-                break
-        if waiting > limit_backlog:
-            reasons.append(f"subscriber {sub.id} has over {limit_backlog} messages waiting")
-    memory: Any = rt.client.info("memory")
-    limit = int(memory.get("maxmemory", 0))
-    used = int(memory.get("used_memory", 0))
-    if limit and used > limit * rt.settings.max_memory_ratio:
-        reasons.append(f"the journal uses {used * 100 // limit}% of its memory limit")
-    if reasons:
-        rt.client.set(
-            keys.PRESSURE, "; ".join(reasons), ex=max(1, int(rt.settings.rekick_interval_s * 3))
-        )
-        log.warning("backpressure.on", reasons=reasons)
-    elif rt.client.delete(keys.PRESSURE):
-        log.info("backpressure.off")
+def drain_outbound(subscriber: str, partition: int) -> int:
+    """Deliver one subscriber partition's queue (``broker.delivery.drain.drain_outbound``)."""
+    rt = runtime()
+    spec = rt.adapters.get(subscriber)
+    if spec is None:
+        stream = keys.outbound(subscriber, partition)
+        return _unknown(rt, stream, "delivery.unknown_subscriber", route=subscriber)
+    return drain.drain_outbound(
+        rt.client,
+        spec,
+        partition,
+        sender=rt.sender(subscriber),
+        kicker=rt.kicker,
+        settings=rt.settings,
+    )
 
 
-def _trim(rt: Runtime) -> None:
-    """Drop journal and queue entries older than the retention, at most once a minute.
-
-    XTRIM MINID cuts by entry id, i.e. by arrival time; an entry is processed within seconds,
-    so only entries long done fall out. An entry its consumer group has not yet read, or read
-    and not acknowledged, is never cut however old: the cut stops at the oldest of them, so a
-    drain still reaches it (a queued message whose envelope expired becomes a dead letter, §6 of
-    docs/reliability.md). Dead letters, rejections and quarantine are kept.
-    """
-    if not rt.client.set(keys.TRIMMED, b"1", nx=True, ex=60):
-        return
-    cutoff = _stream_id(f"{int((time.time() - rt.settings.retention_s) * 1000)}-0")
-    streams = []
-    for partition in range(rt.settings.partitions):
-        streams.append((keys.inbound(partition), keys.PIPELINE_GROUP))
-        streams.extend(
-            (keys.outbound(sub.id, partition), keys.DELIVER_GROUP) for sub in rt.subscribers
-        )
-    pipe = rt.client.pipeline(transaction=False)
-    for stream, group in streams:
-        floor = _undone_floor(rt.client, stream, group)
-        minid = cutoff if floor is None else min(cutoff, floor)
-        if minid > (0, 0):
-            pipe.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
-    pipe.execute()
+def release_patient(subscriber: str, patient: str) -> int:
+    """Release a held patient (``broker.delivery.release.release_patient``)."""
+    rt = runtime()
+    spec = rt.adapters.get(subscriber)
+    if spec is None:
+        return _unknown(rt, None, "delivery.unknown_subscriber", route=subscriber)
+    return release.release_patient(
+        rt.client,
+        spec,
+        patient,
+        sender=rt.sender(subscriber),
+        kicker=rt.kicker,
+        settings=rt.settings,
+    )
 
 
-def _stream_id(value: bytes | str) -> tuple[int, int]:
-    """A stream entry id (``ms-seq``) as a comparable pair."""
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+def drain_app_acks(source: str) -> int:
+    """Send one enhanced-mode source's application ACKs (``broker.delivery.acks``)."""
+    rt = runtime()
+    spec = rt.adapters.get(source)
+    connection = _return_addresses.get(source)
+    if connection is None and spec is not None:
+        connection = acks.return_address(spec)
+        if connection is not None:
+            _return_addresses[source] = connection
+    if spec is None or connection is None:
+        return _unknown(rt, keys.app_acks(source), "ack.no_return_address", adapter=source)
+    return acks.drain_app_acks(
+        rt.client, spec, connection=connection, kicker=rt.kicker, settings=rt.settings
+    )
 
 
-def _stream_text(value: bytes | str) -> str:
-    """A name Redis returned, as text."""
-    return value.decode() if isinstance(value, bytes) else value
+def rekick() -> int:
+    """Beat's periodic task: re-kick, trim and backpressure (``broker.ops.housekeeping``)."""
+    rt = runtime()
+    return housekeeping.rekick(
+        rt.client,
+        adapters=rt.adapters.values(),
+        subscribers=rt.subscribers,
+        kicker=rt.kicker,
+        settings=rt.settings,
+    )
 
 
-def _undone_floor(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
-    """The id of the oldest entry of ``stream`` that ``group`` has not finished, or ``None``.
-
-    Unfinished: read and not acknowledged (the pending list's smallest id), or not read yet
-    (after the group's last-delivered id). A stream without the group is all unfinished.
-    """
-    try:
-        groups: Any = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return None  # no such stream: nothing to trim
-    info = next((g for g in groups if _stream_text(g["name"]) == group), None)
-    if info is None:
-        return (0, 0)
-    floors = []
-    if int(info["pending"]):
-        summary: Any = client.xpending(stream, group)
-        if summary and summary.get("min"):
-            floors.append(_stream_id(summary["min"]))
-    last = _stream_id(info["last-delivered-id"])
-    floors.append((last[0], last[1] + 1))
-    return min(floors)
+def _unknown(rt: Runtime, stream: str | None, event: str, **context: str) -> int:
+    """A task for an adapter this process cannot serve: its kick flag cleared, logged, 0 done."""
+    if stream is not None:
+        rt.client.delete(keys.kick(stream))
+    log.error(event, **context)
+    return 0

@@ -284,7 +284,7 @@ class TestRobustness:
         stack.redis.delete(stream)
         stack.redis.xadd(stream, {"env": "gone"}, id="1-0")
         # The group's position after 1-0: read, acknowledged, done (an unfinished entry is kept:
-        # tests/worker/test_tasks.py::test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones).
+        # tests/ops/test_housekeeping.py::test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones).
         stack.redis.xgroup_create(stream, keys.DELIVER_GROUP, id="1-0")
         stack.redis.delete(keys.TRIMMED)
         assert wait_until(lambda: not stack.redis.xrange(stream, min="1-0", max="1-0"), 30), (

@@ -1,20 +1,20 @@
-"""The delivery state machine in process (no Celery, no serve), on a real Redis and loopback peers.
+"""The delivery drain (``broker.delivery.drain``) in process: no Celery, no serve; a real Redis.
 
 Each test feeds HL7 v2 messages through the listener's intake and runs the real drains eagerly
-(``broker.testing.EagerBroker``). What is asserted is what reached the capture subscribers, what
-they answered (their own counts) and the dead-letter records in Redis. ``partitions=1`` puts every
-patient in one partition, so "the others go on" is checked in the very partition of the failure.
+(``broker.testing.EagerBroker`` calls the plain functions the Celery tasks wrap). What is
+asserted is what reached the capture subscribers, what they answered (their own counts) and the
+dead-letter records in Redis. ``partitions=1`` puts every patient in one partition, so "the
+others go on" is checked in the very partition of the failure. Releasing a held patient:
+``test_release.py``.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
 from broker import keys
 from broker.ack import read_ack
-from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, RELEASE_PATIENT
+from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
 from broker.testing import EagerBroker, wait_until
 from passerelle_demo.synthetic import adt, patients
 
@@ -30,25 +30,9 @@ def receive(broker: EagerBroker, *messages: tuple[object, str, str]) -> None:
         assert read_ack(answer).code == "AA", answer
 
 
-def envelope_ids(broker: EagerBroker, subscriber: str) -> dict[str, str]:
-    """MSH-10 → envelope id of everything queued for ``subscriber`` (every partition)."""
-    found = {}
-    for partition in range(broker.runtime.settings.partitions):
-        for _, fields in broker.client.xrange(keys.outbound(subscriber, partition)):
-            envelope_id = fields[b"env"].decode()
-            found[broker.control_id(envelope_id)] = envelope_id
-    return found
-
-
-def parked(broker: EagerBroker, subscriber: str, patient_key: str) -> list[str]:
-    """MSH-10 of a held patient's parked messages, in order."""
-    stream = keys.parked(subscriber, patient_key)
-    return [broker.control_id(f[b"env"].decode()) for _, f in broker.client.xrange(stream)]
-
-
 def only_letter(broker: EagerBroker, subscriber: str = DMP) -> dict:
     """The one open dead letter of ``subscriber``."""
-    letters = broker.runtime.dead_letters.find(subscriber)
+    letters = broker.dead_letters.find(subscriber)
     assert len(letters) == 1, f"expected one dead letter for {subscriber}, found {len(letters)}"
     return letters[0]
 
@@ -68,7 +52,7 @@ class TestRetriesExhausted:
         assert letter["reason"].startswith("retries exhausted: ")
         assert "503" in letter["reason"]
         assert [a["reply"][:8] for a in letter["attempts"]] == ["HTTP 503"] * 3
-        assert letter["envelope_id"] == envelope_ids(broker, DMP)["X-1"]
+        assert letter["envelope_id"] == broker.queued(DMP)["X-1"]
         assert broker.fhir.status_counts().get(503) == 3, "the peer did not see three attempts"
         retries = [t for t in ran if t.name == DRAIN_OUTBOUND and t.countdown is not None]
         assert len(retries) == 2, "two retries are scheduled before the third attempt gives up"
@@ -83,7 +67,7 @@ class TestRetriesExhausted:
         receive(broker, (x, "A01", "X-1"))
         broker.run(DRAIN_INBOUND)
         broker.call(DRAIN_OUTBOUND, DMP, 0)
-        assert broker.runtime.dead_letters.find(DMP) == [], "a fresh failure gave up"
+        assert broker.dead_letters.find(DMP) == [], "a fresh failure gave up"
         assert [t.stream for t in broker.celery.queued if t.countdown is not None] == [
             keys.outbound(DMP, 0)
         ]
@@ -108,7 +92,7 @@ class TestRetriesExhausted:
         receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
         broker.run()
 
-        assert broker.runtime.dead_letters.find(DMP) == []
+        assert broker.dead_letters.find(DMP) == []
         assert broker.fhir.status_counts().get(503) == 6
         assert broker.fhir_control_ids() == ["X-1", "Y-1"]
 
@@ -123,7 +107,7 @@ class TestRenderingBug:
         receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)
         # A stored envelope the renderer's code does not expect: an entry without its fullUrl.
-        key = keys.envelope(envelope_ids(broker, DMP)["X-1"])
+        key = keys.envelope(broker.queued(DMP)["X-1"])
         envelope = json.loads(broker.client.get(key))
         del envelope["bundle"]["entry"][1]["fullUrl"]
         broker.client.set(key, json.dumps(envelope))
@@ -148,8 +132,8 @@ class TestExpiredEnvelope:
         x, y = patients(2, seed=1221)
         receive(broker, (x, "A01", "X-1"), (x, "A08", "X-2"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)
-        key = keys.envelope(envelope_ids(broker, DMP)["X-1"])
-        assert 0 < broker.client.ttl(key) <= broker.runtime.settings.retention_s
+        key = keys.envelope(broker.queued(DMP)["X-1"])
+        assert 0 < broker.client.ttl(key) <= broker.settings.retention_s
         broker.client.pexpire(key, 1)  # the retention TTL, run out
         assert wait_until(lambda: not broker.client.exists(key), 10)
         broker.run()
@@ -163,27 +147,6 @@ class TestExpiredEnvelope:
         assert [broker.control_id(e) for e in broker.fhir.received_control_ids] == ["X-2", "Y-1"]
 
 
-@pytest.fixture
-def held(make_broker):
-    """X's first message refused for good (422) by the FHIR subscriber; X-2, X-3 behind it.
-
-    Y and Z, in the same (only) partition, arrive between X's messages.
-    """
-    broker = make_broker(partitions=1)
-    x, y, z = patients(3, seed=1231)
-    broker.fhir.fail_next(1, "reject")
-    receive(
-        broker,
-        (x, "A01", "X-1"),
-        (y, "A01", "Y-1"),
-        (x, "A08", "X-2"),
-        (z, "A01", "Z-1"),
-        (x, "A08", "X-3"),
-    )
-    broker.run()
-    return broker, x, y
-
-
 class TestHold:
     def test_a_dead_letter_parks_its_patients_later_messages_and_others_of_the_partition_go_on(
         self, held
@@ -195,7 +158,7 @@ class TestHold:
         assert "422" in letter["attempts"][0]["reply"]
         assert {e["partition"] for e in map(json.loads, _envelopes(broker))} == {0}
         assert broker.fhir_control_ids() == ["Y-1", "Z-1"]
-        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3"]
+        assert broker.parked(DMP, letter["patient"]) == ["X-1", "X-2", "X-3"]
         assert broker.lab.control_ids() == ["X-1", "Y-1", "X-2", "Z-1", "X-3"]
 
     def test_a_held_patients_message_arriving_later_is_parked_too(self, held):
@@ -205,7 +168,7 @@ class TestHold:
         broker.run()
         letter = only_letter(broker)
         assert broker.fhir_control_ids() == ["Y-1", "Z-1", "Y-2"]
-        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3", "X-4"]
+        assert broker.parked(DMP, letter["patient"]) == ["X-1", "X-2", "X-3", "X-4"]
 
     def test_skip_policy_delivers_the_patients_later_messages(self, make_broker):
         """on_exhausted: skip: the refused message is a dead letter that holds nobody."""
@@ -216,50 +179,6 @@ class TestHold:
         broker.run()
         assert not only_letter(broker)["holds_patient"]
         assert broker.fhir_control_ids() == ["X-2"]
-
-
-class TestRelease:
-    def test_replay_delivers_the_dead_letter_then_the_parked_messages_in_order(self, held):
-        """Replay: X-1, X-2, X-3 delivered in order, hold lifted, record delivered; X-4 goes straight on."""
-        broker, x, _ = held
-        letter = only_letter(broker)
-        broker.operations().replay(DMP, letter["id"], who="test", why="receiver fixed")
-        assert broker.celery.kicked(RELEASE_PATIENT) == [keys.parked(DMP, letter["patient"])]
-        broker.run()
-
-        assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-1", "X-2", "X-3"]
-        assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
-        assert broker.client.xlen(keys.parked(DMP, letter["patient"])) == 0
-        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "delivered"
-        receive(broker, (x, "A08", "X-4"))
-        broker.run()
-        assert broker.fhir_control_ids()[-1] == "X-4"
-
-    def test_discard_delivers_the_parked_messages_without_the_dead_letter(self, held):
-        """Discard: X-2, X-3 delivered in order, X-1 never; the hold is lifted."""
-        broker, _, _ = held
-        letter = only_letter(broker)
-        broker.operations().discard(DMP, letter["id"], who="test", why="wrong registry")
-        broker.run()
-
-        assert broker.fhir_control_ids() == ["Y-1", "Z-1", "X-2", "X-3"]
-        assert broker.client.hget(keys.held(DMP), letter["patient"]) is None
-        assert broker.runtime.dead_letters.get(DMP, letter["id"])["status"] == "discarded"
-
-    def test_a_replay_refused_again_reopens_the_dead_letter_and_keeps_the_hold(self, held):
-        """Replay while the peer still refuses: X-1 open again, X-2, X-3 still parked, nothing sent."""
-        broker, _, _ = held
-        letter = only_letter(broker)
-        broker.fhir.fail_next(1, "reject")
-        broker.operations().replay(DMP, letter["id"], who="test", why="try again")
-        broker.run()
-
-        record = broker.runtime.dead_letters.get(DMP, letter["id"])
-        assert record["status"] == "open"
-        assert len(record["attempts"]) == 2
-        assert broker.fhir_control_ids() == ["Y-1", "Z-1"]
-        assert parked(broker, DMP, letter["patient"]) == ["X-1", "X-2", "X-3"]
-        assert broker.client.hget(keys.held(DMP), letter["patient"]) is not None
 
 
 class TestRetryWait:
@@ -286,4 +205,4 @@ class TestRetryWait:
 
 def _envelopes(broker: EagerBroker) -> list[bytes]:
     """The stored envelopes of everything queued for the FHIR subscriber."""
-    return [broker.client.get(keys.envelope(e)) for e in envelope_ids(broker, DMP).values()]
+    return [broker.client.get(keys.envelope(e)) for e in broker.queued(DMP).values()]

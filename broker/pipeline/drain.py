@@ -1,50 +1,77 @@
-"""The pipeline drain: journal partition → parse, map, route → subscribers' queues."""
+"""The journal drain: one journal partition → parse, map, route → the subscribers' queues.
+
+A plain function over Redis: the Celery task (``broker.worker.tasks``) and
+``broker.testing.EagerBroker`` call it with the configuration it maps with and a kicker.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import redis
 from structlog.contextvars import clear_contextvars
 
 from broker import keys
 from broker.ack import build_ack, should_acknowledge
-from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND
+from broker.adapters.spec import AdapterSpec
+from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope, MessageState
 from broker.errors import MessageError
 from broker.log import get_logger
+from broker.mapping import MappingSet
 from broker.parsing.hl7v2 import decode, parse
 from broker.pipeline import dropped_tally, envelope_from_journal, process
+from broker.settings import Settings
 from broker.streams import drainer_lock, has_work, read_batch
-from broker.worker.runtime import Runtime, runtime
 
 __all__ = ["drain_inbound"]
 
 log = get_logger(__name__)
 
 
-def drain_inbound(partition: int) -> int:
+def drain_inbound(
+    client: redis.Redis,
+    partition: int,
+    *,
+    mappings: Callable[[], MappingSet],
+    adapters: Mapping[str, AdapterSpec],
+    subscribers: Sequence[AdapterSpec],
+    kicker: Kicker,
+    settings: Settings,
+) -> int:
     """Map every journalled message of one partition in order; queue them for subscribers.
 
     Each batch commits atomically (MULTI): envelopes stored, outbound entries appended and the
     journal entries acknowledged together, so a killed worker leaves either nothing or all of
     it, and the next drainer re-reads what was not acknowledged.
+
+    Args:
+        client: the broker's Redis.
+        partition: which journal partition (``pl:in:P``).
+        mappings: returns the mappings serving now (asked per message: they may be reloaded).
+        adapters: every registration by id (a message's source: charset, time zone, ACK mode).
+        subscribers: the enabled outbound adapters routing chooses from.
+        kicker: queues the drains of the queues it fed, and its own when work is left.
+        settings: ``batch_size``, ``claim_idle_s``, ``drain_budget_s`` and ``retention_s``.
+
+    Returns:
+        How many journal entries were handled.
     """
-    rt = runtime()
     clear_contextvars()
-    settings = rt.settings
     stream = keys.inbound(partition)
-    rt.client.delete(keys.kick(stream))
+    client.delete(keys.kick(stream))
     done = 0
-    with drainer_lock(rt.client, stream, settings.claim_idle_s) as lock:
+    with drainer_lock(client, stream, settings.claim_idle_s) as lock:
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
         first = True
         while time.monotonic() < deadline:
             entries = read_batch(
-                rt.client,
+                client,
                 stream,
                 keys.PIPELINE_GROUP,
                 settings.batch_size,
@@ -53,7 +80,7 @@ def drain_inbound(partition: int) -> int:
             first = False
             if not entries:
                 break
-            pipe = rt.client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=True)
             touched: set[str] = set()
             acks: set[str] = set()
             unmapped: dict[str, Counter[str]] = {}
@@ -71,9 +98,7 @@ def drain_inbound(partition: int) -> int:
                     log.error("message.unreadable_entry", stream=stream, entry=entry_id)
                     counts["failed"] = counts.get("failed", 0) + 1
                     continue
-                envelope, destinations = process(
-                    received, raw, rt.mappings, rt.adapters, rt.subscribers
-                )
+                envelope, destinations = process(received, raw, mappings(), adapters, subscribers)
                 if envelope.state is MessageState.FAILED:
                     pipe.xadd(
                         keys.QUARANTINE,
@@ -109,7 +134,7 @@ def drain_inbound(partition: int) -> int:
                     tally["__messages__"] += 1
                 if dropped := dropped_tally(envelope):
                     unmapped.setdefault(envelope.source, Counter()).update(dropped)
-                if _application_ack(rt, pipe, envelope, raw):
+                if _application_ack(adapters, pipe, envelope, raw):
                     acks.add(envelope.source)
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
             for state, count in counts.items():
@@ -120,23 +145,25 @@ def drain_inbound(partition: int) -> int:
             pipe.execute()
             done += len(entries)
             for subscriber in touched:
-                rt.kicker.kick(DRAIN_OUTBOUND, [subscriber, partition])
+                kicker.kick(DRAIN_OUTBOUND, [subscriber, partition])
             for source in acks:
-                rt.kicker.kick(DRAIN_APP_ACKS, [source])
+                kicker.kick(DRAIN_APP_ACKS, [source])
             if not lock.renew():
                 break
-    if has_work(rt.client, stream, keys.PIPELINE_GROUP):
-        rt.kicker.kick(DRAIN_INBOUND, [partition], force=True)
+    if has_work(client, stream, keys.PIPELINE_GROUP):
+        kicker.kick(DRAIN_INBOUND, [partition], force=True)
     return done
 
 
-def _application_ack(rt: Runtime, pipe: Any, envelope: Envelope, raw: bytes) -> bool:
+def _application_ack(
+    adapters: Mapping[str, AdapterSpec], pipe: Any, envelope: Envelope, raw: bytes
+) -> bool:
     """Queue the enhanced-mode application ACK of a processed message, if MSH-16 wants one.
 
     AA when the message was mapped (routed or filtered), AE with the reason when it failed
     (HL7 v2.5.1 §2.9.3). Sent to the source adapter's ``reply_to`` by ``drain_app_acks``.
     """
-    source = rt.adapters.get(envelope.source)
+    source = adapters.get(envelope.source)
     if source is None or source.ack_mode != "enhanced":
         return False
     try:

@@ -1,0 +1,102 @@
+"""One delivery attempt and what it came to: delivered, retried after a back-off, or dead.
+
+Every failed attempt is recorded in ``pl:attempts:SUB`` (by queue entry) with the error and the
+receiver's reply, so the retry policy can count them and a dead letter can show them all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from broker import keys
+from broker.adapters.spec import AdapterSpec
+from broker.delivery.retry import exhausted, next_delay
+from broker.delivery.send import Sender
+from broker.envelope import Envelope
+from broker.errors import PermanentDeliveryError, RetryableDeliveryError
+from broker.log import bind, get_logger
+
+__all__ = ["Outcome", "attempt"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What sending one message came to.
+
+    Attributes:
+        delivered: the receiver confirmed it.
+        retry_after: a retryable failure within the policy: try again in this many seconds.
+        dead: refused for good, out of retries, or a bug while rendering: a dead letter.
+        attempts: every failed attempt so far (``at``, ``error``, ``reply``).
+        reason: why it is dead, for the dead letter.
+    """
+
+    delivered: bool = False
+    retry_after: float | None = None
+    dead: bool = False
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+
+def _record(
+    client: redis.Redis, subscriber: str, entry_id: str, exc: BaseException
+) -> list[dict[str, Any]]:
+    """Append a failed attempt to the entry's record; return every attempt so far."""
+    key = keys.ATTEMPTS + subscriber
+    previous = client.hget(key, entry_id)
+    attempts: list[dict[str, Any]] = json.loads(previous) if previous else []
+    attempts.append({"at": time.time(), "error": str(exc), "reply": getattr(exc, "reply", None)})
+    client.hset(key, entry_id, json.dumps(attempts))
+    return attempts
+
+
+def attempt(
+    client: redis.Redis,
+    subscriber: AdapterSpec,
+    sender: Sender,
+    entry_id: str,
+    envelope: Envelope,
+) -> Outcome:
+    """Send one envelope to ``subscriber`` and classify the result; never raises for a delivery problem.
+
+    Args:
+        client: the broker's Redis (the attempts are recorded there).
+        subscriber: the subscriber's registration (its retry policy).
+        sender: the subscriber's sender.
+        entry_id: the queue entry (or parked entry) the envelope came from.
+        envelope: what to send.
+    """
+    bind(envelope_id=envelope.id, correlation_id=envelope.correlation_id, route=subscriber.id)
+    try:
+        sender.send(envelope)
+    except RetryableDeliveryError as exc:
+        attempts = _record(client, subscriber.id, entry_id, exc)
+        age = time.time() - attempts[0]["at"]
+        if exhausted(subscriber.retry, len(attempts), age):
+            return Outcome(dead=True, attempts=attempts, reason=f"retries exhausted: {exc}")
+        delay = next_delay(subscriber.retry, len(attempts))
+        log.warning(
+            "delivery.retrying", attempt=len(attempts), delay_s=round(delay, 2), error=str(exc)
+        )
+        return Outcome(retry_after=delay, attempts=attempts)
+    except PermanentDeliveryError as exc:
+        return Outcome(
+            dead=True, attempts=_record(client, subscriber.id, entry_id, exc), reason=str(exc)
+        )
+    except Exception as exc:
+        # A bug in rendering must not block the partition forever: park the message
+        # (replayable once fixed) and let the patients behind it through.
+        log.exception("delivery.internal_error")
+        reason = (
+            f"internal error while rendering or sending ({type(exc).__name__}); see the worker log"
+        )
+        attempts = _record(client, subscriber.id, entry_id, exc)
+        return Outcome(dead=True, attempts=attempts, reason=reason)
+    return Outcome(delivered=True)

@@ -1,0 +1,180 @@
+"""The delivery drain: one subscriber partition's queue, in order, with retries and holds.
+
+The head of a partition waits out its retries: a retryable failure stops the partition, marks it
+held until the next attempt (``pl:hold:SUB:P``) and schedules that attempt. A message refused for
+good, or out of retries, becomes a dead letter; under ``on_exhausted: hold`` its patient's later
+messages are parked behind it (``pl:parked:SUB:PK``) while the other patients of the partition go
+on. ``broker.delivery.release`` delivers them once an operator replayed or discarded it.
+
+A plain function over Redis: the Celery task (``broker.worker.tasks``) and
+``broker.testing.EagerBroker`` call it with the subscriber, its sender and a kicker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from structlog.contextvars import clear_contextvars
+
+from broker import keys
+from broker.adapters.spec import AdapterSpec
+from broker.delivery.attempt import attempt
+from broker.delivery.dead_letter import DeadLetterStore
+from broker.delivery.send import Sender
+from broker.dispatch import DRAIN_OUTBOUND, Kicker
+from broker.envelope import Envelope
+from broker.log import get_logger
+from broker.settings import Settings
+from broker.streams import drainer_lock, has_work, read_batch
+
+__all__ = ["HOLD_SLACK_S", "drain_outbound"]
+
+log = get_logger(__name__)
+HOLD_SLACK_S = 0.5
+"""A retry's countdown and the hold mark come from different clocks: a little slack."""
+
+
+def drain_outbound(
+    client: redis.Redis,
+    subscriber: AdapterSpec,
+    partition: int,
+    *,
+    sender: Sender,
+    kicker: Kicker,
+    settings: Settings,
+) -> int:
+    """Deliver one subscriber partition's queue in order; return how many were delivered.
+
+    Args:
+        client: the broker's Redis.
+        subscriber: the subscriber's registration (its id, retry policy and ``on_exhausted``).
+        partition: which of its queues (``pl:out:SUB:P``).
+        sender: the subscriber's sender.
+        kicker: queues the next drain (more work, or a retry after its back-off).
+        settings: ``batch_size``, ``claim_idle_s`` (the drainer lock) and ``drain_budget_s``.
+    """
+    clear_contextvars()
+    sub = subscriber.id
+    stream = keys.outbound(sub, partition)
+    client.delete(keys.kick(stream))
+    hold = client.get(keys.hold(sub, partition))
+    if hold is not None and float(hold) > time.time() + HOLD_SLACK_S:
+        return 0
+    dead_letters = DeadLetterStore(client)
+    delivered = 0
+    stopped = False
+    with drainer_lock(client, stream, settings.claim_idle_s) as lock:
+        if lock is None:
+            return 0
+        deadline = time.monotonic() + settings.drain_budget_s
+        first = True
+        while not stopped and time.monotonic() < deadline:
+            entries = read_batch(
+                client,
+                stream,
+                keys.DELIVER_GROUP,
+                settings.batch_size,
+                pending=first,
+            )
+            first = False
+            if not entries:
+                break
+            ids = [f.get(b"env", b"").decode() for _, f in entries]
+            patients = [f.get(b"pk", b"").decode() for _, f in entries]
+            raw_envelopes: list[bytes | None]
+            raw_envelopes = client.mget([keys.envelope(i) for i in ids])  # type: ignore[assignment]
+            held = dead_letters.held_patients(sub, patients)
+            # Held by a dead letter of this very batch: its hold is still queued on `pipe`, so
+            # the patient's next messages are parked on the same pipe, behind it, in order.
+            newly_held: set[str] = set()
+            handled: list[str] = []
+            batch_delivered = 0
+            pipe = client.pipeline(transaction=True)
+            for (entry_id, fields), envelope_id, patient, raw in zip(
+                entries, ids, patients, raw_envelopes, strict=True
+            ):
+                if patient in newly_held:
+                    pipe.xadd(
+                        keys.parked(sub, patient),
+                        {"env": envelope_id, "pk": patient, "partition": str(partition)},
+                    )
+                    handled.append(entry_id)
+                    continue
+                if patient in held and dead_letters.park_if_held(
+                    sub, patient, envelope_id, partition
+                ):
+                    handled.append(entry_id)
+                    continue
+                if raw is None:
+                    dead_letters.add(
+                        pipe,
+                        subscriber=sub,
+                        envelope_id=envelope_id,
+                        envelope_json=None,
+                        partition=partition,
+                        patient=patient,
+                        entry_id=entry_id,
+                        reason="the envelope expired before delivery",
+                        attempts=[],
+                        hold=False,
+                    )
+                    handled.append(entry_id)
+                    continue
+                outcome = attempt(
+                    client, subscriber, sender, entry_id, Envelope.model_validate_json(raw)
+                )
+                if outcome.retry_after is not None:
+                    delay = outcome.retry_after
+                    client.set(
+                        keys.hold(sub, partition),
+                        str(time.time() + delay),
+                        ex=int(delay) + 60,
+                    )
+                    kicker.later(DRAIN_OUTBOUND, [sub, partition], delay)
+                    stopped = True
+                    break
+                if outcome.dead and b"dead" in fields:
+                    # A replayed dead letter failed again: it stays that dead letter, reopened.
+                    dead_letters.reopen(
+                        sub, fields[b"dead"].decode(), outcome.attempts, outcome.reason
+                    )
+                elif outcome.dead:
+                    hold_patient = subscriber.retry.on_exhausted == "hold"
+                    dead_letters.add(
+                        pipe,
+                        subscriber=sub,
+                        envelope_id=envelope_id,
+                        envelope_json=raw,
+                        partition=partition,
+                        patient=patient,
+                        entry_id=entry_id,
+                        reason=outcome.reason,
+                        attempts=outcome.attempts,
+                        hold=hold_patient,
+                    )
+                    log.error(
+                        "delivery.dead_lettered",
+                        envelope_id=envelope_id,
+                        route=sub,
+                        reason=outcome.reason,
+                        held=hold_patient,
+                    )
+                    if hold_patient and patient:
+                        newly_held.add(patient)
+                else:
+                    delivered += 1
+                    batch_delivered += 1
+                    if b"dead" in fields:
+                        dead_letters.resolve(sub, fields[b"dead"].decode())
+                handled.append(entry_id)
+                lock.renew()
+            if handled:
+                pipe.xack(stream, keys.DELIVER_GROUP, *handled)
+                pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
+                pipe.hdel(keys.ATTEMPTS + sub, *handled)
+            pipe.execute()
+            log.info("delivery.batch", route=sub, partition=partition, handled=len(handled))
+    if not stopped and has_work(client, stream, keys.DELIVER_GROUP):
+        kicker.kick(DRAIN_OUTBOUND, [sub, partition], force=True)
+    return delivered

@@ -1,0 +1,177 @@
+"""Housekeeping beat runs every ``rekick_interval_s``: re-kick idle streams, trim, backpressure.
+
+- :func:`rekick` queues a drain for every stream with work and no live drainer, so a lost task
+  or a dead worker costs a delay, never a message (docs/reliability.md §2).
+- :func:`trim` drops journal and queue entries older than the retention, never unfinished ones.
+- :func:`pressure` turns backpressure on while a backlog or Redis memory is over its limit.
+
+Plain functions over Redis: beat's task (``broker.worker.tasks``) and
+``broker.testing.EagerBroker`` call them with the registrations, a kicker and the settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from broker import keys
+from broker.adapters.spec import AdapterSpec
+from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
+from broker.log import get_logger
+from broker.ops.stats import group_stats
+from broker.settings import Settings
+from broker.streams import has_work
+
+__all__ = ["pressure", "rekick", "trim", "undone_floor"]
+
+log = get_logger(__name__)
+
+
+def rekick(
+    client: redis.Redis,
+    *,
+    adapters: Iterable[AdapterSpec],
+    subscribers: Sequence[AdapterSpec],
+    kicker: Kicker,
+    settings: Settings,
+) -> int:
+    """Queue a drain for every stream with work and no live drainer (lost tasks, dead workers).
+
+    A partition waiting out a retry's back-off (``pl:hold:SUB:P``) is left to its scheduled
+    retry. Then :func:`trim` and :func:`pressure` run, as beat's one periodic task.
+
+    Args:
+        client: the broker's Redis.
+        adapters: every registration (enhanced-mode sources have application ACKs to send).
+        subscribers: the enabled outbound adapters.
+        kicker: queues the drains (forced: a lost task's kick flag must not stop it).
+        settings: ``partitions``, ``retention_s``, ``max_backlog``, ``max_memory_ratio`` and
+            ``rekick_interval_s``.
+
+    Returns:
+        How many drains were queued.
+    """
+    kicked = 0
+    now = time.time()
+    for partition in range(settings.partitions):
+        stream = keys.inbound(partition)
+        if not client.exists(keys.lock(stream)) and has_work(client, stream, keys.PIPELINE_GROUP):
+            kicked += kicker.kick(DRAIN_INBOUND, [partition], force=True)
+        for sub in subscribers:
+            out = keys.outbound(sub.id, partition)
+            hold = client.get(keys.hold(sub.id, partition))
+            if hold is not None and float(hold) > now:
+                continue
+            if not client.exists(keys.lock(out)) and has_work(client, out, keys.DELIVER_GROUP):
+                kicked += kicker.kick(DRAIN_OUTBOUND, [sub.id, partition], force=True)
+    for source in adapters:
+        if source.ack_mode == "enhanced":
+            acks = keys.app_acks(source.id)
+            if not client.exists(keys.lock(acks)) and has_work(client, acks, keys.DELIVER_GROUP):
+                kicked += kicker.kick(DRAIN_APP_ACKS, [source.id], force=True)
+    trim(client, subscribers=subscribers, settings=settings)
+    pressure(client, subscribers=subscribers, settings=settings)
+    return kicked
+
+
+def pressure(
+    client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: Settings
+) -> None:
+    """Turn backpressure on while a subscriber's backlog or Redis memory is over its limit.
+
+    The mark (``pl:pressure``, read by the listeners and the API) expires by itself three
+    periods after the last check that found pressure, so a stopped beat cannot leave the
+    listeners refusing forever.
+    """
+    reasons = []
+    limit_backlog = settings.max_backlog
+    for sub in subscribers:
+        waiting = 0
+        for p in range(settings.partitions):
+            # Redis 6.2 reports no lag: counting stops once the limit is known to be passed.
+            stats = group_stats(
+                client, keys.outbound(sub.id, p), keys.DELIVER_GROUP, lag_cap=limit_backlog + 1
+            )
+            waiting += stats.depth
+            if waiting > limit_backlog:
+                break
+        if waiting > limit_backlog:
+            reasons.append(f"subscriber {sub.id} has over {limit_backlog} messages waiting")
+    memory: Any = client.info("memory")
+    limit = int(memory.get("maxmemory", 0))
+    used = int(memory.get("used_memory", 0))
+    if limit and used > limit * settings.max_memory_ratio:
+        reasons.append(f"the journal uses {used * 100 // limit}% of its memory limit")
+    if reasons:
+        client.set(
+            keys.PRESSURE, "; ".join(reasons), ex=max(1, int(settings.rekick_interval_s * 3))
+        )
+        log.warning("backpressure.on", reasons=reasons)
+    elif client.delete(keys.PRESSURE):
+        log.info("backpressure.off")
+
+
+def trim(client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: Settings) -> None:
+    """Drop journal and queue entries older than the retention, at most once a minute.
+
+    XTRIM MINID cuts by entry id, i.e. by arrival time; an entry is processed within seconds,
+    so only entries long done fall out. An entry its consumer group has not yet read, or read
+    and not acknowledged, is never cut however old: the cut stops at the oldest of them, so a
+    drain still reaches it (a queued message whose envelope expired becomes a dead letter, §6 of
+    docs/reliability.md). Dead letters, rejections and quarantine are kept.
+    """
+    if not client.set(keys.TRIMMED, b"1", nx=True, ex=60):
+        return
+    cutoff = _stream_id(f"{int((time.time() - settings.retention_s) * 1000)}-0")
+    streams = []
+    for partition in range(settings.partitions):
+        streams.append((keys.inbound(partition), keys.PIPELINE_GROUP))
+        streams.extend(
+            (keys.outbound(sub.id, partition), keys.DELIVER_GROUP) for sub in subscribers
+        )
+    pipe = client.pipeline(transaction=False)
+    for stream, group in streams:
+        floor = undone_floor(client, stream, group)
+        minid = cutoff if floor is None else min(cutoff, floor)
+        if minid > (0, 0):
+            pipe.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
+    pipe.execute()
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stream_text(value: bytes | str) -> str:
+    """A name Redis returned, as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def undone_floor(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
+    """The id of the oldest entry of ``stream`` that ``group`` has not finished, or ``None``.
+
+    Unfinished: read and not acknowledged (the pending list's smallest id), or not read yet
+    (after the group's last-delivered id). A stream without the group is all unfinished.
+    ``None`` when there is no such stream (nothing to trim).
+    """
+    try:
+        groups: Any = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return None
+    info = next((g for g in groups if _stream_text(g["name"]) == group), None)
+    if info is None:
+        return (0, 0)
+    floors = []
+    if int(info["pending"]):
+        summary: Any = client.xpending(stream, group)
+        if summary and summary.get("min"):
+            floors.append(_stream_id(summary["min"]))
+    last = _stream_id(info["last-delivered-id"])
+    floors.append((last[0], last[1] + 1))
+    return min(floors)
