@@ -46,6 +46,7 @@ test: $(STAMP) $(FHIR_STAMP)
 	$(BIN)/ruff format --check broker demo tests benchmarks
 	$(BIN)/ruff check broker demo tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest --cov --cov-report=term -n $(PYTEST_WORKERS) --dist loadfile \
 		--no-loadscope-reorder $(PYTEST_ARGS)
 
