@@ -26,11 +26,10 @@ from broker.envelope import MappingRef
 from broker.errors import CanonicalError, FHIRParseError, MappingError, NoMappingError
 from broker.identity import (
     IdentifierSystem,
-    conditional_identifier,
+    identifier_key,
     resource_system,
     unidentified_key,
 )
-from broker.identity import key as identity_key
 from broker.mapping.bundle import V2_0003, message_bundle, resource_id
 from broker.mapping.context import MapContext, MapResult, TraceStep
 from broker.mapping.fhir_in.fhirpath import Expression
@@ -372,7 +371,7 @@ class FhirMapping:
             if e.resource["resourceType"] == "Patient"
         }
         for patient in patients.values():
-            key = _identifier_key(patient.get("identifier"))
+            key = identifier_key(patient.get("identifier"))
             if key is not None:
                 return key
         for entry in kept:
@@ -386,7 +385,7 @@ class FhirMapping:
             for reference in references:
                 if not isinstance(reference, dict):
                     continue
-                key = _identifier_key(reference.get("identifier"))
+                key = identifier_key(reference.get("identifier"))
                 if key is not None:
                     return key
                 literal = reference.get("reference")
@@ -424,18 +423,13 @@ def _keep_sender_id(entry: Entry, source: str) -> None:
     resource["identifier"] = [*idents, own]
 
 
-def _identifier_key(idents: Any) -> str | None:
-    found = conditional_identifier({"identifier": idents})
-    return identity_key(*found) if found is not None else None
-
-
 def _correlation(data: dict[str, Any]) -> str:
     """The input's identity: its Bundle.identifier, else type/id[/_history/version], else a digest.
 
     The same input always gives the same resource ids, so a replay updates, never duplicates.
     """
     if data["resourceType"] == "Bundle":
-        key = _identifier_key(data.get("identifier"))
+        key = identifier_key(data.get("identifier"))
         if key is not None:
             return key
     rid = data.get("id")
