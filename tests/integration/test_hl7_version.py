@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-import broker.testing
+import passerelle_demo.loopback
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.parsing.hl7v2 import parse
-from broker.testing import wait_until, write_adapter
+from broker.testing import wait_until, write_adapter, write_loopback_adapters
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.synthetic import adt, patients
 
@@ -23,15 +23,15 @@ def test_a_v23_subscriber_receives_msh12_23(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """lab-legacy registered with hl7_version 2.3 receives MSH-12 2.3 and no MSH-9.3."""
-    write_all = broker.testing.write_loopback_adapters
 
     def write_with_v23(directory: Path, **options: Any) -> None:
-        write_all(directory, **options)
+        write_loopback_adapters(directory, **options)
         path = directory / "lab-legacy.yaml"
         lab = yaml.safe_load(path.read_text(encoding="utf-8"))
         write_adapter(directory, {**lab, "hl7_version": "2.3"})
 
-    monkeypatch.setattr(broker.testing, "write_loopback_adapters", write_with_v23)
+    # The name LoopbackStack calls (it imported it from broker.testing).
+    monkeypatch.setattr(passerelle_demo.loopback, "write_loopback_adapters", write_with_v23)
     with LoopbackStack(tmp_path, workers=1) as stack:
         text = adt(patients(1, seed=23)[0], "A01", control_id="V23000001")
         with MllpClient("127.0.0.1", stack.inbound_port, timeout=10) as client:
