@@ -23,6 +23,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
     pl:trimmed           string   the retention trim ran within the last minute
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
+    pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "PIPELINE_GROUP",
     "PRESSURE",
     "QUARANTINE",
+    "RATES",
     "REJECTED",
     "STATS",
     "TRIMMED",
@@ -63,6 +65,7 @@ STATS = "pl:stats"
 AUDIT = "pl:audit"
 TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
+RATES = "pl:rates"
 ATTEMPTS = "pl:attempts:"
 
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from broker.api.auth import require_token
-from broker.ops import stats
+from broker.ops import backlog
+from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
 from broker.settings import Settings
 
@@ -58,12 +59,13 @@ def readyz(client: Client) -> JSONResponse:
     response_class=PlainTextResponse,
 )
 def metrics(client: Client, settings: Config) -> PlainTextResponse:
-    """Prometheus text: ``pl:stats`` counters, stream lengths, group lag/pending/age."""
-    text = stats.prometheus_text(client, settings.partitions)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    """Prometheus text: counters, stream lengths, group lag/pending/age, backlogs and flows."""
+    text = prometheus.prometheus_text(client, settings)
+    return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
 
 @router.get("/api/queues", tags=["ops"], dependencies=[Depends(require_token)])
 def queues(client: Client, settings: Config) -> dict[str, Any]:
-    """Per inbound partition and per subscriber: depth, pending, age of oldest, counters."""
-    return stats.queues(client, settings.partitions)
+    """Per journal partition and per subscriber: depth, pending, age of oldest, counters; the
+    pipeline's and each subscriber's flow (offered, sustained, growth, time to backpressure)."""
+    return backlog.queues(client, settings)

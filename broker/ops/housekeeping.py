@@ -21,6 +21,7 @@ from broker import keys
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
 from broker.log import get_logger
+from broker.ops import rates
 from broker.ops.stats import group_stats
 from broker.settings import Settings
 from broker.streams import has_work
@@ -74,6 +75,7 @@ def rekick(
                 kicked += kicker.kick(DRAIN_APP_ACKS, [source.id], force=True)
     trim(client, subscribers=subscribers, settings=settings)
     pressure(client, subscribers=subscribers, settings=settings)
+    rates.record(client, registered=[sub.id for sub in subscribers], settings=settings)
     return kicked
 
 

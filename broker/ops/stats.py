@@ -1,4 +1,4 @@
-"""Queue and counter statistics read from Redis: depth, lag, pending, age of oldest, counters.
+"""Queue and counter statistics read from Redis now: depth, lag, pending, age of oldest, counters.
 
 Every number comes from Redis itself (``XINFO GROUPS``, ``XPENDING``, ``XRANGE`` and the
 ``pl:stats`` hash), so any process can compute them and they survive restarts. Stream entry ids
@@ -12,6 +12,7 @@ the entries after the group's last-delivered id are counted with ``XRANGE``, up 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,10 +22,11 @@ from broker import keys
 
 __all__ = [
     "GroupStats",
+    "Snapshot",
     "counters",
     "group_stats",
-    "prometheus_text",
-    "queues",
+    "parked",
+    "snapshot",
     "subscribers",
 ]
 
@@ -208,141 +210,109 @@ def _subscriber_partitions(client: redis.Redis, subscriber: str) -> list[int]:
     return sorted(parts)
 
 
-def _max_age(stats: list[GroupStats]) -> float | None:
-    ages = [s.oldest_age_s for s in stats if s.oldest_age_s is not None]
-    return max(ages) if ages else None
+def parked(client: redis.Redis, subscriber: str) -> int:
+    """Messages parked behind the subscriber's dead letters (every ``pl:parked:SUB:PK``).
+
+    Read from the held patients (``pl:held:SUB``), not by scanning the keyspace: a patient's
+    messages are parked only while a dead letter holds that patient.
+    """
+    patients: Any = client.hkeys(keys.held(subscriber))
+    if not patients:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for patient in patients:
+        pipe.xlen(keys.parked(subscriber, _text(patient)))
+    return sum(int(n) for n in pipe.execute())
 
 
-def queues(client: redis.Redis, partitions: int, *, now: float | None = None) -> dict[str, Any]:
-    """Every queue's depth, pending count and age of oldest, with the delivery counters.
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every queue of the broker read at one moment, for the API, the metrics and the samples.
+
+    Attributes:
+        at: when it was read, epoch seconds.
+        counters: the ``pl:stats`` hash.
+        inbound: the pipeline group on each journal partition, by partition.
+        outbound: per subscriber, the deliver group on each of its partitions, by partition.
+        parked: per subscriber, messages parked behind its dead letters.
+        dead_letters: per subscriber, the length of its dead-letter stream.
+        rejected: entries of ``pl:rejected``.
+        quarantine: entries of ``pl:quarantine``.
+        memory_used: Redis's ``used_memory``, bytes.
+        memory_limit: Redis's ``maxmemory``, bytes; 0 when unlimited.
+        pressure: why backpressure is on (``pl:pressure``), ``None`` when it is off.
+    """
+
+    at: float
+    counters: dict[str, int]
+    inbound: dict[int, GroupStats]
+    outbound: dict[str, dict[int, GroupStats]]
+    parked: dict[str, int]
+    dead_letters: dict[str, int]
+    rejected: int
+    quarantine: int
+    memory_used: int
+    memory_limit: int
+    pressure: str | None
+
+    @property
+    def journal_backlog(self) -> int:
+        """Journalled messages the pipeline has not finished: undelivered plus pending."""
+        return sum(g.depth for g in self.inbound.values())
+
+    def backlog(self, subscriber: str) -> int:
+        """Messages waiting for one subscriber: undelivered plus pending (parked excluded)."""
+        return sum(g.depth for g in self.outbound.get(subscriber, {}).values())
+
+
+def snapshot(
+    client: redis.Redis,
+    partitions: int,
+    *,
+    registered: Sequence[str] | None = None,
+    now: float | None = None,
+    lag_cap: int = 100_000,
+) -> Snapshot:
+    """Read every queue once: journal partitions, subscribers' partitions, parked, memory.
 
     Args:
         client: the Redis client.
-        partitions: ``Settings.partitions``: the inbound streams are ``pl:in:0`` … ``P-1``.
+        partitions: ``Settings.partitions``: the journal streams are ``pl:in:0`` … ``P-1``.
+        registered: the subscribers to read, each on partitions ``0`` … ``P-1``; ``None``:
+            those that have an outbound stream, on the partitions found (a keyspace scan).
         now: the current time in epoch seconds (for tests).
-
-    Returns:
-        ``{"inbound": [...per partition...], "subscribers": [...], "rejected": n,
-        "quarantine": n, "counters": {...}}``; each subscriber has ``depth``, ``pending``,
-        ``lag``, ``oldest_age_s``, ``delivered``, ``failed``, ``dead_lettered``, ``dead_letters``
-        (length of its dead-letter stream), ``counters`` and ``partitions``.
+        lag_cap: the most entries counted per stream when Redis does not report the lag.
     """
     now = time.time() if now is None else now
-    stats = counters(client)
-    inbound = []
-    for partition in range(partitions):
-        g = group_stats(client, keys.inbound(partition), keys.PIPELINE_GROUP, now=now)
-        inbound.append({"partition": partition, **g.as_dict()})
-    subs = []
-    for subscriber in subscribers(client):
-        per = [
-            group_stats(client, keys.outbound(subscriber, p), keys.DELIVER_GROUP, now=now)
-            for p in _subscriber_partitions(client, subscriber)
-        ]
-        own = {
-            name.rpartition(":")[0]: value
-            for name, value in stats.items()
-            if name.endswith(f":{subscriber}")
-        }
-        subs.append(
-            {
-                "id": subscriber,
-                "depth": sum(s.depth for s in per),
-                "pending": sum(s.pending for s in per),
-                "lag": sum(s.lag for s in per),
-                "oldest_age_s": _max_age(per),
-                "delivered": own.get("delivered", 0),
-                "failed": own.get("failed", 0),
-                "dead_lettered": own.get("dead_lettered", 0),
-                "dead_letters": int(client.xlen(keys.dead(subscriber))),
-                "counters": own,
-                "partitions": [
-                    {"partition": p, **s.as_dict()}
-                    for p, s in zip(_subscriber_partitions(client, subscriber), per, strict=False)
-                ],
-            }
-        )
-    return {
-        "inbound": inbound,
-        "subscribers": subs,
-        "rejected": int(client.xlen(keys.REJECTED)),
-        "quarantine": int(client.xlen(keys.QUARANTINE)),
-        "counters": stats,
-    }
-
-
-def _metric_name(text: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in text.lower())
-    return cleaned if cleaned and not cleaned[0].isdigit() else f"_{cleaned}"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def prometheus_text(client: redis.Redis, partitions: int, *, now: float | None = None) -> str:
-    """The Prometheus text exposition (format 0.0.4) of the counters and every queue.
-
-    Counters ``name`` and ``name:SUB`` of ``pl:stats`` become ``passerelle_<name>_total``
-    (with ``subscriber="SUB"``); each stream/group gives ``passerelle_stream_length``,
-    ``passerelle_group_lag``, ``passerelle_group_pending``, ``passerelle_group_depth`` and
-    ``passerelle_group_oldest_age_seconds``.
-
-    Args:
-        client: the Redis client.
-        partitions: ``Settings.partitions``.
-        now: the current time in epoch seconds (for tests).
-    """
-    now = time.time() if now is None else now
-    lines: list[str] = []
-    families: dict[str, list[str]] = {}
-    for name, value in sorted(counters(client).items()):
-        base, sep, subscriber = name.partition(":")
-        metric = f"passerelle_{_metric_name(base)}_total"
-        labels = f'{{subscriber="{_label(subscriber)}"}}' if sep else ""
-        families.setdefault(metric, []).append(f"{metric}{labels} {value}")
-    for metric, samples in families.items():
-        lines.append(f"# HELP {metric} Counter from the pl:stats hash.")
-        lines.append(f"# TYPE {metric} counter")
-        lines.extend(samples)
-
-    groups = [
-        group_stats(client, keys.inbound(p), keys.PIPELINE_GROUP, now=now)
+    inbound = {
+        p: group_stats(client, keys.inbound(p), keys.PIPELINE_GROUP, now=now, lag_cap=lag_cap)
         for p in range(partitions)
-    ]
-    for subscriber in subscribers(client):
-        groups.extend(
-            group_stats(client, keys.outbound(subscriber, p), keys.DELIVER_GROUP, now=now)
-            for p in _subscriber_partitions(client, subscriber)
-        )
-    lengths = {g.stream: g.length for g in groups}
-    for stream in (keys.REJECTED, keys.QUARANTINE, *(keys.dead(s) for s in subscribers(client))):
-        lengths[stream] = int(client.xlen(stream))
-    gauges: list[tuple[str, str, list[str]]] = [
-        (
-            "passerelle_stream_length",
-            "Entries in the stream, processed or not.",
-            [f'passerelle_stream_length{{stream="{_label(s)}"}} {n}' for s, n in lengths.items()],
-        )
-    ]
-    fields = (
-        ("lag", "Entries not yet delivered to the consumer group."),
-        ("pending", "Entries delivered to the group and not acknowledged."),
-        ("depth", "Work left for the group: lag plus pending."),
-        ("oldest_age_seconds", "Age of the oldest entry waiting for the group."),
-    )
-    for field_name, help_text in fields:
-        metric = f"passerelle_group_{field_name}"
-        samples = []
-        for g in groups:
-            sample: float | None = (
-                g.oldest_age_s if field_name == "oldest_age_seconds" else getattr(g, field_name)
+    }
+    if registered is None:
+        found = {sub: _subscriber_partitions(client, sub) for sub in subscribers(client)}
+    else:
+        found = {sub: list(range(partitions)) for sub in registered}
+    outbound = {
+        sub: {
+            p: group_stats(
+                client, keys.outbound(sub, p), keys.DELIVER_GROUP, now=now, lag_cap=lag_cap
             )
-            labels = f'{{stream="{_label(g.stream)}",group="{_label(g.group)}"}}'
-            samples.append(f"{metric}{labels} {0 if sample is None else sample}")
-        gauges.append((metric, help_text, samples))
-    for metric, help_text, samples in gauges:
-        lines.append(f"# HELP {metric} {help_text}")
-        lines.append(f"# TYPE {metric} gauge")
-        lines.extend(samples)
-    return "\n".join(lines) + "\n"
+            for p in parts
+        }
+        for sub, parts in found.items()
+    }
+    memory: Any = client.info("memory")
+    pressure: Any = client.get(keys.PRESSURE)
+    return Snapshot(
+        at=now,
+        counters=counters(client),
+        inbound=inbound,
+        outbound=outbound,
+        parked={sub: parked(client, sub) for sub in found},
+        dead_letters={sub: int(client.xlen(keys.dead(sub))) for sub in found},
+        rejected=int(client.xlen(keys.REJECTED)),
+        quarantine=int(client.xlen(keys.QUARANTINE)),
+        memory_used=int(memory.get("used_memory", 0)),
+        memory_limit=int(memory.get("maxmemory", 0)),
+        pressure=None if pressure is None else _text(pressure),
+    )

@@ -81,7 +81,7 @@ def drain_inbound(
             if not entries:
                 break
             pipe = client.pipeline(transaction=True)
-            touched: set[str] = set()
+            touched: Counter[str] = Counter()
             acks: set[str] = set()
             unmapped: dict[str, Counter[str]] = {}
             counts: dict[str, int] = {}
@@ -123,7 +123,7 @@ def drain_inbound(
                         "partition": partition,
                     }
                     pipe.xadd(keys.outbound(destination.id, partition), entry)  # type: ignore[arg-type]
-                    touched.add(destination.id)
+                    touched[destination.id] += 1
                 pipe.set(
                     keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
                 )
@@ -139,6 +139,8 @@ def drain_inbound(
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
             for state, count in counts.items():
                 pipe.hincrby(keys.STATS, state, count)
+            for subscriber, count in touched.items():
+                pipe.hincrby(keys.STATS, f"queued:{subscriber}", count)
             for source, tally in unmapped.items():
                 for field, count in tally.items():
                     pipe.hincrby(keys.unmapped(source), field, count)

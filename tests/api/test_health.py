@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from broker import keys
@@ -74,14 +75,19 @@ class TestMetrics:
             redis_client.xadd(keys.inbound(0), {"raw": b"x"})
         reply = client.get("/metrics", headers=AUTH)
         assert reply.status_code == 200
-        assert reply.headers["content-type"].startswith("text/plain")
-        text = reply.text
-        assert "# TYPE passerelle_received_total counter" in text
-        assert "passerelle_received_total 5" in text
-        assert 'passerelle_delivered_total{subscriber="dmp"} 3' in text
-        assert 'passerelle_stream_length{stream="pl:in:0"} 4' in text
-        assert 'passerelle_group_lag{stream="pl:in:0",group="pipeline"} 4' in text
-        assert 'passerelle_group_pending{stream="pl:in:0",group="pipeline"} 0' in text
+        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+        series = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.text)
+            for s in family.samples
+        }
+        assert series[("passerelle_received_total", ())] == 5
+        assert series[("passerelle_delivered_total", (("subscriber", "dmp"),))] == 3
+        assert series[("passerelle_stream_length", (("stream", "pl:in:0"),))] == 4
+        lag = ("passerelle_group_lag", (("group", "pipeline"), ("stream", "pl:in:0")))
+        pending = ("passerelle_group_pending", (("group", "pipeline"), ("stream", "pl:in:0")))
+        assert (series[lag], series[pending]) == (4, 0)
+        assert "# TYPE passerelle_received_total counter" in reply.text
 
     def test_every_sample_line_is_well_formed(
         self, client: TestClient, redis_client: redis.Redis

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from broker import keys
 from broker.api import create_app
+from broker.ops.rates import Sample
 from broker.ops.stats import group_stats
 from broker.settings import Settings
 
@@ -21,7 +22,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(name="client")
 def fixture_client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
-    settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), partitions=2)
+    settings = Settings(
+        redis_url=redis_url, api_token=SecretStr(TOKEN), partitions=2, max_backlog=1_000
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -103,3 +106,67 @@ class TestQueuesRoute:
         assert all(p["depth"] == 0 for p in body["inbound"])
         assert body["subscribers"] == []
         assert (body["rejected"], body["quarantine"]) == (0, 0)
+
+
+class TestFlow:
+    def test_each_queue_shows_its_rates_growth_parked_and_time_to_backpressure(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Samples a minute and half a minute ago, then now: the journal took 20/s and mapped
+        20/s; dmp was routed 10/s and delivered 8/s, its backlog 0 → 60 → 120 (+2/s) reaches
+        max_backlog (1,000) in 440 s, which is the earliest mark; 2 messages parked for dmp."""
+        now = time.time()
+        for at, n, waiting in ((now - 60, 0, 0), (now - 30, 1, 60)):
+            counters = {
+                "received": 600 * n,
+                "routed": 600 * n,
+                "queued:dmp": 300 * n,
+                "delivered:dmp": 240 * n,
+            }
+            sample = Sample(at=at, counters=counters, backlog={"dmp": waiting})
+            redis_client.lpush(keys.RATES, sample.to_json())
+        redis_client.hset(
+            keys.STATS,
+            mapping={"received": 1200, "routed": 1200, "queued:dmp": 600, "delivered:dmp": 480},
+        )
+        for _ in range(120):
+            redis_client.xadd(keys.outbound("dmp", 0), {"env": "e"})
+        redis_client.hset(keys.held("dmp"), "pk", "d1")
+        redis_client.xadd(keys.parked("dmp", "pk"), {"env": "e"})
+        redis_client.xadd(keys.parked("dmp", "pk"), {"env": "e"})
+
+        body = client.get("/api/queues", headers=AUTH).json()
+
+        [dmp] = body["subscribers"]
+        assert (dmp["depth"], dmp["parked"]) == (120, 2)
+        flow = dmp["flow"]
+        assert flow["backlog"] == 120
+        assert flow["parked"] == 2
+        assert flow["offered_per_s"] == pytest.approx(10, rel=0.01)
+        assert flow["sustained_per_s"] == pytest.approx(8, rel=0.01)
+        assert flow["growth_per_s"] == pytest.approx(2, rel=0.01)
+        assert flow["seconds_to_backpressure"] == pytest.approx(440, rel=0.01)
+        pipeline = body["pipeline"]
+        assert pipeline["offered_per_s"] == pytest.approx(20, rel=0.01)
+        assert pipeline["sustained_per_s"] == pytest.approx(20, rel=0.01)
+        assert pipeline["growth_per_s"] == 0
+        assert body["backpressure"]["on"] is False
+        assert body["backpressure"]["seconds_to"] == pytest.approx(440, rel=0.01)
+        assert body["memory"]["used_bytes"] > 0
+
+    def test_before_any_sample_the_backlog_is_there_and_the_rates_are_null(
+        self, client: TestClient, redis_client: redis.Redis
+    ) -> None:
+        """Beat has not run yet: depths are read, no rate or estimate is made up."""
+        redis_client.xadd(keys.outbound("dmp", 0), {"env": "e"})
+        redis_client.set(keys.PRESSURE, "subscriber dmp has over 1 messages waiting")
+        body = client.get("/api/queues", headers=AUTH).json()
+        [dmp] = body["subscribers"]
+        assert dmp["flow"]["backlog"] == 1
+        assert dmp["flow"]["sustained_per_s"] is None
+        assert dmp["flow"]["seconds_to_backpressure"] is None
+        assert body["backpressure"] == {
+            "on": True,
+            "reason": "subscriber dmp has over 1 messages waiting",
+            "seconds_to": None,
+        }
