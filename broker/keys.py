@@ -23,6 +23,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
     pl:trimmed           string   the retention trim ran within the last minute
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
+    pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "QUARANTINE",
     "REJECTED",
     "STATS",
+    "TIMINGS",
     "TRIMMED",
     "app_acks",
     "dead",
@@ -63,6 +65,7 @@ STATS = "pl:stats"
 AUDIT = "pl:audit"
 TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
+TIMINGS = "pl:timings"
 ATTEMPTS = "pl:attempts:"
 
 
