@@ -78,6 +78,6 @@ def machine() -> tuple[int, int]:
 
 
 def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """The share (0–1) of the machine's CPU time that was busy between two ``machine()`` readings."""
+    """The share (0–1) of the machine's CPU time busy between two ``machine()`` readings."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else float("nan")

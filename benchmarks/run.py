@@ -178,7 +178,7 @@ def main() -> None:
         "--drain-timeout",
         type=float,
         default=120,
-        help="seconds a phase waits for its backlog after sending; past it, higher rates are skipped",
+        help="seconds a phase waits for its backlog after sending (past it, higher rates skipped)",
     )
     steady.add_argument(
         "--no-timings",

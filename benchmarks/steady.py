@@ -5,10 +5,10 @@ For each scenario and rate, messages are sent on a fixed schedule (message ``i``
 connection and in order (a connection that is still waiting for an ACK sends its next message
 late). The broker runs as ``passerelle serve`` runs it, the subscribers in their own processes.
 While the phase runs, the undelivered count of each subscriber is sampled every second from the
-broker's counters (``pl:stats``: received − delivered:SUB). After the sending window the phase
-waits for the backlog to drain (up to ``drain_timeout``), then reads what the subscribers
-received, the sender's ACKs and, with ``PASSERELLE_TIMINGS`` on, the per-hop records of
-``pl:timings`` (``broker.timing``), and computes the figures of ``benchmarks.stats``.
+broker's counters (``pl:stats``: received − failed − filtered − delivered:SUB). After the sending
+window the phase waits for the backlog to drain (up to ``drain_timeout``), then reads what the
+subscribers received, the sender's ACKs and, with ``PASSERELLE_TIMINGS`` on, the per-hop records
+of ``pl:timings`` (``broker.timing``), and computes the figures of ``benchmarks.stats``.
 
 A rate that leaves a backlog the drain timeout cannot clear is past the capacity: the higher
 rates of that scenario are skipped.
@@ -187,12 +187,14 @@ class _Sampler:
             return now.get(name, 0) - self.base.get(name, 0)
 
         received = delta("received")
+        # A quarantined or filtered message is done without a delivery: not a backlog.
+        expected = received - delta("failed") - delta("filtered")
         point: dict[str, Any] = {
             "t": round(time.time() - self.t0, 3),
             "offered": self.progress.sent,
             "received": received,
             "mapping_backlog": received - sum(delta(s) for s in _MAPPED_STATES),
-            "backlog": {s: received - delta(f"delivered:{s}") for s in self.scenario.subscribers},
+            "backlog": {s: expected - delta(f"delivered:{s}") for s in self.scenario.subscribers},
         }
         self.samples.append(point)
         return point
@@ -209,7 +211,7 @@ class _Sampler:
 
 
 def _envelope_control_ids(client: redis.Redis, envelope_ids: Sequence[str]) -> dict[str, str]:
-    """Envelope id → MSH-10, read from the head of each stored envelope (GETRANGE, not the bundle)."""
+    """Envelope id → MSH-10, from the head of each stored envelope (GETRANGE, not the bundle)."""
     out: dict[str, str] = {}
     for chunk_start in range(0, len(envelope_ids), 5000):
         chunk = envelope_ids[chunk_start : chunk_start + 5000]
@@ -423,7 +425,7 @@ def run_steady(
     patients: int,
     drain_timeout_s: float,
 ) -> list[dict[str, Any]]:
-    """Run every scenario at every rate, lowest first; stop a scenario at its first undrained rate."""
+    """Run every scenario at every rate, lowest first, up to the first rate that does not drain."""
     rows: list[dict[str, Any]] = []
     for name in scenarios:
         scenario = SCENARIOS[name]
@@ -441,7 +443,8 @@ def run_steady(
             rows.append(row)
             if not row["drained"]:
                 print(
-                    f"  {scenario.label}: backlog left after {drain_timeout_s:g} s, higher rates skipped"
+                    f"  {scenario.label}: backlog left after {drain_timeout_s:g} s, "
+                    "higher rates skipped"
                 )
                 break
     return rows

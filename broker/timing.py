@@ -1,4 +1,4 @@
-"""Per-hop timestamps from inside the drains, for the steady-load benchmark (``PASSERELLE_TIMINGS``).
+"""Per-hop timestamps from inside the drains for the steady-load benchmark (PASSERELLE_TIMINGS).
 
 Off by default, and then each call is one attribute test: no clock read, no Redis command. On,
 each drain adds one ``XADD pl:timings`` per message to the MULTI it already sends for its batch
@@ -39,7 +39,7 @@ MAX_RECORDS = 300_000
 
 
 def start(settings: Settings) -> float:
-    """The time a timed step starts: ``time.time()`` with timings on, ``0.0`` (no clock read) off."""
+    """When a timed step starts: ``time.time()`` with timings on, ``0.0`` (no clock read) off."""
     return time.time() if settings.timings else 0.0
 
 
