@@ -385,6 +385,9 @@ def run_phase(
             "end": window_samples[-1]["backlog"][sub] if window_samples else 0,
             "max": max((s["backlog"][sub] for s in window_samples), default=0),
             "trend_per_s": trend((s["t"], s["backlog"][sub]) for s in window_samples),
+            "trend_second_half_per_s": trend(
+                (s["t"], s["backlog"][sub]) for s in window_samples[len(window_samples) // 2 :]
+            ),
             "after_drain": last["backlog"][sub],
         }
         for sub in scenario.subscribers
