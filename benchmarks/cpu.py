@@ -63,3 +63,21 @@ def per_role(
     for pid, (role, ticks) in after.items():
         spent[role] += ticks - before.get(pid, (role, 0))[1]
     return {role: ticks / hz for role, ticks in spent.most_common()}
+
+
+def machine() -> tuple[int, int]:
+    """``(busy, total)`` CPU ticks of the whole machine since boot, all cores (``/proc/stat``).
+
+    Busy is everything but idle and iowait; two readings give the share busy between them.
+    """
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    total = sum(ticks[:8])
+    return total - idle, total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share (0–1) of the machine's CPU time busy between two ``machine()`` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else float("nan")

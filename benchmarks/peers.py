@@ -14,6 +14,13 @@ from typing import Any
 _CALLABLE = "__callable__"
 
 
+def _arrivals(peer: Any) -> list[tuple[str, float]]:
+    """``(key, epoch seconds)`` of every message received: envelope id (FHIR), MSH-10 (MLLP)."""
+    if hasattr(peer, "arrivals"):
+        return list(peer.arrivals())
+    return [(m.control_id, m.received_at.timestamp()) for m in peer.messages]
+
+
 def _serve(kind: str, kwargs: dict[str, Any], conn: Connection) -> None:
     from passerelle_demo.peers.fhir_capture import FhirCapture
     from passerelle_demo.peers.mllp_capture import MllpCapture
@@ -25,6 +32,9 @@ def _serve(kind: str, kwargs: dict[str, Any], conn: Connection) -> None:
             peer.stop()
             conn.send(None)
             return
+        if op == "arrivals":
+            conn.send(_arrivals(peer))
+            continue
         value = getattr(peer, name)
         if op == "get":
             conn.send(_CALLABLE if callable(value) else value)
@@ -52,6 +62,15 @@ class RemotePeer:
             return self._conn.recv()
 
         return call
+
+    def arrival_times(self) -> list[tuple[str, float]]:
+        """``(key, epoch seconds)`` of every message received, in order, without the payloads.
+
+        The key is the envelope id (``Bundle.identifier``) for FHIR, MSH-10 for MLLP.
+        """
+        self._conn.send(("arrivals", "", ()))
+        result: list[tuple[str, float]] = self._conn.recv()
+        return result
 
     def stop(self) -> None:
         """Stop the capture and its process."""

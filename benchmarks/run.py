@@ -9,6 +9,18 @@ Figures per phase:
 - sustained rate: messages / (first send → last delivery at every subscriber);
 - ACK latency p50/p99: frame sent → ACK received by the hospital;
 - end-to-end latency p50/p99: frame sent → received by the last subscriber that wants it.
+
+Then the steady-load phases (``benchmarks.steady``): each scenario sent at a fixed pace per rate
+(25, 50, 100, 200, 400 msg/s for 60 s by default), reporting delivered per subscriber, the
+backlog and its growth, CPU per message per process, machine CPU busy, end-to-end percentiles
+and a per-hop latency budget (the broker runs with ``PASSERELLE_TIMINGS`` on unless
+``--no-timings``).
+
+Examples (``make bench BENCH_ARGS="…"``)::
+
+    --smoke                                  10 s per rate at 25 and 100/s, no saturation phases
+    --no-saturation --rates 50,200 --duration 30 --scenarios adt
+    --no-steady                              the saturation phases alone (before issue 13)
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from typing import Any
 
 from benchmarks import cpu
 from benchmarks.peers import RemotePeer
+from benchmarks.steady import SCENARIOS, dump, print_report, run_steady
 from broker import keys
 from broker.testing import wait_until
 from passerelle_demo.loopback import LoopbackStack
@@ -141,7 +154,64 @@ def main() -> None:
         default=300,
         help="messages/s of the paced ADT phase that measures latency below saturation (0: skip)",
     )
+    steady = parser.add_argument_group("steady-load phases")
+    steady.add_argument(
+        "--rates",
+        default="25,50,100,200,400",
+        help="comma-separated messages/s of the steady phases (default 25,50,100,200,400)",
+    )
+    steady.add_argument(
+        "--duration", type=float, default=60, help="seconds per steady rate (default 60)"
+    )
+    steady.add_argument(
+        "--scenarios",
+        default="adt,oru",
+        help=f"comma-separated steady scenarios among {', '.join(SCENARIOS)} (default adt,oru)",
+    )
+    steady.add_argument(
+        "--steady-connections", type=int, default=4, help="MLLP connections of the steady sender"
+    )
+    steady.add_argument(
+        "--patients", type=int, default=1000, help="patients of the steady streams (default 1000)"
+    )
+    steady.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120,
+        help="seconds a phase waits for its backlog after sending (past it, higher rates skipped)",
+    )
+    steady.add_argument(
+        "--no-timings",
+        action="store_true",
+        help="run the broker without PASSERELLE_TIMINGS (no per-hop budget; to measure its cost)",
+    )
+    steady.add_argument("--no-steady", action="store_true", help="skip the steady phases")
+    parser.add_argument(
+        "--no-saturation", action="store_true", help="skip the saturation (as fast as ACKed) phases"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check: steady 25 and 100/s for 10 s each, no saturation phases",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.no_saturation = True
+        if args.rates == parser.get_default("rates"):
+            args.rates = "25,100"
+        if args.duration == parser.get_default("duration"):
+            args.duration = 10
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose among {', '.join(SCENARIOS)}"
+        )
+    run_steady_phases = not args.no_steady and bool(rates) and bool(scenarios)
+    if args.no_saturation:
+        args.adt = args.oru = 0
+        args.paced_rate = 0
 
     adt = [
         t
@@ -180,12 +250,14 @@ def main() -> None:
             workers=args.workers,
             partitions=args.partitions,
             appendfsync=args.appendfsync,
+            timings=run_steady_phases and not args.no_timings,
             log_level="WARNING",
         ) as stack,
     ):
         run_phase(stack, "warm-up", warm, args.connections, to_lab=False)
         stack.lab.clear()
         rows = []
+        steady_rows = []
         if adt:
             rows.append(
                 run_phase(stack, "ADT^A01 -> FHIR + MLLP", adt, args.connections, to_lab=True)
@@ -206,6 +278,31 @@ def main() -> None:
                 run_phase(stack, name, paced, args.connections, to_lab=True, rate=args.paced_rate)
             )
         duplicates = sum(n - 1 for n in stack.fhir.duplicate_control_ids().values())
+        if run_steady_phases:
+            steady_rows = run_steady(
+                stack,
+                scenarios=scenarios,
+                rates=rates,
+                duration_s=args.duration,
+                connections=args.steady_connections,
+                patients=args.patients,
+                drain_timeout_s=args.drain_timeout,
+            )
+    if rows:
+        _print_saturation(rows, duplicates)
+    if steady_rows:
+        print()
+        print(f"Steady load ({os.getloadavg()[0]:.2f} load average at the end):")
+        print_report(steady_rows)
+    out = Path("benchmarks/results")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / time.strftime("bench-%Y%m%d-%H%M%S.json")
+    figures = {"args": vars(args), "rows": rows, "duplicates": duplicates, "steady": steady_rows}
+    path.write_text(dump(figures))
+    print(f"figures saved to {path}")
+
+
+def _print_saturation(rows: list[dict[str, Any]], duplicates: int) -> None:
     header = f"{'phase':26} {'msgs':>6} {'AA':>6} {'deliv':>6} {'ACK/s':>8} {'e2e/s':>8} {'ACK p50':>8} {'ACK p99':>8} {'e2e p50':>8} {'e2e p99':>8}"
     print(header)
     print("-" * len(header))
@@ -219,13 +316,6 @@ def main() -> None:
     for r in rows:
         parts = ", ".join(f"{role} {ms:.2f}" for role, ms in r["cpu_ms_per_message"].items())
         print(f"CPU ms per message, {r['phase']}: {parts}")
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("bench-%Y%m%d-%H%M%S.json")
-    path.write_text(
-        json.dumps({"args": vars(args), "rows": rows, "duplicates": duplicates}, indent=2)
-    )
-    print(f"figures saved to {path}")
 
 
 if __name__ == "__main__":

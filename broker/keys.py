@@ -24,6 +24,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:trimmed           string   the retention trim ran within the last minute
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
     pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
+    pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "RATES",
     "REJECTED",
     "STATS",
+    "TIMINGS",
     "TRIMMED",
     "app_acks",
     "dead",
@@ -66,6 +68,7 @@ AUDIT = "pl:audit"
 TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
 RATES = "pl:rates"
+TIMINGS = "pl:timings"
 ATTEMPTS = "pl:attempts:"
 
 

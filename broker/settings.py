@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     """Past this share of Redis's maxmemory, the listeners answer AR ("retry later")."""
     retry: RetryPolicy = RetryPolicy()
     delivery_timeout_s: float = Field(10.0, gt=0)
+    timings: bool = False
+    """Record per-hop timestamps of every message in ``pl:timings`` (``broker.timing``): the
+    steady-load benchmark turns it on; off, it costs nothing."""
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
 

@@ -17,7 +17,7 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys
+from broker import keys, timing
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -121,9 +121,11 @@ def drain_outbound(
                     )
                     handled.append(entry_id)
                     continue
+                started = timing.start(settings)
                 outcome = attempt(
                     client, subscriber, sender, entry_id, Envelope.model_validate_json(raw)
                 )
+                timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 if outcome.retry_after is not None:
                     delay = outcome.retry_after
                     client.set(

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys
+from broker import keys, timing
 from broker.ack import build_ack, should_acknowledge
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
@@ -98,7 +98,9 @@ def drain_inbound(
                     log.error("message.unreadable_entry", stream=stream, entry=entry_id)
                     counts["failed"] = counts.get("failed", 0) + 1
                     continue
+                started = timing.start(settings)
                 envelope, destinations = process(received, raw, mappings(), adapters, subscribers)
+                timing.mapped(pipe, settings, entry_id, envelope.id, started)
                 if envelope.state is MessageState.FAILED:
                     pipe.xadd(
                         keys.QUARANTINE,
