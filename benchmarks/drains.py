@@ -25,7 +25,7 @@ from benchmarks import cpu
 from benchmarks.peers import RemotePeer
 from benchmarks.run import _control_ids, _envelope_control_ids, _pct
 from broker.testing import wait_until
-from broker.worker.profiling import ENV
+from broker.worker.profiling import CLOCK_ENV, ENV
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.sender import patient_key, send_messages
 from passerelle_demo.synthetic import stream
@@ -143,6 +143,10 @@ def main() -> None:
     parser.add_argument("--rekick", type=float, default=5.0, help="rekick_interval_s")
     parser.add_argument("--profile", action="store_true", help="counters and cProfile per task")
     parser.add_argument("--top", type=int, default=25, help="cProfile lines to print")
+    parser.add_argument(
+        "--idle", type=float, default=0, help="first measure CPU per role idle, this many s"
+    )
+    parser.add_argument("--cpu", action="store_true", help="profile CPU time, not wall time")
     parser.add_argument("--keep", action="store_true", help="keep the profile files; print where")
     args = parser.parse_args()
     profile_dir = Path(tempfile.mkdtemp(prefix="passerelle-profile-"))
@@ -150,6 +154,8 @@ def main() -> None:
         import os
 
         os.environ[ENV] = str(profile_dir)
+        if args.cpu:
+            os.environ[CLOCK_ENV] = "cpu"
     peers = (RemotePeer("fhir", validate=False, keep_bundles=False), RemotePeer("mllp"))
     with (
         tempfile.TemporaryDirectory(prefix="passerelle-drains-") as tmp,
@@ -163,6 +169,15 @@ def main() -> None:
         ) as stack,
     ):
         phase(stack, 100, 2, seed=90)
+        if args.idle:
+            time.sleep(2)
+            before_idle = cpu.snapshot()
+            time.sleep(args.idle)
+            idle_cpu = cpu.per_role(before_idle, cpu.snapshot())
+            print(
+                "idle, CPU ms per s:",
+                ", ".join(f"{k} {v * 1000 / args.idle:.1f}" for k, v in idle_cpu.items()),
+            )
         for i, rate in enumerate(float(r) for r in args.rates.split(",")):
             before = _counters(profile_dir)
             for path in profile_dir.glob("*.prof"):
@@ -183,7 +198,8 @@ def main() -> None:
                     print(
                         f"    {task}: {c['runs']:.0f} runs, {c['idle_runs']:.0f} idle, "
                         f"{c['items']:.0f} items ({c['items'] / c['runs']:.1f}/run), "
-                        f"wall {c['wall_s'] * 1000 / c['runs']:.1f} ms/run"
+                        f"wall {c['wall_s'] * 1000 / c['runs']:.1f} ms/run, "
+                        f"CPU in task {c['cpu_s'] * 1000 / c['runs']:.2f} ms/run"
                     )
             profiles = [str(p) for p in profile_dir.glob("*.prof")]
             if profiles and args.top:

@@ -2,7 +2,9 @@
 
 With ``PASSERELLE_PROFILE_DIR`` set, each worker process counts its tasks (runs, runs that did
 nothing, items handled, wall time) and runs them under ``cProfile``, and writes both to
-``DIR/PID.json`` and ``DIR/PID.prof`` every few seconds. ``benchmarks/drains.py`` reads them.
+``DIR/PID.json`` and ``DIR/PID.prof`` every few seconds. ``PASSERELLE_PROFILE_CLOCK=cpu``
+makes the profile count CPU time (where the CPU goes) instead of wall time (where the time
+goes, waits included). ``benchmarks/drains.py`` reads them.
 Hooked on Celery's task signals, so the tasks themselves are unchanged.
 """
 
@@ -17,9 +19,10 @@ from typing import Any
 
 from celery import signals
 
-__all__ = ["ENV", "install"]
+__all__ = ["CLOCK_ENV", "ENV", "install"]
 
 ENV = "PASSERELLE_PROFILE_DIR"
+CLOCK_ENV = "PASSERELLE_PROFILE_CLOCK"
 _DUMP_EVERY_S = 2.0
 
 
@@ -28,13 +31,16 @@ class _Profile:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.profiler = cProfile.Profile()
+        cpu = os.environ.get(CLOCK_ENV) == "cpu"
+        self.profiler = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
         self.counts: dict[str, dict[str, float]] = {}
         self.started: dict[str, float] = {}
         self.dumped_at = time.monotonic()
+        self.cpu_started = 0.0
 
     def before(self, task_id: str | None = None, **_: Any) -> None:
         self.started[task_id or ""] = time.perf_counter()
+        self.cpu_started = time.process_time()
         self.profiler.enable()
 
     def after(
@@ -45,9 +51,18 @@ class _Profile:
         name = getattr(task, "name", "?").rsplit(".", 1)[-1]
         done = retval if isinstance(retval, int) else 0
         row = self.counts.setdefault(
-            name, {"runs": 0, "idle_runs": 0, "items": 0, "wall_s": 0.0, "idle_wall_s": 0.0}
+            name,
+            {
+                "runs": 0,
+                "idle_runs": 0,
+                "items": 0,
+                "wall_s": 0.0,
+                "idle_wall_s": 0.0,
+                "cpu_s": 0.0,
+            },
         )
         row["runs"] += 1
+        row["cpu_s"] += time.process_time() - self.cpu_started
         row["items"] += done
         row["wall_s"] += took
         if not done:
