@@ -1,9 +1,11 @@
-"""Kicks: ask the Celery pool to drain a stream, at most one queued kick per stream at a time.
+"""Kicks: ask the Celery pool to drain a stream, at most one queued or running drain per stream.
 
 Tasks carry stream coordinates, never patient data. A ``pl:kick:STREAM`` flag (set with NX)
-keeps a burst of messages from queueing one task each: a drainer clears the flag when it starts
-and reads everything that arrived since, so one task per burst is enough (ARCHITECTURE §2: a
-Celery hop costs ~1.5 ms of CPU; the pool could not afford one per message).
+keeps a stream of messages from queueing one task each: it is set by the kick that queues a
+task and kept set by the drainer while it runs (``broker.streams.drainer_lock``), which reads
+everything that arrives meanwhile and clears the flag only when it finds no work left, in the
+same atomic script. So arrivals queue a task only when no drain is queued or running
+(ARCHITECTURE §2: a Celery hop costs ~1.5 ms of CPU; the pool could not afford one per message).
 """
 
 from __future__ import annotations
@@ -85,6 +87,19 @@ class Kicker:
             return False
         publish(self.celery, task, args, countdown or None)
         return True
+
+    def flag(self, pipe: Any, task: str, args: list[Any]) -> None:
+        """Add the kick flag's SET NX to ``pipe`` (a MULTI that also queued the work).
+
+        Setting it atomically with the work lets a running drainer's finish see either the work
+        or the flag cleared; :meth:`queue` the task when the pipe's reply for it is true.
+        """
+        pipe.set(keys.kick(stream_of(task, args)), b"1", nx=True, ex=KICK_FLAG_TTL_S)
+
+    def queue(self, task: str, args: list[Any]) -> None:
+        """Queue ``task(*args)`` whose kick flag is already set (by :meth:`flag`, or a drainer
+        handing over when its time budget is spent)."""
+        publish(self.celery, task, args)
 
     def later(self, task: str, args: list[Any], delay: float) -> None:
         """Queue ``task(*args)`` to run in ``delay`` seconds, whatever kick flag is set.

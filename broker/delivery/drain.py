@@ -26,7 +26,7 @@ from broker.dispatch import DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope
 from broker.log import get_logger
 from broker.settings import Settings
-from broker.streams import drainer_lock, has_work, read_batch
+from broker.streams import DONE, HANDOVER, MORE, drainer_lock, read_batch
 
 __all__ = ["HOLD_SLACK_S", "drain_outbound"]
 
@@ -57,19 +57,20 @@ def drain_outbound(
     clear_contextvars()
     sub = subscriber.id
     stream = keys.outbound(sub, partition)
-    client.delete(keys.kick(stream))
     hold = client.get(keys.hold(sub, partition))
     if hold is not None and float(hold) > time.time() + HOLD_SLACK_S:
+        client.delete(keys.kick(stream))  # the scheduled retry drains; arrivals kick again
         return 0
     dead_letters = DeadLetterStore(client)
     delivered = 0
     stopped = False
-    with drainer_lock(client, stream, settings.claim_idle_s) as lock:
+    ending = DONE
+    with drainer_lock(client, stream, settings.claim_idle_s, group=keys.DELIVER_GROUP) as lock:
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
-        first = True
-        while not stopped and time.monotonic() < deadline:
+        first = lock.pending > 0
+        while not stopped:
             entries = read_batch(
                 client,
                 stream,
@@ -79,6 +80,10 @@ def drain_outbound(
             )
             first = False
             if not entries:
+                ending = lock.finish(keep=time.monotonic() < deadline)
+                if ending == MORE:
+                    first = True  # work left but nothing new: entries pending, read them
+                    continue
                 break
             ids = [f.get(b"env", b"").decode() for _, f in entries]
             patients = [f.get(b"pk", b"").decode() for _, f in entries]
@@ -177,6 +182,14 @@ def drain_outbound(
                 pipe.hdel(keys.ATTEMPTS + sub, *handled)
             pipe.execute()
             log.info("delivery.batch", route=sub, partition=partition, handled=len(handled))
-    if not stopped and has_work(client, stream, keys.DELIVER_GROUP):
-        kicker.kick(DRAIN_OUTBOUND, [sub, partition], force=True)
+            if stopped:
+                break  # leaving the lock releases it and clears the kick flag
+            if len(entries) < settings.batch_size or time.monotonic() >= deadline:
+                # A short batch: most likely nothing more. Finish looks, atomically with
+                # releasing the lock and clearing the kick flag, so no arrival is missed.
+                ending = lock.finish(keep=time.monotonic() < deadline)
+                if ending != MORE:
+                    break
+    if ending == HANDOVER:
+        kicker.queue(DRAIN_OUTBOUND, [sub, partition])
     return delivered

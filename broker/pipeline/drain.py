@@ -25,7 +25,7 @@ from broker.mapping import MappingSet
 from broker.parsing.hl7v2 import decode, parse
 from broker.pipeline import dropped_tally, envelope_from_journal, process
 from broker.settings import Settings
-from broker.streams import drainer_lock, has_work, read_batch
+from broker.streams import DONE, HANDOVER, MORE, drainer_lock, read_batch
 
 __all__ = ["drain_inbound"]
 
@@ -54,7 +54,8 @@ def drain_inbound(
         mappings: returns the mappings serving now (asked per message: they may be reloaded).
         adapters: every registration by id (a message's source: charset, time zone, ACK mode).
         subscribers: the enabled outbound adapters routing chooses from.
-        kicker: queues the drains of the queues it fed, and its own when work is left.
+        kicker: queues the drains of the queues it fed, and its own when its time budget is
+            spent with work left.
         settings: ``batch_size``, ``claim_idle_s``, ``drain_budget_s`` and ``retention_s``.
 
     Returns:
@@ -62,14 +63,14 @@ def drain_inbound(
     """
     clear_contextvars()
     stream = keys.inbound(partition)
-    client.delete(keys.kick(stream))
     done = 0
-    with drainer_lock(client, stream, settings.claim_idle_s) as lock:
+    ending = DONE
+    with drainer_lock(client, stream, settings.claim_idle_s, group=keys.PIPELINE_GROUP) as lock:
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
-        first = True
-        while time.monotonic() < deadline:
+        first = lock.pending > 0
+        while True:
             entries = read_batch(
                 client,
                 stream,
@@ -79,6 +80,10 @@ def drain_inbound(
             )
             first = False
             if not entries:
+                ending = lock.finish(keep=time.monotonic() < deadline)
+                if ending == MORE:
+                    first = True  # work left but nothing new: entries pending, read them
+                    continue
                 break
             pipe = client.pipeline(transaction=True)
             touched: Counter[str] = Counter()
@@ -146,16 +151,27 @@ def drain_inbound(
             for source, tally in unmapped.items():
                 for field, count in tally.items():
                     pipe.hincrby(keys.unmapped(source), field, count)
-            pipe.execute()
+            kicks = [(DRAIN_OUTBOUND, [subscriber, partition]) for subscriber in sorted(touched)]
+            kicks += [(DRAIN_APP_ACKS, [source]) for source in sorted(acks)]
+            for task, args in kicks:
+                kicker.flag(pipe, task, args)
+            replies = pipe.execute()
             done += len(entries)
-            for subscriber in touched:
-                kicker.kick(DRAIN_OUTBOUND, [subscriber, partition])
-            for source in acks:
-                kicker.kick(DRAIN_APP_ACKS, [source])
+            for (task, args), fresh in zip(
+                kicks, replies[len(replies) - len(kicks) :], strict=True
+            ):
+                if fresh:
+                    kicker.queue(task, args)
             if not lock.renew():
                 break
-    if has_work(client, stream, keys.PIPELINE_GROUP):
-        kicker.kick(DRAIN_INBOUND, [partition], force=True)
+            if len(entries) < settings.batch_size or time.monotonic() >= deadline:
+                # A short batch: most likely nothing more. Finish looks, atomically with
+                # releasing the lock and clearing the kick flag, so no arrival is missed.
+                ending = lock.finish(keep=time.monotonic() < deadline)
+                if ending != MORE:
+                    break
+    if ending == HANDOVER:
+        kicker.queue(DRAIN_INBOUND, [partition])
     return done
 
 

@@ -19,6 +19,7 @@ from broker.log import get_logger
 from broker.ops import housekeeping
 from broker.pipeline import drain as pipeline_drain
 from broker.settings import Settings
+from broker.worker import profiling
 from broker.worker.runtime import Runtime, configure, runtime
 
 __all__ = [
@@ -38,6 +39,7 @@ _return_addresses: dict[str, MllpClient] = {}
 def register(app: Celery, settings: Settings) -> None:
     """Register the tasks on ``app`` with the settings they run under."""
     configure(app, settings)
+    profiling.install()
     app.task(name=DRAIN_INBOUND)(drain_inbound)
     app.task(name=DRAIN_OUTBOUND)(drain_outbound)
     app.task(name=RELEASE_PATIENT)(release_patient)
