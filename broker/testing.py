@@ -266,10 +266,14 @@ class EagerBroker:
     ``passerelle_demo.peers.FhirCapture`` and ``MllpCapture``). Nothing runs by itself:
     ``receive`` is the listener's intake (journal, then the ACK it returns), and ``run`` runs
     the queued tasks one at a time, oldest first, until none is left. A task runs as the plain
-    function its Celery task wraps (``broker.pipeline.drain``, ``broker.delivery.drain``,
+    function its Celery task wraps (``broker.worker.inline``, ``broker.delivery.drain``,
     ``.release``, ``.acks``, ``broker.ops.housekeeping``), given this broker's Redis,
     registrations, senders and kicker; the kicks are recorded by ``celery`` (a
     :class:`StubCelery`).
+
+    The journal drain task runs as a worker's does (``broker.worker.inline``): the journal drain,
+    then, in the same task, the delivery drains it fed. ``deliver_inline=False`` runs the journal
+    drain alone, which queues every delivery drain: to look at the queues between the two stages.
 
     A countdown (a retry's backoff) is recorded, not waited for: the default retry policy here
     backs off by 10–50 ms, under the drain's hold slack, so a retried head is tried again at
@@ -294,9 +298,11 @@ class EagerBroker:
         ack_timeout_s: float = 2.0,
         inbound: dict[str, Any] | None = None,
         events: dict[str, list[str]] | None = None,
+        deliver_inline: bool = True,
         **settings: Any,
     ) -> None:
         self.data_dir = data_dir
+        self.deliver_inline = deliver_inline
         self.redis_url = redis_url
         # The subscribers: a FHIR capture and an MLLP capture (passerelle_demo.peers), not built
         # here because the broker package never imports the simulator.
@@ -493,8 +499,19 @@ class EagerBroker:
 
     def _drain_inbound(self, partition: int) -> int:
         from broker.pipeline.drain import drain_inbound
+        from broker.worker.inline import drain_and_deliver
 
-        return drain_inbound(
+        if not self.deliver_inline:
+            return drain_inbound(
+                self.client,
+                partition,
+                mappings=self.config.watcher.current,
+                adapters=self.adapters,
+                subscribers=self.subscribers,
+                kicker=self.kicker,
+                settings=self.settings,
+            )
+        return drain_and_deliver(
             self.client,
             partition,
             mappings=self.config.watcher.current,
@@ -502,6 +519,7 @@ class EagerBroker:
             subscribers=self.subscribers,
             kicker=self.kicker,
             settings=self.settings,
+            sender=self.sender,
         )
 
     def _drain_outbound(self, subscriber: str, partition: int) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -30,6 +31,7 @@ from broker.streams import DONE, HANDOVER, MORE, drainer_lock, read_batch
 __all__ = ["drain_inbound"]
 
 log = get_logger(__name__)
+_Kick = tuple[str, list[Any]]
 
 
 def drain_inbound(
@@ -41,12 +43,17 @@ def drain_inbound(
     subscribers: Sequence[AdapterSpec],
     kicker: Kicker,
     settings: Settings,
+    defer: list[str] | None = None,
 ) -> int:
     """Map every journalled message of one partition in order; queue them for subscribers.
 
     Each batch commits atomically (MULTI): envelopes stored, outbound entries appended and the
     journal entries acknowledged together, so a killed worker leaves either nothing or all of
     it, and the next drainer re-reads what was not acknowledged.
+
+    The commit sets the kick flags of the queues it fed; the drains whose flag it set fresh are
+    queued when it reads on or hands over on its time budget, so other workers deliver while it
+    maps. Those of its last batch, when it ends with no work left, go to ``defer`` if given.
 
     Args:
         client: the broker's Redis.
@@ -57,6 +64,10 @@ def drain_inbound(
         kicker: queues the drains of the queues it fed, and its own when its time budget is
             spent with work left.
         settings: ``batch_size``, ``claim_idle_s``, ``drain_budget_s`` and ``retention_s``.
+        defer: receives the subscribers whose delivery drain of this partition the last batch
+            kicked fresh, when the drain ends with no work left, instead of queueing them. The
+            caller then owns those kick flags and must run or queue each drain
+            (``broker.worker.inline`` runs them in the same task).
 
     Returns:
         How many journal entries were handled.
@@ -65,12 +76,17 @@ def drain_inbound(
     stream = keys.inbound(partition)
     done = 0
     ending = DONE
-    with drainer_lock(client, stream, settings.claim_idle_s, group=keys.PIPELINE_GROUP) as lock:
+    fed: list[_Kick] = []  # the drains the last batch kicked fresh, not queued yet
+    with (
+        drainer_lock(client, stream, settings.claim_idle_s, group=keys.PIPELINE_GROUP) as lock,
+        _queued_on_error(kicker, fed),
+    ):
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
         first = lock.pending > 0
         while True:
+            _queue(kicker, fed)  # reading on: other workers deliver what it fed meanwhile
             entries = read_batch(
                 client,
                 stream,
@@ -157,11 +173,8 @@ def drain_inbound(
                 kicker.flag(pipe, task, args)
             replies = pipe.execute()
             done += len(entries)
-            for (task, args), fresh in zip(
-                kicks, replies[len(replies) - len(kicks) :], strict=True
-            ):
-                if fresh:
-                    kicker.queue(task, args)
+            replies = replies[len(replies) - len(kicks) :]
+            fed.extend(kick for kick, fresh in zip(kicks, replies, strict=True) if fresh)
             if not lock.renew():
                 break
             if len(entries) < settings.batch_size or time.monotonic() >= deadline:
@@ -172,7 +185,29 @@ def drain_inbound(
                     break
     if ending == HANDOVER:
         kicker.queue(DRAIN_INBOUND, [partition])
+    if defer is not None and ending == DONE:
+        defer.extend(str(args[0]) for task, args in fed if task == DRAIN_OUTBOUND)
+        fed[:] = [(task, args) for task, args in fed if task != DRAIN_OUTBOUND]
+    _queue(kicker, fed)
     return done
+
+
+def _queue(kicker: Kicker, kicks: list[_Kick]) -> None:
+    """Queue the drains whose kick flags the journal drain set fresh; empty ``kicks``."""
+    while kicks:
+        task, args = kicks[0]
+        kicker.queue(task, args)
+        kicks.pop(0)
+
+
+@contextmanager
+def _queued_on_error(kicker: Kicker, kicks: list[_Kick]) -> Iterator[None]:
+    """On an error, still queue the drains in ``kicks``: their flags are set, nobody else will."""
+    try:
+        yield
+    except BaseException:
+        _queue(kicker, kicks)
+        raise
 
 
 def _application_ack(

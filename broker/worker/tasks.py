@@ -1,8 +1,8 @@
 """The Celery tasks: thin wrappers that build a drain's arguments from this process's runtime.
 
 The tasks carry stream coordinates (a partition, a subscriber, a patient key), never patient
-data, and call the plain functions that hold the logic: ``broker.pipeline.drain``,
-``broker.delivery.drain``, ``broker.delivery.release``, ``broker.delivery.acks`` and
+data, and call the plain functions that hold the logic: ``broker.worker.inline`` (the journal
+drain of ``broker.pipeline.drain``, then the delivery drains it fed), ``broker.delivery.drain``, ``broker.delivery.release``, ``broker.delivery.acks`` and
 ``broker.ops.housekeeping``. Each is idempotent: a redelivered task finds the work done or does
 it once more, in order.
 """
@@ -17,9 +17,8 @@ from broker.delivery import acks, drain, release
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
 from broker.log import get_logger
 from broker.ops import housekeeping
-from broker.pipeline import drain as pipeline_drain
 from broker.settings import Settings
-from broker.worker import profiling
+from broker.worker import inline, profiling
 from broker.worker.runtime import Runtime, configure, runtime
 
 __all__ = [
@@ -48,9 +47,9 @@ def register(app: Celery, settings: Settings) -> None:
 
 
 def drain_inbound(partition: int) -> int:
-    """Map journal partition ``partition`` (``broker.pipeline.drain.drain_inbound``)."""
+    """Map journal partition ``partition``, then deliver what it fed (``broker.worker.inline``)."""
     rt = runtime()
-    return pipeline_drain.drain_inbound(
+    return inline.drain_and_deliver(
         rt.client,
         partition,
         mappings=rt.watcher.current,
@@ -58,6 +57,7 @@ def drain_inbound(partition: int) -> int:
         subscribers=rt.subscribers,
         kicker=rt.kicker,
         settings=rt.settings,
+        sender=rt.sender,
     )
 
 

@@ -61,7 +61,7 @@ class TestRetriesExhausted:
 
     def test_a_head_failing_past_its_max_age_is_a_dead_letter(self, make_broker):
         """max_age_s: retried while young; once its first failure is older than the limit, a dead letter."""
-        broker = make_broker(retry={"max_age_s": 60}, partitions=1)
+        broker = make_broker(retry={"max_age_s": 60}, partitions=1, deliver_inline=False)
         x = patients(1, seed=1202)[0]
         broker.fhir.mode = "error"
         receive(broker, (x, "A01", "X-1"))
@@ -102,7 +102,7 @@ class TestRenderingBug:
         self, make_broker
     ):
         """An envelope the renderer raises on (KeyError) is dead-lettered once; nothing is sent for it."""
-        broker = make_broker(partitions=1)
+        broker = make_broker(partitions=1, deliver_inline=False)
         x, y = patients(2, seed=1211)
         receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)
@@ -128,7 +128,7 @@ class TestExpiredEnvelope:
         self, make_broker
     ):
         """Its queue entry outlived the envelope: dead letter "expired", no payload; the patient goes on."""
-        broker = make_broker(partitions=1)
+        broker = make_broker(partitions=1, deliver_inline=False)
         x, y = patients(2, seed=1221)
         receive(broker, (x, "A01", "X-1"), (x, "A08", "X-2"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)

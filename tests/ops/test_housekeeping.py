@@ -73,7 +73,7 @@ def test_a_dead_drainers_stream_waits_for_its_lock_then_its_pending_entry_goes_f
     make_broker,
 ):
     """Killed mid-send: nobody drains before claim_idle_s; then re-kick, X-1 re-sent first, X-2 after."""
-    broker = make_broker(partitions=1, claim_idle_s=3.0)
+    broker = make_broker(partitions=1, claim_idle_s=3.0, deliver_inline=False)
     x = patients(1, seed=1251)[0]
     for control_id, event in (("X-1", "A01"), ("X-2", "A08")):
         assert read_ack(broker.receive(adt(x, event, control_id=control_id))).code == "AA"

@@ -197,7 +197,7 @@ class TestRecord:
 def test_the_drains_count_what_they_route_and_deliver_and_beat_samples_it(make_broker):
     """queued:SUB counts per subscriber what the journal drain routed, delivered:SUB what reached it;
     the re-kick keeps a sample of both."""
-    broker = make_broker(partitions=2)
+    broker = make_broker(partitions=2, deliver_inline=False)
     for i, patient in enumerate(patients(3, seed=1313)):
         assert read_ack(broker.receive(adt(patient, "A01", control_id=f"Q-{i}"))).code == "AA"
     broker.run(DRAIN_INBOUND)

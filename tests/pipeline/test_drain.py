@@ -8,9 +8,13 @@ drains it asked for.
 
 from __future__ import annotations
 
+import pytest
+import redis
+
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
+from broker.streams import Lock
 from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
@@ -22,7 +26,7 @@ class TestDrainInbound:
         self, make_broker
     ):
         """An ADT^A01 is queued for both subscribers, in the journal's partition; both drains kicked."""
-        broker = make_broker(partitions=1)
+        broker = make_broker(partitions=1, deliver_inline=False)
         x = patients(1, seed=1301)[0]
         assert read_ack(broker.receive(adt(x, "A01", control_id="X-1"))).code == "AA"
         broker.run(DRAIN_INBOUND)
@@ -50,3 +54,25 @@ class TestDrainInbound:
         assert quarantined[b"reason"] == b"the journal entry lacks id, source, received_at or raw"
         assert list(broker.queued(DMP)) == ["X-1"]
         assert broker.client.xpending(keys.inbound(0), keys.PIPELINE_GROUP)["pending"] == 0
+
+    def test_a_drain_failing_after_its_commit_still_queues_the_drains_it_fed(
+        self, make_broker, monkeypatch
+    ):
+        """Their kick flags are set in the commit: an error afterwards must not strand them."""
+        broker = make_broker(partitions=1)
+        x = patients(1, seed=1303)[0]
+        assert read_ack(broker.receive(adt(x, "A01", control_id="X-1"))).code == "AA"
+        broker.celery.clear()
+
+        def lost_connection(self: Lock) -> bool:
+            raise redis.ConnectionError("Redis went away after the commit")
+
+        monkeypatch.setattr(Lock, "renew", lost_connection)
+        with pytest.raises(redis.ConnectionError):
+            broker.call(DRAIN_INBOUND, 0)
+
+        assert list(broker.queued(DMP)) == ["X-1"]
+        assert sorted(broker.celery.kicked(DRAIN_OUTBOUND)) == [
+            keys.outbound(DMP, 0),
+            keys.outbound(LAB, 0),
+        ]
