@@ -25,6 +25,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
     pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
     pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
+    pl:standby           zset     workers waiting for a journal partition to drain → expiry (broker.worker.standby)
+    pl:wake              list     journal partitions handed to those waiting workers, oldest first
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ __all__ = [
     "QUARANTINE",
     "RATES",
     "REJECTED",
+    "STANDBY",
     "STATS",
     "TIMINGS",
     "TRIMMED",
+    "WAKE",
     "app_acks",
     "dead",
     "dead_records",
@@ -69,6 +73,8 @@ TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
 RATES = "pl:rates"
 TIMINGS = "pl:timings"
+STANDBY = "pl:standby"
+WAKE = "pl:wake"
 ATTEMPTS = "pl:attempts:"
 
 

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     """Stream entries one task drains per read."""
     drain_budget_s: float = Field(2.0, gt=0)
     """How long one drain task runs before handing over (keeps the pool fair)."""
+    standby_s: float = Field(2.0, ge=0)
+    """How long a worker that finished a journal drain waits for the next message before it
+    returns to Celery (``broker.standby``: at light load a message then costs no Celery
+    task); 0 turns standby off. Up to half the workers (at least one) wait at once."""
     rekick_interval_s: float = Field(5.0, gt=0)
     """Period of the task that re-kicks streams with lag or with pending entries of dead consumers."""
     claim_idle_s: float = Field(20.0, gt=0)

@@ -27,9 +27,12 @@ REJECTED_HEAD_BYTES = 64 * 1024
 whole payload's size and SHA-256): enough to read its header, not 10 MiB kept forever."""
 
 # One round trip, atomically: a duplicate (KEYS[2], which names the receiving adapter) returns the
-# stored ACK; otherwise the raw message is
-# appended to its partition stream, the ACK we are about to send is stored for resends, and the
-# partition's kick flag is set (the third result says whether a drain task must be queued).
+# stored ACK; otherwise the raw message is appended to its partition stream, the ACK we are about
+# to send is stored for resends, and the partition's kick flag is set. When the flag is fresh (no
+# drain queued or running), the partition goes to a worker waiting in standby if one is free
+# (``broker.standby``: live waiters in KEYS[6] outnumber the partitions already handed to
+# them in KEYS[7]); the third result says 0: a drain is under way, 1: queue a drain task, 2: a
+# waiting worker drains it.
 _APPEND = """
 local pressure = redis.call('GET', KEYS[5])
 if pressure then
@@ -42,13 +45,22 @@ if KEYS[2] ~= '' then
     return {0, previous}
   end
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 if KEYS[2] ~= '' and tonumber(ARGV[1]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 end
 redis.call('HINCRBY', KEYS[3], 'received', 1)
-local kick = redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3])
-return {1, id, kick and 1 or 0}
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then
+  return {1, id, 0}
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+if redis.call('ZCOUNT', KEYS[6], now, '+inf') > redis.call('LLEN', KEYS[7]) then
+  redis.call('RPUSH', KEYS[7], ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'standby', 1)
+  return {1, id, 2}
+end
+return {1, id, 1}
 """
 
 
@@ -62,6 +74,8 @@ class AppendResult:
     """For a duplicate, the ACK that was sent the first time."""
     kick: bool = False
     """True when no drain task was queued for the partition yet: the caller must queue one."""
+    handed: bool = False
+    """True when a worker waiting in standby takes the partition (no task to queue)."""
 
 
 def _refusal(exc: Exception) -> str:
@@ -135,7 +149,7 @@ class Journal:
             JournalError: Redis refused or could not be reached, or backpressure is on
                 (``pl:pressure``); the sender must get AR and resend later.
         """
-        args: list[Any] = [self.dedupe_window_s, ack, KICK_FLAG_TTL_S]
+        args: list[Any] = [self.dedupe_window_s, ack, KICK_FLAG_TTL_S, partition]
         for name, value in fields.items():
             args.extend((name, value))
         dedupe_key = keys.dedupe(str(fields["source"]), dedupe) if dedupe else ""
@@ -147,6 +161,8 @@ class Journal:
                     keys.STATS,
                     keys.kick(keys.inbound(partition)),
                     keys.PRESSURE,
+                    keys.STANDBY,
+                    keys.WAKE,
                 ],
                 args=args,
             )
@@ -161,7 +177,8 @@ class Journal:
             return AppendResult(
                 entry_id=value.decode() if isinstance(value, bytes) else value,
                 previous_ack=None,
-                kick=bool(reply[2]),
+                kick=reply[2] == 1,
+                handed=reply[2] == 2,
             )
         return AppendResult(entry_id=None, previous_ack=value)
 

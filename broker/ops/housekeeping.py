@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from broker import keys
+from broker import keys, standby
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
 from broker.log import get_logger
@@ -55,7 +55,7 @@ def rekick(
     Returns:
         How many drains were queued.
     """
-    kicked = 0
+    kicked = standby.sweep(client, kicker)
     now = time.time()
     for partition in range(settings.partitions):
         stream = keys.inbound(partition)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from broker import keys
+from broker import keys, standby
 from broker.adapters.mllp import MllpClient
 from broker.delivery import acks, drain, release
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, REKICK, RELEASE_PATIENT
@@ -47,18 +47,31 @@ def register(app: Celery, settings: Settings) -> None:
 
 
 def drain_inbound(partition: int) -> int:
-    """Map journal partition ``partition``, then deliver what it fed (``broker.worker.inline``)."""
+    """Map journal partition ``partition``, then deliver what it fed (``broker.worker.inline``);
+    then stand by for the next partitions the listeners hand over (``broker.worker.standby``)."""
     rt = runtime()
-    return inline.drain_and_deliver(
+
+    def drain(partition: int) -> int:
+        return inline.drain_and_deliver(
+            rt.client,
+            partition,
+            mappings=rt.watcher.current,
+            adapters=rt.adapters,
+            subscribers=rt.subscribers,
+            kicker=rt.kicker,
+            settings=rt.settings,
+            sender=rt.sender,
+        )
+
+    done = drain(partition)
+    standby.stand_by(
         rt.client,
-        partition,
-        mappings=rt.watcher.current,
-        adapters=rt.adapters,
-        subscribers=rt.subscribers,
+        drain=drain,
         kicker=rt.kicker,
-        settings=rt.settings,
-        sender=rt.sender,
+        budget_s=rt.settings.standby_s,
+        most_waiters=max(1, rt.settings.workers // 2),
     )
+    return done
 
 
 def drain_outbound(subscriber: str, partition: int) -> int:

@@ -1,0 +1,153 @@
+"""Standby: a worker done with a journal drain takes the next partitions without a Celery task.
+
+On a real Redis with ``EagerBroker`` (the listener's intake, the drains, the capture
+subscribers; ``StubCelery`` records every task queued instead of publishing it). The waiter runs
+``broker.standby.stand_by`` in a thread, as a pool process does after its drain task; tests that
+need a waiter that is registered but not waiting (one that died, or lapsed) write its entry in
+``pl:standby`` themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from broker import keys, standby
+from broker.ack import read_ack
+from broker.dispatch import DRAIN_INBOUND, QUEUE, Kicker
+from broker.testing import EagerBroker
+from passerelle_demo.synthetic import adt, patients
+
+
+def receive(broker: EagerBroker, seed: int, control_id: str) -> None:
+    """One ADT^A01 of a new patient, answered AA."""
+    (patient,) = patients(1, seed=seed)
+    assert read_ack(broker.receive(adt(patient, "A01", control_id=control_id))).code == "AA"
+
+
+def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (an event in another thread), or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@contextmanager
+def waiter(broker: EagerBroker, budget_s: float = 2.0, most: int = 1) -> Iterator[list[int]]:
+    """A worker standing by in a thread; yields the partitions it drained, joins it on exit."""
+    drained: list[int] = []
+
+    def drain(partition: int) -> int:
+        drained.append(partition)
+        return broker.call(DRAIN_INBOUND, partition)
+
+    thread = threading.Thread(
+        target=standby.stand_by,
+        kwargs={
+            "client": broker.client,
+            "drain": drain,
+            "kicker": Kicker(broker.celery, broker.client),
+            "budget_s": budget_s,
+            "most_waiters": most,
+        },
+    )
+    thread.start()
+    try:
+        yield drained
+    finally:
+        thread.join()
+
+
+def live_entry(broker: EagerBroker, member: str, seconds: float) -> None:
+    """Register ``member`` in ``pl:standby`` as live for ``seconds`` (negative: lapsed)."""
+    broker.client.zadd(keys.STANDBY, {member: time.time() + seconds})
+
+
+def test_a_message_for_an_idle_partition_goes_to_the_waiting_worker_not_to_celery(make_broker):
+    broker = make_broker(partitions=1)
+    with waiter(broker) as drained:
+        wait_for(lambda: broker.client.zcard(keys.STANDBY) == 1, "the waiter to register")
+
+        receive(broker, seed=1501, control_id="S-1")
+        assert broker.celery.queued == [], "the listener queued a task a waiter could take"
+
+        wait_for(lambda: broker.lab.control_ids() == ["S-1"], "the waiter's delivery")
+        assert broker.fhir_control_ids() == ["S-1"]
+        assert drained == [0]
+
+        receive(broker, seed=1502, control_id="S-2")  # it waits again after its drain
+        wait_for(lambda: broker.lab.control_ids() == ["S-1", "S-2"], "the second delivery")
+        assert broker.celery.queued == []
+    assert drained == [0, 0]
+    assert broker.client.zcard(keys.STANDBY) == 0, "a waiter that left is still registered"
+    assert broker.client.llen(keys.WAKE) == 0
+    assert broker.client.keys(keys.kick("*")) == [], "a kick flag left set with nothing owed"
+
+
+def test_without_a_waiter_the_listener_queues_the_drain_task(make_broker):
+    broker = make_broker(partitions=1)
+    receive(broker, seed=1503, control_id="S-3")
+    assert broker.celery.kicked(DRAIN_INBOUND) == [keys.inbound(0)]
+    assert broker.client.llen(keys.WAKE) == 0
+
+
+def test_a_lapsed_waiter_is_handed_nothing(make_broker):
+    """A worker killed while waiting stops counting once its entry lapses."""
+    broker = make_broker(partitions=1)
+    live_entry(broker, "dead-worker:1", seconds=-1)
+    receive(broker, seed=1504, control_id="S-4")
+    assert broker.celery.kicked(DRAIN_INBOUND) == [keys.inbound(0)]
+    assert broker.client.llen(keys.WAKE) == 0
+
+
+def test_the_sweep_queues_what_was_handed_to_a_waiter_that_died(make_broker):
+    broker = make_broker(partitions=1)
+    live_entry(broker, "doomed-worker:1", seconds=600)
+    receive(broker, seed=1505, control_id="S-5")
+    assert broker.celery.queued == []
+    assert broker.client.lrange(keys.WAKE, 0, -1) == [b"0"]
+
+    broker.client.zrem(keys.STANDBY, "doomed-worker:1")  # it died before taking it
+    assert standby.sweep(broker.client, broker.kicker) == 1
+
+    assert broker.celery.kicked(DRAIN_INBOUND) == [keys.inbound(0)]
+    assert broker.client.llen(keys.WAKE) == 0
+    broker.run()
+    assert broker.lab.control_ids() == ["S-5"]
+
+
+def test_the_sweep_leaves_to_the_live_waiters_what_they_can_take(make_broker):
+    """Two partitions handed over, one live waiter: the oldest goes back to Celery."""
+    broker = make_broker(partitions=2)
+    live_entry(broker, "waiter:1", seconds=600)
+    broker.client.rpush(keys.WAKE, 0, 1)
+
+    assert standby.sweep(broker.client, broker.kicker) == 1
+
+    assert broker.celery.kicked(DRAIN_INBOUND) == [keys.inbound(0)]
+    assert broker.client.lrange(keys.WAKE, 0, -1) == [b"1"]
+
+
+def test_a_worker_does_not_wait_while_celery_has_tasks_queued(make_broker):
+    """Standby never keeps the pool from a queued retry or delivery drain."""
+    broker = make_broker(partitions=1)
+    broker.client.rpush(QUEUE, b"a task waiting for a pool process")
+    try:
+        with waiter(broker, budget_s=30) as drained:
+            pass  # returns at once: the join does not wait out the budget
+        assert drained == []
+        assert broker.client.zcard(keys.STANDBY) == 0
+    finally:
+        broker.client.delete(QUEUE)
+
+
+def test_no_more_workers_wait_than_allowed(make_broker):
+    broker = make_broker(partitions=1)
+    live_entry(broker, "other-waiter:1", seconds=600)
+    with waiter(broker, budget_s=30, most=1) as drained:
+        pass
+    assert drained == []
+    assert broker.client.zrange(keys.STANDBY, 0, -1) == [b"other-waiter:1"]
