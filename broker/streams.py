@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from broker import keys
 from broker.dispatch import KICK_FLAG_TTL_S
@@ -69,14 +70,47 @@ local function has_work(stream, group)
   return redis.call('XLEN', stream) > 0
 end
 """
-# KEYS: lock, kick flag, stream. ARGV: token, lock ttl ms, flag ttl s, group.
-# Returns -1 when another drainer holds the lock, else how many entries are pending.
+# KEYS: lock, kick flag, stream, hold ('': none). ARGV: token, lock ttl ms, flag ttl s, group,
+# first read's count (0: none), hold slack s, consumer.
+# Returns {-2} when the hold (epoch seconds) is later than now + slack (the kick flag is cleared:
+# the scheduled retry drains), {-1} when another drainer holds the lock, else {pending, first}:
+# how many entries are pending and, with a count, the first read (pending entries first if any,
+# else new ones), as read_batch would do it, so the first batch costs no round trip of its own.
 _ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if KEYS[4] ~= '' then
+  local hold = redis.call('GET', KEYS[4])
+  if hold then
+    local time = redis.call('TIME')
+    if tonumber(hold) > tonumber(time[1]) + tonumber(time[2]) / 1000000 + tonumber(ARGV[6]) then
+      redis.call('DEL', KEYS[2])
+      return {-2}
+    end
+  end
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1} end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+local pending = 0
 local ok, summary = pcall(redis.call, 'XPENDING', KEYS[3], ARGV[4])
-if ok then return summary[1] end
-return 0
+if ok then
+  pending = summary[1]
+else
+  pcall(redis.call, 'XGROUP', 'CREATE', KEYS[3], ARGV[4], '0', 'MKSTREAM')
+end
+local first = {}
+if tonumber(ARGV[5]) > 0 then
+  local starts = {'>'}
+  if pending > 0 then starts = {'0', '>'} end
+  for _, start in ipairs(starts) do
+    local reply = redis.call('XREADGROUP', 'GROUP', ARGV[4], ARGV[7], 'COUNT', ARGV[5], 'STREAMS', KEYS[3], start)
+    if reply then
+      for _, entry in ipairs(reply[1][2]) do
+        if entry[2] then table.insert(first, entry) end
+      end
+    end
+    if #first > 0 then break end
+  end
+end
+return {pending, first}
 """
 # KEYS: lock, kick flag, stream. ARGV: token, lock ttl ms, flag ttl s, group, keep ('1'/'0').
 _FINISH = (
@@ -113,6 +147,15 @@ return 0
 """
 
 
+_SCRIPTS = {
+    # Bytes need no client to encode them; every call names its client.
+    name: Script(None, text.encode())  # type: ignore[arg-type]
+    for name, text in (("acquire", _ACQUIRE), ("finish", _FINISH))
+}
+"""Scripts run by EVALSHA (the text is sent once per Redis server, not with every call). In a
+MULTI they run by EVAL: a Script there would cost a SCRIPT EXISTS round trip per execute."""
+
+
 class Lock:
     """A held drainer lock; ``renew()`` before its TTL runs out on long batches.
 
@@ -120,6 +163,8 @@ class Lock:
         pending: entries delivered before and never acknowledged when the lock was taken (0
             when unknown: taken without a group); the first read needs to look at them only
             if there are any.
+        first: the first batch, read when the lock was taken (``drainer_lock(first_read=N)``),
+            until :meth:`take_first` hands it over; ``None`` when none was read.
         finished: :meth:`finish` released the lock (or found it lost).
     """
 
@@ -133,8 +178,10 @@ class Lock:
         stream: str = "",
         group: str | None = None,
         pending: int = 0,
+        first: list[Entry] | None = None,
     ) -> None:
         self.client = client
+        self.first = first
         self.key = key
         self.token = token
         self.ttl_ms = ttl_ms
@@ -143,6 +190,11 @@ class Lock:
         self.group = group
         self.pending = pending
         self.finished = False
+
+    def take_first(self) -> list[Entry] | None:
+        """The batch read with the lock, once (``None``: none was read, or it was taken)."""
+        first, self.first = self.first, None
+        return first
 
     def finish(self, *, keep: bool) -> int:
         """Look for work left, atomically with what it decides (needs the group).
@@ -153,25 +205,36 @@ class Lock:
             lock released, flag kept: queue the next drain) or ``LOST`` (another drainer holds
             the lock now; nothing was changed).
         """
-        state = int(
-            self.client.eval(
-                _FINISH,
-                3,
-                self.key,
-                keys.kick(self.stream),
-                self.stream,
-                self.token,
-                self.ttl_ms,
-                KICK_FLAG_TTL_S,
-                self.group or "",
-                "1" if keep else "0",
-            )
-        )
+        args = self._finish_args(keep)
+        reply = _SCRIPTS["finish"](keys=args[:3], args=args[3:], client=self.client)
+        return self.finished_with(reply)
+
+    def finish_in(self, pipe: Any, *, keep: bool) -> None:
+        """Queue :meth:`finish` as the last command of ``pipe`` (the batch's MULTI), so the
+        commit and the look for work left are one round trip and one atomic step; pass that
+        command's reply to :meth:`finished_with`."""
+        pipe.eval(_FINISH, 3, *self._finish_args(keep))
+
+    def finished_with(self, reply: Any) -> int:
+        """Take note of what the finish script (run by :meth:`finish_in`'s pipe) came to."""
+        state = int(reply)
         if state == MORE:
             self.renewed_at = time.monotonic()
         else:
             self.finished = True
         return state
+
+    def _finish_args(self, keep: bool) -> tuple[Any, ...]:
+        return (
+            self.key,
+            keys.kick(self.stream),
+            self.stream,
+            self.token,
+            self.ttl_ms,
+            KICK_FLAG_TTL_S,
+            self.group or "",
+            "1" if keep else "0",
+        )
 
     def renew(self) -> bool:
         """Extend the lock when a third of its TTL has passed; False if it was lost."""
@@ -184,7 +247,14 @@ class Lock:
 
 @contextmanager
 def drainer_lock(
-    client: redis.Redis, stream: str, ttl_s: float, *, group: str | None = None
+    client: redis.Redis,
+    stream: str,
+    ttl_s: float,
+    *,
+    group: str | None = None,
+    first_read: int = 0,
+    hold: str | None = None,
+    hold_slack_s: float = 0.0,
 ) -> Iterator[Lock | None]:
     """Hold the single-drainer lock of ``stream`` (yields None when another drainer has it).
 
@@ -196,6 +266,11 @@ def drainer_lock(
             flag: set with the lock (arrivals queue no task while it runs), cleared by
             :meth:`Lock.finish` when no work is left, or on leaving without it; and
             ``Lock.pending`` tells whether the first read must look at pending entries.
+        first_read: with ``group``, also read the first batch of up to this many entries in the
+            same script (``Lock.take_first``), as :func:`read_batch` would.
+        hold: with ``group``, a key holding epoch seconds before which the stream must not be
+            drained (a retry's back-off): when it is later than now + ``hold_slack_s``, the
+            kick flag is cleared and None yielded, in the same script.
     """
     key = keys.lock(stream)
     token = os.urandom(8).hex().encode()
@@ -210,18 +285,31 @@ def drainer_lock(
             client.eval(_RELEASE, 1, key, token)
         return
     flag = keys.kick(stream)
-    pending = int(
-        client.eval(_ACQUIRE, 3, key, flag, stream, token, ttl_ms, KICK_FLAG_TTL_S, group)
+    reply: Any = _SCRIPTS["acquire"](
+        keys=[key, flag, stream, hold or ""],
+        args=[token, ttl_ms, KICK_FLAG_TTL_S, group, first_read, hold_slack_s, CONSUMER],
+        client=client,
     )
+    pending = int(reply[0])
     if pending < 0:
         yield None
         return
-    lock = Lock(client, key, token, ttl_ms, stream=stream, group=group, pending=pending)
+    first = None
+    if first_read > 0:
+        first = [(eid.decode(), _pairs(fields)) for eid, fields in reply[1]]
+    lock = Lock(
+        client, key, token, ttl_ms, stream=stream, group=group, pending=pending, first=first
+    )
     try:
         yield lock
     finally:
         if not lock.finished:
             client.eval(_STOP, 2, key, flag, token)
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields as a script returns them (name, value, …) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:

@@ -130,14 +130,6 @@ class DeadLetterStore:
             )
         )
 
-    def held_patients(self, subscriber: str, patients: list[str]) -> set[str]:
-        """Which of ``patients`` are held for ``subscriber`` right now."""
-        wanted = [p for p in dict.fromkeys(patients) if p]
-        if not wanted:
-            return set()
-        found = self.client.hmget(keys.held(subscriber), wanted)
-        return {p for p, dead in zip(wanted, found, strict=True) if dead is not None}
-
     def lift_if_empty(self, subscriber: str, patient: str) -> bool:
         """Lift the patient's hold when nothing is parked any more (atomic); True if lifted."""
         return bool(

@@ -35,6 +35,20 @@ HOLD_SLACK_S = 0.5
 """A retry's countdown and the hold mark come from different clocks: a little slack."""
 
 
+def _envelopes_and_holds(
+    client: redis.Redis, sub: str, ids: list[str], patients: list[str]
+) -> tuple[list[bytes | None], set[str]]:
+    """The batch's envelopes and which of its patients are held for ``sub``: one round trip."""
+    wanted = [p for p in dict.fromkeys(patients) if p]
+    reads = client.pipeline(transaction=False)
+    reads.mget([keys.envelope(i) for i in ids])
+    if wanted:
+        reads.hmget(keys.held(sub), wanted)
+    replies = reads.execute()
+    found = replies[1] if wanted else []
+    return replies[0], {p for p, dead in zip(wanted, found, strict=True) if dead is not None}
+
+
 def drain_outbound(
     client: redis.Redis,
     subscriber: AdapterSpec,
@@ -57,27 +71,34 @@ def drain_outbound(
     clear_contextvars()
     sub = subscriber.id
     stream = keys.outbound(sub, partition)
-    hold = client.get(keys.hold(sub, partition))
-    if hold is not None and float(hold) > time.time() + HOLD_SLACK_S:
-        client.delete(keys.kick(stream))  # the scheduled retry drains; arrivals kick again
-        return 0
     dead_letters = DeadLetterStore(client)
     delivered = 0
     stopped = False
     ending = DONE
-    with drainer_lock(client, stream, settings.claim_idle_s, group=keys.DELIVER_GROUP) as lock:
+    with drainer_lock(
+        client,
+        stream,
+        settings.claim_idle_s,
+        group=keys.DELIVER_GROUP,
+        first_read=settings.batch_size,
+        # Waiting out a retry's back-off: the scheduled retry drains; arrivals kick again.
+        hold=keys.hold(sub, partition),
+        hold_slack_s=HOLD_SLACK_S,
+    ) as lock:
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
-        first = lock.pending > 0
+        first = False  # the first batch came with the lock
         while not stopped:
-            entries = read_batch(
-                client,
-                stream,
-                keys.DELIVER_GROUP,
-                settings.batch_size,
-                pending=first,
-            )
+            entries = lock.take_first()
+            if entries is None:
+                entries = read_batch(
+                    client,
+                    stream,
+                    keys.DELIVER_GROUP,
+                    settings.batch_size,
+                    pending=first,
+                )
             first = False
             if not entries:
                 ending = lock.finish(keep=time.monotonic() < deadline)
@@ -87,9 +108,7 @@ def drain_outbound(
                 break
             ids = [f.get(b"env", b"").decode() for _, f in entries]
             patients = [f.get(b"pk", b"").decode() for _, f in entries]
-            raw_envelopes: list[bytes | None]
-            raw_envelopes = client.mget([keys.envelope(i) for i in ids])  # type: ignore[assignment]
-            held = dead_letters.held_patients(sub, patients)
+            raw_envelopes, held = _envelopes_and_holds(client, sub, ids, patients)
             # Held by a dead letter of this very batch: its hold is still queued on `pipe`, so
             # the patient's next messages are parked on the same pipe, behind it, in order.
             newly_held: set[str] = set()
@@ -180,14 +199,18 @@ def drain_outbound(
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
                 pipe.hdel(keys.ATTEMPTS + sub, *handled)
-            pipe.execute()
+            # A short batch: most likely nothing more. Finish looks, in the commit's MULTI
+            # (atomically with releasing the lock and clearing the kick flag, so no arrival is
+            # missed). Not after a stop: leaving the lock releases it and clears the flag.
+            short = len(entries) < settings.batch_size or time.monotonic() >= deadline
+            if short and not stopped:
+                lock.finish_in(pipe, keep=time.monotonic() < deadline)
+            replies = pipe.execute()
             log.info("delivery.batch", route=sub, partition=partition, handled=len(handled))
             if stopped:
-                break  # leaving the lock releases it and clears the kick flag
-            if len(entries) < settings.batch_size or time.monotonic() >= deadline:
-                # A short batch: most likely nothing more. Finish looks, atomically with
-                # releasing the lock and clearing the kick flag, so no arrival is missed.
-                ending = lock.finish(keep=time.monotonic() < deadline)
+                break
+            if short:
+                ending = lock.finished_with(replies[-1])
                 if ending != MORE:
                     break
     if ending == HANDOVER:

@@ -78,22 +78,30 @@ def drain_inbound(
     ending = DONE
     fed: list[_Kick] = []  # the drains the last batch kicked fresh, not queued yet
     with (
-        drainer_lock(client, stream, settings.claim_idle_s, group=keys.PIPELINE_GROUP) as lock,
+        drainer_lock(
+            client,
+            stream,
+            settings.claim_idle_s,
+            group=keys.PIPELINE_GROUP,
+            first_read=settings.batch_size,
+        ) as lock,
         _queued_on_error(kicker, fed),
     ):
         if lock is None:
             return 0
         deadline = time.monotonic() + settings.drain_budget_s
-        first = lock.pending > 0
+        first = False  # the first batch came with the lock
         while True:
             _queue(kicker, fed)  # reading on: other workers deliver what it fed meanwhile
-            entries = read_batch(
-                client,
-                stream,
-                keys.PIPELINE_GROUP,
-                settings.batch_size,
-                pending=first,
-            )
+            entries = lock.take_first()
+            if entries is None:
+                entries = read_batch(
+                    client,
+                    stream,
+                    keys.PIPELINE_GROUP,
+                    settings.batch_size,
+                    pending=first,
+                )
             first = False
             if not entries:
                 ending = lock.finish(keep=time.monotonic() < deadline)
@@ -165,24 +173,30 @@ def drain_inbound(
             for subscriber, count in touched.items():
                 pipe.hincrby(keys.STATS, f"queued:{subscriber}", count)
             for source, tally in unmapped.items():
-                for field, count in tally.items():
-                    pipe.hincrby(keys.unmapped(source), field, count)
+                # One command per source, not one per field (a dozen at light load).
+                flat = [item for pair in tally.items() for item in pair]
+                pipe.eval(_HINCRBY_ALL, 1, keys.unmapped(source), *flat)
             kicks = [(DRAIN_OUTBOUND, [subscriber, partition]) for subscriber in sorted(touched)]
             kicks += [(DRAIN_APP_ACKS, [source]) for source in sorted(acks)]
             for task, args in kicks:
                 kicker.flag(pipe, task, args)
+            # A short batch: most likely nothing more. Finish looks, in the commit's MULTI
+            # (atomically with releasing the lock and clearing the kick flag, so no arrival is
+            # missed, and without a round trip of its own).
+            short = len(entries) < settings.batch_size or time.monotonic() >= deadline
+            if short:
+                lock.finish_in(pipe, keep=time.monotonic() < deadline)
             replies = pipe.execute()
             done += len(entries)
+            finished = replies.pop() if short else None
             replies = replies[len(replies) - len(kicks) :]
             fed.extend(kick for kick, fresh in zip(kicks, replies, strict=True) if fresh)
-            if not lock.renew():
-                break
-            if len(entries) < settings.batch_size or time.monotonic() >= deadline:
-                # A short batch: most likely nothing more. Finish looks, atomically with
-                # releasing the lock and clearing the kick flag, so no arrival is missed.
-                ending = lock.finish(keep=time.monotonic() < deadline)
+            if short:
+                ending = lock.finished_with(finished)
                 if ending != MORE:
                     break
+            elif not lock.renew():
+                break
     if ending == HANDOVER:
         kicker.queue(DRAIN_INBOUND, [partition])
     if defer is not None and ending == DONE:
@@ -190,6 +204,10 @@ def drain_inbound(
         fed[:] = [(task, args) for task, args in fed if task != DRAIN_OUTBOUND]
     _queue(kicker, fed)
     return done
+
+
+_HINCRBY_ALL = "for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end"
+"""HINCRBY of every (field, count) pair of ARGV in hash KEYS[1]."""
 
 
 def _queue(kicker: Kicker, kicks: list[_Kick]) -> None:

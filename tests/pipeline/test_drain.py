@@ -64,10 +64,11 @@ class TestDrainInbound:
         assert read_ack(broker.receive(adt(x, "A01", control_id="X-1"))).code == "AA"
         broker.celery.clear()
 
-        def lost_connection(self: Lock) -> bool:
+        def lost_connection(self: Lock, reply: object) -> int:
             raise redis.ConnectionError("Redis went away after the commit")
 
-        monkeypatch.setattr(Lock, "renew", lost_connection)
+        # What follows the commit: its finish's outcome (the finish runs in the commit's MULTI).
+        monkeypatch.setattr(Lock, "finished_with", lost_connection)
         with pytest.raises(redis.ConnectionError):
             broker.call(DRAIN_INBOUND, 0)
 
