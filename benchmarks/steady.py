@@ -194,6 +194,8 @@ class _Sampler:
             "offered": self.progress.sent,
             "received": received,
             "mapping_backlog": received - sum(delta(s) for s in _MAPPED_STATES),
+            # Journal drains handed to a worker in standby (broker/standby.py), not a task.
+            "standby": delta("standby"),
             "backlog": {s: expected - delta(f"delivered:{s}") for s in self.scenario.subscribers},
         }
         self.samples.append(point)
@@ -494,6 +496,13 @@ def print_report(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         parts = ", ".join(f"{role} {ms:.2f}" for role, ms in r["cpu_ms_per_message"].items())
         print(f"CPU ms per message, {r['label']} at {r['rate']:g}/s: {parts}")
+    print()
+    for r in rows:
+        handed = r["samples"][-1].get("standby", 0) if r["samples"] else 0
+        print(
+            f"Journal drains handed to a worker in standby, {r['label']} at {r['rate']:g}/s: "
+            f"{handed} ({100 * handed / max(1, r['offered']):.0f} per 100 messages)"
+        )
     print()
     names = ("ACK (sender)", *HOPS, "receiver → reply", "end to end")
     for r in rows:
