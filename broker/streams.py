@@ -71,20 +71,17 @@ local function has_work(stream, group)
 end
 """
 # KEYS: lock, kick flag, stream, hold ('': none). ARGV: token, lock ttl ms, flag ttl s, group,
-# first read's count (0: none), hold slack s, consumer.
-# Returns {-2} when the hold (epoch seconds) is later than now + slack (the kick flag is cleared:
+# first read's count (0: none), hold threshold (epoch seconds), consumer.
+# Returns {-2} when the hold (epoch seconds) is later than the threshold (the kick flag is cleared:
 # the scheduled retry drains), {-1} when another drainer holds the lock, else {pending, first}:
 # how many entries are pending and, with a count, the first read (pending entries first if any,
 # else new ones), as read_batch would do it, so the first batch costs no round trip of its own.
 _ACQUIRE = """
 if KEYS[4] ~= '' then
   local hold = redis.call('GET', KEYS[4])
-  if hold then
-    local time = redis.call('TIME')
-    if tonumber(hold) > tonumber(time[1]) + tonumber(time[2]) / 1000000 + tonumber(ARGV[6]) then
-      redis.call('DEL', KEYS[2])
-      return {-2}
-    end
+  if hold and tonumber(hold) > tonumber(ARGV[6]) then
+    redis.call('DEL', KEYS[2])
+    return {-2}
   end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1} end
@@ -269,8 +266,9 @@ def drainer_lock(
         first_read: with ``group``, also read the first batch of up to this many entries in the
             same script (``Lock.take_first``), as :func:`read_batch` would.
         hold: with ``group``, a key holding epoch seconds before which the stream must not be
-            drained (a retry's back-off): when it is later than now + ``hold_slack_s``, the
-            kick flag is cleared and None yielded, in the same script.
+            drained (a retry's back-off): when it is later than now + ``hold_slack_s`` (this
+            process's clock, as the worker that set it used its own), the kick flag is cleared
+            and None yielded, in the same script.
     """
     key = keys.lock(stream)
     token = os.urandom(8).hex().encode()
@@ -287,7 +285,15 @@ def drainer_lock(
     flag = keys.kick(stream)
     reply: Any = _SCRIPTS["acquire"](
         keys=[key, flag, stream, hold or ""],
-        args=[token, ttl_ms, KICK_FLAG_TTL_S, group, first_read, hold_slack_s, CONSUMER],
+        args=[
+            token,
+            ttl_ms,
+            KICK_FLAG_TTL_S,
+            group,
+            first_read,
+            time.time() + hold_slack_s,
+            CONSUMER,
+        ],
         client=client,
     )
     pending = int(reply[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from broker import keys
 from broker.streams import (
     DONE,
@@ -129,3 +131,76 @@ class TestFinish:
             pass
         assert not redis_client.exists(keys.lock("f"))
         assert not redis_client.exists(keys.kick("f"))
+
+
+class TestAcquire:
+    """What the lock's script does besides locking: the first read, the retry hold."""
+
+    def test_the_first_batch_comes_with_the_lock_pending_entries_first(self, redis_client):
+        """As read_batch: a dead drainer's unacknowledged entries, then (next read) new ones."""
+        ensure_group(redis_client, "a", "g")
+        old = redis_client.xadd("a", {"n": "1"}).decode()
+        read_batch(redis_client, "a", "g", 10)  # read, never acknowledged: pending
+        redis_client.xadd("a", {"n": "2"})
+        with drainer_lock(redis_client, "a", 5, group="g", first_read=10) as lock:
+            assert lock.pending == 1
+            assert lock.take_first() == [(old, {b"n": b"1"})]
+            assert lock.take_first() is None, "the first batch is handed over once"
+            (new,) = read_batch(redis_client, "a", "g", 10, pending=False)
+            assert new[1] == {b"n": b"2"}
+
+    def test_with_nothing_pending_the_first_batch_is_the_new_entries(self, redis_client):
+        redis_client.xadd("b", {"n": "1"})  # no group yet: the script creates it
+        with drainer_lock(redis_client, "b", 5, group="g", first_read=10) as lock:
+            assert [fields for _, fields in lock.take_first()] == [{b"n": b"1"}]
+
+    def test_an_empty_stream_gives_an_empty_first_batch(self, redis_client):
+        with drainer_lock(redis_client, "c", 5, group="g", first_read=10) as lock:
+            assert lock.take_first() == []
+            assert lock.finish(keep=True) == DONE
+
+    def test_a_partition_waiting_out_a_retry_is_not_drained_and_its_flag_is_cleared(
+        self, redis_client
+    ):
+        """The scheduled retry drains it; arrivals meanwhile kick again (the flag is clear)."""
+        redis_client.set(keys.kick("d"), b"1")
+        redis_client.set("hold:d", str(time.time() + 60))
+        with drainer_lock(redis_client, "d", 5, group="g", hold="hold:d", hold_slack_s=0.5) as lock:
+            assert lock is None
+        assert not redis_client.exists(keys.lock("d"))
+        assert not redis_client.exists(keys.kick("d"))
+
+    def test_a_hold_whose_time_has_come_does_not_stop_the_drain(self, redis_client):
+        redis_client.set("hold:e", str(time.time() + 0.2))  # within the slack
+        with drainer_lock(redis_client, "e", 5, group="g", hold="hold:e", hold_slack_s=0.5) as lock:
+            assert lock is not None
+
+
+class TestFinishInTheCommit:
+    """``finish_in`` queues the finish on the batch's MULTI: same outcomes, one round trip."""
+
+    def test_the_commit_and_the_finish_are_one_transaction(self, redis_client):
+        ensure_group(redis_client, "m", "g")
+        redis_client.xadd("m", {"n": "1"})
+        with drainer_lock(redis_client, "m", 5, group="g", first_read=10) as lock:
+            ((entry_id, _),) = lock.take_first()
+            pipe = redis_client.pipeline(transaction=True)
+            pipe.xack("m", "g", entry_id)
+            lock.finish_in(pipe, keep=True)
+            replies = pipe.execute()
+            assert lock.finished_with(replies[-1]) == DONE
+            assert lock.finished
+        assert not redis_client.exists(keys.lock("m"))
+        assert not redis_client.exists(keys.kick("m"))
+
+    def test_an_arrival_before_the_commit_keeps_the_drainer_going(self, redis_client):
+        ensure_group(redis_client, "n", "g")
+        redis_client.xadd("n", {"n": "1"})
+        with drainer_lock(redis_client, "n", 5, group="g", first_read=10) as lock:
+            ((entry_id, _),) = lock.take_first()
+            redis_client.xadd("n", {"n": "2"})
+            pipe = redis_client.pipeline(transaction=True)
+            pipe.xack("n", "g", entry_id)
+            lock.finish_in(pipe, keep=True)
+            assert lock.finished_with(pipe.execute()[-1]) == MORE
+            assert not lock.finished
