@@ -25,6 +25,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
     pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
     pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
+    pl:store             stream   what happened to each message, for the message store's writer
+                                  (broker.trail); group ``store``, emptied as the writer commits
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "RATES",
     "REJECTED",
     "STATS",
+    "STORE",
+    "STORE_GROUP",
     "TIMINGS",
     "TRIMMED",
     "app_acks",
@@ -69,6 +73,8 @@ TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
 RATES = "pl:rates"
 TIMINGS = "pl:timings"
+STORE = "pl:store"
+STORE_GROUP = "store"
 ATTEMPTS = "pl:attempts:"
 
 
