@@ -245,11 +245,12 @@ class StoreWriter:
 
     @staticmethod
     def _attempt(batch: Batch, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        envelope_id, subscriber = fields[b"env"].decode(), fields[b"sub"].decode()
-        outcome = fields[b"out"].decode()
-        at = float(fields[b"at"])
-        reply = fields.get(b"reply", b"").decode("utf-8", "replace")
-        error = fields.get(b"error", b"").decode("utf-8", "replace") or None
+        details = json.loads(fields[b"d"])
+        envelope_id, subscriber = str(details["env"]), str(details["sub"])
+        outcome = str(details["out"])
+        at = float(details["at"])
+        reply = str(details.get("reply") or "")
+        error = str(details.get("error") or "") or None
         ack, status = reply_codes(reply)
         batch.attempts.append(
             {
@@ -257,13 +258,13 @@ class StoreWriter:
                 "message_id": envelope_id,
                 "subscriber": subscriber,
                 "at": at,
-                "duration_ms": float(fields.get(b"ms") or 0),
+                "duration_ms": float(details.get("ms") or 0),
                 "outcome": outcome,
                 "ack_code": ack,
                 "http_status": status,
                 "reply": reply or None,
                 "error": error,
-                "digest": fields.get(b"digest", b"").decode() or None,
+                "digest": str(details.get("digest") or "") or None,
             }
         )
         state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")

@@ -84,7 +84,18 @@ def postgres_server() -> Iterator[str]:
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
     # The server's output goes to its log file: a pipe it inherited would keep run() waiting.
     subprocess.run(
-        [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w", "start"],
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(directory / "server.log"),
+            "-w",
+            "start",
+        ],
         check=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
