@@ -50,6 +50,7 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     import signal
 
     import redis
+    import sqlalchemy as sa
 
     from broker.log import get_logger
     from broker.store import StoreWriter
@@ -74,6 +75,10 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
             # Redis restarting (serve restarts it): wait and read on; nothing is lost.
             log.warning("store.redis_unavailable", error=type(exc).__name__)
             signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 1)
+        except sa.exc.DBAPIError as exc:
+            # The database away: the batch was not acknowledged, it is read again.
+            log.error("store.database_unavailable", error=type(exc.orig).__name__)
+            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 5)
     log.info("store.stopped")
     engine.dispose()
 
