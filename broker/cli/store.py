@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from broker.settings import Settings
 
-__all__ = ["store_app"]
+__all__ = ["NICENESS", "store_app"]
+
+NICENESS = 10
+"""How much the writer lowers its CPU priority (``os.nice``): it is never on the ACK path."""
 
 store_app = typer.Typer(
     name="store",
@@ -47,6 +50,7 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     """Run the writer: upgrade the schema, then store every record as it comes, until stopped."""
     if ctx.invoked_subcommand is not None:
         return
+    import os
     import signal
 
     import redis
@@ -58,6 +62,9 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     settings = load_settings(data_dir=data_dir)
     log_as_configured(settings)
     engine = _upgraded(settings)
+    # Behind the message path for the CPU: under saturation the writer falls behind (its
+    # records wait in pl:store) rather than taking cores from the listeners and workers.
+    os.nice(NICENESS)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
