@@ -303,22 +303,19 @@ class StoreWriter:
                 ),
                 [{"attempts": 0, **row} for row in rows],
             )
-            counted = {(a["message_id"], a["subscriber"]) for a in batch.attempts}
-            if counted:
+            # One statement for the batch: each touched message's rows get their exact count.
+            touched = sorted({a["message_id"] for a in batch.attempts})
+            if touched:
                 count = (
                     sa.select(sa.func.count())
                     .where(
-                        attempts.c.message_id == sa.bindparam("m"),
-                        attempts.c.subscriber == sa.bindparam("s"),
+                        attempts.c.message_id == deliveries.c.message_id,
+                        attempts.c.subscriber == deliveries.c.subscriber,
                     )
                     .scalar_subquery()
                 )
                 connection.execute(
                     deliveries.update()
-                    .where(
-                        deliveries.c.message_id == sa.bindparam("m"),
-                        deliveries.c.subscriber == sa.bindparam("s"),
-                    )
-                    .values(attempts=count),
-                    [{"m": m, "s": s} for m, s in sorted(counted)],
+                    .where(deliveries.c.message_id.in_(touched))
+                    .values(attempts=count)
                 )
