@@ -122,6 +122,8 @@ def search(
         fail(str(exc), 2)
     if as_json:
         print_json(page.items)
+        if page.next:  # on stderr: stdout stays one JSON list
+            typer.echo(f"more: --before {page.next}", err=True)
         return
     for item in page.items:
         states = ", ".join(f"{d['subscriber']}={d['state']}" for d in item["deliveries"])
