@@ -93,3 +93,39 @@ class TestCli:
         run = run_cli("messages", "search", "--since", "soon", env=_env(broker))
         assert run.code == 2
         assert "--since" in run.stderr
+
+
+def test_store_upgrade_then_purge(tmp_path):
+    """``store upgrade`` creates the schema and says its revision; ``store purge --json`` counts."""
+    env = {"PASSERELLE_DATA_DIR": str(tmp_path), "PASSERELLE_STORE_URL": None}
+    run = run_cli("store", "upgrade", env=env)
+    assert run.code == 0, run.stderr
+    assert "revision 0001" in run.stdout
+    assert (tmp_path / "store.sqlite3").exists()
+    purged = run_cli("store", "purge", "--json", env=env)
+    assert purged.code == 0, purged.stderr
+    assert json.loads(purged.stdout) == {"messages": 0, "attempts": 0, "actions": 0}
+    searched = run_cli("messages", "search", "--json", env=env)
+    assert (searched.code, json.loads(searched.stdout)) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("nonsense", "not a database URL", id="not-a-url"),
+        pytest.param(
+            "postgresql+psycopg://postgres@127.0.0.1:1/none", "cannot be reached", id="down"
+        ),
+    ],
+)
+def test_a_store_that_cannot_be_used_is_one_line(tmp_path, url, says):
+    """A bad or unreachable PASSERELLE_STORE_URL: exit 1, one line, no traceback."""
+    run = run_cli(
+        "messages",
+        "search",
+        env={"PASSERELLE_DATA_DIR": str(tmp_path), "PASSERELLE_STORE_URL": url},
+    )
+    assert run.code == 1
+    assert not run.crashed
+    assert says in run.stderr
+    assert run.stderr.strip().count("\n") == 0
