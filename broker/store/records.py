@@ -127,20 +127,24 @@ def message_row(
     entry = journal or {}
     ack = entry.get(b"ack")
     bundle = env.get("bundle")
+    raw = entry.get(b"raw")
+    header: dict[str, str | None] = {}
+    if env.get("control_id") is None and raw and env.get("content_type") != "application/fhir+json":
+        header = sniff_msh(raw)  # a message that failed before the pipeline read its MSH
     return {
         "id": record[b"env"].decode(),
         "received_at": _epoch(env.get("received_at"), now),
         "adapter": env.get("source") or _text(entry.get(b"source")) or "?",
         "peer": _text(entry.get(b"peer")),
         "content_type": env.get("content_type"),
-        "control_id": env.get("control_id"),
-        "sender": env.get("sender"),
-        "event": env.get("event"),
-        "version": env.get("version"),
+        "control_id": env.get("control_id") or header.get("control_id"),
+        "sender": env.get("sender") or header.get("sender"),
+        "event": env.get("event") or header.get("event"),
+        "version": env.get("version") or header.get("version"),
         "state": record.get(b"st", b"routed").decode(),
         "reason": env.get("reason"),
         "partition_key": env.get("partition_key"),
-        "raw": entry.get(b"raw"),
+        "raw": raw,
         "canonical": json.dumps(bundle, ensure_ascii=False) if bundle is not None else None,
         "mappings": json.dumps(env.get("mappings") or []),
         "findings": json.dumps(env.get("findings") or [], ensure_ascii=False),

@@ -193,3 +193,19 @@ def test_retention_purges_each_kind_by_its_own_age(scenario):
     assert after["attempts"] == before["attempts"]
     everything = broker.settings.model_copy(update={"store_retention_attempts_s": 60})
     assert purge(broker.store, everything, now=time.time() + 3600)["attempts"] == before["attempts"]
+
+
+def test_a_message_that_failed_mapping_is_stored_failed_with_why(make_broker):
+    """Journalled (AA) but not mappable (no PID): state failed, its reason, no delivery."""
+    broker = make_broker()
+    x, _ = _two_adults()
+    text = "\r".join(
+        s for s in adt(x, "A01", control_id="NOPID-1").split("\r") if not s.startswith("PID")
+    )
+    assert read_ack(broker.receive(text)).code == "AA"
+    broker.run()
+    broker.write_store()
+    (item,) = search(broker.store, Search(state="failed")).items
+    assert (item["control_id"], item["deliveries"]) == ("NOPID-1", [])
+    assert item["reason"]
+    assert trace(broker.store, item["id"])["raw"].startswith("MSH|")
