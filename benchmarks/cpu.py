@@ -12,6 +12,7 @@ _ROLES = (
     ("celeryd", "celery main"),
     ("celery beat", "beat"),
     ("broker api", "api"),
+    ("broker store", "store writer"),
     ("multiprocessing", "subscribers (captures)"),
 )
 

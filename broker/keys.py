@@ -25,8 +25,10 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
     pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
     pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
-    pl:standby           zset     workers waiting for a journal partition to drain → expiry (broker.worker.standby)
+    pl:standby           zset     workers waiting for a journal partition to drain → expiry (broker.standby)
     pl:wake              list     journal partitions handed to those waiting workers, oldest first
+    pl:store             stream   what happened to each message, for the message store's writer
+                                  (broker.trail); group ``store``, emptied as the writer commits
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ __all__ = [
     "REJECTED",
     "STANDBY",
     "STATS",
+    "STORE",
+    "STORE_GROUP",
     "TIMINGS",
     "TRIMMED",
     "WAKE",
@@ -75,6 +79,8 @@ RATES = "pl:rates"
 TIMINGS = "pl:timings"
 STANDBY = "pl:standby"
 WAKE = "pl:wake"
+STORE = "pl:store"
+STORE_GROUP = "store"
 ATTEMPTS = "pl:attempts:"
 
 

@@ -114,6 +114,17 @@ class Settings(BaseSettings):
     timings: bool = False
     """Record per-hop timestamps of every message in ``pl:timings`` (``broker.timing``): the
     steady-load benchmark turns it on; off, it costs nothing."""
+    store_url: str | None = None
+    """The message store's database (SQLAlchemy URL): ``postgresql+psycopg://user@host/db`` in
+    production; ``None``: SQLite in ``data_dir/store.sqlite3`` (WAL)."""
+    store_batch_size: int = Field(500, ge=1)
+    """Records the store writer reads and commits in one transaction."""
+    store_retention_messages_s: int = Field(90 * 86_400, ge=60)
+    """How long the store keeps a message (raw, canonical, identifiers, per-subscriber states)."""
+    store_retention_attempts_s: int = Field(90 * 86_400, ge=60)
+    """How long the store keeps delivery attempts, by when they were made."""
+    store_retention_actions_s: int = Field(365 * 86_400, ge=60)
+    """How long the store keeps operator actions (replay, discard…), by when they were taken."""
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
 
@@ -127,6 +138,13 @@ class Settings(BaseSettings):
         if self.mappings_dir is None:
             return (BASE_MAPPINGS_DIR,)
         return (BASE_MAPPINGS_DIR, self.mappings_dir)
+
+    @property
+    def effective_store_url(self) -> str:
+        """The message store's database: the configured one or SQLite in the data directory."""
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{self.data_dir.resolve() / 'store.sqlite3'}"
 
     @property
     def redis_socket(self) -> Path:

@@ -1,11 +1,11 @@
 """``passerelle serve``: the whole system on one machine as supervised child processes.
 
 Children: the embedded Redis (unless ``PASSERELLE_REDIS_URL`` is set), the listeners, the Celery
-workers, Celery beat (the periodic re-kick) and the HTTP API. A child that dies is restarted;
+workers, the message store's writer, Celery beat (the periodic re-kick) and the HTTP API. A child that dies is restarted;
 Redis first, on the same socket from its append-only file, since every other child waits on it
 (they reconnect by themselves: the listeners answer AR "resend later" meanwhile).
 Stopping (SIGINT/SIGTERM) goes edge first: listeners stop taking messages, workers finish their
-tasks (Celery warm shutdown), then beat and the API, and Redis last, which flushes its AOF.
+tasks (Celery warm shutdown), the store's writer commits its batch, then beat and the API, and Redis last, which flushes its AOF.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from broker.settings import Settings
 __all__ = ["Supervisor", "ensure_api_token", "settings_env"]
 
 log = get_logger(__name__)
-ROLES = ("listen", "worker", "beat", "api")
-STOP_ORDER = ("listen", "worker", "beat", "api")
+ROLES = ("listen", "worker", "store", "beat", "api")
+STOP_ORDER = ("listen", "worker", "store", "beat", "api")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

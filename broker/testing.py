@@ -33,6 +33,7 @@ import yaml
 
 if TYPE_CHECKING:
     import redis
+    import sqlalchemy
     import typer
 
     from broker.adapters.mllp import MllpClient
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from broker.dispatch import Kicker
     from broker.mapping import MappingSet
     from broker.settings import Settings
+    from broker.store import StoreWriter
 
 __all__ = [
     "CliRun",
@@ -317,6 +319,7 @@ class EagerBroker:
         self._parts: _EagerParts | None = None
         self._senders: dict[str, Sender] = {}
         self._return_addresses: dict[str, MllpClient] = {}
+        self._store: StoreWriter | None = None
 
     def __enter__(self) -> EagerBroker:
         self.start()
@@ -372,6 +375,9 @@ class EagerBroker:
         for connection in self._return_addresses.values():
             connection.close()
         self._return_addresses.clear()
+        if self._store is not None:
+            self._store.engine.dispose()
+            self._store = None
         if self._parts is not None:
             self._parts.client.close()
             self._parts = None
@@ -576,6 +582,29 @@ class EagerBroker:
             self.call(task.name, *task.args)
             ran.append(task)
         return ran
+
+    @property
+    def store(self) -> sqlalchemy.Engine:
+        """The message store (``settings.effective_store_url``), its schema up to date."""
+        return self._store_writer.engine
+
+    @property
+    def _store_writer(self) -> StoreWriter:
+        if self._store is None:
+            from broker.store import StoreWriter, connect, upgrade
+
+            engine = connect(self.settings.effective_store_url, create=True)
+            upgrade(engine)
+            self._store = StoreWriter(self.client, engine, self.settings)
+        return self._store
+
+    def write_store(self) -> int:
+        """Run the store's writer over every record waiting now (``passerelle store``, in line).
+
+        Returns:
+            How many records (``pl:store`` and ``pl:rejected`` entries) it wrote.
+        """
+        return self._store_writer.drain()
 
     def rekick(self) -> int:
         """Run the periodic re-kick once (beat's task); return how many streams it kicked."""

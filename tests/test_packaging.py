@@ -91,6 +91,9 @@ NOT_IMPORTED = {
     # Celery's Redis broker is kombu's transport: its `redis` extra brings what that transport
     # imports (packaging, redis), which `celery[redis]` alone did not guarantee (issue 8).
     "kombu",
+    # SQLAlchemy's PostgreSQL driver for `postgresql+psycopg://` store URLs (broker/store/db.py):
+    # loaded by SQLAlchemy from the URL, never imported by name.
+    "psycopg",
 }
 
 

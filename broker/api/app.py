@@ -67,6 +67,9 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
         await inbound.open_inbound(app, config)
         yield
         await inbound.close_inbound(app)
+        store = getattr(app.state, "store", None)  # opened by the first message search
+        if store is not None:
+            store.dispose()
         if own:
             redis_client.close()
 

@@ -1,39 +1,146 @@
-"""Message routes: read one envelope by id."""
+"""Message routes: search the message store, trace one message, read one envelope by id.
+
+``GET /api/messages/{id}`` answers from Redis while the envelope is there (exactly as the
+pipeline wrote it), then from the store (``X-Passerelle-Source: store``).
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 
 from broker import keys
 from broker.api.auth import require_token
 from broker.api.health import get_redis
+from broker.errors import BrokerError
+from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/messages", tags=["messages"], dependencies=[Depends(require_token)])
 
 _ENVELOPE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NOT_FOUND = "no message with this id (unknown, not stored yet, or purged)"
+
+
+def get_store(request: Request) -> sa.Engine:
+    """The message store's engine, opened on first use; 503 when its schema is not usable."""
+    engine: sa.Engine | None = getattr(request.app.state, "store", None)
+    if engine is None:
+        try:
+            engine = connect(request.app.state.settings.effective_store_url)
+            check_current(engine)
+        except BrokerError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        request.app.state.store = engine
+    return engine
+
+
+def _epoch(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        msg = f"{name} {value!r} is not an ISO 8601 time (2026-05-01T08:30:00+01:00)"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg) from None
+    return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
+
+
+@router.get("")
+def search_messages(
+    store: Annotated[sa.Engine, Depends(get_store)],
+    control_id: Annotated[str | None, Query(description="MSH-10, exact.")] = None,
+    id: Annotated[str | None, Query(description="The envelope id.")] = None,
+    patient: Annotated[str | None, Query(description="A patient identifier value.")] = None,
+    kind: Annotated[str | None, Query(description="With patient: CIN, IPP…")] = None,
+    adapter: Annotated[str | None, Query(description="The inbound adapter.")] = None,
+    subscriber: Annotated[str | None, Query(description="A subscriber.")] = None,
+    event: Annotated[str | None, Query(description="ADT^A01, ORU^R01…")] = None,
+    state: Annotated[
+        str | None, Query(description="A subscriber's state, or rejected / failed.")
+    ] = None,
+    since: Annotated[str | None, Query(description="Received from (ISO 8601).")] = None,
+    until: Annotated[str | None, Query(description="Received before (ISO 8601).")] = None,
+    text: Annotated[str | None, Query(description="Text in a reason.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    before: Annotated[str | None, Query(description="The `next` cursor of a page.")] = None,
+) -> dict[str, Any]:
+    """Messages matching every filter given, newest first: ``{"items": [...], "next": cursor}``."""
+    query = Search(
+        control_id=control_id,
+        envelope_id=id,
+        identifier=patient,
+        identifier_kind=kind,
+        adapter=adapter,
+        subscriber=subscriber,
+        event=event,
+        state=state,
+        since=_epoch(since, "since"),
+        until=_epoch(until, "until"),
+        text=text,
+        limit=limit,
+        before=before,
+    )
+    try:
+        page = search(store, query)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return {"items": page.items, "next": page.next}
+
+
+@router.get(
+    "/{envelope_id}/trace",
+    responses={404: {"description": _NOT_FOUND}},
+)
+def trace_message(
+    envelope_id: Annotated[str, Path(description="The message id.")],
+    store: Annotated[sa.Engine, Depends(get_store)],
+) -> dict[str, Any]:
+    """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
+    found = trace(store, envelope_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    return found
 
 
 @router.get(
     "/{envelope_id}",
     responses={
         200: {"description": "The Envelope as JSON", "content": {"application/json": {}}},
-        404: {"description": "No envelope with this id (or it expired)"},
+        404: {"description": _NOT_FOUND},
     },
 )
 def get_message(
+    request: Request,
     envelope_id: Annotated[str, Path(description="The envelope id (28 hex digits).")],
     client: Annotated[redis.Redis, Depends(get_redis)],
 ) -> Response:
-    """The Envelope stored at ``pl:env:<id>``, exactly as the pipeline wrote it."""
+    """The Envelope stored at ``pl:env:<id>``; once it left Redis, the store's record of it."""
     # Ids are checked before they reach a Redis key, so no pattern or other key can be named.
-    raw = client.get(keys.envelope(envelope_id)) if _ENVELOPE_ID.match(envelope_id) else None
-    if raw is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no envelope with this id (or it expired)")
-    return Response(content=raw, media_type="application/json")
+    if not _ENVELOPE_ID.match(envelope_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    raw = client.get(keys.envelope(envelope_id))
+    if raw is not None:
+        return Response(content=raw, media_type="application/json")
+    try:
+        store = get_store(request)
+    except HTTPException:
+        store = None  # no store (yet): as unknown as an expired envelope always was
+    found = trace(store, envelope_id) if store is not None else None
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    found.pop("raw", None)
+    found["bundle"] = found.pop("canonical")
+    return Response(
+        content=json.dumps(found, ensure_ascii=False),
+        media_type="application/json",
+        headers={"X-Passerelle-Source": "store"},
+    )

@@ -8,6 +8,8 @@ failure, JSON output, option types):
 - ``translate``: ``translate``, one message through the mappings, offline
 - ``mappings``: ``mappings lint|test|review|style``
 - ``ops``: ``replay``; ``dead_letters``: ``dead-letters ...``: a running broker's deliveries
+- ``messages``: ``messages search|show|trace``: the message store; ``store``: its writer role,
+  ``store upgrade|purge``
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -27,9 +29,11 @@ from broker.cli._common import DataDirOpt, fail, load_settings
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
 from broker.cli.mappings import mappings_app
+from broker.cli.messages import messages_app
 from broker.cli.ops import replay
 from broker.cli.plugins import register_plugins
 from broker.cli.processes import api, beat, listen, serve, worker
+from broker.cli.store import store_app
 from broker.cli.translate import translate
 
 __all__ = [
@@ -55,6 +59,8 @@ def build_app() -> typer.Typer:
         app.command()(command)
     app.add_typer(mappings_app, name="mappings")
     app.add_typer(dead_letters_app, name="dead-letters")
+    app.add_typer(messages_app, name="messages")
+    app.add_typer(store_app, name="store")
     register_plugins(app)
     return app
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from broker import keys
+from broker import keys, trail
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.retry import exhausted, next_delay
 from broker.delivery.send import Sender
@@ -36,6 +36,10 @@ class Outcome:
         dead: refused for good, out of retries, or a bug while rendering: a dead letter.
         attempts: every failed attempt so far (``at``, ``error``, ``reply``).
         reason: why it is dead, for the dead letter.
+        at: when this attempt started (epoch seconds).
+        duration_s: how long it took.
+        reply: what the receiver said: its confirmation (``AA``, ``HTTP 200``) or its refusal.
+        digest: SHA-256 of the payload sent, when the sender rendered one.
     """
 
     delivered: bool = False
@@ -43,6 +47,29 @@ class Outcome:
     dead: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    at: float = 0.0
+    duration_s: float = 0.0
+    reply: str | None = None
+    digest: str | None = None
+
+    def record(self, pipe: Any, subscriber: str, envelope_id: str) -> None:
+        """Queue this attempt's record for the message store on ``pipe`` (``broker.trail``)."""
+        if self.delivered:
+            outcome, error = "delivered", None
+        else:
+            outcome = "retrying" if self.retry_after is not None else "failed"
+            error = self.attempts[-1]["error"] if self.attempts else self.reason
+        trail.attempted(
+            pipe,
+            subscriber,
+            envelope_id,
+            at=self.at,
+            duration_s=self.duration_s,
+            outcome=outcome,
+            reply=self.reply,
+            digest=self.digest,
+            error=error,
+        )
 
 
 def _record(
@@ -74,8 +101,25 @@ def attempt(
         envelope: what to send.
     """
     bind(envelope_id=envelope.id, correlation_id=envelope.correlation_id, route=subscriber.id)
+    started = time.time()
+    outcome = _attempt(client, subscriber, sender, entry_id, envelope)
+    outcome.at = started
+    outcome.duration_s = time.time() - started
+    outcome.digest = getattr(sender, "last_digest", None)
+    if not outcome.delivered and outcome.attempts:
+        outcome.reply = outcome.attempts[-1].get("reply")
+    return outcome
+
+
+def _attempt(
+    client: redis.Redis,
+    subscriber: AdapterSpec,
+    sender: Sender,
+    entry_id: str,
+    envelope: Envelope,
+) -> Outcome:
     try:
-        sender.send(envelope)
+        confirmation = sender.send(envelope)
     except RetryableDeliveryError as exc:
         attempts = _record(client, subscriber.id, entry_id, exc)
         age = time.time() - attempts[0]["at"]
@@ -99,4 +143,4 @@ def attempt(
         )
         attempts = _record(client, subscriber.id, entry_id, exc)
         return Outcome(dead=True, attempts=attempts, reason=reason)
-    return Outcome(delivered=True)
+    return Outcome(delivered=True, reply=confirmation)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import redis
 
-from broker import keys
+from broker import keys, trail
 from broker.envelope import new_id
 
 __all__ = [
@@ -32,9 +32,12 @@ __all__ = [
 
 Status = Literal["open", "replaying", "delivered", "discarded"]
 
+# Parking also tells the message store (KEYS[3], broker.trail's `st` record) in the same call.
 _PARK_IF_HELD = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[2], '*', 'env', ARGV[2], 'pk', ARGV[1], 'partition', ARGV[3])
+  redis.call('XADD', KEYS[3], '*', 'k', 'st', 'env', ARGV[2], 'sub', ARGV[4], 'st', 'parked',
+    'why', 'behind a dead letter', 'dead', '', 'at', ARGV[5])
   return 1
 end
 return 0
@@ -110,6 +113,9 @@ class DeadLetterStore:
             {"id": dead_id, "envelope": envelope_id, "reason": reason, "at": str(now)},
         )
         pipe.hincrby(keys.STATS, f"dead_lettered:{subscriber}", 1)
+        trail.state(
+            pipe, subscriber, envelope_id, "dead_lettered", reason=reason, dead_letter=dead_id
+        )
         if holds:
             pipe.hset(keys.held(subscriber), patient, dead_id)
         if holds and park:
@@ -125,8 +131,8 @@ class DeadLetterStore:
             return False
         return bool(
             self._park(
-                keys=[keys.held(subscriber), keys.parked(subscriber, patient)],
-                args=[patient, envelope_id, partition],
+                keys=[keys.held(subscriber), keys.parked(subscriber, patient), keys.STORE],
+                args=[patient, envelope_id, partition, subscriber, repr(time.time())],
             )
         )
 
@@ -161,6 +167,14 @@ class DeadLetterStore:
                 {"action": "replay failed", "at": time.time(), "reason": reason}
             )
             self.save(record)
+            trail.state(
+                self.client,
+                subscriber,
+                record["envelope_id"],
+                "dead_lettered",
+                reason=reason,
+                dead_letter=dead_id,
+            )
 
     def resolve(self, subscriber: str, dead_id: str) -> None:
         """A replay of the dead letter was delivered: mark it so."""

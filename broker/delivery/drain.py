@@ -17,7 +17,7 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, timing
+from broker import keys, timing, trail
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -123,6 +123,7 @@ def drain_outbound(
                         keys.parked(sub, patient),
                         {"env": envelope_id, "pk": patient, "partition": str(partition)},
                     )
+                    trail.state(pipe, sub, envelope_id, "parked", reason="behind a dead letter")
                     handled.append(entry_id)
                     continue
                 if patient in held and dead_letters.park_if_held(
@@ -150,6 +151,7 @@ def drain_outbound(
                     client, subscriber, sender, entry_id, Envelope.model_validate_json(raw)
                 )
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
+                outcome.record(pipe, sub, envelope_id)
                 if outcome.retry_after is not None:
                     delay = outcome.retry_after
                     client.set(

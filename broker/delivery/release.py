@@ -82,6 +82,8 @@ def release_patient(
                     if raw is not None
                     else Outcome(dead=True, reason="the envelope expired before delivery")
                 )
+                if raw is not None and not outcome.delivered:
+                    outcome.record(client, sub, envelope_id)
                 if outcome.retry_after is not None:
                     kicker.later(RELEASE_PATIENT, [sub, patient], outcome.retry_after)
                     return delivered
@@ -102,6 +104,7 @@ def release_patient(
                 pipe.xdel(stream, entry_id_raw)
                 pipe.hdel(keys.ATTEMPTS + sub, entry_id)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
+                outcome.record(pipe, sub, envelope_id)
                 pipe.execute()
                 if head_dead is not None:
                     record = dead_letters.get(sub, head_dead.decode())

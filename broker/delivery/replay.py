@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from broker import keys
+from broker import keys, trail
 from broker.canonical import validate_bundle
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.envelope import Envelope
@@ -86,6 +86,19 @@ class Operations:
         self.store.audit(
             action, who=who, why=why, subscriber=record["subscriber"], target=record["id"]
         )
+        pipe = self.client.pipeline(transaction=True)
+        trail.acted(
+            pipe,
+            record["subscriber"],
+            record["envelope_id"],
+            action,
+            who=who,
+            why=why,
+            target=record["id"],
+        )
+        new_state = "discarded" if action == "discarded" else "replayed"
+        trail.state(pipe, record["subscriber"], record["envelope_id"], new_state, reason=why)
+        pipe.execute()
 
     def replay(
         self,
@@ -208,6 +221,10 @@ class Operations:
             raise OperationError(msg)
         self._queue(subscriber, envelope, None)
         self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
+        pipe = self.client.pipeline(transaction=True)
+        trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
+        trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
+        pipe.execute()
 
     def _restore(self, record: dict[str, Any], corrected: dict[str, Any] | None) -> Envelope:
         """Put the envelope (kept in the record, possibly corrected) back where senders read it."""

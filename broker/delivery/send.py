@@ -7,6 +7,7 @@ A sender returns a short description of the receiver's confirmation, or raises
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import re
@@ -65,6 +66,8 @@ class FhirRestSender:
         self._path = parts.path or "/"
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self.last_digest: str | None = None
+        """SHA-256 of the last payload rendered (the message store's attempt record)."""
         self._headers = {
             "Content-Type": "application/fhir+json",
             "Accept": "application/fhir+json",
@@ -105,6 +108,7 @@ class FhirRestSender:
 
     def send(self, envelope: Envelope) -> str:
         """POST the transaction; 2xx is delivered."""
+        self.last_digest = None
         if envelope.bundle is None:
             msg = "the envelope has no canonical bundle"
             raise PermanentDeliveryError(msg, destination=self.adapter.id)
@@ -115,6 +119,7 @@ class FhirRestSender:
         )
         transaction["identifier"] = {"system": ENVELOPE_SYSTEM, "value": envelope.id}
         body = json.dumps(transaction, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self.last_digest = hashlib.sha256(body).hexdigest()
         try:
             status, reply_body = self._post(body)
         except TimeoutError as exc:
@@ -252,9 +257,12 @@ class MllpSender:
         """Returns the mappings serving now (they may be reloaded while the sender lives)."""
         host, port = adapter.host_port
         self.client = MllpClient(host, port, timeout=adapter.ack_timeout_s)
+        self.last_digest: str | None = None
+        """SHA-256 of the last payload rendered (the message store's attempt record)."""
 
     def send(self, envelope: Envelope) -> str:
         """Send the message; AA or CA is delivered, anything else is retried."""
+        self.last_digest = None
         if envelope.bundle is None:
             raise PermanentDeliveryError(
                 "the envelope has no canonical bundle", destination=self.adapter.id
@@ -268,7 +276,9 @@ class MllpSender:
             charset=self.adapter.charset,
         )
         try:
-            reply = self.client.send(text.encode(self.adapter.charset, errors="strict"))
+            payload = text.encode(self.adapter.charset, errors="strict")
+            self.last_digest = hashlib.sha256(payload).hexdigest()
+            reply = self.client.send(payload)
         except MllpError as exc:
             msg = f"no ACK from {self.adapter.connect} ({type(exc).__name__})"
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc

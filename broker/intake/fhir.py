@@ -245,7 +245,7 @@ class FHIRIntake:
         read = _read(payload)
         if isinstance(read, _Refusal):
             return await self._refuse(payload, peer, read)
-        return await self._journal(payload, read)
+        return await self._journal(payload, read, peer)
 
     async def oversize(
         self, payload: bytes, peer: str, *, size: int, sha256: str | None
@@ -282,16 +282,17 @@ class FHIRIntake:
         reason = f"HTTP {int(status)}: {first.get('diagnostics', '')}"
         if len(issues) > 1:
             reason += f" (and {len(issues) - 1} more issues)"
+        answer = _operation_outcome(issues)
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256
+                self.adapter.id, payload, reason, peer, size=size, sha256=sha256, ack=answer
             )
         except JournalError as exc:
             log.error("message.reject_unkept", adapter=self.adapter.id, error=str(exc))
         log.info("message.refused", adapter=self.adapter.id, status=int(status))
-        return Outcome(refusal.verdict, _operation_outcome(issues))
+        return Outcome(refusal.verdict, answer)
 
-    async def _journal(self, payload: bytes, data: dict[str, Any]) -> Outcome:
+    async def _journal(self, payload: bytes, data: dict[str, Any], peer: str) -> Outcome:
         """Journal a valid resource in its patient's partition and queue the drain."""
         resource_type = str(data["resourceType"])
         envelope_id = new_id()
@@ -313,6 +314,8 @@ class FHIRIntake:
             "received_at": datetime.now(UTC).isoformat(),
             "charset": "utf-8",
             "raw": payload,
+            "peer": peer,
+            "ack": accepted,  # what the sender is answered, for the message store
         }
         try:
             result = await self.journal.append(

@@ -106,6 +106,8 @@ class HL7v2Intake:
             "received_at": datetime.now(UTC).isoformat(),
             "charset": self.adapter.charset,
             "raw": payload,
+            "peer": peer,
+            "ack": ack,  # what the sender is answered, for the message store
         }
         # MSH-3 and MSH-4 as sent (every HD component), so two senders sharing a namespace ID
         # but not a universal ID are not taken for one another.
@@ -238,7 +240,7 @@ class HL7v2Intake:
         )
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256
+                self.adapter.id, payload, reason, peer, size=size, sha256=sha256, ack=ack
             )
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))

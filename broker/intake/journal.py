@@ -191,6 +191,7 @@ class Journal:
         *,
         size: int | None = None,
         sha256: str | None = None,
+        ack: bytes | None = None,
     ) -> None:
         """Keep input refused at the edge, with its reason, in ``pl:rejected``.
 
@@ -203,6 +204,7 @@ class Journal:
                 ``rejected_head_bytes`` of ``raw`` are kept, with ``size`` and ``sha256``,
                 and the reason says so.
             sha256: the hex SHA-256 of the whole payload (with ``size``).
+            ack: the answer sent (the message store keeps it).
 
         Raises:
             JournalError: Redis could not be reached.
@@ -216,6 +218,8 @@ class Journal:
             if sha256:
                 entry["sha256"] = sha256
         entry["reason"] = reason
+        if ack is not None:
+            entry["ack"] = ack
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.xadd(keys.REJECTED, entry)  # type: ignore[arg-type]

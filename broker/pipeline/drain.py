@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, timing
+from broker import keys, timing, trail
 from broker.ack import build_ack, should_acknowledge
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
@@ -147,6 +147,7 @@ def drain_inbound(
                         reason=envelope.reason,
                     )
                 envelope = envelope.model_copy(update={"partition": partition})
+                trail.routed(pipe, envelope, destinations, subscribers)
                 for destination in destinations:
                     entry: dict[str, str | int] = {
                         "env": envelope.id,

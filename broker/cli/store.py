@@ -1,0 +1,113 @@
+"""``passerelle store [upgrade|purge]``: the message store's writer role and its upkeep.
+
+``passerelle store`` alone runs the writer (a long-running role that ``serve`` supervises): it
+brings the schema up to date, then moves ``pl:store`` and ``pl:rejected`` into the store until
+SIGTERM. ``upgrade`` runs the migrations and nothing else; ``purge`` deletes what is older than
+the retention settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from broker.cli._common import DataDirOpt, fail, load_settings, log_as_configured, print_json
+
+if TYPE_CHECKING:
+    import sqlalchemy
+
+    from broker.settings import Settings
+
+__all__ = ["NICENESS", "store_app"]
+
+NICENESS = 10
+"""How much the writer lowers its CPU priority (``os.nice``): it is never on the ACK path."""
+
+store_app = typer.Typer(
+    name="store",
+    help="Run the message store's writer (no subcommand), upgrade its schema, purge it.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _upgraded(settings: Settings) -> sqlalchemy.Engine:
+    from broker.errors import BrokerError
+    from broker.store import connect, upgrade
+
+    try:
+        engine = connect(settings.effective_store_url, create=True)
+        upgrade(engine)
+    except BrokerError as exc:
+        fail(str(exc))
+    return engine
+
+
+@store_app.callback()
+def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
+    """Run the writer: upgrade the schema, then store every record as it comes, until stopped."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import os
+    import signal
+
+    import redis
+    import sqlalchemy as sa
+
+    from broker.log import get_logger
+    from broker.store import StoreWriter
+
+    settings = load_settings(data_dir=data_dir)
+    log_as_configured(settings)
+    engine = _upgraded(settings)
+    # Behind the message path for the CPU: under saturation the writer falls behind (its
+    # records wait in pl:store) rather than taking cores from the listeners and workers.
+    os.nice(NICENESS)
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=30)
+    log = get_logger("broker.store")
+    log.info("store.started", url=engine.url.render_as_string(hide_password=True))
+    while not stopping:
+        try:
+            StoreWriter(client, engine, settings).run(lambda: bool(stopping))
+        except (redis.RedisError, OSError) as exc:
+            # Redis restarting (serve restarts it): wait and read on; nothing is lost.
+            log.warning("store.redis_unavailable", error=type(exc).__name__)
+            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 1)
+        except sa.exc.DBAPIError as exc:
+            # The database away: the batch was not acknowledged, it is read again.
+            log.error("store.database_unavailable", error=type(exc.orig).__name__)
+            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 5)
+    log.info("store.stopped")
+    engine.dispose()
+
+
+@store_app.command()
+def upgrade(data_dir: DataDirOpt = None) -> None:
+    """Bring the store's schema to this version's (idempotent)."""
+    from broker.store import current_revision
+
+    settings = load_settings(data_dir=data_dir)
+    engine = _upgraded(settings)
+    typer.echo(f"the message store is at revision {current_revision(engine)}")
+
+
+@store_app.command()
+def purge(data_dir: DataDirOpt = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Delete messages, attempts and actions older than their retention settings."""
+    from broker.store import purge as run_purge
+
+    settings = load_settings(data_dir=data_dir)
+    purged = run_purge(_upgraded(settings), settings)
+    if as_json:
+        print_json(purged)
+        return
+    typer.echo(", ".join(f"{count} {kind}" for kind, count in purged.items()) + " purged")

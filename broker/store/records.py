@@ -1,0 +1,184 @@
+"""From Redis to rows: what the writer makes of ``pl:store`` records, envelopes and refusals.
+
+Pure functions over the bytes the writer read (no I/O), so the writer's loop stays short and
+these are tested on their own. Nothing here logs: rows hold patient data, log lines never do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from broker import trail
+
+__all__ = [
+    "ack_code",
+    "identifier_rows",
+    "message_row",
+    "rejected_row",
+    "reply_codes",
+    "sniff_msh",
+]
+
+_KINDS = (("/sid/cin", "CIN"), ("/sid/ipp", "IPP"), ("/sid/insurance", "INS"))
+_HTTP = re.compile(r"^HTTP (\d{3})")
+_ACK = re.compile(r"^(AA|AE|AR|CA|CE|CR)\b")
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def _epoch(iso: str | None, default: float) -> float:
+    if not iso:
+        return default
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return default
+
+
+def sniff_msh(raw: bytes) -> dict[str, str | None]:
+    """MSH-9 (as ``ADT^A01``), MSH-10, MSH-12 and MSH-3^MSH-4 of raw HL7 v2, or ``None`` each.
+
+    A cheap look at the first segment (HL7 v2.5.1 §2.14.9: MSH-1 is the field separator, so
+    ``MSH-n`` is the n-th ``|``-separated piece counting ``MSH`` as the first), for refused
+    input the pipeline never parsed; anything unreadable gives ``None``.
+    """
+    empty: dict[str, str | None] = {"event": None, "control_id": None, "version": None}
+    empty["sender"] = None
+    text = raw[:4096].decode("latin-1")
+    start = text.find("MSH")
+    if start < 0 or len(text) < start + 8:
+        return empty
+    segment = re.split(r"[\r\n]", text[start:], maxsplit=1)[0]
+    separator = segment[3]
+    fields = segment.split(separator)
+    if len(fields) < 10:
+        return empty
+    component = fields[1][:1] or "^"
+
+    def field(n: int) -> str | None:
+        value = fields[n - 1] if len(fields) >= n else ""
+        return value[:256] or None
+
+    message_type = (fields[8] or "").split(component)
+    event = "^".join(p for p in message_type[:2] if p) or None
+    sender = "^".join(p for p in (field(3), field(4)) if p) or None
+    return {"event": event, "control_id": field(10), "version": field(12), "sender": sender}
+
+
+def ack_code(ack: bytes | None) -> str | None:
+    """MSA-1 of an HL7 v2 ACK (``AA``, ``AE``…), or None."""
+    if not ack or len(ack) < 4:
+        return None
+    separator = ack[3:4]
+    for segment in re.split(rb"[\r\n]", ack):
+        if segment.startswith(b"MSA" + separator):
+            parts = segment.split(separator)
+            return parts[1][:8].decode("latin-1") if len(parts) > 1 else None
+    return None
+
+
+def reply_codes(reply: str) -> tuple[str | None, int | None]:
+    """The ACK code or the HTTP status at the start of a receiver's reply (``AA``, ``HTTP 503``)."""
+    if match := _HTTP.match(reply):
+        return None, int(match[1])
+    if match := _ACK.match(reply):
+        return match[1], None
+    return None, None
+
+
+def identifier_rows(message_id: str, bundle: dict[str, Any] | None) -> list[dict[str, str]]:
+    """One row per patient identifier of the canonical Bundle: CIN, IPP, insurance number…"""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for entry in (bundle or {}).get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            continue
+        for identifier in resource.get("identifier") or []:
+            system = str(identifier.get("system") or "")[:512]
+            value = str(identifier.get("value") or "")[:256]
+            if not value:
+                continue
+            kind = next((k for part, k in _KINDS if part in system), None)
+            if kind is None:
+                codings = (identifier.get("type") or {}).get("coding") or [{}]
+                kind = str(codings[0].get("code") or "other")
+            rows[(system, value)] = {
+                "message_id": message_id,
+                "system": system,
+                "value": value,
+                "kind": kind[:32],
+            }
+    return list(rows.values())
+
+
+def message_row(
+    record: dict[bytes, bytes],
+    envelope: dict[str, Any] | None,
+    journal: dict[bytes, bytes] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The ``messages`` row of a ``msg`` record, its envelope (JSON) and journal entry."""
+    env = envelope or {}
+    entry = journal or {}
+    ack = entry.get(b"ack")
+    bundle = env.get("bundle")
+    raw = entry.get(b"raw")
+    header: dict[str, str | None] = {}
+    if env.get("control_id") is None and raw and env.get("content_type") != "application/fhir+json":
+        header = sniff_msh(raw)  # a message that failed before the pipeline read its MSH
+    return {
+        "id": record[b"env"].decode(),
+        "received_at": _epoch(env.get("received_at"), now),
+        "adapter": env.get("source") or _text(entry.get(b"source")) or "?",
+        "peer": _text(entry.get(b"peer")),
+        "content_type": env.get("content_type"),
+        "control_id": env.get("control_id") or header.get("control_id"),
+        "sender": env.get("sender") or header.get("sender"),
+        "event": env.get("event") or header.get("event"),
+        "version": env.get("version") or header.get("version"),
+        "state": record.get(b"st", b"routed").decode(),
+        "reason": env.get("reason"),
+        "partition_key": env.get("partition_key"),
+        "raw": raw,
+        "canonical": json.dumps(bundle, ensure_ascii=False) if bundle is not None else None,
+        "mappings": json.dumps(env.get("mappings") or []),
+        "findings": json.dumps(env.get("findings") or [], ensure_ascii=False),
+        "unmapped": json.dumps(env.get("unmapped") or []),
+        "ack": _text(ack),
+        "ack_code": ack_code(ack),
+        "stored_at": now,
+    }
+
+
+def rejected_row(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[str, Any]:
+    """The ``messages`` row of input refused at the edge (a ``pl:rejected`` entry)."""
+    raw = fields.get(b"raw") or b""
+    msh = sniff_msh(raw)
+    ack = fields.get(b"ack")
+    return {
+        "id": f"rejected-{entry_id}",
+        "received_at": int(entry_id.partition("-")[0]) / 1000,
+        "adapter": _text(fields.get(b"source")) or "?",
+        "peer": _text(fields.get(b"peer")),
+        "content_type": None,
+        "control_id": msh["control_id"],
+        "sender": msh["sender"],
+        "event": msh["event"],
+        "version": msh["version"],
+        "state": "rejected",
+        "reason": (_text(fields.get(b"reason")) or "")[: trail.REPLY_LIMIT * 4],
+        "partition_key": None,
+        "raw": raw,
+        "canonical": None,
+        "mappings": "[]",
+        "findings": "[]",
+        "unmapped": "[]",
+        "ack": _text(ack),
+        "ack_code": ack_code(ack),
+        "stored_at": now,
+    }

@@ -1,0 +1,76 @@
+"""Retention: the store forgets by age, per kind, in small batches.
+
+Messages (with their identifiers and per-subscriber states) by when they were received,
+attempts by when they were made, operator actions by when they were taken, each after its own
+setting (``store_retention_messages_s``, ``..._attempts_s``, ``..._actions_s``). Each batch is
+its own short transaction, so a purge never holds a long lock on a store the writer is writing.
+``passerelle store purge`` runs it; the writer runs it every ten minutes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from broker.settings import Settings
+from broker.store.schema import actions, attempts, deliveries, identifiers, messages
+
+__all__ = ["BATCH", "purge"]
+
+BATCH = 1000
+"""Rows deleted per transaction."""
+
+
+def _purge_messages(engine: sa.Engine, cutoff: float, batch: int) -> int:
+    total = 0
+    while True:
+        with engine.begin() as connection:
+            ids = list(
+                connection.scalars(
+                    sa.select(messages.c.id).where(messages.c.received_at < cutoff).limit(batch)
+                )
+            )
+            if not ids:
+                return total
+            connection.execute(identifiers.delete().where(identifiers.c.message_id.in_(ids)))
+            connection.execute(deliveries.delete().where(deliveries.c.message_id.in_(ids)))
+            connection.execute(messages.delete().where(messages.c.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
+def _purge_by_at(engine: sa.Engine, table: sa.Table, cutoff: float, batch: int) -> int:
+    total = 0
+    while True:
+        with engine.begin() as connection:
+            ids = list(
+                connection.scalars(sa.select(table.c.id).where(table.c.at < cutoff).limit(batch))
+            )
+            if ids:
+                connection.execute(table.delete().where(table.c.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
+def purge(
+    engine: sa.Engine, settings: Settings, *, now: float | None = None, batch: int = BATCH
+) -> dict[str, int]:
+    """Delete what is older than its retention; return how many of each kind went.
+
+    Args:
+        engine: the store.
+        settings: the three retention settings.
+        now: the present (epoch seconds); the clock by default.
+        batch: rows per transaction.
+    """
+    now = time.time() if now is None else now
+    return {
+        "messages": _purge_messages(engine, now - settings.store_retention_messages_s, batch),
+        "attempts": _purge_by_at(
+            engine, attempts, now - settings.store_retention_attempts_s, batch
+        ),
+        "actions": _purge_by_at(engine, actions, now - settings.store_retention_actions_s, batch),
+    }

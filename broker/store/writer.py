@@ -1,0 +1,321 @@
+"""The store's writer: ``pl:store`` and ``pl:rejected`` → SQL, in batches, one transaction each.
+
+One loop (``passerelle store``, a role ``serve`` supervises): read up to ``store_batch_size``
+records with a consumer group (``XREADGROUP``, blocking), load the envelopes and journal
+entries they need in one round trip, write every row of the batch in ONE transaction
+(``executemany``), then ``XACK`` (and ``XDEL`` the ``pl:store`` entries: they exist only for
+the store; ``pl:rejected`` is kept for ``/api/refusals``).
+
+Idempotent: every row has a unique key (the envelope id; the ``pl:store`` entry id of an
+attempt or an action) and is inserted with ON CONFLICT DO NOTHING, and a subscriber's state is
+an upsert, so a batch read again after a crash between the commit and the XACK writes nothing
+twice. Nothing is lost while the writer is down: the records wait in the stream, and its
+pending entries are read first when it starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from broker import keys
+from broker.log import get_logger
+from broker.settings import Settings
+from broker.store import retention
+from broker.store.records import identifier_rows, message_row, rejected_row, reply_codes
+from broker.store.schema import actions, attempts, deliveries, identifiers, messages
+
+__all__ = ["CONSUMER", "Batch", "StoreWriter"]
+
+log = get_logger(__name__)
+CONSUMER = "writer"
+"""The writer's consumer name: fixed, so a restarted writer reads its own pending entries."""
+PURGE_INTERVAL_S = 600.0
+_Entry = tuple[str, dict[bytes, bytes] | None]
+
+
+@dataclass
+class Batch:
+    """The rows of one batch, before they are written."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    identifiers: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
+        """Set one subscriber's state of one message (the last change of the batch wins)."""
+        row = self.deliveries.setdefault(
+            (message_id, subscriber),
+            {"message_id": message_id, "subscriber": subscriber, "dead_letter": None},
+        )
+        row.update(values, updated_at=at)
+        row.setdefault("reason", None)
+
+
+class StoreWriter:
+    """Moves the records of ``pl:store`` and ``pl:rejected`` into the SQL store.
+
+    Args:
+        client: the broker's Redis (``decode_responses=False``).
+        engine: the store (its schema up to date: ``broker.store.db.upgrade``).
+        settings: ``store_batch_size`` and the retention settings.
+        clock: the time source (tests give a fixed one).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: sa.Engine,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock
+        self._backlog = True  # read our own pending entries first (a crash left them)
+        self._next_purge = 0.0
+        dialect = engine.dialect.name
+        self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.ensure_groups()
+
+    def ensure_groups(self) -> None:
+        """Create the ``store`` consumer group on both streams (from their first entry)."""
+        for stream in (keys.STORE, keys.REJECTED):
+            try:
+                self.client.xgroup_create(stream, keys.STORE_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool], block_ms: int = 1000) -> None:
+        """Write batches until ``stop()`` is true; purge by age every ``PURGE_INTERVAL_S``."""
+        while not stop():
+            self.write_batch(block_ms=block_ms)
+            if self.clock() >= self._next_purge:
+                purged = retention.purge(self.engine, self.settings, now=self.clock())
+                if any(purged.values()):
+                    log.info("store.purged", **purged)
+                self._next_purge = self.clock() + PURGE_INTERVAL_S
+
+    def drain(self) -> int:
+        """Write every record waiting now, batch after batch, without blocking; return how many."""
+        total = 0
+        while written := self.write_batch():
+            total += written
+        return total
+
+    def write_batch(self, block_ms: int | None = None) -> int:
+        """Read one batch, write it in one transaction, acknowledge it; return its size."""
+        ids = "0" if self._backlog else ">"
+        reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]
+        reply = self.client.xreadgroup(  # type: ignore[assignment]
+            keys.STORE_GROUP,
+            CONSUMER,
+            {keys.STORE: ids, keys.REJECTED: ids},
+            count=self.settings.store_batch_size,
+            block=None if self._backlog else block_ms,
+        )
+        read: dict[str, list[_Entry]] = {keys.STORE: [], keys.REJECTED: []}
+        for stream, entries in reply or []:
+            read[stream.decode()] = [(i.decode(), f) for i, f in entries]
+        size = len(read[keys.STORE]) + len(read[keys.REJECTED])
+        if size == 0:
+            if self._backlog:
+                self._backlog = False
+                return self.write_batch(block_ms)
+            return 0
+        started = time.perf_counter()
+        batch = self.collect(read[keys.STORE], read[keys.REJECTED])
+        self.commit(batch)
+        pipe = self.client.pipeline(transaction=False)
+        if read[keys.STORE]:
+            done = [i for i, _ in read[keys.STORE]]
+            pipe.xack(keys.STORE, keys.STORE_GROUP, *done)
+            pipe.xdel(keys.STORE, *done)
+        if read[keys.REJECTED]:
+            pipe.xack(keys.REJECTED, keys.STORE_GROUP, *[i for i, _ in read[keys.REJECTED]])
+        pipe.execute()
+        log.info(
+            "store.batch",
+            records=size,
+            messages=len(batch.messages),
+            attempts=len(batch.attempts),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return size
+
+    # --- records → rows ------------------------------------------------------------------------
+
+    def collect(self, records: list[_Entry], rejected: Iterable[_Entry]) -> Batch:
+        """Turn one batch of records into rows, loading envelopes and journal entries (one trip)."""
+        now = self.clock()
+        batch = Batch()
+        wanted = [f[b"env"].decode() for _, f in records if f and f.get(b"k") == b"msg"]
+        envelopes, journal = self._load(wanted)
+        for entry_id, fields in records:
+            if not fields:
+                continue  # deleted after it was read once: nothing left to write
+            kind = fields.get(b"k")
+            if kind == b"msg":
+                self._message(batch, fields, envelopes, journal, now)
+            elif kind == b"att":
+                self._attempt(batch, entry_id, fields)
+            elif kind == b"st":
+                batch.delivery(
+                    fields[b"env"].decode(),
+                    fields[b"sub"].decode(),
+                    float(fields.get(b"at") or now),
+                    state=fields[b"st"].decode(),
+                    reason=(fields.get(b"why") or b"").decode() or None,
+                    **({"dead_letter": fields[b"dead"].decode()} if fields.get(b"dead") else {}),
+                )
+            elif kind == b"act":
+                batch.actions.append(
+                    {
+                        "record": entry_id,
+                        "message_id": fields[b"env"].decode(),
+                        "subscriber": fields[b"sub"].decode(),
+                        "action": fields[b"act"].decode(),
+                        "who": fields[b"who"].decode(),
+                        "why": fields[b"why"].decode(),
+                        "target": (fields.get(b"target") or b"").decode() or None,
+                        "at": float(fields.get(b"at") or now),
+                    }
+                )
+        for entry_id, fields in rejected:
+            if fields:
+                batch.messages.append(rejected_row(entry_id, fields, now))
+        return batch
+
+    def _load(
+        self, envelope_ids: list[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[bytes, bytes]]]:
+        """The envelopes (``MGET``) and, in a second trip, their journal entries (``XRANGE``)."""
+        if not envelope_ids:
+            return {}, {}
+        raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])  # type: ignore[assignment]
+        envelopes = {i: json.loads(r) for i, r in zip(envelope_ids, raw, strict=True) if r}
+        located = [
+            (i, e["partition"], e["journal_id"])
+            for i, e in envelopes.items()
+            if e.get("journal_id") and e.get("partition") is not None
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for _, partition, journal_id in located:
+            pipe.xrange(keys.inbound(partition), journal_id, journal_id)
+        found = pipe.execute() if located else []
+        journal = {
+            envelope_id: entries[0][1]
+            for (envelope_id, _, _), entries in zip(located, found, strict=True)
+            if entries
+        }
+        return envelopes, journal
+
+    @staticmethod
+    def _message(
+        batch: Batch,
+        fields: dict[bytes, bytes],
+        envelopes: dict[str, dict[str, Any]],
+        journal: dict[str, dict[bytes, bytes]],
+        now: float,
+    ) -> None:
+        envelope_id = fields[b"env"].decode()
+        envelope = envelopes.get(envelope_id)
+        row = message_row(fields, envelope, journal.get(envelope_id), now)
+        batch.messages.append(row)
+        batch.identifiers.extend(identifier_rows(envelope_id, (envelope or {}).get("bundle")))
+        at = row["received_at"]
+        for subscriber in filter(None, fields.get(b"to", b"").decode().split(",")):
+            batch.delivery(envelope_id, subscriber, at, state="queued")
+        for subscriber, why in json.loads(fields.get(b"off") or b"{}").items():
+            batch.delivery(envelope_id, subscriber, at, state="filtered", reason=why)
+
+    @staticmethod
+    def _attempt(batch: Batch, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        details = json.loads(fields[b"d"])
+        envelope_id, subscriber = str(details["env"]), str(details["sub"])
+        outcome = str(details["out"])
+        at = float(details["at"])
+        reply = str(details.get("reply") or "")
+        error = str(details.get("error") or "") or None
+        ack, status = reply_codes(reply)
+        batch.attempts.append(
+            {
+                "record": entry_id,
+                "message_id": envelope_id,
+                "subscriber": subscriber,
+                "at": at,
+                "duration_ms": float(details.get("ms") or 0),
+                "outcome": outcome,
+                "ack_code": ack,
+                "http_status": status,
+                "reply": reply or None,
+                "error": error,
+                "digest": str(details.get("digest") or "") or None,
+            }
+        )
+        state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")
+        batch.delivery(envelope_id, subscriber, at, state=state, reason=error)
+
+    # --- rows → SQL ----------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        """Write a batch's rows in one transaction; rows already there are left as they are."""
+        insert = self._insert
+        with self.engine.begin() as connection:
+            for table, rows in (
+                (messages, batch.messages),
+                (identifiers, batch.identifiers),
+                (attempts, batch.attempts),
+                (actions, batch.actions),
+            ):
+                if rows:
+                    connection.execute(insert(table).on_conflict_do_nothing(), rows)
+            if not batch.deliveries:
+                return
+            rows = list(batch.deliveries.values())
+            statement = insert(deliveries)
+            excluded = statement.excluded
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[deliveries.c.message_id, deliveries.c.subscriber],
+                    set_={
+                        "state": excluded.state,
+                        "reason": excluded.reason,
+                        "updated_at": excluded.updated_at,
+                        "dead_letter": sa.func.coalesce(
+                            excluded.dead_letter, deliveries.c.dead_letter
+                        ),
+                    },
+                ),
+                [{"attempts": 0, **row} for row in rows],
+            )
+            # One statement for the batch: each touched message's rows get their exact count.
+            touched = sorted({a["message_id"] for a in batch.attempts})
+            if touched:
+                count = (
+                    sa.select(sa.func.count())
+                    .where(
+                        attempts.c.message_id == deliveries.c.message_id,
+                        attempts.c.subscriber == deliveries.c.subscriber,
+                    )
+                    .scalar_subquery()
+                )
+                connection.execute(
+                    deliveries.update()
+                    .where(deliveries.c.message_id.in_(touched))
+                    .values(attempts=count)
+                )

@@ -1,0 +1,166 @@
+"""What happens to each message, queued for the message store (``broker.store``) off the ACK path.
+
+The drains and the operator actions add one small record per event to ``pl:store`` on the MULTI
+pipeline they already send (as ``broker.timing`` does): no extra round trip, and a record exists
+exactly when what it tells was committed. The store's writer (``passerelle store``) reads the
+stream in batches, loads what else it needs (the envelope, the journal entry) and commits them
+to SQL. Records carry ids, states and receivers' replies, never the message itself.
+
+Records (field → value; ``k`` is the kind; times are epoch seconds)::
+
+    k=msg  env=ID  st=routed|filtered|failed  to=SUB,SUB  off={"SUB": "why not"}
+    k=att  d={"env": ID, "sub": SUB, "at": T, "ms": DURATION, "out": delivered|retrying|failed,
+              "reply": what the receiver said, "digest": SHA-256 of the payload, "error": why}
+    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued  why=REASON
+           dead=DEAD_LETTER_ID
+    k=act  env=ID  sub=SUB  act=ACTION  who=WHO  why=WHY  target=ID
+
+Usage, in a drain::
+
+    trail.routed(pipe, envelope, destinations, subscribers)
+    trail.attempted(pipe, subscriber.id, envelope_id, outcome)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from broker import keys
+from broker.envelope import Envelope
+
+if TYPE_CHECKING:
+    from broker.adapters.spec import AdapterSpec
+
+__all__ = ["REPLY_LIMIT", "acted", "attempted", "filtered_reason", "routed", "state"]
+
+REPLY_LIMIT = 2000
+"""A receiver's reply is kept up to this many characters."""
+
+
+def filtered_reason(subscriber: AdapterSpec, envelope: Envelope) -> str:
+    """Why ``subscriber`` does not receive ``envelope`` (routing chose it out): one sentence."""
+    if not subscriber.enabled:
+        return "the subscriber is disabled"
+    if subscriber.subscribe is None:
+        return "the subscriber subscribes to no event"
+    sources = subscriber.subscribe.sources
+    if sources is not None and envelope.source not in sources:
+        return f"the subscriber takes no message from {envelope.source}"
+    return f"the subscriber does not subscribe to {envelope.event or 'this event'}"
+
+
+def routed(
+    pipe: Any,
+    envelope: Envelope,
+    destinations: Sequence[AdapterSpec],
+    subscribers: Sequence[AdapterSpec],
+) -> None:
+    """Queue the record of a mapped message: its state, who gets it, who not and why.
+
+    Args:
+        pipe: the journal drain's MULTI pipeline for this batch.
+        envelope: the message as the pipeline left it (ROUTED, FILTERED or FAILED).
+        destinations: the subscribers it is queued for.
+        subscribers: every enabled subscriber routing chose from.
+    """
+    chosen = {d.id for d in destinations}
+    record: dict[str, str] = {
+        "k": "msg",
+        "env": envelope.id,
+        "st": envelope.state.value,
+        "to": ",".join(sorted(chosen)),
+    }
+    if envelope.bundle is not None:
+        off = {s.id: filtered_reason(s, envelope) for s in subscribers if s.id not in chosen}
+        if off:
+            record["off"] = json.dumps(off)
+    pipe.xadd(keys.STORE, record)
+
+
+def attempted(
+    pipe: Any,
+    subscriber: str,
+    envelope_id: str,
+    *,
+    at: float,
+    duration_s: float,
+    outcome: str,
+    reply: str | None,
+    digest: str | None,
+    error: str | None = None,
+) -> None:
+    """Queue the record of one delivery attempt.
+
+    Args:
+        pipe: the delivery drain's MULTI pipeline (or any pipeline or client).
+        subscriber: the subscriber's adapter id.
+        envelope_id: the message sent.
+        at: when the attempt started (epoch seconds).
+        duration_s: how long it took (render, send, reply).
+        outcome: ``delivered``, ``retrying`` or ``failed`` (dead-lettered, or stays so).
+        reply: what the receiver answered (``AA``, ``HTTP 200``, an ACK's text, a body).
+        digest: SHA-256 of the payload sent, when it was rendered.
+        error: why the attempt failed.
+    """
+    # One JSON field rather than nine: the writer parses it in C, not element by element.
+    details = {
+        "env": envelope_id,
+        "sub": subscriber,
+        "at": at,
+        "ms": round(duration_s * 1000, 3),
+        "out": outcome,
+        "reply": (reply or "")[:REPLY_LIMIT],
+        "digest": digest or "",
+        "error": (error or "")[:REPLY_LIMIT],
+    }
+    record = {"k": "att", "d": json.dumps(details, ensure_ascii=False)}
+    pipe.xadd(keys.STORE, record)
+
+
+def state(
+    pipe: Any,
+    subscriber: str,
+    envelope_id: str,
+    new_state: str,
+    *,
+    reason: str = "",
+    dead_letter: str = "",
+) -> None:
+    """Queue a change of one message's state for one subscriber (parked, dead-lettered…)."""
+    record = {
+        "k": "st",
+        "env": envelope_id,
+        "sub": subscriber,
+        "st": new_state,
+        "why": reason[:REPLY_LIMIT],
+        "dead": dead_letter,
+        "at": repr(time.time()),
+    }
+    pipe.xadd(keys.STORE, record)
+
+
+def acted(
+    pipe: Any,
+    subscriber: str,
+    envelope_id: str,
+    action: str,
+    *,
+    who: str,
+    why: str,
+    target: str = "",
+) -> None:
+    """Queue an operator's action on one message for one subscriber (replay, discard…)."""
+    record = {
+        "k": "act",
+        "env": envelope_id,
+        "sub": subscriber,
+        "act": action,
+        "who": who,
+        "why": why[:REPLY_LIMIT],
+        "target": target,
+        "at": repr(time.time()),
+    }
+    pipe.xadd(keys.STORE, record)

@@ -1,0 +1,80 @@
+"""``/api/messages``: search and trace the message store; one envelope from Redis, then the store."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from broker import keys
+from broker.ack import read_ack
+from broker.api import create_app
+from passerelle_demo.synthetic import adt, patients
+
+TOKEN = "synthetic-store-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def written(make_broker):
+    """A broker whose one ADT (CL-1) was delivered to both subscribers and stored (SQLite)."""
+    broker = make_broker()
+    patient = next(p for p in patients(5, seed=88) if p.cin)
+    assert read_ack(broker.receive(adt(patient, "A01", control_id="CL-1"))).code == "AA"
+    broker.run()
+    broker.write_store()
+    return broker, patient
+
+
+@pytest.fixture
+def api(written):
+    broker, patient = written
+    settings = broker.settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+    with TestClient(create_app(settings, client=broker.client)) as client:
+        yield client, broker, patient
+
+
+class TestApi:
+    def test_search_and_trace(self, api):
+        """``GET /api/messages?patient=CIN`` then ``/api/messages/{id}/trace``."""
+        client, _, patient = api
+        reply = client.get("/api/messages", params={"patient": patient.cin}, headers=AUTH)
+        assert reply.status_code == 200
+        (item,) = reply.json()["items"]
+        assert item["control_id"] == "CL-1"
+        traced = client.get(f"/api/messages/{item['id']}/trace", headers=AUTH).json()
+        assert {d["subscriber"]: d["state"] for d in traced["deliveries"]} == {
+            "dmp-national": "delivered",
+            "lab-legacy": "delivered",
+        }
+        assert traced["raw"].startswith("MSH|")
+
+    def test_routes_need_the_token(self, api):
+        """Search and trace answer 401 without the bearer token."""
+        client, _, _ = api
+        assert client.get("/api/messages").status_code == 401
+        assert client.get("/api/messages/x/trace").status_code == 401
+
+    def test_an_envelope_gone_from_redis_is_read_from_the_store(self, api):
+        """``GET /api/messages/{id}``: Redis while it has it, then the store (with a header)."""
+        client, broker, _ = api
+        (item,) = client.get("/api/messages", params={"control_id": "CL-1"}, headers=AUTH).json()[
+            "items"
+        ]
+        first = client.get(f"/api/messages/{item['id']}", headers=AUTH)
+        assert "x-passerelle-source" not in first.headers
+        broker.client.delete(keys.envelope(item["id"]))
+        second = client.get(f"/api/messages/{item['id']}", headers=AUTH)
+        assert second.status_code == 200
+        assert second.headers["x-passerelle-source"] == "store"
+        assert second.json()["bundle"] == first.json()["bundle"]
+        assert client.get("/api/messages/" + "0" * 28, headers=AUTH).status_code == 404
+
+    def test_bad_filters_are_clear_errors(self, api):
+        """A bad time or cursor: 422 with a sentence, never a 500."""
+        client, _, _ = api
+        reply = client.get("/api/messages", params={"since": "soon"}, headers=AUTH)
+        assert reply.status_code == 422
+        assert "since" in reply.json()["detail"]
+        reply = client.get("/api/messages", params={"before": "nonsense"}, headers=AUTH)
+        assert reply.status_code == 422

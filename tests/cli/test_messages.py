@@ -1,0 +1,131 @@
+"""``passerelle messages search|show|trace``, on a store the writer wrote (SQLite)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker.ack import read_ack
+from broker.testing import run_cli
+from passerelle_demo.synthetic import adt, patients
+
+
+@pytest.fixture
+def written(make_broker):
+    """A broker whose one ADT (CL-1) was delivered to both subscribers and stored (SQLite)."""
+    broker = make_broker()
+    patient = next(p for p in patients(5, seed=88) if p.cin)
+    assert read_ack(broker.receive(adt(patient, "A01", control_id="CL-1"))).code == "AA"
+    broker.run()
+    broker.write_store()
+    return broker, patient
+
+
+def _env(broker):
+    return {"PASSERELLE_DATA_DIR": str(broker.data_dir), "PASSERELLE_STORE_URL": None}
+
+
+class TestCli:
+    def test_search_by_control_id_prints_the_messages_as_json(self, written):
+        """The JSON list: id, control_id, adapter, event and one delivery per subscriber."""
+        broker, _ = written
+        run = run_cli("messages", "search", "--control-id", "CL-1", "--json", env=_env(broker))
+        assert run.code == 0, run.stderr
+        (item,) = json.loads(run.stdout)
+        assert (item["control_id"], item["adapter"], item["event"]) == (
+            "CL-1",
+            "chu-rabat-adt",
+            "ADT^A01",
+        )
+        assert len(item["id"]) == 28
+        assert sorted((d["subscriber"], d["state"]) for d in item["deliveries"]) == [
+            ("dmp-national", "delivered"),
+            ("lab-legacy", "delivered"),
+        ]
+
+    def test_search_by_patient_and_today_in_text(self, written):
+        """``--patient CIN --since today`` finds it; the text line names both subscribers."""
+        broker, patient = written
+        run = run_cli(
+            "messages", "search", "--patient", patient.cin, "--since", "today", env=_env(broker)
+        )
+        assert run.code == 0, run.stderr
+        assert "CL-1" in run.stdout
+        assert "dmp-national=delivered" in run.stdout
+
+    def test_show_and_trace_name_the_attempts(self, written):
+        """``show --json`` has the identifiers; ``trace --json`` each subscriber's attempt."""
+        broker, patient = written
+        (item,) = json.loads(
+            run_cli("messages", "search", "--control-id", "CL-1", "--json", env=_env(broker)).stdout
+        )
+        shown = json.loads(
+            run_cli("messages", "show", item["id"], "--json", env=_env(broker)).stdout
+        )
+        assert {"kind": "CIN", "value": patient.cin} in [
+            {"kind": i["kind"], "value": i["value"]} for i in shown["identifiers"]
+        ]
+        traced = run_cli("messages", "trace", item["id"], env=_env(broker))
+        assert traced.code == 0, traced.stderr
+        assert "→ lab-legacy: delivered" in traced.stdout
+        assert '"AA"' in traced.stdout
+
+    def test_an_unknown_message_is_exit_1_with_one_line(self, written):
+        """No traceback: one line naming the id."""
+        broker, _ = written
+        run = run_cli("messages", "trace", "0" * 28, env=_env(broker))
+        assert run.code == 1
+        assert not run.crashed
+        assert run.stderr.strip().count("\n") == 0
+        assert f"no message {'0' * 28}" in run.stderr
+
+    def test_no_store_yet_is_one_line_not_a_new_file(self, tmp_path):
+        """A data directory without a store: exit 1 saying the writer creates it; nothing created."""
+        run = run_cli("messages", "search", "--json", env={"PASSERELLE_DATA_DIR": str(tmp_path)})
+        assert run.code == 1
+        assert "passerelle store" in run.stderr
+        assert not (tmp_path / "store.sqlite3").exists()
+
+    def test_a_bad_time_is_a_usage_error(self, written):
+        """``--since`` must be a time: exit 2."""
+        broker, _ = written
+        run = run_cli("messages", "search", "--since", "soon", env=_env(broker))
+        assert run.code == 2
+        assert "--since" in run.stderr
+
+
+def test_store_upgrade_then_purge(tmp_path):
+    """``store upgrade`` creates the schema and says its revision; ``store purge --json`` counts."""
+    env = {"PASSERELLE_DATA_DIR": str(tmp_path), "PASSERELLE_STORE_URL": None}
+    run = run_cli("store", "upgrade", env=env)
+    assert run.code == 0, run.stderr
+    assert "revision 0001" in run.stdout
+    assert (tmp_path / "store.sqlite3").exists()
+    purged = run_cli("store", "purge", "--json", env=env)
+    assert purged.code == 0, purged.stderr
+    assert json.loads(purged.stdout) == {"messages": 0, "attempts": 0, "actions": 0}
+    searched = run_cli("messages", "search", "--json", env=env)
+    assert (searched.code, json.loads(searched.stdout)) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("nonsense", "not a database URL", id="not-a-url"),
+        pytest.param(
+            "postgresql+psycopg://postgres@127.0.0.1:1/none", "cannot be reached", id="down"
+        ),
+    ],
+)
+def test_a_store_that_cannot_be_used_is_one_line(tmp_path, url, says):
+    """A bad or unreachable PASSERELLE_STORE_URL: exit 1, one line, no traceback."""
+    run = run_cli(
+        "messages",
+        "search",
+        env={"PASSERELLE_DATA_DIR": str(tmp_path), "PASSERELLE_STORE_URL": url},
+    )
+    assert run.code == 1
+    assert not run.crashed
+    assert says in run.stderr
+    assert run.stderr.strip().count("\n") == 0
