@@ -9,9 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from broker.api.auth import require_token
+from broker.config import Config as BrokerConfig
 from broker.ops import backlog
 from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
+from broker.ops.overview import overview as read_overview
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -69,3 +71,22 @@ def queues(client: Client, settings: Config) -> dict[str, Any]:
     """Per journal partition and per subscriber: depth, pending, age of oldest, counters; the
     pipeline's and each subscriber's flow (offered, sustained, growth, time to backpressure)."""
     return backlog.queues(client, settings)
+
+
+@router.get("/api/overview", tags=["ops"], dependencies=[Depends(require_token)])
+def overview(request: Request, client: Client, settings: Config) -> dict[str, Any]:
+    """What the console's overview shows: per inbound adapter received, refused per ACK code
+    and last message; per subscriber backlog (parked included), open dead letters, retrying
+    partitions and oldest waiting message; the pipeline, backpressure and mappings in force."""
+    config: BrokerConfig | None = request.app.state.config
+    if config is None:
+        return read_overview(client, settings)
+    mappings = config.mappings
+    return read_overview(
+        client,
+        settings,
+        inbound=[a.id for a in config.adapters.values() if a.direction == "inbound" and a.enabled],
+        subscribers=[a.id for a in config.subscribers],
+        mappings=[f"{r.id}@{r.sha256[:12]}" for r in mappings.refs],
+        rejected_reload=config.watcher.rejected,
+    )

@@ -284,7 +284,13 @@ class FHIRIntake:
             reason += f" (and {len(issues) - 1} more issues)"
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256
+                self.adapter.id,
+                payload,
+                reason,
+                peer,
+                size=size,
+                sha256=sha256,
+                code=str(int(status)),
             )
         except JournalError as exc:
             log.error("message.reject_unkept", adapter=self.adapter.id, error=str(exc))

@@ -238,7 +238,7 @@ class HL7v2Intake:
         )
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256
+                self.adapter.id, payload, reason, peer, size=size, sha256=sha256, code=code
             )
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ if KEYS[2] ~= '' then
   end
 end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+redis.call('HINCRBY', KEYS[6], 'received', 1)
+redis.call('HSET', KEYS[6], 'last_ms', string.match(id, '^%d+'))
 if KEYS[2] ~= '' and tonumber(ARGV[1]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 end
@@ -147,6 +150,7 @@ class Journal:
                     keys.STATS,
                     keys.kick(keys.inbound(partition)),
                     keys.PRESSURE,
+                    keys.adapter_stats(str(fields["source"])),
                 ],
                 args=args,
             )
@@ -174,6 +178,7 @@ class Journal:
         *,
         size: int | None = None,
         sha256: str | None = None,
+        code: str = "",
     ) -> None:
         """Keep input refused at the edge, with its reason, in ``pl:rejected``.
 
@@ -186,6 +191,8 @@ class Journal:
                 ``rejected_head_bytes`` of ``raw`` are kept, with ``size`` and ``sha256``,
                 and the reason says so.
             sha256: the hex SHA-256 of the whole payload (with ``size``).
+            code: the answer's ACK code (``AE``, ``AR``) or HTTP status (``422``), counted per
+                adapter in ``pl:adapter:SRC`` (``refused:CODE``) and kept with the entry.
 
         Raises:
             JournalError: Redis could not be reached.
@@ -199,10 +206,14 @@ class Journal:
             if sha256:
                 entry["sha256"] = sha256
         entry["reason"] = reason
+        if code:
+            entry["code"] = code
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.xadd(keys.REJECTED, entry)  # type: ignore[arg-type]
             pipe.hincrby(keys.STATS, "rejected", 1)
+            pipe.hincrby(keys.adapter_stats(source), f"refused:{code or '?'}", 1)
+            pipe.hset(keys.adapter_stats(source), "last_ms", int(time.time() * 1000))
             await pipe.execute()
         except (redis.RedisError, OSError) as exc:
             msg = f"the journal could not keep a rejected message ({type(exc).__name__})"

@@ -1,0 +1,95 @@
+/* The overview: polls GET /api/overview every few seconds. */
+"use strict";
+
+(() => {
+  const { age, api, cell, fill, number, poll, t, when } = Console;
+  const PERIOD_MS = 3000;
+
+  function codes(refused) {
+    const parts = Object.entries(refused || {}).map(([code, n]) => code + " " + number(n));
+    return parts.join(", ");
+  }
+
+  function rate(flow) {
+    if (!flow || flow.sustained_per_s === null || flow.sustained_per_s === undefined) return "—";
+    return t("overview.per_second", { n: Number(flow.sustained_per_s).toFixed(1) });
+  }
+
+  function render(data) {
+    fill(
+      document.querySelector("#inbound tbody"),
+      data.inbound.map((a) => {
+        const tr = document.createElement("tr");
+        tr.dataset.id = a.id;
+        const name = document.createElement("th");
+        name.scope = "row";
+        name.textContent = a.id;
+        tr.append(
+          name,
+          cell(number(a.received), "received", "num"),
+          cell(number(a.refused_total), "refused", "num"),
+          cell(codes(a.refused), "refused_by_code"),
+          cell(when(a.last_message_at), "last_message"),
+        );
+        return tr;
+      }),
+      t("overview.no_inbound"),
+    );
+    fill(
+      document.querySelector("#subscribers tbody"),
+      data.subscribers.map((s) => {
+        const tr = document.createElement("tr");
+        tr.dataset.id = s.id;
+        const name = document.createElement("th");
+        name.scope = "row";
+        name.textContent = s.id;
+        if (s.dead_letters_open > 0 || s.retrying > 0) tr.className = "attention";
+        tr.append(
+          name,
+          cell(number(s.delivered), "delivered", "num"),
+          cell(number(s.backlog), "backlog", "num"),
+          cell(number(s.parked), "parked", "num"),
+          cell(number(s.dead_letters_open), "dead_letters_open", "num"),
+          cell(number(s.retrying), "retrying", "num"),
+          cell(age(s.oldest_age_s), "oldest"),
+          cell(rate(s.flow), "rate", "num"),
+        );
+        return tr;
+      }),
+      t("overview.no_subscribers"),
+    );
+    const system = document.getElementById("system");
+    const set = (field, text) => { system.querySelector(`[data-field="${field}"]`).textContent = text; };
+    set("journal", number(data.pipeline.backlog));
+    set("rejected", number(data.rejected));
+    set("quarantine", number(data.quarantine));
+    set("backpressure", data.backpressure.on ? t("overview.backpressure_on", { reason: data.backpressure.reason }) : t("overview.backpressure_off"));
+    const memory = data.memory;
+    set("memory", memory.limit_bytes ? t("overview.memory_of", { used: number(Math.round(memory.used_bytes / 1048576)), limit: number(Math.round(memory.limit_bytes / 1048576)) }) : t("overview.memory_mb", { used: number(Math.round(memory.used_bytes / 1048576)) }));
+    const list = document.getElementById("mappings");
+    const items = data.mappings.in_force.map((ref) => {
+      const li = document.createElement("li");
+      li.textContent = ref;
+      return li;
+    });
+    if (items.length === 0) {
+      const li = document.createElement("li");
+      li.textContent = t("overview.mappings_unknown");
+      items.push(li);
+    }
+    list.replaceChildren(...items);
+    const rejected = data.mappings.rejected_reload;
+    const warning = document.getElementById("rejected-reload");
+    warning.hidden = !rejected;
+    if (rejected) {
+      warning.textContent = t("overview.rejected_reload", {
+        when: when(rejected.at),
+        where: [rejected.file, rejected.line].filter((x) => x !== null && x !== undefined).join(":"),
+        reason: rejected.reason,
+      });
+    }
+    document.getElementById("updated").textContent = t("overview.updated", { when: when(data.at) });
+  }
+
+  poll(async () => render(await api("/api/overview")), PERIOD_MS);
+})();
