@@ -142,7 +142,8 @@
     try {
       await api(path, { body });
       show("error", "");
-      show("notice", t(action === "replay" ? "dead.replayed" : "dead.discarded", { id: current.id }));
+      const done = action === "replay" ? t("dead.replayed", { id: current.id }) : t("dead.discarded", { id: current.id });
+      show("notice", done);
       await loadSubscribers();
       await openList(current.subscriber);
     } catch (error) {
