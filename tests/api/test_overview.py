@@ -32,10 +32,12 @@ def fixture_broker(make_broker) -> EagerBroker:
     broker.fhir.fail_next(1, "reject")
     for patient, event, control_id in ((x, "A01", "X-1"), (y, "A01", "Y-1"), (z, "A01", "Z-1")):
         answer = broker.receive(adt(patient, event, control_id=control_id))
-        assert answer is not None and read_ack(answer).code == "AA"
+        assert answer is not None
+        assert read_ack(answer).code == "AA"
     broker.run()
     answer = broker.receive(adt(x, "A08", control_id="X-2"))
-    assert answer is not None and read_ack(answer).code == "AA"
+    assert answer is not None
+    assert read_ack(answer).code == "AA"
     broker.run()
     assert broker.receive(b"this is not HL7") is not None
     return broker

@@ -19,7 +19,8 @@ def test_a_session_reads_back_with_its_csrf_token() -> None:
     session, cookie = open_session(settings(), now=1000.0)
     read = read_session(settings(), cookie, now=1001.0)
     assert read == session
-    assert read is not None and read.csrf_matches(session.csrf)
+    assert read is not None
+    assert read.csrf_matches(session.csrf)
     assert not read.csrf_matches("something-else")
     assert not read.csrf_matches(None)
 

@@ -11,8 +11,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from broker.access import CSRF_HEADER, SESSION_COOKIE
 from broker import console
+from broker.access import CSRF_HEADER, SESSION_COOKIE
 from broker.api import create_app
 from broker.console import LOGIN, PAGES, path_of
 from broker.settings import Settings
