@@ -22,13 +22,22 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from broker.access import CSRF_HEADER, SESSION_COOKIE, Session, read_session, token_matches
 from broker.settings import Settings
 
-__all__ = ["NOT_CONFIGURED", "LoginRequired", "require_session", "require_token", "session_of"]
+__all__ = [
+    "NOT_CONFIGURED",
+    "LoginRequired",
+    "Who",
+    "require_session",
+    "require_token",
+    "session_of",
+    "who",
+]
 
 NOT_CONFIGURED = (
     "API authentication is not configured: set PASSERELLE_API_TOKEN (or let `passerelle serve` "
     "generate one into data_dir/api-token); every route except /healthz and /readyz needs it"
 )
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_API = "api"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _bearer = HTTPBearer(auto_error=False, description="The API token (PASSERELLE_API_TOKEN).")
 
@@ -66,12 +75,24 @@ def require_token(
         ):
             msg = f"missing or wrong CSRF token: send the console's {CSRF_HEADER} header"
             raise HTTPException(status.HTTP_403_FORBIDDEN, msg)
+        request.state.who = session.who
         return
     if credentials.scheme.lower() != "bearer":
         msg = "missing bearer token: send `Authorization: Bearer <API token>`"
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, msg, headers=_CHALLENGE)
     if not token_matches(settings, credentials.credentials):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API token", headers=_CHALLENGE)
+    request.state.who = _API
+
+
+def who(request: Request) -> str:
+    """FastAPI dependency: who is acting, for the audit trail: ``api`` (the bearer token) or
+    ``console`` (a console session); set by :func:`require_token`."""
+    name: str = getattr(request.state, "who", _API)
+    return name
+
+
+Who = Annotated[str, Depends(who)]
 
 
 def require_session(request: Request) -> Session:

@@ -23,7 +23,7 @@ from broker.ops.backlog import queues
 from broker.ops.stats import subscribers as found_subscribers
 from broker.settings import Settings
 
-__all__ = ["inbound_figures", "open_dead_letters", "overview", "retrying_partitions"]
+__all__ = ["dead_letter_counts", "inbound_figures", "overview", "retrying_partitions"]
 
 _ADAPTER_PREFIX = "pl:adapter:"
 
@@ -51,10 +51,12 @@ def inbound_figures(client: redis.Redis, adapter: str) -> dict[str, Any]:
     }
 
 
-def open_dead_letters(client: redis.Redis, subscriber: str) -> int:
-    """Dead letters of the subscriber still open (not replayed, delivered or discarded)."""
+def dead_letter_counts(client: redis.Redis, subscriber: str) -> tuple[int, int]:
+    """The subscriber's dead letters: (still open, in all); replayed, delivered and discarded
+    ones are kept, with their status, until the retention trims them."""
     records: Any = client.hvals(keys.dead_records(subscriber))
-    return sum(1 for raw in records if json.loads(raw).get("status") == "open")
+    opened = sum(1 for raw in records if json.loads(raw).get("status") == "open")
+    return opened, len(records)
 
 
 def retrying_partitions(client: redis.Redis, subscriber: str, partitions: int) -> int:
@@ -122,7 +124,7 @@ def overview(
                 "parked": parked,
                 "oldest_age_s": q.get("oldest_age_s"),
                 "delivered": int(q.get("delivered", 0)),
-                "dead_letters_open": open_dead_letters(client, sub),
+                "dead_letters_open": dead_letter_counts(client, sub)[0],
                 "retrying": retrying_partitions(client, sub, settings.partitions),
                 "flow": q.get("flow"),
             }

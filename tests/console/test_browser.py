@@ -21,6 +21,7 @@ import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pydantic import SecretStr
 
+from broker import keys
 from broker.ack import read_ack
 from broker.api import create_app
 from broker.testing import EagerBroker, free_port, wait_until
@@ -162,6 +163,15 @@ def test_a_click_on_replay_delivers_the_dead_letter(page: Page, broker: EagerBro
 
     off_the_browser_thread(broker.run)  # the worker runs the queued release
     assert broker.fhir_control_ids().count("DEAD-1") == 1
+    # The audit trail names the console as the actor, with the reason given.
+    actions = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in broker.client.xrange(keys.AUDIT)
+    ]
+    assert {(a["action"], a["who"], a["why"]) for a in actions} >= {
+        ("viewed", "console", ""),
+        ("replayed", "console", "receiver fixed its birthDate check"),
+    }
 
 
 def test_a_replay_without_a_reason_is_not_sent(page: Page, broker: EagerBroker) -> None:
