@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -38,7 +39,13 @@ PAGES = ("overview", "messages", "dead-letters", "refusals", "unmapped")
 """The pages, in the order of the navigation bar; ``overview`` is ``/console/``."""
 
 _log = get_logger(__name__)
-_templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+_templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,  # every value from the data is escaped, whatever the template's name
+        undefined=jinja2.StrictUndefined,
+    )
+)
 _HEADERS = {
     # Scripts and styles only from Passerelle itself: no CDN, no inline script.
     "Content-Security-Policy": (
