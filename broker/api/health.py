@@ -14,6 +14,7 @@ from broker.ops import backlog
 from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
 from broker.ops.overview import overview as read_overview
+from broker.ops.processes import WorkerPing, listeners
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -79,9 +80,11 @@ def overview(request: Request, client: Client, settings: Config) -> dict[str, An
     and last message; per subscriber backlog (parked included), open dead letters, retrying
     partitions and oldest waiting message; the pipeline, backpressure and mappings in force."""
     config: BrokerConfig | None = request.app.state.config
+    workers = _worker_ping(request, settings).workers()
     if config is None:
-        return read_overview(client, settings)
+        return read_overview(client, settings, processes={"listeners": [], "workers": workers})
     mappings = config.mappings
+    addresses = [(a.id, *a.host_port) for a in config.inbound("mllp")]
     return read_overview(
         client,
         settings,
@@ -89,4 +92,17 @@ def overview(request: Request, client: Client, settings: Config) -> dict[str, An
         subscribers=[a.id for a in config.subscribers],
         mappings=[f"{r.id}@{r.sha256[:12]}" for r in mappings.refs],
         rejected_reload=config.watcher.rejected,
+        processes={"listeners": listeners(addresses), "workers": workers},
     )
+
+
+def _worker_ping(request: Request, settings: Settings) -> WorkerPing:
+    """The application's worker ping (one Celery client, answers reused for a few seconds)."""
+    ping: WorkerPing | None = getattr(request.app.state, "worker_ping", None)
+    if ping is None:
+        from broker.worker.celery_app import create_celery
+
+        celery = create_celery(settings)
+        ping = WorkerPing(lambda: celery.control.ping(timeout=1.0))
+        request.app.state.worker_ping = ping
+    return ping

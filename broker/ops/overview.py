@@ -86,6 +86,7 @@ def overview(
     subscribers: Sequence[str] = (),
     mappings: Sequence[str] = (),
     rejected_reload: RejectedReload | None = None,
+    processes: dict[str, Any] | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """Everything the overview page shows, read now.
@@ -98,6 +99,8 @@ def overview(
         subscribers: the registered subscribers' ids; likewise.
         mappings: the mapping set in force, as ``id@sha256-prefix``.
         rejected_reload: the last refused reload of the mappings, if any.
+        processes: what :mod:`broker.ops.processes` found: ``{"listeners": [...],
+            "workers": {...}}``; ``None`` when not probed.
         now: the current time in epoch seconds (for tests).
 
     Returns:
@@ -142,4 +145,5 @@ def overview(
         "backpressure": queue["backpressure"],
         "memory": queue["memory"],
         "mappings": {"in_force": list(mappings), "rejected_reload": _rejected(rejected_reload)},
+        "processes": processes,
     }

@@ -95,3 +95,7 @@ def test_the_route_shows_the_same_and_the_mappings_in_force(broker: EagerBroker)
     assert [a["id"] for a in body["inbound"]][:1] == ["chu-rabat-adt"]
     assert any(ref.startswith("hl7v2-adt@") for ref in body["mappings"]["in_force"])
     assert body["mappings"]["rejected_reload"] is None
+    # No listener process and no Celery worker run beside an EagerBroker: the probes say so.
+    [listener] = body["processes"]["listeners"]
+    assert (listener["adapter"], listener["accepting"]) == ("chu-rabat-adt", False)
+    assert body["processes"]["workers"]["names"] == []

@@ -129,6 +129,10 @@ def test_the_overview_follows_the_traffic_live(page: Page, broker: EagerBroker) 
     expect(figure(page, "subscribers", "dmp-national", "delivered")).to_have_text("2")
     expect(figure(page, "inbound", "chu-rabat-adt", "last_message")).not_to_have_text("never")
     expect(page.locator("#mappings li").first).to_contain_text("@")
+    # No listener process nor Celery worker runs beside an EagerBroker: the page says so.
+    listener = page.locator('#listeners tr[data-id="chu-rabat-adt"] td[data-field="state"]')
+    expect(listener).to_have_text("NOT accepting connections")
+    expect(page.locator('#system dd[data-field="workers"]')).to_contain_text("NONE answering")
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/console/login$"))

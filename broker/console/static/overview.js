@@ -66,6 +66,29 @@
     set("backpressure", data.backpressure.on ? t("overview.backpressure_on", { reason: data.backpressure.reason }) : t("overview.backpressure_off"));
     const memory = data.memory;
     set("memory", memory.limit_bytes ? t("overview.memory_of", { used: number(Math.round(memory.used_bytes / 1048576)), limit: number(Math.round(memory.limit_bytes / 1048576)) }) : t("overview.memory_mb", { used: number(Math.round(memory.used_bytes / 1048576)) }));
+    const processes = data.processes || { listeners: [], workers: null };
+    fill(
+      document.querySelector("#listeners tbody"),
+      processes.listeners.map((l) => {
+        const tr = document.createElement("tr");
+        tr.dataset.id = l.adapter;
+        if (!l.accepting) tr.className = "attention";
+        const name = document.createElement("th");
+        name.scope = "row";
+        name.textContent = l.adapter;
+        tr.append(name, cell(l.address, "address", "id"), cell(l.accepting ? t("overview.accepting") : t("overview.not_accepting"), "state"));
+        return tr;
+      }),
+      t("overview.no_listeners"),
+    );
+    const workers = processes.workers;
+    let workersText = t("overview.workers_unknown");
+    if (workers && workers.names) {
+      workersText = workers.names.length
+        ? t("overview.workers_answering", { n: workers.names.length, names: workers.names.join(", "), when: when(workers.checked_at) })
+        : t("overview.workers_none", { when: when(workers.checked_at) });
+    }
+    set("workers", workersText);
     const list = document.getElementById("mappings");
     const items = data.mappings.in_force.map((ref) => {
       const li = document.createElement("li");
