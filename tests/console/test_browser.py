@@ -126,6 +126,8 @@ def test_the_overview_follows_the_traffic_live(page: Page, broker: EagerBroker) 
 
     # The page was not reloaded: its poll brings the new figures.
     expect(received).to_have_text("2")
+    # The page reads the rate from the counter's growth between its polls.
+    expect(figure(page, "inbound", "chu-rabat-adt", "received_rate")).to_contain_text("/s")
     expect(figure(page, "subscribers", "dmp-national", "delivered")).to_have_text("2")
     expect(figure(page, "inbound", "chu-rabat-adt", "last_message")).not_to_have_text("never")
     expect(page.locator("#mappings li").first).to_contain_text("@")

@@ -10,6 +10,20 @@
     return parts.join(", ");
   }
 
+  // Per inbound adapter, the received counts this page has seen over the last minute: the
+  // server keeps counters, not per-adapter rates, so the rate is read from their growth.
+  const WINDOW_S = 60;
+  const seen = new Map();
+
+  function receivedRate(adapter, at) {
+    const points = (seen.get(adapter.id) || []).filter((p) => at - p.at <= WINDOW_S && p.received <= adapter.received);
+    points.push({ at, received: adapter.received });
+    seen.set(adapter.id, points);
+    const first = points[0];
+    if (points.length < 2 || at - first.at < 1) return "—";
+    return t("overview.per_second", { n: ((adapter.received - first.received) / (at - first.at)).toFixed(1) });
+  }
+
   function rate(flow) {
     if (!flow || flow.sustained_per_s === null || flow.sustained_per_s === undefined) return "—";
     return t("overview.per_second", { n: Number(flow.sustained_per_s).toFixed(1) });
@@ -27,6 +41,7 @@
         tr.append(
           name,
           cell(number(a.received), "received", "num"),
+          cell(receivedRate(a, data.at), "received_rate", "num"),
           cell(number(a.refused_total), "refused", "num"),
           cell(codes(a.refused), "refused_by_code"),
           cell(when(a.last_message_at), "last_message"),
