@@ -32,6 +32,7 @@ from broker.cli.ops import replay
 from broker.cli.peers import ping, send
 from broker.cli.plugins import register_plugins
 from broker.cli.processes import api, beat, listen, serve, worker
+from broker.cli.status import status
 from broker.cli.translate import translate
 
 __all__ = [
@@ -53,7 +54,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for command in (serve, listen, worker, beat, api, check, translate, replay, send, ping):
+    for command in (serve, listen, worker, beat, api, check, translate, replay, status, send, ping):
         app.command()(command)
     app.add_typer(mappings_app, name="mappings")
     app.add_typer(dead_letters_app, name="dead-letters")

@@ -100,7 +100,9 @@ class ThirdPartyMllp:
                     self.blocks.append(block)
                     message = hl7.parse(block.decode("utf-8"))
                     control = str(message.segment("MSH")[10])
-                    writer.writemessage(message.create_ack("AE" if control.startswith("BAD") else "AA"))
+                    writer.writemessage(
+                        message.create_ack("AE" if control.startswith("BAD") else "AA")
+                    )
                     await writer.drain()
             except asyncio.IncompleteReadError:
                 writer.close()
@@ -234,9 +236,7 @@ class TestSendToAThirdPartyServer:
         done = run_cli("send", str(path), "--to", f"127.0.0.1:{third_party.port}", "--json")
         assert done.code == 0, done.stderr
         assert [e["ack_code"] for e in json.loads(done.stdout)] == ["AA", "AA"]
-        assert [b.decode() for b in third_party.blocks] == [
-            m.rstrip("\r") + "\r" for m in messages
-        ]
+        assert [b.decode() for b in third_party.blocks] == [m.rstrip("\r") + "\r" for m in messages]
 
     def test_its_ae_is_a_failure(self, third_party, tmp_path):
         """python-hl7's AE (MSA-1) makes the command fail with one line."""
