@@ -301,7 +301,10 @@ def test_replay_of_an_unknown_message_fails_with_one_line(env: Env) -> None:
         pytest.param(("dead-letters", "replay", "nobody", "1-0", "--why", "x"), id="replay"),
         pytest.param(("dead-letters", "discard", "nobody", "1-0", "--why", "x"), id="discard"),
         pytest.param(("dead-letters", "replay-all", "nobody", "--why", "x"), id="replay-all"),
-        pytest.param(("replay", "0123456789abcdef0123456789ab", "--to", "nobody", "--why", "x"), id="replay-message"),
+        pytest.param(
+            ("replay", "0123456789abcdef0123456789ab", "--to", "nobody", "--why", "x"),
+            id="replay-message",
+        ),
     ],
 )
 def test_an_unknown_subscriber_is_a_usage_error_naming_the_known_ones(
@@ -324,7 +327,9 @@ def test_a_removed_subscriber_with_dead_letters_left_can_still_be_listed(
     dead_id = add_dead(redis_client, envelope)
     empty = tmp_path / "no-adapters"
     empty.mkdir()
-    done = run({**env, "PASSERELLE_ADAPTERS_DIR": str(empty)}, "dead-letters", "list", SUB, "--json")
+    done = run(
+        {**env, "PASSERELLE_ADAPTERS_DIR": str(empty)}, "dead-letters", "list", SUB, "--json"
+    )
     assert done.code == 0, done.stderr
     assert [s["id"] for s in json.loads(done.stdout)] == [dead_id]
 

@@ -26,8 +26,6 @@ from broker.ops.probe import split_messages
 from broker.testing import CliRun, EagerBroker, free_port, run_cli
 from passerelle_demo.synthetic import adt, patients
 
-from ..conftest import MakeBroker  # noqa: TID252
-
 
 class _Loop:
     """An event loop on a daemon thread, for servers a synchronous test talks to."""
@@ -47,7 +45,7 @@ class _Loop:
 
 
 @pytest.fixture(name="listener")
-def fixture_listener(make_broker: MakeBroker) -> Iterator[tuple[EagerBroker, int]]:
+def fixture_listener(make_broker: Any) -> Iterator[tuple[EagerBroker, int]]:
     """An EagerBroker with the broker's real MLLP listener (``listen.mllp_server``) for its
     ``chu-rabat-adt`` adapter on a free loopback port."""
     broker = make_broker()
@@ -280,7 +278,7 @@ def unset_env() -> dict[str, str | None]:
 
 
 @pytest.fixture(name="served")
-def fixture_served(make_broker: MakeBroker) -> Iterator[EagerBroker]:
+def fixture_served(make_broker: Any) -> Iterator[EagerBroker]:
     """An EagerBroker whose settings a runtime file names, as a running `serve` writes it."""
     broker = make_broker()
     running.write(broker.settings)

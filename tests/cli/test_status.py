@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,6 @@ from broker.ack import read_ack
 from broker.testing import EagerBroker, run_cli
 from passerelle_demo.synthetic import adt, patients
 
-from ..conftest import MakeBroker  # noqa: TID252
-
 
 def unset_env() -> dict[str, str | None]:
     """Every PASSERELLE_ setting unset: the command finds the system by its runtime file."""
@@ -22,7 +21,7 @@ def unset_env() -> dict[str, str | None]:
 
 
 @pytest.fixture(name="troubled")
-def fixture_troubled(make_broker: MakeBroker) -> Iterator[EagerBroker]:
+def fixture_troubled(make_broker: Any) -> Iterator[EagerBroker]:
     """Patient A's A01 refused by the DMP (422: a dead letter holding A) and its A08 parked
     behind it, patient B's A01 delivered there; the lab answering AE (every message retried
     after a long back-off); one message refused at the edge (no mapping for ADT^A99)."""
