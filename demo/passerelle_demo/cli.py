@@ -23,6 +23,10 @@ __all__ = ["capture", "demo"]
 def demo(
     data_dir: DataDirOpt = None,
     messages: Annotated[int, typer.Option(help="Messages each simulated hospital sends.")] = 100,
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="Leave the system running after the report (Ctrl-C stops it)."),
+    ] = False,
 ) -> None:
     """Start the embedded system with capture subscribers, send synthetic traffic, report."""
     # Imported when the command runs, not when it is registered.
@@ -32,7 +36,7 @@ def demo(
     settings = load_settings(data_dir=data_dir or Path("var/demo"))
     # The demo's own progress lines are the output.
     configure_logging(settings.log_format, "WARNING")
-    sys.exit(run_demo(settings, messages))
+    sys.exit(run_demo(settings, messages, keep=keep))
 
 
 _DEFAULT_PORTS = {"fhir": 9090, "mllp": 2576}
