@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -104,15 +105,16 @@ def inbound(
             at = _at(entry_id)
             if at > last.get(source, 0.0):
                 last[source] = at
+    api = urlsplit(api_url) if api_url else None
     out = []
     for adapter in sources:
         up: bool | None = None
         if probe_listeners and adapter.transport == "mllp" and adapter.enabled:
             host, port = adapter.host_port
             up = tcp_answers(host, port, _LISTENER_TIMEOUT_S).ok
-        elif probe_listeners and adapter.transport == "http" and api_url is not None:
-            host, _, port = api_url.rpartition("//")[2].rpartition(":")
-            up = tcp_answers(host.strip("[]"), int(port), _LISTENER_TIMEOUT_S).ok
+        elif probe_listeners and adapter.transport == "http" and api and api.hostname and api.port:
+            # An inbound HTTP adapter is a route of the API: its listener is the API's.
+            up = tcp_answers(api.hostname, api.port, _LISTENER_TIMEOUT_S).ok
         out.append(
             {
                 "id": adapter.id,
