@@ -3,7 +3,9 @@
 ``serve`` (and ``demo --keep``) writes one small JSON file, readable by its owner only, to a
 per-user place (``$XDG_STATE_HOME/passerelle/runtime.json``, ``~/.local/state/...`` by default):
 its pid, the API's URL, where the API token is, and the settings it runs with (data directory,
-registrations, Redis URL, partitions...), never the token itself. ``passerelle status``,
+registrations, Redis URL, partitions...), never the API token itself. A configured Redis URL
+is kept as it was given, password included (the file is as private as the environment it came
+from), so that the ops commands can connect. ``passerelle status``,
 ``replay``, ``dead-letters`` and ``ping`` lay these settings under the ``PASSERELLE_*``
 environment and their options, so an operator needs no environment to find the running system,
 and what they set explicitly wins. A file whose pid is gone is stale: it is ignored, with a note.

@@ -69,7 +69,15 @@ def serve(
         supervisor.stop()
         fail(str(exc), every_line=True)
     try:
-        path = running.write(settings)
+        path: Path | None = running.write(settings)
+    except OSError as exc:
+        path = None
+        typer.echo(
+            f"passerelle: note: no runtime file ({exc}); the ops commands need the "
+            "PASSERELLE_* settings to find this system",
+            err=True,
+        )
+    try:
         summary = startup_summary(
             settings,
             load_adapters(settings.adapters_dir),

@@ -49,7 +49,7 @@ def startup_summary(
     *,
     api_url: str,
     token_file: Path | None,
-    runtime_file: Path,
+    runtime_file: Path | None,
 ) -> str:
     """The lines ``serve`` prints once every process is started.
 
@@ -58,7 +58,8 @@ def startup_summary(
         adapters: its registrations.
         api_url: the API's (and console's) URL.
         token_file: where the API token is; ``None`` when ``PASSERELLE_API_TOKEN`` gives it.
-        runtime_file: where the ops commands find this system.
+        runtime_file: where the ops commands find this system (``None``: it could not be
+            written).
     """
     token = str(token_file) if token_file else "PASSERELLE_API_TOKEN (from the environment)"
     redis = (
@@ -85,5 +86,6 @@ def startup_summary(
             lines.append(
                 f"  {label:<16} {adapter.id:<{width}}  {adapter.transport:<9}  {where(adapter, api_url)}"
             )
-    lines.append(f"  on call          `passerelle status` (found through {runtime_file})")
+    found = f"found through {runtime_file}" if runtime_file else "with this system's PASSERELLE_*"
+    lines.append(f"  on call          `passerelle status` ({found})")
     return "\n".join(lines)
