@@ -13,8 +13,9 @@ from broker.config import Config as BrokerConfig
 from broker.ops import backlog
 from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
+from broker.ops.overview import api_address, mapping_refs
 from broker.ops.overview import overview as read_overview
-from broker.ops.processes import WorkerPing, listeners
+from broker.ops.processes import WorkerPing
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -76,23 +77,22 @@ def queues(client: Client, settings: Config) -> dict[str, Any]:
 
 @router.get("/api/overview", tags=["ops"], dependencies=[Depends(require_token)])
 def overview(request: Request, client: Client, settings: Config) -> dict[str, Any]:
-    """What the console's overview shows: per inbound adapter received, refused per ACK code
-    and last message; per subscriber backlog (parked included), open dead letters, retrying
-    partitions and oldest waiting message; the pipeline, backpressure and mappings in force."""
+    """What the console's overview and ``passerelle status`` show: per inbound adapter
+    received, refused per ACK code, last message and listener; per subscriber backlog (parked
+    included), open dead letters, retrying partitions and the next retry, oldest waiting
+    message; Redis, the workers, the pipeline, backpressure and the mappings in force."""
     config: BrokerConfig | None = request.app.state.config
-    workers = _worker_ping(request, settings).workers()
+    workers = _worker_ping(request, settings)
     if config is None:
-        return read_overview(client, settings, processes={"listeners": [], "workers": workers})
-    mappings = config.mappings
-    addresses = [(a.id, *a.host_port) for a in config.inbound("mllp")]
+        return read_overview(client, settings, workers=workers, api=api_address(settings))
     return read_overview(
         client,
         settings,
-        inbound=[a.id for a in config.adapters.values() if a.direction == "inbound" and a.enabled],
-        subscribers=[a.id for a in config.subscribers],
-        mappings=[f"{r.id}@{r.sha256[:12]}" for r in mappings.refs],
+        adapters=list(config.adapters.values()),
+        mappings=mapping_refs(config.mappings),
         rejected_reload=config.watcher.rejected,
-        processes={"listeners": listeners(addresses), "workers": workers},
+        workers=workers,
+        api=api_address(settings),
     )
 
 

@@ -65,7 +65,8 @@
           cell(number(s.backlog), "backlog", "num"),
           cell(number(s.parked), "parked", "num"),
           cell(number(s.dead_letters_open), "dead_letters_open", "num"),
-          cell(number(s.retrying), "retrying", "num"),
+          // The partitions in a retry back-off, and when the first of them retries.
+          cell(s.retrying ? number(s.retrying) + " (" + age(s.next_retry_in_s) + ")" : number(s.retrying), "retrying", "num"),
           cell(age(s.oldest_age_s), "oldest"),
           cell(rate(s.flow), "rate", "num"),
         );
