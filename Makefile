@@ -37,12 +37,25 @@ $(FHIR_STAMP): $(FHIR_SERVER)/package.json $(FHIR_SERVER)/package-lock.json
 		if [ "$$CI" = "true" ]; then exit 1; fi; \
 	fi
 
+# The console's browser tests (tests/console/test_browser.py) drive Debian's Chromium through
+# Playwright; Playwright's own browser download cannot work here, so the file is the stamp: when
+# /usr/bin/chromium is missing, install Debian's package (as root), else fail saying so.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = "0" ]; then \
+		apt-get update && apt-get install -y chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: the browser tests need Debian's chromium; as root: apt-get update && apt-get install -y chromium" >&2; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || { echo "apt-get installed no $(CHROMIUM)" >&2; exit 1; }
+
 # The whole suite with coverage on two workers (pytest-xdist): tests/conftest.py makes the
 # integration tests one unit of work, sent first, so one worker runs them one after the other
 # (their stacks never compete with each other) while the other takes the unit tests file by
 # file. PYTEST_WORKERS=0 runs everything in this one process.
 PYTEST_WORKERS ?= 2
-test: $(STAMP) $(FHIR_STAMP)
+test: $(STAMP) $(FHIR_STAMP) $(CHROMIUM)
 	$(BIN)/ruff format --check broker demo tests benchmarks
 	$(BIN)/ruff check broker demo tests benchmarks
 	$(BIN)/mypy
@@ -51,10 +64,10 @@ test: $(STAMP) $(FHIR_STAMP)
 		--no-loadscope-reorder $(PYTEST_ARGS)
 
 # The inner loop, under two minutes on 2 cores: everything but the integration tests (no Celery
-# processes, no serve, no real FHIR server), one worker per core; a test that needs Redis still
-# starts a real one. `make test` runs them all. test-fast is the older name.
+# processes, no serve, no real FHIR server) and the browser tests, one worker per core; a test
+# that needs Redis still starts a real one. `make test` runs them all. test-fast is the older name.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not slow" -q -n auto --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not slow and not browser" -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 test-fast: test-unit
 

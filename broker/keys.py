@@ -16,6 +16,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:audit             stream   who replayed, discarded or edited what, when and why
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
+    pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -49,6 +50,7 @@ __all__ = [
     "TIMINGS",
     "TRIMMED",
     "WAKE",
+    "adapter_stats",
     "app_acks",
     "dead",
     "dead_records",
@@ -121,6 +123,11 @@ def dead(subscriber: str) -> str:
 def app_acks(source: str) -> str:
     """Application ACKs waiting to be sent back to an enhanced-mode inbound adapter."""
     return f"pl:acks:{source}"
+
+
+def adapter_stats(source: str) -> str:
+    """Per inbound adapter: messages received, refused per ACK code or HTTP status, last time."""
+    return f"pl:adapter:{source}"
 
 
 def unmapped(source: str) -> str:

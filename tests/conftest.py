@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is None and LoopbackStack.running:
         left = ", ".join(sorted(str(stack.data_dir) for stack in LoopbackStack.running))
         pytest.fail(f"a LoopbackStack is still running during {item.nodeid}: {left}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_runtime_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' runtime file (``broker.running``) is their own, never the user's: a
+    `passerelle serve` running on this machine must not lend its settings to the tests' ops
+    commands, and a test's serve must not replace it."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield state
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

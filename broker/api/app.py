@@ -6,10 +6,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
-from broker.api import dead_letters, health, inbound, messages, operations, refusals, unmapped
+from broker import console
+from broker.api import (
+    dead_letters,
+    docs,
+    health,
+    inbound,
+    messages,
+    operations,
+    refusals,
+    unmapped,
+)
+from broker.api.auth import LoginRequired, require_session
 from broker.config import Config, load_config
 from broker.errors import AdapterSpecError, BrokerError
 from broker.log import get_logger
@@ -41,7 +53,9 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     """Build the API application.
 
     Every route but ``/healthz`` and ``/readyz`` needs the bearer token of
-    ``settings.api_token``; without one configured they answer 401 (never open).
+    ``settings.api_token`` or a console session; without a token configured they answer 401
+    (never open). The console (``/console/``, :mod:`broker.console`) and the OpenAPI docs
+    (``/docs``, ``/redoc``) are served from the package, with no CDN.
 
     Args:
         settings: the process settings.
@@ -78,6 +92,8 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
         summary="HL7 v2 / FHIR interoperability broker: operations API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.redis = redis_client
@@ -88,6 +104,15 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(refusals.router)
     app.include_router(operations.router)
     app.include_router(inbound.router)
+    app.include_router(docs.router)
+    app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
+    app.include_router(console.public)
+    app.include_router(console.pages, dependencies=[Depends(require_session)])
+    app.mount("/console/static", StaticFiles(directory=console.STATIC), name="console-static")
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
+        return console.login_redirect(request)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:

@@ -14,9 +14,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from broker.api.auth import require_token
+from broker.api.auth import Who, require_token
 from broker.api.operations import (
-    API_WHO,
     ID_PATTERN,
     SUBSCRIBER_PATTERN,
     Ops,
@@ -27,6 +26,7 @@ from broker.api.operations import (
 from broker.delivery.dead_letter import Status
 from broker.delivery.replay import OperationError, Operations
 from broker.errors import CanonicalError
+from broker.ops.overview import dead_letter_counts
 
 __all__ = ["REPLY_CHARS", "router", "summary"]
 
@@ -128,9 +128,8 @@ def subscribers(ops: Ops) -> list[dict[str, Any]]:
     """Subscribers that have dead letters, with how many are open and in all."""
     out = []
     for subscriber in ops.store.subscribers():
-        records = ops.store.find(subscriber, status=None, limit=1_000_000)
-        opened = sum(1 for r in records if r["status"] == "open")
-        out.append({"subscriber": subscriber, "open": opened, "total": len(records)})
+        opened, total = dead_letter_counts(ops.store.client, subscriber)
+        out.append({"subscriber": subscriber, "open": opened, "total": total})
     return out
 
 
@@ -161,10 +160,12 @@ def list_dead_letters(
 
 
 @router.get("/{subscriber}/{dead_id}", responses={404: {"description": "Unknown dead letter"}})
-def show_dead_letter(subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops) -> dict[str, Any]:
+def show_dead_letter(
+    subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops, who: Who
+) -> dict[str, Any]:
     """The whole record, envelope and patient data included; the view is audited."""
     record = _record(ops, subscriber, dead_id)
-    ops.store.audit("viewed", who=API_WHO, why="", subscriber=subscriber, target=dead_id)
+    ops.store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id)
     return record
 
 
@@ -179,14 +180,14 @@ def show_dead_letter(subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops) 
     },
 )
 def replay(
-    subscriber: SubscriberPath, dead_id: DeadIdPath, body: ReplayBody, ops: Ops
+    subscriber: SubscriberPath, dead_id: DeadIdPath, body: ReplayBody, ops: Ops, who: Who
 ) -> dict[str, Any] | JSONResponse:
     """Send a dead letter again, as it was or corrected; a held patient is then released."""
     require_subscriber(ops, subscriber)
     _record(ops, subscriber, dead_id)
     try:
         return ops.replay(
-            subscriber, dead_id, who=API_WHO, why=body.why, corrected=body.corrected_bundle
+            subscriber, dead_id, who=who, why=body.why, corrected=body.corrected_bundle
         )
     except CanonicalError as exc:
         return operation_outcome(exc)
@@ -202,13 +203,13 @@ def replay(
     },
 )
 def discard(
-    subscriber: SubscriberPath, dead_id: DeadIdPath, body: DiscardBody, ops: Ops
+    subscriber: SubscriberPath, dead_id: DeadIdPath, body: DiscardBody, ops: Ops, who: Who
 ) -> dict[str, Any]:
     """Give a dead letter up for good; a held patient's later messages are then delivered."""
     require_subscriber(ops, subscriber)
     _record(ops, subscriber, dead_id)
     try:
-        return ops.discard(subscriber, dead_id, who=API_WHO, why=body.why)
+        return ops.discard(subscriber, dead_id, who=who, why=body.why)
     except OperationError as exc:
         raise refused(exc) from exc
 
@@ -221,13 +222,15 @@ def discard(
         409: {"description": "One of the matching dead letters could not be replayed"},
     },
 )
-def replay_matching(subscriber: SubscriberPath, body: BulkReplayBody, ops: Ops) -> dict[str, Any]:
+def replay_matching(
+    subscriber: SubscriberPath, body: BulkReplayBody, ops: Ops, who: Who
+) -> dict[str, Any]:
     """Replay every open dead letter of the subscriber that matches the filter."""
     require_subscriber(ops, subscriber)
     try:
         ids, failed = ops.replay_matching(
             subscriber,
-            who=API_WHO,
+            who=who,
             why=body.why,
             since=_epoch(body.since),
             until=_epoch(body.until),

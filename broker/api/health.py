@@ -9,9 +9,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from broker.api.auth import require_token
+from broker.config import Config as BrokerConfig
 from broker.ops import backlog
 from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
+from broker.ops.overview import api_address, mapping_refs
+from broker.ops.overview import overview as read_overview
+from broker.ops.processes import WorkerPing
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -69,3 +73,36 @@ def queues(client: Client, settings: Config) -> dict[str, Any]:
     """Per journal partition and per subscriber: depth, pending, age of oldest, counters; the
     pipeline's and each subscriber's flow (offered, sustained, growth, time to backpressure)."""
     return backlog.queues(client, settings)
+
+
+@router.get("/api/overview", tags=["ops"], dependencies=[Depends(require_token)])
+def overview(request: Request, client: Client, settings: Config) -> dict[str, Any]:
+    """What the console's overview and ``passerelle status`` show: per inbound adapter
+    received, refused per ACK code, last message and listener; per subscriber backlog (parked
+    included), open dead letters, retrying partitions and the next retry, oldest waiting
+    message; Redis, the workers, the pipeline, backpressure and the mappings in force."""
+    config: BrokerConfig | None = request.app.state.config
+    workers = _worker_ping(request, settings)
+    if config is None:
+        return read_overview(client, settings, workers=workers, api=api_address(settings))
+    return read_overview(
+        client,
+        settings,
+        adapters=list(config.adapters.values()),
+        mappings=mapping_refs(config.mappings),
+        rejected_reload=config.watcher.rejected,
+        workers=workers,
+        api=api_address(settings),
+    )
+
+
+def _worker_ping(request: Request, settings: Settings) -> WorkerPing:
+    """The application's worker ping (one Celery client, answers reused for a few seconds)."""
+    ping: WorkerPing | None = getattr(request.app.state, "worker_ping", None)
+    if ping is None:
+        from broker.worker.celery_app import create_celery
+
+        celery = create_celery(settings)
+        ping = WorkerPing(lambda: celery.control.ping(timeout=1.0))
+        request.app.state.worker_ping = ping
+    return ping

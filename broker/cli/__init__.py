@@ -22,6 +22,7 @@ command that needs them, and the plug-ins are loaded when the command is first b
 from __future__ import annotations
 
 import functools
+from typing import Annotated
 
 import typer
 
@@ -31,8 +32,10 @@ from broker.cli.dead_letters import dead_letters_app
 from broker.cli.mappings import mappings_app
 from broker.cli.messages import messages_app
 from broker.cli.ops import replay
+from broker.cli.peers import ping, send
 from broker.cli.plugins import register_plugins
 from broker.cli.processes import api, beat, listen, serve, worker
+from broker.cli.status import status
 from broker.cli.store import store_app
 from broker.cli.translate import translate
 
@@ -55,14 +58,43 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for command in (serve, listen, worker, beat, api, check, translate, replay):
+    for command in (serve, listen, worker, beat, api, check, translate, replay, status, send, ping):
         app.command()(command)
     app.add_typer(mappings_app, name="mappings")
     app.add_typer(dead_letters_app, name="dead-letters")
     app.add_typer(messages_app, name="messages")
     app.add_typer(store_app, name="store")
     register_plugins(app)
+    app.callback()(_main_options)
     return app
+
+
+def _print_version(wanted: bool) -> None:
+    """``--version``: the installed distribution's version, from its metadata."""
+    if not wanted:
+        return
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("passerelle")
+    except importlib.metadata.PackageNotFoundError:
+        fail("the passerelle distribution is not installed here (run `make` in a checkout)")
+    typer.echo(f"passerelle {version}")
+    raise typer.Exit
+
+
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the installed version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Passerelle: HL7 v2 / FHIR R4 interoperability message broker."""
 
 
 @functools.cache

@@ -70,14 +70,24 @@ def load_settings(
     mappings: Path | None = None,
     data_dir: Path | None = None,
     http_port: int | None = None,
+    running: bool = False,
 ) -> Settings:
     """The settings from the ``PASSERELLE_*`` environment, with the options given laid over it.
+
+    Args:
+        adapters: ``--adapters``.
+        mappings: ``--mappings``.
+        data_dir: ``--data-dir``.
+        http_port: ``--http-port``.
+        running: a command on the running system (``status``, ``replay``...): the settings of
+            the running ``serve`` (its runtime file, ``broker.running``) go under the
+            environment and the options, which win; a stale file is ignored with a note.
 
     Exits 1 with one line (``invalid settings: ...``) when a value is invalid.
     """
     from broker.settings import Settings
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = _running_settings() if running else {}
     if adapters is not None:
         overrides["adapters_dir"] = adapters.resolve()
     if mappings is not None:
@@ -90,6 +100,26 @@ def load_settings(
         return Settings(**overrides)
     except ValueError as exc:
         fail(f"invalid settings: {exc}")
+
+
+def _running_settings() -> dict[str, Any]:
+    """The running ``serve``'s settings that neither the environment nor an option sets."""
+    import os
+
+    from broker import running
+    from broker.settings import Settings
+
+    found, note = running.find()
+    if note is not None:
+        typer.echo(f"passerelle: note: {note}", err=True)
+    if found is None:
+        return {}
+    explicit = {name.upper() for name in os.environ}
+    return {
+        name: value
+        for name, value in found.settings.items()
+        if name in Settings.model_fields and f"PASSERELLE_{name.upper()}" not in explicit
+    }
 
 
 def mapping_roots(settings: Settings) -> tuple[Path, ...]:

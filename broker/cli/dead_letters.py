@@ -20,6 +20,7 @@ from broker.cli.ops import (
     ByOpt,
     WhyOpt,
     attempt,
+    check_subscriber,
     connect,
     operations,
     ops_settings,
@@ -101,7 +102,9 @@ def list_command(
     if status not in STATUSES:
         fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}", 2)
     start, end = _epoch(since, "--since"), _epoch(until, "--until")
-    client = connect(ops_settings())
+    settings = ops_settings()
+    client = connect(settings)
+    check_subscriber(settings, client, subscriber)
     store = DeadLetterStore(client)
     records = attempt(
         lambda: store.find(
@@ -137,7 +140,10 @@ def show_command(subscriber: SubscriberArg, dead_id: DeadIdArg, by: ByOpt = None
     from broker.delivery.dead_letter import DeadLetterStore
 
     who = who_acts(by)
-    store = DeadLetterStore(connect(ops_settings()))
+    settings = ops_settings()
+    client = connect(settings)
+    check_subscriber(settings, client, subscriber)
+    store = DeadLetterStore(client)
     record = attempt(lambda: store.get(subscriber, dead_id))
     if record is None:
         fail(f"no dead letter {dead_id} for subscriber {subscriber}")
@@ -165,6 +171,7 @@ def replay_dead_letter(
     reason, who = why_given(why), who_acts(by)
     settings = ops_settings()
     client = connect(settings)
+    check_subscriber(settings, client, subscriber)
     ops = operations(settings, client)
     corrected = None
     if payload is not None:
@@ -253,7 +260,9 @@ def discard_command(
     """Give a dead letter up for good; a held patient's later messages are then delivered."""
     reason, who = why_given(why), who_acts(by)
     settings = ops_settings()
-    ops = operations(settings, connect(settings))
+    client = connect(settings)
+    check_subscriber(settings, client, subscriber)
+    ops = operations(settings, client)
     attempt(lambda: ops.discard(subscriber, dead_id, who=who, why=reason))
     typer.echo(f"discarded dead letter {dead_id} of {subscriber}")
 
@@ -271,7 +280,9 @@ def replay_all_command(
     reason, who = why_given(why), who_acts(by)
     start, end = _epoch(since, "--since"), _epoch(until, "--until")
     settings = ops_settings()
-    ops = operations(settings, connect(settings))
+    client = connect(settings)
+    check_subscriber(settings, client, subscriber)
+    ops = operations(settings, client)
     outcome: tuple[list[str], dict[str, str]] = attempt(
         lambda: ops.replay_matching(
             subscriber, who=who, why=reason, since=start, until=end, text=text or None

@@ -2,7 +2,10 @@
 
 They work on the broker's Redis (``Settings().effective_redis_url``, so ``PASSERELLE_REDIS_URL``
 or the embedded one under ``data_dir``) and queue work for its Celery workers. Every action is
-recorded with who (``--by``, default the OS user) and why.
+recorded with who (``--by``, default the OS user) and why. Their settings are the running
+``serve``'s (its runtime file, ``broker.running``) under the ``PASSERELLE_*`` environment, so
+they find the running system without any. A subscriber no registration names (and with no dead
+letters left) is a usage error naming the known ones, never an empty all-clear.
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
 """
@@ -21,6 +24,7 @@ from broker.errors import BrokerError
 if TYPE_CHECKING:
     import redis
 
+    from broker.adapters.spec import AdapterSpec
     from broker.delivery.replay import Operations
     from broker.settings import Settings
 
@@ -28,9 +32,11 @@ __all__ = [
     "ByOpt",
     "WhyOpt",
     "attempt",
+    "check_subscriber",
     "connect",
     "operations",
     "ops_settings",
+    "registered",
     "replay",
     "who_acts",
     "why_given",
@@ -45,10 +51,39 @@ ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: t
 
 
 def ops_settings() -> Settings:
-    """The settings from the environment; libraries then log errors only, to stderr."""
-    settings = load_settings()
+    """The running system's settings under the environment; libraries then log errors only."""
+    settings = load_settings(running=True)
     log_errors_only()
     return settings
+
+
+def registered(settings: Settings, direction: str | None = None) -> list[AdapterSpec]:
+    """The registrations of ``settings.adapters_dir`` (of one direction), or exit 1 saying why."""
+    from broker.adapters.spec import load_adapters
+
+    try:
+        adapters = load_adapters(settings.adapters_dir)
+    except BrokerError as exc:
+        fail(str(exc))
+    return [a for a in adapters if direction is None or a.direction == direction]
+
+
+def check_subscriber(settings: Settings, client: redis.Redis, subscriber: str) -> None:
+    """Exit 2 naming the known subscribers unless ``subscriber`` is registered or still has
+    dead letters (a subscriber since removed from the registrations)."""
+    from broker.delivery.dead_letter import DeadLetterStore
+
+    known = [a.id for a in registered(settings, "outbound")]
+    if subscriber in known:
+        return
+    leftover = attempt(lambda: DeadLetterStore(client).subscribers())
+    if subscriber in leftover:
+        return
+    names = sorted({*known, *leftover})
+    listed = (
+        ", ".join(names) if names else f"none (no outbound registration in {settings.adapters_dir})"
+    )
+    fail(f"no subscriber {subscriber!r}; the subscribers are: {listed}", 2)
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -66,15 +101,11 @@ def connect(settings: Settings) -> redis.Redis:
 
 def operations(settings: Settings, client: redis.Redis) -> Operations:
     """The operator actions on the broker's Redis, queuing their tasks for its Celery workers."""
-    from broker.adapters.spec import load_adapters
     from broker.delivery.replay import Operations
     from broker.dispatch import publish
     from broker.worker.celery_app import create_celery
 
-    try:
-        adapters = load_adapters(settings.adapters_dir)
-    except BrokerError as exc:
-        fail(str(exc))
+    adapters = registered(settings)
     celery = create_celery(settings)
 
     def enqueue(name: str, args: list[Any]) -> None:
@@ -126,6 +157,8 @@ def replay(
     """Send any stored message to a subscriber again (idempotent for the receiver)."""
     reason, who = why_given(why), who_acts(by)
     settings = ops_settings()
-    ops = operations(settings, connect(settings))
+    client = connect(settings)
+    check_subscriber(settings, client, to)
+    ops = operations(settings, client)
     attempt(lambda: ops.resend(message_id, to, who=who, why=reason))
     typer.echo(f"queued message {message_id} for {to}")

@@ -9,8 +9,8 @@ a plain function with typer annotations, registered as ``app.command(name)(funct
 Its module is imported whenever ``passerelle`` starts, so it imports what is heavy inside the
 function. A plug-in that cannot be loaded (its import fails, or it is not a command) breaks no
 other command: its name stays, and running it prints one line saying why and exits 1. A
-plug-in cannot replace a built-in command. Without a ``demo`` plug-in, ``passerelle demo``
-says how to get the demo.
+plug-in cannot replace a built-in command. Without the demo distribution, ``passerelle demo``
+and ``passerelle capture`` (its capture peers) say how to get it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from broker.cli._common import fail
 if TYPE_CHECKING:
     from typer.models import CommandInfo
 
-__all__ = ["DEMO_MISSING", "GROUP", "entry_points", "register_plugins"]
+__all__ = ["CAPTURE_MISSING", "DEMO_MISSING", "GROUP", "entry_points", "register_plugins"]
 
 GROUP = "passerelle.cli"
 """The entry-point group ``passerelle`` reads its plug-in commands from."""
@@ -36,6 +36,20 @@ DEMO_MISSING = (
     "or `pip install 'passerelle[demo]'`"
 )
 """What ``passerelle demo`` says when no distribution provides the demo."""
+
+CAPTURE_MISSING = (
+    "the capture peers come with the demo, a separate package: run `make demo` in a checkout, "
+    "or `pip install 'passerelle[demo]'`"
+)
+"""What ``passerelle capture`` says when the demo distribution is not installed."""
+
+_STAND_INS = {
+    "demo": ("Not installed here: says how to get the demo (a separate package).", DEMO_MISSING),
+    "capture": (
+        "Not installed here: says how to get the capture peers (the demo package).",
+        CAPTURE_MISSING,
+    ),
+}
 
 # A stand-in accepts whatever it is given, so `demo --messages 10` gets its line, not a usage error.
 _ANY_ARGUMENTS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -69,9 +83,9 @@ def register_plugins(app: typer.Typer) -> None:
             app.command(name, help=help_, context_settings=_ANY_ARGUMENTS)(_saying(line))
         else:
             app.command(name)(command)
-    if "demo" not in taken:
-        help_ = "Not installed here: says how to get the demo (a separate package)."
-        app.command("demo", help=help_, context_settings=_ANY_ARGUMENTS)(_saying(DEMO_MISSING))
+    for name, (help_, line) in _STAND_INS.items():
+        if name not in taken:
+            app.command(name, help=help_, context_settings=_ANY_ARGUMENTS)(_saying(line))
 
 
 def _name_of(info: CommandInfo) -> str:

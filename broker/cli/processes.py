@@ -48,7 +48,16 @@ def serve(
     data_dir: DataDirOpt = None,
     http_port: PortOpt = None,
 ) -> None:
-    """Run the whole system on this machine: Redis, listeners, workers, beat and the API."""
+    """Run the whole system on this machine: Redis, listeners, workers, beat and the API.
+
+    Once started it prints one summary (console URL, where the API token is, listeners,
+    subscribers) and writes the runtime file the ops commands find it by (``broker.running``).
+    """
+    import typer
+
+    from broker import running
+    from broker.adapters.spec import load_adapters
+    from broker.cli.summary import startup_summary
     from broker.errors import BrokerError
     from broker.supervisor import Supervisor
 
@@ -59,7 +68,27 @@ def serve(
     except BrokerError as exc:
         supervisor.stop()
         fail(str(exc), every_line=True)
-    supervisor.run_forever()
+    try:
+        path: Path | None = running.write(settings)
+    except OSError as exc:
+        path = None
+        typer.echo(
+            f"passerelle: note: no runtime file ({exc}); the ops commands need the "
+            "PASSERELLE_* settings to find this system",
+            err=True,
+        )
+    try:
+        summary = startup_summary(
+            settings,
+            load_adapters(settings.adapters_dir),
+            api_url=running.api_url(settings),
+            token_file=running.token_file(settings),
+            runtime_file=path,
+        )
+        typer.echo(summary)
+        supervisor.run_forever()
+    finally:
+        running.forget()
 
 
 def listen(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:

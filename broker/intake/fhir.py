@@ -285,7 +285,14 @@ class FHIRIntake:
         answer = _operation_outcome(issues)
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256, ack=answer
+                self.adapter.id,
+                payload,
+                reason,
+                peer,
+                size=size,
+                sha256=sha256,
+                ack=answer,
+                code=str(int(status)),
             )
         except JournalError as exc:
             log.error("message.reject_unkept", adapter=self.adapter.id, error=str(exc))

@@ -240,7 +240,14 @@ class HL7v2Intake:
         )
         try:
             await self.journal.reject(
-                self.adapter.id, payload, reason, peer, size=size, sha256=sha256, ack=ack
+                self.adapter.id,
+                payload,
+                reason,
+                peer,
+                size=size,
+                sha256=sha256,
+                ack=ack,
+                code=code,
             )
         except JournalError as journal_exc:
             log.error("message.reject_not_kept", adapter=self.adapter.id, error=str(journal_exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ whole payload's size and SHA-256): enough to read its header, not 10 MiB kept fo
 # drain queued or running), the partition goes to a worker waiting in standby if one is free
 # (``broker.standby``: live waiters in KEYS[6] outnumber the partitions already handed to
 # them in KEYS[7]); the third result says 0: a drain is under way, 1: queue a drain task, 2: a
-# waiting worker drains it.
+# waiting worker drains it. KEYS[8] counts the adapter's messages and their last time.
 _APPEND = """
 local pressure = redis.call('GET', KEYS[5])
 if pressure then
@@ -46,6 +47,8 @@ if KEYS[2] ~= '' then
   end
 end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+redis.call('HINCRBY', KEYS[8], 'received', 1)
+redis.call('HSET', KEYS[8], 'last_ms', string.match(id, '^%d+'))
 if KEYS[2] ~= '' and tonumber(ARGV[1]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 end
@@ -163,6 +166,7 @@ class Journal:
                     keys.PRESSURE,
                     keys.STANDBY,
                     keys.WAKE,
+                    keys.adapter_stats(str(fields["source"])),
                 ],
                 args=args,
             )
@@ -192,6 +196,7 @@ class Journal:
         size: int | None = None,
         sha256: str | None = None,
         ack: bytes | None = None,
+        code: str = "",
     ) -> None:
         """Keep input refused at the edge, with its reason, in ``pl:rejected``.
 
@@ -205,6 +210,8 @@ class Journal:
                 and the reason says so.
             sha256: the hex SHA-256 of the whole payload (with ``size``).
             ack: the answer sent (the message store keeps it).
+            code: the answer's ACK code (``AE``, ``AR``) or HTTP status (``422``), counted per
+                adapter in ``pl:adapter:SRC`` (``refused:CODE``) and kept with the entry.
 
         Raises:
             JournalError: Redis could not be reached.
@@ -220,10 +227,14 @@ class Journal:
         entry["reason"] = reason
         if ack is not None:
             entry["ack"] = ack
+        if code:
+            entry["code"] = code
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.xadd(keys.REJECTED, entry)  # type: ignore[arg-type]
             pipe.hincrby(keys.STATS, "rejected", 1)
+            pipe.hincrby(keys.adapter_stats(source), f"refused:{code or '?'}", 1)
+            pipe.hset(keys.adapter_stats(source), "last_ms", int(time.time() * 1000))
             await pipe.execute()
         except (redis.RedisError, OSError) as exc:
             msg = f"the journal could not keep a rejected message ({type(exc).__name__})"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 from broker.errors import MappingSpecError
 from broker.log import get_logger
@@ -28,7 +29,7 @@ from broker.mapping.layers import MappingRoots, layers
 from broker.mapping.lint import lint
 from broker.mapping.loader import MappingSet
 
-__all__ = ["MappingWatcher"]
+__all__ = ["MappingWatcher", "RejectedReload"]
 
 log = get_logger(__name__)
 
@@ -52,6 +53,23 @@ def _fingerprint(directory: MappingRoots) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(found))
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedReload:
+    """A changed set of mapping files that was refused (the previous set kept serving).
+
+    Attributes:
+        at: epoch seconds of the refusal.
+        file: the file at fault, when known.
+        line: its line, when known.
+        reason: what is wrong (a sentence naming the problem, never message data).
+    """
+
+    at: float
+    file: str | None
+    line: int | None
+    reason: str
+
+
 class MappingWatcher:
     """Serves the current MappingSet of a directory, reloading it when its files change.
 
@@ -71,6 +89,8 @@ class MappingWatcher:
         self._checked = time.monotonic()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.rejected: RejectedReload | None = None
+        """The last refused reload of this process, ``None`` when none was refused."""
 
     def start(self) -> None:
         """Look for changed files in a daemon thread from now on (idempotent)."""
@@ -120,15 +140,18 @@ class MappingWatcher:
                     reason=first.reason,
                     problems=len(problems),
                 )
+                self.rejected = RejectedReload(time.time(), first.file, first.line, first.reason)
                 return
             fresh = MappingSet.load(self.directory, full_validation=self._mappings.full_validation)
         except MappingSpecError as exc:
             log.error(
                 "mappings.rejected", file=exc.file, line=exc.line, key=exc.key, reason=exc.reason
             )
+            self.rejected = RejectedReload(time.time(), exc.file, exc.line, exc.reason)
             return
         except OSError as exc:
             log.error("mappings.rejected", error=str(exc))
+            self.rejected = RejectedReload(time.time(), None, None, str(exc))
             return
         self._mappings = fresh
         fhir = fresh.fhir

@@ -9,6 +9,7 @@ subscribe. Every message is synthetic (``passerelle_demo.synthetic``).
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import sys
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+from broker import running
 from broker.adapters.spec import AdapterSpec, load_adapters
 from broker.errors import BrokerError
 from broker.settings import Settings
@@ -80,8 +82,14 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def run_demo(settings: Settings, count: int = 100, out: TextIO = sys.stdout) -> int:
-    """Run the demo; return 0 when every subscriber received everything it subscribed to."""
+def run_demo(
+    settings: Settings, count: int = 100, out: TextIO = sys.stdout, *, keep: bool = False
+) -> int:
+    """Run the demo; return 0 when every subscriber received everything it subscribed to.
+
+    With ``keep``, the broker and the capture subscribers keep running after the report, for a
+    look at the console and the ops commands (``passerelle status``), until SIGINT or SIGTERM.
+    """
     adapters = {a.id: a for a in load_adapters(settings.adapters_dir)}
     needed = ["chu-rabat-adt", "labo-casa-oru", "dmp-national", "lab-legacy"]
     missing = [n for n in needed if n not in adapters]
@@ -175,7 +183,10 @@ def run_demo(settings: Settings, count: int = 100, out: TextIO = sys.stdout) -> 
             out.write(
                 f"{sub.id}: sent {sent}, acknowledged {min(sent, acknowledged)}, delivered {delivered}, lost {lost}\n"
             )
-        return 0 if lost_total == 0 else 1
+        code = 0 if lost_total == 0 else 1
+        if keep:
+            _keep_running(settings, supervisor, out)
+        return code
     except BrokerError as exc:
         print(f"passerelle demo: {exc}", file=sys.stderr)
         return 1
@@ -183,6 +194,29 @@ def run_demo(settings: Settings, count: int = 100, out: TextIO = sys.stdout) -> 
         supervisor.stop()
         fhir.stop()
         mllp.stop()
+
+
+def _keep_running(settings: Settings, supervisor: Supervisor, out: TextIO) -> None:
+    """Leave everything running, say how to look at it and how to stop it; wait for a signal."""
+    path = running.write(settings)
+    data = settings.data_dir.resolve()
+    pid = os.getpid()
+    out.write(
+        "\nThe system keeps running (--keep); the ops commands find it through "
+        f"{path}:\n"
+        f"  console and API   {running.api_url(settings)}  (API token: cat {data / 'api-token'})\n"
+        "  overview          passerelle status\n"
+        "  dead letters      passerelle dead-letters list dmp-national\n"
+        "  test a subscriber passerelle ping lab-legacy --message\n"
+        f"  logs              {data / 'logs'}\n"
+        f"Stop it with Ctrl-C here, or `kill {pid}`.\n"
+    )
+    out.flush()
+    try:
+        supervisor.run_forever()
+    finally:
+        running.forget()
+        out.write("Stopped.\n")
 
 
 async def _send_all(hospitals: list[_Outgoing]) -> list[SendResult]:

@@ -137,6 +137,15 @@ class TestHL7v2:
         assert fields[b"raw"] == _message()
         assert fields[b"source"] == b"hosp-http"
         assert [task.name for task in celery.queued] == ["passerelle.drain_inbound"]
+        counts = redis_client.hgetall(keys.adapter_stats("hosp-http"))
+        assert counts[b"received"] == b"1"
+        # The time of the last message is its journal entry's (the stream id's milliseconds).
+        entry_ids = [
+            entry_id.decode()
+            for p in range(8)
+            for entry_id, _ in cast(list[Any], redis_client.xrange(keys.inbound(p)))
+        ]
+        assert [i.partition("-")[0] for i in entry_ids] == [counts[b"last_ms"].decode()]
 
     @pytest.mark.parametrize(
         ("payload", "code"),
@@ -154,6 +163,11 @@ class TestHL7v2:
         assert read_ack(reply.content).code == code
         (fields,) = _rejected(redis_client)
         assert fields[b"raw"] == payload
+        assert fields[b"code"] == code.encode()
+        # Counted per adapter and ACK code for the console's overview.
+        counts = redis_client.hgetall(keys.adapter_stats("hosp-http"))
+        assert counts[f"refused:{code}".encode()] == b"1"
+        assert b"received" not in counts
 
     def test_backpressure_is_503_with_retry_after_and_an_ar(
         self, client: TestClient, redis_client: redis.Redis
@@ -265,6 +279,8 @@ class TestFHIR:
         assert (first.status_code, second.status_code) == (202, 202)
         assert first.content == second.content
         assert len(_journalled(redis_client)) == 1
+        # A duplicate is not received twice.
+        assert redis_client.hget(keys.adapter_stats("hosp-fhir"), "received") == b"1"
 
     @pytest.mark.parametrize(
         ("body", "expression"),
@@ -308,6 +324,7 @@ class TestFHIR:
         assert all(i["severity"] == "error" for i in issues)
         assert "SYN-" not in reply.text
         assert _journalled(redis_client) == []
+        assert redis_client.hget(keys.adapter_stats("hosp-fhir"), "refused:422") == b"1"
 
     def test_backpressure_is_503_with_retry_after(
         self, client: TestClient, redis_client: redis.Redis

@@ -285,15 +285,53 @@ def test_replay_message_to_a_subscriber(
     assert (fields[b"action"], fields[b"who"]) == (b"resent", b"nadia")
 
 
-@pytest.mark.parametrize(
-    ("message_id", "to", "expected"),
-    [("0123456789abcdef0123456789ab", SUB, "no stored message"), ("x", "nobody", "no outbound")],
-)
-def test_replay_message_failures(env: Env, message_id: str, to: str, expected: str) -> None:
-    """`passerelle replay` of an unknown message or subscriber exits 1 with one line."""
-    done = run(env, "replay", message_id, "--to", to, "--why", "x")
+def test_replay_of_an_unknown_message_fails_with_one_line(env: Env) -> None:
+    """`passerelle replay` of a message the broker does not keep exits 1 with one line."""
+    done = run(env, "replay", "0123456789abcdef0123456789ab", "--to", SUB, "--why", "x")
     assert done.code == 1
-    assert expected in one_error_line(done)
+    assert "no stored message" in one_error_line(done)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("dead-letters", "list", "nobody"), id="list"),
+        pytest.param(("dead-letters", "list", "nobody", "--json"), id="list-json"),
+        pytest.param(("dead-letters", "show", "nobody", "1-0"), id="show"),
+        pytest.param(("dead-letters", "replay", "nobody", "1-0", "--why", "x"), id="replay"),
+        pytest.param(("dead-letters", "discard", "nobody", "1-0", "--why", "x"), id="discard"),
+        pytest.param(("dead-letters", "replay-all", "nobody", "--why", "x"), id="replay-all"),
+        pytest.param(
+            ("replay", "0123456789abcdef0123456789ab", "--to", "nobody", "--why", "x"),
+            id="replay-message",
+        ),
+    ],
+)
+def test_an_unknown_subscriber_is_a_usage_error_naming_the_known_ones(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    """A subscriber no registration names is exit 2 listing the known ones, never an empty
+    all-clear (``no open dead letters for nobody``) or an empty JSON list."""
+    done = run(env, *command)
+    assert done.code == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    line = one_error_line(done)
+    assert "no subscriber 'nobody'" in line
+    assert "dmp-national" in line
+
+
+def test_a_removed_subscriber_with_dead_letters_left_can_still_be_listed(
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
+) -> None:
+    """A subscriber whose registration was removed but whose dead letters remain is known."""
+    dead_id = add_dead(redis_client, envelope)
+    empty = tmp_path / "no-adapters"
+    empty.mkdir()
+    done = run(
+        {**env, "PASSERELLE_ADAPTERS_DIR": str(empty)}, "dead-letters", "list", SUB, "--json"
+    )
+    assert done.code == 0, done.stderr
+    assert [s["id"] for s in json.loads(done.stdout)] == [dead_id]
 
 
 def test_unreachable_redis_fails_with_one_line(env: Env) -> None:

@@ -119,6 +119,15 @@ class TestDemoMissing:
         run = run_cli("demo", *args, app=app_with())
         assert one_line(run) == DEMO_LINE
 
+    @pytest.mark.parametrize("args", [(), ("mllp", "--port", "0", "--show")])
+    def test_capture_says_how_to_get_it_and_exits_1(self, app_with: Plugins, args):
+        """Without the demo distribution, `passerelle capture` says how to get the peers."""
+        run = run_cli("capture", *args, app=app_with())
+        assert one_line(run) == (
+            "passerelle: the capture peers come with the demo, a separate package: run "
+            "`make demo` in a checkout, or `pip install 'passerelle[demo]'`"
+        )
+
     def test_demo_is_listed(self, app_with: Plugins):
         """`passerelle --help` still lists `demo`."""
         run = run_cli("--help", app=app_with())

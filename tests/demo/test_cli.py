@@ -26,7 +26,7 @@ def test_the_demo_command_is_declared_in_the_passerelle_cli_group() -> None:
 
 
 def test_typer_registers_the_function_with_the_options_of_the_demo() -> None:
-    """``app.command("demo")(function)`` gives `demo --data-dir PATH --messages N` (default 100)."""
+    """``app.command("demo")(function)`` gives `demo --data-dir PATH --messages N --keep`."""
     app = typer.Typer()
     app.command("demo")(_entry_point().load())
 
@@ -36,7 +36,11 @@ def test_typer_registers_the_function_with_the_options_of_the_demo() -> None:
 
     group: Any = typer.main.get_command(app)
     options = {p.name: (p.opts, p.default) for p in group.commands["demo"].params}
-    assert options == {"data_dir": (["--data-dir"], None), "messages": (["--messages"], 100)}
+    assert options == {
+        "data_dir": (["--data-dir"], None),
+        "messages": (["--messages"], 100),
+        "keep": (["--keep"], False),
+    }
 
 
 def test_invalid_settings_end_the_command_with_one_line() -> None:

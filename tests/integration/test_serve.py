@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -253,6 +254,41 @@ def test_worker_processes_are_titled_as_celery(running):
 def test_the_api_guards_everything_but_health(running, path, token, status):
     """`/healthz` is open; `/api/queues` needs the configured bearer token."""
     assert http_get(running.http_port, path, token) == status, running.logs()
+
+
+def test_serve_prints_one_summary_and_the_ops_commands_find_it(running):
+    """One start-up summary on stdout (console URL, where the token is, listeners with ports,
+    subscribers with targets, never the token); the runtime file names this serve, so `ping`
+    and `status` need no PASSERELLE_ setting."""
+    from broker import running as runtime
+    from broker.testing import run_cli
+
+    out = running.root / f"serve-{running.runs}.out"
+    assert wait_until(lambda: "  on call " in out.read_text(), 30), running.logs()
+    text = out.read_text()
+    assert text.count(" is running (pid ") == 1
+    assert TOKEN not in text
+    lines = [line.split() for line in text.splitlines()]
+    assert ["console", "and", "API", f"http://127.0.0.1:{running.http_port}"] in lines
+    assert ["API", "token", "in", "PASSERELLE_API_TOKEN", "(from", "the", "environment)"] in lines
+    assert ["listeners", "chu-rabat-adt", "mllp", f"127.0.0.1:{running.inbound_port}"] in lines
+    assert ["subscribers", "dmp-national", "fhir-rest", running.fhir.url] in lines
+    assert ["lab-legacy", "mllp", f"127.0.0.1:{running.lab.port}"] in lines
+    found, note = runtime.find()
+    assert note is None
+    assert found is not None
+    assert running.process is not None
+    assert found.pid == running.process.pid
+    unset = {k: None for k in os.environ if k.startswith("PASSERELLE_")}
+    pinged = run_cli("ping", "chu-rabat-adt", env=unset)
+    assert pinged.code == 0, pinged.stderr
+    assert f"127.0.0.1:{running.inbound_port} accepts connections" in pinged.stdout
+    status = run_cli("status", "--json", env=unset)
+    assert status.code == 0, status.stderr
+    assert {s["id"] for s in json.loads(status.stdout)["subscribers"]} == {
+        "dmp-national",
+        "lab-legacy",
+    }
 
 
 def test_a_clean_stop_with_work_in_flight_loses_nothing(running):

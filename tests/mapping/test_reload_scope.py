@@ -86,10 +86,15 @@ def test_a_set_failing_lint_is_refused_and_the_previous_serves(
     root: Path, watcher: MappingWatcher, file: str, change: str, problem: str
 ) -> None:
     before = watcher.current()
+    assert watcher.rejected is None
     append(root / file, change)
     with capture_logs() as logs:
         assert watcher.current() is before
     [event] = logs
+    # Kept for the console's overview: the last refused reload, where and why.
+    assert watcher.rejected is not None
+    assert (watcher.rejected.file, watcher.rejected.line) == (event["file"], event["line"])
+    assert problem in watcher.rejected.reason
     assert event["event"] == "mappings.rejected"
     assert event["file"] == str(root / file)
     assert event["line"] == len((root / file).read_text(encoding="utf-8").splitlines())

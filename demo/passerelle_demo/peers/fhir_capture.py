@@ -100,6 +100,8 @@ class FhirCapture(FhirStore):
         keep_bundles: keep every accepted Bundle in ``received`` (turn off for long benchmarks).
 
     Attributes:
+        observer: called with ``(method, path, status, body)`` once each request is answered
+            (``passerelle capture fhir`` prints it); runs on the server's event loop.
         latency_s: seconds to wait before answering each request (simulates a slow subscriber).
             While a request waits it is listed by ``in_flight()``; one whose connection closes
             before its answer (the sender died or gave up) moves to ``abandoned()`` and is
@@ -119,6 +121,7 @@ class FhirCapture(FhirStore):
         self.host = host
         self.port = port
         self.latency_s = 0.0
+        self.observer: Callable[[str, str, int, bytes], None] | None = None
         self._mode: Mode = "ok"
         self._fail_left = 0
         self._fail_mode: Mode = "error"
@@ -257,7 +260,13 @@ class FhirCapture(FhirStore):
         if self.latency_s > 0 and not await self._hold(request, body):
             return Response(status_code=499)
         answer = self._failure() or interaction(body)
+        self.observe(request.method, request.url.path, answer.status, body)
         return self.respond(answer)
+
+    def observe(self, method: str, path: str, status: int, body: bytes) -> None:
+        """Tell the ``observer``, if any, of one request answered."""
+        if self.observer is not None:
+            self.observer(method, path, status, body)
 
     def respond(self, answer: Answer) -> Response:
         """The HTTP response for ``answer``, counted in ``status_counts()``."""
@@ -373,6 +382,7 @@ def _app(capture: FhirCapture) -> FastAPI:
 
     @app.get(f"{base}/metadata")
     async def metadata() -> Response:
+        capture.observe("GET", f"{base}/metadata", 200, b"")
         return capture.respond(Answer(200, CAPABILITY))
 
     @app.post(base + "/")

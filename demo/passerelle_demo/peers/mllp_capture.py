@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,10 @@ class MllpCapture:
             is appended per message, for the demo's counts.
         name: a label for logs.
         max_bytes: the largest message accepted.
+
+    Attributes:
+        observer: called with each message once it is recorded (``passerelle capture mllp``
+            prints it); runs on the capture's event loop, so it must be quick.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class MllpCapture:
     ) -> None:
         self.mode = mode
         self.name = name
+        self.observer: Callable[[CapturedMessage], None] | None = None
         self._journal_path = Path(journal) if journal is not None else None
         self._journal: IO[str] | None = None
         self._server = MllpServer(host, port, self._handle, max_bytes=max_bytes, name=name)
@@ -233,8 +239,9 @@ class MllpCapture:
         control_id = request.control_id if request is not None else ""
         mode = self._mode
         code = None if mode == "silent" else _CODES[mode] if request is not None else "AR"
+        record = CapturedMessage(received_at, control_id, text, code)
         with self._changed:
-            self._records.append(CapturedMessage(received_at, control_id, text, code))
+            self._records.append(record)
             if control_id:
                 self._unique.add(control_id)
             self._changed.notify_all()
@@ -242,6 +249,8 @@ class MllpCapture:
             line = {"control_id": control_id, "received_at": received_at.isoformat()}
             self._journal.write(json.dumps(line) + "\n")
             self._journal.flush()
+        if self.observer is not None:
+            self.observer(record)
         if code is None:
             return None
         text_out = "" if code == "AA" else f"capture endpoint {self.name} answers {code}"
