@@ -11,12 +11,16 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:quarantine        stream   journalled messages that failed parse/map/validation
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
     pl:dl:SUB            hash     dead-letter id → JSON record with its current status
+    pl:dlopen:SUB        set      the ids of SUB's open dead letters (kept with each status change)
     pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
     pl:audit             stream   who replayed, discarded or edited what, when and why
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
-    pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms
+    pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
+                                  failed (quarantined by the pipeline: parse, mapping or validation)
+    pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
+    pl:incident:RULE:KEY hash     an open alert incident (broker.ops.alerts): opened_at, summary
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -45,13 +49,16 @@ __all__ = [
     "adapter_stats",
     "app_acks",
     "dead",
+    "dead_open",
     "dead_records",
     "dedupe",
     "envelope",
     "held",
     "hold",
     "inbound",
+    "incident",
     "kick",
+    "latency",
     "lock",
     "outbound",
     "parked",
@@ -151,3 +158,18 @@ def lock(stream: str) -> str:
 def kick(stream: str) -> str:
     """Marker that a drain task for the stream is queued."""
     return f"pl:kick:{stream}"
+
+
+def dead_open(subscriber: str) -> str:
+    """The set of ``subscriber``'s open dead letters' ids."""
+    return f"pl:dlopen:{subscriber}"
+
+
+def latency(subscriber: str) -> str:
+    """The end-to-end latency histogram of ``subscriber`` (``broker.latency``)."""
+    return f"pl:latency:{subscriber}"
+
+
+def incident(rule: str, key: str) -> str:
+    """An open incident of alert rule ``rule`` for ``key`` (a subscriber, an adapter or ``-``)."""
+    return f"pl:incident:{rule}:{key}"

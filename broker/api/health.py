@@ -61,9 +61,12 @@ def readyz(client: Client) -> JSONResponse:
     dependencies=[Depends(require_token)],
     response_class=PlainTextResponse,
 )
-def metrics(client: Client, settings: Config) -> PlainTextResponse:
-    """Prometheus text: counters, stream lengths, group lag/pending/age, backlogs and flows."""
-    text = prometheus.prometheus_text(client, settings)
+def metrics(request: Request, client: Client, settings: Config) -> PlainTextResponse:
+    """Prometheus text: per adapter and subscriber counters, backlogs, ages, latency histogram,
+    open dead letters, listeners up; stream lengths, group lag/pending/age and flows."""
+    config: BrokerConfig | None = request.app.state.config
+    addresses = [] if config is None else [(a.id, *a.host_port) for a in config.inbound("mllp")]
+    text = prometheus.prometheus_text(client, settings, listeners=lambda: listeners(addresses))
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
 

@@ -17,7 +17,7 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, timing
+from broker import keys, latency, timing
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -95,6 +95,7 @@ def drain_outbound(
             newly_held: set[str] = set()
             handled: list[str] = []
             batch_delivered = 0
+            latencies: list[float] = []
             pipe = client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
@@ -127,9 +128,8 @@ def drain_outbound(
                     handled.append(entry_id)
                     continue
                 started = timing.start(settings)
-                outcome = attempt(
-                    client, subscriber, sender, entry_id, Envelope.model_validate_json(raw)
-                )
+                envelope = Envelope.model_validate_json(raw)
+                outcome = attempt(client, subscriber, sender, entry_id, envelope)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 if outcome.retry_after is not None:
                     delay = outcome.retry_after
@@ -139,6 +139,7 @@ def drain_outbound(
                         ex=int(delay) + 60,
                     )
                     kicker.later(DRAIN_OUTBOUND, [sub, partition], delay)
+                    pipe.hincrby(keys.STATS, f"retried:{sub}", 1)
                     stopped = True
                     break
                 if outcome.dead and b"dead" in fields:
@@ -172,6 +173,7 @@ def drain_outbound(
                 else:
                     delivered += 1
                     batch_delivered += 1
+                    latencies.append(time.time() - envelope.received_at.timestamp())
                     if b"dead" in fields:
                         dead_letters.resolve(sub, fields[b"dead"].decode())
                 handled.append(entry_id)
@@ -180,6 +182,7 @@ def drain_outbound(
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
                 pipe.hdel(keys.ATTEMPTS + sub, *handled)
+                latency.observe(pipe, sub, latencies)
             pipe.execute()
             log.info("delivery.batch", route=sub, partition=partition, handled=len(handled))
             if stopped:
