@@ -20,7 +20,9 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
                                   failed (quarantined by the pipeline: parse, mapping or validation)
     pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
-    pl:incident:RULE:KEY hash     an open alert incident (broker.ops.alerts): opened_at, summary
+    pl:incidents         hash     open alert incidents (broker.ops.alerts): RULE:SUBJECT → JSON
+    pl:alert:since       hash     RULE:SUBJECT → epoch s since which the rule's condition holds
+    pl:alert:windows     hash     inbound adapter → its counters at the start of the error-rate window
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -35,9 +37,12 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
 from __future__ import annotations
 
 __all__ = [
+    "ALERT_SINCE",
+    "ALERT_WINDOWS",
     "ATTEMPTS",
     "AUDIT",
     "DELIVER_GROUP",
+    "INCIDENTS",
     "PIPELINE_GROUP",
     "PRESSURE",
     "QUARANTINE",
@@ -56,7 +61,6 @@ __all__ = [
     "held",
     "hold",
     "inbound",
-    "incident",
     "kick",
     "latency",
     "lock",
@@ -79,6 +83,9 @@ PRESSURE = "pl:pressure"
 RATES = "pl:rates"
 TIMINGS = "pl:timings"
 ATTEMPTS = "pl:attempts:"
+INCIDENTS = "pl:incidents"
+ALERT_SINCE = "pl:alert:since"
+ALERT_WINDOWS = "pl:alert:windows"
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -168,8 +175,3 @@ def dead_open(subscriber: str) -> str:
 def latency(subscriber: str) -> str:
     """The end-to-end latency histogram of ``subscriber`` (``broker.latency``)."""
     return f"pl:latency:{subscriber}"
-
-
-def incident(rule: str, key: str) -> str:
-    """An open incident of alert rule ``rule`` for ``key`` (a subscriber, an adapter or ``-``)."""
-    return f"pl:incident:{rule}:{key}"
