@@ -161,3 +161,16 @@ def test_every_alert_has_a_runbook_entry() -> None:
     text = (REPO_ROOT / "docs" / "operations.md").read_text()
     headings = {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("####")}
     assert set(_alert_expressions()) <= headings
+
+
+def test_a_replayed_dead_letter_is_delivered_counted_and_closed(broker: EagerBroker) -> None:
+    """The release of the held patient delivers Y's A01: in the counters and the histogram."""
+    [record] = broker.dead_letters.find(DMP)
+    broker.operations().replay(DMP, record["id"], who="test", why="synthetic")
+    broker.run()
+    assert broker.fhir_control_ids() == ["X-1", "Y-1"]
+    scrape = _scrape(broker)
+    assert scrape.get("passerelle_delivered_total", subscriber=DMP) == 2
+    assert scrape.get("passerelle_delivery_latency_seconds_count", subscriber=DMP) == 2
+    assert scrape.get("passerelle_subscriber_dead_letters_open", subscriber=DMP) == 0
+    assert scrape.get("passerelle_subscriber_parked", subscriber=DMP) == 0
