@@ -20,6 +20,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
                                   failed (quarantined by the pipeline: parse, mapping or validation)
     pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
+    pl:listening:SRC     string   host:port of inbound adapter SRC's MLLP listener while its process runs
+                                  (a heartbeat, expiring: broker.listen)
     pl:incidents         hash     open alert incidents (broker.ops.alerts): RULE:SUBJECT → JSON
     pl:alert:since       hash     RULE:SUBJECT → epoch s since which the rule's condition holds
     pl:alert:windows     hash     inbound adapter → its counters at the start of the error-rate window
@@ -63,6 +65,7 @@ __all__ = [
     "inbound",
     "kick",
     "latency",
+    "listening",
     "lock",
     "outbound",
     "parked",
@@ -175,3 +178,8 @@ def dead_open(subscriber: str) -> str:
 def latency(subscriber: str) -> str:
     """The end-to-end latency histogram of ``subscriber`` (``broker.latency``)."""
     return f"pl:latency:{subscriber}"
+
+
+def listening(source: str) -> str:
+    """The heartbeat of inbound adapter ``source``'s MLLP listener."""
+    return f"pl:listening:{source}"

@@ -14,7 +14,7 @@ from broker.ops import backlog
 from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
 from broker.ops.overview import overview as read_overview
-from broker.ops.processes import WorkerPing, listeners
+from broker.ops.processes import WorkerPing, listener_up, listeners
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -66,7 +66,14 @@ def metrics(request: Request, client: Client, settings: Config) -> PlainTextResp
     open dead letters, listeners up; stream lengths, group lag/pending/age and flows."""
     config: BrokerConfig | None = request.app.state.config
     addresses = [] if config is None else [(a.id, *a.host_port) for a in config.inbound("mllp")]
-    text = prometheus.prometheus_text(client, settings, listeners=lambda: listeners(addresses))
+
+    def probe() -> list[dict[str, Any]]:
+        return [
+            {"adapter": a, "accepting": listener_up(client, a, host, port)}
+            for a, host, port in addresses
+        ]
+
+    text = prometheus.prometheus_text(client, settings, listeners=probe)
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
 

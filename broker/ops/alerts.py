@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from broker import keys
 from broker.log import get_logger
 from broker.ops.notify import Notice, Notifier, send_all
-from broker.ops.processes import accepting
+from broker.ops.processes import listener_up
 from broker.ops.stats import group_stats
 from broker.yamlspec import load_model
 
@@ -147,7 +147,7 @@ def _conditions(
                 holding[("dead_letters", sub)] = (summary, dead.for_minutes)
     if (down := rules.listener_down) is not None:
         for adapter, host, port in listeners:
-            if not accepting(host, port):
+            if not listener_up(client, adapter, host, port):
                 summary = f"the listener of {adapter} on {host}:{port} accepts no connection"
                 holding[("listener_down", adapter)] = (summary, down.for_minutes)
     return holding

@@ -23,8 +23,9 @@ Series:
   any of its partitions), ``passerelle_subscriber_dead_letters_open{subscriber}`` (from the open
   index ``pl:dlopen:SUB``: no record is read) and the histogram
   ``passerelle_delivery_latency_seconds{subscriber}`` (received → delivered, ``pl:latency:SUB``).
-- ``passerelle_listener_up{adapter}``: 1 while an inbound MLLP adapter's address accepts a TCP
-  connection (probed at the scrape, when the collector is given the listeners).
+- ``passerelle_listener_up{adapter}``: 1 while an inbound MLLP adapter's listener is up: its
+  process's heartbeat is in Redis, or its address accepts a TCP connection from here (probed at
+  the scrape, when the collector is given the listeners).
 
 docs/operations.md ("Metrics and alerts") lists every series with its meaning.
 """
@@ -125,7 +126,7 @@ class QueueCollector:
         if self.listeners is not None:
             up = GaugeMetricFamily(
                 "passerelle_listener_up",
-                "1 while the inbound MLLP adapter's listener accepts connections, else 0.",
+                "1 while the inbound MLLP adapter's listener is up (heartbeat or accepting), else 0.",
                 labels=["adapter"],
             )
             for probe in self.listeners():

@@ -7,6 +7,7 @@ Real peers: Redis (the incidents live there), the drains and capture subscribers
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -22,13 +23,15 @@ from aiosmtpd.controller import Controller
 
 from broker import keys
 from broker.ack import read_ack
+from broker.config import load_config
 from broker.dispatch import DRAIN_OUTBOUND
 from broker.errors import SpecError
+from broker.listen import Listeners
 from broker.ops.alerts import AlertRules, evaluate, load_rules
 from broker.ops.housekeeping import check_alerts
 from broker.ops.notify import Notice, Webhook, send_all
 from broker.settings import Settings
-from broker.testing import EagerBroker, free_port
+from broker.testing import EagerBroker, free_port, write_adapter
 from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
@@ -304,3 +307,41 @@ def test_the_rules_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     assert (rules.error_rate.over, rules.error_rate.min_messages) == (0.2, 10)
     assert rules.listener_down is None
     assert load_rules(None) == AlertRules()
+
+
+def test_a_running_listener_beats_in_redis_so_it_is_up_from_another_host(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The listener process marks itself (pl:listening:SRC) while it runs, and unmarks on stop:
+    a probe that cannot reach its address (another container) still sees it up."""
+    port = free_port()
+    spec = {"id": "chu-rabat-adt", "name": "ADT", "direction": "inbound", "transport": "mllp"}
+    write_adapter(tmp_path / "adapters", {**spec, "listen": f"127.0.0.1:{port}"})
+    settings = Settings(data_dir=tmp_path, adapters_dir=tmp_path / "adapters", redis_url=redis_url)
+    listeners = Listeners(load_config(settings))
+    unreachable = [("chu-rabat-adt", "127.0.0.1", free_port())]  # not its address: only the beat
+    run: dict[str, Any] = {
+        "subscribers": [],
+        "inbound": [],
+        "listeners": unreachable,
+        "partitions": 1,
+        "channels": [],
+    }
+
+    async def started() -> None:
+        await listeners.start()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(started())
+        assert redis_client.get(keys.listening("chu-rabat-adt")) == f"127.0.0.1:{port}".encode()
+        assert 0 < redis_client.ttl(keys.listening("chu-rabat-adt")) <= 15
+        assert evaluate(redis_client, AlertRules(), **run, now=T0) == []
+        assert evaluate(redis_client, AlertRules(), **run, now=T0 + 120) == []
+        loop.run_until_complete(listeners.stop())
+    finally:
+        loop.close()
+    assert redis_client.exists(keys.listening("chu-rabat-adt")) == 0
+    assert evaluate(redis_client, AlertRules(), **run, now=T0 + 130) == []
+    [down] = evaluate(redis_client, AlertRules(), **run, now=T0 + 200)
+    assert (down.rule, down.status) == ("listener_down", "firing")
