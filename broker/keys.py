@@ -12,6 +12,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
     pl:dl:SUB            hash     dead-letter id → JSON record with its current status
     pl:dlopen:SUB        set      the ids of SUB's open dead letters (kept with each status change)
+    pl:dlopen:indexed    string   the open index was built from the records once (upgrade)
     pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
     pl:audit             stream   who replayed, discarded or edited what, when and why
@@ -43,6 +44,7 @@ __all__ = [
     "ALERT_WINDOWS",
     "ATTEMPTS",
     "AUDIT",
+    "DEAD_OPEN_INDEXED",
     "DELIVER_GROUP",
     "INCIDENTS",
     "PIPELINE_GROUP",
@@ -86,6 +88,7 @@ PRESSURE = "pl:pressure"
 RATES = "pl:rates"
 TIMINGS = "pl:timings"
 ATTEMPTS = "pl:attempts:"
+DEAD_OPEN_INDEXED = "pl:dlopen:indexed"
 INCIDENTS = "pl:incidents"
 ALERT_SINCE = "pl:alert:since"
 ALERT_WINDOWS = "pl:alert:windows"

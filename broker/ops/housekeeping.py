@@ -29,9 +29,19 @@ from broker.ops.stats import group_stats
 from broker.settings import Settings
 from broker.streams import has_work
 
-__all__ = ["check_alerts", "pressure", "rekick", "trim", "undone_floor"]
+__all__ = ["check_alerts", "index_dead_letters", "pressure", "rekick", "trim", "undone_floor"]
 
 log = get_logger(__name__)
+_INDEX_OPEN = """
+redis.call('DEL', KEYS[2])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if cjson.decode(all[i + 1])['status'] == 'open' then
+    redis.call('SADD', KEYS[2], all[i])
+  end
+end
+return redis.call('SCARD', KEYS[2])
+"""
 
 
 def rekick(
@@ -81,8 +91,27 @@ def rekick(
     trim(client, subscribers=subscribers, settings=settings)
     pressure(client, subscribers=subscribers, settings=settings)
     rates.record(client, registered=[sub.id for sub in subscribers], settings=settings)
+    index_dead_letters(client)
     check_alerts(client, adapters=adapters, subscribers=subscribers, settings=settings)
     return kicked
+
+
+def index_dead_letters(client: redis.Redis) -> int:
+    """Build the open dead letters' index from the records, once per Redis (an upgrade from a
+    version without it); return how many subscribers were indexed (0 once done).
+
+    A Lua script per subscriber, so no status change can slip between reading and indexing.
+    """
+    if not client.set(keys.DEAD_OPEN_INDEXED, b"1", nx=True):
+        return 0
+    index = client.register_script(_INDEX_OPEN)
+    prefix = keys.dead_records("")
+    found = [_stream_text(k) for k in client.scan_iter(match=f"{prefix}*", count=1_000)]
+    for key in found:
+        sub = key.removeprefix(prefix)
+        opened = index(keys=[key, keys.dead_open(sub)])
+        log.info("dead_letters.indexed", route=sub, open=opened)
+    return len(found)
 
 
 def check_alerts(
