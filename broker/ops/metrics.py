@@ -7,7 +7,8 @@ gives the same answer and the figures survive restarts.
 Series:
 
 - ``passerelle_<name>_total`` (counter): each counter ``name`` of ``pl:stats``; ``name:SUB``
-  has the label ``subscriber="SUB"``.
+  has the label ``subscriber="SUB"``. ``queued``, ``delivered``, ``retried`` and
+  ``dead_lettered`` are there for every subscriber with a queue, 0 until they count.
 - ``passerelle_stream_length{stream}``; ``passerelle_group_lag``, ``_pending``, ``_depth`` and
   ``_oldest_age_seconds`` ``{stream, group}``: every journal and subscriber stream.
 - ``passerelle_pipeline_*`` and ``passerelle_subscriber_*{subscriber}``: ``backlog``,
@@ -195,10 +196,19 @@ class QueueCollector:
         )
 
 
+_PER_SUBSCRIBER = ("queued", "delivered", "retried", "dead_lettered")
+"""Counters every known subscriber exports, at 0 before their first increment: a series that
+appears only at its first retry would hide that retry from ``increase()``."""
+
+
 def _counters(snap: Snapshot) -> Iterator[Metric]:
     """``pl:stats`` counters: ``name`` and ``name:SUB`` share ``passerelle_<name>_total``."""
     families: dict[str, Metric] = {}
-    for name, value in sorted(snap.counters.items()):
+    counters = dict(snap.counters)
+    for sub in {*snap.outbound, *snap.dead_letters}:
+        for base in _PER_SUBSCRIBER:
+            counters.setdefault(f"{base}:{sub}", 0)
+    for name, value in sorted(counters.items()):
         base, sep, subscriber = name.partition(":")
         metric = f"passerelle_{_metric_name(base)}"
         family = families.setdefault(
