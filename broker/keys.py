@@ -11,12 +11,21 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:quarantine        stream   journalled messages that failed parse/map/validation
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
     pl:dl:SUB            hash     dead-letter id → JSON record with its current status
+    pl:dlopen:SUB        set      the ids of SUB's open dead letters (kept with each status change)
+    pl:dlopen:indexed    string   the open index was built from the records once (upgrade)
     pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
     pl:audit             stream   who replayed, discarded or edited what, when and why
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
-    pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms
+    pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
+                                  failed (quarantined by the pipeline: parse, mapping or validation)
+    pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
+    pl:listening:SRC     string   host:port of inbound adapter SRC's MLLP listener while its process runs
+                                  (a heartbeat, expiring: broker.listen)
+    pl:incidents         hash     open alert incidents (broker.ops.alerts): RULE:SUBJECT → JSON
+    pl:alert:since       hash     RULE:SUBJECT → epoch s since which the rule's condition holds
+    pl:alert:windows     hash     inbound adapter → its counters at the start of the error-rate window
     pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
@@ -35,9 +44,13 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
 from __future__ import annotations
 
 __all__ = [
+    "ALERT_SINCE",
+    "ALERT_WINDOWS",
     "ATTEMPTS",
     "AUDIT",
+    "DEAD_OPEN_INDEXED",
     "DELIVER_GROUP",
+    "INCIDENTS",
     "PIPELINE_GROUP",
     "PRESSURE",
     "QUARANTINE",
@@ -53,6 +66,7 @@ __all__ = [
     "adapter_stats",
     "app_acks",
     "dead",
+    "dead_open",
     "dead_records",
     "dedupe",
     "envelope",
@@ -60,6 +74,8 @@ __all__ = [
     "hold",
     "inbound",
     "kick",
+    "latency",
+    "listening",
     "lock",
     "outbound",
     "parked",
@@ -84,6 +100,10 @@ WAKE = "pl:wake"
 STORE = "pl:store"
 STORE_GROUP = "store"
 ATTEMPTS = "pl:attempts:"
+DEAD_OPEN_INDEXED = "pl:dlopen:indexed"
+INCIDENTS = "pl:incidents"
+ALERT_SINCE = "pl:alert:since"
+ALERT_WINDOWS = "pl:alert:windows"
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -163,3 +183,18 @@ def lock(stream: str) -> str:
 def kick(stream: str) -> str:
     """Marker that a drain task for the stream is queued."""
     return f"pl:kick:{stream}"
+
+
+def dead_open(subscriber: str) -> str:
+    """The set of ``subscriber``'s open dead letters' ids."""
+    return f"pl:dlopen:{subscriber}"
+
+
+def latency(subscriber: str) -> str:
+    """The end-to-end latency histogram of ``subscriber`` (``broker.latency``)."""
+    return f"pl:latency:{subscriber}"
+
+
+def listening(source: str) -> str:
+    """The heartbeat of inbound adapter ``source``'s MLLP listener."""
+    return f"pl:listening:{source}"

@@ -3,15 +3,21 @@
 The MLLP server frames bytes; the ``HL7v2Intake`` decides what becomes of them. ``mllp_server``
 is the whole of the glue between the two: each frame's payload goes to the intake and the reply
 of its ``Outcome`` is framed back.
+
+While the servers run, a heartbeat marks each one in Redis (``pl:listening:SRC``, expiring after
+three housekeeping periods), so ``/metrics`` and the alerts know a listener is up even from
+another host or container than the listener's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import redis.asyncio
 
+from broker import keys
 from broker.adapters.mllp import Frame, MllpServer
 from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
@@ -65,6 +71,7 @@ class Listeners:
         config.watch()
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -86,12 +93,37 @@ class Listeners:
             await server.start()
             self.servers.append(server)
             log.info("listener.started", adapter=adapter.id, address=f"{host}:{server.port}")
+        await self._beat()
+        self._heartbeat = asyncio.create_task(self._beating())
+
+    async def _beat(self) -> None:
+        """Mark every running server in Redis for three housekeeping periods."""
+        if self.client is None:
+            return
+        ttl = max(1, int(self.settings.rekick_interval_s * 3))
+        pipe = self.client.pipeline(transaction=False)
+        for adapter, server in zip(self.adapters, self.servers, strict=False):
+            pipe.set(keys.listening(adapter.id), f"{adapter.host_port[0]}:{server.port}", ex=ttl)
+        await pipe.execute()
+
+    async def _beating(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rekick_interval_s)
+            try:
+                await self._beat()
+            except redis.RedisError as exc:  # Redis away for a moment: the next beat retries
+                log.warning("listener.heartbeat_failed", error=type(exc).__name__)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight messages finish (journal + ACK), close connections."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         for server in self.servers:
             await server.stop()
-        if self.client is not None:
+        if self.client is not None and self.adapters:
+            await self.client.delete(*[keys.listening(a.id) for a in self.adapters])
             await self.client.aclose()
         log.info("listener.stopped", adapters=len(self.servers))
 

@@ -125,6 +125,22 @@ class Settings(BaseSettings):
     """How long the store keeps delivery attempts, by when they were made."""
     store_retention_actions_s: int = Field(365 * 86_400, ge=60)
     """How long the store keeps operator actions (replay, discard…), by when they were taken."""
+    alerts_file: Path | None = None
+    """Passerelle's own alert rules (``broker.ops.alerts``), YAML; ``None``: the default rules."""
+    alert_webhook_url: str | None = None
+    """POST each incident's opening and recovery here as JSON; ``None``: no webhook."""
+    alert_webhook_timeout_s: float = Field(5.0, gt=0)
+    smtp_host: str | None = None
+    """Mail each incident's opening and recovery through this SMTP server; ``None``: no mail."""
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_from: str = "passerelle@localhost"
+    smtp_to: str = ""
+    """Recipients of the alert mails, comma-separated."""
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS before logging in."""
+    smtp_timeout_s: float = Field(10.0, gt=0)
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
 

@@ -15,7 +15,7 @@ from broker.ops import metrics as prometheus
 from broker.ops.health import readiness
 from broker.ops.overview import api_address, mapping_refs
 from broker.ops.overview import overview as read_overview
-from broker.ops.processes import WorkerPing
+from broker.ops.processes import WorkerPing, listener_up
 from broker.settings import Settings
 
 __all__ = ["get_redis", "router"]
@@ -62,9 +62,19 @@ def readyz(client: Client) -> JSONResponse:
     dependencies=[Depends(require_token)],
     response_class=PlainTextResponse,
 )
-def metrics(client: Client, settings: Config) -> PlainTextResponse:
-    """Prometheus text: counters, stream lengths, group lag/pending/age, backlogs and flows."""
-    text = prometheus.prometheus_text(client, settings)
+def metrics(request: Request, client: Client, settings: Config) -> PlainTextResponse:
+    """Prometheus text: per adapter and subscriber counters, backlogs, ages, latency histogram,
+    open dead letters, listeners up; stream lengths, group lag/pending/age and flows."""
+    config: BrokerConfig | None = request.app.state.config
+    addresses = [] if config is None else [(a.id, *a.host_port) for a in config.inbound("mllp")]
+
+    def probe() -> list[dict[str, Any]]:
+        return [
+            {"adapter": a, "accepting": listener_up(client, a, host, port)}
+            for a, host, port in addresses
+        ]
+
+    text = prometheus.prometheus_text(client, settings, listeners=probe)
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
 

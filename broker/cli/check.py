@@ -16,7 +16,8 @@ __all__ = ["check", "check_configuration"]
 
 
 def check(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
-    """Validate adapter registrations and mappings; print each problem as file:line: key: reason."""
+    """Validate adapter registrations, mappings and the alert rules (PASSERELLE_ALERTS_FILE);
+    print each problem as file:line: key: reason."""
     settings = load_settings(adapters=adapters, mappings=mappings)
     log_as_configured(settings)
     check_configuration(settings)
@@ -28,12 +29,16 @@ def check_configuration(settings: Settings) -> Config:
 
     Run by ``check`` and before ``serve``, ``listen``, ``worker`` and ``api`` start: each
     problem is ``file:line: key: reason`` (an outbound subscriber's ``hl7_version`` that no
-    outbound mapping writes among them), never a traceback.
+    outbound mapping writes among them), never a traceback. The alert rules file, when set, is
+    checked too (beat re-reads it at every run, and logs a later error instead).
     """
     from broker.config import load_config
     from broker.errors import BrokerError
+    from broker.ops.alerts import load_rules
 
     try:
-        return load_config(settings)
+        config = load_config(settings)
+        load_rules(settings.alerts_file)
+        return config
     except BrokerError as exc:
         fail(str(exc), every_line=True)

@@ -10,6 +10,9 @@ appended behind it instead of being sent, while every other patient goes on. Rep
 letter (as it was, or with a corrected payload) or discarding it *releases* the patient: the parked
 messages are delivered in order, and the hold is lifted only once the parked stream is empty.
 
+The ids of the open dead letters are kept in a set (``pl:dlopen:SUB``), changed in the same MULTI
+as the record's status, so ``/metrics`` and the overview count them without reading a record.
+
 Parking and lifting are Lua scripts, so a message can never be parked after the release that
 should have delivered it has finished.
 """
@@ -116,6 +119,7 @@ class DeadLetterStore:
         trail.state(
             pipe, subscriber, envelope_id, "dead_lettered", reason=reason, dead_letter=dead_id
         )
+        pipe.sadd(keys.dead_open(subscriber), dead_id)
         if holds:
             pipe.hset(keys.held(subscriber), patient, dead_id)
         if holds and park:
@@ -152,8 +156,19 @@ class DeadLetterStore:
         return json.loads(raw) if raw else None
 
     def save(self, record: dict[str, Any]) -> None:
-        """Write back a record after changing its status or history."""
-        self.client.hset(keys.dead_records(record["subscriber"]), record["id"], json.dumps(record))
+        """Write back a record after changing its status or history; the open index with it."""
+        subscriber, dead_id = record["subscriber"], record["id"]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.dead_records(subscriber), dead_id, json.dumps(record))
+        if record["status"] == "open":
+            pipe.sadd(keys.dead_open(subscriber), dead_id)
+        else:
+            pipe.srem(keys.dead_open(subscriber), dead_id)
+        pipe.execute()
+
+    def open_count(self, subscriber: str) -> int:
+        """How many of ``subscriber``'s dead letters are open (the index: no record is read)."""
+        return int(self.client.scard(keys.dead_open(subscriber)))
 
     def reopen(
         self, subscriber: str, dead_id: str, attempts: list[dict[str, Any]], reason: str

@@ -17,7 +17,7 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, timing, trail
+from broker import keys, latency, timing, trail
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -114,6 +114,7 @@ def drain_outbound(
             newly_held: set[str] = set()
             handled: list[str] = []
             batch_delivered = 0
+            latencies: list[float] = []
             pipe = client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
@@ -147,9 +148,8 @@ def drain_outbound(
                     handled.append(entry_id)
                     continue
                 started = timing.start(settings)
-                outcome = attempt(
-                    client, subscriber, sender, entry_id, Envelope.model_validate_json(raw)
-                )
+                envelope = Envelope.model_validate_json(raw)
+                outcome = attempt(client, subscriber, sender, entry_id, envelope)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 outcome.record(pipe, sub, envelope_id)
                 if outcome.retry_after is not None:
@@ -160,6 +160,7 @@ def drain_outbound(
                         ex=int(delay) + 60,
                     )
                     kicker.later(DRAIN_OUTBOUND, [sub, partition], delay)
+                    pipe.hincrby(keys.STATS, f"retried:{sub}", 1)
                     stopped = True
                     break
                 if outcome.dead and b"dead" in fields:
@@ -193,6 +194,7 @@ def drain_outbound(
                 else:
                     delivered += 1
                     batch_delivered += 1
+                    latencies.append(time.time() - envelope.received_at.timestamp())
                     if b"dead" in fields:
                         dead_letters.resolve(sub, fields[b"dead"].decode())
                 handled.append(entry_id)
@@ -201,6 +203,7 @@ def drain_outbound(
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
                 pipe.hdel(keys.ATTEMPTS + sub, *handled)
+                latency.observe(pipe, sub, latencies)
             # A short batch: most likely nothing more. Finish looks, in the commit's MULTI
             # (atomically with releasing the lock and clearing the kick flag, so no arrival is
             # missed). Not after a stop: leaving the lock releases it and clears the flag.

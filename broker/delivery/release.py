@@ -11,10 +11,12 @@ A plain function over Redis: the Celery task (``broker.worker.tasks``) and
 
 from __future__ import annotations
 
+import time
+
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys
+from broker import keys, latency
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import Outcome, attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -77,9 +79,10 @@ def release_patient(
                 envelope_id = fields[b"env"].decode()
                 raw: bytes | None = client.get(keys.envelope(envelope_id))  # type: ignore[assignment]
                 head_dead: bytes | None = client.hget(keys.held(sub), patient)  # type: ignore[assignment]
+                envelope = Envelope.model_validate_json(raw) if raw is not None else None
                 outcome = (
-                    attempt(client, subscriber, sender, entry_id, Envelope.model_validate_json(raw))
-                    if raw is not None
+                    attempt(client, subscriber, sender, entry_id, envelope)
+                    if envelope is not None
                     else Outcome(dead=True, reason="the envelope expired before delivery")
                 )
                 if raw is not None and not outcome.delivered:
@@ -105,6 +108,8 @@ def release_patient(
                 pipe.hdel(keys.ATTEMPTS + sub, entry_id)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
                 outcome.record(pipe, sub, envelope_id)
+                if envelope is not None:
+                    latency.observe(pipe, sub, [time.time() - envelope.received_at.timestamp()])
                 pipe.execute()
                 if head_dead is not None:
                     record = dead_letters.get(sub, head_dead.decode())

@@ -4,6 +4,8 @@
   or a dead worker costs a delay, never a message (docs/reliability.md §2).
 - :func:`trim` drops journal and queue entries older than the retention, never unfinished ones.
 - :func:`pressure` turns backpressure on while a backlog or Redis memory is over its limit.
+- :func:`check_alerts` evaluates Passerelle's own alert rules (:mod:`broker.ops.alerts`) and
+  notifies each incident's opening and recovery once.
 
 Plain functions over Redis: beat's task (``broker.worker.tasks``) and
 ``broker.testing.EagerBroker`` call them with the registrations, a kicker and the settings.
@@ -20,15 +22,26 @@ import redis
 from broker import keys, standby
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
+from broker.errors import SpecError
 from broker.log import get_logger
-from broker.ops import rates
+from broker.ops import alerts, notify, rates
 from broker.ops.stats import group_stats
 from broker.settings import Settings
 from broker.streams import has_work
 
-__all__ = ["pressure", "rekick", "trim", "undone_floor"]
+__all__ = ["check_alerts", "index_dead_letters", "pressure", "rekick", "trim", "undone_floor"]
 
 log = get_logger(__name__)
+_INDEX_OPEN = """
+redis.call('DEL', KEYS[2])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if cjson.decode(all[i + 1])['status'] == 'open' then
+    redis.call('SADD', KEYS[2], all[i])
+  end
+end
+return redis.call('SCARD', KEYS[2])
+"""
 
 
 def rekick(
@@ -42,7 +55,8 @@ def rekick(
     """Queue a drain for every stream with work and no live drainer (lost tasks, dead workers).
 
     A partition waiting out a retry's back-off (``pl:hold:SUB:P``) is left to its scheduled
-    retry. Then :func:`trim` and :func:`pressure` run, as beat's one periodic task.
+    retry. Then :func:`trim`, :func:`pressure`, the rates' sample and :func:`check_alerts`
+    run, as beat's one periodic task.
 
     Args:
         client: the broker's Redis.
@@ -57,6 +71,7 @@ def rekick(
     """
     kicked = standby.sweep(client, kicker)
     now = time.time()
+    adapters = list(adapters)
     for partition in range(settings.partitions):
         stream = keys.inbound(partition)
         if not client.exists(keys.lock(stream)) and has_work(client, stream, keys.PIPELINE_GROUP):
@@ -76,7 +91,59 @@ def rekick(
     trim(client, subscribers=subscribers, settings=settings)
     pressure(client, subscribers=subscribers, settings=settings)
     rates.record(client, registered=[sub.id for sub in subscribers], settings=settings)
+    index_dead_letters(client)
+    check_alerts(client, adapters=adapters, subscribers=subscribers, settings=settings)
     return kicked
+
+
+def index_dead_letters(client: redis.Redis) -> int:
+    """Build the open dead letters' index from the records, once per Redis (an upgrade from a
+    version without it); return how many subscribers were indexed (0 once done).
+
+    A Lua script per subscriber, so no status change can slip between reading and indexing.
+    """
+    if not client.set(keys.DEAD_OPEN_INDEXED, b"1", nx=True):
+        return 0
+    index = client.register_script(_INDEX_OPEN)
+    prefix = keys.dead_records("")
+    found = [_stream_text(k) for k in client.scan_iter(match=f"{prefix}*", count=1_000)]
+    for key in found:
+        sub = key.removeprefix(prefix)
+        opened = index(keys=[key, keys.dead_open(sub)])
+        log.info("dead_letters.indexed", route=sub, open=opened)
+    return len(found)
+
+
+def check_alerts(
+    client: redis.Redis,
+    *,
+    adapters: Iterable[AdapterSpec],
+    subscribers: Sequence[AdapterSpec],
+    settings: Settings,
+    now: float | None = None,
+) -> list[notify.Notice]:
+    """Evaluate the alert rules of ``settings.alerts_file`` (re-read each time: an edit applies
+    at the next run); an invalid file is logged with its file and line, and nothing evaluated.
+
+    Returns:
+        The notices sent (incidents opened or recovered by this run).
+    """
+    try:
+        rules = alerts.load_rules(settings.alerts_file)
+    except SpecError as exc:
+        log.error("alert.rules_invalid", error=str(exc))
+        return []
+    inbound = [a for a in adapters if a.direction == "inbound" and a.enabled]
+    return alerts.evaluate(
+        client,
+        rules,
+        subscribers=[sub.id for sub in subscribers],
+        inbound=[a.id for a in inbound],
+        listeners=[(a.id, *a.host_port) for a in inbound if a.transport == "mllp"],
+        partitions=settings.partitions,
+        channels=notify.notifiers(settings),
+        now=now,
+    )
 
 
 def pressure(

@@ -7,7 +7,8 @@ gives the same answer and the figures survive restarts.
 Series:
 
 - ``passerelle_<name>_total`` (counter): each counter ``name`` of ``pl:stats``; ``name:SUB``
-  has the label ``subscriber="SUB"``.
+  has the label ``subscriber="SUB"``. ``queued``, ``delivered``, ``retried`` and
+  ``dead_lettered`` are there for every subscriber with a queue, 0 until they count.
 - ``passerelle_stream_length{stream}``; ``passerelle_group_lag``, ``_pending``, ``_depth`` and
   ``_oldest_age_seconds`` ``{stream, group}``: every journal and subscriber stream.
 - ``passerelle_pipeline_*`` and ``passerelle_subscriber_*{subscriber}``: ``backlog``,
@@ -16,6 +17,18 @@ Series:
   ``parked``. A rate is left out while fewer than two samples cover the last minute.
 - ``passerelle_redis_memory_used_bytes``, ``_limit_bytes``, ``_growth_bytes_per_second``;
   ``passerelle_backpressure`` (1 while the listeners refuse new messages).
+- ``passerelle_adapter_received_total{adapter}``, ``passerelle_adapter_refused_total{adapter,
+  code}`` (the ACK code or HTTP status) and ``passerelle_adapter_mapping_failed_total{adapter}``
+  (quarantined by parse, mapping or validation): per inbound adapter (``pl:adapter:SRC``).
+- ``passerelle_subscriber_oldest_age_seconds{subscriber}`` (the oldest undelivered message of
+  any of its partitions), ``passerelle_subscriber_dead_letters_open{subscriber}`` (from the open
+  index ``pl:dlopen:SUB``: no record is read) and the histogram
+  ``passerelle_delivery_latency_seconds{subscriber}`` (received → delivered, ``pl:latency:SUB``).
+- ``passerelle_listener_up{adapter}``: 1 while an inbound MLLP adapter's listener is up: its
+  process's heartbeat is in Redis, or its address accepts a TCP connection from here (probed at
+  the scrape, when the collector is given the listeners).
+
+docs/operations.md ("Metrics and alerts") lists every series with its meaning.
 """
 
 from __future__ import annotations
@@ -23,17 +36,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from broker import keys
+from broker import keys, latency
+from broker.ops.overview import inbound_figures
 from broker.ops.rates import Flow, Sample, history, journal_flow, memory_growth, subscriber_flow
 from broker.ops.stats import Snapshot, snapshot
 from broker.settings import Settings
 
-__all__ = ["CONTENT_TYPE", "QueueCollector", "prometheus_text"]
+__all__ = ["CONTENT_TYPE", "QueueCollector", "adapters_seen", "prometheus_text"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """What :func:`prometheus_text` writes: the Prometheus text format 0.0.4."""
@@ -78,14 +98,22 @@ class QueueCollector:
         client: the broker's Redis.
         settings: ``partitions`` and the backpressure limits.
         clock: the current time in epoch seconds (tests fix it).
+        listeners: probes the inbound MLLP listeners (:func:`broker.ops.processes.listeners`:
+            ``adapter`` and ``accepting`` each); ``None``: no ``passerelle_listener_up``.
     """
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, *, clock: Callable[[], float] = time.time
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        listeners: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.clock = clock
+        self.listeners = listeners
 
     def collect(self) -> Iterator[Metric]:
         """Read Redis and yield every metric family (called at each scrape)."""
@@ -94,6 +122,17 @@ class QueueCollector:
         yield from _counters(snap)
         yield from _streams(snap)
         yield from self._flows(snap, [*samples, Sample.of(snap)])
+        yield from _adapters(self.client)
+        yield from _subscribers(self.client, snap)
+        if self.listeners is not None:
+            up = GaugeMetricFamily(
+                "passerelle_listener_up",
+                "1 while the inbound MLLP adapter's listener is up (heartbeat or accepting), else 0.",
+                labels=["adapter"],
+            )
+            for probe in self.listeners():
+                up.add_metric([probe["adapter"]], 1 if probe["accepting"] else 0)
+            yield up
 
     def _flows(self, snap: Snapshot, points: list[Sample]) -> Iterator[Metric]:
         pipeline = journal_flow(points, max_memory_ratio=self.settings.max_memory_ratio)
@@ -157,10 +196,19 @@ class QueueCollector:
         )
 
 
+_PER_SUBSCRIBER = ("queued", "delivered", "retried", "dead_lettered")
+"""Counters every known subscriber exports, at 0 before their first increment: a series that
+appears only at its first retry would hide that retry from ``increase()``."""
+
+
 def _counters(snap: Snapshot) -> Iterator[Metric]:
     """``pl:stats`` counters: ``name`` and ``name:SUB`` share ``passerelle_<name>_total``."""
     families: dict[str, Metric] = {}
-    for name, value in sorted(snap.counters.items()):
+    counters = dict(snap.counters)
+    for sub in {*snap.outbound, *snap.dead_letters}:
+        for base in _PER_SUBSCRIBER:
+            counters.setdefault(f"{base}:{sub}", 0)
+    for name, value in sorted(counters.items()):
         base, sep, subscriber = name.partition(":")
         metric = f"passerelle_{_metric_name(base)}"
         family = families.setdefault(
@@ -195,13 +243,92 @@ def _streams(snap: Snapshot) -> Iterator[Metric]:
         yield family
 
 
-def prometheus_text(client: redis.Redis, settings: Settings, *, now: float | None = None) -> str:
+def _adapters(client: redis.Redis) -> Iterator[Metric]:
+    """Per inbound adapter: received, refused per code, quarantined (``pl:adapter:SRC``)."""
+    received = CounterMetricFamily(
+        "passerelle_adapter_received",
+        "Messages the inbound adapter journalled (duplicates excluded).",
+        labels=["adapter"],
+    )
+    refused = CounterMetricFamily(
+        "passerelle_adapter_refused",
+        "Messages the inbound adapter refused, by ACK code (AE, AR) or HTTP status.",
+        labels=["adapter", "code"],
+    )
+    failed = CounterMetricFamily(
+        "passerelle_adapter_mapping_failed",
+        "Messages of the adapter quarantined by the pipeline (parse, mapping or validation).",
+        labels=["adapter"],
+    )
+    for adapter in adapters_seen(client):
+        figures = inbound_figures(client, adapter)
+        received.add_metric([adapter], figures["received"])
+        for code, count in figures["refused"].items():
+            refused.add_metric([adapter, code], count)
+        mapping_failed = client.hget(keys.adapter_stats(adapter), "failed")
+        failed.add_metric([adapter], int(mapping_failed or 0))
+    yield from (received, refused, failed)
+
+
+def adapters_seen(client: redis.Redis) -> list[str]:
+    """Inbound adapters with counters (``pl:adapter:SRC``), sorted."""
+    prefix = keys.adapter_stats("")
+    found = (
+        k.decode() if isinstance(k, bytes) else str(k)
+        for k in client.scan_iter(match=f"{prefix}*", count=1_000)
+    )
+    return sorted(k.removeprefix(prefix) for k in found)
+
+
+def _subscribers(client: redis.Redis, snap: Snapshot) -> Iterator[Metric]:
+    """Per subscriber: oldest undelivered age, open dead letters, the latency histogram."""
+    subscribers = sorted({*snap.outbound, *snap.dead_letters})
+    oldest = GaugeMetricFamily(
+        "passerelle_subscriber_oldest_age_seconds",
+        "Age of the oldest message queued for the subscriber and not delivered (0: none).",
+        labels=["subscriber"],
+    )
+    for sub in subscribers:
+        ages = [g.oldest_age_s for g in snap.outbound.get(sub, {}).values()]
+        oldest.add_metric([sub], max((a for a in ages if a is not None), default=0))
+    yield oldest
+    pipe = client.pipeline(transaction=False)
+    for sub in subscribers:
+        pipe.scard(keys.dead_open(sub))
+    dead_open = GaugeMetricFamily(
+        "passerelle_subscriber_dead_letters_open",
+        "Dead letters of the subscriber not yet replayed or discarded.",
+        labels=["subscriber"],
+    )
+    for sub, count in zip(subscribers, pipe.execute(), strict=True):
+        dead_open.add_metric([sub], int(count))
+    yield dead_open
+    histogram = HistogramMetricFamily(
+        "passerelle_delivery_latency_seconds",
+        "End-to-end latency: received by Passerelle to confirmed by the subscriber.",
+        labels=["subscriber"],
+    )
+    for sub, h in latency.read(client, subscribers).items():
+        buckets = [("+Inf" if math.isinf(b) else str(b), n) for b, n in h.buckets]
+        histogram.add_metric([sub], buckets, h.sum)
+    yield histogram
+
+
+def prometheus_text(
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    now: float | None = None,
+    listeners: Callable[[], list[dict[str, Any]]] | None = None,
+) -> str:
     """The Prometheus text exposition (format 0.0.4) of :class:`QueueCollector`.
 
     Args:
         client: the broker's Redis.
         settings: ``partitions`` and the backpressure limits.
         now: the current time in epoch seconds (for tests).
+        listeners: probes the inbound MLLP listeners (see :class:`QueueCollector`).
     """
     clock = time.time if now is None else (lambda: now)
-    return generate_latest(QueueCollector(client, settings, clock=clock)).decode()
+    collector = QueueCollector(client, settings, clock=clock, listeners=listeners)
+    return generate_latest(collector).decode()

@@ -17,7 +17,6 @@ figure of it is computed anywhere else. The queues come from :func:`broker.ops.b
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -84,10 +83,13 @@ def inbound_figures(client: redis.Redis, adapter: str) -> dict[str, Any]:
 
 def dead_letter_counts(client: redis.Redis, subscriber: str) -> tuple[int, int]:
     """The subscriber's dead letters: (still open, in all); replayed, delivered and discarded
-    ones are kept, with their status, until the retention trims them."""
-    records: Any = client.hvals(keys.dead_records(subscriber))
-    opened = sum(1 for raw in records if json.loads(raw).get("status") == "open")
-    return opened, len(records)
+    ones are kept, with their status, until the retention trims them. Read from the open index
+    (``pl:dlopen:SUB``) and the record hash's length: no record is read."""
+    pipe = client.pipeline(transaction=False)
+    pipe.scard(keys.dead_open(subscriber))
+    pipe.hlen(keys.dead_records(subscriber))
+    opened, total = pipe.execute()
+    return int(opened), int(total)
 
 
 def retrying(
@@ -113,9 +115,12 @@ def _rejected(reload: RejectedReload | None) -> dict[str, Any] | None:
     return {"at": reload.at, "file": reload.file, "line": reload.line, "reason": reload.reason}
 
 
-def _listeners(sources: Sequence[AdapterSpec], api: tuple[str, int] | None) -> list[dict[str, Any]]:
-    """Each enabled inbound adapter's listener, probed once: an MLLP adapter's own address, an
-    HTTP adapter's the API's (not listed when ``api`` is ``None``)."""
+def _listeners(
+    client: redis.Redis, sources: Sequence[AdapterSpec], api: tuple[str, int] | None
+) -> list[dict[str, Any]]:
+    """Each enabled inbound adapter's listener, probed once: its heartbeat in Redis, or it
+    accepts a connection (an MLLP adapter's own address, an HTTP adapter's the API's; not listed
+    when ``api`` is ``None``), as ``/metrics`` and the alerts say."""
     addresses: list[tuple[str, str, int]] = []
     for source in sources:
         if not source.enabled:
@@ -124,7 +129,7 @@ def _listeners(sources: Sequence[AdapterSpec], api: tuple[str, int] | None) -> l
             addresses.append((source.id, *source.host_port))
         elif source.transport == "http" and api is not None:
             addresses.append((source.id, *api))
-    return listeners(addresses)
+    return listeners(addresses, client)
 
 
 def overview(
@@ -197,7 +202,7 @@ def overview(
                 "flow": q.get("flow"),
             }
         )
-    probed = _listeners(registered_sources, api) if probe else []
+    probed = _listeners(client, registered_sources, api) if probe else []
     up = {listener["adapter"]: listener["accepting"] for listener in probed}
     source_ids = list(dict.fromkeys([*(a.id for a in registered_sources), *_adapters_seen(client)]))
     inbound = []

@@ -4,7 +4,8 @@ Two live probes, no bookkeeping of their own: an inbound MLLP adapter's listener
 address accepts a TCP connection (opened and closed at once: no frame, nothing logged), and the
 Celery workers are those that answer a remote-control ping. Both are read from the process that
 asks (the API), so a listener bound on another host of a scaled-out deployment shows as not
-accepting from here.
+accepting from here. :func:`listener_up` (``/metrics`` and the alerts) also takes the listener
+process's heartbeat in Redis (``pl:listening:SRC``, :mod:`broker.listen`) as proof of life.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PROBE_TIMEOUT_S", "WorkerPing", "accepting", "listeners"]
+import redis
+
+from broker import keys
+
+__all__ = ["PROBE_TIMEOUT_S", "WorkerPing", "accepting", "listener_up", "listeners"]
 
 PROBE_TIMEOUT_S = 0.5
 _ANY = {"", "0.0.0.0", "::"}
@@ -32,10 +37,29 @@ def accepting(host: str, port: int, *, timeout: float = PROBE_TIMEOUT_S) -> bool
         return False
 
 
-def listeners(addresses: Sequence[tuple[str, str, int]]) -> list[dict[str, Any]]:
-    """Each inbound MLLP adapter's listener: ``(adapter, host, port)`` → adapter, address, up."""
+def listener_up(client: redis.Redis, adapter: str, host: str, port: int) -> bool:
+    """Whether the adapter's listener is up: its heartbeat is in Redis, or it accepts from here."""
+    return bool(client.exists(keys.listening(adapter))) or accepting(host, port)
+
+
+def listeners(
+    addresses: Sequence[tuple[str, str, int]], client: redis.Redis | None = None
+) -> list[dict[str, Any]]:
+    """Each inbound adapter's listener: ``(adapter, host, port)`` → adapter, address, up.
+
+    With ``client``, up as :func:`listener_up` says (the heartbeat, or accepting from here), the
+    answer ``/metrics`` and the alerts give; without, accepting from here only.
+    """
     return [
-        {"adapter": adapter, "address": f"{host}:{port}", "accepting": accepting(host, port)}
+        {
+            "adapter": adapter,
+            "address": f"{host}:{port}",
+            "accepting": (
+                accepting(host, port)
+                if client is None
+                else listener_up(client, adapter, host, port)
+            ),
+        }
         for adapter, host, port in addresses
     ]
 

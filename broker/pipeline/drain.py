@@ -131,6 +131,7 @@ def drain_inbound(
                 envelope, destinations = process(received, raw, mappings(), adapters, subscribers)
                 timing.mapped(pipe, settings, entry_id, envelope.id, started)
                 if envelope.state is MessageState.FAILED:
+                    pipe.hincrby(keys.adapter_stats(envelope.source), "failed", 1)
                     pipe.xadd(
                         keys.QUARANTINE,
                         {

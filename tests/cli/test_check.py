@@ -42,3 +42,16 @@ class TestCheck:
         # The program name may lead the line (`passerelle: `), as in `grep: file: ...`.
         pattern = rf"^(?:passerelle: )?{re.escape(str(path))}:{line}: colour: \S"
         assert re.match(pattern, run.stderr), run.stderr
+
+    def test_an_invalid_alert_rules_file_is_reported_as_file_line_key(self, tmp_path):
+        """PASSERELLE_ALERTS_FILE with a misspelt rule: exit 1, one line `<file>:2: key: ...`."""
+        rules = tmp_path / "alerts.yaml"
+        rules.write_text("dead_letters: {}\nlistner_down: null\n")
+        env = {"PASSERELLE_ALERTS_FILE": str(rules)}
+        run = cli("check", "--adapters", str(REPO_ROOT / "adapters"), env=env)
+        assert run.code == 1, run
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        pattern = rf"^(?:passerelle: )?{re.escape(str(rules))}:2: listner_down: unknown key"
+        assert re.match(pattern, run.stderr), run.stderr
+        rules.write_text("listener_down: null\n")
+        assert cli("check", "--adapters", str(REPO_ROOT / "adapters"), env=env).code == 0

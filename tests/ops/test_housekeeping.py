@@ -12,6 +12,8 @@ every ``rekick_interval_s`` (``tests/worker/test_celery_app.py``).
 
 from __future__ import annotations
 
+import redis
+
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND
@@ -151,3 +153,42 @@ def test_the_retention_trim_cuts_finished_entries_and_keeps_unfinished_ones(make
     assert client.xlen(done) == 0
     assert [i for i, _ in client.xrange(pending)] == [b"1-0", b"2-0"]
     assert [i for i, _ in client.xrange(unread)] == [b"1-0"]
+
+
+def test_dead_letters_recorded_before_the_open_index_are_indexed_once(
+    redis_client: redis.Redis,
+) -> None:
+    """An upgrade: records without pl:dlopen:SUB; housekeeping builds it once, from the status."""
+    from broker.delivery.dead_letter import DeadLetterStore
+    from broker.ops.housekeeping import index_dead_letters
+
+    store = DeadLetterStore(redis_client)
+    pipe = redis_client.pipeline(transaction=True)
+    ids = [
+        store.add(
+            pipe,
+            subscriber="dmp",
+            envelope_id=f"e{n}",
+            envelope_json=b'{"id": "e"}',
+            partition=0,
+            patient="",
+            entry_id=f"{n}-0",
+            reason="synthetic",
+            attempts=[],
+            hold=False,
+        )
+        for n in range(3)
+    ]
+    pipe.execute()
+    record = store.get("dmp", ids[0])
+    assert record is not None
+    record["status"] = "discarded"
+    store.save(record)
+    assert store.open_count("dmp") == 2
+    redis_client.delete(keys.dead_open("dmp"))  # as a version without the index left it
+    assert store.open_count("dmp") == 0
+    assert index_dead_letters(redis_client) == 1
+    assert redis_client.smembers(keys.dead_open("dmp")) == {ids[1].encode(), ids[2].encode()}
+    redis_client.delete(keys.dead_open("dmp"))
+    assert index_dead_letters(redis_client) == 0  # once per Redis
+    assert store.open_count("dmp") == 0

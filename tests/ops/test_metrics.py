@@ -135,3 +135,18 @@ def test_backpressure_on_is_one(redis_client: redis.Redis) -> None:
     redis_client.set(keys.PRESSURE, "subscriber dmp has over 10 messages waiting")
     series, _ = _parse(prometheus_text(redis_client, Settings(partitions=1)))
     assert series[("passerelle_backpressure", _labels())] == 1
+
+
+def test_a_subscriber_counts_zero_before_its_first_retry_or_dead_letter(
+    redis_client: redis.Redis,
+) -> None:
+    """A queue is enough for its per-subscriber counters to exist: increase() sees the first."""
+    redis_client.hset(keys.STATS, mapping={f"delivered:{DMP}": 2})
+    redis_client.xadd(keys.outbound(DMP, 0), {"env": "e"})
+    series, _ = _parse(prometheus_text(redis_client, Settings(partitions=1)))
+    dmp = _labels(subscriber=DMP)
+    assert series[("passerelle_delivered_total", dmp)] == 2
+    assert series[("passerelle_retried_total", dmp)] == 0
+    assert series[("passerelle_dead_lettered_total", dmp)] == 0
+    assert series[("passerelle_subscriber_dead_letters_open", dmp)] == 0
+    assert ("passerelle_retried_total", _labels(subscriber=LAB)) not in series
