@@ -234,9 +234,14 @@ def socket_owners(pids: Iterable[int], local_port: int, remote_port: int) -> set
     return owners
 
 
-def busy_drainer(stack: LoopbackStack, pool: list[int]) -> tuple[int, HeldRequest] | None:
-    """A pool process with a POST held at the FHIR capture right now, and that request."""
+def busy_drainer(
+    stack: LoopbackStack, pool: list[int], exclude: frozenset[tuple[tuple[str, int], bytes]]
+) -> tuple[int, HeldRequest] | None:
+    """A pool process with a POST held at the FHIR capture right now, and that request; not one
+    of ``exclude`` (requests held before the latency went up, answered any moment)."""
     for held in stack.fhir.in_flight():
+        if (held.peer, held.body) in exclude:
+            continue
         owners = socket_owners(pool, held.peer[1], stack.fhir.port)
         if len(owners) == 1:
             return owners.pop(), held
@@ -307,10 +312,13 @@ def test_a_killed_busy_pool_worker_loses_nothing_and_keeps_patient_order(tmp_pat
         # Hold each POST 1.5 s (under the 2 s delivery timeout) so a drain in progress can be
         # caught: the victim is the pool process whose request the FHIR server holds now.
         stack.fhir.latency_s = 1.5
+        # Requests already held were held for the old latency: killing their sender would race
+        # their answer (seen on a loaded machine). Only a request held 1.5 s is a target.
+        short = frozenset((r.peer, r.body) for r in stack.fhir.in_flight())
         caught: list[tuple[int, HeldRequest]] = []
 
         def catch() -> bool:
-            hit = busy_drainer(stack, victims)
+            hit = busy_drainer(stack, victims, short)
             if hit is not None:
                 caught.append(hit)
             return hit is not None
