@@ -91,6 +91,8 @@ NOT_IMPORTED = {
     # Celery's Redis broker is kombu's transport: its `redis` extra brings what that transport
     # imports (packaging, redis), which `celery[redis]` alone did not guarantee (issue 8).
     "kombu",
+    # redis-py imports hiredis itself when it is installed (its C reply parser).
+    "hiredis",
 }
 
 
