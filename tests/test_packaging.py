@@ -94,6 +94,8 @@ NOT_IMPORTED = {
     # SQLAlchemy's PostgreSQL driver for `postgresql+psycopg://` store URLs (broker/store/db.py):
     # loaded by SQLAlchemy from the URL, never imported by name.
     "psycopg",
+    # redis-py imports hiredis itself when it is installed (its C reply parser).
+    "hiredis",
 }
 
 
