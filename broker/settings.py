@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     production; ``None``: SQLite in ``data_dir/store.sqlite3`` (WAL)."""
     store_batch_size: int = Field(500, ge=1)
     """Records the store writer reads and commits in one transaction."""
+    store_linger_s: float = Field(0.5, ge=0)
+    """After a batch shorter than ``store_batch_size``, the writer lets records gather this long
+    before it reads again: at light load a transaction then carries many messages, not one
+    (the store is that much later; the ACK path never waits for it)."""
     store_retention_messages_s: int = Field(90 * 86_400, ge=60)
     """How long the store keeps a message (raw, canonical, identifiers, per-subscriber states)."""
     store_retention_attempts_s: int = Field(90 * 86_400, ge=60)

@@ -8,6 +8,8 @@ refused at the edge. What is asserted is what the store answers, against what th
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
@@ -209,3 +211,34 @@ def test_a_message_that_failed_mapping_is_stored_failed_with_why(make_broker):
     assert (item["control_id"], item["deliveries"]) == ("NOPID-1", [])
     assert item["reason"]
     assert trace(broker.store, item["id"])["raw"].startswith("MSH|")
+
+
+def test_the_running_writer_lets_records_gather_and_still_stops_at_once(make_broker):
+    """After a short batch the writer waits ``store_linger_s`` for more (one transaction per
+    message at light load cost ~4.6 ms of CPU each); a stop ends that wait, nothing unwritten."""
+    from broker.store import StoreWriter
+
+    broker = make_broker(store_linger_s=3600)
+    x, _ = _two_adults()
+    broker.receive(adt(x, "A01", control_id="LG-1"))
+    broker.run()
+    writer = StoreWriter(broker.client, broker.store, broker.settings)
+    wrote = threading.Event()
+    original = writer.write_batch
+
+    def write_batch(block_ms=None):
+        written = original(block_ms=block_ms)
+        if written:
+            wrote.set()
+        return written
+
+    writer.write_batch = write_batch
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop.is_set,), kwargs={"block_ms": 50})
+    thread.start()
+    assert wrote.wait(30), "the running writer wrote nothing"
+    (item,) = search(broker.store, Search(control_id="LG-1")).items
+    assert item["deliveries"]
+    stop.set()  # it is lingering now (an hour): the stop must end it
+    thread.join(30)
+    assert not thread.is_alive(), "the writer did not stop while letting records gather"
