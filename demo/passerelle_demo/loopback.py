@@ -142,8 +142,15 @@ class LoopbackStack:
         LoopbackStack.running.discard(self)
 
     def api_client(self, timeout: float = 30) -> httpx.Client:
-        """An HTTP client for the stack's API, with its bearer token; close it (``with``)."""
+        """An HTTP client for the stack's API, with its bearer token; close it (``with``).
+
+        Waits for the API to accept connections first: the stack's start waits for the MLLP
+        listener only, and on a loaded machine the API process may still be starting.
+        """
         assert self.settings is not None, "start the stack first"
+        if not wait_for_port("127.0.0.1", self.settings.http_port, timeout):
+            msg = f"the API did not start; logs:\n{self.logs()}"
+            raise RuntimeError(msg)
         return httpx.Client(
             base_url=f"http://127.0.0.1:{self.settings.http_port}",
             headers={"Authorization": f"Bearer {API_TOKEN}"},
