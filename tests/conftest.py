@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 import redis
 
+from broker.ack import read_ack
 from broker.testing import EagerBroker, PrivateRedis
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers import FhirCapture, MllpCapture
+from passerelle_demo.synthetic import adt, patients
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""
@@ -162,3 +164,14 @@ def make_broker(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> It
     yield make
     for broker in reversed(started):
         broker.stop()
+
+
+@pytest.fixture
+def written(make_broker):
+    """(tests/api, tests/cli: the message store's search and trace) A broker whose one ADT (CL-1) was delivered to both subscribers and stored (SQLite)."""
+    broker = make_broker()
+    patient = next(p for p in patients(5, seed=88) if p.cin)
+    assert read_ack(broker.receive(adt(patient, "A01", control_id="CL-1"))).code == "AA"
+    broker.run()
+    broker.write_store()
+    return broker, patient

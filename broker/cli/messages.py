@@ -135,13 +135,18 @@ def search(
         typer.echo(f"more: --before {page.next}")
 
 
+def _found(found: dict[str, Any] | None, message_id: str) -> dict[str, Any]:
+    """What the store found, or exit 1 with one line."""
+    if found is None:
+        fail(f"no message {message_id} in the store (unknown, not written yet, or purged)")
+    return found
+
+
 def show(message_id: IdArg, as_json: JsonOpt = False, data_dir: DataDirOpt = None) -> None:
     """One message: where it came from, its patient identifiers, each subscriber's state."""
     from broker.store import show as run_show
 
-    found = run_show(_engine(data_dir), message_id)
-    if found is None:
-        fail(f"no message {message_id} in the store (unknown, not written yet, or purged)")
+    found = _found(run_show(_engine(data_dir), message_id), message_id)
     if as_json:
         print_json(found)
         return
@@ -162,9 +167,7 @@ def trace(message_id: IdArg, as_json: JsonOpt = False, data_dir: DataDirOpt = No
     """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
     from broker.store import trace as run_trace
 
-    found = run_trace(_engine(data_dir), message_id)
-    if found is None:
-        fail(f"no message {message_id} in the store (unknown, not written yet, or purged)")
+    found = _found(run_trace(_engine(data_dir), message_id), message_id)
     if as_json:
         print_json(found)
         return

@@ -7,23 +7,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from broker import keys
-from broker.ack import read_ack
 from broker.api import create_app
-from passerelle_demo.synthetic import adt, patients
 
 TOKEN = "synthetic-store-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def written(make_broker):
-    """A broker whose one ADT (CL-1) was delivered to both subscribers and stored (SQLite)."""
-    broker = make_broker()
-    patient = next(p for p in patients(5, seed=88) if p.cin)
-    assert read_ack(broker.receive(adt(patient, "A01", control_id="CL-1"))).code == "AA"
-    broker.run()
-    broker.write_store()
-    return broker, patient
 
 
 @pytest.fixture

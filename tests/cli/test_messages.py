@@ -6,20 +6,7 @@ import json
 
 import pytest
 
-from broker.ack import read_ack
 from broker.testing import run_cli
-from passerelle_demo.synthetic import adt, patients
-
-
-@pytest.fixture
-def written(make_broker):
-    """A broker whose one ADT (CL-1) was delivered to both subscribers and stored (SQLite)."""
-    broker = make_broker()
-    patient = next(p for p in patients(5, seed=88) if p.cin)
-    assert read_ack(broker.receive(adt(patient, "A01", control_id="CL-1"))).code == "AA"
-    broker.run()
-    broker.write_store()
-    return broker, patient
 
 
 def _env(broker):
