@@ -196,6 +196,8 @@ class _Sampler:
             "mapping_backlog": received - sum(delta(s) for s in _MAPPED_STATES),
             # Journal drains handed to a worker in standby (broker/standby.py), not a task.
             "standby": delta("standby"),
+            # Delivery drains handed to a worker in standby (broker.standby.hand), not a task.
+            "standby_delivery": delta("standby_delivery"),
             "backlog": {s: expected - delta(f"delivered:{s}") for s in self.scenario.subscribers},
         }
         self.samples.append(point)
@@ -498,10 +500,12 @@ def print_report(rows: list[dict[str, Any]]) -> None:
         print(f"CPU ms per message, {r['label']} at {r['rate']:g}/s: {parts}")
     print()
     for r in rows:
-        handed = r["samples"][-1].get("standby", 0) if r["samples"] else 0
+        last = r["samples"][-1] if r["samples"] else {}
+        handed, deliveries = last.get("standby", 0), last.get("standby_delivery", 0)
         print(
-            f"Journal drains handed to a worker in standby, {r['label']} at {r['rate']:g}/s: "
-            f"{handed} ({100 * handed / max(1, r['offered']):.0f} per 100 messages)"
+            f"Handed to a worker in standby, {r['label']} at {r['rate']:g}/s: journal drains "
+            f"{handed} ({100 * handed / max(1, r['offered']):.0f} per 100 messages), delivery "
+            f"drains {deliveries} ({100 * deliveries / max(1, r['offered']):.0f} per 100)"
         )
     print()
     names = ("ACK (sender)", *HOPS, "receiver → reply", "end to end")

@@ -11,6 +11,7 @@ same atomic script. So arrivals queue a task only when no drain is queued or run
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -70,12 +71,24 @@ def publish(celery: Any, task: str, args: list[Any], countdown: float | None = N
             )
 
 
-class Kicker:
-    """Synchronous kicks, used inside Celery tasks."""
+Hand = Callable[[redis.Redis, str, list[Any]], bool]
+"""Gives a drain whose kick flag is set to a worker in standby; False when none is free."""
 
-    def __init__(self, celery: Any, client: redis.Redis) -> None:
+
+class Kicker:
+    """Synchronous kicks, used inside Celery tasks.
+
+    Args:
+        celery: the Celery app tasks are published with.
+        client: the broker's Redis.
+        hand: tried before publishing a drain whose flag is set (``broker.standby.hand``: a
+            waiting worker runs it, no Celery hop); ``None``: always publish.
+    """
+
+    def __init__(self, celery: Any, client: redis.Redis, hand: Hand | None = None) -> None:
         self.celery = celery
         self.client = client
+        self.hand = hand
 
     def kick(
         self, task: str, args: list[Any], *, force: bool = False, countdown: float = 0
@@ -98,7 +111,10 @@ class Kicker:
 
     def queue(self, task: str, args: list[Any]) -> None:
         """Queue ``task(*args)`` whose kick flag is already set (by :meth:`flag`, or a drainer
-        handing over when its time budget is spent)."""
+        handing over when its time budget is spent): to a worker in standby if one is free,
+        otherwise to Celery."""
+        if self.hand is not None and self.hand(self.client, task, args):
+            return
         publish(self.celery, task, args)
 
     def later(self, task: str, args: list[Any], delay: float) -> None:

@@ -9,6 +9,13 @@ journal append (one Lua call, ``broker.intake.journal``) that sets a partition's
 hands the partition to such a waiter when one is free, and then queues no task. Under load
 there is no free waiter and every kick goes through Celery as before.
 
+Delivery drains are handed over the same way (:func:`hand`, called by
+``broker.dispatch.Kicker.queue``): a journal drain that fed two subscribers' queues runs one
+delivery drain itself and hands the other to a waiter, so the two sends run side by side instead
+of one after the other, and the delivery drains a busy journal drain kicks while it reads on
+go to waiting workers before Celery. ``pl:wake`` holds both kinds (:func:`wake_item`): a
+journal partition as its number, a delivery drain as ``o:SUBSCRIBER:PARTITION``.
+
 The protocol keeps the kick-flag rule of ``broker.dispatch`` (a fresh flag means exactly one
 drain is owed for the partition) and loses no hand-over:
 
@@ -37,14 +44,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from broker import keys
-from broker.dispatch import DRAIN_INBOUND, QUEUE, Kicker
+from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, QUEUE, Kicker, publish
 from broker.log import get_logger
 
-__all__ = ["LAPSE_S", "SLICE_S", "stand_by", "sweep"]
+__all__ = ["LAPSE_S", "SLICE_S", "hand", "stand_by", "sweep", "wake_item", "wake_task"]
 
 log = get_logger(__name__)
 
@@ -86,26 +95,75 @@ end
 return redis.call('LPOP', KEYS[2], extra)
 """
 
+# KEYS: pl:standby, pl:wake, pl:stats. ARGV: the wake item. Hand it to a waiter when live waiters
+# outnumber what was handed to them already (the journal append's rule); 1 when handed.
+_HAND = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+if redis.call('ZCOUNT', KEYS[1], now, '+inf') > redis.call('LLEN', KEYS[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'standby_delivery', 1)
+  return 1
+end
+return 0
+"""
+_HAND_SCRIPT = Script(None, _HAND.encode())  # type: ignore[arg-type]
+"""Run by EVALSHA: the text goes to each Redis server once."""
+
+
+def wake_item(task: str, args: list[Any]) -> str | None:
+    """How ``pl:wake`` names the drain ``task(*args)``; ``None`` for a task standby cannot run."""
+    if task == DRAIN_INBOUND:
+        return str(int(args[0]))
+    if task == DRAIN_OUTBOUND:
+        return f"o:{args[0]}:{int(args[1])}"
+    return None
+
+
+def wake_task(item: bytes | str) -> tuple[str, list[Any]]:
+    """The drain task a ``pl:wake`` item stands for (the inverse of :func:`wake_item`)."""
+    text = item.decode() if isinstance(item, bytes) else item
+    if text.startswith("o:"):
+        _, subscriber, partition = text.split(":")
+        return DRAIN_OUTBOUND, [subscriber, int(partition)]
+    return DRAIN_INBOUND, [int(text)]
+
+
+def hand(client: redis.Redis, task: str, args: list[Any]) -> bool:
+    """Hand the drain ``task(*args)``, whose kick flag is set, to a waiting worker if one is free.
+
+    Returns:
+        True when a waiter will run it (no Celery task to queue); False when the caller must
+        queue it as before.
+    """
+    item = wake_item(task, args)
+    if item is None:
+        return False
+    return bool(
+        _HAND_SCRIPT(keys=[keys.STANDBY, keys.WAKE, keys.STATS], args=[item], client=client)
+    )
+
 
 def stand_by(
     client: redis.Redis,
     *,
-    drain: Callable[[int], object],
+    run: Callable[[str, list[Any]], object],
     kicker: Kicker,
     budget_s: float,
     most_waiters: int,
 ) -> int:
-    """Wait up to ``budget_s`` for journal partitions handed over by the append; drain each.
+    """Wait up to ``budget_s`` for drains handed over (:func:`wake_task`); run each.
 
     Args:
         client: the broker's Redis.
-        drain: drains one journal partition (and delivers what it fed), as a drain task does.
-        kicker: queues the drain tasks of the partitions this waiter leaves behind.
+        run: runs one drain ``run(task, args)`` as its Celery task would: a journal partition
+            (and the deliveries it fed), or one subscriber partition's delivery drain.
+        kicker: queues the drain tasks this waiter leaves behind.
         budget_s: how long to stay, drains included; 0 or less: return at once.
         most_waiters: how many processes may wait at once (keep one for Celery's tasks).
 
     Returns:
-        How many partitions were drained here.
+        How many drains were run here.
     """
     if budget_s <= 0 or most_waiters <= 0:
         return 0
@@ -122,7 +180,7 @@ def stand_by(
             if popped is None:
                 continue
             client.zrem(keys.STANDBY, member)
-            drain(int(popped[1]))
+            run(*wake_task(popped[1]))
             drained += 1
     finally:
         _requeue(kicker, leave(keys=[keys.STANDBY, keys.WAKE], args=[member]))
@@ -130,7 +188,7 @@ def stand_by(
 
 
 def sweep(client: redis.Redis, kicker: Kicker) -> int:
-    """Queue the drain tasks of partitions in ``pl:wake`` that no live waiter will take.
+    """Queue the drain tasks in ``pl:wake`` that no live waiter will take.
 
     The periodic re-kick runs it: a worker killed while waiting leaves its hand-overs behind.
     """
@@ -138,10 +196,10 @@ def sweep(client: redis.Redis, kicker: Kicker) -> int:
     return _requeue(kicker, leave(keys=[keys.STANDBY, keys.WAKE], args=[""]))
 
 
-def _requeue(kicker: Kicker, partitions: list[bytes] | None) -> int:
-    """Queue a drain task for each partition left in ``pl:wake`` (its kick flag is set)."""
-    for partition in partitions or []:
-        kicker.queue(DRAIN_INBOUND, [int(partition)])
-    if partitions:
-        log.info("standby.requeued", partitions=len(partitions))
-    return len(partitions or [])
+def _requeue(kicker: Kicker, items: list[bytes] | None) -> int:
+    """Queue a Celery task for each drain left in ``pl:wake`` (its kick flag is set)."""
+    for item in items or []:
+        publish(kicker.celery, *wake_task(item))
+    if items:
+        log.info("standby.requeued", drains=len(items))
+    return len(items or [])

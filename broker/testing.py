@@ -332,6 +332,7 @@ class EagerBroker:
         """Start the peers, write the registrations, load the configuration, connect."""
         import redis as redis_sync
 
+        from broker import standby
         from broker.config import load_config
         from broker.dispatch import Kicker
         from broker.mapping import MappingSet
@@ -365,7 +366,9 @@ class EagerBroker:
             mappings = _MAPPINGS[roots] = MappingSet.load(roots)
         config = load_config(settings, mappings=mappings)
         client = redis_sync.Redis.from_url(settings.effective_redis_url)
-        self._parts = _EagerParts(config, client, Kicker(self.celery, client))
+        # As a worker's (broker.worker.runtime): drains go to a worker in standby first.
+        hand = standby.hand if settings.standby_s > 0 else None
+        self._parts = _EagerParts(config, client, Kicker(self.celery, client, hand))
 
     def stop(self) -> None:
         """Close the senders and connections, stop the peers."""

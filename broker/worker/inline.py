@@ -5,7 +5,9 @@ drain per subscriber, each a hop through Redis and Celery's main process (about 
 message at 25–50 msg/s, docs/performance.md). When the journal drain ends with no work left,
 the delivery drains its last batch kicked are its own (it set their kick flags fresh in its
 commit: no task is queued and no drainer runs for them), so this runs them right away, in this
-task, instead of queueing them.
+task, instead of queueing them. When it fed more than one subscriber, the others are handed
+to workers in standby first (``broker.standby.hand``), so the sends run side by side: the
+second subscriber no longer waits for the first one's receiver.
 
 Bounded, so a busy pipeline is not slowed by slow receivers: nothing runs in line after a drain
 that handed over on its time budget, or that handled more than :data:`INLINE_MAX_MESSAGES` (the
@@ -69,6 +71,8 @@ def drain_and_deliver(
         settings=settings,
         defer=fed,
     )
+    if kicker.hand is not None and done <= INLINE_MAX_MESSAGES:
+        fed[1:] = [s for s in fed[1:] if not kicker.hand(client, DRAIN_OUTBOUND, [s, partition])]
     deadline = time.monotonic() + INLINE_BUDGET_S
     try:
         while fed and done <= INLINE_MAX_MESSAGES:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
+from broker import standby
 from broker.adapters.spec import AdapterSpec
 from broker.config import Config, load_config
 from broker.delivery.dead_letter import DeadLetterStore
@@ -37,7 +38,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.settings.effective_redis_url)
-        self.kicker = Kicker(self.celery, self.client)
+        hand = standby.hand if self.settings.standby_s > 0 else None
+        self.kicker = Kicker(self.celery, self.client, hand)
         self.dead_letters = DeadLetterStore(self.client)
 
     @property

@@ -9,6 +9,8 @@ it once more, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 
 from broker import keys, standby
@@ -48,25 +50,12 @@ def register(app: Celery, settings: Settings) -> None:
 
 def drain_inbound(partition: int) -> int:
     """Map journal partition ``partition``, then deliver what it fed (``broker.worker.inline``);
-    then stand by for the next partitions the listeners hand over (``broker.worker.standby``)."""
+    then stand by for the next drains handed over (``broker.standby``)."""
     rt = runtime()
-
-    def drain(partition: int) -> int:
-        return inline.drain_and_deliver(
-            rt.client,
-            partition,
-            mappings=rt.watcher.current,
-            adapters=rt.adapters,
-            subscribers=rt.subscribers,
-            kicker=rt.kicker,
-            settings=rt.settings,
-            sender=rt.sender,
-        )
-
-    done = drain(partition)
+    done = _drain_and_deliver(rt, partition)
     standby.stand_by(
         rt.client,
-        drain=drain,
+        run=lambda task, args: _STANDBY_RUNS[task](rt, *args),
         kicker=rt.kicker,
         budget_s=rt.settings.standby_s,
         most_waiters=max(1, rt.settings.workers // 2),
@@ -74,9 +63,25 @@ def drain_inbound(partition: int) -> int:
     return done
 
 
+def _drain_and_deliver(rt: Runtime, partition: int) -> int:
+    return inline.drain_and_deliver(
+        rt.client,
+        partition,
+        mappings=rt.watcher.current,
+        adapters=rt.adapters,
+        subscribers=rt.subscribers,
+        kicker=rt.kicker,
+        settings=rt.settings,
+        sender=rt.sender,
+    )
+
+
 def drain_outbound(subscriber: str, partition: int) -> int:
     """Deliver one subscriber partition's queue (``broker.delivery.drain.drain_outbound``)."""
-    rt = runtime()
+    return _drain_outbound(runtime(), subscriber, partition)
+
+
+def _drain_outbound(rt: Runtime, subscriber: str, partition: int) -> int:
     spec = rt.adapters.get(subscriber)
     if spec is None:
         stream = keys.outbound(subscriber, partition)
@@ -89,6 +94,13 @@ def drain_outbound(subscriber: str, partition: int) -> int:
         kicker=rt.kicker,
         settings=rt.settings,
     )
+
+
+_STANDBY_RUNS: dict[str, Callable[..., int]] = {
+    DRAIN_INBOUND: _drain_and_deliver,
+    DRAIN_OUTBOUND: _drain_outbound,
+}
+"""What a worker in standby runs for each kind of drain handed to it (``broker.standby``)."""
 
 
 def release_patient(subscriber: str, patient: str) -> int:

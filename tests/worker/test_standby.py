@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from broker import keys, standby
 from broker.ack import read_ack
-from broker.dispatch import DRAIN_INBOUND, QUEUE, Kicker
+from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND, QUEUE, Kicker
 from broker.testing import EagerBroker
 from passerelle_demo.synthetic import adt, patients
 
@@ -36,20 +37,21 @@ def wait_for(condition, what: str, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def waiter(broker: EagerBroker, budget_s: float = 2.0, most: int = 1) -> Iterator[list[int]]:
-    """A worker standing by in a thread; yields the partitions it drained, joins it on exit."""
-    drained: list[int] = []
+def waiter(broker: EagerBroker, budget_s: float = 2.0, most: int = 1) -> Iterator[list[Any]]:
+    """A worker standing by in a thread; yields what it ran (a journal partition's number, or
+    ``(subscriber, partition)`` for a delivery drain), joins it on exit."""
+    drained: list[Any] = []
 
-    def drain(partition: int) -> int:
-        drained.append(partition)
-        return broker.call(DRAIN_INBOUND, partition)
+    def run(task: str, args: list[Any]) -> int:
+        drained.append(args[0] if task == DRAIN_INBOUND else tuple(args))
+        return broker.call(task, *args)
 
     thread = threading.Thread(
         target=standby.stand_by,
         kwargs={
             "client": broker.client,
-            "drain": drain,
-            "kicker": Kicker(broker.celery, broker.client),
+            "run": run,
+            "kicker": Kicker(broker.celery, broker.client, standby.hand),
             "budget_s": budget_s,
             "most_waiters": most,
         },
@@ -151,3 +153,58 @@ def test_no_more_workers_wait_than_allowed(make_broker):
         pass
     assert drained == []
     assert broker.client.zrange(keys.STANDBY, 0, -1) == [b"other-waiter:1"]
+
+
+def test_a_journal_drain_hands_its_second_subscribers_delivery_to_a_waiter(make_broker):
+    """Two subscribers fed: one delivery runs in the drain's task, the other in a waiting worker,
+    side by side; no Celery task for either."""
+    broker = make_broker(partitions=1)
+    receive(broker, seed=1506, control_id="S-6")  # no waiter yet: a drain task is queued
+    with waiter(broker) as drained:
+        wait_for(lambda: broker.client.zcard(keys.STANDBY) == 1, "the waiter to register")
+        ran = broker.run()
+        assert [task.name for task in ran] == [DRAIN_INBOUND]
+        wait_for(lambda: broker.lab.control_ids() == ["S-6"], "the MLLP delivery")
+        wait_for(lambda: broker.fhir_control_ids() == ["S-6"], "the FHIR delivery")
+    subscribers = {spec.id for spec in broker.subscribers}
+    assert len(drained) == 1, drained
+    (subscriber, partition) = drained[0]
+    assert subscriber in subscribers
+    assert partition == 0
+    assert broker.celery.queued == []
+    assert broker.client.hget(keys.STATS, "standby_delivery") == b"1"
+    assert broker.client.keys(keys.kick("*")) == [], "a kick flag left set with nothing owed"
+
+
+def test_without_a_waiter_both_deliveries_run_in_the_drains_task(make_broker):
+    broker = make_broker(partitions=1)
+    receive(broker, seed=1507, control_id="S-7")
+    assert [task.name for task in broker.run()] == [DRAIN_INBOUND]
+    assert broker.lab.control_ids() == ["S-7"]
+    assert broker.fhir_control_ids() == ["S-7"]
+    assert broker.client.hget(keys.STATS, "standby_delivery") is None
+
+
+def test_the_sweep_queues_a_delivery_drain_handed_to_a_waiter_that_died(make_broker):
+    broker = make_broker(partitions=2)
+    subscriber = broker.subscribers[0].id
+    live_entry(broker, "doomed-worker:2", seconds=600)
+    assert standby.hand(broker.client, DRAIN_OUTBOUND, [subscriber, 1])
+    assert broker.client.lrange(keys.WAKE, 0, -1) == [f"o:{subscriber}:1".encode()]
+    assert not standby.hand(broker.client, DRAIN_OUTBOUND, [subscriber, 0]), (
+        "handed more drains than there are live waiters"
+    )
+
+    broker.client.zrem(keys.STANDBY, "doomed-worker:2")
+    assert standby.sweep(broker.client, broker.kicker) == 1
+
+    assert broker.celery.kicked(DRAIN_OUTBOUND) == [keys.outbound(subscriber, 1)]
+    assert broker.client.llen(keys.WAKE) == 0
+
+
+def test_wake_items_name_their_drain_both_ways():
+    for task, args in ((DRAIN_INBOUND, [7]), (DRAIN_OUTBOUND, ["dmp-national", 3])):
+        item = standby.wake_item(task, args)
+        assert item is not None
+        assert standby.wake_task(item.encode()) == (task, args)
+    assert standby.wake_item("passerelle.rekick", []) is None
