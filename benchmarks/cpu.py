@@ -17,6 +17,16 @@ _ROLES = (
 )
 
 
+BENCHMARK_ROLES = frozenset({"hospital sender (benchmark)", "subscribers (captures)"})
+"""The benchmark's own peers: the hospitals and the receivers, not Passerelle's cost."""
+
+
+def broker_ms(per_role: dict[str, float]) -> float:
+    """The sum over Passerelle's own processes (listener, workers, Celery, beat, API, store
+    writer, Redis) of a per-role figure, the benchmark's peers left out."""
+    return sum(v for role, v in per_role.items() if role not in BENCHMARK_ROLES)
+
+
 def _role(cmdline: str) -> str:
     for needle, role in _ROLES:
         if needle in cmdline:

@@ -414,6 +414,7 @@ def run_phase(
         "machine_busy_pct": 100 * cpu.busy_share(machine_start, machine_window),
         "cpu_ms_per_message": {role: s * 1000 / max(1, offered) for role, s in cpu_s.items()},
         "cpu_ms_per_message_total": sum(cpu_s.values()) * 1000 / max(1, offered),
+        "cpu_ms_per_message_broker": cpu.broker_ms(cpu_s) * 1000 / max(1, offered),
         "ack": summary([s.ack_s for s in results if s.ack_s is not None]),
         "e2e": summary(e2e),
         "e2e_by_subscriber": {sub: summary(v) for sub, v in e2e_by_sub.items()},
@@ -465,7 +466,7 @@ def print_report(rows: list[dict[str, Any]]) -> None:
     """Print the steady-load table, the per-hop budget and the CPU per process."""
     header = (
         f"{'scenario':28} {'rate':>5} {'offered':>7} {'FHIR deliv':>12} {'MLLP deliv':>12} "
-        f"{'all?':>4} {'backlog':>7} {'growth/s':>8} {'busy':>5} {'CPU ms':>6} "
+        f"{'all?':>4} {'backlog':>7} {'growth/s':>8} {'busy':>5} {'CPU ms':>6} {'broker':>6} "
         f"{'e2e p50':>7} {'p95':>6} {'p99':>6}"
     )
     print(header)
@@ -485,6 +486,7 @@ def print_report(rows: list[dict[str, Any]]) -> None:
             f"{r['label']:28} {r['rate']:>5g} {r['offered']:>7} {cells[0]:>12} {cells[1]:>12} "
             f"{'yes' if r['all_delivered'] else 'NO':>4} {backlog_end:>7} {growth:>8.1f} "
             f"{r['machine_busy_pct']:>4.0f}% {r['cpu_ms_per_message_total']:>6.1f} "
+            f"{r['cpu_ms_per_message_broker']:>6.1f} "
             f"{_fmt(r['e2e']['p50'], 'ms'):>7} {_fmt(r['e2e']['p95'], 'ms'):>6} "
             f"{_fmt(r['e2e']['p99'], 'ms'):>6}"
         )
