@@ -71,11 +71,14 @@ local function has_work(stream, group)
 end
 """
 # KEYS: lock, kick flag, stream, hold ('': none). ARGV: token, lock ttl ms, flag ttl s, group,
-# first read's count (0: none), hold threshold (epoch seconds), consumer.
+# first read's count (0: none), hold threshold (epoch seconds), consumer, and for a delivery
+# drain ('' otherwise) the envelope key prefix and the subscriber's held-patients hash.
 # Returns {-2} when the hold (epoch seconds) is later than the threshold (the kick flag is cleared:
 # the scheduled retry drains), {-1} when another drainer holds the lock, else {pending, first}:
 # how many entries are pending and, with a count, the first read (pending entries first if any,
-# else new ones), as read_batch would do it, so the first batch costs no round trip of its own.
+# else new ones), as read_batch would do it, so the first batch costs no round trip of its own;
+# with the prefix, also each first entry's envelope (GET of the prefix and its 'env' field) and
+# whether its patient ('pk') is held (HEXISTS): the delivery drain's own first read.
 _ACQUIRE = """
 if KEYS[4] ~= '' then
   local hold = redis.call('GET', KEYS[4])
@@ -107,7 +110,17 @@ if tonumber(ARGV[5]) > 0 then
     if #first > 0 then break end
   end
 end
-return {pending, first}
+if ARGV[8] == '' then return {pending, first} end
+local envelopes, held = {}, {}
+for i, entry in ipairs(first) do
+  local env, pk = '', ''
+  for j = 1, #entry[2], 2 do
+    if entry[2][j] == 'env' then env = entry[2][j + 1] elseif entry[2][j] == 'pk' then pk = entry[2][j + 1] end
+  end
+  envelopes[i] = redis.call('GET', ARGV[8] .. env)
+  held[i] = pk ~= '' and redis.call('HEXISTS', ARGV[9], pk) or 0
+end
+return {pending, first, envelopes, held}
 """
 # KEYS: lock, kick flag, stream. ARGV: token, lock ttl ms, flag ttl s, group, keep ('1'/'0').
 _FINISH = (
@@ -162,6 +175,9 @@ class Lock:
             if there are any.
         first: the first batch, read when the lock was taken (``drainer_lock(first_read=N)``),
             until :meth:`take_first` hands it over; ``None`` when none was read.
+        looked_up: with ``drainer_lock(look_up=...)``, the first batch's envelopes (``None``
+            where missing) and the patients among them that are held, until
+            :meth:`take_looked_up` hands them over.
         finished: :meth:`finish` released the lock (or found it lost).
     """
 
@@ -176,9 +192,11 @@ class Lock:
         group: str | None = None,
         pending: int = 0,
         first: list[Entry] | None = None,
+        looked_up: tuple[list[bytes | None], set[str]] | None = None,
     ) -> None:
         self.client = client
         self.first = first
+        self.looked_up = looked_up
         self.key = key
         self.token = token
         self.ttl_ms = ttl_ms
@@ -192,6 +210,11 @@ class Lock:
         """The batch read with the lock, once (``None``: none was read, or it was taken)."""
         first, self.first = self.first, None
         return first
+
+    def take_looked_up(self) -> tuple[list[bytes | None], set[str]] | None:
+        """What the lock's script looked up for the first batch, once (``None``: nothing)."""
+        looked_up, self.looked_up = self.looked_up, None
+        return looked_up
 
     def finish(self, *, keep: bool) -> int:
         """Look for work left, atomically with what it decides (needs the group).
@@ -252,6 +275,7 @@ def drainer_lock(
     first_read: int = 0,
     hold: str | None = None,
     hold_slack_s: float = 0.0,
+    look_up: tuple[str, str] | None = None,
 ) -> Iterator[Lock | None]:
     """Hold the single-drainer lock of ``stream`` (yields None when another drainer has it).
 
@@ -269,6 +293,10 @@ def drainer_lock(
             drained (a retry's back-off): when it is later than now + ``hold_slack_s`` (this
             process's clock, as the worker that set it used its own), the kick flag is cleared
             and None yielded, in the same script.
+        look_up: with ``first_read``, ``(envelope key prefix, held-patients hash)``: the script
+            also reads the first batch's envelopes (each entry's ``env`` field) and which of
+            its patients (``pk``) are held (``Lock.take_looked_up``), a delivery drain's first
+            read, in the same round trip.
     """
     key = keys.lock(stream)
     token = os.urandom(8).hex().encode()
@@ -293,6 +321,7 @@ def drainer_lock(
             first_read,
             time.time() + hold_slack_s,
             CONSUMER,
+            *(look_up or ("", "")),
         ],
         client=client,
     )
@@ -301,10 +330,26 @@ def drainer_lock(
         yield None
         return
     first = None
+    looked_up = None
     if first_read > 0:
         first = [(eid.decode(), _pairs(fields)) for eid, fields in reply[1]]
+        if look_up is not None:
+            held = {
+                fields.get(b"pk", b"").decode()
+                for (_, fields), is_held in zip(first, reply[3], strict=True)
+                if is_held
+            }
+            looked_up = (list(reply[2]), held)
     lock = Lock(
-        client, key, token, ttl_ms, stream=stream, group=group, pending=pending, first=first
+        client,
+        key,
+        token,
+        ttl_ms,
+        stream=stream,
+        group=group,
+        pending=pending,
+        first=first,
+        looked_up=looked_up,
     )
     try:
         yield lock

@@ -175,6 +175,25 @@ class TestAcquire:
         with drainer_lock(redis_client, "e", 5, group="g", hold="hold:e", hold_slack_s=0.5) as lock:
             assert lock is not None
 
+    def test_a_delivery_drains_first_batch_comes_with_its_envelopes_and_holds(self, redis_client):
+        """What the drain would read next (its envelopes, its held patients), in the same script."""
+        redis_client.set(keys.envelope("e1"), b"{envelope 1}")  # e2's has gone
+        redis_client.hset("held:s", "patient-b", "dead-1")
+        for env, pk in (("e1", "patient-a"), ("e2", "patient-b"), ("e3", "")):
+            redis_client.xadd("f", {"env": env, "pk": pk})
+        look_up = (keys.envelope(""), "held:s")
+        with drainer_lock(redis_client, "f", 5, group="g", first_read=10, look_up=look_up) as lock:
+            assert len(lock.take_first()) == 3
+            envelopes, held = lock.take_looked_up()
+            assert envelopes == [b"{envelope 1}", None, None]
+            assert held == {"patient-b"}
+            assert lock.take_looked_up() is None, "handed over once, with the first batch"
+
+    def test_without_a_look_up_nothing_is_looked_up(self, redis_client):
+        redis_client.xadd("g", {"env": "e1", "pk": "p"})
+        with drainer_lock(redis_client, "g", 5, group="g", first_read=10) as lock:
+            assert lock.take_looked_up() is None
+
 
 class TestFinishInTheCommit:
     """``finish_in`` queues the finish on the batch's MULTI: same outcomes, one round trip."""

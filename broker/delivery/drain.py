@@ -84,6 +84,8 @@ def drain_outbound(
         # Waiting out a retry's back-off: the scheduled retry drains; arrivals kick again.
         hold=keys.hold(sub, partition),
         hold_slack_s=HOLD_SLACK_S,
+        # The first batch's envelopes and held patients come with the lock, too.
+        look_up=(keys.envelope(""), keys.held(sub)),
     ) as lock:
         if lock is None:
             return 0
@@ -91,6 +93,7 @@ def drain_outbound(
         first = False  # the first batch came with the lock
         while not stopped:
             entries = lock.take_first()
+            looked_up = lock.take_looked_up()  # the first batch's envelopes and holds, if read
             if entries is None:
                 entries = read_batch(
                     client,
@@ -108,7 +111,7 @@ def drain_outbound(
                 break
             ids = [f.get(b"env", b"").decode() for _, f in entries]
             patients = [f.get(b"pk", b"").decode() for _, f in entries]
-            raw_envelopes, held = _envelopes_and_holds(client, sub, ids, patients)
+            raw_envelopes, held = looked_up or _envelopes_and_holds(client, sub, ids, patients)
             # Held by a dead letter of this very batch: its hold is still queued on `pipe`, so
             # the patient's next messages are parked on the same pipe, behind it, in order.
             newly_held: set[str] = set()
