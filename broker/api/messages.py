@@ -69,7 +69,9 @@ def search_messages(
     ] = None,
     since: Annotated[str | None, Query(description="Received from (ISO 8601).")] = None,
     until: Annotated[str | None, Query(description="Received before (ISO 8601).")] = None,
-    text: Annotated[str | None, Query(description="Text in a reason.")] = None,
+    text: Annotated[
+        str | None, Query(description="Text in a reason or a receiver's reply.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     before: Annotated[str | None, Query(description="The `next` cursor of a page.")] = None,
 ) -> dict[str, Any]:

@@ -87,7 +87,10 @@ def search(
         str | None, typer.Option("--since", help="Received from: today, yesterday or ISO 8601.")
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Received before.")] = None,
-    text: Annotated[str | None, typer.Option("--text", help="Text in a reason (any case).")] = None,
+    text: Annotated[
+        str | None,
+        typer.Option("--text", help="Text in a reason or a receiver's reply (any case)."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="Page size.")] = 50,
     before: Annotated[
         str | None, typer.Option("--before", help="The cursor a previous page printed.")

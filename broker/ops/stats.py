@@ -213,16 +213,24 @@ def _subscriber_partitions(client: redis.Redis, subscriber: str) -> list[int]:
 def parked(client: redis.Redis, subscriber: str) -> int:
     """Messages parked behind the subscriber's dead letters (every ``pl:parked:SUB:PK``).
 
-    Read from the held patients (``pl:held:SUB``), not by scanning the keyspace: a patient's
-    messages are parked only while a dead letter holds that patient.
+    Read from the held patients (``pl:held:SUB``: patient → the dead letter holding it), not by
+    scanning the keyspace: a patient's messages are parked only while a dead letter holds that
+    patient. While that dead letter is open its own message heads the parked stream; it is
+    counted among the open dead letters, not here, so that every view counts one message once
+    (the message store has it ``dead_lettered``, its later ones ``parked``).
     """
-    patients: Any = client.hkeys(keys.held(subscriber))
-    if not patients:
+    held: Any = client.hgetall(keys.held(subscriber))
+    if not held:
         return 0
     pipe = client.pipeline(transaction=False)
-    for patient in patients:
+    for patient, dead_id in held.items():
         pipe.xlen(keys.parked(subscriber, _text(patient)))
-    return sum(int(n) for n in pipe.execute())
+        pipe.sismember(keys.dead_open(subscriber), dead_id)
+    replies = pipe.execute()
+    lengths, open_heads = replies[::2], replies[1::2]
+    return sum(
+        max(int(n) - int(bool(head)), 0) for n, head in zip(lengths, open_heads, strict=True)
+    )
 
 
 @dataclass(frozen=True, slots=True)

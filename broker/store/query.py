@@ -51,7 +51,9 @@ class Search:
             ``subscriber``, that subscriber's), or the message's own (``rejected``, ``failed``).
         since: received at or after (epoch seconds).
         until: received before (epoch seconds).
-        text: in the message's or a subscriber's reason (case-insensitive).
+        text: in the message's or a subscriber's reason, or in what a receiver answered an
+            attempt (its ACK text or HTTP body, or the error), case-insensitive: what
+            ``GET /api/dead-letters/{subscriber}?text=`` looks in.
         limit: messages per page (at most ``MAX_LIMIT``).
         before: the cursor of the next page (``Page.next``).
     """
@@ -88,7 +90,7 @@ def _cursor(row: Any) -> str:
 
 
 def _where(query: Search) -> list[sa.ColumnElement[bool]]:
-    m, d = messages.c, deliveries.c
+    m, d, a = messages.c, deliveries.c, attempts.c
     where: list[sa.ColumnElement[bool]] = []
     if query.control_id is not None:
         where.append(m.control_id == query.control_id)
@@ -119,8 +121,17 @@ def _where(query: Search) -> list[sa.ColumnElement[bool]]:
         else:
             where.append(routed)
     if query.text:
-        in_delivery = sa.exists().where(d.message_id == m.id, d.reason.icontains(query.text))
-        where.append(sa.or_(m.reason.icontains(query.text, autoescape=True), in_delivery))
+        text = query.text
+        in_delivery = sa.exists().where(
+            d.message_id == m.id, d.reason.icontains(text, autoescape=True)
+        )
+        in_reply = sa.exists().where(
+            a.message_id == m.id,
+            sa.or_(
+                a.reply.icontains(text, autoescape=True), a.error.icontains(text, autoescape=True)
+            ),
+        )
+        where.append(sa.or_(m.reason.icontains(text, autoescape=True), in_delivery, in_reply))
     if query.before:
         at, _, last_id = query.before.partition("~")
         try:

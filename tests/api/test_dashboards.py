@@ -92,8 +92,9 @@ def test_per_adapter_and_per_subscriber_series_tell_what_happened(broker: EagerB
     assert scrape.get("passerelle_delivered_total", subscriber=DMP) == 1
     assert scrape.get("passerelle_dead_lettered_total", subscriber=DMP) == 1
     assert scrape.get("passerelle_subscriber_dead_letters_open", subscriber=DMP) == 1
-    # Y's A01 heads its patient's parked stream (on_exhausted: hold).
-    assert scrape.get("passerelle_subscriber_parked", subscriber=DMP) == 1
+    # Y's A01 heads its patient's parked stream (on_exhausted: hold), and nothing is behind it:
+    # it is an open dead letter, not a parked message.
+    assert scrape.get("passerelle_subscriber_parked", subscriber=DMP) == 0
     assert scrape.get("passerelle_subscriber_oldest_age_seconds", subscriber=DMP) == 0
     # No listener runs beside an EagerBroker: the probe says down, by adapter, not by key.
     assert scrape.get("passerelle_listener_up", adapter=SOURCE) == 0

@@ -91,9 +91,10 @@ def test_a_subscriber_backlog_counts_what_is_parked(broker: EagerBroker) -> None
     subs = {s["id"]: s for s in view["subscribers"]}
     dmp = subs["dmp-national"]
     assert dmp["dead_letters_open"] == 1
-    # The held patient's parked stream: X-1 (the dead letter, first) and X-2 behind it.
-    assert dmp["parked"] == 2
-    assert dmp["backlog"] == dmp["depth"] + dmp["parked"] == 2
+    # The held patient's parked stream holds X-1 (the open dead letter, counted as such) and
+    # X-2 behind it: one parked message, as the message store says.
+    assert dmp["parked"] == 1
+    assert dmp["backlog"] == dmp["depth"] + dmp["parked"] == 1
     assert dmp["delivered"] == 2  # Y-1 and Z-1
     assert broker.fhir_control_ids() == ["Y-1", "Z-1"]
     assert subs["lab-legacy"]["dead_letters_open"] == 0

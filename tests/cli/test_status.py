@@ -53,10 +53,10 @@ def test_json_tells_the_truth_of_each_subscriber_and_adapter(troubled: EagerBrok
     subs = {s["id"]: s for s in found["subscribers"]}
     lab, dmp = subs["lab-legacy"], subs["dmp-national"]
     assert troubled.fhir_control_ids() == ["STB0001"]
-    # Parked as /api/queues counts it (broker.ops.stats.parked): the held patient's stream, which
-    # starts with the dead-lettered A01 itself, then the A08 behind it.
-    assert (dmp["delivered"], dmp["dead_letters_open"], dmp["parked"]) == (1, 1, 2)
-    assert dmp["backlog"] == 2
+    # Parked as /api/queues counts it (broker.ops.stats.parked): the held patient's stream
+    # starts with the dead-lettered A01 itself (an open dead letter), then the A08 behind it.
+    assert (dmp["delivered"], dmp["dead_letters_open"], dmp["parked"]) == (1, 1, 1)
+    assert dmp["backlog"] == 1
     assert (dmp["retrying"], dmp["next_retry_in_s"]) == (0, None)
     assert troubled.lab.accepted_ids() == []
     assert (lab["delivered"], lab["backlog"], lab["parked"], lab["dead_letters_open"]) == (
@@ -121,7 +121,7 @@ def test_once_prints_one_frame_with_the_figures(troubled: EagerBroker) -> None:
     assert done.code == 0, done.stderr
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if "│" in line}
     dmp_cells = [c.strip() for c in rows["dmp-national"].split("│")[1:-1]]
-    assert dmp_cells[:6] == ["dmp-national", "1", "2", "2", "1", "-"]
+    assert dmp_cells[:6] == ["dmp-national", "1", "1", "1", "1", "-"]
     lab_cells = [c.strip() for c in rows["lab-legacy"].split("│")[1:-1]]
     assert lab_cells[:5] == ["lab-legacy", "0", "3", "0", "0"]
     assert lab_cells[5].startswith(("1 (next in", "2 (next in"))

@@ -193,6 +193,25 @@ class TestRecord:
         """No dead letter holds a patient: nothing is parked (and no keyspace scan finds any)."""
         assert parked(redis_client, DMP) == 0
 
+    @pytest.mark.parametrize(
+        ("dead_letter_open", "expected"),
+        [
+            pytest.param(True, 2, id="open: its message is a dead letter, not parked"),
+            pytest.param(False, 3, id="replaying: its message waits with the others"),
+        ],
+    )
+    def test_an_open_dead_letter_heading_its_patient_is_not_parked(
+        self, redis_client: redis.Redis, dead_letter_open: bool, expected: int
+    ) -> None:
+        """The message of the open dead letter holding a patient heads the parked stream: it is
+        counted among the open dead letters, only the messages behind it are parked."""
+        redis_client.hset(keys.held(DMP), "pk-1", "d1")
+        for _ in range(3):
+            redis_client.xadd(keys.parked(DMP, "pk-1"), {"env": "e"})
+        if dead_letter_open:
+            redis_client.sadd(keys.dead_open(DMP), "d1")
+        assert parked(redis_client, DMP) == expected
+
 
 def test_the_drains_count_what_they_route_and_deliver_and_beat_samples_it(make_broker):
     """queued:SUB counts per subscriber what the journal drain routed, delivered:SUB what reached it;
