@@ -138,10 +138,11 @@ class Listeners:
     async def _beating(self) -> None:
         """Beat every housekeeping period, and soon after peers connect or leave."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # comes as the event is set (a peer leaving as SIGTERM arrives), and stop() hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._peers_changed.wait(), timeout=self.settings.rekick_interval_s
-                )
+                async with asyncio.timeout(self.settings.rekick_interval_s):
+                    await self._peers_changed.wait()
                 await asyncio.sleep(_SETTLE_S)
             self._peers_changed.clear()
             try:
