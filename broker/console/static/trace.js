@@ -94,7 +94,7 @@
         tr.append(
           cell(String(index + 1), "n", "num"),
           cell(when(epoch(a.at)), "at"),
-          cell(t("common.ms", { n: number(a.duration_ms) }), "duration", "num"),
+          cell(t("common.ms", { n: number(Math.round(a.duration_ms * 10) / 10) }), "duration", "num"),
           cell(badge(a.outcome), "outcome"),
           cell(code(a), "code"),
           cell(pre(a.error ? [a.reply, a.error].filter(Boolean).join("\n") : a.reply), "reply"),
