@@ -23,6 +23,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
     pl:listening:SRC     string   host:port of inbound adapter SRC's MLLP listener while its process runs
                                   (a heartbeat, expiring: broker.listen)
+    pl:peers:SRC         string   how many peers hold a connection to SRC's MLLP listener (renewed and
+                                  expiring with pl:listening:SRC)
     pl:incidents         hash     open alert incidents (broker.ops.alerts): RULE:SUBJECT → JSON
     pl:alert:since       hash     RULE:SUBJECT → epoch s since which the rule's condition holds
     pl:alert:windows     hash     inbound adapter → its counters at the start of the error-rate window
@@ -80,6 +82,7 @@ __all__ = [
     "outbound",
     "parked",
     "partition_of",
+    "peers",
     "unmapped",
 ]
 
@@ -198,3 +201,8 @@ def latency(subscriber: str) -> str:
 def listening(source: str) -> str:
     """The heartbeat of inbound adapter ``source``'s MLLP listener."""
     return f"pl:listening:{source}"
+
+
+def peers(source: str) -> str:
+    """How many peers are connected to inbound adapter ``source``'s MLLP listener."""
+    return f"pl:peers:{source}"

@@ -23,10 +23,13 @@ import redis
 
 from broker import keys
 
-__all__ = ["BUCKETS", "Histogram", "observe", "read"]
+__all__ = ["BUCKETS", "PERCENTILES", "Histogram", "observe", "percentiles", "read"]
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds in seconds: 5 ms (an idle broker) to a minute (retries); beyond: ``+Inf``."""
+
+PERCENTILES = (0.5, 0.95, 0.99)
+"""The percentiles the overview shows (p50, p95, p99)."""
 
 
 def _bucket(seconds: float) -> str:
@@ -53,6 +56,46 @@ class Histogram:
     buckets: list[tuple[float, int]]
     count: int
     sum: float
+
+    def quantile(self, q: float) -> float | None:
+        """The latency below which a share ``q`` (0 < q ≤ 1) of the deliveries fell, in seconds.
+
+        Estimated as Prometheus's ``histogram_quantile`` does, so the console and a Grafana
+        panel agree: linear inside the bucket the rank falls in (the first bucket starts at 0);
+        in the ``+Inf`` bucket, the largest finite bound (the histogram knows no more).
+        ``None`` when nothing was observed.
+        """
+        if not 0 < q <= 1:
+            msg = f"a quantile is between 0 (excluded) and 1, got {q}"
+            raise ValueError(msg)
+        total = self.buckets[-1][1] if self.buckets else 0
+        if total == 0:
+            return None
+        rank = q * total
+        lower, below = 0.0, 0
+        for bound, cumulative in self.buckets:
+            if cumulative >= rank:
+                if math.isinf(bound):
+                    return lower
+                inside = cumulative - below
+                return lower + (bound - lower) * (rank - below) / inside
+            lower, below = bound, cumulative
+        return lower  # unreachable: the +Inf bucket holds every observation
+
+
+def percentiles(histogram: Histogram | None) -> dict[str, Any] | None:
+    """``{"p50", "p95", "p99"}`` in seconds and the ``count`` they come from; ``None`` when the
+    subscriber delivered nothing yet (the one computation the overview, its page and
+    ``passerelle status`` show)."""
+    if histogram is None or not histogram.buckets or histogram.buckets[-1][1] == 0:
+        return None
+    found: dict[str, Any] = {
+        f"p{round(q * 100)}": round(value, 6)
+        for q in PERCENTILES
+        if (value := histogram.quantile(q)) is not None
+    }
+    found["count"] = histogram.buckets[-1][1]
+    return found
 
 
 def read(client: redis.Redis, subscribers: Iterable[str]) -> dict[str, Histogram]:

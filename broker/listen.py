@@ -6,7 +6,9 @@ of its ``Outcome`` is framed back.
 
 While the servers run, a heartbeat marks each one in Redis (``pl:listening:SRC``, expiring after
 three housekeeping periods), so ``/metrics`` and the alerts know a listener is up even from
-another host or container than the listener's.
+another host or container than the listener's. Beside it goes the number of peers connected
+(``pl:peers:SRC``, for the overview), written at each beat and soon after a peer connects or
+leaves (one write for a burst of them, never on a message's path).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 import redis.asyncio
 
@@ -31,9 +34,18 @@ __all__ = ["Listeners", "mllp_server", "run_listeners"]
 
 log = get_logger(__name__)
 
+_SETTLE_S = 0.2
+"""After a peer connects or leaves, how long the heartbeat waits for others before it writes."""
+
 
 def mllp_server(
-    host: str, port: int, intake: HL7v2Intake, *, max_bytes: int, name: str = ""
+    host: str,
+    port: int,
+    intake: HL7v2Intake,
+    *,
+    max_bytes: int,
+    name: str = "",
+    on_connections: Callable[[], None] | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -43,6 +55,7 @@ def mllp_server(
         intake: the adapter's HL7 v2 intake.
         max_bytes: the largest message taken whole; a larger one is answered AR (over-size).
         name: the adapter id, for logs.
+        on_connections: called when a peer connects or leaves (``MllpServer``).
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -53,7 +66,15 @@ def mllp_server(
         outcome = await intake.oversize(frame.payload, peer, size=size, sha256=frame.sha256)
         return outcome.reply
 
-    return MllpServer(host, port, handler, max_bytes=max_bytes, name=name, on_oversize=on_oversize)
+    return MllpServer(
+        host,
+        port,
+        handler,
+        max_bytes=max_bytes,
+        name=name,
+        on_oversize=on_oversize,
+        on_connections=on_connections,
+    )
 
 
 class Listeners:
@@ -72,6 +93,7 @@ class Listeners:
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._peers_changed = asyncio.Event()
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -88,7 +110,12 @@ class Listeners:
                 adapter, journal, self.config.supports, self.settings.partitions, kicker
             )
             server = mllp_server(
-                host, port, intake, max_bytes=self.settings.max_message_bytes, name=adapter.id
+                host,
+                port,
+                intake,
+                max_bytes=self.settings.max_message_bytes,
+                name=adapter.id,
+                on_connections=self._peers_changed.set,
             )
             await server.start()
             self.servers.append(server)
@@ -97,18 +124,27 @@ class Listeners:
         self._heartbeat = asyncio.create_task(self._beating())
 
     async def _beat(self) -> None:
-        """Mark every running server in Redis for three housekeeping periods."""
+        """Mark every running server and its connected peers in Redis for three housekeeping
+        periods."""
         if self.client is None:
             return
         ttl = max(1, int(self.settings.rekick_interval_s * 3))
         pipe = self.client.pipeline(transaction=False)
         for adapter, server in zip(self.adapters, self.servers, strict=False):
             pipe.set(keys.listening(adapter.id), f"{adapter.host_port[0]}:{server.port}", ex=ttl)
+            pipe.set(keys.peers(adapter.id), server.connections, ex=ttl)
         await pipe.execute()
 
     async def _beating(self) -> None:
+        """Beat every housekeeping period, and soon after peers connect or leave."""
         while True:
-            await asyncio.sleep(self.settings.rekick_interval_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # comes as the event is set (a peer leaving as SIGTERM arrives), and stop() hangs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.rekick_interval_s):
+                    await self._peers_changed.wait()
+                await asyncio.sleep(_SETTLE_S)
+            self._peers_changed.clear()
             try:
                 await self._beat()
             except redis.RedisError as exc:  # Redis away for a moment: the next beat retries
@@ -123,7 +159,8 @@ class Listeners:
         for server in self.servers:
             await server.stop()
         if self.client is not None and self.adapters:
-            await self.client.delete(*[keys.listening(a.id) for a in self.adapters])
+            gone = [key(a.id) for a in self.adapters for key in (keys.listening, keys.peers)]
+            await self.client.delete(*gone)
             await self.client.aclose()
         log.info("listener.stopped", adapters=len(self.servers))
 

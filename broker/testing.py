@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from broker.delivery.replay import Operations
     from broker.delivery.send import Sender
     from broker.dispatch import Kicker
+    from broker.listen import Listeners
     from broker.mapping import MappingSet
     from broker.settings import Settings
     from broker.store import StoreWriter
@@ -56,6 +57,7 @@ __all__ = [
     "StubCelery",
     "free_port",
     "run_cli",
+    "running_listeners",
     "wait_for_port",
     "wait_until",
     "write_adapter",
@@ -92,6 +94,38 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> bool:
             return False
 
     return wait_until(accepting, timeout, 0.1)
+
+
+@contextlib.contextmanager
+def running_listeners(config: Config) -> Iterator[Listeners]:
+    """The listener process's MLLP servers (:class:`broker.listen.Listeners`) of ``config``,
+    running on an event loop of their own in a thread until the block ends.
+
+    Usage::
+
+        with running_listeners(load_config(settings)) as listeners:
+            host, port = listeners.adapters[0].host_port
+    """
+    from broker.listen import Listeners
+
+    listeners = Listeners(config)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="listeners", daemon=True)
+    thread.start()
+
+    def call(coroutine: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+
+    try:
+        call(listeners.start())
+        yield listeners
+    finally:
+        try:
+            call(listeners.stop())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
 
 
 def write_adapter(directory: Path, spec: dict[str, Any]) -> Path:

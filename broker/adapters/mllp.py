@@ -227,6 +227,8 @@ class MllpServer:
         max_bytes: the largest payload passed to ``handler``.
         name: a label for logs (the adapter id).
         on_oversize: called once per frame between ``max_bytes`` and ``2 * max_bytes``.
+        on_connections: called (no I/O: it must not block) each time a connection opens or
+            closes; :attr:`connections` then has the new count.
     """
 
     def __init__(
@@ -238,8 +240,10 @@ class MllpServer:
         max_bytes: int = DEFAULT_MAX_BYTES,
         name: str = "",
         on_oversize: OversizeHandler | None = None,
+        on_connections: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
+        self.on_connections = on_connections
         self.handler = handler
         self.on_oversize = on_oversize
         self.max_bytes = max_bytes
@@ -255,6 +259,15 @@ class MllpServer:
         if self._server is not None and self._server.sockets:
             return int(self._server.sockets[0].getsockname()[1])
         return self._port
+
+    @property
+    def connections(self) -> int:
+        """How many peers hold a connection open now."""
+        return len(self._idle)
+
+    def _connections_changed(self) -> None:
+        if self.on_connections is not None:
+            self.on_connections()
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
@@ -283,6 +296,7 @@ class MllpServer:
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         decoder = FrameDecoder(self.max_bytes)
         self._idle[task] = True
+        self._connections_changed()
         try:
             while not self._stopping:
                 data = await reader.read(_READ_SIZE)
@@ -309,6 +323,7 @@ class MllpServer:
             pass
         finally:
             self._idle.pop(task, None)
+            self._connections_changed()
             if decoder.skipped or decoder.pending:
                 _log.warning(
                     "mllp.bytes_discarded",

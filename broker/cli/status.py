@@ -3,9 +3,9 @@
 The console's overview, in a terminal: the document ``GET /api/overview`` returns, built by the
 same function (:func:`broker.ops.overview.overview`) from the running system's Redis and
 registrations, rendered as tables. Per inbound adapter: transport, listener answering,
-received, last message, refusals by ACK code; per subscriber: delivered, backlog with the
-parked messages, open dead letters, partitions retrying and the next retry, age of the oldest
-undelivered message; Redis, the workers answering a Celery ping and backpressure. It refreshes
+connected peers (MLLP; ``n/a`` for HTTP), received, last message, refusals by ACK code; per
+subscriber: delivered, backlog with the parked messages, open dead letters, partitions retrying
+and the next retry, age of the oldest undelivered message, p50/p95/p99 end-to-end latency; Redis, the workers answering a Celery ping and backpressure. It refreshes
 until Ctrl-C; ``--once`` prints one frame, ``--json`` the document itself.
 
 Exit codes: 0 shown, 1 the broker's Redis does not answer, 2 usage errors.
@@ -101,6 +101,23 @@ def _since(epoch: float | None, now: float) -> str:
     return f"{_age(max(0.0, now - epoch))} ago"
 
 
+def _peers(row: dict[str, Any]) -> str:
+    if row["transport"] == "http":
+        return "n/a"
+    return "-" if row["peers"] is None else str(row["peers"])
+
+
+def _latency(value: dict[str, Any] | None) -> str:
+    """``p50/p95/p99`` in one unit (``18/24/31 ms``, ``0.4/2.5/9.8 s``); ``-`` before the
+    first delivery."""
+    if value is None:
+        return "-"
+    found = [value["p50"], value["p95"], value["p99"]]
+    if max(found) < 1:
+        return "/".join(f"{v * 1000:.0f}" for v in found) + " ms"
+    return "/".join(f"{v:.1f}" for v in found) + " s"
+
+
 def _up(value: bool | None) -> str:
     return {True: "[green]up[/]", False: "[red]DOWN[/]", None: "-"}[value]
 
@@ -133,14 +150,23 @@ def render(document: dict[str, Any], api_url: str) -> RenderableType:
         + f"  at {stamp}"
     )
     sources = Table(title="Inbound adapters", title_justify="left", expand=False)
-    for column in ("adapter", "transport", "listener", "received", "last message", "refused"):
-        sources.add_column(column, justify="right" if column == "received" else "left")
+    for column in (
+        "adapter",
+        "transport",
+        "listener",
+        "peers",
+        "received",
+        "last message",
+        "refused",
+    ):
+        sources.add_column(column, justify="right" if column in ("peers", "received") else "left")
     for row in document["inbound"]:
         refused = ", ".join(f"{code} {n}" for code, n in sorted(row["refused"].items())) or "-"
         sources.add_row(
             row["id"],
             row["transport"] or "-",
             _up(row["listener_up"]),
+            _peers(row),
             str(row["received"]),
             _since(row["last_message_at"], at),
             refused,
@@ -154,6 +180,7 @@ def render(document: dict[str, Any], api_url: str) -> RenderableType:
         "dead letters open",
         "retrying",
         "oldest waiting",
+        "latency p50/95/99",
     ):
         subscribers.add_column(column, justify="left" if column == "subscriber" else "right")
     for row in document["subscribers"]:
@@ -169,6 +196,7 @@ def render(document: dict[str, Any], api_url: str) -> RenderableType:
             f"[red]{opened}[/]" if opened else "0",
             retrying,
             _age(row["oldest_age_s"]),
+            _latency(row["latency_s"]),
         )
     footer = (
         f"journal: received {document['received']}, waiting {document['pipeline']['backlog']}, "

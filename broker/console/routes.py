@@ -198,6 +198,17 @@ for _name in PAGES:
     )
 
 
+@pages.get("/messages/{envelope_id}", response_class=HTMLResponse)
+def page_trace(request: Request, envelope_id: str) -> HTMLResponse:
+    """One message's trace page (its figures come from ``/api/messages/{id}/trace``)."""
+    return _render(
+        request,
+        "trace.html",
+        session=request.state.session,
+        envelope_id=envelope_id,
+    )
+
+
 def login_redirect(request: Request) -> RedirectResponse:
     """Where a request without a session goes: the login page, then back to the page asked for."""
     wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -7,11 +7,15 @@ figure of it is computed anywhere else. The queues come from :func:`broker.ops.b
 
 - per inbound adapter: its transport, how many messages it received and refused (per ACK code
   or HTTP status) and when it last saw one (the ``pl:adapter:SRC`` counters the journal's
-  append keeps), and whether its listener accepts connections (:mod:`broker.ops.processes`;
-  an inbound HTTP adapter is a route of the API, so its listener is the API's address);
+  append keeps), whether its listener accepts connections (:mod:`broker.ops.processes`;
+  an inbound HTTP adapter is a route of the API, so its listener is the API's address) and, for
+  an MLLP adapter, how many peers hold a connection to it (``pl:peers:SRC``, which the listener
+  process publishes with its heartbeat: :mod:`broker.listen`);
 - per subscriber: its backlog *including* the messages parked behind its dead letters, how many
   dead letters are open, how many of its partitions wait out a retry back-off and when the
-  next retry is due;
+  next retry is due, and its p50/p95/p99 end-to-end latency (from the ``pl:latency:SUB``
+  histogram, :func:`broker.latency.percentiles`, as Prometheus's ``histogram_quantile`` reads
+  it);
 - Redis answering, the Celery workers answering a ping, and the mappings in force.
 """
 
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from broker import keys
+from broker import keys, latency
 from broker.mapping.reload import RejectedReload
 from broker.ops.backlog import queues
 from broker.ops.health import readiness
@@ -42,6 +46,7 @@ __all__ = [
     "inbound_figures",
     "mapping_refs",
     "overview",
+    "peers",
     "retrying",
 ]
 
@@ -100,6 +105,18 @@ def retrying(
     marks: Any = client.mget([keys.hold(subscriber, p) for p in range(partitions)])
     waits = [float(mark) - now for mark in marks if mark is not None and float(mark) > now]
     return len(waits), (round(min(waits), 1) if waits else None)
+
+
+def peers(client: redis.Redis, sources: Sequence[str]) -> dict[str, int | None]:
+    """How many peers hold a connection to each MLLP listener of ``sources``, as its process last
+    published (``None``: no listener process heard from)."""
+    if not sources:
+        return {}
+    counts: Any = client.mget([keys.peers(source) for source in sources])
+    return {
+        source: None if count is None else int(count)
+        for source, count in zip(sources, counts, strict=True)
+    }
 
 
 def _adapters_seen(client: redis.Redis) -> list[str]:
@@ -166,10 +183,12 @@ def overview(
         "memory", "mappings": {"in_force", "rejected_reload"}, "processes": {"listeners",
         "workers"}}``; times are epoch seconds. Each inbound adapter has ``transport``,
         ``enabled``, ``registered``, ``received``, ``refused`` (per code), ``refused_total``,
-        ``last_message_at`` and ``listener_up`` (``None``: not probed). Each subscriber has
-        ``backlog`` (``depth`` + ``parked``), ``depth``, ``parked``, ``oldest_age_s``,
-        ``delivered``, ``dead_letters_open``, ``retrying`` (partitions waiting for a retry),
-        ``next_retry_in_s`` and ``flow``.
+        ``last_message_at``, ``listener_up`` (``None``: not probed) and ``peers`` (the peers
+        connected to an MLLP listener; ``None`` for HTTP or when no listener process beats).
+        Each subscriber has ``backlog`` (``depth`` + ``parked``), ``depth``, ``parked``,
+        ``oldest_age_s``, ``delivered``, ``dead_letters_open``, ``retrying`` (partitions
+        waiting for a retry), ``next_retry_in_s``, ``flow`` and ``latency_s`` (``{"p50",
+        "p95", "p99", "count"}`` in seconds; ``None`` before the first delivery).
     """
     now = time.time() if now is None else now
     ready = readiness(client)
@@ -179,6 +198,7 @@ def overview(
     registered_sources = [a for a in adapters if a.direction == "inbound"]
     by_id = {s["id"]: s for s in queue["subscribers"]}
     subscriber_ids = list(dict.fromkeys([*registered_subs, *found_subscribers(client), *by_id]))
+    histograms = latency.read(client, subscriber_ids)
     subs = []
     for sub in subscriber_ids:
         q = by_id.get(sub, {})
@@ -200,14 +220,18 @@ def overview(
                 "retrying": waiting,
                 "next_retry_in_s": next_retry,
                 "flow": q.get("flow"),
+                "latency_s": latency.percentiles(histograms.get(sub)),
             }
         )
     probed = _listeners(client, registered_sources, api) if probe else []
     up = {listener["adapter"]: listener["accepting"] for listener in probed}
     source_ids = list(dict.fromkeys([*(a.id for a in registered_sources), *_adapters_seen(client)]))
+    connected = peers(client, source_ids)
     inbound = []
     for source in source_ids:
         spec = specs.get(source)
+        # An HTTP adapter has requests, not connections: its peers are not counted (None).
+        http = spec is not None and spec.transport == "http"
         inbound.append(
             {
                 **inbound_figures(client, source),
@@ -215,6 +239,7 @@ def overview(
                 "transport": spec.transport if spec else None,
                 "enabled": spec.enabled if spec else None,
                 "listener_up": up.get(source),
+                "peers": None if http else connected[source],
             }
         )
     return {

@@ -395,6 +395,38 @@ class TestMllpServer:
 
         assert asyncio.run(scenario()) > 0
 
+    def test_it_counts_the_peers_connected_and_says_when_they_change(self) -> None:
+        """Two peers connect, one leaves: 0 → 1 → 2 → 1 → 0, each change announced."""
+
+        async def scenario() -> tuple[list[int], list[int]]:
+            seen: list[int] = []
+            server = MllpServer("127.0.0.1", 0, echo, on_connections=lambda: seen.append(-1))
+            await server.start()
+            counts = [server.connections]
+
+            async def settled(expected: int) -> None:
+                for _ in range(500):
+                    if server.connections == expected:
+                        break
+                    await asyncio.sleep(0.01)
+                counts.append(server.connections)
+
+            first = await asyncio.open_connection("127.0.0.1", server.port)
+            await settled(1)
+            second = await asyncio.open_connection("127.0.0.1", server.port)
+            await settled(2)
+            first[1].close()
+            await first[1].wait_closed()
+            await settled(1)
+            await server.stop()
+            second[1].close()
+            counts.append(server.connections)
+            return counts, seen
+
+        counts, announced = asyncio.run(scenario())
+        assert counts == [0, 1, 2, 1, 0]
+        assert len(announced) == 4  # two connections opened and closed
+
 
 class TestMllpClient:
     def test_send_returns_the_reply(self) -> None:

@@ -130,6 +130,20 @@ def test_a_registered_subscriber_without_traffic_is_listed(redis_client, redis_u
     view = overview(redis_client, Settings(redis_url=redis_url), adapters=[quiet])
     assert [s["id"] for s in view["subscribers"]] == ["quiet"]
     assert view["subscribers"][0]["backlog"] == 0
+    assert view["subscribers"][0]["latency_s"] is None  # nothing delivered: no percentile
+
+
+def test_latency_percentiles_per_subscriber(broker: EagerBroker) -> None:
+    """Each subscriber's p50/p95/p99 from the deliveries its histogram counted: the DMP
+    delivered Y-1 and Z-1 (X-1 is a dead letter, X-2 parked), the lab all four."""
+    view = overview(broker.client, broker.settings, adapters=list(broker.adapters.values()))
+    latency = {s["id"]: s["latency_s"] for s in view["subscribers"]}
+    dmp, lab = latency["dmp-national"], latency["lab-legacy"]
+    assert (dmp["count"], lab["count"]) == (2, 4)
+    for found in (dmp, lab):
+        assert 0 < found["p50"] <= found["p95"] <= found["p99"] <= 60
+    # An MLLP adapter whose listener process was never heard from: peers not known.
+    assert [a["peers"] for a in view["inbound"] if a["id"] == "chu-rabat-adt"] == [None]
 
 
 def test_the_route_shows_the_same_and_the_mappings_in_force(broker: EagerBroker) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,8 +127,12 @@ def test_once_prints_one_frame_with_the_figures(troubled: EagerBroker) -> None:
     assert lab_cells[:5] == ["lab-legacy", "0", "3", "0", "0"]
     assert lab_cells[5].startswith(("1 (next in", "2 (next in"))
     adt_cells = [c.strip() for c in rows["chu-rabat-adt"].split("│")[1:-1]]
-    assert adt_cells[:4] == ["chu-rabat-adt", "mllp", "DOWN", "3"]
-    assert adt_cells[5] == "AR 1"
+    # No listener process: its connected peers are not known ("-").
+    assert adt_cells[:5] == ["chu-rabat-adt", "mllp", "DOWN", "-", "3"]
+    assert adt_cells[6] == "AR 1"
+    # The DMP delivered one message: its latency percentiles; the lab none yet.
+    assert re.fullmatch(r"\d+/\d+/\d+ ms|[\d.]+/[\d.]+/[\d.]+ s", dmp_cells[-1]), dmp_cells
+    assert lab_cells[-1] == "-"
     assert "no worker answers" in done.stdout
 
 

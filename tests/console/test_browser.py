@@ -10,6 +10,7 @@ missing); Playwright only drives it, it downloads nothing.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from broker import keys
 from broker.ack import read_ack
 from broker.api import create_app
-from broker.testing import EagerBroker, free_port, wait_until
+from broker.testing import EagerBroker, free_port, running_listeners, wait_until
 from passerelle_demo.synthetic import adt, patients
 
 pytestmark = pytest.mark.browser
@@ -202,8 +203,9 @@ def test_pages_without_a_session_lead_to_the_login_page(page: Page) -> None:
 
 
 def test_the_other_pages_in_french(page: Page, broker: EagerBroker) -> None:
-    """The switch is remembered; the pages read their data; the browser has no store yet."""
+    """The switch is remembered; the pages read their data, the message browser included."""
     send(broker, (patients(1, seed=5)[0], "A01", "FR-1"))
+    off_the_browser_thread(broker.write_store)
     off_the_browser_thread(lambda: broker.receive(b"not HL7 at all"))
     log_in(page, "/console/refusals")
     page.get_by_role("link", name="Français").click()
@@ -213,5 +215,86 @@ def test_the_other_pages_in_french(page: Page, broker: EagerBroker) -> None:
     page.get_by_role("link", name="Champs non lus").click()
     expect(page.locator("#messages")).to_contain_text("1 messages transformés")
     page.get_by_role("link", name="Messages").click()
-    expect(page.locator("#unavailable")).to_contain_text("pas encore disponible")
+    row = page.locator("#results tbody tr[data-id]")
+    expect(row).to_have_count(1)
+    expect(row.locator('td[data-field="control_id"]')).to_have_text("FR-1")
+    expect(row.locator('[data-state="delivered"]')).to_have_count(2)
+    expect(row.locator('[data-state="delivered"]').first).to_contain_text("livré")
     expect(page.locator("html")).to_have_attribute("lang", "fr")
+
+
+def test_a_search_by_control_id_leads_to_the_trace(page: Page, broker: EagerBroker) -> None:
+    """A message sent through the intake and the drains, stored: the search by its control id
+    finds it alone, and its trace shows the raw message, the canonical Bundle and, for each
+    subscriber, the delivered attempt with the receiver's answer."""
+    a, b = patients(2, seed=2027)
+    send(broker, (a, "A01", "TRACE-1"), (b, "A01", "TRACE-2"))
+    off_the_browser_thread(broker.write_store)
+
+    log_in(page, "/console/messages")
+    expect(page.locator("#results tbody tr[data-id]")).to_have_count(2)  # newest first, all
+    page.get_by_label("Control id (MSH-10)").fill("TRACE-1")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("#results tbody tr[data-id]")
+    expect(rows).to_have_count(1)
+    expect(rows.locator('[data-state="delivered"]')).to_have_text(
+        ["dmp-national: delivered", "lab-legacy: delivered"]
+    )
+    expect(page).to_have_url(re.compile(r"control_id=TRACE-1"))
+    rows.get_by_role("link", name="TRACE-1").click()
+
+    expect(page).to_have_url(re.compile(r"/console/messages/[0-9a-f]+$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Trace of TRACE-1")
+    expect(page.locator('#summary dd[data-field="control_id"]')).to_have_text("TRACE-1")
+    expect(page.locator('#summary dd[data-field="event"]')).to_have_text("ADT^A01")
+    # The content is folded until asked for; then the bytes received, one segment per line.
+    raw = page.locator("#raw pre")
+    expect(raw).to_be_hidden()
+    page.get_by_text("Raw message as received").click()
+    expect(raw).to_be_visible()
+    expect(raw).to_contain_text("MSH|^~\\&|")
+    expect(raw).to_contain_text("|TRACE-1|")
+    expect(raw).to_contain_text(a.family)
+    page.get_by_text("Canonical Bundle (FHIR R4 JSON)").click()
+    canonical = page.locator("#canonical pre")
+    expect(canonical).to_contain_text('"resourceType": "Bundle"')
+    expect(canonical).to_contain_text('"resourceType": "Patient"')
+    # Per subscriber: wanted by routing, one attempt, delivered, with the receiver's answer.
+    dmp = page.locator('article[data-subscriber="dmp-national"]')
+    expect(dmp.locator('[data-field="decision"]')).to_contain_text("Wanted")
+    attempt = dmp.locator("tbody tr[data-outcome]")
+    expect(attempt).to_have_count(1)
+    expect(attempt.locator('td[data-field="outcome"]')).to_have_text("delivered")
+    expect(attempt.locator('td[data-field="code"]')).to_have_text(re.compile(r"^HTTP 20\d$"))
+    lab = page.locator('article[data-subscriber="lab-legacy"]')
+    expect(lab.locator('tbody tr[data-outcome="delivered"] td[data-field="code"]')).to_have_text(
+        "ACK AA"
+    )
+    expect(lab.locator('td[data-field="reply"]')).to_contain_text("AA")  # the receiver's answer
+    expect(page.locator("#actions tbody")).to_contain_text("No operator action.")
+
+
+def test_the_trace_of_an_unknown_message_says_so(page: Page, broker: EagerBroker) -> None:
+    off_the_browser_thread(broker.write_store)  # the store exists, the message does not
+    log_in(page, "/console/messages/0123456789abcdef")
+    expect(page.locator("#error")).to_contain_text("No message with this id")
+
+
+def test_the_overview_shows_latency_and_connected_peers(page: Page, broker: EagerBroker) -> None:
+    """After traffic each subscriber shows its p50/p95/p99; while an MLLP client holds a
+    connection to the real listener, its adapter shows one peer, then none once it leaves."""
+    send(broker, *[(p, "A01", f"LAT-{i}") for i, p in enumerate(patients(3, seed=31))])
+    log_in(page)
+    for percentile in ("p50", "p95", "p99"):
+        expect(figure(page, "subscribers", "dmp-national", percentile)).to_have_text(
+            re.compile(r"^[\d.,]+ (ms|s)$")
+        )
+    peers = figure(page, "inbound", "chu-rabat-adt", "peers")
+    expect(peers).to_have_text("—")  # no listener process: not known
+    with running_listeners(broker.config) as listeners:
+        with socket.create_connection(listeners.adapters[0].host_port):
+            expect(peers).to_have_text("1")
+            expect(
+                page.locator('#listeners tr[data-id="chu-rabat-adt"] td[data-field="state"]')
+            ).to_have_text("accepting connections")
+        expect(peers).to_have_text("0")

@@ -187,3 +187,14 @@ def test_an_unknown_language_changes_nothing(client: TestClient) -> None:
     reply = client.get("/console/lang/xx?next=/console/")
     assert reply.status_code == 303
     assert "set-cookie" not in reply.headers
+
+
+def test_the_trace_page_escapes_the_id_it_is_given(client: TestClient) -> None:
+    """The id in the address goes into the page as an escaped attribute, never as markup."""
+    log_in(client)
+    reply = client.get('/console/messages/"><img src=x onerror=alert(1)>')
+    assert reply.status_code == 200
+    assert "<img" not in reply.text
+    assert 'data-id="&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"' in reply.text
+    # The page marks its place in the navigation: the message browser.
+    assert re.search(r'href="/console/messages" aria-current="page"', reply.text)

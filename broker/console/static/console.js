@@ -129,5 +129,35 @@ const Console = (() => {
     return b;
   }
 
-  return { ApiError, age, api, button, cell, fill, number, poll, show, t, when };
+  // A state of the message store, in words, and how it looks: ok, waiting, bad or out.
+  const STATES = {
+    queued: [t("state.queued"), "wait"],
+    delivered: [t("state.delivered"), "ok"],
+    retrying: [t("state.retrying"), "wait"],
+    parked: [t("state.parked"), "bad"],
+    dead_lettered: [t("state.dead_lettered"), "bad"],
+    discarded: [t("state.discarded"), "out"],
+    replayed: [t("state.replayed"), "wait"],
+    filtered: [t("state.filtered"), "out"],
+    routed: [t("state.routed"), "ok"],
+    failed: [t("state.failed"), "bad"],
+    rejected: [t("state.rejected"), "bad"],
+  };
+
+  /** The states a search can ask for, in the order the form lists them. */
+  function states() {
+    return Object.keys(STATES);
+  }
+
+  /** A badge for one state (its word, coloured by kind), with a label before it if given. */
+  function badge(state, label) {
+    const [word, kind] = STATES[state] || [state === null || state === undefined ? "—" : String(state), "out"];
+    const span = document.createElement("span");
+    span.className = "badge " + kind;
+    span.dataset.state = state || "";
+    span.textContent = label ? label + ": " + word : word;
+    return span;
+  }
+
+  return { ApiError, age, api, badge, button, cell, fill, number, poll, show, states, t, when };
 })();

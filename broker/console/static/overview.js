@@ -29,6 +29,21 @@
     return t("overview.per_second", { n: Number(flow.sustained_per_s).toFixed(1) });
   }
 
+  /** Peers connected to an MLLP listener; an HTTP adapter has requests, not connections. */
+  function peers(adapter) {
+    if (adapter.transport === "http") return t("overview.not_applicable");
+    return number(adapter.peers);
+  }
+
+  /** One end-to-end latency percentile (seconds in the document): ms below a second. */
+  function latency(s, percentile) {
+    const value = s.latency_s ? s.latency_s[percentile] : null;
+    if (value === null || value === undefined) return "—";
+    const ms = value * 1000;
+    if (ms >= 1000) return t("common.seconds", { n: number(Math.round(value * 10) / 10) });
+    return t("common.ms", { n: number(ms < 10 ? Math.round(ms * 10) / 10 : Math.round(ms)) });
+  }
+
   function render(data) {
     fill(
       document.querySelector("#inbound tbody"),
@@ -45,6 +60,7 @@
           cell(number(a.refused_total), "refused", "num"),
           cell(codes(a.refused), "refused_by_code"),
           cell(when(a.last_message_at), "last_message"),
+          cell(peers(a), "peers", "num"),
         );
         return tr;
       }),
@@ -69,6 +85,9 @@
           cell(s.retrying ? number(s.retrying) + " (" + age(s.next_retry_in_s) + ")" : number(s.retrying), "retrying", "num"),
           cell(age(s.oldest_age_s), "oldest"),
           cell(rate(s.flow), "rate", "num"),
+          cell(latency(s, "p50"), "p50", "num"),
+          cell(latency(s, "p95"), "p95", "num"),
+          cell(latency(s, "p99"), "p99", "num"),
         );
         return tr;
       }),
