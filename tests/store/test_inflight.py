@@ -245,3 +245,27 @@ def test_without_a_writer_trim_keeps_entries_until_the_retention(make_broker):
     assert broker.client.xlen(keys.inbound(0)) == 1
     assert broker.client.xlen(keys.outbound(DMP, 0)) == 1
     assert broker.client.ttl(keys.envelope(envelope_id)) > 0, "the retention TTL is the bound"
+
+
+def test_a_dead_letter_without_its_envelope_is_replayed_from_the_store(make_broker):
+    """A dead letter whose record kept no envelope, gone from Redis too (past the retention):
+    the replay rebuilds it from the store and the DMP gets the same envelope id."""
+    broker = make_broker(retry={"on_exhausted": "skip"})
+    (x,) = _adults(1)
+    broker.fhir.mode = "reject"
+    broker.receive(adt(x, "A01", control_id="DN-1"))
+    broker.run()
+    broker.write_store()
+    (letter,) = broker.dead_letters.find(DMP)
+    envelope_id = letter["envelope_id"]
+    assert _in_redis(broker, envelope_id), "an open dead letter's envelope stays"
+    letter["envelope"] = None
+    broker.dead_letters.save(letter)
+    broker.client.delete(keys.envelope(envelope_id))
+    broker.fhir.mode = "ok"
+    broker.operations().replay(DMP, letter["id"], **WHO)
+    broker.run()
+    assert [_identifier(b) for b in broker.fhir.received] == [envelope_id]
+    broker.write_store()
+    assert _states(broker, envelope_id)[DMP] == "delivered"
+    assert not _in_redis(broker, envelope_id)
