@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER := tests/fhir_server
 FHIR_STAMP := $(FHIR_SERVER)/node_modules/.installed
 
-.PHONY: demo test test-unit test-fast check lint typecheck bench bench-mapping serve clean lock
+.PHONY: demo test test-unit test-fast check lint typecheck bench bench-mapping soak serve clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench: $(STAMP)
 
 bench-mapping: $(STAMP)
 	$(BIN)/python -m benchmarks.mapping
+
+# Redis memory under a steady stream (an hour at 100 msg/s by default; SOAK_ARGS="--seconds 600").
+soak: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 # Re-pin constraints.txt after a change to the dependencies of pyproject.toml (pip-tools runs in a
 # throw-away venv; the pins come from the package index pip is configured with).

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -38,7 +37,6 @@ from typing import Any
 from benchmarks import cpu
 from benchmarks.peers import RemotePeer
 from benchmarks.steady import SCENARIOS, dump, print_report, run_steady
-from broker import keys
 from broker.testing import wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.sender import SendResult, patient_key, send_messages
@@ -54,18 +52,6 @@ def _pct(values: list[float], p: float) -> float:
 
 def _control_ids(messages: list[str]) -> list[str]:
     return [m.split("\r", 1)[0].split("|")[9] for m in messages]
-
-
-def _envelope_control_ids(stack: LoopbackStack, envelope_ids: list[str]) -> dict[str, str]:
-    """Envelope id → MSH-10, read back from the envelopes the pipeline stored."""
-    out: dict[str, str] = {}
-    pipe = stack.redis.pipeline(transaction=False)
-    for envelope_id in envelope_ids:
-        pipe.get(keys.envelope(envelope_id))
-    for envelope_id, raw in zip(envelope_ids, pipe.execute(), strict=True):
-        if raw is not None:
-            out[envelope_id] = json.loads(raw)["control_id"]
-    return out
 
 
 def run_phase(
@@ -105,7 +91,7 @@ def run_phase(
     }
     arrival: dict[str, float] = {}
     fhir_arrivals = [(e, t) for e, t in stack.fhir.arrivals() if e not in fhir_before]
-    by_envelope = _envelope_control_ids(stack, [e for e, _ in fhir_arrivals])
+    by_envelope = stack.control_ids([e for e, _ in fhir_arrivals])
     for envelope_id, at in fhir_arrivals:
         cid = by_envelope.get(envelope_id)
         if cid in sent_at:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import zlib
 from collections import Counter
@@ -41,6 +40,7 @@ __all__ = [
     "MLLP",
     "SCENARIOS",
     "Progress",
+    "Sampler",
     "Scenario",
     "Sent",
     "dump",
@@ -53,7 +53,6 @@ __all__ = [
 FHIR = "dmp-national"
 MLLP = "lab-legacy"
 _MAPPED_STATES = ("routed", "filtered", "failed")
-_CONTROL_ID = re.compile(rb'"control_id":"([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,12 @@ async def paced_send(
     connections: int,
     progress: Progress,
     timeout: float = 30.0,
+    start: float | None = None,
 ) -> list[Sent]:
     """Send message ``i`` at ``start + i / rate`` on its patient's connection; wait for each ACK.
+
+    ``start`` is a ``time.perf_counter()`` value (by default, now): a later call can go on with
+    the schedule of an earlier one (a message already late is sent at once).
 
     Returns:
         One ``Sent`` per message, in list order (``code`` is ``timeout`` or ``connection`` when
@@ -134,7 +137,8 @@ async def paced_send(
     for index, message in enumerate(messages):
         queues[zlib.crc32(patient_key(message).encode()) % connections].append(index)
     out: list[Sent | None] = [None] * len(messages)
-    start = time.perf_counter() + 0.05
+    if start is None:
+        start = time.perf_counter() + 0.05
 
     async def connection(number: int) -> None:
         client = AsyncMllpClient(host, port, timeout=timeout)
@@ -162,7 +166,7 @@ async def paced_send(
 
 
 @dataclass
-class _Sampler:
+class Sampler:
     """Samples the broker's counters (one HGETALL) against a baseline taken at the phase start."""
 
     client: redis.Redis
@@ -212,21 +216,6 @@ class _Sampler:
             except TimeoutError:
                 self.sample()
             tick += 1
-
-
-def _envelope_control_ids(client: redis.Redis, envelope_ids: Sequence[str]) -> dict[str, str]:
-    """Envelope id → MSH-10, from the head of each stored envelope (GETRANGE, not the bundle)."""
-    out: dict[str, str] = {}
-    for chunk_start in range(0, len(envelope_ids), 5000):
-        chunk = envelope_ids[chunk_start : chunk_start + 5000]
-        pipe = client.pipeline(transaction=False)
-        for envelope_id in chunk:
-            pipe.getrange(keys.envelope(envelope_id), 0, 1023)
-        for envelope_id, head in zip(chunk, pipe.execute(), strict=True):
-            found = _CONTROL_ID.search(head or b"")
-            if found:
-                out[envelope_id] = found.group(1).decode()
-    return out
 
 
 def _timing_records(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
@@ -313,7 +302,7 @@ def run_phase(
     stack.fhir.reset()
     stack.lab.clear()
     progress = Progress()
-    sampler = _Sampler(client, scenario, progress)
+    sampler = Sampler(client, scenario, progress)
     cpu_start, machine_start = cpu.snapshot(), cpu.machine()
 
     async def send_and_sample() -> list[Sent]:
@@ -351,7 +340,7 @@ def run_phase(
     envelope_ids = sorted(
         {e for e, _ in fhir_pairs} | {f["env"] for _, f in records if f.get("hop") == "send"}
     )
-    control_ids = _envelope_control_ids(client, envelope_ids)
+    control_ids = stack.control_ids(envelope_ids)
     arrivals: dict[str, dict[str, float]] = {}
     repeats: dict[str, int] = {}
     arrivals[FHIR], repeats[FHIR] = _first_arrivals(fhir_pairs, control_ids)

@@ -4,7 +4,9 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
 
     pl:in:P              stream   raw inbound messages (the journal); group ``pipeline``
     pl:out:SUB:P         stream   canonical envelope ids queued for one subscriber; group ``deliver``
-    pl:env:ID            string   an Envelope as JSON (retention TTL)
+    pl:env:ID            string   an Envelope as JSON, while in flight: dropped by the store's writer once
+                                  the store holds the message, final for every subscriber (else the
+                                  retention TTL)
     pl:dedupe:SRC:HASH   string   the ACK sent for one message of inbound adapter SRC: (MSH-3, MSH-4,
                                   MSH-10) for HL7 v2, the normalised content for FHIR; dedupe window TTL
     pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
@@ -41,6 +43,10 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:wake              list     journal partitions handed to those waiting workers, oldest first
     pl:store             stream   what happened to each message, for the message store's writer
                                   (broker.trail); group ``store``, emptied as the writer commits
+    pl:reopened          hash     envelope id → operator re-queues (resend, replay) the writer has not
+                                  stored yet: its envelope stays meanwhile (broker.trail.state)
+    pl:stored            hash     journal partition → the last entry whose message the store holds
+                                  (housekeeping trims the journal up to it)
 """
 
 from __future__ import annotations
@@ -58,9 +64,11 @@ __all__ = [
     "QUARANTINE",
     "RATES",
     "REJECTED",
+    "REOPENED",
     "STANDBY",
     "STATS",
     "STORE",
+    "STORED",
     "STORE_GROUP",
     "TIMINGS",
     "TRIMMED",
@@ -102,6 +110,8 @@ STANDBY = "pl:standby"
 WAKE = "pl:wake"
 STORE = "pl:store"
 STORE_GROUP = "store"
+REOPENED = "pl:reopened"
+STORED = "pl:stored"
 ATTEMPTS = "pl:attempts:"
 DEAD_OPEN_INDEXED = "pl:dlopen:indexed"
 INCIDENTS = "pl:incidents"

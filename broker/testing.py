@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from broker.delivery.replay import Operations
     from broker.delivery.send import Sender
     from broker.dispatch import Kicker
+    from broker.envelope import Envelope
     from broker.listen import Listeners
     from broker.mapping import MappingSet
     from broker.settings import Settings
@@ -55,6 +56,7 @@ __all__ = [
     "PrivateRedis",
     "QueuedTask",
     "StubCelery",
+    "envelope_control_ids",
     "free_port",
     "run_cli",
     "running_listeners",
@@ -665,23 +667,33 @@ class EagerBroker:
             enqueue=lambda name, args: self.celery.send_task(name, args=args, queue=QUEUE),
             subscribers=[s.id for s in self.subscribers],
             retention_s=self.settings.retention_s,
+            stored=self._stored_envelope,
         )
 
+    def _stored_envelope(self, envelope_id: str) -> Envelope | None:
+        """The envelope as the message store holds it (none before the writer first ran)."""
+        from broker.store import stored_envelope
+
+        return stored_envelope(self.store, envelope_id) if self._store is not None else None
+
     def control_id(self, envelope_id: str) -> str:
-        """The MSH-10 of a stored envelope (what a test sent), from its id."""
-        import json
-
-        from broker import keys
-
-        raw = self.client.get(keys.envelope(envelope_id))
-        if raw is None:
+        """The MSH-10 of a stored envelope (what a test sent), from its id (Redis, or the store)."""
+        found = self.control_ids([envelope_id])
+        if envelope_id not in found:
             msg = f"no stored envelope {envelope_id}"
             raise KeyError(msg)
-        return str(json.loads(raw)["control_id"])
+        return found[envelope_id]
+
+    def control_ids(self, envelope_ids: list[str]) -> dict[str, str]:
+        """Envelope id → MSH-10 (``envelope_control_ids`` on this broker's Redis and store)."""
+        store = self.store if self._store is not None else None
+        return envelope_control_ids(self.client, envelope_ids, store)
 
     def fhir_control_ids(self) -> list[str]:
         """The MSH-10 of every Bundle the FHIR capture accepted, in arrival order, repeats kept."""
-        return [self.control_id(e) for e in self.fhir.received_control_ids]
+        received = list(self.fhir.received_control_ids)
+        found = self.control_ids(received)
+        return [found[e] for e in received]
 
     def queued(self, subscriber: str) -> dict[str, str]:
         """MSH-10 → envelope id of everything ever queued for ``subscriber`` (every partition)."""
@@ -703,6 +715,46 @@ class EagerBroker:
         entries: list[tuple[bytes, dict[bytes, bytes]]]
         entries = self.client.xrange(keys.parked(subscriber, patient))  # type: ignore[assignment]
         return [self.control_id(f[b"env"].decode()) for _, f in entries]
+
+
+def envelope_control_ids(
+    client: redis.Redis, envelope_ids: Sequence[str], store: sqlalchemy.Engine | None = None
+) -> dict[str, str]:
+    """Envelope id → MSH-10 of the envelopes found: in Redis, else in the message store.
+
+    What a FHIR capture saw (``Bundle.identifier`` is the envelope id) turned back into what
+    the test sent. Redis first: its envelopes are read by their head (``GETRANGE``, not the
+    Bundle). The store's writer drops an envelope only after committing its message, so one
+    gone from Redis is in ``store``.
+    """
+    import re
+
+    from broker import keys
+
+    found: dict[str, str] = {}
+    pattern = re.compile(rb'"control_id":"([^"]*)"')
+    unique = list(dict.fromkeys(envelope_ids))
+    for start in range(0, len(unique), 5000):
+        chunk = unique[start : start + 5000]
+        pipe = client.pipeline(transaction=False)
+        for envelope_id in chunk:
+            pipe.getrange(keys.envelope(envelope_id), 0, 1023)
+        for envelope_id, head in zip(chunk, pipe.execute(), strict=True):
+            if match := pattern.search(head or b""):
+                found[envelope_id] = match.group(1).decode()
+    missing = [e for e in unique if e not in found]
+    if store is not None and missing:
+        import sqlalchemy as sa
+
+        from broker.store.schema import messages
+
+        with store.connect() as connection:
+            for start in range(0, len(missing), 500):
+                query = sa.select(messages.c.id, messages.c.control_id).where(
+                    messages.c.id.in_(missing[start : start + 500])
+                )
+                found.update({row.id: row.control_id for row in connection.execute(query)})
+    return found
 
 
 @dataclass(frozen=True)

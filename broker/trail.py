@@ -12,7 +12,7 @@ Records (field → value; ``k`` is the kind; times are epoch seconds)::
     k=att  d={"env": ID, "sub": SUB, "at": T, "ms": DURATION, "out": delivered|retrying|failed,
               "reply": what the receiver said, "digest": SHA-256 of the payload, "error": why}
     k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued  why=REASON
-           dead=DEAD_LETTER_ID
+           dead=DEAD_LETTER_ID   (replayed also counts the message in pl:reopened)
     k=act  env=ID  sub=SUB  act=ACTION  who=WHO  why=WHY  target=ID
 
 Usage, in a drain::
@@ -131,7 +131,14 @@ def state(
     reason: str = "",
     dead_letter: str = "",
 ) -> None:
-    """Queue a change of one message's state for one subscriber (parked, dead-lettered…)."""
+    """Queue a change of one message's state for one subscriber (parked, dead-lettered…).
+
+    ``replayed`` (an operator queued the message again) also counts the message in
+    ``pl:reopened``, on the same pipeline: its envelope stays in Redis until the store's writer
+    has stored this record, even if the store still says the message was delivered.
+    """
+    if new_state == "replayed":
+        pipe.hincrby(keys.REOPENED, envelope_id, 1)
     record = {
         "k": "st",
         "env": envelope_id,

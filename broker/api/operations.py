@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from broker import keys
 from broker.api.auth import require_token
-from broker.delivery.replay import OperationError, Operations
+from broker.delivery.replay import MessageNotFound, OperationError, Operations
 from broker.errors import BrokerError, CanonicalError
 from broker.settings import Settings
+from broker.store import StoredEnvelopes
 
 __all__ = [
     "API_WHO",
@@ -74,6 +74,7 @@ def get_operations(request: Request) -> Operations:
         enqueue=enqueue,
         subscribers=[a.id for a in adapters if a.direction == "outbound"],
         retention_s=settings.retention_s,
+        stored=StoredEnvelopes(settings.effective_store_url),
     )
     request.app.state.operations = ops
     return ops
@@ -138,11 +139,13 @@ def resend(
 ) -> dict[str, Any]:
     """Queue any stored message for a subscriber again; recorded as ``resent`` in the audit."""
     require_subscriber(ops, body.to)
-    if not ID_PATTERN.match(envelope_id) or not ops.client.exists(keys.envelope(envelope_id)):
+    if not ID_PATTERN.match(envelope_id):
         msg = f"no stored message {envelope_id} (unknown, or older than the retention)"
         raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
     try:
         ops.resend(envelope_id, body.to, who=API_WHO, why=body.why)
+    except MessageNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except OperationError as exc:
         raise refused(exc) from exc
     return {"envelope_id": envelope_id, "to": body.to, "status": "queued"}

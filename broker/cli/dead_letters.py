@@ -219,14 +219,22 @@ def _map_hl7v2(
     from broker.errors import BrokerError
     from broker.mapping import HL7V2, map_message, read_message
     from broker.parsing.hl7v2 import Message
+    from broker.store import StoredEnvelopes
 
     stored = client.get(keys.envelope(record["envelope_id"]))
+    kept: Envelope | None = None
     if stored is not None:
-        envelope = Envelope.model_validate_json(stored)
+        kept = Envelope.model_validate_json(stored)
     elif record.get("envelope"):
-        envelope = Envelope.model_validate(record["envelope"])
+        kept = Envelope.model_validate(record["envelope"])
     else:
+        try:
+            kept = StoredEnvelopes(settings.effective_store_url)(record["envelope_id"])
+        except BrokerError:
+            kept = None
+    if kept is None:
         fail(f"dead letter {record['id']} kept no envelope; send a FHIR Bundle instead")
+    envelope = kept
     try:
         config = load_config(settings)
     except BrokerError as exc:

@@ -103,6 +103,7 @@ def operations(settings: Settings, client: redis.Redis) -> Operations:
     """The operator actions on the broker's Redis, queuing their tasks for its Celery workers."""
     from broker.delivery.replay import Operations
     from broker.dispatch import publish
+    from broker.store import StoredEnvelopes
     from broker.worker.celery_app import create_celery
 
     adapters = registered(settings)
@@ -116,6 +117,7 @@ def operations(settings: Settings, client: redis.Redis) -> Operations:
         enqueue=enqueue,
         subscribers=[a.id for a in adapters if a.direction == "outbound"],
         retention_s=settings.retention_s,
+        stored=StoredEnvelopes(settings.effective_store_url),
     )
 
 

@@ -3,6 +3,10 @@
 Every action is recorded on the dead letter's history and in ``pl:audit`` with who and why.
 Replays are idempotent for receivers: the envelope id and its deterministic resource ids stay the
 same, FHIR deliveries are conditional updates, and HL7 v2 deliveries keep the inbound MSH-10.
+
+An envelope Redis no longer holds (the store's writer drops those of finished messages,
+docs/reliability.md §15) is taken from the dead letter's record, else rebuilt from the message
+store (``stored``): same id, same canonical Bundle, so the same resource ids.
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.envelope import Envelope
 from broker.errors import BrokerError
 
-__all__ = ["OperationError", "Operations"]
+__all__ = ["MessageNotFound", "OperationError", "Operations"]
 
 Enqueue = Callable[[str, list[Any]], None]
 """Queues a Celery task by name with its arguments."""
+Lookup = Callable[[str], Envelope | None]
+"""The envelope of a message id as the message store holds it (``broker.store.StoredEnvelopes``)."""
 
 
 class OperationError(BrokerError):
     """Raised when an operator action cannot be done; the message says why and what to do."""
+
+
+class MessageNotFound(OperationError):
+    """Raised when neither Redis nor the message store holds the message an action names."""
 
 
 class Operations:
@@ -40,16 +50,24 @@ class Operations:
         enqueue: queues ``passerelle.release_patient`` and ``passerelle.drain_outbound`` tasks.
         subscribers: the outbound adapter ids that exist.
         retention_s: how long a restored envelope is kept.
+        stored: where an envelope Redis no longer holds is found (the message store); none:
+            such a message cannot be sent again.
     """
 
     def __init__(
-        self, client: redis.Redis, enqueue: Enqueue, subscribers: list[str], retention_s: int
+        self,
+        client: redis.Redis,
+        enqueue: Enqueue,
+        subscribers: list[str],
+        retention_s: int,
+        stored: Lookup | None = None,
     ) -> None:
         self.client = client
         self.store = DeadLetterStore(client)
         self.enqueue = enqueue
         self.subscribers = subscribers
         self.retention_s = retention_s
+        self.stored = stored
 
     @contextmanager
     def _exclusive(self, dead_id: str) -> Iterator[None]:
@@ -207,42 +225,76 @@ class Operations:
     def resend(self, envelope_id: str, subscriber: str, *, who: str, why: str) -> None:
         """Queue any stored message for a subscriber again (``passerelle replay ID --to SUB``).
 
+        The envelope comes from Redis, else from the message store (same id, same Bundle).
+
         Raises:
-            OperationError: unknown subscriber, unknown or expired envelope, or one that failed.
+            MessageNotFound: neither Redis nor the message store has the message.
+            OperationError: unknown subscriber, a message that failed (no canonical form), or a
+                message store that cannot be read.
         """
         self._subscriber(subscriber)
-        raw = self.client.get(keys.envelope(envelope_id))
-        if raw is None:
+        envelope = self._find(envelope_id)
+        if envelope is None:
             msg = f"no stored message {envelope_id} (unknown, or older than the retention)"
-            raise OperationError(msg)
-        envelope = Envelope.model_validate_json(raw)
+            raise MessageNotFound(msg)
         if envelope.bundle is None:
             msg = f"message {envelope_id} has no canonical form ({envelope.state.value}: {envelope.reason}); nothing to send"
             raise OperationError(msg)
-        self._queue(subscriber, envelope, None)
-        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
+        # One MULTI: the envelope is (re)set with the record that marks it re-queued
+        # (pl:reopened), so the store's writer cannot drop it between the two.
         pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
+        self._queue(subscriber, envelope, None, pipe=pipe)
         pipe.execute()
+        self.enqueue("passerelle.drain_outbound", [subscriber, envelope.partition or 0])
+        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
+
+    def _find(self, envelope_id: str) -> Envelope | None:
+        """The envelope from Redis, else from the message store; ``None`` if neither has it.
+
+        Raises:
+            OperationError: Redis does not have it and the message store cannot be read.
+        """
+        raw = self.client.get(keys.envelope(envelope_id))
+        if raw is not None:
+            return Envelope.model_validate_json(raw)
+        if self.stored is None:
+            return None
+        try:
+            return self.stored(envelope_id)
+        except BrokerError as exc:
+            msg = f"message {envelope_id} is no longer in Redis and the message store cannot be read: {exc}"
+            raise OperationError(msg) from exc
 
     def _restore(self, record: dict[str, Any], corrected: dict[str, Any] | None) -> Envelope:
         """Put the envelope (kept in the record, possibly corrected) back where senders read it."""
         raw = self.client.get(keys.envelope(record["envelope_id"]))
+        found: Envelope | None = None
         if raw is not None:
-            envelope = Envelope.model_validate_json(raw)
+            found = Envelope.model_validate_json(raw)
         elif record.get("envelope"):
-            envelope = Envelope.model_validate(record["envelope"])
+            found = Envelope.model_validate(record["envelope"])
         else:
-            msg = f"dead letter {record['id']} kept no payload and its message expired; nothing to replay"
+            found = self._find(record["envelope_id"])
+        if found is None:
+            msg = (
+                f"dead letter {record['id']} kept no payload and its message is neither in Redis "
+                "nor in the message store; nothing to replay"
+            )
             raise OperationError(msg)
+        envelope = found
         if corrected is not None:
             validate_bundle(corrected)
             envelope = envelope.model_copy(update={"bundle": corrected})
         self.client.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
         return envelope
 
-    def _queue(self, subscriber: str, envelope: Envelope, dead_id: str | None) -> None:
+    def _queue(
+        self, subscriber: str, envelope: Envelope, dead_id: str | None, pipe: Any = None
+    ) -> None:
+        """Queue the envelope for the subscriber; on ``pipe``, the caller queues the drain."""
         partition = envelope.partition or 0
         fields: dict[str, str] = {
             "env": envelope.id,
@@ -251,5 +303,8 @@ class Operations:
         }
         if dead_id is not None:
             fields["dead"] = dead_id
+        if pipe is not None:
+            pipe.xadd(keys.outbound(subscriber, partition), fields)
+            return
         self.client.xadd(keys.outbound(subscriber, partition), fields)  # type: ignore[arg-type]
         self.enqueue("passerelle.drain_outbound", [subscriber, partition])

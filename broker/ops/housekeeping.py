@@ -2,7 +2,8 @@
 
 - :func:`rekick` queues a drain for every stream with work and no live drainer, so a lost task
   or a dead worker costs a delay, never a message (docs/reliability.md §2).
-- :func:`trim` drops journal and queue entries older than the retention, never unfinished ones.
+- :func:`trim` drops journal and queue entries once done (stored, with the message store's
+  writer; older than the retention, without), never unfinished ones.
 - :func:`pressure` turns backpressure on while a backlog or Redis memory is over its limit.
 - :func:`check_alerts` evaluates Passerelle's own alert rules (:mod:`broker.ops.alerts`) and
   notifies each incident's opening and recovery once.
@@ -184,27 +185,41 @@ def pressure(
 
 
 def trim(client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: Settings) -> None:
-    """Drop journal and queue entries older than the retention, at most once a minute.
+    """Drop the journal and queue entries nothing needs any more, at most once a minute.
 
-    XTRIM MINID cuts by entry id, i.e. by arrival time; an entry is processed within seconds,
-    so only entries long done fall out. An entry its consumer group has not yet read, or read
-    and not acknowledged, is never cut however old: the cut stops at the oldest of them, so a
-    drain still reaches it (a queued message whose envelope expired becomes a dead letter, §6 of
-    docs/reliability.md). Dead letters, rejections and quarantine are kept.
+    With the message store's writer (its marks in ``pl:stored``), an entry goes once it is
+    done: a journal entry once the pipeline acknowledged it and the store holds its message (up
+    to its partition's mark: the writer reads the raw bytes from it), a queue entry once its
+    delivery drain acknowledged it (its attempt's record went to ``pl:store`` in that MULTI).
+    Without a writer, entries go once older than the retention, as they always did; and if the
+    writer stops, the retention still applies.
+
+    XTRIM MINID cuts by entry id, i.e. by arrival time. An entry its consumer group has not yet
+    read, or read and not acknowledged, is never cut however old: the cut stops at the oldest
+    of them, so a drain still reaches it (a queued message whose envelope expired becomes a
+    dead letter, §6 of docs/reliability.md). Dead letters, rejections and quarantine are kept.
     """
     if not client.set(keys.TRIMMED, b"1", nx=True, ex=60):
         return
     cutoff = _stream_id(f"{int((time.time() - settings.retention_s) * 1000)}-0")
-    streams = []
+    marks: dict[bytes, bytes] = client.hgetall(keys.STORED)  # type: ignore[assignment]
+    streams: list[tuple[str, str, tuple[int, int]]] = []
     for partition in range(settings.partitions):
-        streams.append((keys.inbound(partition), keys.PIPELINE_GROUP))
+        mark = marks.get(str(partition).encode())
+        stored = _stream_id(mark) if mark else (0, 0)
+        journal_cut = max(cutoff, (stored[0], stored[1] + 1)) if mark else cutoff
+        streams.append((keys.inbound(partition), keys.PIPELINE_GROUP, journal_cut))
+        # Acknowledged is done: (2**63, 0) leaves the cut to the consumer group's floor alone.
+        queue_cut = (2**63, 0) if marks else cutoff
         streams.extend(
-            (keys.outbound(sub.id, partition), keys.DELIVER_GROUP) for sub in subscribers
+            (keys.outbound(sub.id, partition), keys.DELIVER_GROUP, queue_cut) for sub in subscribers
         )
     pipe = client.pipeline(transaction=False)
-    for stream, group in streams:
+    for stream, group, cut in streams:
         floor = undone_floor(client, stream, group)
-        minid = cutoff if floor is None else min(cutoff, floor)
+        if floor is None:
+            continue  # no such stream
+        minid = min(cut, floor)
         if minid > (0, 0):
             pipe.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
     pipe.execute()

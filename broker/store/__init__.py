@@ -10,7 +10,16 @@ the engine and the upgrade, ``records`` the rows made from Redis, ``writer`` the
 from __future__ import annotations
 
 from broker.store.db import check_current, connect, current_revision, head_revision, upgrade
-from broker.store.query import MAX_LIMIT, Page, Search, search, show, trace
+from broker.store.query import (
+    MAX_LIMIT,
+    Page,
+    Search,
+    StoredEnvelopes,
+    search,
+    show,
+    stored_envelope,
+    trace,
+)
 from broker.store.retention import purge
 from broker.store.writer import StoreWriter
 
@@ -19,6 +28,7 @@ __all__ = [
     "Page",
     "Search",
     "StoreWriter",
+    "StoredEnvelopes",
     "check_current",
     "connect",
     "current_revision",
@@ -26,6 +36,7 @@ __all__ = [
     "purge",
     "search",
     "show",
+    "stored_envelope",
     "trace",
     "upgrade",
 ]

@@ -13,9 +13,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from broker.envelope import Envelope
+from broker.errors import ServiceUnavailable
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
 
-__all__ = ["MAX_LIMIT", "Page", "Search", "search", "show", "trace"]
+__all__ = [
+    "MAX_LIMIT",
+    "Page",
+    "Search",
+    "StoredEnvelopes",
+    "search",
+    "show",
+    "stored_envelope",
+    "trace",
+]
 
 MAX_LIMIT = 500
 """The most messages one page holds."""
@@ -284,3 +295,69 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
     for subscriber, tries in sorted(by_subscriber.items()):
         result["deliveries"].append({"subscriber": subscriber, "state": None, "attempt_log": tries})
     return result
+
+
+def stored_envelope(engine: sa.Engine, message_id: str) -> Envelope | None:
+    """The envelope of a stored message, rebuilt from its row; ``None`` if the store lacks it.
+
+    What an operator's resend or replay needs once Redis has dropped the envelope: the same id,
+    the canonical Bundle as it was mapped (so the same resource ids), the source, control id,
+    patient key and partition. Not kept, hence absent: the journal entry id and the correlation
+    id (a log field).
+    """
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(messages).where(messages.c.id == message_id)).first()
+    if row is None or row.state == "rejected":
+        return None
+    return Envelope(
+        id=row.id,
+        correlation_id=row.control_id,
+        source=row.adapter,
+        content_type=row.content_type or "application/hl7-v2",
+        received_at=datetime.fromtimestamp(row.received_at, UTC),
+        event=row.event,
+        version=row.version,
+        control_id=row.control_id,
+        sender=row.sender,
+        partition_key=row.partition_key,
+        partition=row.partition,
+        mappings=json.loads(row.mappings or "[]"),
+        findings=json.loads(row.findings or "[]"),
+        unmapped=json.loads(row.unmapped or "[]"),
+        state=row.state,
+        reason=row.reason,
+        bundle=json.loads(row.canonical) if row.canonical else None,
+    )
+
+
+class StoredEnvelopes:
+    """``stored_envelope`` on the store at ``url``, opened on first use (operators' fallback).
+
+    Args:
+        url: the store's SQLAlchemy URL (``Settings.effective_store_url``).
+        engine: an engine already open on it (then ``url`` is not used).
+
+    Raises (on call):
+        BrokerError: the store is missing, unreachable or at another schema revision.
+    """
+
+    def __init__(self, url: str = "", engine: sa.Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine
+
+    def __call__(self, message_id: str) -> Envelope | None:
+        """The envelope of ``message_id`` as the store holds it, or ``None``."""
+        if self.engine is None:
+            from broker.store.db import check_current, connect
+
+            try:
+                engine = connect(self.url)
+            except ServiceUnavailable:
+                return None  # no SQLite store yet (the writer creates it): it holds nothing
+            check_current(engine)
+            self.engine = engine
+        try:
+            return stored_envelope(self.engine, message_id)
+        except sa.exc.OperationalError as exc:
+            msg = f"the message store cannot be reached ({type(exc.orig).__name__})"
+            raise ServiceUnavailable(msg) from exc

@@ -50,6 +50,9 @@ messages = Table(
     Column("state", String(32), nullable=False, comment="routed, filtered, failed, rejected"),
     Column("reason", Text, comment="why failed or rejected"),
     Column("partition_key", String(512), comment="the patient identity that orders it"),
+    Column(
+        "partition", Integer, comment="the patient partition of its journal and delivery streams"
+    ),
     Column("raw", LargeBinary, comment="the bytes received"),
     Column("canonical", Text, comment="the canonical FHIR R4 message Bundle (JSON)"),
     Column("mappings", Text, comment="JSON list of {id, sha256}"),

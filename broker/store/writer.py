@@ -11,6 +11,14 @@ attempt or an action) and is inserted with ON CONFLICT DO NOTHING, and a subscri
 an upsert, so a batch read again after a crash between the commit and the XACK writes nothing
 twice. Nothing is lost while the writer is down: the records wait in the stream, and its
 pending entries are read first when it starts again.
+
+Redis then keeps only what is in flight (docs/reliability.md §15): after the commit, in the MULTI
+that acknowledges the batch, the writer drops the envelope (``pl:env:ID``) of every message of
+the batch that the store holds and that is final for every subscriber (delivered, filtered,
+discarded), unless an operator queued it again meanwhile (``pl:reopened``, counted by
+``broker.trail.state``), and marks per partition the last journal entry whose message is stored
+(``pl:stored``), up to which housekeeping trims the journal. Where no writer runs, nothing is
+dropped: envelopes expire after the retention, as they always did.
 """
 
 from __future__ import annotations
@@ -32,13 +40,30 @@ from broker.store import retention
 from broker.store.records import identifier_rows, message_row, rejected_row, reply_codes
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
 
-__all__ = ["CONSUMER", "Batch", "StoreWriter"]
+__all__ = ["CONSUMER", "FINAL", "Batch", "StoreWriter"]
 
 log = get_logger(__name__)
 CONSUMER = "writer"
 """The writer's consumer name: fixed, so a restarted writer reads its own pending entries."""
 PURGE_INTERVAL_S = 600.0
+FINAL = ("delivered", "filtered", "discarded")
+"""A subscriber's states after which nothing more is sent unless an operator asks again."""
 _Entry = tuple[str, dict[bytes, bytes] | None]
+_DROP = """
+local n = tonumber(ARGV[1])
+for i = n + 2, #ARGV do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+local dropped = 0
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i + 1]) == 0 then
+    dropped = dropped + redis.call('DEL', KEYS[i + 1])
+  end
+end
+return dropped
+"""
+"""Count one re-queue off ``pl:reopened`` (KEYS[1]) per id after the ``n`` finished ones; drop
+the envelopes (KEYS[2..n+1]) of those finished (ARGV[2..n+1]) that no operator re-queued."""
 
 
 @dataclass
@@ -50,6 +75,12 @@ class Batch:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
     deliveries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+    """The messages the batch's records are about (their envelopes may go once it commits)."""
+    reopened: list[str] = field(default_factory=list)
+    """One message id per ``replayed`` record: an operator's re-queue, now in the store."""
+    journal: dict[int, str] = field(default_factory=dict)
+    """Partition → the last journal entry whose message the batch stores."""
 
     def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
         """Set one subscriber's state of one message (the last change of the batch wins)."""
@@ -87,6 +118,7 @@ class StoreWriter:
         self._next_purge = 0.0
         dialect = engine.dialect.name
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._drop = client.register_script(_DROP)
         self.ensure_groups()
 
     def ensure_groups(self) -> None:
@@ -146,19 +178,23 @@ class StoreWriter:
         started = time.perf_counter()
         batch = self.collect(read[keys.STORE], read[keys.REJECTED])
         self.commit(batch)
-        pipe = self.client.pipeline(transaction=False)
+        # One MULTI: the envelopes go, the marks move and the batch is acknowledged together, so
+        # a crash before it repeats all of it (the commit is idempotent) and after it none.
+        pipe = self.client.pipeline(transaction=True)
+        dropping = self.release(pipe, batch, self.finished(batch.touched))
         if read[keys.STORE]:
             done = [i for i, _ in read[keys.STORE]]
             pipe.xack(keys.STORE, keys.STORE_GROUP, *done)
             pipe.xdel(keys.STORE, *done)
         if read[keys.REJECTED]:
             pipe.xack(keys.REJECTED, keys.STORE_GROUP, *[i for i, _ in read[keys.REJECTED]])
-        pipe.execute()
+        replies = pipe.execute()
         log.info(
             "store.batch",
             records=size,
             messages=len(batch.messages),
             attempts=len(batch.attempts),
+            dropped=replies[0] if dropping else 0,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return size
@@ -175,6 +211,7 @@ class StoreWriter:
             if not fields:
                 continue  # deleted after it was read once: nothing left to write
             kind = fields.get(b"k")
+            self._touch(batch, fields)
             if kind == b"msg":
                 self._message(batch, fields, envelopes, journal, now)
             elif kind == b"att":
@@ -204,7 +241,23 @@ class StoreWriter:
         for entry_id, fields in rejected:
             if fields:
                 batch.messages.append(rejected_row(entry_id, fields, now))
+        for envelope_id in wanted:
+            envelope = envelopes.get(envelope_id) or {}
+            partition, journal_id = envelope.get("partition"), envelope.get("journal_id")
+            if partition is not None and journal_id:
+                batch.journal[int(partition)] = str(journal_id)  # in journal order: the last wins
         return batch
+
+    @staticmethod
+    def _touch(batch: Batch, fields: dict[bytes, bytes]) -> None:
+        """Note which message a record is about, and whether it is an operator's re-queue."""
+        if fields.get(b"k") == b"att":
+            envelope_id = str(json.loads(fields[b"d"])["env"])
+        else:
+            envelope_id = fields[b"env"].decode()
+        batch.touched.add(envelope_id)
+        if fields.get(b"k") == b"st" and fields.get(b"st") == b"replayed":
+            batch.reopened.append(envelope_id)
 
     def _load(
         self, envelope_ids: list[str]
@@ -275,6 +328,50 @@ class StoreWriter:
         )
         state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")
         batch.delivery(envelope_id, subscriber, at, state=state, reason=error)
+
+    # --- what Redis no longer needs ------------------------------------------------------------
+
+    def finished(self, message_ids: Iterable[str]) -> list[str]:
+        """Those of ``message_ids`` the store holds and that are final for every subscriber.
+
+        Final: every delivery row is delivered, filtered or discarded (a message routed to
+        nobody, or that failed mapping, has none). Retrying, parked, dead-lettered, queued or
+        replayed for any subscriber: not final, its envelope is still needed.
+        """
+        ids = sorted(message_ids)
+        done: list[str] = []
+        open_delivery = (
+            sa.select(deliveries.c.message_id)
+            .where(deliveries.c.message_id == messages.c.id, deliveries.c.state.not_in(FINAL))
+            .exists()
+        )
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = sa.select(messages.c.id).where(messages.c.id.in_(chunk), ~open_delivery)
+                done.extend(connection.scalars(query))
+        return done
+
+    def release(self, pipe: Any, batch: Batch, finished: list[str]) -> bool:
+        """Queue on ``pipe`` (the batch's MULTI) what the store now holds for Redis.
+
+        The ``replayed`` records of the batch are counted off ``pl:reopened``; the envelopes of
+        ``finished`` go unless an operator re-queued the message since (its count is not zero);
+        ``pl:stored`` moves to the batch's last stored journal entry of each partition.
+
+        Returns:
+            Whether the drop is queued (then its reply, how many envelopes went, comes first).
+        """
+        dropping = bool(finished or batch.reopened)
+        if dropping:
+            self._drop(
+                keys=[keys.REOPENED, *[keys.envelope(i) for i in finished]],
+                args=[len(finished), *finished, *batch.reopened],
+                client=pipe,
+            )
+        if batch.journal:
+            pipe.hset(keys.STORED, mapping={str(p): i for p, i in batch.journal.items()})
+        return dropping
 
     # --- rows → SQL ----------------------------------------------------------------------------
 

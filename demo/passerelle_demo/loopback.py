@@ -9,6 +9,7 @@ registrations, is ``broker.testing.EagerBroker``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,12 @@ import redis
 
 from broker.settings import Settings
 from broker.supervisor import Supervisor
-from broker.testing import free_port, wait_for_port, write_loopback_adapters
+from broker.testing import (
+    envelope_control_ids,
+    free_port,
+    wait_for_port,
+    write_loopback_adapters,
+)
 from passerelle_demo.peers.fhir_capture import FhirCapture
 from passerelle_demo.peers.mllp_capture import MllpCapture
 
@@ -75,6 +81,7 @@ class LoopbackStack:
         self.redis: Any = None
         self._watching = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._store: Any = None
 
     def __enter__(self) -> LoopbackStack:
         self.start()
@@ -139,6 +146,9 @@ class LoopbackStack:
             self._watcher = None
         self.fhir.stop()
         self.lab.stop()
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
         LoopbackStack.running.discard(self)
 
     def api_client(self, timeout: float = 30) -> httpx.Client:
@@ -156,6 +166,24 @@ class LoopbackStack:
             headers={"Authorization": f"Bearer {API_TOKEN}"},
             timeout=timeout,
         )
+
+    @property
+    def store(self) -> Any:
+        """The message store's engine (``None`` until the writer has created it)."""
+        assert self.settings is not None, "start the stack first"
+        if self._store is None:
+            from broker.errors import BrokerError
+            from broker.store import connect
+
+            try:
+                self._store = connect(self.settings.effective_store_url)
+            except BrokerError:
+                return None  # the writer has not created it yet
+        return self._store
+
+    def control_ids(self, envelope_ids: Sequence[str]) -> dict[str, str]:
+        """Envelope id → MSH-10 of the envelopes found in Redis or, once dropped, the store."""
+        return envelope_control_ids(self.redis, envelope_ids, self.store)
 
     def logs(self, tail: int = 4000) -> str:
         """The end of every child's log, for failure messages."""

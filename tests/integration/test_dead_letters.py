@@ -14,6 +14,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.intake.hl7v2 import partition_key
 from broker.parsing.hl7v2 import parse
+from broker.store import stored_envelope
 from broker.testing import wait_until
 from broker.worker.celery_app import create_celery
 from passerelle_demo.loopback import LoopbackStack
@@ -48,21 +49,24 @@ def send(stack: LoopbackStack, messages: list[str]) -> None:
 
 def fhir_control_ids(stack: LoopbackStack) -> list[str]:
     """MSH-10 of every bundle the FHIR server accepted, in arrival order."""
-    out = []
-    for envelope_id, _ in stack.fhir.arrivals():
-        raw = stack.redis.get(keys.envelope(envelope_id))
-        out.append(json.loads(raw)["control_id"])
-    return out
+    arrived = [envelope_id for envelope_id, _ in stack.fhir.arrivals()]
+    found = stack.control_ids(arrived)
+    return [found[e] for e in arrived]
 
 
 def fhir_envelopes(stack: LoopbackStack) -> dict[str, dict]:
-    """Control id → the envelope (as the broker kept it) of every bundle the FHIR server accepted."""
+    """Control id → the envelope (as the broker kept it) of every bundle the FHIR server accepted:
+    in Redis while in flight, else as the message store rebuilds it."""
     out = {}
     for envelope_id in stack.fhir.envelope_ids:
         raw = stack.redis.get(keys.envelope(envelope_id))
         if raw is not None:
             envelope = json.loads(raw)
-            out[envelope["control_id"]] = envelope
+        elif stack.store is not None and (kept := stored_envelope(stack.store, envelope_id)):
+            envelope = kept.model_dump(mode="json")
+        else:
+            continue
+        out[envelope["control_id"]] = envelope
     return out
 
 

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpError, frame
 from broker.parsing.hl7v2 import parse
+from broker.store.schema import messages
 from broker.testing import wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.fhir_capture import HeldRequest
@@ -97,15 +99,8 @@ def fhir_control_ids(stack: LoopbackStack, skip: int = 0) -> list[str]:
     envelope_ids = stack.fhir.received_control_ids[skip:]
     if not envelope_ids:
         return []
-    unique = sorted(set(envelope_ids))
-    control: dict[str, str] = {}
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
-        for envelope_id, raw in zip(
-            chunk, stack.redis.mget([keys.envelope(e) for e in chunk]), strict=True
-        ):
-            control[envelope_id] = json.loads(raw)["control_id"] if raw else f"?{envelope_id}"
-    return [control[e] for e in envelope_ids]
+    control = stack.control_ids(envelope_ids)
+    return [control.get(e, f"?{e}") for e in envelope_ids]
 
 
 @dataclass
@@ -163,14 +158,22 @@ def report(title: str, *lines: str) -> str:
 
 
 def journal_control_ids(stack: LoopbackStack) -> list[str]:
-    """MSH-10 of every entry of every journal partition."""
+    """MSH-10 of every journalled message: each entry of every journal partition, and each
+    message the store holds (housekeeping trims a journal entry once its message is stored)."""
     assert stack.settings is not None
-    out = []
+    by_envelope: dict[str, str] = {}
     for partition in range(stack.settings.partitions):
         for _, fields in stack.redis.xrange(keys.inbound(partition)):
             if b"raw" in fields:
-                out.append(parse(fields[b"raw"].decode("utf-8")).control_id)
-    return out
+                by_envelope[fields[b"id"].decode()] = parse(fields[b"raw"].decode()).control_id
+    if stack.store is not None:
+        query = sa.select(messages.c.id, messages.c.control_id).where(
+            messages.c.state != "rejected"
+        )
+        with stack.store.connect() as connection:
+            for row in connection.execute(query):
+                by_envelope.setdefault(row.id, row.control_id)
+    return list(by_envelope.values())
 
 
 def _children_of() -> dict[int, list[int]]:

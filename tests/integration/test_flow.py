@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 from collections import defaultdict
 
@@ -43,13 +42,8 @@ def journalled(stack, control: str) -> bool:
 
 
 def fhir_accepted(stack) -> set[str]:
-    """MSH-10 of every Bundle the FHIR capture accepted (its envelope, kept in Redis, says)."""
-    out = set()
-    for envelope_id in stack.fhir.envelope_ids:
-        raw = stack.redis.get(keys.envelope(envelope_id))
-        if raw is not None:
-            out.add(json.loads(raw)["control_id"])
-    return out
+    """MSH-10 of every Bundle the FHIR capture accepted (its envelope, in Redis or the store)."""
+    return set(stack.control_ids(sorted(stack.fhir.envelope_ids)).values())
 
 
 def blocked_scripts(client: redis.Redis) -> set[str]:
