@@ -9,7 +9,7 @@ to SQL. Records carry ids, states and receivers' replies, never the message itse
 Records (field → value; ``k`` is the kind; times are epoch seconds)::
 
     k=msg  env=ID  st=routed|filtered|failed  to=SUB,SUB  off={"SUB": "why not"}
-    k=att  d={"env": ID, "sub": SUB, "at": T, "ms": DURATION, "out": delivered|retrying|failed,
+    k=att  env=ID  d={"env": ID, "sub": SUB, "at": T, "ms": DURATION, "out": delivered|retrying|failed,
               "reply": what the receiver said, "digest": SHA-256 of the payload, "error": why}
     k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued  why=REASON
            dead=DEAD_LETTER_ID   (replayed also counts the message in pl:reopened)
@@ -118,7 +118,8 @@ def attempted(
         "digest": digest or "",
         "error": (error or "")[:REPLY_LIMIT],
     }
-    record = {"k": "att", "d": pydantic_core.to_json(details)}
+    # The envelope id also on its own: the writer groups records by message without parsing d.
+    record = {"k": "att", "env": envelope_id, "d": pydantic_core.to_json(details)}
     pipe.xadd(keys.STORE, record)
 
 

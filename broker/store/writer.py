@@ -23,12 +23,12 @@ dropped: envelopes expire after the retention, as they always did.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -251,10 +251,10 @@ class StoreWriter:
     @staticmethod
     def _touch(batch: Batch, fields: dict[bytes, bytes]) -> None:
         """Note which message a record is about, and whether it is an operator's re-queue."""
-        if fields.get(b"k") == b"att":
-            envelope_id = str(json.loads(fields[b"d"])["env"])
-        else:
+        if b"env" in fields:
             envelope_id = fields[b"env"].decode()
+        else:  # an attempt recorded before the id was also a field of its own
+            envelope_id = str(pydantic_core.from_json(fields[b"d"])["env"])
         batch.touched.add(envelope_id)
         if fields.get(b"k") == b"st" and fields.get(b"st") == b"replayed":
             batch.reopened.append(envelope_id)
@@ -266,7 +266,9 @@ class StoreWriter:
         if not envelope_ids:
             return {}, {}
         raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])  # type: ignore[assignment]
-        envelopes = {i: json.loads(r) for i, r in zip(envelope_ids, raw, strict=True) if r}
+        envelopes = {
+            i: pydantic_core.from_json(r) for i, r in zip(envelope_ids, raw, strict=True) if r
+        }
         located = [
             (i, e["partition"], e["journal_id"])
             for i, e in envelopes.items()
@@ -299,12 +301,13 @@ class StoreWriter:
         at = row["received_at"]
         for subscriber in filter(None, fields.get(b"to", b"").decode().split(",")):
             batch.delivery(envelope_id, subscriber, at, state="queued")
-        for subscriber, why in json.loads(fields.get(b"off") or b"{}").items():
-            batch.delivery(envelope_id, subscriber, at, state="filtered", reason=why)
+        if b"off" in fields:
+            for subscriber, why in pydantic_core.from_json(fields[b"off"]).items():
+                batch.delivery(envelope_id, subscriber, at, state="filtered", reason=why)
 
     @staticmethod
     def _attempt(batch: Batch, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        details = json.loads(fields[b"d"])
+        details = pydantic_core.from_json(fields[b"d"])
         envelope_id, subscriber = str(details["env"]), str(details["sub"])
         outcome = str(details["out"])
         at = float(details["at"])
