@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks import cpu
 from benchmarks.peers import RemotePeer
-from benchmarks.run import _control_ids, _envelope_control_ids, _pct
+from benchmarks.run import _control_ids, _pct
 from broker.testing import wait_until
 from broker.worker.profiling import CLOCK_ENV, ENV
 from passerelle_demo.loopback import LoopbackStack
@@ -104,7 +104,7 @@ def phase(stack: LoopbackStack, rate: float, seconds: float, seed: int) -> dict[
     sent_at = {c: o.sent_at for c, o in zip(_control_ids(messages), result.outcomes, strict=True)}
     arrival: dict[str, float] = {}
     fhir_arrivals = [(e, t) for e, t in stack.fhir.arrivals() if e not in fhir_before]
-    by_envelope = _envelope_control_ids(stack, [e for e, _ in fhir_arrivals])
+    by_envelope = stack.control_ids([e for e, _ in fhir_arrivals])
     for envelope_id, at in fhir_arrivals:
         cid = by_envelope.get(envelope_id)
         if cid in sent_at:
