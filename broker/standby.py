@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,22 @@ return 0
 _HAND_SCRIPT = Script(None, _HAND.encode())  # type: ignore[arg-type]
 """Run by EVALSHA: the text goes to each Redis server once."""
 
+# KEYS: pl:standby. ARGV: member. Leave before draining what was popped; returns how many live
+# waiters remain (the drain's hand-over attempts are skipped when none does).
+_TAKE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local time = redis.call('TIME')
+return redis.call('ZCOUNT', KEYS[1], tonumber(time[1]) + tonumber(time[2]) / 1000000, '+inf')
+"""
+_TAKE_SCRIPT = Script(None, _TAKE.encode())  # type: ignore[arg-type]
+
+_taken = threading.local()
+"""``others``: while this thread runs a drain popped in standby, how many other waiters were
+live when it left ``pl:standby`` (``None`` otherwise). At light load the worker that drains is the only
+one waiting, so :func:`hand` would fail for every message: one script call each for nothing.
+A waiter that enters after this was read is missed; the drain then runs in line, as it would
+with none."""
+
 
 def wake_item(task: str, args: list[Any]) -> str | None:
     """How ``pl:wake`` names the drain ``task(*args)``; ``None`` for a task standby cannot run."""
@@ -136,12 +153,16 @@ def hand(client: redis.Redis, task: str, args: list[Any]) -> bool:
         True when a waiter will run it (no Celery task to queue); False when the caller must
         queue it as before.
     """
+    others: int | None = getattr(_taken, "others", None)
     item = wake_item(task, args)
-    if item is None:
+    if item is None or others == 0:
         return False
-    return bool(
+    handed = bool(
         _HAND_SCRIPT(keys=[keys.STANDBY, keys.WAKE, keys.STATS], args=[item], client=client)
     )
+    if others is not None:
+        _taken.others = others - 1 if handed else 0
+    return handed
 
 
 def stand_by(
@@ -168,6 +189,8 @@ def stand_by(
     if budget_s <= 0 or most_waiters <= 0:
         return 0
     member = f"{socket.gethostname()}:{os.getpid()}"
+    if threading.current_thread() is not threading.main_thread():  # a pool process has one
+        member += f":{threading.get_ident()}"
     enter = client.register_script(_ENTER)
     leave = client.register_script(_LEAVE)
     deadline = time.monotonic() + budget_s
@@ -179,8 +202,13 @@ def stand_by(
             popped = client.blpop([keys.WAKE], timeout=SLICE_S)
             if popped is None:
                 continue
-            client.zrem(keys.STANDBY, member)
-            run(*wake_task(popped[1]))
+            _taken.others = int(
+                _TAKE_SCRIPT(keys=[keys.STANDBY], args=[member], client=client)  # type: ignore[arg-type]
+            )
+            try:
+                run(*wake_task(popped[1]))
+            finally:
+                _taken.others = None
             drained += 1
     finally:
         _requeue(kicker, leave(keys=[keys.STANDBY, keys.WAKE], args=[member]))

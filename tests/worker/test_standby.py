@@ -208,3 +208,39 @@ def test_wake_items_name_their_drain_both_ways():
         assert item is not None
         assert standby.wake_task(item.encode()) == (task, args)
     assert standby.wake_item("passerelle.rekick", []) is None
+
+
+def test_a_waiter_alone_delivers_in_line_without_trying_to_hand_over(make_broker):
+    """At light load the worker that drains is the only one standing by: handing the second
+    subscriber's delivery over would fail for every message, so it is not even tried (the
+    hand-over script is never loaded) and both deliveries run in line."""
+    broker = make_broker(partitions=1)
+    broker.client.script_flush()
+    with waiter(broker) as drained:
+        wait_for(lambda: broker.client.zcard(keys.STANDBY) == 1, "the waiter to register")
+        receive(broker, seed=1508, control_id="S-8")
+        wait_for(lambda: broker.lab.control_ids() == ["S-8"], "the MLLP delivery")
+        wait_for(lambda: broker.fhir_control_ids() == ["S-8"], "the FHIR delivery")
+    assert drained == [0]
+    assert broker.celery.queued == []
+    assert broker.client.script_exists(standby._HAND_SCRIPT.sha) == [False], (
+        "a hand-over was tried with no other waiter"
+    )
+    assert broker.client.hget(keys.STATS, "standby_delivery") is None
+
+
+def test_a_waiter_with_another_waiting_hands_the_second_delivery_over(make_broker):
+    """A second waiter live when the first popped its partition: the delivery goes to it."""
+    broker = make_broker(partitions=1)
+    with waiter(broker, most=2) as first:
+        wait_for(lambda: broker.client.zcard(keys.STANDBY) == 1, "the first waiter")
+        with waiter(broker, most=2) as second:
+            wait_for(lambda: broker.client.zcard(keys.STANDBY) == 2, "the second waiter")
+            receive(broker, seed=1509, control_id="S-9")
+            wait_for(lambda: broker.lab.control_ids() == ["S-9"], "the MLLP delivery")
+            wait_for(lambda: broker.fhir_control_ids() == ["S-9"], "the FHIR delivery")
+    ran = [*first, *second]
+    assert len(ran) == 2, ran  # the journal drain, and one delivery drain
+    assert 0 in ran, ran
+    assert broker.client.hget(keys.STATS, "standby_delivery") == b"1"
+    assert broker.celery.queued == []
