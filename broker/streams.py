@@ -33,6 +33,7 @@ __all__ = [
     "drainer_lock",
     "ensure_group",
     "has_work",
+    "idle_with_work",
     "read_batch",
 ]
 
@@ -157,10 +158,36 @@ return 0
 """
 
 
+# KEYS: per stream, the stream, its lock and its hold ('': none). ARGV: the hold threshold
+# (epoch seconds), then each stream's group. Returns the (1-based) numbers of the streams with
+# work, no drainer (no lock) and no hold later than the threshold.
+_IDLE_WITH_WORK = (
+    _HAS_WORK_LUA
+    + """
+local idle = {}
+for i = 1, #KEYS / 3 do
+  local stream, lock, hold = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local waiting = false
+  if hold ~= '' then
+    local until_s = redis.call('GET', hold)
+    waiting = until_s and tonumber(until_s) > tonumber(ARGV[1])
+  end
+  if not waiting and redis.call('EXISTS', lock) == 0 and has_work(stream, ARGV[i + 1]) then
+    table.insert(idle, i)
+  end
+end
+return idle
+"""
+)
+
 _SCRIPTS = {
     # Bytes need no client to encode them; every call names its client.
     name: Script(None, text.encode())  # type: ignore[arg-type]
-    for name, text in (("acquire", _ACQUIRE), ("finish", _FINISH))
+    for name, text in (
+        ("acquire", _ACQUIRE),
+        ("finish", _FINISH),
+        ("idle_with_work", _IDLE_WITH_WORK),
+    )
 }
 """Scripts run by EVALSHA (the text is sent once per Redis server, not with every call). In a
 MULTI they run by EVAL: a Script there would cost a SCRIPT EXISTS round trip per execute."""
@@ -425,6 +452,30 @@ def has_work(client: redis.Redis, stream: str, group: str) -> bool:
         newest_id = newest.decode() if isinstance(newest, bytes) else str(newest)
         return _id_tuple(newest_id) > _id_tuple(delivered_id)
     return client.xlen(stream) > 0
+
+
+def idle_with_work(
+    client: redis.Redis, streams: list[tuple[str, str, str | None]], *, now: float
+) -> list[int]:
+    """Which streams have work and no drainer, in one round trip (the periodic re-kick's scan).
+
+    Args:
+        client: the broker's Redis.
+        streams: ``(stream, group, hold key or None)``; a stream whose hold (epoch seconds) is
+            later than ``now`` waits out a retry's back-off and is left to its scheduled retry.
+        now: the hold threshold (epoch seconds).
+
+    Returns:
+        The indexes in ``streams`` of those with work (``has_work``), no lock and no hold.
+    """
+    if not streams:
+        return []
+    names: list[str] = []
+    for stream, _, hold in streams:
+        names += [stream, keys.lock(stream), hold or ""]
+    groups = [group for _, group, _ in streams]
+    found = _SCRIPTS["idle_with_work"](keys=names, args=[repr(now), *groups], client=client)
+    return [int(i) - 1 for i in found]
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

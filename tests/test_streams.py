@@ -13,6 +13,7 @@ from broker.streams import (
     drainer_lock,
     ensure_group,
     has_work,
+    idle_with_work,
     read_batch,
 )
 
@@ -47,6 +48,40 @@ class TestHasWork:
         assert has_work(redis_client, "w", "g")
         redis_client.xack("w", "g", entries[0][0])
         assert not has_work(redis_client, "w", "g")
+
+
+class TestIdleWithWork:
+    def test_only_streams_with_work_no_drainer_and_no_hold_are_named(self, redis_client):
+        """One call answers for every stream as ``has_work``, a lock and a hold would."""
+        for name in ("idle", "done", "locked", "held", "held-past", "pending", "no-group"):
+            ensure_group(redis_client, name, "g")
+        redis_client.delete("no-group")
+        for name in ("idle", "locked", "held", "held-past", "pending", "no-group"):
+            redis_client.xadd(name, {"n": "1"})
+        redis_client.xadd("done", {"n": "1"})
+        read_batch(redis_client, "done", "g", 10)
+        redis_client.xack("done", "g", *[i for i, _ in redis_client.xrange("done")])
+        read_batch(redis_client, "pending", "g", 10)  # read, never acknowledged
+        redis_client.set(keys.lock("locked"), b"token")
+        redis_client.set("hold:held", "2000.5")
+        redis_client.set("hold:held-past", "999.5")
+        streams = [
+            ("idle", "g", None),
+            ("done", "g", None),
+            ("locked", "g", None),
+            ("held", "g", "hold:held"),
+            ("held-past", "g", "hold:held-past"),
+            ("pending", "g", None),
+            ("no-group", "g", None),  # entries, no group yet: work (XLEN)
+            ("missing", "g", None),  # no stream at all
+        ]
+        assert idle_with_work(redis_client, streams, now=1000.0) == [0, 4, 5, 6]
+        for index, (stream, group, _) in enumerate(streams):
+            expected = has_work(redis_client, stream, group) and stream not in ("locked", "held")
+            assert (index in [0, 4, 5, 6]) == expected, stream
+
+    def test_nothing_to_look_at(self, redis_client):
+        assert idle_with_work(redis_client, [], now=0.0) == []
 
 
 class TestDrainerLock:
