@@ -5,8 +5,9 @@ workers, the store's writer, beat), the subscribers in their own processes
 (``benchmarks.peers``). A scenario of ``benchmarks.steady`` (ADT to FHIR + MLLP by default) is
 sent at a fixed pace (``benchmarks.steady.paced_send``) in windows of ``--interval`` seconds;
 after each window Redis is sampled: ``used_memory``, the key count, the envelopes
-(``pl:env:*``) and dedupe keys (``pl:dedupe:*``) with their average size (``MEMORY USAGE``
-of a few), the entries of the journal and queue streams, and the subscribers' backlog
+(``pl:env:*``) with their average size (``MEMORY USAGE`` of a few), the dedupe records
+(``pl:dedupe:*`` hashes: every one's records and ``MEMORY USAGE``, so their bytes per record
+and per hash), the entries of the journal and queue streams, and the subscribers' backlog
 (``benchmarks.steady.Sampler``). At the end it prints the table and the slope of
 ``used_memory`` per hour (least squares, over all samples and over the second half), with the
 hours until the backpressure mark at that slope: memory is *flat* when that is longer than the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -39,6 +41,7 @@ from benchmarks.peers import RemotePeer
 from benchmarks.stats import trend
 from benchmarks.steady import SCENARIOS, Progress, Sampler, dump, paced_send
 from broker import keys
+from broker.intake.journal import DEDUPE_SHARD_DIGITS, dedupe_bucket_s
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.synthetic import stream
 
@@ -49,26 +52,69 @@ MB = 1024 * 1024
 
 
 def census(client: redis.Redis) -> dict[str, Any]:
-    """Keys by kind (one SCAN), their average size, and the streams' entries."""
+    """Keys by kind (one SCAN), the envelopes' average size, the dedupe records, the streams."""
     counts: Counter[str] = Counter()
-    some: dict[str, list[bytes]] = {kind: [] for kind, _ in _KINDS}
+    envelopes: list[bytes] = []
+    dedupe: list[bytes] = []
     for key in client.scan_iter(count=5_000):
         text = key.decode()
         kind = next((k for k, prefix in _KINDS if text.startswith(prefix)), "other")
         counts[kind] += 1
-        if kind in some and len(some[kind]) < _SIZED:
-            some[kind].append(key)
-    sizes = {}
-    for kind, found in some.items():
-        used = [client.memory_usage(k) or 0 for k in found]
-        sizes[kind] = sum(used) / len(used) if used else 0.0
+        if kind == "dedupe":
+            dedupe.append(key)
+        elif kind == "env" and len(envelopes) < _SIZED:
+            envelopes.append(key)
+    used = [client.memory_usage(k) or 0 for k in envelopes]
+    sizes = {"env": sum(used) / len(used) if used else 0.0}
     streams: Counter[str] = Counter()
     for key in client.scan_iter(match="pl:in:*", count=1_000):
         streams["journal"] += int(client.xlen(key))
     for key in client.scan_iter(match="pl:out:*", count=1_000):
         streams["queues"] += int(client.xlen(key))
     streams["store"] = int(client.xlen(keys.STORE))
-    return {"keys": dict(counts), "bytes_per_key": sizes, "entries": dict(streams)}
+    return {
+        "keys": dict(counts),
+        "bytes_per_key": sizes,
+        "entries": dict(streams),
+        "dedupe": dedupe_census(client, dedupe),
+    }
+
+
+def dedupe_census(client: redis.Redis, names: list[bytes]) -> dict[str, float]:
+    """Every dedupe hash's records and ``MEMORY USAGE``: their total, and a least-squares fit of
+    a hash's bytes on its records (bytes per record, and per hash: the intercept).
+
+    Records of the layout before (``pl:dedupe:SRC:HASH`` strings) count one record each.
+    """
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.type(name)
+        pipe.memory_usage(name, samples=0)
+    replies = pipe.execute(raise_on_error=False)
+    kinds, usage = replies[0::2], [int(u or 0) for u in replies[1::2]]
+    hashes = [name for name, kind in zip(names, kinds, strict=True) if kind == b"hash"]
+    pipe = client.pipeline(transaction=False)
+    for name in hashes:
+        pipe.hlen(name)
+    lengths = dict(
+        zip(hashes, (int(n or 0) for n in pipe.execute(raise_on_error=False)), strict=True)
+    )
+    records = [lengths.get(name, 1) for name in names]
+    points = [(n, u) for name, n, u in zip(names, records, usage, strict=True) if name in lengths]
+    per_record = trend(points)
+    per_hash = (
+        sum(u for _, u in points) / len(points)
+        - per_record * sum(n for n, _ in points) / len(points)
+        if points
+        else 0.0
+    )
+    return {
+        "keys": len(names),
+        "records": sum(records),
+        "bytes": sum(usage),
+        "bytes_per_record": per_record,
+        "bytes_per_hash": per_hash,
+    }
 
 
 def sample(client: redis.Redis, sampler: Sampler, t0: float) -> dict[str, Any]:
@@ -112,9 +158,38 @@ def print_table(rows: list[dict[str, Any]], *, header: bool = True) -> None:
         print(
             f"{r['t']:>7.0f} {r['received']:>9} {r['backlog']:>7} "
             f"{r['used_memory'] / MB:>8.1f} {r['dbsize']:>8} {r['keys'].get('env', 0):>8} "
-            f"{r['keys'].get('dedupe', 0):>8} {r['entries'].get('journal', 0):>8} "
+            f"{r.get('dedupe', {}).get('records', r['keys'].get('dedupe', 0)):>8} "
+            f"{r['entries'].get('journal', 0):>8} "
             f"{r['entries'].get('queues', 0):>8} {r['entries'].get('store', 0):>8}"
         )
+
+
+def _dedupe_bytes(row: dict[str, Any]) -> float:
+    """The dedupe records' bytes in one sample (a run saved before the census counted them
+    all: their key count times the average size of a few)."""
+    if "dedupe" in row:
+        return float(row["dedupe"]["bytes"])
+    return row["keys"].get("dedupe", 0) * row["bytes_per_key"].get("dedupe", 0.0)
+
+
+def dedupe_plateau(row: dict[str, Any], rate: float, window_s: float) -> float:
+    """The dedupe records' bytes once the window is full, at ``rate`` msg/s, at their peak.
+
+    Records live the window and up to one bucket more: ``rate × (window + bucket)`` of them,
+    in the hashes of ``window / bucket + 1`` buckets (65,536 each, those a record reached),
+    each record and each hash at the cost the sample's fit measured. A soak of an hour has
+    sparse hashes; the fit (bytes per record, bytes per hash) is what carries to the plateau.
+    A run saved before the bucketed records: ``rate × window`` keys of their size.
+    """
+    if "dedupe" not in row:
+        return rate * window_s * row["bytes_per_key"].get("dedupe", 0.0)
+    bucket_s = dedupe_bucket_s(int(window_s))
+    shards = 16**DEDUPE_SHARD_DIGITS
+    fill = rate * bucket_s / shards
+    hashes = (window_s // bucket_s + 1) * shards * (1 - math.exp(-fill))
+    records = rate * (window_s + bucket_s)
+    cost = row["dedupe"]
+    return float(cost["bytes_per_record"] * records + cost["bytes_per_hash"] * hashes)
 
 
 def verdict(
@@ -122,18 +197,15 @@ def verdict(
 ) -> dict[str, Any]:
     """Slopes, the hours to the backpressure mark, and whether memory is flat.
 
-    The dedupe keys grow by design for their window, then plateau: the in-flight memory is
-    ``used_memory`` without them (their count × their average size), and it is *flat* when at
-    its slope over the second half the mark is more than a week away.
+    The dedupe records grow by design for their window, then plateau: the in-flight memory is
+    ``used_memory`` without them, and it is *flat* when at its slope over the second half the
+    mark is more than a week away.
     """
-    dedupe_bytes = max((r["bytes_per_key"].get("dedupe", 0.0) for r in rows), default=0.0)
-    in_flight = [
-        {**r, "used_memory": r["used_memory"] - r["keys"].get("dedupe", 0) * dedupe_bytes}
-        for r in rows
-    ]
+    in_flight = [{**r, "used_memory": r["used_memory"] - _dedupe_bytes(r)} for r in rows]
     late = slope_mb_per_hour(in_flight[len(in_flight) // 2 :])
-    plateau = rate * window_s * dedupe_bytes
     last = rows[-1]
+    plateau = dedupe_plateau(last, rate, window_s)
+    records = last.get("dedupe", {}).get("records", last["keys"].get("dedupe", 0))
     limit = last["maxmemory"] * ratio
     return {
         "slope_mb_per_h": slope_mb_per_hour(rows),
@@ -142,7 +214,8 @@ def verdict(
         "hours_to_backpressure": hours_to_mark(in_flight, late, ratio),
         "flat": hours_to_mark(in_flight, late, ratio) > 7 * 24,
         "env_bytes": max((r["bytes_per_key"].get("env", 0.0) for r in rows), default=0.0),
-        "dedupe_bytes": dedupe_bytes,
+        "dedupe_bytes": _dedupe_bytes(last) / max(1, records),
+        "dedupe_plateau_bytes": plateau / max(1.0, rate * window_s),
         "dedupe_plateau_mb": plateau / MB,
         "after_window_mb": (in_flight[-1]["used_memory"] + plateau) / MB,
         "fits_under_mark": not limit or in_flight[-1]["used_memory"] + plateau < limit,
@@ -153,7 +226,7 @@ def verdict(
 def print_verdict(result: dict[str, Any], window_s: float) -> None:
     """The verdict in sentences."""
     print(
-        f"used_memory slope: {result['slope_mb_per_h']:.1f} MB/h; without the dedupe keys "
+        f"used_memory slope: {result['slope_mb_per_h']:.1f} MB/h; without the dedupe records "
         f"(in flight): {result['slope_in_flight_mb_per_h']:.1f} MB/h, "
         f"{result['slope_in_flight_second_half_mb_per_h']:.1f} MB/h over the second half"
     )
@@ -162,8 +235,9 @@ def print_verdict(result: dict[str, Any], window_s: float) -> None:
         f"backpressure mark is {result['hours_to_backpressure']:.1f} h away (flat: over a week)"
     )
     print(
-        f"bytes per key: envelope {result['env_bytes']:.0f}, dedupe {result['dedupe_bytes']:.0f}; "
-        f"the dedupe keys plateau after the {window_s / 3600:g} h window at "
+        f"bytes: envelope {result['env_bytes']:.0f}, dedupe record {result['dedupe_bytes']:.0f} "
+        f"now ({result['dedupe_plateau_bytes']:.0f} per message once the "
+        f"{window_s / 3600:g} h window is full); the dedupe records plateau at "
         f"{result['dedupe_plateau_mb']:.0f} MB at this rate: about "
         f"{result['after_window_mb']:.0f} MB in all, "
         f"{'under' if result['fits_under_mark'] else 'OVER'} the backpressure mark "

@@ -7,8 +7,14 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:env:ID            string   an Envelope as JSON, while in flight: dropped by the store's writer once
                                   the store holds the message, final for every subscriber (else the
                                   retention TTL)
-    pl:dedupe:SRC:HASH   string   the ACK sent for one message of inbound adapter SRC: (MSH-3, MSH-4,
-                                  MSH-10) for HL7 v2, the normalised content for FHIR; dedupe window TTL
+    pl:dedupe:B:SHARD    hash     dedupe records of the messages received in time bucket B (Redis
+                                  clock // bucket length, a quarter of the dedupe window): field = 16
+                                  bytes of SHA-256(receiving adapter, (MSH-3, MSH-4, MSH-10) for HL7 v2
+                                  or the normalised content for FHIR), SHARD = its first 4 hex digits;
+                                  value = the envelope id (14 bytes); expires with its last record's
+                                  window (broker.intake.journal)
+    pl:dedupe:SRC:HASH   string   before bucketed records: the reply sent for one message of adapter
+                                  SRC (read, never written, for one dedupe window after the upgrade)
     pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
     pl:quarantine        stream   journalled messages that failed parse/map/validation
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
@@ -57,6 +63,7 @@ __all__ = [
     "ATTEMPTS",
     "AUDIT",
     "DEAD_OPEN_INDEXED",
+    "DEDUPE",
     "DELIVER_GROUP",
     "INCIDENTS",
     "PIPELINE_GROUP",
@@ -85,6 +92,7 @@ __all__ = [
     "inbound",
     "kick",
     "latency",
+    "legacy_dedupe",
     "listening",
     "lock",
     "outbound",
@@ -114,6 +122,8 @@ REOPENED = "pl:reopened"
 STORED = "pl:stored"
 ATTEMPTS = "pl:attempts:"
 DEAD_OPEN_INDEXED = "pl:dlopen:indexed"
+DEDUPE = "pl:dedupe:"
+"""Prefix of the dedupe buckets (``dedupe``); the journal's script builds their names from it."""
 INCIDENTS = "pl:incidents"
 ALERT_SINCE = "pl:alert:since"
 ALERT_WINDOWS = "pl:alert:windows"
@@ -139,13 +149,23 @@ def envelope(envelope_id: str) -> str:
     return f"pl:env:{envelope_id}"
 
 
-def dedupe(source: str, digest: str) -> str:
-    """Stored ACK of one message received by inbound adapter ``source`` (``digest`` names it).
+def dedupe(bucket: int, shard: str) -> str:
+    """One shard of one time bucket of dedupe records (``broker.intake.journal.dedupe_slot``).
 
-    The adapter is part of the key: two hospitals may use the same MSH-3/4/10, and one's message
-    must never be taken for a resend of the other's.
+    The receiving adapter is hashed into each record's field, not named in the key: two hospitals
+    may use the same MSH-3/4/10, and one's message is never taken for a resend of the other's.
     """
-    return f"pl:dedupe:{source}:{digest}"
+    return f"{DEDUPE}{bucket}:{shard}"
+
+
+def legacy_dedupe(source: str, digest: str) -> str:
+    """The reply stored for one message of adapter ``source`` before the bucketed records.
+
+    Read, never written, so that a resend of a message received before the upgrade is still a
+    duplicate; such keys expire within one dedupe window of the upgrade. The version before that
+    (``pl:dedupe:HASH``, without the adapter) is not read.
+    """
+    return f"{DEDUPE}{source}:{digest}"
 
 
 def dead(subscriber: str) -> str:

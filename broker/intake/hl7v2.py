@@ -10,7 +10,7 @@ that is what AR tells it). Each call returns an ``Outcome``: the ACK and what be
 message, which the transport (``broker.listen``, ``broker.api.inbound``) answers with.
 
 A resend is the same MSH-3, MSH-4 and MSH-10 received by the same adapter within the dedupe
-window: it gets the stored ACK and is not journalled again. The same three values from another
+window: it gets an AA for the same MSH-10 (MSA-2) and is not journalled again. The same three values from another
 adapter are another hospital's message and are journalled.
 """
 
@@ -113,7 +113,7 @@ class HL7v2Intake:
         # but not a universal ID are not taken for one another.
         dedupe = dedupe_digest(msh.field(3), msh.field(4), message.control_id)
         try:
-            result = await self.journal.append(partition, fields, dedupe=dedupe, ack=ack)
+            result = await self.journal.append(partition, fields, dedupe=dedupe)
         except JournalError as exc:
             log.error(
                 "message.journal_unavailable", adapter=self.adapter.id, peer=peer, error=str(exc)
@@ -121,9 +121,16 @@ class HL7v2Intake:
             return Outcome(
                 Verdict.UNAVAILABLE, self._ack("AR", message, text=str(exc), error_code="207")
             )
-        if result.previous_ack is not None:
-            log.info("message.duplicate", adapter=self.adapter.id, control_id=message.control_id)
-            return Outcome(Verdict.DUPLICATE, result.previous_ack)
+        if result.duplicate:
+            log.info(
+                "message.duplicate",
+                envelope_id=result.duplicate_of,
+                adapter=self.adapter.id,
+                control_id=message.control_id,
+            )
+            # Answered as the first was: AA (CA) with the same MSA-2; only this ACK's own MSH-7
+            # and MSH-10 are new. A record from before the upgrade kept the first ACK itself.
+            return Outcome(Verdict.DUPLICATE, result.legacy_reply or ack)
         if result.kick:
             try:
                 await self.kicker.dispatch(DRAIN_INBOUND, [partition])

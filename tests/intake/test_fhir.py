@@ -177,3 +177,19 @@ class TestEdge:
         assert entry[b"raw"] == body
         assert entry[b"reason"].startswith(b"HTTP 422: Patient.birthDate")
         assert b"28/11/2026" not in entry[b"reason"]
+
+    def test_a_repost_is_answered_with_the_first_envelope_id_and_journalled_once(
+        self, redis_url: str, redis_client: redis.Redis, site: AdapterSpec, mappings: MappingSet
+    ) -> None:
+        """The same resource, spaced differently: 202 naming the first envelope, one entry."""
+        bodies = [json.dumps(PATIENT).encode(), json.dumps(PATIENT, indent=2).encode()]
+        first, again = _receive(redis_url, site, mappings, bodies)
+        assert (first.verdict, again.verdict) == (Verdict.ACCEPTED, Verdict.DUPLICATE)
+        (entries,) = [
+            e for p in range(8) if (e := cast(list[Any], redis_client.xrange(keys.inbound(p))))
+        ]
+        ((_, fields),) = entries
+        assert again.reply == first.reply
+        assert again.reply is not None
+        diagnostics = json.loads(again.reply)["issue"][0]["diagnostics"]
+        assert diagnostics.endswith(f"(envelope {fields[b'id'].decode()})")

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 import redis.asyncio
+from structlog.testing import capture_logs
 
 from broker import keys
 from broker.ack import read_ack
@@ -14,7 +15,7 @@ from broker.adapters.mllp import MllpClient
 from broker.adapters.spec import AdapterSpec, Sender
 from broker.dispatch import AsyncKicker
 from broker.intake.hl7v2 import HL7v2Intake, partition_key
-from broker.intake.journal import Journal
+from broker.intake.journal import Journal, dedupe_digest
 from broker.intake.outcome import Verdict
 from broker.listen import mllp_server
 from broker.parsing.hl7v2 import parse
@@ -94,23 +95,47 @@ class TestIntake:
         assert (ack.code, ack.control_id) == ("AA", "ING0001")
         assert [f[b"raw"] for f in journalled(redis_client)] == [message]
 
-    def test_a_duplicate_gets_the_first_ack_and_is_journalled_once(
+    def test_a_duplicate_gets_an_aa_for_its_control_id_and_is_journalled_once(
         self, redis_url, redis_client, message
     ):
-        """Same MSH-3, MSH-4 and MSH-10: byte-identical ACK, one journal entry."""
+        """Same MSH-3, MSH-4 and MSH-10: AA with the same MSA-2, one journal entry; the log
+        names the envelope it repeats."""
 
         async def go():
             handler, _, client = intake(redis_url)
-            first = await handler.receive(message, "peer")
-            second = await handler.receive(message, "peer")
+            with capture_logs() as logs:
+                first = await handler.receive(message, "peer")
+                second = await handler.receive(message, "peer")
             await client.aclose()
-            return first, second
+            return first, second, logs
 
-        first, second = run(go())
+        first, second, logs = run(go())
         assert (first.verdict, second.verdict) == (Verdict.ACCEPTED, Verdict.DUPLICATE)
-        assert first.reply == second.reply
-        total = sum(redis_client.xlen(keys.inbound(p)) for p in range(8))
-        assert total == 1
+        acks = [read_ack(first.reply), read_ack(second.reply)]
+        assert [(a.code, a.control_id) for a in acks] == [("AA", "ING0001")] * 2
+        (entry,) = journalled(redis_client)
+        (duplicate,) = [e for e in logs if e["event"] == "message.duplicate"]
+        assert duplicate["envelope_id"] == entry[b"id"].decode()
+        assert duplicate["control_id"] == "ING0001"
+
+    def test_a_duplicate_of_a_message_received_before_the_upgrade_gets_the_stored_ack(
+        self, redis_url, redis_client, message
+    ):
+        """The previous version's record (``pl:dedupe:SRC:HASH``, the ACK sent) still counts."""
+        msh = parse(message.decode()).msh
+        identity = dedupe_digest(msh.field(3), msh.field(4), "ING0001")
+        stored = b"MSH|^~\\&|PASSERELLE||HIS|CHU-RABAT|20260101||ACK^A01^ACK|OLD1|P|2.5.1\rMSA|AA|ING0001\r"
+        redis_client.set(keys.legacy_dedupe(ADAPTER.id, identity), stored, ex=60)
+
+        async def go():
+            handler, _, client = intake(redis_url)
+            outcome = await handler.receive(message, "peer")
+            await client.aclose()
+            return outcome
+
+        outcome = run(go())
+        assert (outcome.verdict, outcome.reply) == (Verdict.DUPLICATE, stored)
+        assert journalled(redis_client) == []
 
     @pytest.mark.parametrize(
         ("payload", "code", "text"),
@@ -205,30 +230,36 @@ class TestDedupeIsPerAdapter:
             [(b"chu-casa-adt", from_b), (b"chu-rabat-adt", from_a)]
         )
 
-    def test_a_resend_on_the_same_adapter_is_still_answered_with_the_stored_ack(
+    def test_a_resend_on_the_same_adapter_is_a_duplicate_of_that_adapters_message(
         self, redis_url, redis_client
     ):
-        """A, then B with the same ids, then A again: A's resend gets A's first ACK, not B's."""
+        """A, then B with the same ids, then A again: A's resend repeats A's envelope, not B's."""
         text = adt(patients(1, seed=13)[0], "A01", control_id="SHARED0002").encode()
 
         async def go():
             handler_a, _, client_a = intake(redis_url)
             handler_b, _, client_b = intake(redis_url, adapter=HOSPITAL_B)
-            first_a = (await handler_a.receive(text, "a")).reply
-            first_b = (await handler_b.receive(text, "b")).reply
-            again_a = (await handler_a.receive(text, "a")).reply
-            again_b = (await handler_b.receive(text, "b")).reply
+            with capture_logs() as logs:
+                replies = [
+                    (await handler_a.receive(text, "a")).reply,
+                    (await handler_b.receive(text, "b")).reply,
+                    (await handler_a.receive(text, "a")).reply,
+                    (await handler_b.receive(text, "b")).reply,
+                ]
             await client_a.aclose()
             await client_b.aclose()
-            return first_a, first_b, again_a, again_b
+            return replies, logs
 
-        first_a, first_b, again_a, again_b = run(go())
-        assert again_a == first_a
-        assert again_b == first_b
-        assert first_a != first_b  # each ACK has its own MSH-10
-        assert sorted(f[b"source"] for f in journalled(redis_client)) == [
-            b"chu-casa-adt",
-            b"chu-rabat-adt",
+        replies, logs = run(go())
+        assert [read_ack(r).code for r in replies] == ["AA"] * 4
+        ids = {f[b"source"].decode(): f[b"id"].decode() for f in journalled(redis_client)}
+        assert sorted(ids) == ["chu-casa-adt", "chu-rabat-adt"]
+        repeats = [
+            (e["adapter"], e["envelope_id"]) for e in logs if e["event"] == "message.duplicate"
+        ]
+        assert repeats == [
+            ("chu-rabat-adt", ids["chu-rabat-adt"]),
+            ("chu-casa-adt", ids["chu-casa-adt"]),
         ]
 
     def test_msh_3_and_4_count_with_every_component(self, redis_url, redis_client):
