@@ -108,7 +108,7 @@ if redis.call('ZCOUNT', KEYS[1], now, '+inf') > redis.call('LLEN', KEYS[2]) then
 end
 return 0
 """
-_HAND_SCRIPT = Script(None, _HAND.encode())  # type: ignore[arg-type]
+_HAND_SCRIPT = Script(None, _HAND.encode())
 """Run by EVALSHA: the text goes to each Redis server once."""
 
 # KEYS: pl:standby. ARGV: member. Leave before draining what was popped; returns how many live
@@ -118,7 +118,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 local time = redis.call('TIME')
 return redis.call('ZCOUNT', KEYS[1], tonumber(time[1]) + tonumber(time[2]) / 1000000, '+inf')
 """
-_TAKE_SCRIPT = Script(None, _TAKE.encode())  # type: ignore[arg-type]
+_TAKE_SCRIPT = Script(None, _TAKE.encode())
 
 _taken = threading.local()
 """``others``: while this thread runs a drain popped in standby, how many other waiters were
@@ -202,9 +202,7 @@ def stand_by(
             popped = client.blpop([keys.WAKE], timeout=SLICE_S)
             if popped is None:
                 continue
-            _taken.others = int(
-                _TAKE_SCRIPT(keys=[keys.STANDBY], args=[member], client=client)  # type: ignore[arg-type]
-            )
+            _taken.others = int(_TAKE_SCRIPT(keys=[keys.STANDBY], args=[member], client=client))
             try:
                 run(*wake_task(popped[1]))
             finally:

@@ -182,7 +182,7 @@ return idle
 
 _SCRIPTS = {
     # Bytes need no client to encode them; every call names its client.
-    name: Script(None, text.encode())  # type: ignore[arg-type]
+    name: Script(None, text.encode())
     for name, text in (
         ("acquire", _ACQUIRE),
         ("finish", _FINISH),
@@ -451,7 +451,7 @@ def has_work(client: redis.Redis, stream: str, group: str) -> bool:
         newest = last[0][0]
         newest_id = newest.decode() if isinstance(newest, bytes) else str(newest)
         return _id_tuple(newest_id) > _id_tuple(delivered_id)
-    return client.xlen(stream) > 0
+    return int(client.xlen(stream)) > 0
 
 
 def idle_with_work(

@@ -702,7 +702,7 @@ class EagerBroker:
         found = {}
         for partition in range(self.settings.partitions):
             entries: list[tuple[bytes, dict[bytes, bytes]]]
-            entries = self.client.xrange(keys.outbound(subscriber, partition))  # type: ignore[assignment]
+            entries = self.client.xrange(keys.outbound(subscriber, partition))
             for _, fields in entries:
                 envelope_id = fields[b"env"].decode()
                 found[self.control_id(envelope_id)] = envelope_id
@@ -713,7 +713,7 @@ class EagerBroker:
         from broker import keys
 
         entries: list[tuple[bytes, dict[bytes, bytes]]]
-        entries = self.client.xrange(keys.parked(subscriber, patient))  # type: ignore[assignment]
+        entries = self.client.xrange(keys.parked(subscriber, patient))
         return [self.control_id(f[b"env"].decode()) for _, f in entries]
 
 

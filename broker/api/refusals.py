@@ -51,7 +51,7 @@ def list_rejected(
     ``bytes`` is the size of what was sent; ``kept_bytes`` what is kept of it (less for an
     over-size input, which keeps its first bytes and its ``sha256``).
     """
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.REJECTED, count=limit)  # type: ignore[assignment]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.REJECTED, count=limit)
     return [
         {
             "id": _text(entry_id),
@@ -74,7 +74,7 @@ def show_rejected(
     Of an over-size input the bytes are its first ``kept_bytes`` (see ``list_rejected``).
     """
     found: list[tuple[bytes, dict[bytes, bytes]]] = (
-        client.xrange(keys.REJECTED, min=entry_id, max=entry_id) if _ENTRY.match(entry_id) else []  # type: ignore[assignment]
+        client.xrange(keys.REJECTED, min=entry_id, max=entry_id) if _ENTRY.match(entry_id) else []
     )
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
@@ -101,7 +101,7 @@ def list_quarantine(
     Each names its envelope (``GET /api/messages/{id}`` shows it) and the reason: mapping file,
     rule and source path for a mapping error; never patient data.
     """
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.QUARANTINE, count=limit)  # type: ignore[assignment]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(keys.QUARANTINE, count=limit)
     return [
         {
             "id": _text(entry_id),

@@ -35,7 +35,7 @@ def unmapped_report(
     """
     if not _ADAPTER.match(adapter):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no adapter with this id")
-    raw: dict[bytes, bytes] = client.hgetall(keys.unmapped(adapter))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(keys.unmapped(adapter))
     counts = {k.decode(): int(v) for k, v in raw.items()}
     messages = counts.pop("__messages__", 0)
     drops: list[tuple[int, str, str]] = []

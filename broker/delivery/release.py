@@ -68,7 +68,7 @@ def release_patient(
             return 0
         while True:
             entries: list[tuple[bytes, dict[bytes, bytes]]]
-            entries = client.xrange(stream, count=settings.batch_size)  # type: ignore[assignment]
+            entries = client.xrange(stream, count=settings.batch_size)
             if not entries:
                 if dead_letters.lift_if_empty(sub, patient):
                     log.info("delivery.released", route=sub, delivered=delivered)
@@ -77,8 +77,8 @@ def release_patient(
             for entry_id_raw, fields in entries:
                 entry_id = entry_id_raw.decode()
                 envelope_id = fields[b"env"].decode()
-                raw: bytes | None = client.get(keys.envelope(envelope_id))  # type: ignore[assignment]
-                head_dead: bytes | None = client.hget(keys.held(sub), patient)  # type: ignore[assignment]
+                raw: bytes | None = client.get(keys.envelope(envelope_id))
+                head_dead: bytes | None = client.hget(keys.held(sub), patient)
                 envelope = Envelope.model_validate_json(raw) if raw is not None else None
                 outcome = (
                     attempt(client, subscriber, sender, entry_id, envelope)

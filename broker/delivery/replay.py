@@ -185,7 +185,7 @@ class Operations:
         if record["holds_patient"]:
             parked = keys.parked(subscriber, record["patient"])
             head: list[tuple[bytes, dict[bytes, bytes]]]
-            head = self.client.xrange(parked, count=1)  # type: ignore[assignment]
+            head = self.client.xrange(parked, count=1)
             if head and head[0][1].get(b"env", b"").decode() == record["envelope_id"]:
                 self.client.xdel(parked, head[0][0])
             self.enqueue("passerelle.release_patient", [subscriber, record["patient"]])
@@ -306,5 +306,5 @@ class Operations:
         if pipe is not None:
             pipe.xadd(keys.outbound(subscriber, partition), fields)
             return
-        self.client.xadd(keys.outbound(subscriber, partition), fields)  # type: ignore[arg-type]
+        self.client.xadd(keys.outbound(subscriber, partition), fields)
         self.enqueue("passerelle.drain_outbound", [subscriber, partition])

@@ -341,7 +341,7 @@ class Journal:
             entry["code"] = code
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(keys.REJECTED, entry)  # type: ignore[arg-type]
+            pipe.xadd(keys.REJECTED, entry)
             pipe.hincrby(keys.STATS, "rejected", 1)
             pipe.hincrby(keys.adapter_stats(source), f"refused:{code or '?'}", 1)
             pipe.hset(keys.adapter_stats(source), "last_ms", int(time.time() * 1000))

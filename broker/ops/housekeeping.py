@@ -203,7 +203,7 @@ def trim(client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: S
     if not client.set(keys.TRIMMED, b"1", nx=True, ex=60):
         return
     cutoff = _stream_id(f"{int((time.time() - settings.retention_s) * 1000)}-0")
-    marks: dict[bytes, bytes] = client.hgetall(keys.STORED)  # type: ignore[assignment]
+    marks: dict[bytes, bytes] = client.hgetall(keys.STORED)
     streams: list[tuple[str, str, tuple[int, int]]] = []
     for partition in range(settings.partitions):
         mark = marks.get(str(partition).encode())

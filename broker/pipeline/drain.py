@@ -155,7 +155,7 @@ def drain_inbound(
                         "pk": envelope.partition_key or "",
                         "partition": partition,
                     }
-                    pipe.xadd(keys.outbound(destination.id, partition), entry)  # type: ignore[arg-type]
+                    pipe.xadd(keys.outbound(destination.id, partition), entry)
                     touched[destination.id] += 1
                 pipe.set(
                     keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s

@@ -159,7 +159,7 @@ class StoreWriter:
         """Read one batch, write it in one transaction, acknowledge it; return its size."""
         ids = "0" if self._backlog else ">"
         reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]
-        reply = self.client.xreadgroup(  # type: ignore[assignment]
+        reply = self.client.xreadgroup(
             keys.STORE_GROUP,
             CONSUMER,
             {keys.STORE: ids, keys.REJECTED: ids},
@@ -265,7 +265,7 @@ class StoreWriter:
         """The envelopes (``MGET``) and, in a second trip, their journal entries (``XRANGE``)."""
         if not envelope_ids:
             return {}, {}
-        raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])  # type: ignore[assignment]
+        raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])
         envelopes = {
             i: pydantic_core.from_json(r) for i, r in zip(envelope_ids, raw, strict=True) if r
         }
