@@ -21,6 +21,7 @@ import redis
 import sqlalchemy as sa
 
 from broker import keys, trail
+from broker.cli.store import tune_gc
 from broker.envelope import Envelope, MessageState, new_id
 from broker.settings import REPO_ROOT, Settings
 from broker.store import StoreWriter, connect, upgrade
@@ -83,6 +84,7 @@ def _measure(client: redis.Redis, url: str, count: int, batch: int) -> float:
     upgrade(engine)
     settings = Settings(store_batch_size=batch)
     writer = StoreWriter(client, engine, settings)
+    tune_gc()  # as `passerelle store` does
     started = time.perf_counter()
     written = writer.drain()
     elapsed = time.perf_counter() - started

@@ -8,6 +8,7 @@ the retention settings.
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 import typer
@@ -19,10 +20,29 @@ if TYPE_CHECKING:
 
     from broker.settings import Settings
 
-__all__ = ["NICENESS", "store_app"]
+__all__ = ["GC_THRESHOLD", "NICENESS", "store_app", "tune_gc"]
 
 NICENESS = 10
 """How much the writer lowers its CPU priority (``os.nice``): it is never on the ACK path."""
+GC_THRESHOLD = 50_000
+"""Allocations between two young-generation collections in the writer (Python's default: 700)."""
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for the writer: a quarter of its CPU otherwise.
+
+    A batch holds up to a few hundred parsed envelopes (~300 objects each) while it is turned
+    into rows: with the default thresholds the collector walks them again and again, and each
+    full collection also walks everything SQLAlchemy and pydantic keep for the process's life.
+    ``gc.freeze()`` after set-up moves the latter out of every collection; a higher first
+    threshold lets a batch be built between two collections. Measured on ``benchmarks/store.py``'s
+    data, thread CPU time: 0.20-0.22 → 0.13-0.15 ms per message (docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
+
 
 store_app = typer.Typer(
     name="store",
@@ -65,6 +85,7 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     # Behind the message path for the CPU: under saturation the writer falls behind (its
     # records wait in pl:store) rather than taking cores from the listeners and workers.
     os.nice(NICENESS)
+    tune_gc()
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
