@@ -21,8 +21,8 @@ import redis
 import sqlalchemy as sa
 
 from broker import keys, trail
-from broker.cli.store import tune_gc
 from broker.envelope import Envelope, MessageState, new_id
+from broker.gctuning import tune_gc
 from broker.settings import REPO_ROOT, Settings
 from broker.store import StoreWriter, connect, upgrade
 from broker.testing import PrivateRedis

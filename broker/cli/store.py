@@ -8,42 +8,22 @@ the retention settings.
 
 from __future__ import annotations
 
-import gc
 from typing import TYPE_CHECKING
 
 import typer
 
 from broker.cli._common import DataDirOpt, fail, load_settings, log_as_configured, print_json
+from broker.gctuning import tune_gc
 
 if TYPE_CHECKING:
     import sqlalchemy
 
     from broker.settings import Settings
 
-__all__ = ["GC_THRESHOLD", "NICENESS", "store_app", "tune_gc"]
+__all__ = ["NICENESS", "store_app"]
 
 NICENESS = 10
 """How much the writer lowers its CPU priority (``os.nice``): it is never on the ACK path."""
-GC_THRESHOLD = 50_000
-"""Allocations between two young-generation collections in the writer (Python's default: 700)."""
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for the writer: a quarter of its CPU otherwise.
-
-    A batch holds up to a few hundred parsed envelopes (~300 objects each) while it is turned
-    into rows: with the default thresholds the collector walks them again and again, and each
-    full collection also walks everything SQLAlchemy and pydantic keep for the process's life.
-    ``gc.freeze()`` after set-up moves the latter out of every collection; a higher first
-    threshold lets a batch be built between two collections. Measured on ``benchmarks/store.py``'s
-    data, thread CPU time: 0.20-0.22 → 0.13-0.15 ms per message (docs/performance.md).
-    """
-    gc.collect()
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, second, third)
-
-
 store_app = typer.Typer(
     name="store",
     help="Run the message store's writer (no subcommand), upgrade its schema, purge it.",
@@ -85,7 +65,7 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     # Behind the message path for the CPU: under saturation the writer falls behind (its
     # records wait in pl:store) rather than taking cores from the listeners and workers.
     os.nice(NICENESS)
-    tune_gc()
+    tune_gc()  # a batch's parsed envelopes made collections a quarter of the writer's CPU
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -13,6 +13,7 @@ from broker.config import Config, load_config
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender, make_sender
 from broker.dispatch import Kicker
+from broker.gctuning import tune_gc
 from broker.mapping import MappingSet
 from broker.mapping.reload import MappingWatcher
 from broker.settings import Settings
@@ -94,6 +95,7 @@ def runtime() -> Runtime:
         if _settings is None or _celery is None:
             raise RuntimeError("worker.runtime.configure() was not called in this process")
         _runtime = Runtime(load_config(_settings), _celery)
+        tune_gc()  # the configuration and compiled mappings stay out of every collection
     return _runtime
 
 

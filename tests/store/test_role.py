@@ -119,7 +119,7 @@ def test_the_writer_tunes_its_garbage_collector():
     the collector took a quarter of the writer's CPU with Python's defaults. In a child process,
     so this test process keeps its own collector settings."""
     probe = (
-        "import gc; from broker.cli.store import GC_THRESHOLD, tune_gc; "
+        "import gc; from broker.gctuning import GC_THRESHOLD, tune_gc; "
         "default = gc.get_threshold(); tune_gc(); "
         "print(default[0], gc.get_threshold()[0] == GC_THRESHOLD, gc.get_freeze_count() > 0, "
         "gc.get_threshold()[1:] == default[1:])"
