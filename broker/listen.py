@@ -24,6 +24,7 @@ from broker import keys
 from broker.adapters.mllp import Frame, MllpServer
 from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
+from broker.gctuning import tune_gc
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.log import get_logger
@@ -168,6 +169,7 @@ class Listeners:
 async def _serve(settings: Settings) -> None:
     listeners = Listeners(load_config(settings))
     await listeners.start()
+    tune_gc()  # what it loaded for its life stays out of every collection (broker.gctuning)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
