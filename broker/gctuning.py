@@ -1,4 +1,5 @@
-"""The cyclic garbage collector, made cheap for the long-running roles (store writer, workers).
+"""The cyclic garbage collector, made cheap for the long-running roles (store writer, workers,
+listener).
 
 With Python's default thresholds (a young collection every 700 allocations) a process that
 builds batches of parsed JSON walks the same live objects again and again, and each full
