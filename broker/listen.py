@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Callable
 
 import redis.asyncio
@@ -47,6 +48,8 @@ def mllp_server(
     max_bytes: int,
     name: str = "",
     on_connections: Callable[[], None] | None = None,
+    tls: ssl.SSLContext | None = None,
+    admit: Callable[[str], bool] | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -57,6 +60,8 @@ def mllp_server(
         max_bytes: the largest message taken whole; a larger one is answered AR (over-size).
         name: the adapter id, for logs.
         on_connections: called when a peer connects or leaves (``MllpServer``).
+        tls: the server context of MLLP over TLS (``TlsSpec.server_context``), or None.
+        admit: tells whether a peer's IP address may connect (``AdapterSpec.admits``).
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -75,6 +80,8 @@ def mllp_server(
         name=name,
         on_oversize=on_oversize,
         on_connections=on_connections,
+        tls=tls,
+        admit=admit,
     )
 
 
@@ -117,10 +124,18 @@ class Listeners:
                 max_bytes=self.settings.max_message_bytes,
                 name=adapter.id,
                 on_connections=self._peers_changed.set,
+                tls=adapter.tls.server_context() if adapter.tls else None,
+                admit=adapter.admits if adapter.allow_from is not None else None,
             )
             await server.start()
             self.servers.append(server)
-            log.info("listener.started", adapter=adapter.id, address=f"{host}:{server.port}")
+            log.info(
+                "listener.started",
+                adapter=adapter.id,
+                address=f"{host}:{server.port}",
+                tls=adapter.tls is not None,
+                allow_from=adapter.allow_from,
+            )
         await self._beat()
         self._heartbeat = asyncio.create_task(self._beating())
 

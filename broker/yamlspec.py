@@ -113,6 +113,9 @@ def validation_errors(
 def load_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -> M:
     """Read ``path`` and validate it as ``model``.
 
+    Validators find ``path`` as ``file`` in their validation context (relative paths in the
+    document are read from its directory).
+
     Raises:
         SpecError (or ``error``): the first problem, naming file, line and key; every problem is
             listed in its ``problems`` attribute.
@@ -121,7 +124,7 @@ def load_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -
     if not isinstance(data, dict):
         raise error(str(path), 1, "", "expected a mapping of keys at the top of the file")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"file": path})
     except ValidationError as exc:
         problems = validation_errors(exc, str(path), lines, error)
         first = problems[0]

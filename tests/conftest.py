@@ -16,6 +16,7 @@ from broker.testing import EagerBroker, PrivateRedis
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers import FhirCapture, MllpCapture
 from passerelle_demo.synthetic import adt, patients
+from tests.tlsca import Pki, make_pki
 
 INTEGRATION_DIR = "tests/integration/"
 """Where the integration tests live (node ids are relative to the repository root)."""
@@ -175,3 +176,10 @@ def written(make_broker):
     broker.run()
     broker.write_store()
     return broker, patient
+
+
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with server and client certificates, and a rogue CA with its own client
+    (tests/tlsca.py); made once per session, never committed."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -1,7 +1,8 @@
-"""The transport edge: registrations and MLLP framing; bytes in, bytes out, no mapping."""
+"""The transport edge: registrations, MLLP framing and TLS; bytes in, bytes out, no mapping."""
 
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpError, MllpServer, frame
 from broker.adapters.spec import AdapterSpec, Sender, Subscription, load_adapters
+from broker.adapters.tls import TlsSpec
 
 __all__ = [
     # registrations
@@ -13,6 +14,8 @@ __all__ = [
     "MllpServer",
     "Sender",
     "Subscription",
+    # MLLP over TLS
+    "TlsSpec",
     "frame",
     "load_adapters",
 ]

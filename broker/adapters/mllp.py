@@ -19,6 +19,7 @@ import hashlib
 import re
 import select
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
 _VT, _FS, _CR = 0x0B, 0x1C, 0x0D
 _SPECIAL = re.compile(b"[\x0b\x1c]")
 _READ_SIZE = 64 * 1024
+_HANDSHAKE_S = 20.0
+"""Seconds a peer has to finish the TLS handshake of an inbound connection."""
 
 Handler = Callable[[bytes, str], Awaitable[bytes | None]]
 """``handler(payload, peer)`` returns the reply payload to frame and send, or ``None``."""
@@ -229,6 +232,10 @@ class MllpServer:
         on_oversize: called once per frame between ``max_bytes`` and ``2 * max_bytes``.
         on_connections: called (no I/O: it must not block) each time a connection opens or
             closes; :attr:`connections` then has the new count.
+        tls: the server context of MLLP over TLS (``broker.adapters.tls``); ``None``: plain TCP.
+            A failed handshake is logged (``mllp.tls_failed``) and its connection closed.
+        admit: ``admit(ip)`` tells whether a peer may connect (the adapter's ``allow_from``);
+            a refused one is logged (``mllp.refused_peer``) and closed before a byte is read.
     """
 
     def __init__(
@@ -241,8 +248,14 @@ class MllpServer:
         name: str = "",
         on_oversize: OversizeHandler | None = None,
         on_connections: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
+        self.admit = admit
+        self.refused = 0
+        """Connections refused by ``admit`` since the server was built."""
         self.on_connections = on_connections
         self.handler = handler
         self.on_oversize = on_oversize
@@ -272,8 +285,17 @@ class MllpServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._stopping = False
+        # TLS is started per connection (StreamWriter.start_tls), not by start_server(ssl=...):
+        # a refused peer is then closed before any handshake, and a failed handshake is ours
+        # to log (asyncio reports those only in debug mode).
         self._server = await asyncio.start_server(self._serve, self.host, self._port)
-        _log.info("mllp.listening", adapter=self.name, host=self.host, port=self.port)
+        _log.info(
+            "mllp.listening",
+            adapter=self.name,
+            host=self.host,
+            port=self.port,
+            tls=self.tls is not None,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let handlers already running finish, then close every connection."""
@@ -294,9 +316,18 @@ class MllpServer:
         assert task is not None
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        if self.admit is not None and not (
+            isinstance(address, tuple) and self.admit(str(address[0]))
+        ):
+            self.refused += 1
+            _log.warning("mllp.refused_peer", adapter=self.name, peer=peer)
+            writer.transport.abort()
+            return
         decoder = FrameDecoder(self.max_bytes)
         self._idle[task] = True
         self._connections_changed()
+        if self.tls is not None and not await self._start_tls(writer, peer, task):
+            return
         try:
             while not self._stopping:
                 data = await reader.read(_READ_SIZE)
@@ -336,6 +367,35 @@ class MllpServer:
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
+    async def _start_tls(
+        self, writer: asyncio.StreamWriter, peer: str, task: asyncio.Task[None]
+    ) -> bool:
+        """Run the server side of the TLS handshake; False (logged, closed) when it fails."""
+        assert self.tls is not None
+        try:
+            await writer.start_tls(self.tls, ssl_handshake_timeout=_HANDSHAKE_S)
+        except BaseException as exc:
+            # start_tls has closed the transport; the stream's own close would never complete
+            # (its protocol never saw the TLS connection made), so nothing is awaited here.
+            writer.transport.abort()
+            self._idle.pop(task, None)
+            self._connections_changed()
+            if not isinstance(exc, OSError | TimeoutError):
+                raise
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            _log.warning("mllp.tls_failed", adapter=self.name, peer=peer, reason=reason)
+            return False
+        cert = writer.get_extra_info("peercert") or {}
+        subject = dict(pair[0] for pair in cert.get("subject", ()))
+        _log.debug(
+            "mllp.tls_established",
+            adapter=self.name,
+            peer=peer,
+            version=writer.get_extra_info("ssl_object").version(),
+            client=subject.get("commonName"),
+        )
+        return True
+
     async def _dispatch(self, received: Frame, peer: str) -> bytes | None:
         on_oversize = self.on_oversize
         if received.oversize and on_oversize is None:
@@ -374,17 +434,30 @@ class MllpClient:
     Args:
         host: the peer's host.
         port: the peer's port.
-        timeout: seconds for connecting and, separately, for the whole reply.
+        timeout: seconds for connecting (TLS handshake included) and, separately, for the
+            whole reply.
         max_bytes: the largest reply accepted.
+        tls: the client context of MLLP over TLS (``TlsSpec.client_context``); ``None``:
+            plain TCP.
+        server_name: the name the server's certificate must carry (and SNI), when not ``host``.
     """
 
     def __init__(
-        self, host: str, port: int, *, timeout: float = 10.0, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.tls = tls
+        self.server_name = server_name
         self._peer = f"{host}:{port}"
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder(max_bytes)
@@ -458,15 +531,31 @@ class MllpClient:
             self.close()
         if self._sock is None:
             try:
-                self._sock = socket.create_connection((self.host, self.port), self.timeout)
+                sock = socket.create_connection((self.host, self.port), self.timeout)
             except TimeoutError as exc:
                 msg = f"connecting to {self._peer} timed out after {self.timeout} s"
                 raise MllpTimeout(msg) from exc
             except OSError as exc:
                 msg = f"cannot connect to MLLP peer {self._peer}: {exc}"
                 raise MllpConnectionError(msg) from exc
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self._handshake(sock)
+            self._sock = sock
         return self._sock
+
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        assert self.tls is not None
+        try:
+            return self.tls.wrap_socket(sock, server_hostname=self.server_name or self.host)
+        except TimeoutError as exc:
+            sock.close()
+            msg = f"the TLS handshake with {self._peer} timed out after {self.timeout} s"
+            raise MllpTimeout(msg) from exc
+        except OSError as exc:
+            sock.close()
+            msg = f"the TLS handshake with MLLP peer {self._peer} failed: {exc}"
+            raise MllpConnectionError(msg) from exc
 
     @staticmethod
     def _is_stale(sock: socket.socket) -> bool:
@@ -485,17 +574,29 @@ class AsyncMllpClient:
     Args:
         host: the peer's host.
         port: the peer's port.
-        timeout: seconds for connecting and, separately, for the whole reply.
+        timeout: seconds for connecting (TLS handshake included) and, separately, for the
+            whole reply.
         max_bytes: the largest reply accepted.
+        tls: the client context of MLLP over TLS; ``None``: plain TCP.
+        server_name: the name the server's certificate must carry (and SNI), when not ``host``.
     """
 
     def __init__(
-        self, host: str, port: int, *, timeout: float = 10.0, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.tls = tls
+        self.server_name = server_name
         self._peer = f"{host}:{port}"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -525,7 +626,13 @@ class AsyncMllpClient:
         await self.close()
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout
+                asyncio.open_connection(
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=(self.server_name or self.host) if self.tls else None,
+                ),
+                self.timeout,
             )
         except TimeoutError as exc:
             msg = f"connecting to {self._peer} timed out after {self.timeout} s"

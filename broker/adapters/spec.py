@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.adapters.tls import TlsSpec
 from broker.errors import AdapterSpecError
 from broker.identity import IdentifierSystem
 from broker.mapping.spec import HL7_VERSIONS
@@ -26,7 +28,7 @@ from broker.parsing.hl7v2 import charset_code
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
 
-__all__ = ["AdapterSpec", "Sender", "Subscription", "load_adapters"]
+__all__ = ["AdapterSpec", "Sender", "Subscription", "TlsSpec", "load_adapters"]
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
@@ -137,6 +139,14 @@ class AdapterSpec(BaseModel):
     """Inbound HL7 v2: the MSH-3/MSH-4 this adapter accepts (any one entry must match); a
     message claiming another sender is answered AR and kept in ``pl:rejected``. ``None``
     (the default): any sender."""
+    tls: TlsSpec | None = None
+    """MLLP over TLS (inbound: the listener's certificate and, for mutual TLS, the CAs of its
+    clients; outbound: the CAs that verify the receiver and this side's certificate), see
+    ``broker.adapters.tls``. ``None`` (the default): plain TCP."""
+    allow_from: list[str] | None = Field(None, min_length=1)
+    """Inbound: the IP addresses and networks (``10.1.2.3``, ``10.1.0.0/16``, IPv6 too) a peer
+    may connect or post from; any other is refused before a byte is read. ``None`` (the
+    default): any address."""
     on_invalid_segment: Literal["drop", "quarantine"] = "drop"
     """Inbound HL7 v2: what a malformed segment group does (an OBX without OBX-3, fields shifted,
     an NM value that is not a number). ``drop`` delivers the rest of the message and records
@@ -175,6 +185,41 @@ class AdapterSpec(BaseModel):
         kind = (info.data.get("direction"), info.data.get("format"))
         if value is not None and kind != ("inbound", "hl7v2"):
             raise ValueError("senders (MSH-3/MSH-4) is for inbound adapters of format hl7v2")
+        return value
+
+    @field_validator("allow_from")
+    @classmethod
+    def _networks(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        if info.data.get("direction") != "inbound":
+            raise ValueError("'allow_from' is for inbound adapters (who may connect or post)")
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                loose = _loose_network(entry)
+                hint = f"; did you mean {loose}?" if loose else ""
+                msg = f"expected an IP address or network such as 10.1.0.0/16, got {entry!r}{hint}"
+                raise ValueError(msg) from exc
+        return value
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_fits(cls, value: TlsSpec | None, info: ValidationInfo) -> TlsSpec | None:
+        if value is None:
+            return None
+        direction = info.data.get("direction")
+        if info.data.get("transport") != "mllp":
+            raise ValueError("'tls' is for mllp adapters")
+        if direction == "inbound":
+            if value.cert is None:
+                raise ValueError("an inbound tls listener needs 'cert' (and 'key') to present")
+            if value.server_name is not None:
+                raise ValueError("tls 'server_name' is for outbound adapters")
+        elif value.client_cert != "none":
+            raise ValueError("tls 'client_cert' is for inbound adapters (what they ask of peers)")
+        value.check(str(direction))
         return value
 
     @field_validator("url")
@@ -253,6 +298,22 @@ class AdapterSpec(BaseModel):
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self
 
+    def admits(self, host: str) -> bool:
+        """Tell whether a peer at IP address ``host`` may connect (``allow_from``).
+
+        An IPv4 address seen through an IPv6 socket (``::ffff:10.1.2.3``) is matched as IPv4; a
+        host that is not an IP address is refused when there is a list.
+        """
+        if self.allow_from is None:
+            return True
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in ipaddress.ip_network(entry) for entry in self.allow_from)
+
     @property
     def version(self) -> str:
         """The HL7 v2 version rendered for this subscriber (``hl7_version``)."""
@@ -267,6 +328,14 @@ class AdapterSpec(BaseModel):
             raise AdapterSpecError(self.id, None, "listen", msg)
         host, _, port = value.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def _loose_network(entry: str) -> str | None:
+    """The network ``entry`` names when its host bits are set (``10.1.2.3/16``), else None."""
+    try:
+        return str(ipaddress.ip_network(entry, strict=False))
+    except ValueError:
+        return None
 
 
 def load_adapters(

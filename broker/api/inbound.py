@@ -5,7 +5,8 @@ same ``HL7v2Intake`` as an MLLP frame (journal first, then ACK); the ACK is the 
 ``POST /inbound/{adapter_id}/fhir`` takes one FHIR R4 resource or Bundle and runs it through the
 ``FHIRIntake`` (validate, journal). Both need the API bearer token and an enabled inbound
 adapter with ``transport: http`` (and the matching ``format``). The routes only read the body
-(up to ``max_message_bytes``), call the intake and write its ``Outcome`` as the response.
+(up to ``max_message_bytes``), call the intake and write its ``Outcome`` as the response. An
+adapter with ``allow_from`` answers 403, before the body is read, to a client from elsewhere.
 
 Status codes: 200 with the ACK (AA, or AE/AR for a reason in the message); 202 for an accepted
 FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read, is nested deeper
@@ -136,6 +137,12 @@ def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, edge.problem)
         msg = f"no enabled inbound http adapter {adapter_id!r} for {fmt}"
         raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
+    if adapter.allow_from is not None:
+        host = request.client.host if request.client else ""
+        if not adapter.admits(host):
+            log.warning("inbound.refused_peer", adapter=adapter.id, peer=_peer(request))
+            msg = f"adapter {adapter.id!r} does not accept messages from this address"
+            raise HTTPException(status.HTTP_403_FORBIDDEN, msg)
     return edge.intakes[adapter.id]
 
 
@@ -204,6 +211,7 @@ AdapterId = Annotated[str, Path(description="The id of an inbound adapter with t
             "content": {HL7V2_MEDIA_TYPE: {}},
         },
         204: {"description": "Enhanced mode: MSH-15 asked for no commit ACK"},
+        403: {"description": "The client's address is not in the adapter's allow_from"},
         404: {"description": "No enabled inbound http adapter of format hl7v2 with this id"},
         413: {"description": "Larger than max_message_bytes; the body is an AR ACK"},
         503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
@@ -229,6 +237,7 @@ async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
     responses={
         202: {"description": "Journalled; an OperationOutcome of severity information"},
         400: {"description": "Not JSON, or not a FHIR resource (OperationOutcome)"},
+        403: {"description": "The client's address is not in the adapter's allow_from"},
         404: {"description": "No enabled inbound http adapter of format fhir with this id"},
         413: {"description": "Larger than max_message_bytes (OperationOutcome)"},
         422: {"description": "Not valid FHIR R4: one issue per element (OperationOutcome)"},

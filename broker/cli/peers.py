@@ -136,5 +136,13 @@ def ping(
     else:
         host, port = spec.host_port
         wanted = ping_message(spec.receiving_application or spec.id, spec.receiving_facility or "")
-        probe = mllp_ping(host, port, timeout, wanted if message else None)
+        tls = spec.tls
+        probe = mllp_ping(
+            host,
+            port,
+            timeout,
+            wanted if message else None,
+            tls=tls.client_context() if tls else None,
+            server_name=tls.server_name if tls else None,
+        )
     _report(probe, as_json, adapter)

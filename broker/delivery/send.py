@@ -259,7 +259,14 @@ class MllpSender:
         self.mappings = mappings
         """Returns the mappings serving now (they may be reloaded while the sender lives)."""
         host, port = adapter.host_port
-        self.client = MllpClient(host, port, timeout=adapter.ack_timeout_s)
+        tls = adapter.tls
+        self.client = MllpClient(
+            host,
+            port,
+            timeout=adapter.ack_timeout_s,
+            tls=tls.client_context() if tls else None,
+            server_name=tls.server_name if tls else None,
+        )
         self.last_digest: str | None = None
         """SHA-256 of the last payload rendered (the message store's attempt record)."""
 

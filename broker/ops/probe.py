@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -183,12 +184,21 @@ def ping_message(receiving_application: str, receiving_facility: str = "") -> by
     return f"{msh}\rNCK|{now}\r".encode()
 
 
-def mllp_ping(host: str, port: int, timeout: float, message: bytes | None) -> Probe:
-    """Connect to an MLLP peer and, given ``message``, send it and read the ACK."""
+def mllp_ping(
+    host: str,
+    port: int,
+    timeout: float,
+    message: bytes | None,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Probe:
+    """Connect to an MLLP peer and, given ``message``, send it (over TLS with ``tls``) and read
+    the ACK."""
     reachable = tcp_answers(host, port, timeout)
     if not reachable.ok or message is None:
         return reachable
-    with MllpClient(host, port, timeout=timeout) as client:
+    with MllpClient(host, port, timeout=timeout, tls=tls, server_name=server_name) as client:
         try:
             (answer,) = list(exchange_all(client, [message]))
         except MllpError as exc:

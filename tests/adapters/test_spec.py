@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 import yaml
 
@@ -338,3 +340,110 @@ class TestConditionalReferences:
         write(tmp_path, GOOD + "conditional_references: true\n")
         with pytest.raises(AdapterSpecError, match="'conditional_references' is for outbound"):
             load_adapters(tmp_path)
+
+
+class TestTls:
+    """``tls:`` (MLLP over TLS) and ``allow_from:``: files checked at load, mistakes located."""
+
+    @staticmethod
+    def pki_files(tmp_path, tls_pki):
+        """Copy the test PKI beside the registration, in tls/, to name it by relative paths."""
+        folder = tmp_path / "tls"
+        folder.mkdir()
+        for source in [tls_pki.ca, tls_pki.server_cert, tls_pki.key(tls_pki.server_cert)]:
+            (folder / source.name).write_bytes(source.read_bytes())
+        return folder
+
+    def test_relative_paths_are_read_from_the_registration_directory(self, tmp_path, tls_pki):
+        """cert/key/ca relative to the registration file become absolute paths that exist."""
+        folder = self.pki_files(tmp_path, tls_pki)
+        text = GOOD + (
+            "tls:\n  cert: tls/server.pem\n  key: tls/server.key\n  ca: tls/ca.pem\n"
+            "  client_cert: required\nallow_from: [10.0.0.0/8, 127.0.0.1]\n"
+        )
+        (spec,) = load_adapters(write(tmp_path, text))
+        assert spec.tls is not None
+        assert (spec.tls.cert, spec.tls.key, spec.tls.ca) == (
+            folder / "server.pem",
+            folder / "server.key",
+            folder / "ca.pem",
+        )
+        assert spec.tls.client_cert == "required"
+        assert spec.tls.server_context().verify_mode is ssl.CERT_REQUIRED
+        assert spec.tls.server_context().minimum_version is ssl.TLSVersion.TLSv1_2
+
+    def test_a_missing_file_names_its_line(self, tmp_path, tls_pki):
+        """A tls path to nothing is refused at its own line, with the path it looked for."""
+        self.pki_files(tmp_path, tls_pki)
+        text = GOOD + "tls:\n  cert: tls/server.pem\n  key: tls/missing.key\n"
+        write(tmp_path, text)
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (9, "tls.key")
+        assert str(tmp_path / "tls" / "missing.key") in info.value.reason
+        assert "a.yaml:9: tls.key: " in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("block", "line", "key", "reason"),
+        [
+            pytest.param(
+                "tls:\n  ca: tls/ca.pem\n", 8, "tls", "needs 'cert'", id="listener-without-cert"
+            ),
+            pytest.param(
+                "tls:\n  cert: tls/server.pem\n  key: tls/server.key\n  client_cert: required\n",
+                8,
+                "tls",
+                "needs 'ca'",
+                id="mutual-without-ca",
+            ),
+            pytest.param(
+                "tls:\n  cert: tls/server.pem\n  key: tls/server.key\n  client_cert: always\n",
+                10,
+                "tls.client_cert",
+                "'required', 'optional' or 'none'",
+                id="unknown-client-cert",
+            ),
+            pytest.param(
+                "tls:\n  cert: tls/server.pem\n  key: tls/ca.pem\n",
+                8,
+                "tls",
+                "do not load",
+                id="key-not-matching",
+            ),
+            pytest.param(
+                "allow_from: [10.1.2.3/8]\n",
+                7,
+                "allow_from",
+                "did you mean 10.0.0.0/8",
+                id="host-bits",
+            ),
+            pytest.param(
+                "allow_from: [hospital.ma]\n", 7, "allow_from", "expected an IP", id="a-name"
+            ),
+        ],
+    )
+    def test_a_mistake_names_its_line_and_key(self, tmp_path, tls_pki, block, line, key, reason):
+        """Each mistake in tls/allow_from is refused as file:line: key: reason."""
+        self.pki_files(tmp_path, tls_pki)
+        write(tmp_path, GOOD + block)
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (line, key)
+        assert reason in info.value.reason
+
+    def test_outbound_tls_and_where_each_key_belongs(self, tmp_path, tls_pki):
+        """An MLLP subscriber may name ca and server_name; client_cert and allow_from are
+        inbound keys, and tls is for mllp only."""
+        self.pki_files(tmp_path, tls_pki)
+        outbound = LAB + "tls:\n  ca: tls/ca.pem\n  server_name: lis.example.org\n"
+        (spec,) = load_adapters(write(tmp_path, outbound))
+        assert spec.tls is not None
+        assert spec.tls.server_name == "lis.example.org"
+        assert spec.tls.client_context().verify_mode is ssl.CERT_REQUIRED
+        with pytest.raises(AdapterSpecError, match="client_cert' is for inbound"):
+            load_adapters(write(tmp_path, outbound + "  client_cert: optional\n"))
+        with pytest.raises(AdapterSpecError, match="allow_from' is for inbound"):
+            load_adapters(write(tmp_path, LAB + "allow_from: [10.0.0.0/8]\n"))
+        http = "id: w\nname: W\ndirection: inbound\ntransport: http\n"
+        with pytest.raises(AdapterSpecError, match="'tls' is for mllp"):
+            load_adapters(write(tmp_path, http + "tls:\n  cert: tls/server.pem\n"))

@@ -492,3 +492,35 @@ def test_an_http_adapter_is_inbound_only_and_needs_no_address() -> None:
             transport="http",
             subscribe={"events": ["ADT^*"]},
         )
+
+
+@pytest.mark.parametrize(
+    ("peer", "status"),
+    [
+        pytest.param("10.20.30.40", 200, id="listed-network"),
+        pytest.param("192.0.2.9", 403, id="elsewhere"),
+    ],
+)
+def test_allow_from_refuses_a_client_from_elsewhere(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, peer: str, status: int
+) -> None:
+    """Issue 10: an http adapter with allow_from answers 403 to another address and journals
+    nothing; a listed address gets its AA."""
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "hosp-lan.yaml").write_text(
+        "id: hosp-lan\nname: L\ndirection: inbound\ntransport: http\nallow_from: [10.0.0.0/8]\n"
+    )
+    settings = Settings(redis_url=redis_url, api_token=SecretStr(TOKEN), adapters_dir=adapters)
+    app = create_app(settings)
+    app.state.inbound_celery = StubCelery()
+    with TestClient(app, client=(peer, 50000)) as client:
+        reply = client.post("/inbound/hosp-lan/hl7v2", content=_message("LAN0001"), headers=AUTH)
+    assert reply.status_code == status
+    if status == 200:
+        assert read_ack(reply.content).code == "AA"
+        assert len(_journalled(redis_client)) == 1
+    else:
+        assert "does not accept messages from this address" in reply.text
+        assert _journalled(redis_client) == []
+        assert _rejected(redis_client) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class MllpCapture:
             is appended per message, for the demo's counts.
         name: a label for logs.
         max_bytes: the largest message accepted.
+        tls: a server ``ssl.SSLContext``: the capture then speaks MLLP over TLS.
 
     Attributes:
         observer: called with each message once it is recorded (``passerelle capture mllp``
@@ -86,13 +88,14 @@ class MllpCapture:
         journal: str | Path | None = None,
         name: str = "mllp-capture",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.mode = mode
         self.name = name
         self.observer: Callable[[CapturedMessage], None] | None = None
         self._journal_path = Path(journal) if journal is not None else None
         self._journal: IO[str] | None = None
-        self._server = MllpServer(host, port, self._handle, max_bytes=max_bytes, name=name)
+        self._server = MllpServer(host, port, self._handle, max_bytes=max_bytes, name=name, tls=tls)
         self._records: list[CapturedMessage] = []
         self._unique: set[str] = set()
         self._changed = threading.Condition()
