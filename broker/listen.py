@@ -24,6 +24,7 @@ from broker import keys
 from broker.adapters.mllp import Frame, MllpServer
 from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
+from broker.intake import offload
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.log import get_logger
@@ -46,6 +47,9 @@ def mllp_server(
     max_bytes: int,
     name: str = "",
     on_connections: Callable[[], None] | None = None,
+    max_connections: int | None = None,
+    idle_timeout_s: float | None = None,
+    read_timeout_s: float | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -56,6 +60,10 @@ def mllp_server(
         max_bytes: the largest message taken whole; a larger one is answered AR (over-size).
         name: the adapter id, for logs.
         on_connections: called when a peer connects or leaves (``MllpServer``).
+        max_connections: connections held at once; one more is closed (``MllpServer``).
+        idle_timeout_s: close a connection that starts no message for this long.
+        read_timeout_s: close a connection whose message is not finished this long after it
+            started.
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -74,6 +82,9 @@ def mllp_server(
         name=name,
         on_oversize=on_oversize,
         on_connections=on_connections,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+        read_timeout_s=read_timeout_s,
     )
 
 
@@ -97,6 +108,7 @@ class Listeners:
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
+        offload.configure(self.settings.parse_processes)
         self.client = redis.asyncio.Redis.from_url(self.settings.effective_redis_url)
         journal = Journal(
             self.client,
@@ -116,6 +128,9 @@ class Listeners:
                 max_bytes=self.settings.max_message_bytes,
                 name=adapter.id,
                 on_connections=self._peers_changed.set,
+                max_connections=self.settings.mllp_max_connections,
+                idle_timeout_s=self.settings.mllp_idle_timeout_s,
+                read_timeout_s=self.settings.mllp_read_timeout_s,
             )
             await server.start()
             self.servers.append(server)
@@ -162,6 +177,7 @@ class Listeners:
             gone = [key(a.id) for a in self.adapters for key in (keys.listening, keys.peers)]
             await self.client.delete(*gone)
             await self.client.aclose()
+        offload.shutdown()
         log.info("listener.stopped", adapters=len(self.servers))
 
 

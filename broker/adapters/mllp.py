@@ -127,6 +127,11 @@ class FrameDecoder:
         self._hash: hashlib._Hash | None = None
 
     @property
+    def in_frame(self) -> bool:
+        """A start character was read and its frame is not finished yet."""
+        return self._in_frame
+
+    @property
     def pending(self) -> int:
         """Bytes of the unfinished frame read so far (0 when between frames)."""
         return self._size + self._pending_fs if self._in_frame else 0
@@ -229,6 +234,12 @@ class MllpServer:
         on_oversize: called once per frame between ``max_bytes`` and ``2 * max_bytes``.
         on_connections: called (no I/O: it must not block) each time a connection opens or
             closes; :attr:`connections` then has the new count.
+        max_connections: a connection beyond this many open ones is closed at once (logged);
+            ``None``: no cap.
+        idle_timeout_s: a connection that starts no frame for this long is closed (logged);
+            ``None``: never.
+        read_timeout_s: a frame not finished this long after its start character closes its
+            connection (logged); ``None``: never.
     """
 
     def __init__(
@@ -241,8 +252,14 @@ class MllpServer:
         name: str = "",
         on_oversize: OversizeHandler | None = None,
         on_connections: Callable[[], None] | None = None,
+        max_connections: int | None = None,
+        idle_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.host = host
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.on_connections = on_connections
         self.handler = handler
         self.on_oversize = on_oversize
@@ -294,12 +311,34 @@ class MllpServer:
         assert task is not None
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        if self.max_connections is not None and len(self._idle) >= self.max_connections:
+            _log.warning(
+                "mllp.connection_refused", adapter=self.name, peer=peer, cap=self.max_connections
+            )
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
         decoder = FrameDecoder(self.max_bytes)
         self._idle[task] = True
         self._connections_changed()
+        frame_started: float | None = None
         try:
             while not self._stopping:
-                data = await reader.read(_READ_SIZE)
+                timeout, why, limit = self.idle_timeout_s, "mllp.idle_timeout", self.idle_timeout_s
+                if decoder.in_frame and self.read_timeout_s is not None:
+                    frame_started = frame_started or time.monotonic()
+                    limit = self.read_timeout_s
+                    timeout = limit - (time.monotonic() - frame_started)
+                    why = "mllp.read_timeout"
+                elif not decoder.in_frame:
+                    frame_started = None
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(_READ_SIZE)
+                except TimeoutError:
+                    _log.warning(why, adapter=self.name, peer=peer, after_s=limit)
+                    break
                 if not data:
                     break
                 self._idle[task] = False

@@ -144,5 +144,12 @@ def api(
 
     settings = ensure_api_token(_checked(adapters, mappings, data_dir, http_port))
     uvicorn.run(
-        create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning"
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        # The root logger's handler (broker.log) strips tracebacks; uvicorn's own would print them.
+        log_config=None,
+        limit_concurrency=settings.http_limit_concurrency,
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
