@@ -183,6 +183,8 @@ class Listeners:
 
 async def _serve(settings: Settings) -> None:
     listeners = Listeners(load_config(settings))
+    offload.configure(settings.parse_processes)
+    offload.start()
     await listeners.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -77,6 +77,7 @@ def fixture_listener(redis_url: str, redis_client: redis.Redis) -> Iterator[Mllp
 
 
 class TestOffTheLoop:
+    @pytest.mark.slow  # ~2 s: the 5 MB message of the issue, read in the pool
     def test_a_small_adt_is_answered_while_a_5_mb_message_is_being_read(
         self, listener: MllpServer
     ) -> None:

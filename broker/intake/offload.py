@@ -8,8 +8,9 @@ loop. Measured on a real listener, a small ADT's ACK on another connection waite
 ``INLINE_BYTES`` is read in a small process pool that hands back only what the ACK needs; smaller
 ones (nearly all) stay inline, where a process hop would cost more than the read.
 
-The pool starts on first use (``forkserver``: a clean process, not a fork of a loop with
-threads) with ``configure``'s size, set by each entrypoint from ``Settings.parse_processes``.
+The pool (``forkserver``: clean processes, not forks of a loop with threads) has ``configure``'s
+size, set from ``Settings.parse_processes``; ``passerelle listen`` and ``passerelle api`` start
+it before serving (``start``), elsewhere it starts on first use.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-__all__ = ["INLINE_BYTES", "configure", "run", "shutdown"]
+__all__ = ["INLINE_BYTES", "configure", "run", "shutdown", "start"]
 
 INLINE_BYTES = 256 * 1024
 """Messages up to this size are read on the loop; larger ones in the pool."""
@@ -42,6 +43,16 @@ def _executor() -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
         _pool = ProcessPoolExecutor(_size, mp_context=context)
     return _pool
+
+
+def _ready() -> None:
+    """Nothing: submitted by ``start`` so the pool's processes exist."""
+
+
+def start() -> None:
+    """Start the pool now (the entrypoints, before serving): starting the forkserver costs the
+    loop up to ~100 ms, which the first large message would otherwise pay."""
+    _executor().submit(_ready).result()
 
 
 async def run(function: Callable[..., _T], *args: object) -> _T:
