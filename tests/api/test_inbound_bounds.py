@@ -10,6 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from broker.api import create_app
 from broker.settings import Settings
@@ -57,3 +58,22 @@ class TestFhirBounds:
         bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
         reply = api.post("/inbound/hosp-fhir/fhir", content=json.dumps(bundle), headers=AUTH)
         assert reply.status_code == 202
+
+
+def test_an_unhandled_route_error_is_one_event_without_its_message(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """500 to the client; the log has the class, the path and the frames, never the message."""
+    app = create_app(Settings(redis_url=redis_url, api_token=SecretStr(TOKEN)))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise ValueError("PID|||1||ZAHRA^FATIMA")
+
+    with capture_logs() as logs, TestClient(app, raise_server_exceptions=False) as client:
+        reply = client.get("/boom")
+    assert reply.status_code == 500
+    assert "ZAHRA" not in reply.text
+    (event,) = [e for e in logs if e["event"] == "api.internal_error"]
+    assert (event["error"], event["path"]) == ("ValueError", "/boom")
+    assert "ZAHRA" not in repr(logs)
