@@ -2,4 +2,6 @@
 
 from broker.cli import main
 
-main()
+# Guarded: the intake's process pool (forkserver) imports this module in its processes.
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,7 @@ from broker.adapters.mllp import Frame, MllpServer
 from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
 from broker.gctuning import tune_gc
+from broker.intake import offload
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.log import get_logger
@@ -50,6 +51,9 @@ def mllp_server(
     on_connections: Callable[[], None] | None = None,
     tls: ssl.SSLContext | None = None,
     admit: Callable[[str], bool] | None = None,
+    max_connections: int | None = None,
+    idle_timeout_s: float | None = None,
+    read_timeout_s: float | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -62,6 +66,10 @@ def mllp_server(
         on_connections: called when a peer connects or leaves (``MllpServer``).
         tls: the server context of MLLP over TLS (``TlsSpec.server_context``), or None.
         admit: tells whether a peer's IP address may connect (``AdapterSpec.admits``).
+        max_connections: connections held at once; one more is closed (``MllpServer``).
+        idle_timeout_s: close a connection that starts no message for this long.
+        read_timeout_s: close a connection whose message is not finished this long after it
+            started.
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -82,6 +90,9 @@ def mllp_server(
         on_connections=on_connections,
         tls=tls,
         admit=admit,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+        read_timeout_s=read_timeout_s,
     )
 
 
@@ -105,6 +116,7 @@ class Listeners:
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
+        offload.configure(self.settings.parse_processes)
         self.client = redis.asyncio.Redis.from_url(self.settings.effective_redis_url)
         journal = Journal(
             self.client,
@@ -126,6 +138,9 @@ class Listeners:
                 on_connections=self._peers_changed.set,
                 tls=adapter.tls.server_context() if adapter.tls else None,
                 admit=adapter.admits if adapter.allow_from is not None else None,
+                max_connections=self.settings.mllp_max_connections,
+                idle_timeout_s=self.settings.mllp_idle_timeout_s,
+                read_timeout_s=self.settings.mllp_read_timeout_s,
             )
             await server.start()
             self.servers.append(server)
@@ -178,11 +193,14 @@ class Listeners:
             gone = [key(a.id) for a in self.adapters for key in (keys.listening, keys.peers)]
             await self.client.delete(*gone)
             await self.client.aclose()
+        offload.shutdown()
         log.info("listener.stopped", adapters=len(self.servers))
 
 
 async def _serve(settings: Settings) -> None:
     listeners = Listeners(load_config(settings))
+    offload.configure(settings.parse_processes)
+    offload.start()
     await listeners.start()
     tune_gc()  # what it loaded for its life stays out of every collection (broker.gctuning)
     stopping = asyncio.Event()

@@ -99,6 +99,23 @@ class Settings(BaseSettings):
     """Embedded Redis AOF fsync policy; ``always`` makes each ACK survive a power cut."""
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """A larger message is read to its end and answered AR (the connection closes past twice it)."""
+    mllp_max_connections: int = Field(200, ge=1)
+    """Connections one MLLP listener holds open at once; one more is closed at once (logged)."""
+    mllp_idle_timeout_s: float = Field(900.0, gt=0)
+    """An MLLP connection that starts no message for this long is closed (the sender
+    reconnects when it next sends)."""
+    mllp_read_timeout_s: float = Field(60.0, gt=0)
+    """A message whose start character came but whose end did not within this long closes
+    its connection: a stalled sender holds no connection open half-read."""
+    parse_processes: int = Field(2, ge=1)
+    """Processes that read messages over 256 KiB off the event loop that answers ACKs
+    (``broker.intake.offload``); they start with the first such message."""
+    http_limit_concurrency: int = Field(200, ge=1)
+    """Connections and requests the API serves at once; more are answered 503 (uvicorn)."""
+    http_keep_alive_s: int = Field(5, ge=1)
+    """An idle HTTP keep-alive connection is closed after this long (uvicorn)."""
+    fhir_max_entries: int = Field(1000, ge=1)
+    """A FHIR Bundle with more entries than this is refused (413) before it is validated."""
     rejected_head_bytes: int = Field(64 * 1024, ge=1024)
     """Of an over-size message, ``pl:rejected`` keeps this many first bytes, with the whole
     payload's size and SHA-256 (not the whole payload, kept forever)."""

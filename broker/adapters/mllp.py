@@ -130,6 +130,11 @@ class FrameDecoder:
         self._hash: hashlib._Hash | None = None
 
     @property
+    def in_frame(self) -> bool:
+        """A start character was read and its frame is not finished yet."""
+        return self._in_frame
+
+    @property
     def pending(self) -> int:
         """Bytes of the unfinished frame read so far (0 when between frames)."""
         return self._size + self._pending_fs if self._in_frame else 0
@@ -236,6 +241,12 @@ class MllpServer:
             A failed handshake is logged (``mllp.tls_failed``) and its connection closed.
         admit: ``admit(ip)`` tells whether a peer may connect (the adapter's ``allow_from``);
             a refused one is logged (``mllp.refused_peer``) and closed before a byte is read.
+        max_connections: a connection beyond this many open ones is closed at once (logged);
+            ``None``: no cap.
+        idle_timeout_s: a connection that starts no frame for this long is closed (logged);
+            ``None``: never.
+        read_timeout_s: a frame not finished this long after its start character closes its
+            connection (logged); ``None``: never.
     """
 
     def __init__(
@@ -250,12 +261,18 @@ class MllpServer:
         on_connections: Callable[[], None] | None = None,
         tls: ssl.SSLContext | None = None,
         admit: Callable[[str], bool] | None = None,
+        max_connections: int | None = None,
+        idle_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.host = host
         self.tls = tls
         self.admit = admit
         self.refused = 0
         """Connections refused by ``admit`` since the server was built."""
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.on_connections = on_connections
         self.handler = handler
         self.on_oversize = on_oversize
@@ -323,14 +340,36 @@ class MllpServer:
             _log.warning("mllp.refused_peer", adapter=self.name, peer=peer)
             writer.transport.abort()
             return
+        if self.max_connections is not None and len(self._idle) >= self.max_connections:
+            _log.warning(
+                "mllp.connection_refused", adapter=self.name, peer=peer, cap=self.max_connections
+            )
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
         decoder = FrameDecoder(self.max_bytes)
         self._idle[task] = True
         self._connections_changed()
         if self.tls is not None and not await self._start_tls(writer, peer, task):
             return
+        frame_started: float | None = None
         try:
             while not self._stopping:
-                data = await reader.read(_READ_SIZE)
+                timeout, why, limit = self.idle_timeout_s, "mllp.idle_timeout", self.idle_timeout_s
+                if decoder.in_frame and self.read_timeout_s is not None:
+                    frame_started = frame_started or time.monotonic()
+                    limit = self.read_timeout_s
+                    timeout = limit - (time.monotonic() - frame_started)
+                    why = "mllp.read_timeout"
+                elif not decoder.in_frame:
+                    frame_started = None
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(_READ_SIZE)
+                except TimeoutError:
+                    _log.warning(why, adapter=self.name, peer=peer, after_s=limit)
+                    break
                 if not data:
                     break
                 self._idle[task] = False

@@ -11,7 +11,8 @@ adapter with ``allow_from`` answers 403, before the body is read, to a client fr
 Status codes: 200 with the ACK (AA, or AE/AR for a reason in the message); 202 for an accepted
 FHIR resource; 400/422 with an OperationOutcome for FHIR that cannot be read, is nested deeper
 than ``MAX_JSON_DEPTH`` or is not valid (the body is kept in ``pl:rejected``, as refused HL7 v2
-is); 413 above ``max_message_bytes`` (its first bytes are kept, with its size and SHA-256); 503
+is); 413 above ``max_message_bytes`` (its first bytes are kept, with its size and SHA-256) or for a
+Bundle of more than ``fhir_max_entries`` entries; 503
 with ``Retry-After`` when the journal cannot accept the message (Redis down or backpressure):
 the sender keeps it and resends, nothing is acknowledged that could be lost.
 """
@@ -30,6 +31,7 @@ from broker.adapters.spec import AdapterSpec
 from broker.api.auth import require_token
 from broker.config import Config
 from broker.dispatch import AsyncKicker
+from broker.intake import offload
 from broker.intake.fhir import FHIR_MEDIA_TYPE, HTTP_STATUS, FHIRIntake
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
@@ -107,6 +109,7 @@ async def open_inbound(app: FastAPI, config: Config | str) -> None:
         celery = create_celery(settings)
     kicker = AsyncKicker(celery, edge.client)
     config.watch()  # reloads off the event loop that answers requests
+    offload.configure(settings.parse_processes)
     for adapter in edge.adapters.values():
         if adapter.format == "hl7v2":
             edge.intakes[adapter.id] = HL7v2Intake(
@@ -114,7 +117,12 @@ async def open_inbound(app: FastAPI, config: Config | str) -> None:
             )
         else:
             edge.intakes[adapter.id] = FHIRIntake(
-                adapter, journal, config.watcher.current, settings.partitions, kicker
+                adapter,
+                journal,
+                config.watcher.current,
+                settings.partitions,
+                kicker,
+                max_entries=settings.fhir_max_entries,
             )
     log.info("inbound.http_ready", adapters=sorted(edge.adapters))
 
@@ -124,6 +132,7 @@ async def close_inbound(app: FastAPI) -> None:
     edge: InboundEdge | None = getattr(app.state, "inbound", None)
     if edge is not None and edge.client is not None:
         await edge.client.aclose()
+    offload.shutdown()
 
 
 def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
@@ -239,7 +248,10 @@ async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
         400: {"description": "Not JSON, or not a FHIR resource (OperationOutcome)"},
         403: {"description": "The client's address is not in the adapter's allow_from"},
         404: {"description": "No enabled inbound http adapter of format fhir with this id"},
-        413: {"description": "Larger than max_message_bytes (OperationOutcome)"},
+        413: {
+            "description": "Larger than max_message_bytes, or a Bundle of more than "
+            "fhir_max_entries entries (OperationOutcome)"
+        },
         422: {"description": "Not valid FHIR R4: one issue per element (OperationOutcome)"},
         503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
     },

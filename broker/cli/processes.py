@@ -140,9 +140,19 @@ def api(
     import uvicorn
 
     from broker.api import create_app
+    from broker.intake import offload
     from broker.supervisor import ensure_api_token
 
     settings = ensure_api_token(_checked(adapters, mappings, data_dir, http_port))
+    offload.configure(settings.parse_processes)
+    offload.start()  # the first large inbound message does not pay for it
     uvicorn.run(
-        create_app(settings), host=settings.http_host, port=settings.http_port, log_level="warning"
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        # The root logger's handler (broker.log) strips tracebacks; uvicorn's own would print them.
+        log_config=None,
+        limit_concurrency=settings.http_limit_concurrency,
+        timeout_keep_alive=settings.http_keep_alive_s,
     )

@@ -27,6 +27,7 @@ from broker.dispatch import DRAIN_INBOUND, AsyncKicker
 from broker.envelope import new_id
 from broker.errors import JournalError, MessageError, NoMappingError, RejectedError
 from broker.identity import hl7v2_patient_key, unidentified_key
+from broker.intake import offload
 from broker.intake.journal import Journal, dedupe_digest
 from broker.intake.outcome import Outcome, Verdict
 from broker.log import get_logger
@@ -55,6 +56,39 @@ def _hd(value: tuple[str, str]) -> str:
     Sender ids are system names, not patient data; the cut keeps the reason one short line.
     """
     return repr((value[0] or value[1])[:40])
+
+
+def _check_whole(message: Message) -> None:
+    body = message.text
+    # One frame holds one message (MLLP release 2): a second MSH means two were glued together.
+    if body.count("\rMSH" + message.delims.field) or body.count("\nMSH" + message.delims.field):
+        raise RejectedError(
+            "the frame holds more than one message; send one message per frame", location="MSH"
+        )
+
+
+def _read(payload: bytes, adapter: AdapterSpec) -> tuple[Message | None, MessageError | None, str]:
+    """Decode and tokenize ``payload``: the message (if readable), why it is refused (if it
+    is) and its patient partition key."""
+    message: Message | None = None
+    try:
+        message = parse(decode(payload, adapter.charset))
+        _check_whole(message)
+    except MessageError as exc:
+        return message, exc, ""
+    return message, None, partition_key(message, adapter)
+
+
+def _read_off_loop(
+    payload: bytes, adapter: AdapterSpec
+) -> tuple[str | None, MessageError | None, str]:
+    """``_read`` in a pool process (``broker.intake.offload``): only the MSH segment's text
+    comes back, not the whole message, so the loop neither unpickles nor frees it."""
+    message, problem, key = _read(payload, adapter)
+    if message is None:
+        return None, problem, key
+    fields = message.msh.fields
+    return fields[0] + fields[1] + fields[1].join(fields[2:]), problem, key
 
 
 class HL7v2Intake:
@@ -88,16 +122,23 @@ class HL7v2Intake:
     async def receive(self, payload: bytes, peer: str) -> Outcome:
         """Handle one message's bytes from ``peer``: journal them, or refuse them; the ACK."""
         started = time.perf_counter()
-        message: Message | None = None
-        try:
-            message = parse(decode(payload, self.adapter.charset))
-            self._check(message)
-        except MessageError as exc:
-            verdict = Verdict.UNREADABLE if exc.ack_code == "AE" else Verdict.REFUSED
-            return await self._refuse(payload, peer, message, exc, verdict)
+        if len(payload) <= offload.INLINE_BYTES:
+            message, problem, key = _read(payload, self.adapter)
+        else:
+            header, problem, key = await offload.run(_read_off_loop, payload, self.adapter)
+            message = parse(header) if header is not None else None
+        if problem is None and message is not None:
+            try:
+                self._check(message)
+            except MessageError as exc:
+                problem = exc
+        if problem is not None:
+            verdict = Verdict.UNREADABLE if problem.ack_code == "AE" else Verdict.REFUSED
+            return await self._refuse(payload, peer, message, problem, verdict)
+        assert message is not None
         envelope_id = new_id()
         ack = self._ack("AA", message)
-        partition = keys.partition_of(partition_key(message, self.adapter), self.partitions)
+        partition = keys.partition_of(key, self.partitions)
         msh = message.msh
         fields = {
             "id": envelope_id,
@@ -175,12 +216,7 @@ class HL7v2Intake:
         )
 
     def _check(self, message: Message) -> None:
-        body = message.text
-        # One frame holds one message (MLLP release 2): a second MSH means two were glued together.
-        if body.count("\rMSH" + message.delims.field) or body.count("\nMSH" + message.delims.field):
-            raise RejectedError(
-                "the frame holds more than one message; send one message per frame", location="MSH"
-            )
+        """The checks that read only MSH (``_read`` made those that need the whole message)."""
         if self.adapter.senders is not None:
             self._check_sender(message)
         if not self.supports(message.event, message.version, self.adapter.id):
