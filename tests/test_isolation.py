@@ -219,8 +219,17 @@ class TestRedaction:
         assert (lines[1]["surname"], lines[1]["control_id"]) == ("[redacted]", "C1")
 
     def test_an_exception_is_logged_as_its_class_never_its_message_or_traceback(
-        self, stderr: io.StringIO
+        self, stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        # As `passerelle serve` leaves uvicorn's loggers (log_config=None): propagating to the
+        # root handler. A server started earlier in this test process with uvicorn's own
+        # logging configuration stops them at "uvicorn".
+        for name in ("uvicorn", "uvicorn.error"):
+            logger = logging.getLogger(name)
+            monkeypatch.setattr(logger, "handlers", [])
+            monkeypatch.setattr(logger, "propagate", True)
+            monkeypatch.setattr(logger, "disabled", False)
+            monkeypatch.setattr(logger, "level", logging.NOTSET)
         payload = "MSH|^~\\&|HIS|CHU||||||ADT^A01|1|P|2.5\rPID|||1||ZAHRA^FATIMA"
         try:
             raise ValueError(payload)
