@@ -25,15 +25,15 @@ ALLOWED_KEYS = frozenset(
     {"event", "level", "timestamp", "logger", "error", "frames"}
     # ids, places and counts: what every event of the broker may carry, never message content
     | {
-        "ack_code", "adapter", "adapters", "address", "after_s", "appendfsync", "at",
-        "attempt", "attempts", "cap", "channel", "col", "control_id", "correlation_id",
+        "ack_code", "adapter", "adapters", "address", "allow_from", "after_s", "appendfsync", "at",
+        "attempt", "attempts", "cap", "channel", "client", "col", "control_id", "correlation_id",
         "dead_letter", "delay_s", "delivered", "destination", "drains", "dropped", "entry",
         "envelope_id", "exit_code", "fhir", "file", "handled", "held", "host", "http", "key",
         "limit", "line", "mappings", "message_type", "messages", "method", "ms", "open",
         "partition", "path", "peer", "pid", "port", "problems", "reason", "reasons", "records",
         "request_id", "resource_type", "restarts", "role", "roles", "route", "rule", "seconds",
         "size", "skipped", "source", "status", "stream", "subject", "subscriber", "summary",
-        "task", "task_id", "unfinished", "url",
+        "task", "task_id", "tls", "unfinished", "url", "version",
     }
 )  # fmt: skip
 """Event keys whose values are printed; any other key's value is ``[redacted]``, at every level.

@@ -4,6 +4,7 @@ listeners on loopback, a real Redis (the FHIR bounds: tests/api/test_inbound_bou
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
@@ -29,7 +30,8 @@ from broker.intake import offload
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.listen import mllp_server
-from broker.log import configure_logging, get_logger
+from broker.log import ALLOWED_KEYS, configure_logging, get_logger
+from broker.settings import REPO_ROOT
 from broker.testing import StubCelery
 from passerelle_demo.synthetic import adt, patients
 
@@ -209,6 +211,24 @@ def fixture_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
 
 
 class TestRedaction:
+    def test_every_key_the_broker_logs_is_on_the_allow_list(self) -> None:
+        """A key a log call passes and the list lacks prints ``[redacted]`` in production: the
+        listener's `tls` flag did, after two changes met. Read from the source, every call."""
+        calls = ("debug", "info", "warning", "error", "exception", "critical")
+        missing: dict[str, str] = {}
+        for path in sorted((REPO_ROOT / "broker").rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                owner = node.func.value
+                name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+                if node.func.attr not in calls or "log" not in name.lower():
+                    continue
+                for keyword in node.keywords:
+                    if keyword.arg is not None and keyword.arg not in ALLOWED_KEYS:
+                        missing.setdefault(keyword.arg, f"{path.name}:{node.lineno}")
+        assert missing == {}
+
     def test_a_key_not_on_the_allow_list_is_masked_at_debug_too(self, stderr: io.StringIO) -> None:
         log = get_logger("test")
         log.debug("patient.seen", name="FATIMA ZAHRA", adapter="chu-rabat-adt")
