@@ -118,11 +118,13 @@ def drain_outbound(
             handled: list[str] = []
             batch_delivered = 0
             latencies: list[float] = []
+            records: trail.Records = []
             pipe = client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
             ):
                 if patient in newly_held:
+                    trail.flush(pipe, records)  # the records before this one stay before it
                     pipe.xadd(
                         keys.parked(sub, patient),
                         {"env": envelope_id, "pk": patient, "partition": str(partition)},
@@ -136,6 +138,7 @@ def drain_outbound(
                     handled.append(entry_id)
                     continue
                 if raw is None:
+                    trail.flush(pipe, records)
                     dead_letters.add(
                         pipe,
                         subscriber=sub,
@@ -154,7 +157,7 @@ def drain_outbound(
                 envelope = Envelope.model_validate_json(raw)
                 outcome = attempt(client, subscriber, sender, entry_id, envelope)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
-                outcome.record(pipe, sub, envelope_id)
+                outcome.record(records, sub, envelope_id)
                 if outcome.retry_after is not None:
                     delay = outcome.retry_after
                     client.set(
@@ -173,6 +176,7 @@ def drain_outbound(
                     )
                 elif outcome.dead:
                     hold_patient = subscriber.retry.on_exhausted == "hold"
+                    trail.flush(pipe, records)  # the attempt before the dead letter's state
                     dead_letters.add(
                         pipe,
                         subscriber=sub,
@@ -202,6 +206,7 @@ def drain_outbound(
                         dead_letters.resolve(sub, fields[b"dead"].decode())
                 handled.append(entry_id)
                 lock.renew()
+            trail.flush(pipe, records)
             if handled:
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
