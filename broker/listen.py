@@ -8,7 +8,9 @@ While the servers run, a heartbeat marks each one in Redis (``pl:listening:SRC``
 three housekeeping periods), so ``/metrics`` and the alerts know a listener is up even from
 another host or container than the listener's. Beside it goes the number of peers connected
 (``pl:peers:SRC``, for the overview), written at each beat and soon after a peer connects or
-leaves (one write for a burst of them, never on a message's path).
+leaves (one write for a burst of them, never on a message's path), and the connections refused
+since the last beat (``connection_refused:REASON`` of ``pl:adapter:SRC``: not allowed by
+``allow_from``, over the connection cap, failed TLS handshake) for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+from collections import Counter
 from collections.abc import Callable
 
 import redis.asyncio
@@ -54,6 +57,7 @@ def mllp_server(
     max_connections: int | None = None,
     idle_timeout_s: float | None = None,
     read_timeout_s: float | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -70,6 +74,7 @@ def mllp_server(
         idle_timeout_s: close a connection that starts no message for this long.
         read_timeout_s: close a connection whose message is not finished this long after it
             started.
+        on_refused: called with the reason of each connection refused (``MllpServer``).
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -93,6 +98,7 @@ def mllp_server(
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
         read_timeout_s=read_timeout_s,
+        on_refused=on_refused,
     )
 
 
@@ -113,6 +119,17 @@ class Listeners:
         self.client: redis.asyncio.Redis | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._peers_changed = asyncio.Event()
+        self._refusals: Counter[tuple[str, str]] = Counter()
+        """Connections refused since the last beat, by (adapter, reason)."""
+
+    def _refused(self, adapter: str) -> Callable[[str], None]:
+        """Count a refused connection of ``adapter``; the next beat (soon) writes it."""
+
+        def count(reason: str) -> None:
+            self._refusals[(adapter, reason)] += 1
+            self._peers_changed.set()
+
+        return count
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -141,6 +158,7 @@ class Listeners:
                 max_connections=self.settings.mllp_max_connections,
                 idle_timeout_s=self.settings.mllp_idle_timeout_s,
                 read_timeout_s=self.settings.mllp_read_timeout_s,
+                on_refused=self._refused(adapter.id),
             )
             await server.start()
             self.servers.append(server)
@@ -164,7 +182,16 @@ class Listeners:
         for adapter, server in zip(self.adapters, self.servers, strict=False):
             pipe.set(keys.listening(adapter.id), f"{adapter.host_port[0]}:{server.port}", ex=ttl)
             pipe.set(keys.peers(adapter.id), server.connections, ex=ttl)
-        await pipe.execute()
+        refusals, self._refusals = self._refusals, Counter()
+        for (adapter_id, reason), count in refusals.items():
+            pipe.hincrby(
+                keys.adapter_stats(adapter_id), f"{keys.CONNECTION_REFUSED}{reason}", count
+            )
+        try:
+            await pipe.execute()
+        except redis.RedisError:
+            self._refusals.update(refusals)  # counted at the next beat
+            raise
 
     async def _beating(self) -> None:
         """Beat every housekeeping period, and soon after peers connect or leave."""
