@@ -101,13 +101,22 @@ class FhirPeer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
-    def answer(self, headers: Any, client: str | None) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, headers: Any, client: str | None, path: str = ""
+    ) -> tuple[int, dict[str, Any]]:
         authorization = headers.get("Authorization")
         self.requests.append({"authorization": authorization, "client": client})
         if self.tokens is not None:
             token = (authorization or "").removeprefix("Bearer ")
             if token not in self.tokens.issued or token in self.revoked:
                 return 401, {"resourceType": "OperationOutcome", "issue": []}
+        if path.endswith("/metadata"):
+            software = {"name": "DMP national", "version": "3.1"}
+            return 200, {
+                "resourceType": "CapabilityStatement",
+                "fhirVersion": "4.0.1",
+                "software": software,
+            }
         return 200, {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
 
 
@@ -125,7 +134,7 @@ def _handler(peer: TokenPeer | FhirPeer) -> type[BaseHTTPRequestHandler]:
                     else None
                 )
                 subject = dict(pair[0] for pair in (cert or {}).get("subject", ()))
-                status, answer = peer.answer(self.headers, subject.get("commonName"))
+                status, answer = peer.answer(self.headers, subject.get("commonName"), self.path)
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
