@@ -18,13 +18,13 @@ import redis
 import redis.asyncio
 
 from broker import running
+from broker.adapters.mllp import MllpServer
+from broker.adapters.tls import TlsSpec
 from broker.dispatch import AsyncKicker
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.listen import mllp_server
 from broker.ops.probe import split_messages
-from broker.adapters.mllp import MllpServer
-from broker.adapters.tls import TlsSpec
 from broker.testing import CliRun, EagerBroker, free_port, run_cli, write_adapter
 from passerelle_demo.synthetic import adt, patients
 from tests.delivery.peers_https import FhirPeer, TokenPeer, https_server
