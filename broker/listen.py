@@ -21,6 +21,7 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio
 
@@ -182,6 +183,10 @@ class Listeners:
         for adapter, server in zip(self.adapters, self.servers, strict=False):
             pipe.set(keys.listening(adapter.id), f"{adapter.host_port[0]}:{server.port}", ex=ttl)
             pipe.set(keys.peers(adapter.id), server.connections, ex=ttl)
+        await self._write_refusals(pipe)
+
+    async def _write_refusals(self, pipe: Any) -> None:
+        """Add the connections refused since the last write to ``pipe`` and run it."""
         refusals, self._refusals = self._refusals, Counter()
         for (adapter_id, reason), count in refusals.items():
             pipe.hincrby(
@@ -190,7 +195,7 @@ class Listeners:
         try:
             await pipe.execute()
         except redis.RedisError:
-            self._refusals.update(refusals)  # counted at the next beat
+            self._refusals.update(refusals)  # counted at the next write
             raise
 
     async def _beating(self) -> None:
@@ -216,6 +221,9 @@ class Listeners:
                 await self._heartbeat
         for server in self.servers:
             await server.stop()
+        if self.client is not None and self._refusals:
+            with contextlib.suppress(redis.RedisError):
+                await self._write_refusals(self.client.pipeline(transaction=False))
         if self.client is not None and self.adapters:
             gone = [key(a.id) for a in self.adapters for key in (keys.listening, keys.peers)]
             await self.client.delete(*gone)
