@@ -1,8 +1,9 @@
 """Senders: render a canonical envelope for one subscriber, send it, and classify the reply.
 
 A sender returns a short description of the receiver's confirmation, or raises
-``RetryableDeliveryError`` (timeout, refused, HTTP 408/429/5xx, MLLP AE/AR or no ACK) or
-``PermanentDeliveryError`` (HTTP 4xx: this payload will never be accepted).
+``RetryableDeliveryError`` (timeout, refused, a failed TLS handshake, no access token, HTTP
+408/429/5xx, MLLP AE/AR or no ACK) or ``PermanentDeliveryError`` (HTTP 4xx: this payload will
+never be accepted).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class FhirRestSender:
     ~1.2 ms of CPU per POST against ~0.45 ms for http.client, which was a fifth of a worker's
     time in the benchmark profile. A POST that fails on a connection the server closed while
     idle is sent once more on a fresh one; the conditional updates make that harmless.
+
+    Transport security is the registration's (``tls:``, ``auth:``): one TLS context and one
+    cached token (``broker.delivery.oauth.TokenSource``) per subscriber, so a message costs
+    neither a CA bundle load nor a token request. A 401 drops the token and the POST is sent
+    once more with a fresh one.
     """
 
     def __init__(self, adapter: AdapterSpec, timeout: float) -> None:
