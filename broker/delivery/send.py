@@ -323,7 +323,11 @@ class MllpSender:
             self.last_digest = hashlib.sha256(payload).hexdigest()
             reply = self.client.send(payload)
         except MllpError as exc:
-            msg = f"no ACK from {self.adapter.connect} ({type(exc).__name__})"
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                msg = f"TLS handshake with {self.adapter.connect} failed ({tls_reason(cause)})"
+            else:
+                msg = f"no ACK from {self.adapter.connect} ({type(exc).__name__})"
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
         except UnicodeEncodeError as exc:
             msg = (
