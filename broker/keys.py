@@ -27,7 +27,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
     pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
-                                  failed (quarantined by the pipeline: parse, mapping or validation)
+                                  failed (quarantined by the pipeline: parse, mapping or validation),
+                                  connection_refused:REASON (not_allowed, connection_cap, tls_handshake)
     pl:latency:SUB       hash     end-to-end latency histogram of SUB: le:BOUND and +Inf counts, sum, count
     pl:listening:SRC     string   host:port of inbound adapter SRC's MLLP listener while its process runs
                                   (a heartbeat, expiring: broker.listen)
@@ -62,6 +63,7 @@ __all__ = [
     "ALERT_WINDOWS",
     "ATTEMPTS",
     "AUDIT",
+    "CONNECTION_REFUSED",
     "DEAD_OPEN_INDEXED",
     "DEDUPE",
     "DELIVER_GROUP",
@@ -176,6 +178,10 @@ def dead(subscriber: str) -> str:
 def app_acks(source: str) -> str:
     """Application ACKs waiting to be sent back to an enhanced-mode inbound adapter."""
     return f"pl:acks:{source}"
+
+
+CONNECTION_REFUSED = "connection_refused:"
+"""Prefix of the ``pl:adapter:SRC`` fields counting connections refused, by reason."""
 
 
 def adapter_stats(source: str) -> str:

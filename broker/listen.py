@@ -8,7 +8,9 @@ While the servers run, a heartbeat marks each one in Redis (``pl:listening:SRC``
 three housekeeping periods), so ``/metrics`` and the alerts know a listener is up even from
 another host or container than the listener's. Beside it goes the number of peers connected
 (``pl:peers:SRC``, for the overview), written at each beat and soon after a peer connects or
-leaves (one write for a burst of them, never on a message's path).
+leaves (one write for a burst of them, never on a message's path), and the connections refused
+since the last beat (``connection_refused:REASON`` of ``pl:adapter:SRC``: not allowed by
+``allow_from``, over the connection cap, failed TLS handshake) for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import asyncio
 import contextlib
 import signal
 import ssl
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio
 
@@ -54,6 +58,7 @@ def mllp_server(
     max_connections: int | None = None,
     idle_timeout_s: float | None = None,
     read_timeout_s: float | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> MllpServer:
     """An MLLP server on ``host:port`` whose frames go to ``intake``; it answers their ACKs.
 
@@ -70,6 +75,7 @@ def mllp_server(
         idle_timeout_s: close a connection that starts no message for this long.
         read_timeout_s: close a connection whose message is not finished this long after it
             started.
+        on_refused: called with the reason of each connection refused (``MllpServer``).
     """
 
     async def handler(payload: bytes, peer: str) -> bytes | None:
@@ -93,6 +99,7 @@ def mllp_server(
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
         read_timeout_s=read_timeout_s,
+        on_refused=on_refused,
     )
 
 
@@ -113,6 +120,17 @@ class Listeners:
         self.client: redis.asyncio.Redis | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._peers_changed = asyncio.Event()
+        self._refusals: Counter[tuple[str, str]] = Counter()
+        """Connections refused since the last beat, by (adapter, reason)."""
+
+    def _refused(self, adapter: str) -> Callable[[str], None]:
+        """Count a refused connection of ``adapter``; the next beat (soon) writes it."""
+
+        def count(reason: str) -> None:
+            self._refusals[(adapter, reason)] += 1
+            self._peers_changed.set()
+
+        return count
 
     async def start(self) -> None:
         """Bind every listener; raises OSError when an address is taken."""
@@ -141,6 +159,7 @@ class Listeners:
                 max_connections=self.settings.mllp_max_connections,
                 idle_timeout_s=self.settings.mllp_idle_timeout_s,
                 read_timeout_s=self.settings.mllp_read_timeout_s,
+                on_refused=self._refused(adapter.id),
             )
             await server.start()
             self.servers.append(server)
@@ -164,7 +183,20 @@ class Listeners:
         for adapter, server in zip(self.adapters, self.servers, strict=False):
             pipe.set(keys.listening(adapter.id), f"{adapter.host_port[0]}:{server.port}", ex=ttl)
             pipe.set(keys.peers(adapter.id), server.connections, ex=ttl)
-        await pipe.execute()
+        await self._write_refusals(pipe)
+
+    async def _write_refusals(self, pipe: Any) -> None:
+        """Add the connections refused since the last write to ``pipe`` and run it."""
+        refusals, self._refusals = self._refusals, Counter()
+        for (adapter_id, reason), count in refusals.items():
+            pipe.hincrby(
+                keys.adapter_stats(adapter_id), f"{keys.CONNECTION_REFUSED}{reason}", count
+            )
+        try:
+            await pipe.execute()
+        except redis.RedisError:
+            self._refusals.update(refusals)  # counted at the next write
+            raise
 
     async def _beating(self) -> None:
         """Beat every housekeeping period, and soon after peers connect or leave."""
@@ -189,6 +221,9 @@ class Listeners:
                 await self._heartbeat
         for server in self.servers:
             await server.stop()
+        if self.client is not None and self._refusals:
+            with contextlib.suppress(redis.RedisError):
+                await self._write_refusals(self.client.pipeline(transaction=False))
         if self.client is not None and self.adapters:
             gone = [key(a.id) for a in self.adapters for key in (keys.listening, keys.peers)]
             await self.client.delete(*gone)

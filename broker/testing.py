@@ -171,6 +171,7 @@ def write_loopback_adapters(
         "name": "DMP",
         "direction": "outbound",
         "transport": "fhir-rest",
+        "insecure_http": True,  # the loopback peer speaks plain HTTP
         "url": f"http://127.0.0.1:{fhir_port}/fhir",
         "subscribe": {
             "events": events.get("dmp-national", ["ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01"])

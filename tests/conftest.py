@@ -114,7 +114,7 @@ DEAD_LETTER_REGISTRATIONS = {
     ),
     "dmp-national.yaml": (
         "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
-        "url: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
+        "insecure_http: true\nurl: http://127.0.0.1:9090/fhir\nsubscribe:\n  events: ['ADT^*']\n"
     ),
 }
 

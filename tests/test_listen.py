@@ -3,6 +3,7 @@ the overview reads that count (an HTTP adapter has no connections to count)."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from broker.adapters.mllp import MllpClient, MllpError
 from broker.adapters.spec import AdapterSpec
 from broker.adapters.tls import TlsSpec
 from broker.config import load_config
+from broker.ops.metrics import prometheus_text
 from broker.ops.overview import overview
 from broker.settings import Settings
 from broker.testing import free_port, running_listeners, wait_until, write_adapter
@@ -165,3 +167,76 @@ class TestTransportSecurity:
             refused = listeners.servers[0].refused
         assert self.journalled(redis_client, settings) == ([message] if answered else [])
         assert refused == (0 if answered else 1)
+
+    def test_refused_connections_are_counted_in_metrics(
+        self, tmp_path: Path, redis_url: str, redis_client: redis.Redis, tls_pki: Pki
+    ) -> None:
+        """A plain-TCP peer on the TLS listener (tls_handshake), and a third peer over the cap
+        of two (connection_cap), are each counted under the adapter in /metrics."""
+        settings = self.settings_for(tmp_path, redis_url, tls_pki).model_copy(
+            update={"mllp_max_connections": 2}
+        )
+        field = keys.adapter_stats(SOURCE)
+        with running_listeners(load_config(settings)) as listeners:
+            address = listeners.adapters[0].host_port
+            with socket.create_connection(address, timeout=10) as plain:
+                plain.sendall(b"\x0bMSH|^~\\&|HIS\r\x1c\r")
+                assert plain.recv(100) == b""  # closed by the failed handshake
+            assert wait_until(
+                lambda: redis_client.hget(field, "connection_refused:tls_handshake") == b"1",
+                timeout=10,
+            )
+            with socket.create_connection(address), socket.create_connection(address):
+                assert wait_until(lambda: peers_published(redis_client) == 2, timeout=10)
+                with socket.create_connection(address, timeout=10) as third:
+                    assert third.recv(100) == b""  # closed at once: over the cap
+                assert wait_until(
+                    lambda: redis_client.hget(field, "connection_refused:connection_cap") == b"1",
+                    timeout=10,
+                )
+        text = prometheus_text(redis_client, settings)
+        counted = {
+            match["reason"]: float(match["value"])
+            for match in re.finditer(
+                r'^passerelle_adapter_connections_refused_total\{adapter="chu-rabat-adt",'
+                r'reason="(?P<reason>\w+)"\} (?P<value>[0-9.]+)$',
+                text,
+                re.MULTILINE,
+            )
+        }
+        # The two plain connections held open under the cap never did TLS either: closing them
+        # may count two more failed handshakes, depending on whether the stop came first.
+        assert counted["connection_cap"] == 1
+        assert 1 <= counted["tls_handshake"] <= 3
+        assert set(counted) == {"connection_cap", "tls_handshake"}
+
+    def test_a_sender_the_adapter_does_not_accept_gets_ar_and_is_kept_rejected(
+        self, tmp_path: Path, redis_url: str, redis_client: redis.Redis, tls_pki: Pki
+    ) -> None:
+        """senders: [{application: HIS, facility: CHU-RABAT}]: a frame claiming CHU-CASA over the
+        real listener gets AR naming MSH-4, is kept in pl:rejected with that reason and is not
+        journalled; one from CHU-RABAT gets AA."""
+        settings = self.settings_for(
+            tmp_path,
+            redis_url,
+            tls_pki,
+            senders=[{"application": "HIS", "facility": "CHU-RABAT"}],
+        )
+        good = TlsSpec(
+            cert=tls_pki.client_cert, key=tls_pki.key(tls_pki.client_cert), ca=tls_pki.ca
+        )
+        person = patients(1, seed=44)[0]
+        ours = adt(person, "A01", control_id="SND0001").encode()
+        forged = adt(person, "A01", control_id="SND0002", sending_facility="CHU-CASA").encode()
+        with running_listeners(load_config(settings)) as listeners:
+            host, port = listeners.adapters[0].host_port
+            with MllpClient(host, port, timeout=10, tls=good.client_context()) as client:
+                accepted = read_ack(client.send(ours))
+                refused = read_ack(client.send(forged))
+        assert accepted.code == "AA"
+        assert (refused.code, refused.control_id) == ("AR", "SND0002")
+        assert "CHU-CASA" in refused.text
+        assert "senders" in refused.text
+        assert self.journalled(redis_client, settings) == [ours]
+        ((_, kept),) = redis_client.xrange(keys.REJECTED)
+        assert "CHU-CASA" in kept[b"reason"].decode()

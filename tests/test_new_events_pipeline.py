@@ -52,6 +52,7 @@ def subscriber() -> AdapterSpec:
         name="Clinical FHIR store",
         direction="outbound",
         transport="fhir-rest",
+        insecure_http=True,
         url="http://127.0.0.1:9091/fhir",
         subscribe={"events": ["ORM^O01", "OML^O21", "SIU^*", "MDM^T02", "VXU^V04"]},
     )

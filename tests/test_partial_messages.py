@@ -71,6 +71,7 @@ SUBSCRIBER = AdapterSpec(
     name="DMP",
     direction="outbound",
     transport="fhir-rest",
+    insecure_http=True,
     url="http://127.0.0.1:9090/fhir",
     subscribe={"events": ["ORU^*"]},
 )

@@ -35,6 +35,7 @@ def registrations(directory: Path, subscriber: str) -> Path:
             "name": subscriber,
             "direction": "outbound",
             "transport": "fhir-rest",
+            "insecure_http": True,
             "url": "http://127.0.0.1:9/fhir",
             "subscribe": {"events": ["ADT^*"]},
         },

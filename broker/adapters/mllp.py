@@ -247,6 +247,9 @@ class MllpServer:
             ``None``: never.
         read_timeout_s: a frame not finished this long after its start character closes its
             connection (logged); ``None``: never.
+        on_refused: called (no I/O: it must not block) with ``not_allowed``,
+            ``connection_cap`` or ``tls_handshake`` each time a connection is refused for that
+            reason (the listener counts them for ``/metrics``).
     """
 
     def __init__(
@@ -264,9 +267,11 @@ class MllpServer:
         max_connections: int | None = None,
         idle_timeout_s: float | None = None,
         read_timeout_s: float | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.tls = tls
+        self.on_refused = on_refused
         self.admit = admit
         self.refused = 0
         """Connections refused by ``admit`` since the server was built."""
@@ -294,6 +299,10 @@ class MllpServer:
     def connections(self) -> int:
         """How many peers hold a connection open now."""
         return len(self._idle)
+
+    def _refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     def _connections_changed(self) -> None:
         if self.on_connections is not None:
@@ -337,10 +346,12 @@ class MllpServer:
             isinstance(address, tuple) and self.admit(str(address[0]))
         ):
             self.refused += 1
+            self._refused("not_allowed")
             _log.warning("mllp.refused_peer", adapter=self.name, peer=peer)
             writer.transport.abort()
             return
         if self.max_connections is not None and len(self._idle) >= self.max_connections:
+            self._refused("connection_cap")
             _log.warning(
                 "mllp.connection_refused", adapter=self.name, peer=peer, cap=self.max_connections
             )
@@ -422,6 +433,7 @@ class MllpServer:
             if not isinstance(exc, OSError | TimeoutError):
                 raise
             reason = getattr(exc, "reason", None) or type(exc).__name__
+            self._refused("tls_handshake")
             _log.warning("mllp.tls_failed", adapter=self.name, peer=peer, reason=reason)
             return False
         cert = writer.get_extra_info("peercert") or {}

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.adapters.oauth import OAuthSpec
 from broker.adapters.tls import TlsSpec
 from broker.errors import AdapterSpecError
 from broker.identity import IdentifierSystem
@@ -28,7 +29,7 @@ from broker.parsing.hl7v2 import charset_code
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
 
-__all__ = ["AdapterSpec", "Sender", "Subscription", "TlsSpec", "load_adapters"]
+__all__ = ["AdapterSpec", "OAuthSpec", "Sender", "Subscription", "TlsSpec", "load_adapters"]
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
@@ -110,8 +111,13 @@ class AdapterSpec(BaseModel):
     """``host:port`` an inbound MLLP listener binds."""
     connect: str | None = None
     """``host:port`` an outbound MLLP sender connects to."""
+    insecure_http: bool = False
+    """Outbound FHIR: allow an ``http://`` ``url`` (and ``auth.token_url``), which carries
+    patient data and tokens in clear. Off by default: an ``http://`` URL is refused at load,
+    loopback included."""
     url: str | None = None
-    """Base URL of an outbound FHIR REST server."""
+    """Base URL of an outbound FHIR REST server: ``https://`` (``http://`` needs
+    ``insecure_http: true``)."""
     subscribe: Subscription | None = None
     charset: str = "utf-8"
     """Text encoding when MSH-18 is empty (inbound) or for what is sent (outbound)."""
@@ -142,7 +148,12 @@ class AdapterSpec(BaseModel):
     tls: TlsSpec | None = None
     """MLLP over TLS (inbound: the listener's certificate and, for mutual TLS, the CAs of its
     clients; outbound: the CAs that verify the receiver and this side's certificate), see
-    ``broker.adapters.tls``. ``None`` (the default): plain TCP."""
+    ``broker.adapters.tls``. ``None`` (the default): plain TCP. On an outbound FHIR subscriber
+    (``https://``): the CA bundle, the client certificate (mutual TLS) and the server's name;
+    ``None``: the system's CAs, no client certificate."""
+    auth: OAuthSpec | None = None
+    """Outbound FHIR: the OAuth2 client credentials or SMART Backend Services that obtain the
+    bearer token (``broker.adapters.oauth``). ``None`` (the default): no Authorization header."""
     allow_from: list[str] | None = Field(None, min_length=1)
     """Inbound: the IP addresses and networks (``10.1.2.3``, ``10.1.0.0/16``, IPv6 too) a peer
     may connect or post from; any other is refused before a byte is read. ``None`` (the
@@ -210,8 +221,13 @@ class AdapterSpec(BaseModel):
         if value is None:
             return None
         direction = info.data.get("direction")
-        if info.data.get("transport") != "mllp":
-            raise ValueError("'tls' is for mllp adapters")
+        transport = info.data.get("transport")
+        if transport == "fhir-rest":
+            url = info.data.get("url")
+            if url is not None and not url.startswith("https://"):
+                raise ValueError("'tls' on a FHIR subscriber needs an https:// url")
+        elif transport != "mllp":
+            raise ValueError("'tls' is for mllp adapters and outbound fhir-rest subscribers")
         if direction == "inbound":
             if value.cert is None:
                 raise ValueError("an inbound tls listener needs 'cert' (and 'key') to present")
@@ -224,11 +240,25 @@ class AdapterSpec(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            msg = f"expected an http:// or https:// base URL, got {value!r}"
+            msg = f"expected an https:// base URL, got {value!r}"
             raise ValueError(msg)
+        if value is not None and value.startswith("http://"):
+            _refuse_http(value, "url", info)
         return value.rstrip("/") if value else value
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_fits(cls, value: OAuthSpec | None, info: ValidationInfo) -> OAuthSpec | None:
+        if value is None:
+            return None
+        kind = (info.data.get("direction"), info.data.get("transport"))
+        if kind != ("outbound", "fhir-rest"):
+            raise ValueError("'auth' is for outbound fhir-rest subscribers")
+        if value.token_url.startswith("http://"):
+            _refuse_http(value.token_url, "auth.token_url", info)
+        return value
 
     @field_validator("charset")
     @classmethod
@@ -279,6 +309,8 @@ class AdapterSpec(BaseModel):
             raise ValueError("'identifier_systems' is for inbound adapters")
         if self.client_ids and (self.direction, self.transport) != ("outbound", "fhir-rest"):
             raise ValueError("'client_ids' is for outbound fhir-rest adapters")
+        if self.insecure_http and (self.direction, self.transport) != ("outbound", "fhir-rest"):
+            raise ValueError("'insecure_http' is for outbound fhir-rest subscribers")
         if self.conditional_references and (self.direction, self.transport) != (
             "outbound",
             "fhir-rest",
@@ -328,6 +360,17 @@ class AdapterSpec(BaseModel):
             raise AdapterSpecError(self.id, None, "listen", msg)
         host, _, port = value.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def _refuse_http(url: str, key: str, info: ValidationInfo) -> None:
+    """Refuse a plain-HTTP ``url`` unless the registration allows it (``insecure_http``)."""
+    if info.data.get("insecure_http"):
+        return
+    msg = (
+        f"{key} {url!r} is plain http: patient data and tokens would travel in clear. Use "
+        "https://, or add 'insecure_http: true' to the registration to allow it (a test peer)"
+    )
+    raise ValueError(msg)
 
 
 def _loose_network(entry: str) -> str | None:

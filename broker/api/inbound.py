@@ -27,6 +27,7 @@ import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.responses import Response
 
+from broker import keys
 from broker.adapters.spec import AdapterSpec
 from broker.api.auth import require_token
 from broker.config import Config
@@ -135,7 +136,7 @@ async def close_inbound(app: FastAPI) -> None:
     offload.shutdown()
 
 
-def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
+async def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
     """The intake of the http inbound adapter ``adapter_id`` of format ``fmt``, or an HTTP error."""
     edge: InboundEdge | None = getattr(request.app.state, "inbound", None)
     if edge is None:
@@ -150,9 +151,21 @@ def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
         host = request.client.host if request.client else ""
         if not adapter.admits(host):
             log.warning("inbound.refused_peer", adapter=adapter.id, peer=_peer(request))
+            await _count_refused(edge, adapter.id)
             msg = f"adapter {adapter.id!r} does not accept messages from this address"
             raise HTTPException(status.HTTP_403_FORBIDDEN, msg)
     return edge.intakes[adapter.id]
+
+
+async def _count_refused(edge: InboundEdge, adapter_id: str) -> None:
+    """Count a post refused by ``allow_from`` (``/metrics``); Redis away only loses the count."""
+    if edge.client is None:
+        return
+    field = f"{keys.CONNECTION_REFUSED}not_allowed"
+    try:
+        await edge.client.hincrby(keys.adapter_stats(adapter_id), field, 1)
+    except redis.RedisError as exc:
+        log.warning("inbound.count_failed", error=type(exc).__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +241,7 @@ AdapterId = Annotated[str, Path(description="The id of an inbound adapter with t
 )
 async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
     """Take one HL7 v2 message (ER7 text, any Content-Type); answer its ACK once journalled."""
-    outcome, whole = await _receive(_intake(request, adapter_id, "hl7v2"), request)
+    outcome, whole = await _receive(await _intake(request, adapter_id, "hl7v2"), request)
     if outcome.reply is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     code = status.HTTP_200_OK if whole else status.HTTP_413_CONTENT_TOO_LARGE
@@ -263,7 +276,7 @@ async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
     as refused HL7 v2 is (``GET /api/rejected``): the sender gets the OperationOutcome, the
     operators see what was refused.
     """
-    outcome, _ = await _receive(_intake(request, adapter_id, "fhir"), request)
+    outcome, _ = await _receive(await _intake(request, adapter_id, "fhir"), request)
     headers: dict[str, str] = {}
     if outcome.verdict is Verdict.UNAVAILABLE:
         headers["Retry-After"] = str(RETRY_AFTER_S)

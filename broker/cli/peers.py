@@ -20,6 +20,7 @@ from broker.cli._common import fail, log_errors_only, print_json
 from broker.cli.ops import ops_settings, registered
 
 if TYPE_CHECKING:
+    from broker.adapters.spec import AdapterSpec
     from broker.ops.probe import Exchange, Probe
 
 __all__ = ["ping", "send"]
@@ -97,6 +98,30 @@ def _report(probe: Probe, as_json: bool, adapter: str) -> None:
         fail(f"{adapter}: {probe.summary}")
 
 
+def _fhir_ping(spec: AdapterSpec, timeout: float) -> Probe:
+    """``metadata`` of a FHIR subscriber as its deliveries reach it: its TLS and its token."""
+    from broker.delivery.oauth import TokenSource
+    from broker.errors import RetryableDeliveryError
+    from broker.ops.probe import Probe, fhir_metadata
+
+    tls = spec.tls
+    context = tls.client_context() if tls else None
+    authorization = None
+    if spec.auth is not None:
+        tokens = TokenSource(spec.id, spec.auth, context=context, timeout=timeout)
+        try:
+            authorization = tokens.authorization()
+        except RetryableDeliveryError as exc:
+            return Probe(False, spec.auth.token_url, f"no access token: {exc}")
+    return fhir_metadata(
+        spec.url or "",
+        timeout,
+        context=context,
+        server_name=tls.server_name if tls else None,
+        authorization=authorization,
+    )
+
+
 def ping(
     adapter: Annotated[str, typer.Argument(help="The adapter id of a registration.")],
     message: Annotated[
@@ -113,10 +138,11 @@ def ping(
     from broker import running
     from broker.ops.probe import (
         api_health,
-        fhir_metadata,
         mllp_ping,
         ping_message,
         tcp_answers,
+        tls_answers,
+        unverified_context,
     )
 
     settings = ops_settings()
@@ -126,13 +152,18 @@ def ping(
         known = ", ".join(sorted(adapters)) or f"none in {settings.adapters_dir}"
         fail(f"no adapter {adapter!r}; the adapters are: {known}", 2)
     if spec.transport == "fhir-rest":
-        probe = fhir_metadata(spec.url or "", timeout)
+        probe = _fhir_ping(spec, timeout)
     elif spec.transport == "http":
         # An inbound HTTP adapter is a route of the API: the API must answer.
         probe = api_health(running.api_url(settings), timeout)
     elif spec.direction == "inbound":
         host, port = spec.host_port
-        probe = tcp_answers(host, port, timeout)
+        if spec.tls is not None:
+            # Its tls.ca verifies its clients, not necessarily its own certificate: the ping
+            # shows that the listener speaks TLS and which certificate it presents.
+            probe = tls_answers(host, port, timeout, unverified_context())
+        else:
+            probe = tcp_answers(host, port, timeout)
     else:
         host, port = spec.host_port
         wanted = ping_message(spec.receiving_application or spec.id, spec.receiving_facility or "")

@@ -26,11 +26,19 @@ log = get_logger(__name__)
 
 
 def return_address(source: AdapterSpec) -> MllpClient | None:
-    """An MLLP client for the source's ``reply_to`` (not connected yet), or None without one."""
+    """An MLLP client for the source's ``reply_to`` (not connected yet), or None without one.
+
+    When the adapter's listener speaks TLS, so does its return connection: the sender's listener
+    is verified against the adapter's ``tls.ca`` (the system's CAs without one) and the
+    ``reply_to`` host, and Passerelle presents the adapter's ``tls.cert`` when asked for one.
+    Application ACKs name the patient's message (MSA-2) and may quote it (ERR): they are
+    patient data, never sent in clear where the messages came encrypted.
+    """
     if source.reply_to is None:
         return None
     host, _, port = source.reply_to.rpartition(":")
-    return MllpClient(host.strip("[]"), int(port), timeout=source.ack_timeout_s)
+    tls = source.tls.client_context() if source.tls is not None else None
+    return MllpClient(host.strip("[]"), int(port), timeout=source.ack_timeout_s, tls=tls)
 
 
 def drain_app_acks(

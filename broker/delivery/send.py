@@ -1,8 +1,9 @@
 """Senders: render a canonical envelope for one subscriber, send it, and classify the reply.
 
 A sender returns a short description of the receiver's confirmation, or raises
-``RetryableDeliveryError`` (timeout, refused, HTTP 408/429/5xx, MLLP AE/AR or no ACK) or
-``PermanentDeliveryError`` (HTTP 4xx: this payload will never be accepted).
+``RetryableDeliveryError`` (timeout, refused, a failed TLS handshake, no access token, HTTP
+408/429/5xx, MLLP AE/AR or no ACK) or ``PermanentDeliveryError`` (HTTP 4xx: this payload will
+never be accepted).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any, Protocol
 import pydantic_core
 
 from broker.ack import read_ack
+from broker.adapters.https import connection_for, tls_reason
 from broker.adapters.mllp import MllpClient, MllpError
 from broker.adapters.spec import AdapterSpec
+from broker.delivery.oauth import TokenSource
 from broker.delivery.render import ENVELOPE_SYSTEM, to_fhir_transaction
 from broker.envelope import Envelope
 from broker.errors import (
@@ -55,18 +58,30 @@ class FhirRestSender:
     ~1.2 ms of CPU per POST against ~0.45 ms for http.client, which was a fifth of a worker's
     time in the benchmark profile. A POST that fails on a connection the server closed while
     idle is sent once more on a fresh one; the conditional updates make that harmless.
+
+    Transport security is the registration's (``tls:``, ``auth:``): one TLS context and one
+    cached token (``broker.delivery.oauth.TokenSource``) per subscriber, so a message costs
+    neither a CA bundle load nor a token request. A 401 drops the token and the POST is sent
+    once more with a fresh one.
     """
 
     def __init__(self, adapter: AdapterSpec, timeout: float) -> None:
         self.adapter = adapter
         self.url = adapter.url or ""
-        parts = urllib.parse.urlsplit(self.url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._path = parts.path or "/"
+        self._path = urllib.parse.urlsplit(self.url).path or "/"
         self._timeout = timeout
+        tls = adapter.tls
+        # Built once per subscriber: loading the CA bundle and the client certificate costs
+        # milliseconds, and one context lets OpenSSL resume sessions across reconnections.
+        self._context = tls.client_context() if tls else None
+        self._server_name = tls.server_name if tls else None
         self._conn: http.client.HTTPConnection | None = None
+        self.tokens = (
+            TokenSource(adapter.id, adapter.auth, context=self._context, timeout=timeout)
+            if adapter.auth is not None
+            else None
+        )
+        """The subscriber's cached bearer token (``auth:``), or None."""
         self.last_digest: str | None = None
         """SHA-256 of the last payload rendered (the message store's attempt record)."""
         self._headers = {
@@ -77,25 +92,23 @@ class FhirRestSender:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            if self._https:
-                self._conn = http.client.HTTPSConnection(
-                    self._host,
-                    self._port,
-                    timeout=self._timeout,
-                    context=ssl.create_default_context(),
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self._timeout
-                )
+            self._conn = connection_for(
+                self.url,
+                timeout=self._timeout,
+                context=self._context,
+                server_name=self._server_name,
+            )
         return self._conn
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
+        headers = self._headers
+        if self.tokens is not None:
+            headers = {**headers, "Authorization": self.tokens.authorization()}
         for attempt in (1, 2):
             reused = self._conn is not None
             conn = self._connection()
             try:
-                conn.request("POST", self._path, body, self._headers)
+                conn.request("POST", self._path, body, headers)
                 response = conn.getresponse()
                 return response.status, response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -106,6 +119,28 @@ class FhirRestSender:
                 self.close()
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _exchange(self, body: bytes) -> tuple[int, bytes]:
+        """POST, with one retry on a fresh token when the server refuses the cached one (401).
+
+        Raises:
+            RetryableDeliveryError: no answer, a failed TLS handshake, or no token.
+        """
+        try:
+            status, reply_body = self._post(body)
+            if status == 401 and self.tokens is not None:
+                self.tokens.invalidate()
+                status, reply_body = self._post(body)
+        except TimeoutError as exc:
+            msg = f"no answer from {self.url} within {self._timeout} s"
+            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
+        except ssl.SSLError as exc:
+            msg = f"TLS handshake with {self.url} failed ({tls_reason(exc)})"
+            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            msg = f"cannot reach {self.url} ({type(exc).__name__})"
+            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
+        return status, reply_body
 
     def send(self, envelope: Envelope) -> str:
         """POST the transaction; 2xx is delivered."""
@@ -123,14 +158,7 @@ class FhirRestSender:
         # ensure_ascii=False, in a sixth of the time (12 against 68 µs for an ADT's Bundle).
         body = pydantic_core.to_json(transaction)
         self.last_digest = hashlib.sha256(body).hexdigest()
-        try:
-            status, reply_body = self._post(body)
-        except TimeoutError as exc:
-            msg = f"no answer from {self.url} within {self._timeout} s"
-            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            msg = f"cannot reach {self.url} ({type(exc).__name__})"
-            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
+        status, reply_body = self._exchange(body)
         if 200 <= status < 300:
             refused = refused_entry(transaction, reply_body)
             if refused is None:
@@ -139,6 +167,11 @@ class FhirRestSender:
             msg = f"{self.url} accepted the bundle with HTTP {status} but refused {where}"
             raise PermanentDeliveryError(msg, destination=self.adapter.id, reply=reply)
         reply = f"HTTP {status}: {reply_body[:_REPLY_LIMIT].decode('utf-8', 'replace')}"
+        if status == 401 and self.tokens is not None:
+            # Refused with a token fresh from the endpoint: the credentials or scopes are wrong,
+            # not this message; it waits (retried) while they are fixed.
+            msg = f"{self.url} answered HTTP 401 to a fresh access token (check the auth: scopes)"
+            raise RetryableDeliveryError(msg, destination=self.adapter.id, reply=reply)
         if status >= 500 or status in _RETRYABLE_4XX:
             msg = f"{self.url} answered HTTP {status}"
             raise RetryableDeliveryError(msg, destination=self.adapter.id, reply=reply)
@@ -290,7 +323,11 @@ class MllpSender:
             self.last_digest = hashlib.sha256(payload).hexdigest()
             reply = self.client.send(payload)
         except MllpError as exc:
-            msg = f"no ACK from {self.adapter.connect} ({type(exc).__name__})"
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                msg = f"TLS handshake with {self.adapter.connect} failed ({tls_reason(cause)})"
+            else:
+                msg = f"no ACK from {self.adapter.connect} ({type(exc).__name__})"
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
         except UnicodeEncodeError as exc:
             msg = (

@@ -19,7 +19,9 @@ Series:
   ``passerelle_backpressure`` (1 while the listeners refuse new messages).
 - ``passerelle_adapter_received_total{adapter}``, ``passerelle_adapter_refused_total{adapter,
   code}`` (the ACK code or HTTP status) and ``passerelle_adapter_mapping_failed_total{adapter}``
-  (quarantined by parse, mapping or validation): per inbound adapter (``pl:adapter:SRC``).
+  (quarantined by parse, mapping or validation), ``passerelle_adapter_connections_refused_total
+  {adapter, reason}`` (``not_allowed`` by ``allow_from``, ``connection_cap``, ``tls_handshake``:
+  refused before a message was read): per inbound adapter (``pl:adapter:SRC``).
 - ``passerelle_subscriber_oldest_age_seconds{subscriber}`` (the oldest undelivered message of
   any of its partitions), ``passerelle_subscriber_dead_letters_open{subscriber}`` (from the open
   index ``pl:dlopen:SUB``: no record is read) and the histogram
@@ -260,14 +262,29 @@ def _adapters(client: redis.Redis) -> Iterator[Metric]:
         "Messages of the adapter quarantined by the pipeline (parse, mapping or validation).",
         labels=["adapter"],
     )
+    connections = CounterMetricFamily(
+        "passerelle_adapter_connections_refused",
+        "Connections the inbound adapter refused before reading a message, by reason: "
+        "not_allowed (allow_from), connection_cap, tls_handshake.",
+        labels=["adapter", "reason"],
+    )
     for adapter in adapters_seen(client):
         figures = inbound_figures(client, adapter)
         received.add_metric([adapter], figures["received"])
         for code, count in figures["refused"].items():
             refused.add_metric([adapter, code], count)
-        mapping_failed = client.hget(keys.adapter_stats(adapter), "failed")
-        failed.add_metric([adapter], int(mapping_failed or 0))
-    yield from (received, refused, failed)
+        stats: Any = client.hgetall(keys.adapter_stats(adapter))
+        fields = {_text(k): v for k, v in stats.items()}
+        failed.add_metric([adapter], int(fields.get("failed") or 0))
+        for name, count in sorted(fields.items()):
+            if name.startswith(keys.CONNECTION_REFUSED):
+                reason = name.removeprefix(keys.CONNECTION_REFUSED)
+                connections.add_metric([adapter, reason], int(count))
+    yield from (received, refused, failed, connections)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def adapters_seen(client: redis.Redis) -> list[str]:

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.ack import read_ack
+from broker.adapters.https import connection_for, tls_reason
 from broker.adapters.mllp import MllpClient, MllpError
 from broker.errors import HL7v2ParseError
 
@@ -32,6 +35,7 @@ __all__ = [
     "ping_message",
     "split_messages",
     "tcp_answers",
+    "tls_answers",
 ]
 
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
@@ -169,6 +173,48 @@ def tcp_answers(host: str, port: int, timeout: float) -> Probe:
     return Probe(True, target, f"{target} accepts connections", ms)
 
 
+def tls_answers(
+    host: str, port: int, timeout: float, context: ssl.SSLContext, server_name: str | None = None
+) -> Probe:
+    """Whether ``host:port`` completes a TLS handshake with ``context``: the version and the
+    certificate's subject, or why the handshake failed."""
+    target = f"{host}:{port}"
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout) as raw:
+            name = server_name or (host if context.check_hostname else None)
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                ms = round((time.perf_counter() - started) * 1000, 1)
+                version = tls.version()
+                der = tls.getpeercert(binary_form=True)
+    except ssl.SSLError as exc:
+        return Probe(False, target, f"TLS handshake with {target} failed: {tls_reason(exc)}")
+    except OSError as exc:
+        return Probe(False, target, f"nothing answers on {target}: {exc.strerror or exc}")
+    subject = _subject(der)
+    details = {"tls_version": version, "certificate": subject}
+    line = f"{target} accepts TLS connections ({version}, certificate {subject or 'none'})"
+    return Probe(True, target, line, ms, details)
+
+
+def _subject(der: bytes | None) -> str | None:
+    """The RFC 4514 subject of a DER certificate (the one a server presented)."""
+    if not der:
+        return None
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A TLS client context that checks nothing: to see that one's own listener speaks TLS
+    (its CA is that of its clients, not necessarily of its own certificate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def ping_message(receiving_application: str, receiving_facility: str = "") -> bytes:
     """A synthetic network-management query (NMQ^N01, HL7 v2.5.1 ch. 14), processing id ``T``.
 
@@ -193,9 +239,12 @@ def mllp_ping(
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
 ) -> Probe:
-    """Connect to an MLLP peer and, given ``message``, send it (over TLS with ``tls``) and read
-    the ACK."""
-    reachable = tcp_answers(host, port, timeout)
+    """Connect to an MLLP peer (a TLS handshake with ``tls``) and, given ``message``, send it
+    and read the ACK."""
+    if tls is not None:
+        reachable = tls_answers(host, port, timeout, tls, server_name)
+    else:
+        reachable = tcp_answers(host, port, timeout)
     if not reachable.ok or message is None:
         return reachable
     with MllpClient(host, port, timeout=timeout, tls=tls, server_name=server_name) as client:
@@ -210,24 +259,44 @@ def mllp_ping(
     return Probe(answer.accepted, reachable.target, line, answer.ms, details)
 
 
-def fhir_metadata(base_url: str, timeout: float) -> Probe:
+def fhir_metadata(
+    base_url: str,
+    timeout: float,
+    *,
+    context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+    authorization: str | None = None,
+) -> Probe:
     """``GET [base]/metadata``: the HTTP status and the CapabilityStatement's software and
-    fhirVersion (FHIR R4 §3.1.0.2.1 ``capabilities`` interaction)."""
+    fhirVersion (FHIR R4 §3.1.0.2.1 ``capabilities`` interaction).
+
+    Args:
+        base_url: the subscriber's ``url``.
+        timeout: seconds to connect and to wait for the answer.
+        context: the subscriber's TLS client context (its ``tls:``), for https.
+        server_name: the name the server's certificate must carry (``tls.server_name``).
+        authorization: the ``Authorization`` header (the subscriber's bearer token).
+    """
     url = base_url.rstrip("/") + "/metadata"
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/fhir+json", "User-Agent": "passerelle"}
-    )
+    headers = {"Accept": "application/fhir+json", "User-Agent": "passerelle"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    conn = connection_for(url, timeout=timeout, context=context, server_name=server_name)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        ms = round((time.perf_counter() - started) * 1000, 1)
-        return Probe(False, url, f"{url} answered HTTP {exc.code}", ms, {"status": exc.code})
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        conn.request("GET", urllib.parse.urlsplit(url).path, headers=headers)
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    except ssl.SSLError as exc:
+        return Probe(False, url, f"TLS handshake with {url} failed: {tls_reason(exc)}")
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or exc
         return Probe(False, url, f"cannot reach {url}: {reason}")
+    finally:
+        conn.close()
     ms = round((time.perf_counter() - started) * 1000, 1)
+    if not 200 <= status < 300:
+        return Probe(False, url, f"{url} answered HTTP {status}", ms, {"status": status})
     try:
         statement = json.loads(body)
     except ValueError:
@@ -240,7 +309,7 @@ def fhir_metadata(base_url: str, timeout: float) -> Probe:
     version = statement.get("fhirVersion")
     details = {"status": status, "software": name or None, "fhir_version": version}
     line = f"{url} answered HTTP {status}: {name or 'unnamed software'}, FHIR {version or '?'}"
-    return Probe(200 <= status < 300, url, line, ms, details)
+    return Probe(True, url, line, ms, details)
 
 
 def api_health(api_url: str, timeout: float) -> Probe:

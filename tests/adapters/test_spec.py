@@ -54,7 +54,7 @@ class TestLoad:
         """An outbound adapter must say which events it receives."""
         write(
             tmp_path,
-            "id: x\nname: X\ndirection: outbound\ntransport: fhir-rest\nurl: http://h/fhir\n",
+            "id: x\nname: X\ndirection: outbound\ntransport: fhir-rest\nurl: https://h/fhir\n",
         )
         with pytest.raises(AdapterSpecError, match="subscribe"):
             load_adapters(tmp_path)
@@ -447,3 +447,103 @@ class TestTls:
         http = "id: w\nname: W\ndirection: inbound\ntransport: http\n"
         with pytest.raises(AdapterSpecError, match="'tls' is for mllp"):
             load_adapters(write(tmp_path, http + "tls:\n  cert: tls/server.pem\n"))
+
+
+FHIR_SUB = """\
+id: dmp-national
+name: DMP
+direction: outbound
+transport: fhir-rest
+subscribe:
+  events: ["ADT^*"]
+"""
+
+
+class TestOutboundFhirSecurity:
+    def test_plain_http_is_refused_at_its_line_saying_how_to_allow_it(self, tmp_path):
+        """url: http://... without insecure_http: the url's line, and the key that allows it."""
+        write(tmp_path, FHIR_SUB + "url: http://127.0.0.1:9090/fhir\n")
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (7, "url")
+        assert "insecure_http: true" in info.value.reason
+
+    def test_loopback_http_is_allowed_only_when_said(self, tmp_path):
+        """insecure_http: true lets an http:// url load."""
+        write(tmp_path, FHIR_SUB + "insecure_http: true\nurl: http://127.0.0.1:9090/fhir\n")
+        (spec,) = load_adapters(tmp_path)
+        assert spec.insecure_http
+        assert spec.url == "http://127.0.0.1:9090/fhir"
+
+    def test_insecure_http_is_for_fhir_subscribers(self, tmp_path):
+        """insecure_http on an inbound MLLP adapter is a mistake, named."""
+        write(tmp_path, GOOD + "insecure_http: true\n")
+        with pytest.raises(AdapterSpecError, match="for outbound fhir-rest"):
+            load_adapters(tmp_path)
+
+    def test_tls_files_of_a_fhir_subscriber_are_checked(self, tmp_path):
+        """tls.ca that does not exist: file, line and key of the ca."""
+        write(tmp_path, FHIR_SUB + "url: https://dmp.sante.ma/fhir\ntls:\n  ca: nowhere.pem\n")
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert (info.value.line, info.value.key) == (9, "tls.ca")
+        assert "no such file" in info.value.reason
+
+    def test_tls_on_an_http_url_is_refused(self, tmp_path, tls_pki):
+        """tls: with an http:// url (allowed insecure) makes no sense: refused."""
+        text = f"insecure_http: true\nurl: http://h/fhir\ntls:\n  ca: {tls_pki.ca}\n"
+        write(tmp_path, FHIR_SUB + text)
+        with pytest.raises(AdapterSpecError, match="needs an https:// url"):
+            load_adapters(tmp_path)
+
+    def test_an_inline_secret_is_refused(self, tmp_path):
+        """auth.client_secret in the YAML: refused, pointing at client_secret_env/_file."""
+        text = (
+            "url: https://dmp.sante.ma/fhir\nauth:\n  kind: client_credentials\n"
+            "  token_url: https://auth.sante.ma/token\n  client_id: p\n  client_secret: hunter2\n"
+        )
+        write(tmp_path, FHIR_SUB + text)
+        with pytest.raises(AdapterSpecError) as info:
+            load_adapters(tmp_path)
+        assert info.value.key.startswith("auth")
+        assert "client_secret_env" in info.value.reason
+        assert "hunter2" not in str(info.value)
+
+    def test_an_unset_secret_variable_is_refused_at_load(self, tmp_path, monkeypatch):
+        """client_secret_env names a variable the environment lacks: refused, naming it."""
+        monkeypatch.delenv("PASSERELLE_NO_SUCH_SECRET", raising=False)
+        text = (
+            "url: https://dmp.sante.ma/fhir\nauth:\n  kind: client_credentials\n"
+            "  token_url: https://auth.sante.ma/token\n  client_id: p\n"
+            "  client_secret_env: PASSERELLE_NO_SUCH_SECRET\n"
+        )
+        write(tmp_path, FHIR_SUB + text)
+        with pytest.raises(AdapterSpecError, match=r"PASSERELLE_NO_SUCH_SECRET .* is not set"):
+            load_adapters(tmp_path)
+
+    def test_an_http_token_endpoint_needs_insecure_http(self, tmp_path, monkeypatch):
+        """auth.token_url http:// is refused like url."""
+        monkeypatch.setenv("PASSERELLE_SECRET", "x")
+        text = (
+            "url: https://dmp.sante.ma/fhir\nauth:\n  kind: client_credentials\n"
+            "  token_url: http://auth.sante.ma/token\n  client_id: p\n"
+            "  client_secret_env: PASSERELLE_SECRET\n"
+        )
+        write(tmp_path, FHIR_SUB + text)
+        with pytest.raises(AdapterSpecError, match=r"auth\.token_url .* is plain http"):
+            load_adapters(tmp_path)
+
+    def test_smart_backend_needs_a_fitting_key_and_a_kid(self, tmp_path, tls_pki):
+        """The test CA's P-256 key is neither RSA nor P-384; a missing key_id is named."""
+        base = (
+            "url: https://dmp.sante.ma/fhir\nauth:\n  kind: smart_backend\n"
+            "  token_url: https://auth.sante.ma/token\n  client_id: p\n"
+        )
+        write(
+            tmp_path, FHIR_SUB + base + f"  private_key: {tls_pki.key(tls_pki.ca)}\n  key_id: k\n"
+        )
+        with pytest.raises(AdapterSpecError, match="neither an RSA key"):
+            load_adapters(tmp_path)
+        write(tmp_path, FHIR_SUB + base + f"  private_key: {tls_pki.key(tls_pki.ca)}\n")
+        with pytest.raises(AdapterSpecError, match="needs private_key and key_id"):
+            load_adapters(tmp_path)

@@ -504,8 +504,9 @@ def test_an_http_adapter_is_inbound_only_and_needs_no_address() -> None:
 def test_allow_from_refuses_a_client_from_elsewhere(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, peer: str, status: int
 ) -> None:
-    """Issue 10: an http adapter with allow_from answers 403 to another address and journals
-    nothing; a listed address gets its AA."""
+    """Issue 10: an http adapter with allow_from answers 403 to another address, journals
+    nothing and counts it (connection_refused:not_allowed, for /metrics); a listed address gets
+    its AA."""
     adapters = tmp_path / "adapters"
     adapters.mkdir()
     (adapters / "hosp-lan.yaml").write_text(
@@ -524,3 +525,5 @@ def test_allow_from_refuses_a_client_from_elsewhere(
         assert "does not accept messages from this address" in reply.text
         assert _journalled(redis_client) == []
         assert _rejected(redis_client) == []
+    counted = redis_client.hget(keys.adapter_stats("hosp-lan"), "connection_refused:not_allowed")
+    assert counted == (None if status == 200 else b"1")

@@ -123,6 +123,7 @@ def test_a_registered_subscriber_without_traffic_is_listed(redis_client, redis_u
             "name": "Quiet subscriber",
             "direction": "outbound",
             "transport": "fhir-rest",
+            "insecure_http": True,
             "url": "http://127.0.0.1:9/fhir",
             "subscribe": {"events": ["ADT^A01"]},
         }

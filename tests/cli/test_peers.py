@@ -18,13 +18,16 @@ import redis
 import redis.asyncio
 
 from broker import running
+from broker.adapters.mllp import MllpServer
+from broker.adapters.tls import TlsSpec
 from broker.dispatch import AsyncKicker
 from broker.intake.hl7v2 import HL7v2Intake
 from broker.intake.journal import Journal
 from broker.listen import mllp_server
 from broker.ops.probe import split_messages
-from broker.testing import CliRun, EagerBroker, free_port, run_cli
+from broker.testing import CliRun, EagerBroker, free_port, run_cli, write_adapter
 from passerelle_demo.synthetic import adt, patients
+from tests.delivery.peers_https import FhirPeer, TokenPeer, https_server
 
 
 class _Loop:
@@ -353,3 +356,124 @@ def test_ping_of_an_inbound_listener_that_runs(listener, tmp_path: Path) -> None
     done = run_cli("ping", "chu-rabat-adt", env={"PASSERELLE_ADAPTERS_DIR": str(registrations)})
     assert done.code == 0, done.stderr
     assert f"127.0.0.1:{port} accepts connections" in done.stdout
+
+
+class TestPingSecure:
+    """Issue 10: ping speaks TLS to TLS adapters and asks a FHIR subscriber for its metadata
+    with its CA bundle and its OAuth2 token, as deliveries do."""
+
+    @staticmethod
+    def registration(directory: Path, spec: dict[str, Any]) -> dict[str, str | None]:
+        directory.mkdir(exist_ok=True)
+        write_adapter(directory, spec)
+        return {**unset_env(), "PASSERELLE_ADAPTERS_DIR": str(directory)}
+
+    def test_an_inbound_tls_listener_is_pinged_over_tls(self, tls_pki, tmp_path: Path):
+        """A TLS listener (that a plain TCP connect would also 'reach'): ping completes a TLS
+        handshake and names the certificate it presented."""
+
+        async def handler(payload: bytes, peer: str) -> bytes:
+            return b""
+
+        loop = _Loop()
+        server_tls = TlsSpec(cert=tls_pki.server_cert, key=tls_pki.key(tls_pki.server_cert))
+        server = MllpServer("127.0.0.1", 0, handler, tls=server_tls.server_context())
+        loop.call(server.start())
+        port = server.port
+        try:
+            spec = {
+                "id": "chu-rabat-adt",
+                "name": "CHU Rabat",
+                "direction": "inbound",
+                "transport": "mllp",
+                "listen": f"127.0.0.1:{port}",
+                "tls": {
+                    "cert": str(tls_pki.server_cert),
+                    "key": str(tls_pki.key(tls_pki.server_cert)),
+                },
+            }
+            done = run_cli("ping", "chu-rabat-adt", env=self.registration(tmp_path / "a", spec))
+        finally:
+            loop.call(server.stop())
+            loop.close()
+        assert done.code == 0, done.stderr
+        assert f"127.0.0.1:{port} accepts TLS connections (TLSv1." in done.stdout
+        assert "CN=localhost" in done.stdout
+
+    def test_an_outbound_mllp_subscriber_of_another_ca_fails_the_handshake(
+        self, tls_pki, tmp_path: Path
+    ):
+        """The subscriber's certificate is not of tls.ca (the rogue CA here): exit 1, the reason."""
+
+        async def handler(payload: bytes, peer: str) -> bytes:
+            return b""
+
+        loop = _Loop()
+        server_tls = TlsSpec(cert=tls_pki.server_cert, key=tls_pki.key(tls_pki.server_cert))
+        server = MllpServer("127.0.0.1", 0, handler, tls=server_tls.server_context())
+        loop.call(server.start())
+        spec = {
+            "id": "lab-legacy",
+            "name": "Lab",
+            "direction": "outbound",
+            "transport": "mllp",
+            "connect": f"127.0.0.1:{server.port}",
+            "subscribe": {"events": ["ADT^*"]},
+        }
+        try:
+            good = run_cli(
+                "ping",
+                "lab-legacy",
+                env=self.registration(tmp_path / "g", {**spec, "tls": {"ca": str(tls_pki.ca)}}),
+            )
+            rogue = {**spec, "tls": {"ca": str(tls_pki.rogue_ca)}}
+            bad = run_cli("ping", "lab-legacy", env=self.registration(tmp_path / "b", rogue))
+        finally:
+            loop.call(server.stop())
+            loop.close()
+        assert good.code == 0, good.stderr
+        assert "accepts TLS connections" in good.stdout
+        assert bad.code == 1
+        assert "TLS handshake with 127.0.0.1:" in one_line(bad)
+        assert "certificate verify failed" in one_line(bad)
+
+    def test_a_fhir_subscriber_is_asked_with_its_ca_and_token(
+        self, tls_pki, tmp_path: Path, monkeypatch
+    ):
+        """dmp-national over HTTPS with client credentials: one token fetched, metadata read
+        with the bearer; a wrong secret fails naming the token endpoint's answer."""
+        monkeypatch.setenv("PASSERELLE_TEST_PING_SECRET", "s3cr3t-not-in-logs")
+        tokens = TokenPeer()
+        fhir = FhirPeer(tokens=tokens)
+        with (
+            https_server(tokens, tls_pki, path="/token") as token_url,
+            https_server(fhir, tls_pki) as url,
+        ):
+            spec = {
+                "id": "dmp-national",
+                "name": "DMP",
+                "direction": "outbound",
+                "transport": "fhir-rest",
+                "url": url,
+                "tls": {"ca": str(tls_pki.ca)},
+                "auth": {
+                    "kind": "client_credentials",
+                    "token_url": token_url,
+                    "client_id": "passerelle-chu-rabat",
+                    "client_secret_env": "PASSERELLE_TEST_PING_SECRET",
+                },
+                "subscribe": {"events": ["ADT^*"]},
+            }
+            env = self.registration(tmp_path / "f", spec)
+            env["PASSERELLE_TEST_PING_SECRET"] = "s3cr3t-not-in-logs"
+            done = run_cli("ping", "dmp-national", "--json", env=env)
+            env["PASSERELLE_TEST_PING_SECRET"] = "wrong"
+            refused = run_cli("ping", "dmp-national", env=env)
+        assert done.code == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["details"]["status"], report["details"]["fhir_version"]) == (200, "4.0.1")
+        assert fhir.requests == [{"authorization": f"Bearer {tokens.issued[0]}", "client": None}]
+        assert refused.code == 1
+        assert "no access token" in one_line(refused)
+        assert "invalid_client" in one_line(refused)
+        assert "s3cr3t" not in refused.stderr + done.stdout + done.stderr

@@ -10,10 +10,16 @@ ACK (AA mapped, AE not) goes to the adapter's ``reply_to``. The answers are read
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from broker import keys
 from broker.ack import read_ack
+from broker.adapters.mllp import MllpServer
+from broker.adapters.spec import AdapterSpec
+from broker.adapters.tls import TlsSpec
+from broker.delivery.acks import return_address
 from passerelle_demo.peers.mllp_capture import MllpCapture
 from passerelle_demo.synthetic import adt, patients
 
@@ -132,3 +138,47 @@ class TestApplicationAck:
             ack = read_ack(return_address.messages[0].text)
             assert (ack.code, ack.control_id) == (expected, "ENH-A")
             assert bool(ack.text) == (expected == "AE"), "AE carries the reason, AA none"
+
+
+class TestReturnAddressTls:
+    def test_the_return_connection_speaks_tls_when_the_listener_does(self, tls_pki):
+        """An adapter whose listener has tls: its reply_to client completes a TLS handshake with
+        a TLS-only listener (verified against tls.ca) and the ACK arrives there."""
+        received: list[bytes] = []
+
+        async def handler(payload: bytes, peer: str) -> None:
+            received.append(payload)
+
+        async def go() -> None:
+            server_tls = TlsSpec(cert=tls_pki.server_cert, key=tls_pki.key(tls_pki.server_cert))
+            server = MllpServer("127.0.0.1", 0, handler, tls=server_tls.server_context())
+            await server.start()
+            try:
+                source = AdapterSpec.model_validate(
+                    {
+                        "id": "chu-rabat-adt",
+                        "name": "CHU Rabat",
+                        "direction": "inbound",
+                        "transport": "mllp",
+                        "listen": "127.0.0.1:2575",
+                        "ack_mode": "enhanced",
+                        "reply_to": f"127.0.0.1:{server.port}",
+                        "tls": {
+                            "cert": tls_pki.server_cert,
+                            "key": tls_pki.key(tls_pki.server_cert),
+                            "ca": tls_pki.ca,
+                        },
+                    }
+                )
+                client = return_address(source)
+                assert client is not None
+                await asyncio.to_thread(client.post, b"MSH|^~\\&|PASSERELLE|X\rMSA|AA|1\r")
+                async with asyncio.timeout(10):
+                    while not received:
+                        await asyncio.sleep(0.01)
+                client.close()
+            finally:
+                await server.stop()
+
+        asyncio.run(go())
+        assert received == [b"MSH|^~\\&|PASSERELLE|X\rMSA|AA|1\r"]

@@ -110,4 +110,6 @@ def test_a_receiver_the_ca_did_not_sign_gets_nothing(
         sender.close()
     assert info.value.destination == "lab-legacy"
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value.__cause__)
+    assert "TLS handshake with 127.0.0.1:" in str(info.value)
+    assert "failed (certificate verify failed: " in str(info.value)
     assert capture.count == 0

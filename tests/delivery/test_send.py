@@ -82,6 +82,7 @@ def _sender(url: str) -> FhirRestSender:
         name="DMP",
         direction="outbound",
         transport="fhir-rest",
+        insecure_http=True,
         url=url,
         subscribe={"events": ["ADT^*"]},
     )

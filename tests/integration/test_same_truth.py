@@ -140,6 +140,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
             "name": "CNSS AMO (down)",
             "direction": "outbound",
             "transport": "fhir-rest",
+            "insecure_http": True,
             "url": f"http://127.0.0.1:{free_port()}/fhir",
             "subscribe": {"events": ["ADT^*"]},
             "retry": {"initial_delay_s": 0.05, "max_delay_s": 0.2, "max_attempts": DOWN_ATTEMPTS},

@@ -114,7 +114,7 @@ def write_adapters(directory: Path, inbound_port: int, fhir_url: str) -> None:
     )
     (directory / "dmp.yaml").write_text(
         "id: dmp-national\nname: DMP\ndirection: outbound\ntransport: fhir-rest\n"
-        f"url: {fhir_url}\nsubscribe:\n  events: ['ADT^A01']\n"
+        f"insecure_http: true\nurl: {fhir_url}\nsubscribe:\n  events: ['ADT^A01']\n"
         "retry:\n  initial_delay_s: 0.2\n  max_delay_s: 1.0\n",
         encoding="utf-8",
     )

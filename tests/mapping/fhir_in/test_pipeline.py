@@ -21,6 +21,7 @@ def subscriber(events: list[str]) -> AdapterSpec:
             "name": "DMP",
             "direction": "outbound",
             "transport": "fhir-rest",
+            "insecure_http": True,
             "url": "http://127.0.0.1:1/fhir",
             "subscribe": {"events": events},
         }
