@@ -205,7 +205,9 @@ async def login(request: Request) -> Response:
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Over HTTPS (served by Passerelle, or by a proxy in front) the cookie never travels
+        # in clear.
+        secure=request.url.scheme == "https" or settings.api_tls_cert is not None,
     )
     return response
 

@@ -129,7 +129,7 @@ def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
     """Every user, by name, with how many tokens are in force (not revoked, not expired)."""
     with engine.connect() as connection:
         rows = connection.execute(sa.select(users).order_by(users.c.name)).all()
-        counts = dict(
+        counts: dict[str, int] = dict(
             connection.execute(
                 sa.select(tokens.c.user_name, sa.func.count())
                 .where(tokens.c.revoked_at.is_(None))
