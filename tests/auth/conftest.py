@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from broker.store import connect, upgrade
 from broker.store.credentials import add_user, create_token
-from tests.store.conftest import (  # noqa: F401 (fixtures)
-    empty_postgres,
-    postgres_server,
-    postgres_url,
-    store_url,
-)
+from tests.store import conftest as store_fixtures
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
     import fastapi.testclient  # noqa: F401
 
-MakeToken = Callable[..., str]
+# The store's databases, as tests/store has them (fixtures are found by their name here).
+postgres_server = store_fixtures.postgres_server
+postgres_url = store_fixtures.postgres_url
+empty_postgres = store_fixtures.empty_postgres
+store_url = store_fixtures.store_url
 
 
 @pytest.fixture(name="engine")
