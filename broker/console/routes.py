@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, quote
 
 import jinja2
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from starlette.concurrency import run_in_threadpool
 
 from broker import access_events, guard
 from broker.access import (
