@@ -172,7 +172,8 @@ class Authenticator:
         found = token_id(presented)
         if found is None:
             raise CredentialRefused("invalid API token")
-        return self._verified(f"d:{digest(presented)}", found, digest(presented))
+        presented_digest = digest(presented)
+        return self._verified(f"d:{presented_digest}", found, presented_digest)
 
     def session(self, session: Session) -> Principal:
         """The principal of a console session: its credential, checked again.
