@@ -17,6 +17,7 @@ The tree (repeated in ``docs/errors.md``)::
     │   ├── CanonicalError          the mapped FHIR Bundle breaks FHIR R4 or a broker invariant
     │   └── RejectedError           refused at the edge before journalling (size, duplicate frame, …)
     ├── JournalError                the journal could not accept the message (AR, HTTP 503)
+├── AccessError                 a user or token change is refused (unknown user, role mismatch…)
     └── DeliveryError               carries destination + attempt
         ├── RetryableDeliveryError  timeout, connection refused, 5xx, AE/AR/no ACK from MLLP peer
         └── PermanentDeliveryError  4xx: the receiver will never accept this payload
@@ -28,6 +29,7 @@ Messages point to the data without containing it: they give a location
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
     "AdapterSpecError",
     "BrokerError",
     "CanonicalError",
@@ -158,6 +160,11 @@ class RejectedError(MessageError):
 
 class JournalError(BrokerError):
     """Raised when the journal cannot accept a message; the sender must retry later (AR/503)."""
+
+
+class AccessError(BrokerError):
+    """Raised when a change to users or tokens is refused: an unknown or duplicate user, a
+    token narrower than nothing, a sender without its adapter. The message says what to do."""
 
 
 class DeliveryError(BrokerError):

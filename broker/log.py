@@ -30,10 +30,11 @@ ALLOWED_KEYS = frozenset(
         "dead_letter", "delay_s", "delivered", "destination", "drains", "dropped", "entry",
         "envelope_id", "exit_code", "fhir", "file", "handled", "held", "host", "http", "key",
         "limit", "line", "mappings", "message_type", "messages", "method", "ms", "open",
-        "partition", "path", "peer", "pid", "port", "problems", "reason", "reasons", "records",
+        "partition", "path", "peer", "permission", "permissions", "pid", "port", "problems", "reason",
+        "reasons", "records",
         "request_id", "resource_type", "restarts", "role", "roles", "route", "rule", "seconds",
         "size", "skipped", "source", "status", "stream", "subject", "subscriber", "summary",
-        "task", "task_id", "tls", "unfinished", "url", "version",
+        "task", "task_id", "tls", "token_id", "unfinished", "url", "user", "version", "who",
     }
 )  # fmt: skip
 """Event keys whose values are printed; any other key's value is ``[redacted]``, at every level.

@@ -42,7 +42,7 @@ def api_url(settings: Settings) -> str:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.http_port}"
+    return f"{settings.api_scheme}://{host}:{settings.http_port}"
 
 
 def token_file(settings: Settings) -> Path | None:

@@ -6,7 +6,7 @@ import importlib.resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["BASE_MAPPINGS_DIR", "REPO_ROOT", "RetryPolicy", "Settings"]
@@ -70,7 +70,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     api_token: SecretStr | None = None
-    """Admin token for the API; when unset, ``serve`` generates one into ``data_dir/api-token``."""
+    """The bootstrap admin token for the API and the console; when unset, ``serve`` generates one
+    into ``data_dir/api-token``. People and systems get their own (``passerelle tokens``)."""
+    api_tls_cert: Path | None = None
+    """The API's and console's certificate chain (PEM, leaf first), outside the repository: with
+    ``api_tls_key`` the API serves HTTPS only (``broker.api.https``)."""
+    api_tls_key: Path | None = None
+    """The private key of ``api_tls_cert`` (PEM, unencrypted, readable by the service only)."""
 
     partitions: int = Field(8, ge=1, le=256)
     """Patient partitions per stream: the unit of ordering and of parallel delivery."""
@@ -164,6 +170,18 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(10.0, gt=0)
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            msg = "PASSERELLE_API_TLS_CERT and PASSERELLE_API_TLS_KEY go together: set both or neither"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def api_scheme(self) -> str:
+        """``https`` when the API serves TLS (``api_tls_cert``), else ``http``."""
+        return "http" if self.api_tls_cert is None else "https"
 
     @property
     def mapping_roots(self) -> tuple[Path, ...]:

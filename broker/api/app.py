@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from broker import console
+from broker.access import Authenticator
 from broker.api import (
     dead_letters,
     docs,
@@ -21,13 +22,19 @@ from broker.api import (
     refusals,
     unmapped,
 )
-from broker.api.auth import LoginRequired, require_session
+from broker.api.auth import LoginRequired, PageForbidden
 from broker.config import Config, load_config
 from broker.errors import AdapterSpecError, BrokerError
+from broker.guard import check_routes
 from broker.log import get_logger
 from broker.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["FRAMEWORK_ROUTES", "PUBLIC_MOUNTS", "create_app"]
+
+PUBLIC_MOUNTS = frozenset({"/docs/assets", "/console/static"})
+"""Static files anyone may fetch: scripts, styles and icons of the docs and the console."""
+FRAMEWORK_ROUTES = frozenset({"/openapi.json"})
+"""FastAPI's own routes: the OpenAPI schema, public like the docs that read it."""
 
 _log = get_logger(__name__)
 
@@ -52,9 +59,11 @@ def _load_config(settings: Settings) -> Config | str:
 def create_app(settings: Settings, *, client: redis.Redis | None = None) -> FastAPI:
     """Build the API application.
 
-    Every route but ``/healthz`` and ``/readyz`` needs the bearer token of
-    ``settings.api_token`` or a console session; without a token configured they answer 401
-    (never open). The console (``/console/``, :mod:`broker.console`) and the OpenAPI docs
+    Every route declares the permission it needs (``broker.guard``; docs/security.md, "Who may
+    do what"): a bearer token (a stored one, or the bootstrap ``settings.api_token``) or a
+    console session whose role holds it; without a credential 401, without the permission 403.
+    Only the probes (``/healthz``, ``/readyz``), the login page, the docs and static files are
+    public; a route that declares nothing stops the application from being built. The console (``/console/``, :mod:`broker.console`) and the OpenAPI docs
     (``/docs``, ``/redoc``) are served from the package, with no CDN.
 
     Args:
@@ -84,6 +93,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
         store = getattr(app.state, "store", None)  # opened by the first message search
         if store is not None:
             store.dispose()
+        app.state.authenticator.close()
         if own:
             redis_client.close()
 
@@ -97,6 +107,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.redis = redis_client
+    app.state.authenticator = Authenticator(settings)
     app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(dead_letters.router)
@@ -107,12 +118,17 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(docs.router)
     app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
     app.include_router(console.public)
-    app.include_router(console.pages, dependencies=[Depends(require_session)])
+    app.include_router(console.pages)
     app.mount("/console/static", StaticFiles(directory=console.STATIC), name="console-static")
+    check_routes(app, public_mounts=PUBLIC_MOUNTS, framework=FRAMEWORK_ROUTES)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
         return console.login_redirect(request)
+
+    @app.exception_handler(PageForbidden)
+    async def page_forbidden(request: Request, exc: PageForbidden) -> HTMLResponse:
+        return console.forbidden_page(request, exc.permission)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:

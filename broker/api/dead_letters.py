@@ -1,7 +1,9 @@
 """Dead-letter routes: list, read, replay (as it was or corrected), discard and bulk replay.
 
-Listings are summaries without the patient identifier or the payload; reading one dead letter
-returns everything, the envelope included, and is recorded in the audit stream as ``viewed``.
+Listings are summaries without the patient identifier or the payload (``messages.read``);
+reading one dead letter returns everything, the envelope included (``messages.content``), and is
+recorded in the audit stream as ``viewed``. Replaying and discarding need ``messages.replay``; a
+replay with a corrected Bundle needs ``messages.edit`` too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from broker.api.auth import Who, require_token
+from broker.api.auth import Caller, Who, lacking, require
 from broker.api.operations import (
     ID_PATTERN,
     SUBSCRIBER_PATTERN,
@@ -33,9 +35,9 @@ __all__ = ["REPLY_CHARS", "router", "summary"]
 REPLY_CHARS = 200
 """A summary's last reply is cut to this many characters."""
 
-router = APIRouter(
-    prefix="/api/dead-letters", tags=["dead letters"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api/dead-letters", tags=["dead letters"])
+_READ = [Depends(require("messages.read"))]
+_REPLAY = [Depends(require("messages.replay"))]
 
 SubscriberPath = Annotated[str, Path(description="The outbound adapter's id.")]
 DeadIdPath = Annotated[str, Path(description="The dead letter's id.")]
@@ -123,7 +125,7 @@ class BulkReplayBody(_Why):
     text: str | None = Field(None, description="Text in the reason or a reply (any case).")
 
 
-@router.get("")
+@router.get("", dependencies=_READ)
 def subscribers(ops: Ops) -> list[dict[str, Any]]:
     """Subscribers that have dead letters, with how many are open and in all."""
     out = []
@@ -133,7 +135,9 @@ def subscribers(ops: Ops) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/{subscriber}", responses={404: {"description": "Unknown subscriber"}})
+@router.get(
+    "/{subscriber}", dependencies=_READ, responses={404: {"description": "Unknown subscriber"}}
+)
 def list_dead_letters(
     subscriber: SubscriberPath,
     ops: Ops,
@@ -159,7 +163,11 @@ def list_dead_letters(
     return [summary(r) for r in records]
 
 
-@router.get("/{subscriber}/{dead_id}", responses={404: {"description": "Unknown dead letter"}})
+@router.get(
+    "/{subscriber}/{dead_id}",
+    dependencies=[Depends(require("messages.content"))],
+    responses={404: {"description": "Unknown dead letter"}},
+)
 def show_dead_letter(
     subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops, who: Who
 ) -> dict[str, Any]:
@@ -171,18 +179,28 @@ def show_dead_letter(
 
 @router.post(
     "/{subscriber}/{dead_id}/replay",
+    dependencies=_REPLAY,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=None,
     responses={
+        403: {"description": "A corrected Bundle without the permission messages.edit"},
         404: {"description": "Unknown subscriber or dead letter"},
         409: {"description": "The dead letter is not open, or nothing is kept to send"},
         422: {"description": "The corrected Bundle is not valid FHIR R4 (an OperationOutcome)"},
     },
 )
 def replay(
-    subscriber: SubscriberPath, dead_id: DeadIdPath, body: ReplayBody, ops: Ops, who: Who
+    subscriber: SubscriberPath,
+    dead_id: DeadIdPath,
+    body: ReplayBody,
+    ops: Ops,
+    who: Who,
+    caller: Caller,
 ) -> dict[str, Any] | JSONResponse:
-    """Send a dead letter again, as it was or corrected; a held patient is then released."""
+    """Send a dead letter again, as it was or corrected (``messages.edit``); a held patient is
+    then released."""
+    if body.corrected_bundle is not None and not caller.may("messages.edit"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, lacking(caller, "messages.edit"))
     require_subscriber(ops, subscriber)
     _record(ops, subscriber, dead_id)
     try:
@@ -197,6 +215,7 @@ def replay(
 
 @router.post(
     "/{subscriber}/{dead_id}/discard",
+    dependencies=_REPLAY,
     responses={
         404: {"description": "Unknown subscriber or dead letter"},
         409: {"description": "The dead letter is not open"},
@@ -216,6 +235,7 @@ def discard(
 
 @router.post(
     "/{subscriber}/replay",
+    dependencies=_REPLAY,
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         404: {"description": "Unknown subscriber"},

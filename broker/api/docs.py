@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+
+from broker.api.auth import public
 
 __all__ = ["ASSETS", "router"]
 
 ASSETS = Path(__file__).parent / "vendor"
 _PREFIX = "/docs/assets"
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(public)])
 
 
 def _schema_url(request: Request) -> str:

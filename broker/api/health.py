@@ -8,7 +8,7 @@ import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from broker.api.auth import require_token
+from broker.api.auth import public, require
 from broker.config import Config as BrokerConfig
 from broker.ops import backlog
 from broker.ops import metrics as prometheus
@@ -38,13 +38,18 @@ Client = Annotated[redis.Redis, Depends(get_redis)]
 Config = Annotated[Settings, Depends(_settings)]
 
 
-@router.get("/healthz", tags=["ops"])
+@router.get("/healthz", tags=["ops"], dependencies=[Depends(public)])
 def healthz() -> dict[str, str]:
     """Liveness: the process answers HTTP. Checks nothing else, so it never flaps on Redis."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"], responses={503: {"description": "Redis is unreachable"}})
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    dependencies=[Depends(public)],
+    responses={503: {"description": "Redis is unreachable"}},
+)
 def readyz(client: Client) -> JSONResponse:
     """Readiness: Redis answers PING; 503 otherwise."""
     result = readiness(client)
@@ -59,7 +64,7 @@ def readyz(client: Client) -> JSONResponse:
 @router.get(
     "/metrics",
     tags=["ops"],
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require("overview.read"))],
     response_class=PlainTextResponse,
 )
 def metrics(request: Request, client: Client, settings: Config) -> PlainTextResponse:
@@ -78,14 +83,14 @@ def metrics(request: Request, client: Client, settings: Config) -> PlainTextResp
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
 
 
-@router.get("/api/queues", tags=["ops"], dependencies=[Depends(require_token)])
+@router.get("/api/queues", tags=["ops"], dependencies=[Depends(require("overview.read"))])
 def queues(client: Client, settings: Config) -> dict[str, Any]:
     """Per journal partition and per subscriber: depth, pending, age of oldest, counters; the
     pipeline's and each subscriber's flow (offered, sustained, growth, time to backpressure)."""
     return backlog.queues(client, settings)
 
 
-@router.get("/api/overview", tags=["ops"], dependencies=[Depends(require_token)])
+@router.get("/api/overview", tags=["ops"], dependencies=[Depends(require("overview.read"))])
 def overview(request: Request, client: Client, settings: Config) -> dict[str, Any]:
     """What the console's overview and ``passerelle status`` show: per inbound adapter
     received, refused per ACK code, last message and listener; per subscriber backlog (parked

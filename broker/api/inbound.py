@@ -3,8 +3,9 @@
 ``POST /inbound/{adapter_id}/hl7v2`` takes the ER7 text of one message and runs it through the
 same ``HL7v2Intake`` as an MLLP frame (journal first, then ACK); the ACK is the response body.
 ``POST /inbound/{adapter_id}/fhir`` takes one FHIR R4 resource or Bundle and runs it through the
-``FHIRIntake`` (validate, journal). Both need the API bearer token and an enabled inbound
-adapter with ``transport: http`` (and the matching ``format``). The routes only read the body
+``FHIRIntake`` (validate, journal). Both need a token with ``inbound.post`` (a sending
+system's ``sender`` token, which may post only as its own adapter: 403 otherwise; or an admin's)
+and an enabled inbound adapter with ``transport: http`` (and the matching ``format``). The routes only read the body
 (up to ``max_message_bytes``), call the intake and write its ``Outcome`` as the response. An
 adapter with ``allow_from`` answers 403, before the body is read, to a client from elsewhere.
 
@@ -28,8 +29,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, s
 from fastapi.responses import Response
 
 from broker import keys
+from broker.access import Principal
 from broker.adapters.spec import AdapterSpec
-from broker.api.auth import require_token
+from broker.api.auth import Caller, require
 from broker.config import Config
 from broker.dispatch import AsyncKicker
 from broker.intake import offload
@@ -55,7 +57,9 @@ HL7V2_MEDIA_TYPE = "x-application/hl7-v2+er7"
 RETRY_AFTER_S = 5
 """Seconds a sender is asked to wait when the journal cannot accept a message."""
 
-router = APIRouter(prefix="/inbound", tags=["inbound"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/inbound", tags=["inbound"], dependencies=[Depends(require("inbound.post"))]
+)
 
 Intake = HL7v2Intake | FHIRIntake
 
@@ -134,6 +138,14 @@ async def close_inbound(app: FastAPI) -> None:
     if edge is not None and edge.client is not None:
         await edge.client.aclose()
     offload.shutdown()
+
+
+def _as_itself(caller: Principal, adapter_id: str) -> None:
+    """403 unless the caller may post as ``adapter_id``: a sender only as its own adapter."""
+    if caller.adapter is not None and caller.adapter != adapter_id:
+        log.warning("inbound.wrong_sender", adapter=adapter_id, token_id=caller.credential)
+        msg = f"this token may post only as adapter {caller.adapter!r}, not {adapter_id!r}"
+        raise HTTPException(status.HTTP_403_FORBIDDEN, msg)
 
 
 async def _intake(request: Request, adapter_id: str, fmt: str) -> Intake:
@@ -233,14 +245,18 @@ AdapterId = Annotated[str, Path(description="The id of an inbound adapter with t
             "content": {HL7V2_MEDIA_TYPE: {}},
         },
         204: {"description": "Enhanced mode: MSH-15 asked for no commit ACK"},
-        403: {"description": "The client's address is not in the adapter's allow_from"},
+        403: {
+            "description": "A sender's token posting as another adapter, or the client's "
+            "address is not in the adapter's allow_from"
+        },
         404: {"description": "No enabled inbound http adapter of format hl7v2 with this id"},
         413: {"description": "Larger than max_message_bytes; the body is an AR ACK"},
         503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
     },
 )
-async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
+async def post_hl7v2(adapter_id: AdapterId, request: Request, caller: Caller) -> Response:
     """Take one HL7 v2 message (ER7 text, any Content-Type); answer its ACK once journalled."""
+    _as_itself(caller, adapter_id)
     outcome, whole = await _receive(await _intake(request, adapter_id, "hl7v2"), request)
     if outcome.reply is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -259,7 +275,10 @@ async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
     responses={
         202: {"description": "Journalled; an OperationOutcome of severity information"},
         400: {"description": "Not JSON, or not a FHIR resource (OperationOutcome)"},
-        403: {"description": "The client's address is not in the adapter's allow_from"},
+        403: {
+            "description": "A sender's token posting as another adapter, or the client's "
+            "address is not in the adapter's allow_from"
+        },
         404: {"description": "No enabled inbound http adapter of format fhir with this id"},
         413: {
             "description": "Larger than max_message_bytes, or a Bundle of more than "
@@ -269,13 +288,14 @@ async def post_hl7v2(adapter_id: AdapterId, request: Request) -> Response:
         503: {"description": "The journal cannot accept it; resend after Retry-After seconds"},
     },
 )
-async def post_fhir(adapter_id: AdapterId, request: Request) -> Response:
+async def post_fhir(adapter_id: AdapterId, request: Request, caller: Caller) -> Response:
     """Take one FHIR R4 resource or Bundle (application/fhir+json); journal it once valid.
 
     A body that is refused (400, 413, 422) is kept in ``pl:rejected`` with the first reason,
     as refused HL7 v2 is (``GET /api/rejected``): the sender gets the OperationOutcome, the
     operators see what was refused.
     """
+    _as_itself(caller, adapter_id)
     outcome, _ = await _receive(await _intake(request, adapter_id, "fhir"), request)
     headers: dict[str, str] = {}
     if outcome.verdict is Verdict.UNAVAILABLE:

@@ -2,6 +2,10 @@
 
 ``GET /api/messages/{id}`` answers from Redis while the envelope is there (exactly as the
 pipeline wrote it), then from the store (``X-Passerelle-Source: store``).
+
+Search and trace need ``messages.read``; the bodies (the raw message and the canonical Bundle)
+need ``messages.content``: a trace read without it has them replaced by :data:`WITHHELD`, as
+does the whole envelope (``GET /api/messages/{id}``), which needs ``messages.content``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from fastapi.responses import Response
 
 from broker import keys
-from broker.api.auth import require_token
+from broker.api.auth import Caller, require
 from broker.api.health import get_redis
 from broker.errors import BrokerError
 from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
 
-__all__ = ["router"]
+__all__ = ["WITHHELD", "router"]
 
-router = APIRouter(prefix="/api/messages", tags=["messages"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/messages", tags=["messages"])
+
+WITHHELD = "withheld: reading message bodies needs the permission messages.content"
 
 _ENVELOPE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NOT_FOUND = "no message with this id (unknown, not stored yet, or purged)"
@@ -54,7 +60,7 @@ def _epoch(value: str | None, name: str) -> float | None:
     return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
 
 
-@router.get("")
+@router.get("", dependencies=[Depends(require("messages.read"))])
 def search_messages(
     store: Annotated[sa.Engine, Depends(get_store)],
     control_id: Annotated[str | None, Query(description="MSH-10, exact.")] = None,
@@ -100,21 +106,30 @@ def search_messages(
 
 @router.get(
     "/{envelope_id}/trace",
+    dependencies=[Depends(require("messages.read"))],
     responses={404: {"description": _NOT_FOUND}},
 )
 def trace_message(
     envelope_id: Annotated[str, Path(description="The message id.")],
     store: Annotated[sa.Engine, Depends(get_store)],
+    caller: Caller,
 ) -> dict[str, Any]:
-    """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
+    """Where one message went: raw → canonical → every attempt per subscriber, and actions.
+
+    Without ``messages.content`` the raw message and the canonical Bundle are withheld.
+    """
     found = trace(store, envelope_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    if not caller.may("messages.content"):
+        found["raw"] = found["canonical"] = None
+        found["withheld"] = WITHHELD
     return found
 
 
 @router.get(
     "/{envelope_id}",
+    dependencies=[Depends(require("messages.content"))],
     responses={
         200: {"description": "The Envelope as JSON", "content": {"application/json": {}}},
         404: {"description": _NOT_FOUND},

@@ -1,6 +1,6 @@
 """Operator actions over HTTP: the shared ``Operations`` dependency and ``POST .../resend``.
 
-The API has one admin token, so every action is recorded with ``who = "api"``. Errors are one
+Every action is recorded with who acted (``broker.api.auth.Who``). Errors are one
 sentence: 404 for what does not exist, 409 for an action the current state refuses, 422 with a
 FHIR OperationOutcome for a corrected Bundle that is not valid FHIR R4.
 """
@@ -14,14 +14,13 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from broker.api.auth import require_token
+from broker.api.auth import Who, require
 from broker.delivery.replay import MessageNotFound, OperationError, Operations
 from broker.errors import BrokerError, CanonicalError
 from broker.settings import Settings
 from broker.store import StoredEnvelopes
 
 __all__ = [
-    "API_WHO",
     "ID_PATTERN",
     "SUBSCRIBER_PATTERN",
     "get_operations",
@@ -29,16 +28,13 @@ __all__ = [
     "router",
 ]
 
-API_WHO = "api"
-"""Who an API action is recorded as: there is one admin token, not one per person (yet)."""
-
 SUBSCRIBER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """An adapter id (as ``AdapterSpec.id``); checked before it becomes part of a Redis key."""
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """An envelope or dead-letter id; checked before it becomes part of a Redis key."""
 
 router = APIRouter(
-    prefix="/api/messages", tags=["operations"], dependencies=[Depends(require_token)]
+    prefix="/api/messages", tags=["operations"], dependencies=[Depends(require("messages.replay"))]
 )
 
 
@@ -136,6 +132,7 @@ def resend(
     envelope_id: Annotated[str, Path(description="The envelope id of a journalled message.")],
     body: ResendBody,
     ops: Ops,
+    who: Who,
 ) -> dict[str, Any]:
     """Queue any stored message for a subscriber again; recorded as ``resent`` in the audit."""
     require_subscriber(ops, body.to)
@@ -143,7 +140,7 @@ def resend(
         msg = f"no stored message {envelope_id} (unknown, or older than the retention)"
         raise HTTPException(status.HTTP_404_NOT_FOUND, msg)
     try:
-        ops.resend(envelope_id, body.to, who=API_WHO, why=body.why)
+        ops.resend(envelope_id, body.to, who=who, why=body.why)
     except MessageNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except OperationError as exc:

@@ -1,4 +1,7 @@
-"""What the broker kept but did not deliver: refused at the edge, or failed after journalling."""
+"""What the broker kept but did not deliver: refused at the edge, or failed after journalling.
+
+Listings need ``messages.read``; one refused input with its bytes needs ``messages.content``.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from broker import keys
-from broker.api.auth import require_token
+from broker.api.auth import Who, require
 from broker.api.health import get_redis
 from broker.delivery.dead_letter import DeadLetterStore
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api", tags=["refusals"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api", tags=["refusals"])
 
 _ENTRY = re.compile(r"^\d{1,20}-\d{1,20}$")
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -42,7 +45,7 @@ def _sizes(fields: dict[bytes, bytes]) -> dict[str, Any]:
     }
 
 
-@router.get("/rejected")
+@router.get("/rejected", dependencies=[Depends(require("messages.read"))])
 def list_rejected(
     client: Annotated[redis.Redis, Depends(get_redis)], limit: Limit = 100
 ) -> list[dict[str, Any]]:
@@ -64,10 +67,11 @@ def list_rejected(
     ]
 
 
-@router.get("/rejected/{entry_id}")
+@router.get("/rejected/{entry_id}", dependencies=[Depends(require("messages.content"))])
 def show_rejected(
     entry_id: Annotated[str, Path(description="The entry id from the list.")],
     client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
 ) -> dict[str, Any]:
     """One refused input with its bytes (base64: they may not be text); the view is audited.
 
@@ -80,7 +84,7 @@ def show_rejected(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
     fields = found[0][1]
     DeadLetterStore(client).audit(
-        "viewed", who="api", why="rejected input", subscriber="", target=entry_id
+        "viewed", who=who, why="rejected input", subscriber="", target=entry_id
     )
     return {
         "id": entry_id,
@@ -92,7 +96,7 @@ def show_rejected(
     }
 
 
-@router.get("/quarantine")
+@router.get("/quarantine", dependencies=[Depends(require("messages.read"))])
 def list_quarantine(
     client: Annotated[redis.Redis, Depends(get_redis)], limit: Limit = 100
 ) -> list[dict[str, Any]]:

@@ -9,13 +9,15 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from broker import keys
-from broker.api.auth import require_token
+from broker.api.auth import require
 from broker.api.health import get_redis
 from broker.pipeline import DROPPED_PREFIX
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/unmapped", tags=["mappings"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/api/unmapped", tags=["mappings"], dependencies=[Depends(require("config.read"))]
+)
 
 _ADAPTER = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

@@ -10,6 +10,8 @@ failure, JSON output, option types):
 - ``ops``: ``replay``; ``dead_letters``: ``dead-letters ...``: a running broker's deliveries
 - ``messages``: ``messages search|show|trace``: the message store; ``store``: its writer role,
   ``store upgrade|purge``
+- ``users``: ``users add|list|disable|enable``, ``tokens create|list|revoke``: who may use the
+  API and the console
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -38,6 +40,7 @@ from broker.cli.processes import api, beat, listen, serve, worker
 from broker.cli.status import status
 from broker.cli.store import store_app
 from broker.cli.translate import translate
+from broker.cli.users import tokens_app, users_app
 
 __all__ = [
     "DataDirOpt",  # for plug-in commands
@@ -64,6 +67,8 @@ def build_app() -> typer.Typer:
     app.add_typer(dead_letters_app, name="dead-letters")
     app.add_typer(messages_app, name="messages")
     app.add_typer(store_app, name="store")
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
     register_plugins(app)
     app.callback()(_main_options)
     return app

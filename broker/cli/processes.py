@@ -8,7 +8,7 @@ role that runs them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.cli._common import (
     AdaptersOpt,
@@ -62,6 +62,7 @@ def serve(
     from broker.supervisor import Supervisor
 
     settings = _checked(adapters, mappings, data_dir, http_port)
+    _https(settings)  # before any process starts: the API child would fail alone
     supervisor = Supervisor(settings)
     try:
         supervisor.start()
@@ -89,6 +90,17 @@ def serve(
         supervisor.run_forever()
     finally:
         running.forget()
+
+
+def _https(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options (``broker.api.https``), or exit 1 naming the unusable file."""
+    from broker.api.https import server_tls
+    from broker.errors import ConfigurationError
+
+    try:
+        return server_tls(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
 
 
 def listen(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
@@ -144,6 +156,7 @@ def api(
     from broker.supervisor import ensure_api_token
 
     settings = ensure_api_token(_checked(adapters, mappings, data_dir, http_port))
+    tls = _https(settings)
     offload.configure(settings.parse_processes)
     offload.start()  # the first large inbound message does not pay for it
     uvicorn.run(
@@ -155,4 +168,5 @@ def api(
         log_config=None,
         limit_concurrency=settings.http_limit_concurrency,
         timeout_keep_alive=settings.http_keep_alive_s,
+        **tls,
     )

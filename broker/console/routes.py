@@ -1,11 +1,15 @@
 """The console's routes: the login page, the language switch and the pages.
 
 ``public`` holds what a browser reaches before logging in (the login form, the language switch,
-``/`` which leads to the console); ``pages`` holds every page, and the application includes it
-behind its page guard (``broker.api.auth.require_session``, which sets ``request.state.session``
-and sends anyone without a session to the login page). Pages are HTML shells: their figures come
-from the JSON API, which the pages' scripts fetch with the session cookie and, for actions, the
-session's CSRF token. No route here is in the OpenAPI schema: they are pages, not the API.
+``/`` which leads to the console); ``pages`` holds every page, each declaring the permission it
+needs (:data:`PAGE_PERMISSIONS`, ``broker.guard.require_page``: no session sends the browser to
+the login page, a role without the permission gets a 403 page). A page shows only the links and
+buttons its role may use; the API refuses the rest anyway. Pages are HTML shells: their figures
+come from the JSON API, which the pages' scripts fetch with the session cookie and, for actions,
+the session's CSRF token. No route here is in the OpenAPI schema: they are pages, not the API.
+
+Logging in takes any token (a person's, or the bootstrap token); the session names who and the
+role. Logins, refused logins and logouts are recorded (``broker.access_events``).
 """
 
 from __future__ import annotations
@@ -15,30 +19,50 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from broker import access_events, guard
 from broker.access import (
     CSRF_HEADER,
     SESSION_COOKIE,
     SESSION_TTL_S,
+    CredentialRefused,
+    Principal,
     Session,
     open_session,
-    token_matches,
 )
 from broker.console import i18n
-from broker.log import get_logger
+from broker.errors import ServiceUnavailable
 from broker.settings import Settings
 
-__all__ = ["LOGIN", "PAGES", "STATIC", "login_redirect", "pages", "path_of", "public"]
+__all__ = [
+    "LOGIN",
+    "PAGES",
+    "PAGE_PERMISSIONS",
+    "STATIC",
+    "forbidden_page",
+    "login_redirect",
+    "pages",
+    "path_of",
+    "public",
+]
 
 LOGIN = "/console/login"
 STATIC = Path(__file__).parent / "static"
 PAGES = ("overview", "messages", "dead-letters", "refusals", "unmapped")
 """The pages, in the order of the navigation bar; ``overview`` is ``/console/``."""
+PAGE_PERMISSIONS = {
+    "overview": "overview.read",
+    "messages": "messages.read",
+    "dead-letters": "messages.read",
+    "refusals": "messages.read",
+    "unmapped": "config.read",
+}
+"""The permission each page needs (a message's trace page: ``messages.read``)."""
 
-_log = get_logger(__name__)
 _templates = Jinja2Templates(
     env=jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -57,7 +81,7 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 
-public = APIRouter(include_in_schema=False)
+public = APIRouter(include_in_schema=False, dependencies=[Depends(guard.public)])
 pages = APIRouter(prefix="/console", include_in_schema=False)
 
 
@@ -80,6 +104,8 @@ def _render(
 ) -> HTMLResponse:
     language = _language(request)
     texts = i18n.catalogue(language)
+    principal: Principal | None = getattr(request.state, "principal", None) if session else None
+    held = principal.permissions if principal is not None else frozenset()
     response = _templates.TemplateResponse(
         request,
         template,
@@ -90,7 +116,11 @@ def _render(
             "texts": texts,
             "csrf": session.csrf if session else "",
             "csrf_header": CSRF_HEADER,
-            "nav": [(page, path_of(page)) for page in PAGES],
+            "nav": [(page, path_of(page)) for page in PAGES if PAGE_PERMISSIONS[page] in held],
+            "may": held.__contains__,
+            "permissions": " ".join(sorted(held)),
+            "who": session.who if session else "",
+            "role": principal.role if principal is not None else "",
             "here": request.url.path,
             **context,
         },
@@ -126,10 +156,11 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:
 
 @public.post(LOGIN)
 async def login(request: Request) -> Response:
-    """Check the API token; on success open a session (the cookie) and go on."""
+    """Check the token (any role's); on success open a session (the cookie) and go on."""
     form = await _form(request)
     settings: Settings = request.app.state.settings
     target = _safe_next(form.get("next"))
+    peer = request.client.host if request.client else ""
     if settings.api_token is None:
         return _render(
             request,
@@ -139,13 +170,33 @@ async def login(request: Request) -> Response:
             error="login.not_configured",
             status_code=401,
         )
-    if not token_matches(settings, form.get("token", "")):
-        _log.warning("console.login_refused", peer=request.client.host if request.client else "")
+    try:
+        principal = await run_in_threadpool(
+            guard.authenticator(request).bearer, form.get("token", "")
+        )
+    except CredentialRefused as exc:
+        access_events.record("login_failed", "unknown", peer=peer, reason=str(exc))
         return _render(
             request, "login.html", session=None, next=target, error="login.wrong", status_code=401
         )
-    _, cookie = open_session(settings)
-    _log.info("console.login", peer=request.client.host if request.client else "")
+    except ServiceUnavailable:
+        return _render(
+            request,
+            "login.html",
+            session=None,
+            next=target,
+            error="login.unavailable",
+            status_code=503,
+        )
+    _, cookie = open_session(settings, principal)
+    access_events.record(
+        "login",
+        principal.who,
+        user=principal.who,
+        token_id=principal.credential,
+        role=principal.role,
+        peer=peer,
+    )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -154,7 +205,9 @@ async def login(request: Request) -> Response:
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Over HTTPS (served by Passerelle, or by a proxy in front) the cookie never travels
+        # in clear.
+        secure=request.url.scheme == "https" or settings.api_tls_cert is not None,
     )
     return response
 
@@ -168,13 +221,14 @@ def switch_language(language: str, next: str | None = None) -> RedirectResponse:
     return response
 
 
-@pages.post("/logout")
+@pages.post("/logout", dependencies=[Depends(guard.require_page(None))])
 async def logout(request: Request) -> Response:
     """End the session (with the page's CSRF token) and go to the login page."""
     session: Session = request.state.session
     form = await _form(request)
     if not session.csrf_matches(form.get("csrf")):
         return Response("missing or wrong CSRF token", status_code=403, media_type="text/plain")
+    access_events.record("logout", session.who, token_id=session.credential)
     response = RedirectResponse(LOGIN, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -195,10 +249,15 @@ for _name in PAGES:
         _page(_name),
         methods=["GET"],
         response_class=HTMLResponse,
+        dependencies=[Depends(guard.require_page(PAGE_PERMISSIONS[_name]))],
     )
 
 
-@pages.get("/messages/{envelope_id}", response_class=HTMLResponse)
+@pages.get(
+    "/messages/{envelope_id}",
+    response_class=HTMLResponse,
+    dependencies=[Depends(guard.require_page("messages.read"))],
+)
 def page_trace(request: Request, envelope_id: str) -> HTMLResponse:
     """One message's trace page (its figures come from ``/api/messages/{id}/trace``)."""
     return _render(
@@ -206,6 +265,14 @@ def page_trace(request: Request, envelope_id: str) -> HTMLResponse:
         "trace.html",
         session=request.state.session,
         envelope_id=envelope_id,
+    )
+
+
+def forbidden_page(request: Request, permission: str) -> HTMLResponse:
+    """The 403 page of a session whose role lacks ``permission`` (named on the page)."""
+    session: Session | None = getattr(request.state, "session", None)
+    return _render(
+        request, "forbidden.html", session=session, permission=permission, status_code=403
     )
 
 

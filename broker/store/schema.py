@@ -13,6 +13,7 @@ The migrations (``broker/store/migrations``) must produce exactly this schema:
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Double,
     Index,
@@ -25,7 +26,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["actions", "attempts", "deliveries", "identifiers", "messages", "metadata"]
+__all__ = [
+    "actions",
+    "attempts",
+    "deliveries",
+    "identifiers",
+    "messages",
+    "metadata",
+    "tokens",
+    "users",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -132,4 +142,38 @@ actions = Table(
     UniqueConstraint("record"),
     Index(None, "message_id"),
     Index(None, "at"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True, comment="a person's login or a system's name"),
+    Column(
+        "role", String(32), nullable=False, comment="admin, integrator, operator, auditor, sender"
+    ),
+    Column("adapter", String(128), comment="a sender's inbound adapter: it posts only as it"),
+    Column("active", Boolean, nullable=False, comment="false: every token of the user is refused"),
+    Column("created_at", Double, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True, comment="public: printed in the token and lists"),
+    Column("user_name", String(128), nullable=False),
+    Column("label", String(128), comment="what the token is for (a host, a scraper)"),
+    Column("digest", String(64), nullable=False, comment="SHA-256 of the token; never the token"),
+    Column(
+        "permissions", Text, comment="space-separated: narrower than the role; null: the role's"
+    ),
+    Column("created_at", Double, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("expires_at", Double, comment="null: never"),
+    Column("revoked_at", Double),
+    Column("revoked_by", String(256)),
+    Column("last_used_at", Double, comment="to the minute"),
+    UniqueConstraint("digest"),
+    Index(None, "user_name"),
 )

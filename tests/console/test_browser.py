@@ -105,7 +105,7 @@ def send(broker: EagerBroker, *messages: tuple[Any, str, str]) -> None:
 def log_in(page: Page, path: str = "/console/") -> None:
     page.goto(path)
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
-    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_label("Token", exact=True).fill(TOKEN)
     page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(re.compile(re.escape(path) + "$"))
 

@@ -100,7 +100,7 @@ def test_a_page_redirects_to_the_login_page_and_back(client: TestClient) -> None
 def test_a_wrong_token_is_refused_and_opens_no_session(client: TestClient) -> None:
     reply = client.post(LOGIN, data={"token": "not-the-token", "next": "/console/"})
     assert reply.status_code == 401
-    assert "This is not the API token." in reply.text
+    assert "This token is not accepted" in reply.text
     assert SESSION_COOKIE not in reply.cookies
     assert client.get("/console/").status_code == 303
 

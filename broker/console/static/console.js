@@ -5,6 +5,8 @@
 const Console = (() => {
   const texts = JSON.parse(document.getElementById("texts").textContent);
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  // What the session's role may do (the server refuses the rest anyway; this hides it).
+  const held = new Set(document.querySelector('meta[name="permissions"]').content.split(" "));
   const lang = document.documentElement.lang;
 
   /** The catalogue's text for key, with {name} placeholders filled from vars. */
@@ -159,5 +161,10 @@ const Console = (() => {
     return span;
   }
 
-  return { ApiError, age, api, badge, button, cell, fill, number, poll, show, states, t, when };
+  /** Whether the session's role holds a permission (messages.replay…). */
+  function may(permission) {
+    return held.has(permission);
+  }
+
+  return { ApiError, age, api, badge, button, cell, fill, may, number, poll, show, states, t, when };
 })();

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { api, button, cell, fill, number, show, t, when } = Console;
+  const { api, button, cell, fill, may, number, show, t, when } = Console;
   const params = new URLSearchParams(window.location.search);
   let subscriber = params.get("subscriber");
   let current = null;
@@ -58,7 +58,8 @@
           cell(t("dead.status." + d.status), "status"),
           cell(number(d.attempts), "attempts", "num"),
           cell(d.reason, "reason"),
-          cell(button(t("dead.show"), () => openOne(sub, d.id).catch(fail)), "actions"),
+          // One dead letter holds the message: only a role that may read bodies opens it.
+          cell(may("messages.content") ? button(t("dead.show"), () => openOne(sub, d.id).catch(fail)) : "", "actions"),
         );
         return tr;
       }),
@@ -95,27 +96,37 @@
         return tr;
       }),
     );
-    // The canonical Bundle holds patient data: it is shown only when asked for, to edit it.
-    document.getElementById("bundle").value = "";
-    document.getElementById("edit").open = false;
-    document.getElementById("why").value = "";
-    const open = record.status === "open";
-    document.getElementById("replay").disabled = !open;
-    document.getElementById("discard").disabled = !open;
+    const action = document.getElementById("action");
+    if (action) {
+      // The canonical Bundle holds patient data: it is shown only when asked for, to edit it.
+      const edit = document.getElementById("edit");
+      if (edit) {
+        document.getElementById("bundle").value = "";
+        edit.open = false;
+      }
+      document.getElementById("why").value = "";
+      const open = record.status === "open";
+      document.getElementById("replay").disabled = !open;
+      document.getElementById("discard").disabled = !open;
+    }
     section.hidden = false;
     section.scrollIntoView({ block: "start" });
   }
 
-  document.getElementById("load-bundle").addEventListener("click", () => {
-    const bundle = current && current.envelope ? current.envelope.bundle : null;
-    document.getElementById("bundle").value = bundle ? JSON.stringify(bundle, null, 2) : "";
-  });
+  const loadBundle = document.getElementById("load-bundle");
+  if (loadBundle) {
+    loadBundle.addEventListener("click", () => {
+      const bundle = current && current.envelope ? current.envelope.bundle : null;
+      document.getElementById("bundle").value = bundle ? JSON.stringify(bundle, null, 2) : "";
+    });
+  }
 
   document.getElementById("status").addEventListener("change", () => {
     if (subscriber) openList(subscriber).catch(fail);
   });
 
-  document.getElementById("action").addEventListener("submit", async (event) => {
+  const form = document.getElementById("action");
+  if (form) form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!current) return;
     const action = event.submitter ? event.submitter.value : "replay";
@@ -126,8 +137,9 @@
     }
     const body = { why };
     if (action === "replay") {
-      const edited = document.getElementById("bundle").value.trim();
-      if (document.getElementById("edit").open && edited) {
+      const edit = document.getElementById("edit");
+      const edited = edit ? document.getElementById("bundle").value.trim() : "";
+      if (edit && edit.open && edited) {
         try {
           body.corrected_bundle = JSON.parse(edited);
         } catch (_) {

@@ -25,6 +25,7 @@
 
   function content(detailsId, text) {
     const details = document.getElementById(detailsId);
+    if (!details) return; // withheld: the role may not read message bodies
     details.querySelector("pre").textContent = text || t("trace.nothing");
   }
 

@@ -1,0 +1,48 @@
+"""What happened to access, for the audit trail: logins, tokens created and revoked, user changes.
+
+Every part that changes or checks access calls :func:`record` and nothing else; today it logs a
+structlog event (``access.<kind>``), and the audit trail (issue 10, its own branch) takes it
+over at merge by changing this one function. Events carry names and ids only: a user's name, a
+token's public id, a role, an adapter, the client's address; never a token.
+"""
+
+from __future__ import annotations
+
+from broker.log import get_logger
+
+__all__ = ["KINDS", "record"]
+
+KINDS = frozenset(
+    {
+        "login",  # a console login with a token (who: the token's user)
+        "login_failed",  # a console login refused (who: "unknown"; reason: why)
+        "logout",
+        "token_created",
+        "token_revoked",
+        "user_added",
+        "user_disabled",
+        "user_enabled",
+    }
+)
+"""The kinds of access event; another kind is a programming error."""
+
+IDS = frozenset({"user", "token_id", "role", "adapter", "peer", "reason", "permissions"})
+"""The keys an event may carry besides who acted (each on ``broker.log.ALLOWED_KEYS``)."""
+
+_log = get_logger("broker.access")
+
+
+def record(kind: str, who: str, **ids: str | None) -> None:
+    """Record an access event: ``kind`` done by ``who`` (a user's name, ``api``, ``cli:<login>``).
+
+    Raises:
+        ValueError: an unknown kind or key (a programming error, caught by the tests).
+    """
+    if kind not in KINDS:
+        msg = f"unknown access event {kind!r}; known: {', '.join(sorted(KINDS))}"
+        raise ValueError(msg)
+    unknown = sorted(set(ids) - IDS)
+    if unknown:
+        msg = f"access event key {unknown[0]!r} is not one of {', '.join(sorted(IDS))}"
+        raise ValueError(msg)
+    _log.info(f"access.{kind}", who=who, **{k: v for k, v in ids.items() if v is not None})
