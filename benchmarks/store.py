@@ -30,6 +30,8 @@ from broker.translate import translate
 from passerelle_demo.synthetic import adt, patients
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
+BATCH = 150
+"""Messages per drain batch (their records are one pl:store entry), as at saturation."""
 
 
 def _fill(client: redis.Redis, count: int) -> None:
@@ -47,6 +49,8 @@ def _fill(client: redis.Redis, count: int) -> None:
         for p in people
     ]
     pipe = client.pipeline(transaction=False)
+    routed: trail.Records = []
+    attempts: dict[str, trail.Records] = {"a": [], "b": []}
     for number in range(count):
         raw = adt(people[number % len(people)], "A01", control_id=f"B-{number}")
         envelope_id = new_id()
@@ -60,10 +64,10 @@ def _fill(client: redis.Redis, count: int) -> None:
             update={"state": MessageState.ROUTED, "control_id": f"B-{number}", "partition": 0}
         )
         pipe.set(keys.envelope(envelope_id), envelope.model_dump_json())
-        pipe.xadd(keys.STORE, {"k": "msg", "env": envelope_id, "st": "routed", "to": "a,b"})
-        for subscriber in ("a", "b"):
+        routed.append({"k": "msg", "env": envelope_id, "st": "routed", "to": "a,b"})
+        for subscriber, records in attempts.items():
             trail.attempted(
-                pipe,
+                records,
                 subscriber,
                 envelope_id,
                 at=time.time(),
@@ -72,8 +76,12 @@ def _fill(client: redis.Redis, count: int) -> None:
                 reply="HTTP 200",
                 digest="0" * 64,
             )
-        if number % 500 == 499:
+        if number % BATCH == BATCH - 1:  # as the drains send them: one entry per batch
+            for records in (routed, *attempts.values()):
+                trail.flush(pipe, records)
             pipe.execute()
+    for records in (routed, *attempts.values()):
+        trail.flush(pipe, records)
     pipe.execute()
 
 

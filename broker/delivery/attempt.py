@@ -52,15 +52,15 @@ class Outcome:
     reply: str | None = None
     digest: str | None = None
 
-    def record(self, pipe: Any, subscriber: str, envelope_id: str) -> None:
-        """Queue this attempt's record for the message store on ``pipe`` (``broker.trail``)."""
+    def record(self, records: trail.Records, subscriber: str, envelope_id: str) -> None:
+        """Add this attempt's record for the message store to ``records`` (``broker.trail``)."""
         if self.delivered:
             outcome, error = "delivered", None
         else:
             outcome = "retrying" if self.retry_after is not None else "failed"
             error = self.attempts[-1]["error"] if self.attempts else self.reason
         trail.attempted(
-            pipe,
+            records,
             subscriber,
             envelope_id,
             at=self.at,

@@ -118,6 +118,7 @@ def drain_outbound(
             handled: list[str] = []
             batch_delivered = 0
             latencies: list[float] = []
+            records: trail.Records = []
             pipe = client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
@@ -154,7 +155,7 @@ def drain_outbound(
                 envelope = Envelope.model_validate_json(raw)
                 outcome = attempt(client, subscriber, sender, entry_id, envelope)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
-                outcome.record(pipe, sub, envelope_id)
+                outcome.record(records, sub, envelope_id)
                 if outcome.retry_after is not None:
                     delay = outcome.retry_after
                     client.set(
@@ -202,6 +203,7 @@ def drain_outbound(
                         dead_letters.resolve(sub, fields[b"dead"].decode())
                 handled.append(entry_id)
                 lock.renew()
+            trail.flush(pipe, records)
             if handled:
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)

@@ -16,7 +16,7 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, latency
+from broker import keys, latency, trail
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import Outcome, attempt
 from broker.delivery.dead_letter import DeadLetterStore
@@ -85,8 +85,10 @@ def release_patient(
                     if envelope is not None
                     else Outcome(dead=True, reason="the envelope expired before delivery")
                 )
+                records: trail.Records = []
                 if raw is not None and not outcome.delivered:
-                    outcome.record(client, sub, envelope_id)
+                    outcome.record(records, sub, envelope_id)
+                    trail.flush(client, records)
                 if outcome.retry_after is not None:
                     kicker.later(RELEASE_PATIENT, [sub, patient], outcome.retry_after)
                     return delivered
@@ -107,7 +109,8 @@ def release_patient(
                 pipe.xdel(stream, entry_id_raw)
                 pipe.hdel(keys.ATTEMPTS + sub, entry_id)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
-                outcome.record(pipe, sub, envelope_id)
+                outcome.record(records, sub, envelope_id)
+                trail.flush(pipe, records)
                 if envelope is not None:
                     latency.observe(pipe, sub, [time.time() - envelope.received_at.timestamp()])
                 pipe.execute()

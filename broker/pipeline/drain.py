@@ -110,6 +110,7 @@ def drain_inbound(
                     continue
                 break
             pipe = client.pipeline(transaction=True)
+            records: trail.Records = []
             touched: Counter[str] = Counter()
             acks: set[str] = set()
             unmapped: dict[str, Counter[str]] = {}
@@ -148,7 +149,7 @@ def drain_inbound(
                         reason=envelope.reason,
                     )
                 envelope = envelope.model_copy(update={"partition": partition})
-                trail.routed(pipe, envelope, destinations, subscribers)
+                trail.routed(records, envelope, destinations, subscribers)
                 for destination in destinations:
                     entry: dict[str, str | int] = {
                         "env": envelope.id,
@@ -169,6 +170,7 @@ def drain_inbound(
                     unmapped.setdefault(envelope.source, Counter()).update(dropped)
                 if _application_ack(adapters, pipe, envelope, raw):
                     acks.add(envelope.source)
+            trail.flush(pipe, records)
             pipe.xack(stream, keys.PIPELINE_GROUP, *[entry_id for entry_id, _ in entries])
             for state, count in counts.items():
                 pipe.hincrby(keys.STATS, state, count)

@@ -18,6 +18,7 @@ __all__ = [
     "ack_code",
     "identifier_rows",
     "message_row",
+    "read_records",
     "rejected_row",
     "reply_codes",
     "sniff_msh",
@@ -92,6 +93,34 @@ def reply_codes(reply: str) -> tuple[str | None, int | None]:
     return None, None
 
 
+def read_records(
+    entries: list[tuple[str, dict[bytes, bytes] | None]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """The records of ``pl:store`` entries, each as (its id, its fields as a JSON object).
+
+    A ``many`` entry (a drain's batch, ``broker.trail.flush``) holds several records: the i-th
+    is ``ENTRY.i``, an id as unique and as stable as the entry's (the rows it makes are written
+    once). Entries of the version before ``many`` (``att`` with its fields in ``d``, ``off`` as
+    JSON text) read the same. An entry deleted after it was read once has nothing left.
+    """
+    records: list[tuple[str, dict[str, Any]]] = []
+    for entry_id, fields in entries:
+        if not fields:
+            continue
+        kind = fields.get(b"k")
+        if kind == b"many":
+            items = pydantic_core.from_json(fields[b"d"])
+            records.extend((f"{entry_id}.{i}", item) for i, item in enumerate(items))
+        elif kind == b"att" and b"d" in fields:
+            records.append((entry_id, {**pydantic_core.from_json(fields[b"d"]), "k": "att"}))
+        else:
+            record: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
+            if "off" in record:
+                record["off"] = pydantic_core.from_json(record["off"])
+            records.append((entry_id, record))
+    return records
+
+
 def json_text(value: Any) -> str:
     """``value`` as compact UTF-8 JSON text, by pydantic-core's serialiser (Rust): a sixth of
     ``json.dumps``'s time for a canonical Bundle; the writer writes four per message."""
@@ -124,12 +153,13 @@ def identifier_rows(message_id: str, bundle: dict[str, Any] | None) -> list[dict
 
 
 def message_row(
-    record: dict[bytes, bytes],
+    record: dict[str, Any],
     envelope: dict[str, Any] | None,
     journal: dict[bytes, bytes] | None,
     now: float,
 ) -> dict[str, Any]:
-    """The ``messages`` row of a ``msg`` record, its envelope (JSON) and journal entry."""
+    """The ``messages`` row of a ``msg`` record (:func:`read_records`), its envelope (JSON) and
+    journal entry."""
     env = envelope or {}
     entry = journal or {}
     ack = entry.get(b"ack")
@@ -139,7 +169,7 @@ def message_row(
     if env.get("control_id") is None and raw and env.get("content_type") != "application/fhir+json":
         header = sniff_msh(raw)  # a message that failed before the pipeline read its MSH
     return {
-        "id": record[b"env"].decode(),
+        "id": str(record["env"]),
         "received_at": _epoch(env.get("received_at"), now),
         "adapter": env.get("source") or _text(entry.get(b"source")) or "?",
         "peer": _text(entry.get(b"peer")),
@@ -148,7 +178,7 @@ def message_row(
         "sender": env.get("sender") or header.get("sender"),
         "event": env.get("event") or header.get("event"),
         "version": env.get("version") or header.get("version"),
-        "state": record.get(b"st", b"routed").decode(),
+        "state": str(record.get("st") or "routed"),
         "reason": env.get("reason"),
         "partition_key": env.get("partition_key"),
         "partition": env.get("partition"),
