@@ -10,6 +10,7 @@ failure, JSON output, option types):
 - ``ops``: ``replay``; ``dead_letters``: ``dead-letters ...``: a running broker's deliveries
 - ``messages``: ``messages search|show|trace``: the message store; ``store``: its writer role,
   ``store upgrade|purge``
+- ``policy``: ``policy explain``, ``consent add|list|revoke``: data-sharing policies and consent
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -34,6 +35,7 @@ from broker.cli.messages import messages_app
 from broker.cli.ops import replay
 from broker.cli.peers import ping, send
 from broker.cli.plugins import register_plugins
+from broker.cli.policy import consent_app, policy_app
 from broker.cli.processes import api, beat, listen, serve, worker
 from broker.cli.status import status
 from broker.cli.store import store_app
@@ -64,6 +66,8 @@ def build_app() -> typer.Typer:
     app.add_typer(dead_letters_app, name="dead-letters")
     app.add_typer(messages_app, name="messages")
     app.add_typer(store_app, name="store")
+    app.add_typer(policy_app, name="policy")
+    app.add_typer(consent_app, name="consent")
     register_plugins(app)
     app.callback()(_main_options)
     return app

@@ -25,7 +25,15 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["actions", "attempts", "deliveries", "identifiers", "messages", "metadata"]
+__all__ = [
+    "actions",
+    "attempts",
+    "consents",
+    "deliveries",
+    "identifiers",
+    "messages",
+    "metadata",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -112,6 +120,7 @@ attempts = Table(
     Column("reply", Text, comment="what the receiver said (bounded)"),
     Column("error", Text),
     Column("digest", String(64), comment="SHA-256 of the payload sent"),
+    Column("policy", String(160), comment="the data-sharing policy and purpose: policy-id/PURPOSE"),
     UniqueConstraint("record"),
     Index(None, "message_id", "subscriber"),
     Index(None, "at"),
@@ -132,4 +141,23 @@ actions = Table(
     UniqueConstraint("record"),
     Index(None, "message_id"),
     Index(None, "at"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("system", String(512), nullable=False, comment="the patient identifier's system"),
+    Column("value", String(256), nullable=False),
+    Column("subscriber", String(128), comment="the subscriber it applies to; empty: all"),
+    Column("action", String(16), nullable=False, comment="block or restrict"),
+    Column("reason", Text, nullable=False),
+    Column("valid_from", Double, nullable=False),
+    Column("valid_until", Double),
+    Column("who", String(256), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double),
+    Column("revoked_by", String(256)),
+    Index(None, "system", "value"),
+    Index(None, "created_at"),
 )

@@ -1,0 +1,347 @@
+"""What one subscriber may receive of one message: subscription, policy and consent, applied.
+
+``disclose`` is run by the delivery drains before rendering (``broker.delivery.attempt``), for
+first deliveries, releases, replays and resends alike, so the registration and consents in
+force *at sending time* decide; routing runs the cheap, consent-free part (``refusal``) so a
+message no policy lets through is FILTERED at once with the policy's reason.
+
+Without a policy and without a consent on the message's patient, ``disclose`` returns the
+envelope as it is: the cost is a subscription check and a dictionary look-up per identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from broker.envelope import Envelope
+from broker.policy.consent import Consent, Consents
+from broker.policy.spec import CONFIDENTIALITY, CONFIDENTIALITY_SYSTEM, PolicySpec
+
+if TYPE_CHECKING:
+    from broker.adapters.spec import AdapterSpec
+
+__all__ = ["Change", "Disclosure", "disclose", "patient_identifiers", "refusal"]
+
+_KEPT = frozenset({"resourceType", "id", "meta"})
+"""What a restricted resource always keeps of itself."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing the policy or a consent did to the payload (no value: it may be PHI)."""
+
+    action: str
+    """``removed``, ``masked``, ``pseudonymised`` or ``restricted``."""
+    element: str
+    """The element or entry: ``Patient.telecom``, ``Observation (entry 3)``."""
+    rule: str
+    """What did it: ``remove[0]``, ``mask[1]``, ``resource_types``, ``consent 4f2a…``."""
+    count: int = 1
+
+
+@dataclass
+class Disclosure:
+    """The outcome of ``disclose``.
+
+    Attributes:
+        envelope: what to render and send; ``None`` when nothing may be sent.
+        reason: why nothing is sent (a sentence with no patient data), or ``None``.
+        policy: ``policy-id/PURPOSE`` when a policy applied, for the delivery record.
+        changes: what was removed, masked, pseudonymised or restricted.
+        consents: the consent entries that applied.
+    """
+
+    envelope: Envelope | None
+    reason: str | None = None
+    policy: str | None = None
+    changes: list[Change] = field(default_factory=list)
+    consents: list[Consent] = field(default_factory=list)
+
+
+def _level(meta: Any) -> str | None:
+    """The highest v3 Confidentiality code in a ``meta.security``, or None."""
+    if not isinstance(meta, dict):
+        return None
+    found = [
+        label.get("code")
+        for label in meta.get("security") or []
+        if isinstance(label, dict)
+        and label.get("system") == CONFIDENTIALITY_SYSTEM
+        and label.get("code") in CONFIDENTIALITY
+    ]
+    return max(found, key=CONFIDENTIALITY.index) if found else None
+
+
+def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+
+
+def refusal(subscriber: AdapterSpec, envelope: Envelope) -> str | None:
+    """Why ``subscriber``'s policy refuses ``envelope`` outright, or None (no consent looked at).
+
+    Refused: a source or event the policy does not allow, a Bundle labelled above the policy's
+    confidentiality, or no resource left once the types it does not allow are taken out.
+    """
+    policy = subscriber.policy
+    if policy is None:
+        return None
+    name = policy.id or subscriber.id
+    if not policy.allows_source(envelope.source):
+        return f"policy {name} takes no message from {envelope.source}"
+    if not policy.allows_event(envelope.event or ""):
+        return f"policy {name} does not allow {envelope.event or 'this event'}"
+    bundle = envelope.bundle or {}
+    level = _level(bundle.get("meta"))
+    if level is not None and not policy.allows_level(level):
+        return (
+            f"policy {name} allows confidentiality up to {policy.confidentiality}; "
+            f"the message is labelled {level}"
+        )
+    if policy.resource_types is not None:
+        allowed = set(policy.resource_types) | {"MessageHeader"}
+        kinds = {r.get("resourceType") for r in _resources(bundle)} - {"MessageHeader"}
+        if kinds and not kinds & allowed:
+            shown = ", ".join(sorted(str(k) for k in kinds))
+            return f"policy {name} allows none of the message's resource types ({shown})"
+    return None
+
+
+def patient_identifiers(bundle: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(system, value) of every identifier of the Bundle's Patient resources."""
+    found = []
+    for resource in _resources(bundle or {}):
+        if resource.get("resourceType") != "Patient":
+            continue
+        for ident in resource.get("identifier") or []:
+            if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+                found.append((str(ident["system"]), str(ident["value"])))
+    return found
+
+
+def _not_subscribed(subscriber: AdapterSpec, envelope: Envelope) -> str | None:
+    subscription = subscriber.subscribe
+    if not subscriber.enabled:
+        return "the subscriber is disabled"
+    if subscription is None:
+        return "the subscriber subscribes to no event"
+    if subscription.sources is not None and envelope.source not in subscription.sources:
+        return f"the subscriber takes no message from {envelope.source}"
+    if not subscription.wants(envelope.event or "", envelope.source):
+        return f"the subscriber does not subscribe to {envelope.event or 'this event'}"
+    return None
+
+
+def disclose(
+    subscriber: AdapterSpec,
+    envelope: Envelope,
+    consents: Callable[[], Consents],
+    *,
+    now: float | None = None,
+) -> Disclosure:
+    """Apply ``subscriber``'s subscription, policy and the patient's consents to ``envelope``.
+
+    Args:
+        subscriber: the registration in force now.
+        envelope: the canonical message (not modified).
+        consents: returns the consent registry's current snapshot (called once).
+        now: the time consents are judged at (epoch seconds; default now).
+
+    Raises:
+        RetryableDeliveryError: from ``consents``, when the registry cannot be read.
+    """
+    reason = _not_subscribed(subscriber, envelope) or refusal(subscriber, envelope)
+    policy = subscriber.policy
+    label = policy.label(subscriber.id) if policy is not None else None
+    if reason is not None:
+        return Disclosure(None, reason=reason, policy=label)
+    bundle = envelope.bundle or {}
+    registry = consents()
+    applying = registry.applying(
+        subscriber.id, patient_identifiers(bundle), time.time() if now is None else now
+    )
+    if policy is None and not applying:
+        return Disclosure(envelope)
+    blocked = next((c for c in applying if c.action == "block"), None)
+    if blocked is not None:
+        why = f"the patient's consent {blocked.id} blocks sharing with {subscriber.id}"
+        return Disclosure(None, reason=why, policy=label, consents=applying)
+    restricted = next((c for c in applying if c.action == "restrict"), None)
+    shaped, changes = _shape(policy, subscriber.id, bundle, restricted)
+    if shaped is None:
+        why = "nothing is left to send once the policy and consents are applied"
+        return Disclosure(None, reason=why, policy=label, changes=changes, consents=applying)
+    return Disclosure(
+        envelope.model_copy(update={"bundle": shaped}),
+        policy=label,
+        changes=changes,
+        consents=applying,
+    )
+
+
+def _copy(node: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars): a third of ``copy.deepcopy``'s time."""
+    if isinstance(node, dict):
+        return {k: _copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
+
+
+def _shape(
+    policy: PolicySpec | None,
+    subscriber: str,
+    bundle: dict[str, Any],
+    restricted: Consent | None,
+) -> tuple[dict[str, Any] | None, list[Change]]:
+    """The Bundle as the policy (and a restricting consent) let it leave, and what changed.
+
+    Returns ``None`` for the Bundle when no resource but the MessageHeader is left.
+    """
+    from broker.policy.spec import PolicySpec as _Policy
+
+    rules = policy if policy is not None else _Policy(purpose="TREAT")
+    changes: list[Change] = []
+    allowed = set(rules.resource_types or []) | {"MessageHeader"}
+    minimum = rules.minimum_elements() if restricted is not None else None
+    entries: list[dict[str, Any]] = []
+    dropped: set[str] = set()
+    for index, entry in enumerate(bundle.get("entry") or []):
+        resource = entry.get("resource") or {}
+        kind = str(resource.get("resourceType"))
+        why = None
+        if kind != "MessageHeader":
+            level = _level(resource.get("meta"))
+            if rules.resource_types is not None and kind not in allowed:
+                why = "resource_types"
+            elif level is not None and not rules.allows_level(level):
+                why = f"confidentiality {rules.confidentiality} (labelled {level})"
+            elif minimum is not None and kind not in minimum:
+                why = f"consent {restricted.id if restricted else ''} (restrict)"
+        if why is not None:
+            changes.append(Change("removed", f"{kind} (entry {index})", why))
+            if entry.get("fullUrl"):
+                dropped.add(str(entry["fullUrl"]))
+            continue
+        entries.append(entry)
+    if not any((e.get("resource") or {}).get("resourceType") != "MessageHeader" for e in entries):
+        return None, changes
+    out = dict(bundle)
+    out["entry"] = [_copy(e) for e in entries]
+    resources = _resources(out)
+    if dropped:
+        for resource in resources:
+            _drop_references(resource, dropped)
+    if minimum is not None and restricted is not None:
+        for resource in resources:
+            kept = minimum.get(str(resource.get("resourceType")))
+            if kept is None:
+                continue
+            for key in [k for k in resource if k not in kept and k not in _KEPT]:
+                del resource[key]
+                changes.append(
+                    Change(
+                        "restricted",
+                        f"{resource['resourceType']}.{key}",
+                        f"consent {restricted.id} (restrict)",
+                    )
+                )
+    if policy is not None:
+        _apply_rules(policy, resources, changes)
+        if policy.pseudonymise is not None:
+            _pseudonymise(policy, subscriber, out, changes)
+    return out, changes
+
+
+def _apply_rules(
+    policy: PolicySpec, resources: list[dict[str, Any]], changes: list[Change]
+) -> None:
+    for index, path in enumerate(policy.removed):
+        count = sum(
+            path.remove(r) for r in resources if r.get("resourceType") == path.resource_type
+        )
+        if count:
+            changes.append(Change("removed", path.text, f"remove[{index}]", count))
+    for index, mask in enumerate(policy.mask):
+        path = mask.compiled
+        count = sum(
+            path.mask(r, mask.with_)
+            for r in resources
+            if r.get("resourceType") == path.resource_type
+        )
+        if count:
+            changes.append(Change("masked", path.text, f"mask[{index}]", count))
+
+
+def _drop_references(node: Any, dropped: set[str]) -> None:
+    """Remove from ``node`` (in place) every Reference to an entry that was taken out."""
+    if isinstance(node, dict):
+        for key in list(node):
+            value = node[key]
+            if isinstance(value, dict) and value.get("reference") in dropped:
+                del node[key]
+            elif isinstance(value, list):
+                kept = [
+                    v for v in value if not (isinstance(v, dict) and v.get("reference") in dropped)
+                ]
+                if len(kept) != len(value):
+                    if kept:
+                        node[key] = kept
+                    else:
+                        del node[key]
+                for v in kept:
+                    _drop_references(v, dropped)
+            else:
+                _drop_references(value, dropped)
+
+
+def pseudonym(key: bytes, system: str, value: str) -> str:
+    """The keyed pseudonym of one identifier: HMAC-SHA256(key, ``system|value``), 32 hex digits."""
+    digest = hmac.new(key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
+    return digest[:32]
+
+
+def _pseudonymise(
+    policy: PolicySpec, subscriber: str, bundle: dict[str, Any], changes: list[Change]
+) -> None:
+    """Replace every Identifier of a named system, anywhere in ``bundle`` (in place)."""
+    spec = policy.pseudonymise
+    assert spec is not None
+    systems, key = spec.systems, spec.key
+    counts: dict[str, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            system = node.get("system")
+            if isinstance(system, str) and system in systems and "value" in node:
+                node["value"] = pseudonym(key, system, str(node["value"]))
+                node["system"] = systems[system]
+                counts[system] = counts.get(system, 0) + 1
+            for value in node.values():
+                if isinstance(value, dict | list):
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, dict | list):
+                    walk(value)
+
+    for entry in bundle.get("entry") or []:
+        walk(entry.get("resource"))
+    for index, item in enumerate(spec.identifiers):
+        if counts.get(item.system):
+            changes.append(
+                Change(
+                    "pseudonymised",
+                    f"Identifier (system {item.system})",
+                    f"pseudonymise.identifiers[{index}]",
+                    counts[item.system],
+                )
+            )
