@@ -19,7 +19,8 @@ from broker.api.auth import Who, require_token
 from broker.api.messages import get_store
 from broker.api.operations import ID_PATTERN, SUBSCRIBER_PATTERN
 from broker.errors import BrokerError
-from broker.policy import ConsentError, ConsentLookup, ConsentRegistry
+from broker.policy import ConsentError, ConsentLookup
+from broker.store import ConsentRegistry
 
 __all__ = ["router"]
 
@@ -99,8 +100,8 @@ def explain_policy(
 ) -> dict[str, Any]:
     """Whether ``message`` would be sent to ``subscriber`` now, the payload, and why."""
     from broker import keys
+    from broker.delivery.explain import explain
     from broker.envelope import Envelope
-    from broker.policy.explain import explain
     from broker.store import stored_envelope
 
     config = getattr(request.app.state, "config", None)

@@ -12,6 +12,7 @@ subscriber or message).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,10 +22,12 @@ from broker.cli._common import fail, print_json
 from broker.cli.ops import ByOpt, WhyOpt, attempt, connect, ops_settings, who_acts, why_given
 
 if TYPE_CHECKING:
+    import redis
     import sqlalchemy
 
-    from broker.policy import ConsentRegistry
+    from broker.envelope import Envelope
     from broker.settings import Settings
+    from broker.store import ConsentRegistry
 
 __all__ = ["consent_app", "policy_app"]
 
@@ -52,9 +55,9 @@ def explain_command(
 ) -> None:
     """Show whether MESSAGE would be sent to SUBSCRIBER now, the payload, and why (JSON)."""
     from broker.config import load_config
+    from broker.delivery.explain import explain
     from broker.errors import BrokerError
     from broker.policy import ConsentLookup
-    from broker.policy.explain import explain
     from broker.store import StoredEnvelopes
 
     settings = ops_settings()
@@ -80,28 +83,27 @@ def explain_command(
     print_json(attempt(lambda: explain(spec, envelope, consents, config.watcher.current)))
 
 
-def _envelope(client: object, stored: object, message: str) -> object:
-    import redis
-
+def _envelope(
+    client: redis.Redis, stored: Callable[[str], Envelope | None], message: str
+) -> Envelope | None:
+    """The message's envelope from Redis, else from the message store, else None."""
     from broker import keys
     from broker.envelope import Envelope
     from broker.errors import BrokerError
 
-    assert isinstance(client, redis.Redis)
     raw = client.get(keys.envelope(message))
     if raw is not None:
         return Envelope.model_validate_json(raw)
     try:
-        return stored(message)  # type: ignore[operator]
+        return stored(message)
     except BrokerError:
         return None
 
 
 def _registry(settings: Settings) -> ConsentRegistry:
     from broker.errors import BrokerError
-    from broker.policy import ConsentRegistry
+    from broker.store import ConsentRegistry, upgrade
     from broker.store import connect as connect_store
-    from broker.store import upgrade
 
     client = connect(settings)
     try:

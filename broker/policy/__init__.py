@@ -4,8 +4,8 @@ before anything leaves (docs/security.md, "Data-sharing policies and consent").
 - ``spec``: the ``policy:`` block of a registration, checked and compiled at load
 - ``paths``: the element paths a policy removes or masks
 - ``disclose``: subscription, policy and consents applied to one message for one subscriber
-- ``consent``: the consent / opt-out registry (the store's ``consents`` table) and its cache
-- ``explain``: ``passerelle policy explain``: what would be sent, and why
+- ``consent``: the consent / opt-out registry as the drains read it (a cached snapshot);
+  ``broker.store.consents`` changes it, ``broker.delivery.explain`` explains a decision
 """
 
 from broker.policy.consent import (
@@ -13,7 +13,6 @@ from broker.policy.consent import (
     Consent,
     ConsentError,
     ConsentLookup,
-    ConsentRegistry,
     Consents,
     snapshot,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "Consent",
     "ConsentError",
     "ConsentLookup",
-    "ConsentRegistry",
     "Consents",
     "Disclosure",
     # the registration's block

@@ -1,6 +1,7 @@
 """The patient consent / opt-out registry: who blocked or restricted sharing, with whom, why.
 
-The registry's system of record is the message store's ``consents`` table (SQL). The delivery
+The registry's system of record is the message store's ``consents`` table (SQL), changed by
+``broker.store.consents.ConsentRegistry``. The delivery
 drains consult it for every message, so they keep a snapshot in memory: once per batch they
 read one Redis counter (``pl:consent:version``), and load the snapshot again only when a
 change (``ConsentRegistry.add``/``revoke``, API and CLI) has bumped it. A snapshot that cannot
@@ -14,9 +15,8 @@ the policy's ``minimum`` elements are sent), for a period, with who recorded it 
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import redis
@@ -29,8 +29,8 @@ __all__ = [
     "Consent",
     "ConsentError",
     "ConsentLookup",
-    "ConsentRegistry",
     "Consents",
+    "consent_of",
     "snapshot",
 ]
 
@@ -102,13 +102,22 @@ class Consents:
 EMPTY = Consents([])
 
 
-def _table() -> sa.Table:
-    from broker.store.schema import consents
+_TABLE = sa.table(
+    "consents",
+    *(
+        sa.column(name)
+        for name in (
+            "id", "system", "value", "subscriber", "action", "reason", "valid_from",
+            "valid_until", "who", "created_at", "revoked_at", "revoked_by",
+        )
+    ),
+)  # fmt: skip
+"""The store's ``consents`` table as far as reading it goes (``broker.store.schema`` defines it;
+this package sits below the store, so it names the columns it reads)."""
 
-    return consents
 
-
-def _row(row: Any) -> Consent:
+def consent_of(row: Any) -> Consent:
+    """A ``Consent`` from a ``consents`` row."""
     return Consent(
         id=row.id,
         system=row.system,
@@ -125,128 +134,27 @@ def _row(row: Any) -> Consent:
     )
 
 
-class ConsentRegistry:
-    """Reads and changes the registry in the store; every change bumps ``VERSION_KEY``.
-
-    Args:
-        engine: the message store (schema up to date).
-        client: the broker's Redis, told of each change.
-    """
-
-    def __init__(self, engine: sa.Engine, client: redis.Redis) -> None:
-        self.engine = engine
-        self.client = client
-
-    def add(
-        self,
-        *,
-        system: str,
-        value: str,
-        action: str,
-        reason: str,
-        who: str,
-        subscriber: str | None = None,
-        valid_from: float | None = None,
-        valid_until: float | None = None,
-    ) -> Consent:
-        """Record a consent; return it.
-
-        Raises:
-            ConsentError: an empty identifier or reason, an unknown action, or a period that
-                ends before it starts.
-        """
-        if not system.strip() or not value.strip():
-            raise ConsentError("a consent names the patient's identifier: its system and value")
-        if action not in ("block", "restrict"):
-            msg = f"unknown consent action {action!r}; expected block or restrict"
-            raise ConsentError(msg)
-        if not reason.strip():
-            raise ConsentError("a consent says why (it is recorded with who and when)")
-        now = time.time()
-        start = now if valid_from is None else valid_from
-        if valid_until is not None and valid_until <= start:
-            raise ConsentError("the consent's period ends before it starts")
-        entry = Consent(
-            id=uuid.uuid4().hex,
-            system=system.strip(),
-            value=value.strip(),
-            subscriber=subscriber or None,
-            action=action,
-            reason=reason.strip(),
-            valid_from=start,
-            valid_until=valid_until,
-            who=who,
-            created_at=now,
-        )
-        with self.engine.begin() as connection:
-            connection.execute(_table().insert().values(**entry.public()))
-        self.client.incr(VERSION_KEY)
-        return entry
-
-    def revoke(self, consent_id: str, *, who: str) -> Consent:
-        """Revoke a consent (kept, with who and when).
-
-        Raises:
-            ConsentError: no such consent, or already revoked.
-        """
-        table = _table()
-        with self.engine.begin() as connection:
-            row = connection.execute(sa.select(table).where(table.c.id == consent_id)).first()
-            if row is None:
-                msg = f"no consent {consent_id}"
-                raise ConsentError(msg)
-            if row.revoked_at is not None:
-                msg = f"consent {consent_id} is already revoked"
-                raise ConsentError(msg)
-            connection.execute(
-                table.update()
-                .where(table.c.id == consent_id)
-                .values(revoked_at=time.time(), revoked_by=who)
-            )
-            row = connection.execute(sa.select(table).where(table.c.id == consent_id)).one()
-        self.client.incr(VERSION_KEY)
-        return _row(row)
-
-    def list(
-        self,
-        *,
-        system: str | None = None,
-        value: str | None = None,
-        subscriber: str | None = None,
-        revoked: bool = False,
-    ) -> list[Consent]:
-        """The consents, newest first, filtered by identifier and subscriber."""
-        table = _table()
-        query = sa.select(table).order_by(table.c.created_at.desc())
-        if system:
-            query = query.where(table.c.system == system)
-        if value:
-            query = query.where(table.c.value == value)
-        if subscriber:
-            query = query.where(
-                sa.or_(table.c.subscriber == subscriber, table.c.subscriber.is_(None))
-            )
-        if not revoked:
-            query = query.where(table.c.revoked_at.is_(None))
-        with self.engine.connect() as connection:
-            return [_row(r) for r in connection.execute(query)]
-
-
 _cache: dict[str, tuple[bytes | None, Consents]] = {}
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
 
 
 def _load(url: str) -> Consents:
-    from broker.store import connect
-
     engine = _engines.get(url)
     if engine is None:
-        engine = _engines[url] = connect(url)
-    table = _table()
+        parsed = sa.engine.make_url(url)
+        local = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        if local and not Path(str(parsed.database)).exists():
+            msg = "there is no message store yet"
+            raise ServiceUnavailable(msg)
+        engine = _engines[url] = sa.create_engine(parsed, pool_pre_ping=True)
     with engine.connect() as connection:
-        rows = connection.execute(sa.select(table).where(table.c.revoked_at.is_(None)))
-        return Consents([_row(r) for r in rows])
+        rows = connection.execute(sa.select(_TABLE).where(_TABLE.c.revoked_at.is_(None)))
+        return Consents([consent_of(r) for r in rows])
 
 
 def snapshot(client: redis.Redis, store_url: str) -> Consents:
@@ -266,7 +174,13 @@ def snapshot(client: redis.Redis, store_url: str) -> Consents:
     with _lock:
         try:
             found = _load(store_url)
-        except (ServiceUnavailable, sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        except (
+            ServiceUnavailable,
+            sa.exc.OperationalError,
+            sa.exc.ProgrammingError,
+            sa.exc.ArgumentError,
+            ImportError,
+        ) as exc:
             if version is None:
                 found = EMPTY  # no store, or no consents table yet, and nobody ever changed one
             else:

@@ -16,16 +16,34 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from broker.envelope import Envelope
 from broker.policy.consent import Consent, Consents
 from broker.policy.spec import CONFIDENTIALITY, CONFIDENTIALITY_SYSTEM, PolicySpec
 
-if TYPE_CHECKING:
-    from broker.adapters.spec import AdapterSpec
 
-__all__ = ["Change", "Disclosure", "disclose", "patient_identifiers", "refusal"]
+class _Subscription(Protocol):
+    @property
+    def sources(self) -> list[str] | None: ...
+
+    def wants(self, event: str, source: str) -> bool: ...
+
+
+class Subscriber(Protocol):
+    """What ``disclose`` reads of a registration (``broker.adapters.AdapterSpec``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def subscribe(self) -> _Subscription | None: ...
+    @property
+    def policy(self) -> PolicySpec | None: ...
+
+
+__all__ = ["Change", "Disclosure", "Subscriber", "disclose", "patient_identifiers", "refusal"]
 
 _KEPT = frozenset({"resourceType", "id", "meta"})
 """What a restricted resource always keeps of itself."""
@@ -85,7 +103,7 @@ def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def refusal(subscriber: AdapterSpec, envelope: Envelope) -> str | None:
+def refusal(subscriber: Subscriber, envelope: Envelope) -> str | None:
     """Why ``subscriber``'s policy refuses ``envelope`` outright, or None (no consent looked at).
 
     Refused: a source or event the policy does not allow, a Bundle labelled above the policy's
@@ -127,7 +145,7 @@ def patient_identifiers(bundle: dict[str, Any] | None) -> list[tuple[str, str]]:
     return found
 
 
-def _not_subscribed(subscriber: AdapterSpec, envelope: Envelope) -> str | None:
+def _not_subscribed(subscriber: Subscriber, envelope: Envelope) -> str | None:
     subscription = subscriber.subscribe
     if not subscriber.enabled:
         return "the subscriber is disabled"
@@ -141,7 +159,7 @@ def _not_subscribed(subscriber: AdapterSpec, envelope: Envelope) -> str | None:
 
 
 def disclose(
-    subscriber: AdapterSpec,
+    subscriber: Subscriber,
     envelope: Envelope,
     consents: Callable[[], Consents],
     *,

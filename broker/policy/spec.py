@@ -41,8 +41,8 @@ __all__ = [
     "PURPOSES",
     "Mask",
     "PolicySpec",
-    "Pseudonymise",
     "PseudonymSystem",
+    "Pseudonymise",
 ]
 
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from broker.ack import read_ack
-from broker.policy import ConsentError, ConsentRegistry
+from broker.policy import ConsentError
+from broker.store import ConsentRegistry
 from broker.store.schema import deliveries
 from passerelle_demo.synthetic import adt, patients
 
