@@ -87,7 +87,10 @@ def test_store_upgrade_then_purge(tmp_path):
     env = {"PASSERELLE_DATA_DIR": str(tmp_path), "PASSERELLE_STORE_URL": None}
     run = run_cli("store", "upgrade", env=env)
     assert run.code == 0, run.stderr
-    assert "revision 0002" in run.stdout
+    from broker.store import head_revision
+
+    assert f"revision {head_revision()}" in run.stdout
+    assert head_revision() != "0001"
     assert (tmp_path / "store.sqlite3").exists()
     purged = run_cli("store", "purge", "--json", env=env)
     assert purged.code == 0, purged.stderr
