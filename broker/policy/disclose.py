@@ -47,6 +47,9 @@ __all__ = ["Change", "Disclosure", "Subscriber", "disclose", "patient_identifier
 
 _KEPT = frozenset({"resourceType", "id", "meta"})
 """What a restricted resource always keeps of itself."""
+_NO_POLICY = PolicySpec(purpose="TREAT")
+"""The rules for a subscriber without a policy: a restricting consent leaves its default
+``minimum`` (the Patient's identifiers)."""
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,7 @@ def _shape(
 
     Returns ``None`` for the Bundle when no resource but the MessageHeader is left.
     """
-    from broker.policy.spec import PolicySpec as _Policy
-
-    rules = policy if policy is not None else _Policy(purpose="TREAT")
+    rules = policy if policy is not None else _NO_POLICY
     changes: list[Change] = []
     allowed = set(rules.resource_types or []) | {"MessageHeader"}
     minimum = rules.minimum_elements() if restricted is not None else None
@@ -252,8 +253,17 @@ def _shape(
         entries.append(entry)
     if not any((e.get("resource") or {}).get("resourceType") != "MessageHeader" for e in entries):
         return None, changes
+    # Copied only where something may change: every entry when references must go, else the
+    # resources of the types a rule or the restriction names (copying the whole Bundle was
+    # half of a typical policy's cost); pseudonymisation copies on write.
+    touched = {p.resource_type for p in rules.removed}
+    touched |= {m.compiled.resource_type for m in rules.mask}
+    touched |= set(minimum or ())
     out = dict(bundle)
-    out["entry"] = [_copy(e) for e in entries]
+    out["entry"] = [
+        _copy(e) if dropped or (e.get("resource") or {}).get("resourceType") in touched else e
+        for e in entries
+    ]
     resources = _resources(out)
     if dropped:
         for resource in resources:
@@ -330,29 +340,50 @@ def pseudonym(key: bytes, system: str, value: str) -> str:
 def _pseudonymise(
     policy: PolicySpec, subscriber: str, bundle: dict[str, Any], changes: list[Change]
 ) -> None:
-    """Replace every Identifier of a named system, anywhere in ``bundle`` (in place)."""
+    """Replace every Identifier of a named system, anywhere in ``bundle``'s resources.
+
+    Copy on write: only the objects on the path to a replaced identifier are new, so entries
+    shared with the canonical Bundle are never changed.
+    """
     spec = policy.pseudonymise
     assert spec is not None
     systems, key = spec.systems, spec.key
     counts: dict[str, int] = {}
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            system = node.get("system")
-            if isinstance(system, str) and system in systems and "value" in node:
-                node["value"] = pseudonym(key, system, str(node["value"]))
-                node["system"] = systems[system]
-                counts[system] = counts.get(system, 0) + 1
-            for value in node.values():
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            out: list[Any] | None = None
+            for index, value in enumerate(node):
                 if isinstance(value, dict | list):
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                if isinstance(value, dict | list):
-                    walk(value)
+                    new = walk(value)
+                    if new is not value:
+                        if out is None:
+                            out = list(node)
+                        out[index] = new
+            return node if out is None else out
+        changed: dict[str, Any] | None = None
+        system = node.get("system")
+        if system in systems and "value" in node:
+            changed = {
+                "value": pseudonym(key, system, str(node["value"])),
+                "system": systems[system],
+            }
+            counts[system] = counts.get(system, 0) + 1
+        for name, value in node.items():
+            if isinstance(value, dict | list):
+                new = walk(value)
+                if new is not value:
+                    if changed is None:
+                        changed = {}
+                    changed[name] = new
+        return node if changed is None else node | changed
 
-    for entry in bundle.get("entry") or []:
-        walk(entry.get("resource"))
+    entries = bundle.get("entry") or []
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource")
+        new = walk(resource)
+        if new is not resource:
+            entries[index] = entry | {"resource": new}
     for index, item in enumerate(spec.identifiers):
         if counts.get(item.system):
             changes.append(
