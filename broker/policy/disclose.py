@@ -331,6 +331,21 @@ def _drop_references(node: Any, dropped: set[str]) -> None:
                 _drop_references(value, dropped)
 
 
+PSEUDED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "PSEUDED",
+    "display": "pseudonymized",
+}
+"""The security label of a resource whose identifiers were pseudonymised (v3 ObservationValue)."""
+
+
+def _labelled_pseudonymised(resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` (a new object) with the PSEUDED label added to its ``meta.security``."""
+    meta = dict(resource.get("meta") or {})
+    meta["security"] = [*(meta.get("security") or []), PSEUDED]
+    return resource | {"meta": meta}
+
+
 def pseudonym(key: bytes, system: str, value: str) -> str:
     """The keyed pseudonym of one identifier: HMAC-SHA256(key, ``system|value``), 32 hex digits."""
     digest = hmac.new(key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
@@ -364,11 +379,16 @@ def _pseudonymise(
         changed: dict[str, Any] | None = None
         system = node.get("system")
         if system in systems and "value" in node:
-            changed = {
-                "value": pseudonym(key, system, str(node["value"])),
-                "system": systems[system],
-            }
+            # The type and assigner describe the national identifier: a pseudonym keeps neither,
+            # so no receiver (nor an HL7 v2 CX-4/CX-5) takes it for the real one.
             counts[system] = counts.get(system, 0) + 1
+            pseudo = {
+                "system": systems[system],
+                "value": pseudonym(key, system, str(node["value"])),
+            }
+            if "use" in node:
+                pseudo["use"] = node["use"]
+            return pseudo
         for name, value in node.items():
             if isinstance(value, dict | list):
                 new = walk(value)
@@ -383,7 +403,7 @@ def _pseudonymise(
         resource = entry.get("resource")
         new = walk(resource)
         if new is not resource:
-            entries[index] = entry | {"resource": new}
+            entries[index] = entry | {"resource": _labelled_pseudonymised(new)}
     for index, item in enumerate(spec.identifiers):
         if counts.get(item.system):
             changes.append(

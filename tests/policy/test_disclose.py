@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from broker.adapters.spec import AdapterSpec
+from broker.canonical import validate_bundle
 from broker.envelope import Envelope
 from broker.policy import Consent, Consents, disclose
 
@@ -60,6 +61,11 @@ def test_the_canonical_bundle_is_never_changed(canonical, monkeypatch):
     ]
     assert [t["use"] for t in patient["telecom"]] == ["home"]
     assert patient["address"][0]["extension"][0]["valueCode"] == "masked"
+    pseudonymised = patient["identifier"][0]
+    assert set(pseudonymised) == {"system", "value"}, "no CIN type or assigner stays on it"
+    assert pseudonymised["system"] == "urn:x:cin"
+    assert patient["meta"]["security"][0]["code"] == "PSEUDED"
+    validate_bundle(shown.envelope.bundle)
 
 
 def test_no_policy_and_no_consent_returns_the_envelope_itself(canonical):
@@ -74,4 +80,5 @@ def test_a_restricting_consent_without_a_policy_leaves_the_patients_identifiers(
     assert shown.envelope is not None
     (entry,) = shown.envelope.bundle["entry"][1:]
     assert set(entry["resource"]) == {"resourceType", "id", "identifier"}
+    validate_bundle(shown.envelope.bundle)
     assert [c.id for c in shown.consents] == ["c1"]

@@ -63,11 +63,13 @@ def test_a_source_the_policy_does_not_allow_is_filtered_with_the_policy_reason(m
 
 
 def test_an_event_the_policy_does_not_allow_is_filtered(make_broker):
-    broker = make_broker(policies={DMP: {**TREAT, "events": ["ADT^A04"]}})
+    only_a04 = {**TREAT, "events": ["ADT^A04"]}
+    broker = make_broker(policies={DMP: only_a04, LAB: only_a04})
     x = _adult(2)
     _send(broker, x, "A01", "E-1")
     _send(broker, x, "A04", "E-2")
     assert broker.fhir_control_ids() == ["E-2"]
+    assert broker.lab.control_ids() == ["E-2"]
     assert _states(broker)[DMP][0] in ("filtered", "delivered")
 
 
@@ -198,6 +200,12 @@ def test_the_purpose_of_use_is_recorded_with_each_attempt(make_broker):
     with broker.store.connect() as connection:
         rows = connection.execute(sa.select(attempts.c.subscriber, attempts.c.policy)).all()
     assert dict(rows) == {DMP: "dmp-care/TREAT", LAB: None}
+    from broker.store import trace
+
+    traced = trace(broker.store, broker.queued(DMP)["P-1"])
+    assert traced is not None
+    logs = {d["subscriber"]: d["attempt_log"] for d in traced["deliveries"]}
+    assert [a["policy"] for a in logs[DMP]] == ["dmp-care/TREAT"]
 
 
 def test_a_replay_obeys_the_policy_in_force_now(make_broker):
