@@ -1,11 +1,11 @@
 """The patient consent / opt-out registry: who blocked or restricted sharing, with whom, why.
 
 The registry's system of record is the message store's ``consents`` table (SQL), changed by
-``broker.store.consents.ConsentRegistry``. The delivery
-drains consult it for every message, so they keep a snapshot in memory: once per batch they
-read one Redis counter (``pl:consent:version``), and load the snapshot again only when a
-change (``ConsentRegistry.add``/``revoke``, API and CLI) has bumped it. A snapshot that cannot
-be loaded fails the delivery as retryable: nothing leaves on a registry nobody could read.
+``broker.store.consents.ConsentRegistry`` (API and CLI). The delivery drains consult it for
+every message, so they keep a snapshot in memory: once per batch they read one Redis key
+(``pl:consent:version``), and load the snapshot again when a change has set it to a new token,
+or when it is ``MAX_AGE_S`` old. A snapshot that cannot be loaded fails the delivery as
+retryable: nothing leaves on a registry nobody could read.
 
 A consent names a patient by one identifier (system and value, e.g. the CIN), applies to one
 subscriber or to all (``subscriber`` empty), ``block`` (nothing is sent) or ``restrict`` (only
@@ -15,6 +15,7 @@ the policy's ``minimum`` elements are sent), for a period, with who recorded it 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from broker.errors import BrokerError, RetryableDeliveryError, ServiceUnavailable
 
 __all__ = [
+    "MAX_AGE_S",
     "VERSION_KEY",
     "Consent",
     "ConsentError",
@@ -35,7 +37,12 @@ __all__ = [
 ]
 
 VERSION_KEY = "pl:consent:version"
-"""Bumped (INCR) by every change: the drains reload their snapshot when it moves."""
+"""Set to a new random token by every change: the drains reload their snapshot when it moves.
+A token, not a counter: a Redis that lost the key and counted again from 1 would match a
+worker's stale snapshot."""
+MAX_AGE_S = 30.0
+"""A snapshot is loaded again after this long even when the version did not move (a change
+whose announcement was lost, Redis down at the time, is seen within it)."""
 
 Action = Literal["block", "restrict"]
 
@@ -134,7 +141,7 @@ def consent_of(row: Any) -> Consent:
     )
 
 
-_cache: dict[str, tuple[bytes | None, Consents]] = {}
+_cache: dict[str, tuple[bytes | None, float, Consents]] = {}
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
 
@@ -160,7 +167,8 @@ def _load(url: str) -> Consents:
 def snapshot(client: redis.Redis, store_url: str) -> Consents:
     """The registry as this process knows it, reloaded when ``VERSION_KEY`` moved.
 
-    One Redis GET; the SQL load only on the first call and after a change. A store that does
+    One Redis GET; the SQL load only on the first call, after a change, and every
+    ``MAX_AGE_S``. A store that does
     not exist yet, when no change was ever announced, is an empty registry.
 
     Raises:
@@ -169,8 +177,9 @@ def snapshot(client: redis.Redis, store_url: str) -> Consents:
     """
     version = client.get(VERSION_KEY)
     cached = _cache.get(store_url)
-    if cached is not None and cached[0] == version:
-        return cached[1]
+    now = time.monotonic()
+    if cached is not None and cached[0] == version and now - cached[1] < MAX_AGE_S:
+        return cached[2]
     with _lock:
         try:
             found = _load(store_url)
@@ -186,7 +195,7 @@ def snapshot(client: redis.Redis, store_url: str) -> Consents:
             else:
                 msg = f"the consent registry cannot be read ({type(exc).__name__})"
                 raise RetryableDeliveryError(msg, destination="consent registry") from exc
-        _cache[store_url] = (version, found)
+        _cache[store_url] = (version, now, found)
     return found
 
 

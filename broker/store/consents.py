@@ -1,6 +1,6 @@
 """The consent registry's changes and reads in the message store (``consents``).
 
-Every change bumps ``broker.policy.consent.VERSION_KEY`` on the broker's Redis, so the delivery
+Every change sets ``broker.policy.consent.VERSION_KEY`` to a new token on the broker's Redis, so the delivery
 workers load the registry again before their next batch.
 """
 
@@ -19,7 +19,7 @@ __all__ = ["ConsentRegistry"]
 
 
 class ConsentRegistry:
-    """Reads and changes the registry in the store; every change bumps ``VERSION_KEY``.
+    """Reads and changes the registry in the store; every change sets ``VERSION_KEY`` anew.
 
     Args:
         engine: the message store (schema up to date).
@@ -73,7 +73,7 @@ class ConsentRegistry:
         )
         with self.engine.begin() as connection:
             connection.execute(consents.insert().values(**entry.public()))
-        self.client.incr(VERSION_KEY)
+        self.client.set(VERSION_KEY, uuid.uuid4().hex)
         return entry
 
     def revoke(self, consent_id: str, *, who: str) -> Consent:
@@ -97,7 +97,7 @@ class ConsentRegistry:
                 .values(revoked_at=time.time(), revoked_by=who)
             )
             row = connection.execute(sa.select(table).where(table.c.id == consent_id)).one()
-        self.client.incr(VERSION_KEY)
+        self.client.set(VERSION_KEY, uuid.uuid4().hex)
         return consent_of(row)
 
     def list(

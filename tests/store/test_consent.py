@@ -137,3 +137,25 @@ def test_bad_consents_are_refused_with_a_sentence(make_broker, store_url):
     registry.revoke(entry.id, who="w")
     assert registry.list(value="X1") == []
     assert registry.list(value="X1", revoked=True)[0].revoked_by == "w"
+
+
+def test_the_drains_snapshot_follows_each_change_and_fails_closed(make_broker, store_url, tmp_path):
+    """A change sets a new token (a flushed Redis counting again could not match a stale
+    snapshot); an announced registry that cannot be read is a retryable delivery error."""
+    from broker.errors import RetryableDeliveryError
+    from broker.policy import VERSION_KEY, ConsentLookup
+
+    broker = make_broker(store_url=store_url)
+    registry = _registry(broker)
+    assert len(ConsentLookup(broker.client, store_url)()) == 0
+    entry = registry.add(system=CIN, value="Z1", action="block", reason="r", who="w")
+    first = broker.client.get(VERSION_KEY)
+    assert len(ConsentLookup(broker.client, store_url)()) == 1
+    registry.revoke(entry.id, who="w")
+    assert broker.client.get(VERSION_KEY) != first
+    assert len(ConsentLookup(broker.client, store_url)()) == 0
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'store.sqlite3'}"
+    with pytest.raises(RetryableDeliveryError, match="consent registry cannot be read"):
+        ConsentLookup(broker.client, missing)()
+    broker.client.delete(VERSION_KEY)
+    assert len(ConsentLookup(broker.client, missing)()) == 0, "no store, nothing announced: empty"
