@@ -30,7 +30,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from broker.policy.paths import ElementPath, parse_path
 
@@ -97,7 +105,8 @@ class PseudonymSystem(BaseModel):
 class Pseudonymise(BaseModel):
     """Keyed pseudonymisation: HMAC-SHA256 of ``system|value`` under the policy's key.
 
-    The key comes from ``key_file`` or the environment variable ``key_env`` (default
+    The key comes from ``key_file`` (a relative path is read from the registration file's
+    directory; keep it outside the repository) or the environment variable ``key_env`` (default
     ``PASSERELLE_PSEUDONYM_KEY``, the network's key): at least 16 bytes, read at load.
     """
 
@@ -107,6 +116,17 @@ class Pseudonymise(BaseModel):
     key_file: Path | None = None
     key_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     _key: bytes = PrivateAttr(default=b"")
+
+    @field_validator("key_file")
+    @classmethod
+    def _beside_the_registration(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_absolute():
+            file = (info.context or {}).get("file")
+            value = (Path(file).parent if file is not None else Path.cwd()) / value
+        return value
 
     @model_validator(mode="after")
     def _read_key(self) -> Pseudonymise:

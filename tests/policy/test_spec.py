@@ -69,3 +69,26 @@ def test_a_policy_on_an_inbound_adapter_is_refused(tmp_path):
     )
     with pytest.raises(AdapterSpecError, match="'policy' is for outbound adapters"):
         load_adapters(tmp_path)
+
+
+def test_a_relative_key_file_is_read_beside_the_registration(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "sp.key").write_text("abcdefghijklmnopqrstuvwxyz")
+    policy = (
+        "  pseudonymise:\n    key_file: keys/sp.key\n    identifiers:\n"
+        "      - {system: 'https://passerelle.ma/fhir/sid/cin', as: 'urn:x:cin'}\n"
+    )
+    (spec,) = _load(tmp_path, policy)
+    assert spec.policy is not None
+    assert spec.policy.pseudonymise is not None
+    assert spec.policy.pseudonymise.key == b"abcdefghijklmnopqrstuvwxyz"
+
+
+def test_a_short_key_is_refused_at_its_line(tmp_path):
+    (tmp_path / "short.key").write_text("tooshort")
+    policy = (
+        "  pseudonymise:\n    key_file: short.key\n    identifiers:\n"
+        "      - {system: 'https://passerelle.ma/fhir/sid/cin', as: 'urn:x:cin'}\n"
+    )
+    with pytest.raises(AdapterSpecError, match=r"dmp.yaml:10.*at least 16 bytes"):
+        _load(tmp_path, policy)
