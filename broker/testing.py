@@ -148,15 +148,18 @@ def write_loopback_adapters(
     ack_timeout_s: float = 2.0,
     inbound: dict[str, Any] | None = None,
     events: dict[str, list[str]] | None = None,
+    policies: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Write the three loopback registrations: an MLLP source and FHIR and MLLP subscribers.
 
     ``chu-rabat-adt`` listens on ``inbound_port`` (``inbound`` adds options to it);
     ``dmp-national`` posts to ``http://127.0.0.1:fhir_port/fhir`` (ADT A01/A04/A08, ORU R01);
     ``lab-legacy`` sends ADT to ``127.0.0.1:lab_port``. ``events`` replaces a subscriber's
-    events by id (``{"dmp-national": [..., "Bundle"]}`` for FHIR input).
+    events by id (``{"dmp-national": [..., "Bundle"]}`` for FHIR input); ``policies`` gives a
+    subscriber a ``policy:`` block by id.
     """
     events = events or {}
+    policies = policies or {}
     source = {
         "id": "chu-rabat-adt",
         "name": "CHU Rabat",
@@ -178,6 +181,8 @@ def write_loopback_adapters(
         },
         "retry": retry,
     }
+    if "dmp-national" in policies:
+        dmp["policy"] = policies["dmp-national"]
     write_adapter(directory, dmp)
     lab = {
         "id": "lab-legacy",
@@ -189,6 +194,8 @@ def write_loopback_adapters(
         "ack_timeout_s": ack_timeout_s,
         "retry": retry,
     }
+    if "lab-legacy" in policies:
+        lab["policy"] = policies["lab-legacy"]
     write_adapter(directory, lab)
 
 
@@ -337,6 +344,7 @@ class EagerBroker:
         ack_timeout_s: float = 2.0,
         inbound: dict[str, Any] | None = None,
         events: dict[str, list[str]] | None = None,
+        policies: dict[str, dict[str, Any]] | None = None,
         deliver_inline: bool = True,
         **settings: Any,
     ) -> None:
@@ -352,6 +360,7 @@ class EagerBroker:
         self._ack_timeout_s = ack_timeout_s
         self._inbound = inbound or {}
         self._events = events
+        self._policies = policies
         self._settings_overrides = settings
         self._parts: _EagerParts | None = None
         self._senders: dict[str, Sender] = {}
@@ -377,17 +386,8 @@ class EagerBroker:
 
         fhir_port = self.fhir.start_in_thread()
         _, lab_port = self.lab.start_in_thread()
-        adapters = self.data_dir / "adapters"
-        write_loopback_adapters(
-            adapters,
-            inbound_port=free_port(),
-            fhir_port=fhir_port,
-            lab_port=lab_port,
-            retry={"initial_delay_s": 0.01, "max_delay_s": 0.05, **self._retry},
-            ack_timeout_s=self._ack_timeout_s,
-            inbound=self._inbound,
-            events=self._events,
-        )
+        self._ports = (free_port(), fhir_port, lab_port)
+        adapters = self._write_adapters()
         settings = Settings(
             data_dir=self.data_dir,
             adapters_dir=adapters,
@@ -406,6 +406,38 @@ class EagerBroker:
         # As a worker's (broker.worker.runtime): drains go to a worker in standby first.
         hand = standby.hand if settings.standby_s > 0 else None
         self._parts = _EagerParts(config, client, Kicker(self.celery, client, hand))
+
+    def _write_adapters(self) -> Path:
+        adapters = self.data_dir / "adapters"
+        inbound_port, fhir_port, lab_port = self._ports
+        write_loopback_adapters(
+            adapters,
+            inbound_port=inbound_port,
+            fhir_port=fhir_port,
+            lab_port=lab_port,
+            retry={"initial_delay_s": 0.01, "max_delay_s": 0.05, **self._retry},
+            ack_timeout_s=self._ack_timeout_s,
+            inbound=self._inbound,
+            events=self._events,
+            policies=self._policies,
+        )
+        return adapters
+
+    def reconfigure(
+        self,
+        *,
+        policies: dict[str, dict[str, Any]] | None = None,
+        events: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Rewrite the registrations with other ``policies`` and ``events`` and load them again,
+        as a restarted worker would (what is queued stays queued)."""
+        from broker.config import load_config
+
+        self._policies, self._events = policies, events
+        self._write_adapters()
+        parts = self._started
+        config = load_config(parts.config.settings, mappings=parts.config.mappings)
+        self._parts = _EagerParts(config, parts.client, parts.kicker)
 
     def stop(self) -> None:
         """Close the senders and connections, stop the peers."""

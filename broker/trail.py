@@ -18,7 +18,8 @@ Records (field → value; ``k`` is the kind; times are epoch seconds)::
     k=msg  env=ID  st=routed|filtered|failed  to=SUB,SUB  off={"SUB": "why not"}
     k=att  env=ID  sub=SUB  at=T  ms=DURATION  out=delivered|retrying|failed
            reply=what the receiver said  digest=SHA-256 of the payload  error=why
-    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued  why=REASON
+           pol=policy-id/PURPOSE (when a data-sharing policy shaped the payload)
+    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued|filtered  why=REASON
            dead=DEAD_LETTER_ID   (replayed also counts the message in pl:reopened)
     k=act  env=ID  sub=SUB  act=ACTION  who=WHO  why=WHY  target=ID
 
@@ -52,6 +53,7 @@ __all__ = [
     "Records",
     "acted",
     "attempted",
+    "filtered",
     "filtered_reason",
     "flush",
     "routed",
@@ -73,6 +75,12 @@ def filtered_reason(subscriber: AdapterSpec, envelope: Envelope) -> str:
     sources = subscriber.subscribe.sources
     if sources is not None and envelope.source not in sources:
         return f"the subscriber takes no message from {envelope.source}"
+    if subscriber.subscribe.wants(envelope.event or "", envelope.source):
+        from broker.policy import refusal
+
+        reason = refusal(subscriber, envelope)
+        if reason is not None:
+            return reason
     return f"the subscriber does not subscribe to {envelope.event or 'this event'}"
 
 
@@ -115,6 +123,7 @@ def attempted(
     reply: str | None,
     digest: str | None,
     error: str | None = None,
+    policy: str | None = None,
 ) -> None:
     """Add the record of one delivery attempt.
 
@@ -128,6 +137,8 @@ def attempted(
         reply: what the receiver answered (``AA``, ``HTTP 200``, an ACK's text, a body).
         digest: SHA-256 of the payload sent, when it was rendered.
         error: why the attempt failed.
+        policy: ``policy-id/PURPOSE`` of the data-sharing policy the payload was shaped by
+            (``pol``, left out when none): the audit of disclosures names it.
     """
     records.append(
         {
@@ -140,6 +151,22 @@ def attempted(
             "reply": (reply or "")[:REPLY_LIMIT],
             "digest": digest or "",
             "error": (error or "")[:REPLY_LIMIT],
+            **({"pol": policy} if policy else {}),
+        }
+    )
+
+
+def filtered(records: Records, subscriber: str, envelope_id: str, reason: str) -> None:
+    """Add the record of a message the subscription, policy or a consent refused at sending."""
+    records.append(
+        {
+            "k": "st",
+            "env": envelope_id,
+            "sub": subscriber,
+            "st": "filtered",
+            "why": reason[:REPLY_LIMIT],
+            "dead": "",
+            "at": time.time(),
         }
     )
 

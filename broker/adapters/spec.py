@@ -26,6 +26,7 @@ from broker.errors import AdapterSpecError
 from broker.identity import IdentifierSystem
 from broker.mapping.spec import HL7_VERSIONS
 from broker.parsing.hl7v2 import charset_code
+from broker.policy.spec import PolicySpec
 from broker.settings import RetryPolicy
 from broker.yamlspec import load_model, read_yaml
 
@@ -119,6 +120,11 @@ class AdapterSpec(BaseModel):
     """Base URL of an outbound FHIR REST server: ``https://`` (``http://`` needs
     ``insecure_http: true``)."""
     subscribe: Subscription | None = None
+    policy: PolicySpec | None = None
+    """Outbound: the data-sharing policy applied before anything is sent (allowed sources,
+    events, resource types and confidentiality, elements removed, masked or pseudonymised,
+    purpose of use), see ``broker.policy`` and docs/security.md. ``None``: what the
+    subscription takes is sent as it is."""
     charset: str = "utf-8"
     """Text encoding when MSH-18 is empty (inbound) or for what is sent (outbound)."""
     timezone: str = "Africa/Casablanca"
@@ -326,6 +332,8 @@ class AdapterSpec(BaseModel):
                 "expected utf-8, latin-1 (8859/1) or another ISO 8859 set"
             )
             raise ValueError(msg)
+        if self.policy is not None and self.direction != "outbound":
+            raise ValueError("'policy' is for outbound adapters (what a subscriber may receive)")
         if self.direction == "outbound" and self.subscribe is None:
             raise ValueError("an outbound adapter needs 'subscribe' (the events it receives)")
         return self

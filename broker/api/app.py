@@ -19,6 +19,7 @@ from broker.api import (
     inbound,
     messages,
     operations,
+    policy,
     refusals,
     unmapped,
 )
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(unmapped.router)
     app.include_router(refusals.router)
     app.include_router(operations.router)
+    app.include_router(policy.router)
     app.include_router(inbound.router)
     app.include_router(docs.router)
     app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")

@@ -12,6 +12,7 @@ failure, JSON output, option types):
   ``store upgrade|purge``
 - ``users``: ``users add|list|disable|enable``, ``tokens create|list|revoke``: who may use the
   API and the console
+- ``policy``: ``policy explain``, ``consent add|list|revoke``: data-sharing policies and consent
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -36,6 +37,7 @@ from broker.cli.messages import messages_app
 from broker.cli.ops import replay
 from broker.cli.peers import ping, send
 from broker.cli.plugins import register_plugins
+from broker.cli.policy import consent_app, policy_app
 from broker.cli.processes import api, beat, listen, serve, worker
 from broker.cli.status import status
 from broker.cli.store import store_app
@@ -69,6 +71,8 @@ def build_app() -> typer.Typer:
     app.add_typer(store_app, name="store")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
+    app.add_typer(policy_app, name="policy")
+    app.add_typer(consent_app, name="consent")
     register_plugins(app)
     app.callback()(_main_options)
     return app

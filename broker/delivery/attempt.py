@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from broker.delivery.send import Sender
 from broker.envelope import Envelope
 from broker.errors import PermanentDeliveryError, RetryableDeliveryError
 from broker.log import bind, get_logger
+from broker.policy import Consents, disclose
 
 __all__ = ["Outcome", "attempt"]
 
@@ -40,6 +42,9 @@ class Outcome:
         duration_s: how long it took.
         reply: what the receiver said: its confirmation (``AA``, ``HTTP 200``) or its refusal.
         digest: SHA-256 of the payload sent, when the sender rendered one.
+        filtered: the subscription, the policy or a consent in force now refuses it: nothing
+            was sent, and nothing will be (``reason`` says why).
+        policy: ``policy-id/PURPOSE`` of the policy that shaped the payload.
     """
 
     delivered: bool = False
@@ -51,9 +56,17 @@ class Outcome:
     duration_s: float = 0.0
     reply: str | None = None
     digest: str | None = None
+    filtered: bool = False
+    policy: str | None = None
 
     def record(self, records: trail.Records, subscriber: str, envelope_id: str) -> None:
-        """Add this attempt's record for the message store to ``records`` (``broker.trail``)."""
+        """Add this attempt's record for the message store to ``records`` (``broker.trail``).
+
+        A filtered message is a change of state (``filtered`` with the reason), not an attempt.
+        """
+        if self.filtered:
+            trail.filtered(records, subscriber, envelope_id, self.reason)
+            return
         if self.delivered:
             outcome, error = "delivered", None
         else:
@@ -69,6 +82,7 @@ class Outcome:
             reply=self.reply,
             digest=self.digest,
             error=error,
+            policy=self.policy,
         )
 
 
@@ -90,19 +104,25 @@ def attempt(
     sender: Sender,
     entry_id: str,
     envelope: Envelope,
+    *,
+    consents: Callable[[], Consents],
 ) -> Outcome:
     """Send one envelope to ``subscriber`` and classify the result; never raises for a delivery problem.
 
+    What is sent is what the subscription, the data-sharing policy and the patient's consents in
+    force now let through (``broker.policy.disclose``), for a first delivery as for a replay.
+
     Args:
         client: the broker's Redis (the attempts are recorded there).
-        subscriber: the subscriber's registration (its retry policy).
+        subscriber: the subscriber's registration (its retry policy, subscription and policy).
         sender: the subscriber's sender.
         entry_id: the queue entry (or parked entry) the envelope came from.
-        envelope: what to send.
+        envelope: the canonical message.
+        consents: the consent registry's snapshot for this batch (``ConsentLookup``).
     """
     bind(envelope_id=envelope.id, correlation_id=envelope.correlation_id, route=subscriber.id)
     started = time.time()
-    outcome = _attempt(client, subscriber, sender, entry_id, envelope)
+    outcome = _attempt(client, subscriber, sender, entry_id, envelope, consents)
     outcome.at = started
     outcome.duration_s = time.time() - started
     outcome.digest = getattr(sender, "last_digest", None)
@@ -117,22 +137,35 @@ def _attempt(
     sender: Sender,
     entry_id: str,
     envelope: Envelope,
+    consents: Callable[[], Consents],
 ) -> Outcome:
+    policy = None
     try:
-        confirmation = sender.send(envelope)
+        disclosure = disclose(subscriber, envelope, consents)
+        policy = disclosure.policy
+        if disclosure.envelope is None:
+            reason = disclosure.reason or "refused by the data-sharing policy"
+            log.info("delivery.filtered", reason=reason)
+            return Outcome(filtered=True, reason=reason, policy=policy)
+        confirmation = sender.send(disclosure.envelope)
     except RetryableDeliveryError as exc:
         attempts = _record(client, subscriber.id, entry_id, exc)
         age = time.time() - attempts[0]["at"]
         if exhausted(subscriber.retry, len(attempts), age):
-            return Outcome(dead=True, attempts=attempts, reason=f"retries exhausted: {exc}")
+            return Outcome(
+                dead=True, attempts=attempts, reason=f"retries exhausted: {exc}", policy=policy
+            )
         delay = next_delay(subscriber.retry, len(attempts))
         log.warning(
             "delivery.retrying", attempt=len(attempts), delay_s=round(delay, 2), error=str(exc)
         )
-        return Outcome(retry_after=delay, attempts=attempts)
+        return Outcome(retry_after=delay, attempts=attempts, policy=policy)
     except PermanentDeliveryError as exc:
         return Outcome(
-            dead=True, attempts=_record(client, subscriber.id, entry_id, exc), reason=str(exc)
+            dead=True,
+            attempts=_record(client, subscriber.id, entry_id, exc),
+            reason=str(exc),
+            policy=policy,
         )
     except Exception as exc:
         # A bug in rendering must not block the partition forever: park the message
@@ -142,5 +175,5 @@ def _attempt(
             f"internal error while rendering or sending ({type(exc).__name__}); see the worker log"
         )
         attempts = _record(client, subscriber.id, entry_id, exc)
-        return Outcome(dead=True, attempts=attempts, reason=reason)
-    return Outcome(delivered=True, reply=confirmation)
+        return Outcome(dead=True, attempts=attempts, reason=reason, policy=policy)
+    return Outcome(delivered=True, reply=confirmation, policy=policy)

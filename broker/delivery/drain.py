@@ -25,6 +25,7 @@ from broker.delivery.send import Sender
 from broker.dispatch import DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope
 from broker.log import get_logger
+from broker.policy import ConsentLookup
 from broker.settings import Settings
 from broker.streams import DONE, HANDOVER, MORE, drainer_lock, read_batch
 
@@ -119,6 +120,8 @@ def drain_outbound(
             batch_delivered = 0
             latencies: list[float] = []
             records: trail.Records = []
+            # The consent registry's snapshot: one GET for the batch, on its first message.
+            consents = ConsentLookup(client, settings.effective_store_url)
             pipe = client.pipeline(transaction=True)
             for (entry_id, fields), envelope_id, patient, raw in zip(
                 entries, ids, patients, raw_envelopes, strict=True
@@ -155,7 +158,7 @@ def drain_outbound(
                     continue
                 started = timing.start(settings)
                 envelope = Envelope.model_validate_json(raw)
-                outcome = attempt(client, subscriber, sender, entry_id, envelope)
+                outcome = attempt(client, subscriber, sender, entry_id, envelope, consents=consents)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 outcome.record(records, sub, envelope_id)
                 if outcome.retry_after is not None:
@@ -169,7 +172,11 @@ def drain_outbound(
                     pipe.hincrby(keys.STATS, f"retried:{sub}", 1)
                     stopped = True
                     break
-                if outcome.dead and b"dead" in fields:
+                if outcome.filtered:
+                    if b"dead" in fields:
+                        # A replayed dead letter the policy or a consent now refuses: closed.
+                        dead_letters.resolve(sub, fields[b"dead"].decode())
+                elif outcome.dead and b"dead" in fields:
                     # A replayed dead letter failed again: it stays that dead letter, reopened.
                     dead_letters.reopen(
                         sub, fields[b"dead"].decode(), outcome.attempts, outcome.reason

@@ -24,6 +24,7 @@ from broker.delivery.send import Sender
 from broker.dispatch import RELEASE_PATIENT, Kicker
 from broker.envelope import Envelope
 from broker.log import get_logger
+from broker.policy import ConsentLookup
 from broker.settings import Settings
 from broker.streams import drainer_lock
 
@@ -74,6 +75,7 @@ def release_patient(
                     log.info("delivery.released", route=sub, delivered=delivered)
                     return delivered
                 continue
+            consents = ConsentLookup(client, settings.effective_store_url)
             for entry_id_raw, fields in entries:
                 entry_id = entry_id_raw.decode()
                 envelope_id = fields[b"env"].decode()
@@ -81,18 +83,26 @@ def release_patient(
                 head_dead: bytes | None = client.hget(keys.held(sub), patient)
                 envelope = Envelope.model_validate_json(raw) if raw is not None else None
                 outcome = (
-                    attempt(client, subscriber, sender, entry_id, envelope)
+                    attempt(
+                        client,
+                        subscriber,
+                        sender,
+                        entry_id,
+                        envelope,
+                        consents=consents,
+                    )
                     if envelope is not None
                     else Outcome(dead=True, reason="the envelope expired before delivery")
                 )
                 records: trail.Records = []
-                if raw is not None and not outcome.delivered:
+                passed = outcome.delivered or outcome.filtered
+                if raw is not None and not passed:
                     outcome.record(records, sub, envelope_id)
                     trail.flush(client, records)
                 if outcome.retry_after is not None:
                     kicker.later(RELEASE_PATIENT, [sub, patient], outcome.retry_after)
                     return delivered
-                if not outcome.delivered:
+                if not passed:
                     _fail_release(
                         dead_letters,
                         sub,
@@ -108,17 +118,18 @@ def release_patient(
                 pipe = client.pipeline(transaction=True)
                 pipe.xdel(stream, entry_id_raw)
                 pipe.hdel(keys.ATTEMPTS + sub, entry_id)
-                pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
+                if outcome.delivered:
+                    pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
                 outcome.record(records, sub, envelope_id)
                 trail.flush(pipe, records)
-                if envelope is not None:
+                if envelope is not None and outcome.delivered:
                     latency.observe(pipe, sub, [time.time() - envelope.received_at.timestamp()])
                 pipe.execute()
                 if head_dead is not None:
                     record = dead_letters.get(sub, head_dead.decode())
                     if record is not None and record["envelope_id"] == envelope_id:
                         dead_letters.resolve(sub, record["id"])
-                delivered += 1
+                delivered += int(outcome.delivered)
                 lock.renew()
 
 

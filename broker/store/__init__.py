@@ -9,6 +9,7 @@ the engine and the upgrade, ``records`` the rows made from Redis, ``writer`` the
 
 from __future__ import annotations
 
+from broker.store.consents import ConsentRegistry
 from broker.store.db import check_current, connect, current_revision, head_revision, upgrade
 from broker.store.query import (
     MAX_LIMIT,
@@ -25,6 +26,7 @@ from broker.store.writer import StoreWriter
 
 __all__ = [
     "MAX_LIMIT",
+    "ConsentRegistry",
     "Page",
     "Search",
     "StoreWriter",

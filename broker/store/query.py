@@ -274,6 +274,7 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
                     "reply": a.reply,
                     "error": a.error,
                     "digest": a.digest,
+                    "policy": a.policy,
                 }
             )
         result["actions"] = [

@@ -29,6 +29,7 @@ from sqlalchemy import (
 __all__ = [
     "actions",
     "attempts",
+    "consents",
     "deliveries",
     "identifiers",
     "messages",
@@ -122,6 +123,7 @@ attempts = Table(
     Column("reply", Text, comment="what the receiver said (bounded)"),
     Column("error", Text),
     Column("digest", String(64), comment="SHA-256 of the payload sent"),
+    Column("policy", String(160), comment="the data-sharing policy and purpose: policy-id/PURPOSE"),
     UniqueConstraint("record"),
     Index(None, "message_id", "subscriber"),
     Index(None, "at"),
@@ -176,4 +178,24 @@ tokens = Table(
     Column("last_used_at", Double, comment="to the minute"),
     UniqueConstraint("digest"),
     Index(None, "user_name"),
+)
+
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("system", String(512), nullable=False, comment="the patient identifier's system"),
+    Column("value", String(256), nullable=False),
+    Column("subscriber", String(128), comment="the subscriber it applies to; empty: all"),
+    Column("action", String(16), nullable=False, comment="block or restrict"),
+    Column("reason", Text, nullable=False),
+    Column("valid_from", Double, nullable=False),
+    Column("valid_until", Double),
+    Column("who", String(256), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double),
+    Column("revoked_by", String(256)),
+    Index(None, "system", "value"),
+    Index(None, "created_at"),
 )

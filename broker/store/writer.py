@@ -357,6 +357,7 @@ class StoreWriter:
                 "reply": reply or None,
                 "error": error,
                 "digest": str(record.get("digest") or "") or None,
+                "policy": str(record.get("pol") or "") or None,
             }
         )
         state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")

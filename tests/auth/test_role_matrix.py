@@ -41,6 +41,7 @@ VALUES = {
     "adapter": "chu-rabat-adt",
     "adapter_id": SENDER_ADAPTER,
     "entry_id": "1-0",
+    "consent_id": "0123456789abcdef0123456789ab",
     "language": "fr",
 }
 EXPECTED = {
@@ -63,6 +64,10 @@ EXPECTED = {
     ("GET", "/api/rejected"): "messages.read",
     ("GET", "/api/rejected/{entry_id}"): "messages.content",
     ("GET", "/api/quarantine"): "messages.read",
+    ("GET", "/api/consent"): "policy.read",
+    ("POST", "/api/consent"): "policy.write",
+    ("POST", "/api/consent/{consent_id}/revoke"): "policy.write",
+    ("GET", "/api/policy/explain"): "policy.read",
     ("POST", "/inbound/{adapter_id}/hl7v2"): "inbound.post",
     ("POST", "/inbound/{adapter_id}/fhir"): "inbound.post",
     ("GET", "/docs"): PUBLIC,
@@ -145,7 +150,7 @@ def test_the_openapi_schema_shows_each_operations_permission(world) -> None:
         for method, operation in item.items()
     }
     assert operations == {k: v for k, v in EXPECTED.items() if k in operations}
-    assert len(operations) == 21  # every API route; pages and docs are not in the schema
+    assert len(operations) == 25  # every API route; pages and docs are not in the schema
 
 
 def _api_routes(app: FastAPI) -> list[tuple[str, str, str]]:

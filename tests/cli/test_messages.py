@@ -89,6 +89,7 @@ def test_store_upgrade_then_purge(tmp_path):
     run = run_cli("store", "upgrade", env=env)
     assert run.code == 0, run.stderr
     assert f"revision {head_revision()}" in run.stdout
+    assert head_revision() != "0001"
     assert (tmp_path / "store.sqlite3").exists()
     purged = run_cli("store", "purge", "--json", env=env)
     assert purged.code == 0, purged.stderr
