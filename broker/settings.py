@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     http_port: int = 8000
     api_token: SecretStr | None = None
     """Admin token for the API; when unset, ``serve`` generates one into ``data_dir/api-token``."""
+    audit_key: SecretStr | None = None
+    """The audit chain's HMAC key (``broker.audit.key``); else ``audit_key_file``."""
+    audit_key_file: Path | None = None
+    """A file holding the audit key; when neither is set, ``serve`` (and the store's writer)
+    generate ``data_dir/audit-key``, readable by its owner only."""
 
     partitions: int = Field(8, ge=1, le=256)
     """Patient partitions per stream: the unit of ordering and of parallel delivery."""

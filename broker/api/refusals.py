@@ -9,10 +9,9 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
-from broker import keys
-from broker.api.auth import require_token
+from broker import audit, keys
+from broker.api.auth import Who, require_token
 from broker.api.health import get_redis
-from broker.delivery.dead_letter import DeadLetterStore
 
 __all__ = ["router"]
 
@@ -68,6 +67,7 @@ def list_rejected(
 def show_rejected(
     entry_id: Annotated[str, Path(description="The entry id from the list.")],
     client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
 ) -> dict[str, Any]:
     """One refused input with its bytes (base64: they may not be text); the view is audited.
 
@@ -79,9 +79,7 @@ def show_rejected(
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
     fields = found[0][1]
-    DeadLetterStore(client).audit(
-        "viewed", who="api", why="rejected input", subscriber="", target=entry_id
-    )
+    audit.record(client, "content.viewed", who=who, why="rejected input", rejected=entry_id)
     return {
         "id": entry_id,
         "adapter": _text(fields.get(b"source")),

@@ -1,6 +1,7 @@
 """Operator actions on deliveries: replay or discard a dead letter, correct it, resend anything.
 
-Every action is recorded on the dead letter's history and in ``pl:audit`` with who and why.
+Every action is recorded on the dead letter's history and in the audit trail (``broker.audit``,
+through ``pl:store`` on the action's own MULTI) with who and why.
 Replays are idempotent for receivers: the envelope id and its deterministic resource ids stay the
 same, FHIR deliveries are conditional updates, and HL7 v2 deliveries keep the inbound MSH-10.
 
@@ -101,10 +102,17 @@ class Operations:
             {"action": action, "who": who, "why": why, "at": time.time(), **extra}
         )
         self.store.save(record)
-        self.store.audit(
-            action, who=who, why=why, subscriber=record["subscriber"], target=record["id"]
-        )
         pipe = self.client.pipeline(transaction=True)
+        self.store.audit(
+            action,
+            who=who,
+            why=why,
+            subscriber=record["subscriber"],
+            target=record["id"],
+            envelope=record["envelope_id"],
+            details={k: v for k, v in extra.items() if isinstance(v, str | int)},
+            pipe=pipe,
+        )
         trail.acted(
             pipe,
             record["subscriber"],
@@ -246,10 +254,10 @@ class Operations:
         pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
+        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id, pipe=pipe)
         self._queue(subscriber, envelope, None, pipe=pipe)
         pipe.execute()
         self.enqueue("passerelle.drain_outbound", [subscriber, envelope.partition or 0])
-        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
 
     def _find(self, envelope_id: str) -> Envelope | None:
         """The envelope from Redis, else from the message store; ``None`` if neither has it.

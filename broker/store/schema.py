@@ -25,7 +25,15 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["actions", "attempts", "deliveries", "identifiers", "messages", "metadata"]
+__all__ = [
+    "actions",
+    "attempts",
+    "audit",
+    "deliveries",
+    "identifiers",
+    "messages",
+    "metadata",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -133,3 +141,22 @@ actions = Table(
     Index(None, "message_id"),
     Index(None, "at"),
 )
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False, comment="1, 2, 3… no gaps"),
+    Column("record", String(48), nullable=False, comment="the pl:store entry it came from"),
+    Column("at", Double, nullable=False),
+    Column("actor", String(256), nullable=False, comment="who: a user, a token, a process"),
+    Column("action", String(64), nullable=False),
+    Column("targets", Text, nullable=False, comment="JSON: envelope, subscriber, patient ref…"),
+    Column("reason", Text, nullable=False, comment="the purpose or reason given"),
+    Column("details", Text, nullable=False, comment="JSON: ids and digests, never content"),
+    Column("prev", String(64), nullable=False, comment="the previous entry's hash"),
+    Column("hash", String(64), nullable=False, comment="HMAC-SHA256(key, prev + entry)"),
+    UniqueConstraint("record"),
+    Index(None, "at"),
+    Index(None, "action", "at"),
+)
+"""The audit trail (``broker.audit``): append-only, hash-chained; one writer appends."""

@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from broker import keys
 from broker.log import get_logger
 from broker.settings import Settings
+from broker.store import ledger
 from broker.store import retention
 from broker.store.records import identifier_rows, message_row, rejected_row, reply_codes
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
@@ -81,6 +82,10 @@ class Batch:
     """One message id per ``replayed`` record: an operator's re-queue, now in the store."""
     journal: dict[int, str] = field(default_factory=dict)
     """Partition → the last journal entry whose message the batch stores."""
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    """The audit entries to append (``broker.audit.ledger``), in the order of their records."""
+    audit_head: tuple[int, str] | None = None
+    """The audit chain's head once the batch committed (``None``: nothing appended)."""
 
     def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
         """Set one subscriber's state of one message (the last change of the batch wins)."""
@@ -119,6 +124,7 @@ class StoreWriter:
         dialect = engine.dialect.name
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._drop = client.register_script(_DROP)
+        self.audit = ledger.WriterAudit(settings)
         self.ensure_groups()
 
     def ensure_groups(self) -> None:
@@ -188,6 +194,7 @@ class StoreWriter:
             pipe.xdel(keys.STORE, *done)
         if read[keys.REJECTED]:
             pipe.xack(keys.REJECTED, keys.STORE_GROUP, *[i for i, _ in read[keys.REJECTED]])
+        self.audit.anchor(pipe, batch.audit_head)
         replies = pipe.execute()
         log.info(
             "store.batch",
@@ -211,6 +218,9 @@ class StoreWriter:
             if not fields:
                 continue  # deleted after it was read once: nothing left to write
             kind = fields.get(b"k")
+            if kind == b"aud":
+                batch.audit.append(ledger.event(entry_id, fields, now))
+                continue
             self._touch(batch, fields)
             if kind == b"msg":
                 self._message(batch, fields, envelopes, journal, now)
@@ -329,6 +339,8 @@ class StoreWriter:
                 "digest": str(details.get("digest") or "") or None,
             }
         )
+        if outcome == "delivered":
+            batch.audit.append(ledger.disclosure(entry_id, details))
         state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")
         batch.delivery(envelope_id, subscriber, at, state=state, reason=error)
 
@@ -390,6 +402,7 @@ class StoreWriter:
             ):
                 if rows:
                     connection.execute(insert(table).on_conflict_do_nothing(), rows)
+            batch.audit_head = self.audit.append(connection, batch.audit)
             if not batch.deliveries:
                 return
             rows = list(batch.deliveries.values())

@@ -1,0 +1,31 @@
+"""The audit trail: append-only, hash-chained, one appender; what happened to whose data, by whom.
+
+``events.record`` is how any process tells the trail something (an ``aud`` record on
+``pl:store``); the store's writer links each into the chain (``broker.store.ledger``), with one
+disclosure per delivered message; ``broker.store.verify`` walks it. ``key`` holds the HMAC key
+and the keyed patient references, ``chain`` the link arithmetic, ``anchor`` the copies of the
+head that reveal a deleted tail, ``fhir`` the export as FHIR R4 AuditEvent resources.
+"""
+
+from __future__ import annotations
+
+from broker.audit.anchor import ANCHOR_FILE, Anchor, read_anchors
+from broker.audit.chain import GENESIS, link
+from broker.audit.events import ACTIONS, record
+from broker.audit.key import ensure_key, load_key, patient_ref
+
+__all__ = [
+    # the trail's vocabulary and its one entry point for other processes
+    "ACTIONS",
+    "record",
+    # the chain and its head's copies
+    "ANCHOR_FILE",
+    "GENESIS",
+    "Anchor",
+    "link",
+    "read_anchors",
+    # the key
+    "ensure_key",
+    "load_key",
+    "patient_ref",
+]

@@ -1,0 +1,185 @@
+"""The chain's one appender, inside the store's writer: a batch's events become linked entries.
+
+The writer hands over, in the order its records came, the ``aud`` records of the batch and a
+disclosure for every delivered attempt (``broker.trail``'s ``att`` records: which subscriber
+received which message, of which patient, under which policy). They are linked and inserted in
+the writer's own transaction, after its messages (a disclosure's patient is read from the
+``messages`` row, the same batch's or an older one), so the chain commits with what it tells.
+
+One appender: ``seq`` is the primary key, so a second writer appending at the same time fails
+its transaction instead of forking the chain. Idempotent: an entry remembers its ``pl:store``
+record (unique), and a batch read again after a crash skips the records already appended.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pydantic_core
+import sqlalchemy as sa
+
+from broker.audit.anchor import ANCHOR_FILE, AnchorFile, queue_head
+from broker.audit.chain import GENESIS, dumps, link
+from broker.audit.events import REASON_LIMIT
+from broker.audit.key import ensure_key, patient_ref
+from broker.settings import Settings
+from broker.store.schema import audit, messages
+
+__all__ = ["SYSTEM", "Ledger", "WriterAudit", "disclosure", "event"]
+
+SYSTEM = "passerelle"
+"""The actor of what the broker does by itself (a delivery)."""
+_CHUNK = 500
+
+
+def event(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[str, Any]:
+    """The pending entry of an ``aud`` record (``broker.audit.events.record``)."""
+
+    def text(name: bytes, default: str = "") -> str:
+        value = fields.get(name)
+        return value.decode("utf-8", "replace") if value is not None else default
+
+    return {
+        "record": entry_id,
+        "at": float(text(b"at") or now),
+        "actor": text(b"who", "?")[:256],
+        "action": text(b"act", "?")[:64],
+        "targets": pydantic_core.from_json(fields.get(b"t") or b"{}"),
+        "reason": text(b"why")[:REASON_LIMIT],
+        "details": pydantic_core.from_json(fields.get(b"d") or b"{}"),
+    }
+
+
+def disclosure(entry_id: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The pending entry of a delivered attempt (an ``att`` record's parsed ``d``).
+
+    The patient is filled in by ``Ledger.append`` from the stored message.
+    """
+    targets = {"envelope": str(details["env"]), "subscriber": str(details["sub"])}
+    if details.get("policy"):
+        targets["policy"] = str(details["policy"])
+    facts = {"digest": str(details.get("digest") or "")}
+    if details.get("purpose"):
+        facts["purpose"] = str(details["purpose"])
+    return {
+        "record": f"{entry_id}:d",
+        "at": float(details["at"]),
+        "actor": SYSTEM,
+        "action": "message.delivered",
+        "targets": targets,
+        "reason": "",
+        "details": facts,
+    }
+
+
+class Ledger:
+    """Links and inserts pending entries after the chain's head.
+
+    Args:
+        key: the audit key (``broker.audit.key``).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def append(
+        self, connection: sa.Connection, pending: list[dict[str, Any]]
+    ) -> tuple[int, str] | None:
+        """Append ``pending`` (in order) on ``connection``'s transaction.
+
+        Returns:
+            The new head ``(seq, hash)``, or ``None`` when nothing was appended.
+        """
+        if not pending:
+            return None
+        records = [p["record"] for p in pending]
+        seen: set[str] = set()
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            seen.update(connection.scalars(sa.select(audit.c.record).where(audit.c.record.in_(chunk))))
+        fresh = [p for p in pending if p["record"] not in seen]
+        if not fresh:
+            return None
+        self._patients(connection, fresh)
+        head = connection.execute(
+            sa.select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (int(head.seq), str(head.hash)) if head is not None else (0, GENESIS)
+        rows = []
+        for item in fresh:
+            seq += 1
+            row = {
+                "seq": seq,
+                "record": item["record"],
+                "at": round(float(item["at"]), 6),
+                "actor": item["actor"],
+                "action": item["action"],
+                "targets": dumps(item["targets"]),
+                "reason": item["reason"],
+                "details": dumps(item["details"]),
+            }
+            row["prev"] = prev
+            row["hash"] = prev = link(self.key, prev, row)
+            rows.append(row)
+        connection.execute(audit.insert(), rows)
+        return seq, prev
+
+    def _patients(self, connection: sa.Connection, fresh: list[dict[str, Any]]) -> None:
+        """Give each disclosure its patient's reference and the message's event and source."""
+        wanted = sorted(
+            {
+                p["targets"]["envelope"]
+                for p in fresh
+                if p["action"] == "message.delivered" and "patient" not in p["targets"]
+            }
+        )
+        found: dict[str, Any] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            query = sa.select(
+                messages.c.id, messages.c.partition_key, messages.c.event, messages.c.adapter
+            ).where(messages.c.id.in_(chunk))
+            found.update((row.id, row) for row in connection.execute(query))
+        refs: dict[str, str] = {}
+        for item in fresh:
+            if item["action"] != "message.delivered":
+                continue
+            row = found.get(item["targets"]["envelope"])
+            if row is None:
+                continue  # sent before the store held it, or purged: the ids stay
+            if row.partition_key:
+                if row.partition_key not in refs:
+                    refs[row.partition_key] = patient_ref(self.key, row.partition_key)
+                item["targets"]["patient"] = refs[row.partition_key]
+            item["details"]["event"] = row.event
+            item["details"]["source"] = row.adapter
+
+
+class WriterAudit:
+    """What the store's writer does for the audit trail: append, then anchor the new head.
+
+    The key is the configured one, else generated into the data directory (the writer is the
+    chain's owner, so it must never run without one).
+
+    Args:
+        settings: the audit key's settings and the data directory (the anchors' file).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.ledger = Ledger(ensure_key(settings))
+        self.anchors = AnchorFile(settings.data_dir / ANCHOR_FILE)
+
+    def append(
+        self, connection: sa.Connection, pending: list[dict[str, Any]]
+    ) -> tuple[int, str] | None:
+        """``Ledger.append`` on the writer's transaction."""
+        return self.ledger.append(connection, pending)
+
+    def anchor(self, pipe: Any, head: tuple[int, str] | None) -> None:
+        """Queue the committed head on the acknowledging MULTI, and note it for the file."""
+        if head is None:
+            return
+        now = time.time()
+        queue_head(pipe, head[0], head[1], now)
+        self.anchors.note(head[0], head[1], now)
