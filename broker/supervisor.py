@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from broker.audit.key import ensure_key
 from broker.children import die_with_parent
 from broker.embedded import EmbeddedRedis
 from broker.errors import ServiceUnavailable
@@ -92,6 +93,7 @@ class Supervisor:
         self, settings: Settings, roles: tuple[str, ...] = ROLES, log_dir: Path | None = None
     ) -> None:
         self.settings = ensure_api_token(settings)
+        ensure_key(self.settings)  # the audit chain's, before the store's writer starts
         self.roles = roles
         self.log_dir = log_dir
         self.redis: EmbeddedRedis | None = None

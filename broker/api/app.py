@@ -10,8 +10,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from broker import console
+from broker import access_events, console
 from broker.api import (
+    audit,
     dead_letters,
     docs,
     health,
@@ -97,8 +98,10 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.redis = redis_client
+    access_events.configure(redis_client)
     app.include_router(health.router)
     app.include_router(messages.router)
+    app.include_router(audit.router)
     app.include_router(dead_letters.router)
     app.include_router(unmapped.router)
     app.include_router(refusals.router)

@@ -2,6 +2,12 @@
 
 ``GET /api/messages/{id}`` answers from Redis while the envelope is there (exactly as the
 pipeline wrote it), then from the store (``X-Passerelle-Source: store``).
+
+Every read is audited (``broker.audit``): a search as ``message.searched`` with the filters it
+used (an identifier's value as its keyed reference), a trace as ``message.viewed``. Content (the
+raw and canonical message) is shown only with a ``reason`` (``broker.audit.reasons``), and that
+view is audited as ``content.viewed`` with it: permission ``messages.content`` where a route
+reads content, ``messages.read`` otherwise (``x-permission``, until the roles land).
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 
-from broker import keys
-from broker.api.auth import require_token
+from broker import audit, keys
+from broker.api.auth import Who, require_token
 from broker.api.health import get_redis
+from broker.audit.reasons import ReasonError, check_reason
 from broker.errors import BrokerError
 from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
 
@@ -28,6 +35,33 @@ router = APIRouter(prefix="/api/messages", tags=["messages"], dependencies=[Depe
 
 _ENVELOPE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NOT_FOUND = "no message with this id (unknown, not stored yet, or purged)"
+_READ = {"x-permission": "messages.read"}
+_CONTENT = {"x-permission": "messages.content"}
+WITHHELD = "withheld: give a reason (`reason=`) to see the raw and canonical message; it is audited"
+ReasonQuery = Annotated[
+    str | None,
+    Query(description="Why the content is read; required to see it, recorded in the audit trail."),
+]
+
+
+def _reason(reason: str | None) -> str | None:
+    """The reason given, checked; 422 when it is blank or too short to say anything."""
+    if reason is None:
+        return None
+    try:
+        return check_reason(reason)
+    except ReasonError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+def _key(request: Request) -> bytes | None:
+    """The audit key for identifier references (``None`` without one: the value is left out)."""
+    from broker.api.audit import audit_key
+
+    try:
+        return audit_key(request)
+    except HTTPException:
+        return None
 
 
 def get_store(request: Request) -> sa.Engine:
@@ -54,9 +88,12 @@ def _epoch(value: str | None, name: str) -> float | None:
     return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
 
 
-@router.get("")
+@router.get("", openapi_extra=_READ)
 def search_messages(
+    request: Request,
     store: Annotated[sa.Engine, Depends(get_store)],
+    client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
     control_id: Annotated[str | None, Query(description="MSH-10, exact.")] = None,
     id: Annotated[str | None, Query(description="The envelope id.")] = None,
     patient: Annotated[str | None, Query(description="A patient identifier value.")] = None,
@@ -95,21 +132,56 @@ def search_messages(
         page = search(store, query)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    used = sorted(
+        name
+        for name, value in request.query_params.items()
+        if value and name not in ("limit", "before", "patient")
+    )
+    key = _key(request) if patient else None
+    audit.record(
+        client,
+        "message.searched",
+        who=who,
+        details={"filters": used, "results": len(page.items)},
+        identifier=audit.patient_ref(key, patient) if key and patient else None,
+    )
     return {"items": page.items, "next": page.next}
 
 
 @router.get(
     "/{envelope_id}/trace",
     responses={404: {"description": _NOT_FOUND}},
+    openapi_extra={**_READ, "x-permission-content": "messages.content"},
 )
 def trace_message(
     envelope_id: Annotated[str, Path(description="The message id.")],
     store: Annotated[sa.Engine, Depends(get_store)],
+    client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
+    reason: ReasonQuery = None,
 ) -> dict[str, Any]:
-    """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
+    """Where one message went: raw → canonical → every attempt per subscriber, and actions.
+
+    The raw and canonical message only with a ``reason`` (else ``null``, and ``content`` says
+    why); the view is audited either way.
+    """
+    why = _reason(reason)
     found = trace(store, envelope_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    if why is None:
+        found["raw"] = found["canonical"] = None
+        found["content"] = WITHHELD
+    else:
+        found["content"] = "shown"
+    audit.record(
+        client,
+        "content.viewed" if why else "message.viewed",
+        who=who,
+        why=why or "",
+        details={"view": "trace"},
+        envelope=envelope_id,
+    )
     return found
 
 
@@ -118,17 +190,31 @@ def trace_message(
     responses={
         200: {"description": "The Envelope as JSON", "content": {"application/json": {}}},
         404: {"description": _NOT_FOUND},
+        422: {"description": "No reason, or one too short to say anything"},
     },
+    openapi_extra=_CONTENT,
 )
 def get_message(
     request: Request,
     envelope_id: Annotated[str, Path(description="The envelope id (28 hex digits).")],
     client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
+    reason: ReasonQuery = None,
 ) -> Response:
-    """The Envelope stored at ``pl:env:<id>``; once it left Redis, the store's record of it."""
+    """The Envelope stored at ``pl:env:<id>``; once it left Redis, the store's record of it.
+
+    It holds the canonical message: a ``reason`` is required, and the view is audited with it.
+    """
+    why = _reason(reason)
+    if why is None:
+        msg = "this route returns the message's content: give a reason (`reason=`); it is audited"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
     # Ids are checked before they reach a Redis key, so no pattern or other key can be named.
     if not _ENVELOPE_ID.match(envelope_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    audit.record(
+        client, "content.viewed", who=who, why=why, details={"view": "envelope"}, envelope=envelope_id
+    )
     raw = client.get(keys.envelope(envelope_id))
     if raw is not None:
         return Response(content=raw, media_type="application/json")

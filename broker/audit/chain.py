@@ -1,18 +1,23 @@
 """The chain's arithmetic: one entry's canonical form, and the link that seals it to the last.
 
-Each entry's ``hash`` is ``HMAC-SHA256(key, prev || "\\n" || canonical JSON of the entry)``,
+Each entry's ``hash`` is ``HMAC-SHA256(key, prev || "\n" || canonical JSON of the entry)``,
 where ``prev`` is the previous entry's hash (``GENESIS`` for the first) and the entry is every
 column but ``prev`` and ``hash`` (its ``seq`` included, so an entry moved to another place no
-longer verifies there). Canonical JSON: keys sorted, no spaces, UTF-8, floats as Python's
-shortest ``repr`` (both SQLite's REAL and PostgreSQL's double precision give them back exactly).
+longer verifies there). Canonical JSON: a JSON object of ``FIELDS`` in that order, compact,
+UTF-8, as pydantic-core (Rust) writes it, ``targets`` and ``details`` being the JSON texts the
+table holds (so ``verify`` hashes the stored bytes, it never re-serialises them); floats are
+written shortest-first and read back exactly from SQLite's REAL and PostgreSQL's double
+precision. pydantic-core rather than ``json.dumps``: a sixth of the time, and the store's
+writer hashes one entry per delivered message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any, TypedDict
+
+import pydantic_core
 
 __all__ = ["FIELDS", "GENESIS", "Entry", "canonical", "dumps", "link"]
 
@@ -38,13 +43,13 @@ class Entry(TypedDict):
 
 
 def dumps(value: Any) -> str:
-    """Canonical JSON text of ``value`` (what ``targets`` and ``details`` are stored as)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text of ``value`` (what ``targets`` and ``details`` are stored as)."""
+    return pydantic_core.to_json(value).decode()
 
 
 def canonical(entry: Any) -> bytes:
-    """The bytes an entry's hash covers: its ``FIELDS`` as canonical JSON."""
-    return dumps({name: entry[name] for name in FIELDS}).encode()
+    """The bytes an entry's hash covers: its ``FIELDS``, in that order, as compact JSON."""
+    return pydantic_core.to_json({name: entry[name] for name in FIELDS})
 
 
 def link(key: bytes, prev: str, entry: Any) -> str:

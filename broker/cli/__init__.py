@@ -9,7 +9,7 @@ failure, JSON output, option types):
 - ``mappings``: ``mappings lint|test|review|style``
 - ``ops``: ``replay``; ``dead_letters``: ``dead-letters ...``: a running broker's deliveries
 - ``messages``: ``messages search|show|trace``: the message store; ``store``: its writer role,
-  ``store upgrade|purge``
+  ``store upgrade|purge``; ``audit``: ``audit verify|export|show``, the audit trail
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -27,6 +27,7 @@ from typing import Annotated
 import typer
 
 from broker.cli._common import DataDirOpt, fail, load_settings
+from broker.cli.audit import audit_app
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
 from broker.cli.mappings import mappings_app
@@ -64,6 +65,7 @@ def build_app() -> typer.Typer:
     app.add_typer(dead_letters_app, name="dead-letters")
     app.add_typer(messages_app, name="messages")
     app.add_typer(store_app, name="store")
+    app.add_typer(audit_app, name="audit")
     register_plugins(app)
     app.callback()(_main_options)
     return app
