@@ -213,7 +213,12 @@ def get_message(
     if not _ENVELOPE_ID.match(envelope_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
     audit.record(
-        client, "content.viewed", who=who, why=why, details={"view": "envelope"}, envelope=envelope_id
+        client,
+        "content.viewed",
+        who=who,
+        why=why,
+        details={"view": "envelope"},
+        envelope=envelope_id,
     )
     raw = client.get(keys.envelope(envelope_id))
     if raw is not None:

@@ -15,17 +15,14 @@ from broker.audit.events import ACTIONS, record
 from broker.audit.key import ensure_key, load_key, patient_ref
 
 __all__ = [
-    # the trail's vocabulary and its one entry point for other processes
     "ACTIONS",
-    "record",
-    # the chain and its head's copies
     "ANCHOR_FILE",
     "GENESIS",
     "Anchor",
-    "link",
-    "read_anchors",
-    # the key
     "ensure_key",
+    "link",
     "load_key",
     "patient_ref",
+    "read_anchors",
+    "record",
 ]

@@ -71,7 +71,9 @@ def audit_event(entry: dict[str, Any]) -> dict[str, Any]:
     if entry["action"] == "message.delivered" and "subscriber" in targets:
         agents.append(
             {
-                "who": {"identifier": {"system": _ID + "subscriber", "value": targets["subscriber"]}},
+                "who": {
+                    "identifier": {"system": _ID + "subscriber", "value": targets["subscriber"]}
+                },
                 "requestor": False,
                 "type": {"text": "recipient"},
             }

@@ -36,7 +36,9 @@ audit_app = typer.Typer(
 SinceOpt = Annotated[
     str | None, typer.Option("--since", help="From: today, yesterday or ISO 8601.")
 ]
-UntilOpt = Annotated[str | None, typer.Option("--until", help="Before: today, yesterday or ISO 8601.")]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Before: today, yesterday or ISO 8601.")
+]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: the OS user name).")]
 
 

@@ -150,9 +150,18 @@ def search(
         fail(str(exc), 2)
     used = [
         name
-        for name, value in (("control_id", control_id), ("id", envelope_id), ("kind", kind),
-                            ("adapter", adapter), ("subscriber", subscriber), ("event", event),
-                            ("state", state), ("since", since), ("until", until), ("text", text))
+        for name, value in (
+            ("control_id", control_id),
+            ("id", envelope_id),
+            ("kind", kind),
+            ("adapter", adapter),
+            ("subscriber", subscriber),
+            ("event", event),
+            ("state", state),
+            ("since", since),
+            ("until", until),
+            ("text", text),
+        )
         if value
     ]
     _record(

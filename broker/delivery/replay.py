@@ -254,7 +254,9 @@ class Operations:
         pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
-        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id, pipe=pipe)
+        self.store.audit(
+            "resent", who=who, why=why, subscriber=subscriber, target=envelope_id, pipe=pipe
+        )
         self._queue(subscriber, envelope, None, pipe=pipe)
         pipe.execute()
         self.enqueue("passerelle.drain_outbound", [subscriber, envelope.partition or 0])

@@ -32,7 +32,18 @@ __all__ = ["SYSTEM", "Ledger", "WriterAudit", "disclosure", "event"]
 SYSTEM = "passerelle"
 """The actor of what the broker does by itself (a delivery)."""
 _CHUNK = 500
-_COLUMNS = ("seq", "record", "at", "actor", "action", "targets", "reason", "details", "prev", "hash")
+_COLUMNS = (
+    "seq",
+    "record",
+    "at",
+    "actor",
+    "action",
+    "targets",
+    "reason",
+    "details",
+    "prev",
+    "hash",
+)
 
 
 def event(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[str, Any]:

@@ -89,7 +89,10 @@ def verify(engine: sa.Engine, key: bytes, anchors: list[Anchor] | None = None) -
                 rows.close()
                 if entry["prev"] != prev:
                     moved = {**dict(entry), "seq": _written_at(connection, str(entry["prev"]))}
-                    if moved["seq"] is not None and link(key, str(entry["prev"]), moved) == entry["hash"]:
+                    if (
+                        moved["seq"] is not None
+                        and link(key, str(entry["prev"]), moved) == entry["hash"]
+                    ):
                         reason = f"entry {seq} was written as entry {moved['seq']}: reordered"
                         return bad(seq, "reordered", reason)
                 return bad(seq, "altered", f"entry {seq} does not match its hash: altered")

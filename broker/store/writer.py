@@ -36,8 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from broker import keys
 from broker.log import get_logger
 from broker.settings import Settings
-from broker.store import ledger
-from broker.store import retention
+from broker.store import ledger, retention
 from broker.store.records import identifier_rows, message_row, rejected_row, reply_codes
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
 
@@ -83,7 +82,7 @@ class Batch:
     journal: dict[int, str] = field(default_factory=dict)
     """Partition → the last journal entry whose message the batch stores."""
     audit: list[dict[str, Any]] = field(default_factory=list)
-    """The audit entries to append (``broker.audit.ledger``), in the order of their records."""
+    """The audit entries to append (``broker.store.ledger``), in the order of their records."""
     audit_head: tuple[int, str] | None = None
     """The audit chain's head once the batch committed (``None``: nothing appended)."""
 

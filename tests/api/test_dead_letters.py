@@ -21,6 +21,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
+from broker.testing import audit_events
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -99,8 +100,8 @@ def add_dead(
 
 
 def audit(client: redis.Redis) -> list[dict[str, str]]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.AUDIT)  # type: ignore[assignment]
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    """The audit events sent (waiting for the store's writer in ``pl:store``)."""
+    return audit_events(client)
 
 
 ROUTES = [
@@ -226,10 +227,10 @@ def test_showing_one_returns_the_record_and_is_audited(
     assert record["envelope"]["bundle"] == envelope["bundle"]
     assert record["patient"] == envelope["partition_key"]
     (entry,) = audit(redis_client)
-    assert entry["action"] == "viewed"
+    assert entry["action"] == "content.viewed"
     assert entry["who"] == "api"
     assert entry["subscriber"] == SUB
-    assert entry["target"] == dead_id
+    assert entry["dead_letter"] == dead_id
 
 
 @pytest.mark.parametrize("dead_id", ["0123456789abcdef0123456789ab", "a:b", "*"])
@@ -256,7 +257,7 @@ def test_replay_of_a_held_patient_releases_it(
     assert record["history"][-1]["who"] == "api"
     assert record["history"][-1]["why"] == "receiver fixed"
     assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
-    assert audit(redis_client)[-1]["action"] == "replayed"
+    assert audit(redis_client)[-1]["action"] == "message.replayed"
 
 
 def test_replay_without_hold_queues_the_message(
@@ -398,7 +399,11 @@ def test_discard_releases_the_patient(
     assert reply.json()["status"] == "discarded"
     assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
     entry = audit(redis_client)[-1]
-    assert (entry["action"], entry["who"], entry["why"]) == ("discarded", "api", "sent by fax")
+    assert (entry["action"], entry["who"], entry["why"]) == (
+        "message.discarded",
+        "api",
+        "sent by fax",
+    )
 
 
 def test_bulk_replay_by_text(
@@ -449,7 +454,11 @@ def test_resend_queues_a_stored_message(
     assert reply.json() == {"envelope_id": envelope["id"], "to": SUB, "status": "queued"}
     assert recorder.tasks == [("passerelle.drain_outbound", [SUB, 3])]
     entry = audit(redis_client)[-1]
-    assert (entry["action"], entry["target"], entry["who"]) == ("resent", envelope["id"], "api")
+    assert (entry["action"], entry["envelope"], entry["who"]) == (
+        "message.resent",
+        envelope["id"],
+        "api",
+    )
 
 
 def test_resend_errors(

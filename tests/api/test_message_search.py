@@ -94,11 +94,15 @@ class TestAudited:
         from broker.audit import load_key, patient_ref
 
         client, broker, patient = api
-        client.get("/api/messages", params={"patient": patient.cin, "event": "ADT^A01"}, headers=AUTH)
+        client.get(
+            "/api/messages", params={"patient": patient.cin, "event": "ADT^A01"}, headers=AUTH
+        )
         (searched,) = [e for e in self._trail(broker) if e["action"] == "message.searched"]
         assert searched["actor"] == "api"
         assert searched["details"]["filters"] == ["event"]
-        assert searched["targets"]["identifier"] == patient_ref(load_key(broker.settings), patient.cin)
+        assert searched["targets"]["identifier"] == patient_ref(
+            load_key(broker.settings), patient.cin
+        )
         assert patient.cin not in str(searched)
 
     def test_a_content_view_is_recorded_with_its_reason_and_a_metadata_view_without(self, api):
@@ -175,7 +179,9 @@ class TestAuditRoutes:
         delivered = [e for e in events if e.subtype[0].code == "message.delivered"]
         assert len(delivered) == 2
         assert {e.type.code for e in delivered} == {"110106"}
-        recipients = {a.who.identifier.value for e in delivered for a in e.agent if a.who.identifier}
+        recipients = {
+            a.who.identifier.value for e in delivered for a in e.agent if a.who.identifier
+        }
         assert recipients == {"dmp-national", "lab-legacy"}
 
     def test_audit_routes_need_the_token_and_declare_audit_read(self, api):

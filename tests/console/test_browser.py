@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pydantic import SecretStr
 
-from broker import keys
 from broker.ack import read_ack
 from broker.api import create_app
+from broker.store.schema import audit
 from broker.testing import EagerBroker, free_port, running_listeners, wait_until
 from passerelle_demo.synthetic import adt, patients
 
@@ -171,13 +172,12 @@ def test_a_click_on_replay_delivers_the_dead_letter(page: Page, broker: EagerBro
     off_the_browser_thread(broker.run)  # the worker runs the queued release
     assert broker.fhir_control_ids().count("DEAD-1") == 1
     # The audit trail names the console as the actor, with the reason given.
-    actions = [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in broker.client.xrange(keys.AUDIT)
-    ]
-    assert {(a["action"], a["who"], a["why"]) for a in actions} >= {
-        ("viewed", "console", ""),
-        ("replayed", "console", "receiver fixed its birthDate check"),
+    off_the_browser_thread(broker.write_store)
+    with broker.store.connect() as connection:
+        actions = list(connection.execute(sa.select(audit.c.action, audit.c.actor, audit.c.reason)))
+    assert {tuple(a) for a in actions} >= {
+        ("content.viewed", "console", ""),
+        ("message.replayed", "console", "receiver fixed its birthDate check"),
     }
 
 

@@ -36,7 +36,9 @@ def chained(make_broker, store_url):
 
 def _entries(engine):
     with engine.connect() as connection:
-        return [dict(r._mapping) for r in connection.execute(sa.select(audit).order_by(audit.c.seq))]
+        return [
+            dict(r._mapping) for r in connection.execute(sa.select(audit).order_by(audit.c.seq))
+        ]
 
 
 def _verify(broker):

@@ -40,9 +40,7 @@ def upgrade() -> None:
             nullable=False,
             comment="JSON: envelope, subscriber, patient ref…",
         ),
-        sa.Column(
-            "reason", sa.Text(), nullable=False, comment="the purpose or reason given"
-        ),
+        sa.Column("reason", sa.Text(), nullable=False, comment="the purpose or reason given"),
         sa.Column(
             "details",
             sa.Text(),
