@@ -247,10 +247,15 @@ def test_a_search_by_control_id_leads_to_the_trace(page: Page, broker: EagerBrok
     expect(page.get_by_role("heading", level=1)).to_have_text("Trace of TRACE-1")
     expect(page.locator('#summary dd[data-field="control_id"]')).to_have_text("TRACE-1")
     expect(page.locator('#summary dd[data-field="event"]')).to_have_text("ADT^A01")
-    # The content is folded until asked for; then the bytes received, one segment per line.
+    # The content is withheld until a reason is given (the view is audited), and folded until
+    # asked for; then the bytes received, one segment per line.
     raw = page.locator("#raw pre")
     expect(raw).to_be_hidden()
     page.get_by_text("Raw message as received").click()
+    expect(raw).to_contain_text("withheld")
+    expect(raw).not_to_contain_text(a.family)
+    page.get_by_label("Reason to see the content").fill("INC-9001 the DMP misses a visit")
+    page.get_by_role("button", name="Show the content").click()
     expect(raw).to_be_visible()
     expect(raw).to_contain_text("MSH|^~\\&|")
     expect(raw).to_contain_text("|TRACE-1|")
