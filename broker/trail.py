@@ -35,7 +35,7 @@ from broker.envelope import Envelope
 if TYPE_CHECKING:
     from broker.adapters.spec import AdapterSpec
 
-__all__ = ["REPLY_LIMIT", "acted", "attempted", "filtered_reason", "routed", "state"]
+__all__ = ["REPLY_LIMIT", "acted", "attempted", "edited", "filtered_reason", "routed", "state"]
 
 REPLY_LIMIT = 2000
 """A receiver's reply is kept up to this many characters."""
@@ -78,6 +78,12 @@ def routed(
         off = {s.id: filtered_reason(s, envelope) for s in subscribers if s.id not in chosen}
         if off:
             record["off"] = pydantic_core.to_json(off)
+    pipe.xadd(keys.STORE, record)
+
+
+def edited(pipe: Any, envelope: Envelope, subscriber: str) -> None:
+    """Queue the record of an operator's edited copy (a new message) queued for ``subscriber``."""
+    record = {"k": "msg", "env": envelope.id, "st": envelope.state.value, "to": subscriber}
     pipe.xadd(keys.STORE, record)
 
 

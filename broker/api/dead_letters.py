@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -24,7 +24,8 @@ from broker.api.operations import (
     require_subscriber,
 )
 from broker.delivery.dead_letter import Status
-from broker.delivery.replay import OperationError, Operations
+from broker.audit.reasons import ReasonError, check_reason
+from broker.delivery.replay import IdentityEditRefused, OperationError, Operations
 from broker.errors import CanonicalError
 from broker.ops.overview import dead_letter_counts
 
@@ -107,7 +108,11 @@ class ReplayBody(_Why):
     """``POST .../{id}/replay``: why, and optionally the corrected canonical message."""
 
     corrected_bundle: dict[str, Any] | None = Field(
-        None, description="A corrected FHIR R4 message Bundle to send instead of the original."
+        None,
+        description="A corrected FHIR R4 message Bundle: taken in as a NEW message linked to the "
+        "original (which is kept), checked as any mapped message; needs a real reason "
+        "(at least 8 letters or digits) and, when it changes the patient's identifiers, "
+        "the identity.edit permission.",
     )
 
 
@@ -138,7 +143,8 @@ def list_dead_letters(
     subscriber: SubscriberPath,
     ops: Ops,
     status_: Annotated[
-        Literal["open", "replaying", "delivered", "discarded", "all"], Query(alias="status")
+        Literal["open", "replaying", "delivered", "discarded", "edited", "all"],
+        Query(alias="status"),
     ] = "open",
     since: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
@@ -169,28 +175,61 @@ def show_dead_letter(
     return record
 
 
+def holds(request: Request, permission: str) -> bool:
+    """Whether the caller holds ``permission``: the roles' verdict once they set
+    ``request.state.permissions``; until then the one API credential is the admin's."""
+    permissions: set[str] | None = getattr(request.state, "permissions", None)
+    return permissions is None or permission in permissions
+
+
 @router.post(
     "/{subscriber}/{dead_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=None,
     responses={
+        403: {"description": "The edit changes the patient's identifiers: identity.edit needed"},
         404: {"description": "Unknown subscriber or dead letter"},
         409: {"description": "The dead letter is not open, or nothing is kept to send"},
-        422: {"description": "The corrected Bundle is not valid FHIR R4 (an OperationOutcome)"},
+        422: {
+            "description": "The corrected Bundle is not valid FHIR R4 or fails the checks (an "
+            "OperationOutcome), or an edit's reason says nothing"
+        },
+    },
+    openapi_extra={
+        "x-permission": "messages.replay",
+        "x-permission-edit": "messages.edit",
+        "x-permission-identity": "identity.edit",
     },
 )
 def replay(
-    subscriber: SubscriberPath, dead_id: DeadIdPath, body: ReplayBody, ops: Ops, who: Who
+    request: Request,
+    subscriber: SubscriberPath,
+    dead_id: DeadIdPath,
+    body: ReplayBody,
+    ops: Ops,
+    who: Who,
 ) -> dict[str, Any] | JSONResponse:
-    """Send a dead letter again, as it was or corrected; a held patient is then released."""
+    """Send a dead letter again as it was, or an edited copy as a new message linked to it."""
     require_subscriber(ops, subscriber)
     _record(ops, subscriber, dead_id)
+    if body.corrected_bundle is not None:
+        try:
+            check_reason(body.why)
+        except ReasonError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     try:
         return ops.replay(
-            subscriber, dead_id, who=who, why=body.why, corrected=body.corrected_bundle
+            subscriber,
+            dead_id,
+            who=who,
+            why=body.why,
+            corrected=body.corrected_bundle,
+            identity_edit=holds(request, "identity.edit"),
         )
     except CanonicalError as exc:
         return operation_outcome(exc)
+    except IdentityEditRefused as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
     except OperationError as exc:
         raise refused(exc) from exc
 

@@ -170,7 +170,7 @@ def trace_message(
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
     if why is None:
-        found["raw"] = found["canonical"] = None
+        found["raw"] = found["canonical"] = found["edit"] = None
         found["content"] = WITHHELD
     else:
         found["content"] = "shown"

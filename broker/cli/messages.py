@@ -245,7 +245,7 @@ def trace(
         envelope=message_id,
     )
     if why is None:
-        found["raw"] = found["canonical"] = None
+        found["raw"] = found["canonical"] = found["edit"] = None
         found["content"] = "withheld: give --reason to see the raw and canonical message (audited)"
     if as_json:
         print_json(found)

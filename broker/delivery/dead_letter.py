@@ -34,7 +34,8 @@ __all__ = [
     "Status",
 ]
 
-Status = Literal["open", "replaying", "delivered", "discarded"]
+Status = Literal["open", "replaying", "delivered", "discarded", "edited"]
+"""``edited``: superseded by an edited copy, a new message (``broker.delivery.edit``)."""
 
 # Parking also tells the message store (KEYS[3], broker.trail's `st` record) in the same call.
 _PARK_IF_HELD = """

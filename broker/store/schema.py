@@ -69,11 +69,14 @@ messages = Table(
     Column("ack", Text, comment="the ACK sent to the sender"),
     Column("ack_code", String(8)),
     Column("stored_at", Double, nullable=False),
+    Column("edit_of", String(64), comment="the message this one corrects (an operator's edit)"),
+    Column("edit", Text, comment="JSON: who, why and the diff from the original (patient data)"),
     Index(None, "received_at"),
     Index(None, "control_id"),
     Index(None, "adapter", "received_at"),
     Index(None, "event", "received_at"),
     Index(None, "state", "received_at"),
+    Index(None, "edit_of"),
 )
 
 identifiers = Table(

@@ -1,4 +1,5 @@
-"""The audit trail: an append-only, hash-chained table the store's writer appends to.
+"""The audit trail: an append-only, hash-chained table the store's writer appends to; and the
+link of an edited message to the one it corrects (``messages.edit_of``, ``messages.edit``).
 
 Revision ID: 0003_audit
 Revises: 0002
@@ -17,7 +18,25 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create ``audit`` (see ``broker.store.schema.audit``)."""
+    """Create ``audit`` (see ``broker.store.schema.audit``); add the edit link to ``messages``."""
+    with op.batch_alter_table("messages") as batch:
+        batch.add_column(
+            sa.Column(
+                "edit_of",
+                sa.String(64),
+                nullable=True,
+                comment="the message this one corrects (an operator's edit)",
+            )
+        )
+        batch.add_column(
+            sa.Column(
+                "edit",
+                sa.Text(),
+                nullable=True,
+                comment="JSON: who, why and the diff from the original (patient data)",
+            )
+        )
+        batch.create_index("ix_messages_edit_of", ["edit_of"])
     op.create_table(
         "audit",
         sa.Column(
@@ -62,7 +81,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop ``audit``."""
+    """Drop ``audit`` and the edit link."""
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_index("ix_messages_edit_of")
+        batch.drop_column("edit")
+        batch.drop_column("edit_of")
     op.drop_index("ix_audit_action_at", table_name="audit")
     op.drop_index("ix_audit_at", table_name="audit")
     op.drop_table("audit")
