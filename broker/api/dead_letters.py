@@ -23,8 +23,8 @@ from broker.api.operations import (
     refused,
     require_subscriber,
 )
-from broker.delivery.dead_letter import Status
 from broker.audit.reasons import ReasonError, check_reason
+from broker.delivery.dead_letter import Status
 from broker.delivery.replay import IdentityEditRefused, OperationError, Operations
 from broker.errors import CanonicalError
 from broker.ops.overview import dead_letter_counts

@@ -54,7 +54,8 @@ def test_the_edited_copy_is_delivered_first_as_a_new_message_and_both_are_stored
 
     broker.write_store()
     original, copy = show(broker.store, original_id), show(broker.store, new_id)
-    assert original is not None and copy is not None
+    assert original is not None
+    assert copy is not None
     assert original["edits"] == [new_id]
     assert copy["edit_of"] == original_id
     assert {d["subscriber"]: d["state"] for d in copy["deliveries"]}[DMP] == "delivered"
@@ -89,7 +90,7 @@ def test_an_identity_change_needs_identity_edit_and_changes_nothing(held):
     (letter,) = broker.dead_letters.find(DMP)
     forged = _edited(letter)
     _patient(forged)["identifier"][0]["value"] = "ZZ000002"
-    with pytest.raises(IdentityEditRefused, match="identity.edit"):
+    with pytest.raises(IdentityEditRefused, match=r"identity\.edit"):
         broker.operations().replay(DMP, letter["id"], who="nadia", why=WHY, corrected=forged)
     assert broker.dead_letters.get(DMP, letter["id"])["status"] == "open"
     record = broker.operations().replay(
