@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from broker import access_events, console
+from broker import console
 from broker.api import (
     audit,
     dead_letters,
@@ -23,6 +23,7 @@ from broker.api import (
     unmapped,
 )
 from broker.api.auth import LoginRequired, require_session
+from broker.audit import sink as audit_sink
 from broker.config import Config, load_config
 from broker.errors import AdapterSpecError, BrokerError
 from broker.log import get_logger
@@ -98,7 +99,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.redis = redis_client
-    access_events.configure(redis_client)
+    audit_sink.configure(redis_client)
     app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(audit.router)

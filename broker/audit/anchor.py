@@ -76,7 +76,7 @@ def read_anchors(client: redis.Redis | None, path: Path | None) -> list[Anchor]:
     """The anchors to check: Redis's head, and the file's newest line (each when present)."""
     found: list[Anchor] = []
     if client is not None:
-        head: dict[bytes, bytes] = client.hgetall(keys.AUDIT_HEAD)  # type: ignore[assignment]
+        head: dict[bytes, bytes] = client.hgetall(keys.AUDIT_HEAD)
         if head.get(b"seq"):
             found.append(Anchor(int(head[b"seq"]), head[b"hash"].decode(), "redis"))
     if path is not None and path.exists():

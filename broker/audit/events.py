@@ -56,7 +56,7 @@ def record(
     why: str = "",
     details: dict[str, Any] | None = None,
     at: float | None = None,
-    **targets: str | None,
+    **targets: Any,
 ) -> None:
     """Queue one audit event for the chain's writer.
 
@@ -76,7 +76,7 @@ def record(
         "who": who or "?",
         "why": (why or "")[:REASON_LIMIT],
         "at": repr(time.time() if at is None else at),
-        "t": dumps({k: v for k, v in targets.items() if v is not None}),
+        "t": dumps({k: str(v) for k, v in targets.items() if v is not None}),
         "d": dumps(details or {}),
     }
     pipe.xadd(keys.STORE, fields)

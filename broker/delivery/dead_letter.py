@@ -248,7 +248,7 @@ class DeadLetterStore:
         action's MULTI.
         """
         name = _AUDIT_ACTIONS.get(action, action)
-        targets: dict[str, str | None] = {"envelope": envelope}
+        targets: dict[str, Any] = {"envelope": envelope}
         targets["envelope" if name == "message.resent" else "dead_letter"] = target or None
         audit_record(
             pipe if pipe is not None else self.client,

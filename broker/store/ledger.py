@@ -184,15 +184,15 @@ class Ledger:
             if item["action"] != "message.delivered":
                 continue
             envelope_id = item["targets"]["envelope"]
-            row = found.get(envelope_id)
-            if row is None:
+            message = found.get(envelope_id)
+            if message is None:
                 continue  # sent before the store held it, or purged: the ids stay
-            if row.partition_key:
-                item["targets"]["patient"] = ref(row.partition_key)
+            if message.partition_key:
+                item["targets"]["patient"] = ref(message.partition_key)
             if envelope_id in values:
                 item["targets"]["identifiers"] = sorted(ref(v) for v in values[envelope_id])
-            item["details"]["event"] = row.event
-            item["details"]["source"] = row.adapter
+            item["details"]["event"] = message.event
+            item["details"]["source"] = message.adapter
 
 
 class WriterAudit:
