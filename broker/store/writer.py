@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker import keys
+from broker.audit.registrations import note_registrations
 from broker.log import get_logger
 from broker.settings import Settings
 from broker.store import ledger, retention
@@ -125,6 +126,7 @@ class StoreWriter:
         self._drop = client.register_script(_DROP)
         self.audit = ledger.WriterAudit(settings)
         self.ensure_groups()
+        note_registrations(client, settings.adapters_dir)
 
     def ensure_groups(self) -> None:
         """Create the ``store`` consumer group on both streams (from their first entry)."""

@@ -186,3 +186,24 @@ def test_the_anchor_file_catches_a_truncation_redis_forgot(chained):
     _tamper(broker.store, ("DELETE FROM audit WHERE seq = :s", {"s": last}))
     verdict = _verify(broker)
     assert (verdict.first_bad, verdict.problem) == (last, "truncated")
+
+
+def test_registration_changes_are_recorded_by_file(chained, tmp_path):
+    """A new writer after a registration file changed: one ``registrations.changed`` naming it."""
+    from broker.audit.registrations import note_registrations
+
+    broker, _ = chained
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    for source in sorted(broker.settings.adapters_dir.glob("*.yaml")):
+        (directory / source.name).write_bytes(source.read_bytes())
+    assert note_registrations(broker.client, directory) is False, "as the writer saw them at start"
+    first = [e for e in _entries(broker.store) if e["action"] == "registrations.changed"]
+    assert len(first) == 1, "the writer's first start recorded them all as added"
+    changed = sorted(directory.glob("*.yaml"))[0]
+    changed.write_bytes(changed.read_bytes() + b"\n# retuned\n")
+    assert note_registrations(broker.client, directory) is True
+    broker.write_store()
+    entries = [e for e in _entries(broker.store) if e["action"] == "registrations.changed"]
+    assert json.loads(entries[-1]["details"])["changed"] == [changed.name]
+    assert _verify(broker).ok
