@@ -182,7 +182,7 @@ class TestAudited:
         broker, _ = written
         run = run_cli("audit", "verify", env=_env_redis(broker))
         assert run.code == 0, run.stderr
-        assert run.stdout.startswith("intact: 2 entries")
+        assert run.stdout.startswith("intact: 3 entries")  # registrations, two disclosures
         with broker.store.begin() as connection:
             connection.execute(sa.text("UPDATE audit SET actor = 'x' WHERE seq = 2"))
         run = run_cli("audit", "verify", env=_env_redis(broker))
@@ -196,7 +196,7 @@ class TestAudited:
 
         broker, _ = written
         with broker.store.begin() as connection:
-            connection.execute(sa.text("DELETE FROM audit WHERE seq = 2"))
+            connection.execute(sa.text("DELETE FROM audit WHERE seq = 3"))
         run = run_cli("audit", "verify", "--json", env=_env_redis(broker))
         assert run.code == 1
         assert json.loads(run.stdout)["problem"] == "truncated"
@@ -210,5 +210,5 @@ class TestAudited:
         assert run.code == 0, run.stderr
         bundle = Bundle.model_validate_json(run.stdout)
         codes = sorted(e.resource.subtype[0].code for e in bundle.entry)
-        assert codes == ["message.delivered", "message.delivered"]
+        assert codes == ["message.delivered", "message.delivered", "registrations.changed"]
         assert run_cli("audit", "export", "--format", "xml", env=_env(broker)).code == 2
