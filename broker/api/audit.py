@@ -11,18 +11,17 @@ from typing import Annotated, Any, Literal
 
 import redis
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request
 
 from broker import audit
 from broker.api.auth import Who, require_token
 from broker.api.health import get_redis
-from broker.api.messages import _epoch, get_store
-from broker.errors import BrokerError
+from broker.api.messages import _epoch, audit_key, get_store
 from broker.settings import Settings
 from broker.store.auditlog import AuditQuery, entries
 from broker.store.verify import verify
 
-__all__ = ["PERMISSION", "audit_key", "router"]
+__all__ = ["PERMISSION", "router"]
 
 PERMISSION = "audit.read"
 _READ = {"x-permission": PERMISSION}
@@ -31,19 +30,6 @@ EXPORT_LIMIT = 100_000
 """The most entries one export answers (narrow ``since``/``until`` for more)."""
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], dependencies=[Depends(require_token)])
-
-
-def audit_key(request: Request) -> bytes:
-    """FastAPI dependency: the audit key (loaded once); 503 when none is configured."""
-    key: bytes | None = getattr(request.app.state, "audit_key", None)
-    if key is None:
-        settings: Settings = request.app.state.settings
-        try:
-            key = audit.load_key(settings)
-        except BrokerError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-        request.app.state.audit_key = key
-    return key
 
 
 Key = Annotated[bytes, Depends(audit_key)]

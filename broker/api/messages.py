@@ -27,9 +27,10 @@ from broker.api.auth import Who, require_token
 from broker.api.health import get_redis
 from broker.audit.reasons import ReasonError, check_reason
 from broker.errors import BrokerError
+from broker.settings import Settings
 from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
 
-__all__ = ["router"]
+__all__ = ["audit_key", "router"]
 
 router = APIRouter(prefix="/api/messages", tags=["messages"], dependencies=[Depends(require_token)])
 
@@ -54,10 +55,21 @@ def _reason(reason: str | None) -> str | None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
+def audit_key(request: Request) -> bytes:
+    """FastAPI dependency: the audit key (loaded once); 503 when none is configured."""
+    key: bytes | None = getattr(request.app.state, "audit_key", None)
+    if key is None:
+        settings: Settings = request.app.state.settings
+        try:
+            key = audit.load_key(settings)
+        except BrokerError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        request.app.state.audit_key = key
+    return key
+
+
 def _key(request: Request) -> bytes | None:
     """The audit key for identifier references (``None`` without one: the value is left out)."""
-    from broker.api.audit import audit_key
-
     try:
         return audit_key(request)
     except HTTPException:
