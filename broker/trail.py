@@ -11,9 +11,10 @@ Records (field → value; ``k`` is the kind; times are epoch seconds)::
     k=msg  env=ID  st=routed|filtered|failed  to=SUB,SUB  off={"SUB": "why not"}
     k=att  env=ID  d={"env": ID, "sub": SUB, "at": T, "ms": DURATION, "out": delivered|retrying|failed,
               "reply": what the receiver said, "digest": SHA-256 of the payload, "error": why}
-    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued  why=REASON
+    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued|edited  why=REASON
            dead=DEAD_LETTER_ID   (replayed also counts the message in pl:reopened)
     k=act  env=ID  sub=SUB  act=ACTION  who=WHO  why=WHY  target=ID
+    k=aud  act=ACTION  who=WHO  why=WHY  at=T  t={targets}  d={details}   (broker.audit.events)
 
 Usage, in a drain::
 

@@ -15,7 +15,7 @@ pending entries are read first when it starts again.
 Redis then keeps only what is in flight (docs/reliability.md §15): after the commit, in the MULTI
 that acknowledges the batch, the writer drops the envelope (``pl:env:ID``) of every message of
 the batch that the store holds and that is final for every subscriber (delivered, filtered,
-discarded), unless an operator queued it again meanwhile (``pl:reopened``, counted by
+discarded, edited), unless an operator queued it again meanwhile (``pl:reopened``, counted by
 ``broker.trail.state``), and marks per partition the last journal entry whose message is stored
 (``pl:stored``), up to which housekeeping trims the journal. Where no writer runs, nothing is
 dropped: envelopes expire after the retention, as they always did.
@@ -47,7 +47,7 @@ log = get_logger(__name__)
 CONSUMER = "writer"
 """The writer's consumer name: fixed, so a restarted writer reads its own pending entries."""
 PURGE_INTERVAL_S = 600.0
-FINAL = ("delivered", "filtered", "discarded")
+FINAL = ("delivered", "filtered", "discarded", "edited")
 """A subscriber's states after which nothing more is sent unless an operator asks again."""
 _Entry = tuple[str, dict[bytes, bytes] | None]
 _DROP = """
