@@ -33,7 +33,7 @@ def _digests(directory: Path) -> dict[str, str]:
 def note_registrations(client: redis.Redis, directory: Path, who: str = "passerelle") -> bool:
     """Record a change of the registrations in ``directory`` since the last call; True if any."""
     now = _digests(directory) if directory.is_dir() else {}
-    raw: dict[bytes, bytes] = client.hgetall(REGISTRATIONS_KEY)  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(REGISTRATIONS_KEY)
     before = {k.decode(): v.decode() for k, v in raw.items()}
     if now == before:
         return False
