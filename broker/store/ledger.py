@@ -46,21 +46,35 @@ _COLUMNS = (
 )
 
 
-def event(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[str, Any]:
-    """The pending entry of an ``aud`` record (``broker.audit.events.record``)."""
+def event(entry_id: str, fields: dict[Any, Any], now: float) -> dict[str, Any]:
+    """The pending entry of an ``aud`` record (``broker.audit.events.record``).
 
-    def text(name: bytes, default: str = "") -> str:
-        value = fields.get(name)
-        return value.decode("utf-8", "replace") if value is not None else default
+    ``fields`` as Redis gives them (bytes) or already decoded (str keys and values, as a
+    reader of batched ``pl:store`` entries hands them over).
+    """
+    decoded = {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        )
+        for k, v in fields.items()
+    }
+
+    def text(name: str, default: str = "") -> str:
+        value = decoded.get(name)
+        return str(value) if value is not None else default
+
+    def json_field(name: str) -> Any:
+        value = decoded.get(name) or "{}"
+        return value if isinstance(value, dict) else pydantic_core.from_json(value)
 
     return {
         "record": entry_id,
-        "at": float(text(b"at") or now),
-        "actor": text(b"who", "?")[:256],
-        "action": text(b"act", "?")[:64],
-        "targets": pydantic_core.from_json(fields.get(b"t") or b"{}"),
-        "reason": text(b"why")[:REASON_LIMIT],
-        "details": pydantic_core.from_json(fields.get(b"d") or b"{}"),
+        "at": float(text("at") or now),
+        "actor": text("who", "?")[:256],
+        "action": text("act", "?")[:64],
+        "targets": json_field("t"),
+        "reason": text("why")[:REASON_LIMIT],
+        "details": json_field("d"),
     }
 
 
@@ -70,11 +84,13 @@ def disclosure(entry_id: str, details: dict[str, Any]) -> dict[str, Any]:
     The patient is filled in by ``Ledger.append`` from the stored message.
     """
     targets = {"envelope": str(details["env"]), "subscriber": str(details["sub"])}
-    if details.get("policy"):
-        targets["policy"] = str(details["policy"])
     facts = {"digest": str(details.get("digest") or "")}
-    if details.get("purpose"):
-        facts["purpose"] = str(details["purpose"])
+    # The data-sharing policy the payload was shaped by: ``pol`` = ``policy-id/PURPOSE``.
+    policy, _, purpose = str(details.get("pol") or details.get("policy") or "").partition("/")
+    if policy:
+        targets["policy"] = policy
+    if purpose or details.get("purpose"):
+        facts["purpose"] = purpose or str(details["purpose"])
     return {
         "record": f"{entry_id}:d",
         "at": float(details["at"]),

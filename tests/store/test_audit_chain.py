@@ -207,3 +207,26 @@ def test_registration_changes_are_recorded_by_file(chained, tmp_path):
     entries = [e for e in _entries(broker.store) if e["action"] == "registrations.changed"]
     assert json.loads(entries[-1]["details"])["changed"] == [changed.name]
     assert _verify(broker).ok
+
+
+def test_a_disclosure_names_the_policy_and_purpose_of_the_delivery_record():
+    """``pol`` = ``policy-id/PURPOSE`` (the policy's delivery record): target and detail."""
+    from broker.store.ledger import disclosure, event
+
+    found = disclosure(
+        "1-0.3", {"env": "e1", "sub": "dmp", "at": 1.5, "digest": "d", "pol": "p7/TREAT"}
+    )
+    assert found["targets"] == {"envelope": "e1", "subscriber": "dmp", "policy": "p7"}
+    assert found["details"] == {"digest": "d", "purpose": "TREAT"}
+    assert found["record"] == "1-0.3:d"
+    raw = {
+        b"k": b"aud",
+        b"act": b"content.viewed",
+        b"who": b"nadia",
+        b"why": b"INC-1 x",
+        b"at": b"2.0",
+    }
+    raw[b"t"], raw[b"d"] = b'{"envelope":"e1"}', b"{}"
+    decoded = {k.decode(): v.decode() for k, v in raw.items()}
+    assert event("9-0", raw, 0.0) == event("9-0", decoded, 0.0)
+    assert event("9-0", raw, 0.0)["targets"] == {"envelope": "e1"}
