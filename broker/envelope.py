@@ -116,3 +116,7 @@ class Envelope(BaseModel):
     """Why the message is FAILED, REJECTED or DEAD_LETTERED."""
     bundle: dict[str, Any] | None = None
     """The canonical FHIR R4 message Bundle (validated JSON), once mapped."""
+    edit_of: str | None = None
+    """The message this one corrects (an operator's edit-and-replay: ``broker.delivery.edit``)."""
+    edit: dict[str, Any] | None = None
+    """Of an edit: who, why and the diff from the original (patient data: kept by the store)."""

@@ -23,7 +23,9 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:dlopen:indexed    string   the open index was built from the records once (upgrade)
     pl:held:SUB          hash     patient key → the dead-letter id that holds that patient's messages
     pl:parked:SUB:PK     stream   a held patient's messages for SUB, in order, the failed one first
-    pl:audit             stream   who replayed, discarded or edited what, when and why
+    pl:audit             stream   before the audit trail (broker.audit): operator actions; no longer written
+    pl:audit:head        hash     the audit chain's head (seq, hash, at), set by the store's writer with
+                                  each batch: a deleted tail is noticed (broker.audit.anchor)
     pl:acks:SRC          stream   enhanced-mode application ACKs to send to an inbound adapter
     pl:unmapped:SRC      hash     field → messages from SRC in which no rule read it (and __messages__)
     pl:adapter:SRC       hash     per inbound adapter: received, refused:CODE (AE, AR, 4xx), last_ms,
@@ -63,6 +65,7 @@ __all__ = [
     "ALERT_WINDOWS",
     "ATTEMPTS",
     "AUDIT",
+    "AUDIT_HEAD",
     "CONNECTION_REFUSED",
     "DEAD_OPEN_INDEXED",
     "DEDUPE",
@@ -112,6 +115,7 @@ REJECTED = "pl:rejected"
 QUARANTINE = "pl:quarantine"
 STATS = "pl:stats"
 AUDIT = "pl:audit"
+AUDIT_HEAD = "pl:audit:head"
 TRIMMED = "pl:trimmed"
 PRESSURE = "pl:pressure"
 RATES = "pl:rates"

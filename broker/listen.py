@@ -27,6 +27,7 @@ import redis.asyncio
 
 from broker import keys
 from broker.adapters.mllp import Frame, MllpServer
+from broker.audit import sink as audit_sink
 from broker.config import Config, load_config
 from broker.dispatch import AsyncKicker
 from broker.gctuning import tune_gc
@@ -136,6 +137,8 @@ class Listeners:
         """Bind every listener; raises OSError when an address is taken."""
         offload.configure(self.settings.parse_processes)
         self.client = redis.asyncio.Redis.from_url(self.settings.effective_redis_url)
+        # The mapping watcher's thread sends its reloads to the audit trail: a synchronous client.
+        audit_sink.configure(redis.Redis.from_url(self.settings.effective_redis_url))
         journal = Journal(
             self.client,
             self.settings.dedupe_window_s,

@@ -25,7 +25,8 @@ ALLOWED_KEYS = frozenset(
     {"event", "level", "timestamp", "logger", "error", "frames"}
     # ids, places and counts: what every event of the broker may carry, never message content
     | {
-        "ack_code", "adapter", "adapters", "address", "allow_from", "after_s", "appendfsync", "at",
+        "ack_code", "action", "adapter", "adapters", "address", "allow_from", "after_s",
+        "appendfsync", "at",
         "attempt", "attempts", "cap", "channel", "client", "col", "control_id", "correlation_id",
         "dead_letter", "delay_s", "delivered", "destination", "drains", "dropped", "entry",
         "envelope_id", "exit_code", "fhir", "file", "handled", "held", "host", "http", "key",

@@ -22,7 +22,8 @@ ROLES = ("admin", "integrator", "operator", "auditor", SENDER)
 GRANTS: dict[str, frozenset[str]] = {
     "overview.read": frozenset({"admin", "integrator", "operator", "auditor"}),
     "messages.read": frozenset({"admin", "integrator", "operator", "auditor"}),
-    "messages.content": frozenset({"admin", "integrator", "operator"}),
+    # Auditors read content too, each view with its reason (docs/security.md, "Audit trail").
+    "messages.content": frozenset({"admin", "integrator", "operator", "auditor"}),
     "messages.replay": frozenset({"admin", "operator"}),
     "messages.edit": frozenset({"admin", "operator"}),
     "identity.edit": frozenset({"admin"}),

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     ``api_tls_key`` the API serves HTTPS only (``broker.api.https``)."""
     api_tls_key: Path | None = None
     """The private key of ``api_tls_cert`` (PEM, unencrypted, readable by the service only)."""
+    audit_key: SecretStr | None = None
+    """The audit chain's HMAC key (``broker.audit.key``); else ``audit_key_file``."""
+    audit_key_file: Path | None = None
+    """A file holding the audit key; when neither is set, ``serve`` (and the store's writer)
+    generate ``data_dir/audit-key``, readable by its owner only."""
 
     partitions: int = Field(8, ge=1, le=256)
     """Patient partitions per stream: the unit of ordering and of parallel delivery."""

@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from broker.audit.key import ensure_key
 from broker.children import die_with_parent
 from broker.embedded import EmbeddedRedis
 from broker.errors import ServiceUnavailable
@@ -41,8 +44,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         key = f"PASSERELLE_{name.upper()}"
-        if name == "api_token" and settings.api_token is not None:
-            env[key] = settings.api_token.get_secret_value()
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            env[key] = secret.get_secret_value()
         elif isinstance(value, dict | list):
             env[key] = json.dumps(value)
         else:
@@ -62,7 +66,6 @@ def ensure_api_token(settings: Settings) -> Settings:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
-    from pydantic import SecretStr
 
     return settings.model_copy(
         update={"api_token": SecretStr(path.read_text(encoding="utf-8").strip())}
@@ -90,6 +93,7 @@ class Supervisor:
         self, settings: Settings, roles: tuple[str, ...] = ROLES, log_dir: Path | None = None
     ) -> None:
         self.settings = ensure_api_token(settings)
+        ensure_key(self.settings)  # the audit chain's, before the store's writer starts
         self.roles = roles
         self.log_dir = log_dir
         self.redis: EmbeddedRedis | None = None

@@ -56,6 +56,7 @@ __all__ = [
     "PrivateRedis",
     "QueuedTask",
     "StubCelery",
+    "audit_events",
     "envelope_control_ids",
     "free_port",
     "run_cli",
@@ -65,6 +66,31 @@ __all__ = [
     "write_adapter",
     "write_loopback_adapters",
 ]
+
+
+def audit_events(client: Any) -> list[dict[str, str]]:
+    """The audit events waiting in ``pl:store`` for the store's writer, oldest first.
+
+    Each as ``{"action", "who", "why", **targets}`` (strings), what ``broker.audit.record``
+    sent; once the writer ran they are in the store's ``audit`` table instead.
+    """
+    import json
+
+    from broker import keys
+
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.STORE)
+    found = []
+    for _, fields in entries:
+        if fields.get(b"k") != b"aud":
+            continue
+        event = {
+            "action": fields[b"act"].decode(),
+            "who": fields[b"who"].decode(),
+            "why": fields[b"why"].decode(),
+        }
+        event.update({k: str(v) for k, v in json.loads(fields[b"t"]).items()})
+        found.append(event)
+    return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:

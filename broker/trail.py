@@ -19,9 +19,11 @@ Records (field → value; ``k`` is the kind; times are epoch seconds)::
     k=att  env=ID  sub=SUB  at=T  ms=DURATION  out=delivered|retrying|failed
            reply=what the receiver said  digest=SHA-256 of the payload  error=why
            pol=policy-id/PURPOSE (when a data-sharing policy shaped the payload)
-    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued|filtered  why=REASON
+    k=st   env=ID  sub=SUB  st=parked|dead_lettered|discarded|replayed|queued|filtered|edited
+           why=REASON
            dead=DEAD_LETTER_ID   (replayed also counts the message in pl:reopened)
     k=act  env=ID  sub=SUB  act=ACTION  who=WHO  why=WHY  target=ID
+    k=aud  act=ACTION  who=WHO  why=WHY  at=T  t={targets}  d={details}   (broker.audit.events)
 
 (A version before ``many`` sent ``msg`` and ``att`` as entries of their own, ``att`` with its
 fields as one JSON field ``d``; the writer still reads both.)
@@ -53,6 +55,7 @@ __all__ = [
     "Records",
     "acted",
     "attempted",
+    "edited",
     "filtered",
     "filtered_reason",
     "flush",
@@ -110,6 +113,12 @@ def routed(
         if off:
             record["off"] = off
     records.append(record)
+
+
+def edited(pipe: Any, envelope: Envelope, subscriber: str) -> None:
+    """Queue the record of an operator's edited copy (a new message) queued for ``subscriber``."""
+    record = {"k": "msg", "env": envelope.id, "st": envelope.state.value, "to": subscriber}
+    pipe.xadd(keys.STORE, record)
 
 
 def attempted(

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from broker import console
 from broker.access import Authenticator
 from broker.api import (
+    audit,
     dead_letters,
     docs,
     health,
@@ -24,6 +25,7 @@ from broker.api import (
     unmapped,
 )
 from broker.api.auth import LoginRequired, PageForbidden
+from broker.audit import sink as audit_sink
 from broker.config import Config, load_config
 from broker.errors import AdapterSpecError, BrokerError
 from broker.guard import check_routes
@@ -109,8 +111,10 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.state.settings = settings
     app.state.redis = redis_client
     app.state.authenticator = Authenticator(settings)
+    audit_sink.configure(redis_client)
     app.include_router(health.router)
     app.include_router(messages.router)
+    app.include_router(audit.router)
     app.include_router(dead_letters.router)
     app.include_router(unmapped.router)
     app.include_router(refusals.router)

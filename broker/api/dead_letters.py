@@ -25,8 +25,9 @@ from broker.api.operations import (
     refused,
     require_subscriber,
 )
+from broker.audit.reasons import ReasonError, check_reason
 from broker.delivery.dead_letter import Status
-from broker.delivery.replay import OperationError, Operations
+from broker.delivery.replay import IdentityEditRefused, OperationError, Operations
 from broker.errors import CanonicalError
 from broker.ops.overview import dead_letter_counts
 
@@ -109,7 +110,11 @@ class ReplayBody(_Why):
     """``POST .../{id}/replay``: why, and optionally the corrected canonical message."""
 
     corrected_bundle: dict[str, Any] | None = Field(
-        None, description="A corrected FHIR R4 message Bundle to send instead of the original."
+        None,
+        description="A corrected FHIR R4 message Bundle: taken in as a NEW message linked to the "
+        "original (which is kept), checked as any mapped message; needs a real reason "
+        "(at least 8 letters or digits) and, when it changes the patient's identifiers, "
+        "the identity.edit permission.",
     )
 
 
@@ -142,7 +147,8 @@ def list_dead_letters(
     subscriber: SubscriberPath,
     ops: Ops,
     status_: Annotated[
-        Literal["open", "replaying", "delivered", "discarded", "all"], Query(alias="status")
+        Literal["open", "replaying", "delivered", "discarded", "edited", "all"],
+        Query(alias="status"),
     ] = "open",
     since: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601; naive means UTC.")] = None,
@@ -183,10 +189,20 @@ def show_dead_letter(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=None,
     responses={
-        403: {"description": "A corrected Bundle without the permission messages.edit"},
+        403: {
+            "description": "A corrected Bundle without the permission messages.edit, or an edit "
+            "that changes the patient's identifiers without identity.edit"
+        },
         404: {"description": "Unknown subscriber or dead letter"},
         409: {"description": "The dead letter is not open, or nothing is kept to send"},
-        422: {"description": "The corrected Bundle is not valid FHIR R4 (an OperationOutcome)"},
+        422: {
+            "description": "The corrected Bundle is not valid FHIR R4 or fails the checks (an "
+            "OperationOutcome), or an edit's reason says nothing"
+        },
+    },
+    openapi_extra={
+        "x-permission-edit": "messages.edit",
+        "x-permission-identity": "identity.edit",
     },
 )
 def replay(
@@ -197,18 +213,30 @@ def replay(
     who: Who,
     caller: Caller,
 ) -> dict[str, Any] | JSONResponse:
-    """Send a dead letter again, as it was or corrected (``messages.edit``); a held patient is
-    then released."""
+    """Send a dead letter again as it was, or an edited copy (``messages.edit``) as a new
+    message linked to it; a held patient is then released."""
     if body.corrected_bundle is not None and not caller.may("messages.edit"):
         raise HTTPException(status.HTTP_403_FORBIDDEN, lacking(caller, "messages.edit"))
     require_subscriber(ops, subscriber)
     _record(ops, subscriber, dead_id)
+    if body.corrected_bundle is not None:
+        try:
+            check_reason(body.why)
+        except ReasonError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     try:
         return ops.replay(
-            subscriber, dead_id, who=who, why=body.why, corrected=body.corrected_bundle
+            subscriber,
+            dead_id,
+            who=who,
+            why=body.why,
+            corrected=body.corrected_bundle,
+            identity_edit=caller.may("identity.edit"),
         )
     except CanonicalError as exc:
         return operation_outcome(exc)
+    except IdentityEditRefused as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
     except OperationError as exc:
         raise refused(exc) from exc
 

@@ -4,8 +4,11 @@
 pipeline wrote it), then from the store (``X-Passerelle-Source: store``).
 
 Search and trace need ``messages.read``; the bodies (the raw message and the canonical Bundle)
-need ``messages.content``: a trace read without it has them replaced by :data:`WITHHELD`, as
-does the whole envelope (``GET /api/messages/{id}``), which needs ``messages.content``.
+need ``messages.content`` and a ``reason`` (``broker.audit.reasons``): a trace read without
+either has them replaced by a sentence saying why, and the whole envelope
+(``GET /api/messages/{id}``) needs both. Every read is audited (``broker.audit``): a search as
+``message.searched`` with the filters it used (an identifier's value as its keyed reference), a
+trace as ``message.viewed``, a view of the content as ``content.viewed`` with its reason.
 """
 
 from __future__ import annotations
@@ -20,20 +23,58 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 
-from broker import keys
-from broker.api.auth import Caller, require
+from broker import audit, keys
+from broker.api.auth import Caller, Who, require
 from broker.api.health import get_redis
+from broker.audit.reasons import ReasonError, check_reason
 from broker.errors import BrokerError
+from broker.settings import Settings
 from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
 
-__all__ = ["WITHHELD", "router"]
+__all__ = ["WITHHELD", "WITHHELD_NO_PERMISSION", "audit_key", "router"]
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
-WITHHELD = "withheld: reading message bodies needs the permission messages.content"
+WITHHELD_NO_PERMISSION = "withheld: reading message bodies needs the permission messages.content"
 
 _ENVELOPE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NOT_FOUND = "no message with this id (unknown, not stored yet, or purged)"
+WITHHELD = "withheld: give a reason (`reason=`) to see the raw and canonical message; it is audited"
+ReasonQuery = Annotated[
+    str | None,
+    Query(description="Why the content is read; required to see it, recorded in the audit trail."),
+]
+
+
+def _reason(reason: str | None) -> str | None:
+    """The reason given, checked; 422 when it is blank or too short to say anything."""
+    if reason is None:
+        return None
+    try:
+        return check_reason(reason)
+    except ReasonError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+def audit_key(request: Request) -> bytes:
+    """FastAPI dependency: the audit key (loaded once); 503 when none is configured."""
+    key: bytes | None = getattr(request.app.state, "audit_key", None)
+    if key is None:
+        settings: Settings = request.app.state.settings
+        try:
+            key = audit.load_key(settings)
+        except BrokerError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        request.app.state.audit_key = key
+    return key
+
+
+def _key(request: Request) -> bytes | None:
+    """The audit key for identifier references (``None`` without one: the value is left out)."""
+    try:
+        return audit_key(request)
+    except HTTPException:
+        return None
 
 
 def get_store(request: Request) -> sa.Engine:
@@ -62,7 +103,10 @@ def _epoch(value: str | None, name: str) -> float | None:
 
 @router.get("", dependencies=[Depends(require("messages.read"))])
 def search_messages(
+    request: Request,
     store: Annotated[sa.Engine, Depends(get_store)],
+    client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
     control_id: Annotated[str | None, Query(description="MSH-10, exact.")] = None,
     id: Annotated[str | None, Query(description="The envelope id.")] = None,
     patient: Annotated[str | None, Query(description="A patient identifier value.")] = None,
@@ -101,6 +145,19 @@ def search_messages(
         page = search(store, query)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    used = sorted(
+        name
+        for name, value in request.query_params.items()
+        if value and name not in ("limit", "before", "patient")
+    )
+    key = _key(request) if patient else None
+    audit.record(
+        client,
+        "message.searched",
+        who=who,
+        details={"filters": used, "results": len(page.items)},
+        identifier=audit.patient_ref(key, patient) if key and patient else None,
+    )
     return {"items": page.items, "next": page.next}
 
 
@@ -108,22 +165,42 @@ def search_messages(
     "/{envelope_id}/trace",
     dependencies=[Depends(require("messages.read"))],
     responses={404: {"description": _NOT_FOUND}},
+    openapi_extra={"x-permission-content": "messages.content"},
 )
 def trace_message(
     envelope_id: Annotated[str, Path(description="The message id.")],
     store: Annotated[sa.Engine, Depends(get_store)],
+    client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
     caller: Caller,
+    reason: ReasonQuery = None,
 ) -> dict[str, Any]:
     """Where one message went: raw → canonical → every attempt per subscriber, and actions.
 
-    Without ``messages.content`` the raw message and the canonical Bundle are withheld.
+    The raw and canonical message only with ``messages.content`` and a ``reason`` (else
+    ``null``, and ``content`` says why); the view is audited either way.
     """
+    why = _reason(reason)
     found = trace(store, envelope_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
     if not caller.may("messages.content"):
-        found["raw"] = found["canonical"] = None
-        found["withheld"] = WITHHELD
+        why = None
+        found["raw"] = found["canonical"] = found["edit"] = None
+        found["content"] = found["withheld"] = WITHHELD_NO_PERMISSION
+    elif why is None:
+        found["raw"] = found["canonical"] = found["edit"] = None
+        found["content"] = WITHHELD
+    else:
+        found["content"] = "shown"
+    audit.record(
+        client,
+        "content.viewed" if why else "message.viewed",
+        who=who,
+        why=why or "",
+        details={"view": "trace"},
+        envelope=envelope_id,
+    )
     return found
 
 
@@ -133,17 +210,35 @@ def trace_message(
     responses={
         200: {"description": "The Envelope as JSON", "content": {"application/json": {}}},
         404: {"description": _NOT_FOUND},
+        422: {"description": "No reason, or one too short to say anything"},
     },
 )
 def get_message(
     request: Request,
     envelope_id: Annotated[str, Path(description="The envelope id (28 hex digits).")],
     client: Annotated[redis.Redis, Depends(get_redis)],
+    who: Who,
+    reason: ReasonQuery = None,
 ) -> Response:
-    """The Envelope stored at ``pl:env:<id>``; once it left Redis, the store's record of it."""
+    """The Envelope stored at ``pl:env:<id>``; once it left Redis, the store's record of it.
+
+    It holds the canonical message: a ``reason`` is required, and the view is audited with it.
+    """
+    why = _reason(reason)
+    if why is None:
+        msg = "this route returns the message's content: give a reason (`reason=`); it is audited"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
     # Ids are checked before they reach a Redis key, so no pattern or other key can be named.
     if not _ENVELOPE_ID.match(envelope_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
+    audit.record(
+        client,
+        "content.viewed",
+        who=who,
+        why=why,
+        details={"view": "envelope"},
+        envelope=envelope_id,
+    )
     raw = client.get(keys.envelope(envelope_id))
     if raw is not None:
         return Response(content=raw, media_type="application/json")

@@ -12,10 +12,9 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
-from broker import keys
+from broker import audit, keys
 from broker.api.auth import Who, require
 from broker.api.health import get_redis
-from broker.delivery.dead_letter import DeadLetterStore
 
 __all__ = ["router"]
 
@@ -83,9 +82,7 @@ def show_rejected(
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
     fields = found[0][1]
-    DeadLetterStore(client).audit(
-        "viewed", who=who, why="rejected input", subscriber="", target=entry_id
-    )
+    audit.record(client, "content.viewed", who=who, why="rejected input", rejected=entry_id)
     return {
         "id": entry_id,
         "adapter": _text(fields.get(b"source")),

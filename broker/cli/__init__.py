@@ -13,6 +13,7 @@ failure, JSON output, option types):
 - ``users``: ``users add|list|disable|enable``, ``tokens create|list|revoke``: who may use the
   API and the console
 - ``policy``: ``policy explain``, ``consent add|list|revoke``: data-sharing policies and consent
+  ``store upgrade|purge``; ``audit``: ``audit verify|export|show``, the audit trail
 - ``plugins``: commands other distributions add (the entry-point group ``passerelle.cli``),
   ``demo`` among them
 
@@ -30,6 +31,7 @@ from typing import Annotated
 import typer
 
 from broker.cli._common import DataDirOpt, fail, load_settings
+from broker.cli.audit import audit_app
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
 from broker.cli.mappings import mappings_app
@@ -73,6 +75,7 @@ def build_app() -> typer.Typer:
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(policy_app, name="policy")
     app.add_typer(consent_app, name="consent")
+    app.add_typer(audit_app, name="audit")
     register_plugins(app)
     app.callback()(_main_options)
     return app

@@ -167,7 +167,8 @@ def replay_dead_letter(
     ] = None,
     by: ByOpt = None,
 ) -> None:
-    """Send a dead letter again, as it was or corrected; a held patient is then released."""
+    """Send a dead letter again as it was, or (``--payload``) an edited copy as a new message
+    linked to it (``--why`` then a real reason); a held patient is then released."""
     reason, who = why_given(why), who_acts(by)
     settings = ops_settings()
     client = connect(settings)
@@ -176,11 +177,17 @@ def replay_dead_letter(
     corrected = None
     if payload is not None:
         corrected = attempt(lambda: _corrected(settings, client, subscriber, dead_id, payload))
+    # The command line holds the store's and Redis's credentials: an administrator's tool.
     record = attempt(
-        lambda: ops.replay(subscriber, dead_id, who=who, why=reason, corrected=corrected)
+        lambda: ops.replay(
+            subscriber, dead_id, who=who, why=reason, corrected=corrected, identity_edit=True
+        )
     )
-    edited = " with the corrected payload" if corrected is not None else ""
-    typer.echo(f"replaying dead letter {record['id']} of {subscriber}{edited}")
+    if corrected is not None:
+        new = record["history"][-1]["edited_to"]
+        typer.echo(f"dead letter {record['id']} of {subscriber} edited: new message {new} queued")
+        return
+    typer.echo(f"replaying dead letter {record['id']} of {subscriber}")
 
 
 def _corrected(

@@ -3,6 +3,11 @@
 They read the store the settings name (``PASSERELLE_STORE_URL``, by default SQLite in the data
 directory) and never write to it. An unknown message is exit 1 with one line.
 
+Reads are audited (``broker.audit``, through the broker's Redis): ``trace`` shows the raw and
+canonical message only with ``--reason`` (a real one, ``broker.audit.reasons``), and then only
+once the view is recorded (no Redis, no content); searches and metadata views are recorded
+when Redis answers.
+
 Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
 """
 
@@ -45,6 +50,26 @@ def parse_time(value: str, option: str) -> float:
     except ValueError:
         fail(f"{option} {value!r} is not a time: give today, yesterday or ISO 8601", 2)
     return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
+
+
+def _record(data_dir: Any, action: str, *, required: bool, **values: Any) -> None:
+    """Send an audit event through the broker's Redis; exit 1 if ``required`` and it cannot."""
+    import redis
+
+    from broker.audit import record
+    from broker.cli.ops import who_acts
+
+    settings = load_settings(data_dir=data_dir)
+    client = redis.Redis.from_url(
+        settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=2
+    )
+    try:
+        record(client, action, who=who_acts(None), **values)
+    except redis.RedisError as exc:
+        if required:
+            fail(f"the view cannot be recorded in the audit trail ({exc}); nothing is shown")
+    finally:
+        client.close()
 
 
 def _engine(data_dir: Any) -> sqlalchemy.Engine:
@@ -123,6 +148,28 @@ def search(
         page = run_search(_engine(data_dir), query)
     except ValueError as exc:
         fail(str(exc), 2)
+    used = [
+        name
+        for name, value in (
+            ("control_id", control_id),
+            ("id", envelope_id),
+            ("kind", kind),
+            ("adapter", adapter),
+            ("subscriber", subscriber),
+            ("event", event),
+            ("state", state),
+            ("since", since),
+            ("until", until),
+            ("text", text),
+        )
+        if value
+    ]
+    _record(
+        data_dir,
+        "message.searched",
+        required=False,
+        details={"filters": used, "results": len(page.items), "by_identifier": bool(patient)},
+    )
     if as_json:
         print_json(page.items)
         if page.next:  # on stderr: stdout stays one JSON list
@@ -166,11 +213,40 @@ def show(message_id: IdArg, as_json: JsonOpt = False, data_dir: DataDirOpt = Non
         )
 
 
-def trace(message_id: IdArg, as_json: JsonOpt = False, data_dir: DataDirOpt = None) -> None:
+def trace(
+    message_id: IdArg,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            help="Why you read the content: shows the raw and canonical message; audited.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    data_dir: DataDirOpt = None,
+) -> None:
     """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
+    from broker.audit.reasons import ReasonError, check_reason
     from broker.store import trace as run_trace
 
+    why = None
+    if reason is not None:
+        try:
+            why = check_reason(reason)
+        except ReasonError as exc:
+            fail(f"--reason: {exc}", 2)
     found = _found(run_trace(_engine(data_dir), message_id), message_id)
+    _record(
+        data_dir,
+        "content.viewed" if why else "message.viewed",
+        required=why is not None,
+        why=why or "",
+        details={"view": "trace"},
+        envelope=message_id,
+    )
+    if why is None:
+        found["raw"] = found["canonical"] = found["edit"] = None
+        found["content"] = "withheld: give --reason to see the raw and canonical message (audited)"
     if as_json:
         print_json(found)
         return
@@ -178,7 +254,10 @@ def trace(message_id: IdArg, as_json: JsonOpt = False, data_dir: DataDirOpt = No
         f"{found['received_at']}  received {found['event'] or '?'} {found['control_id'] or '?'} "
         f"from {found['adapter']} ({found['peer'] or '?'}); answered {found['ack_code'] or '-'}"
     )
-    typer.echo(f"raw: {len(found['raw'] or '')} characters")
+    if found["raw"] is None:
+        typer.echo(f"content: {found['content']}")
+    else:
+        typer.echo(f"raw: {len(found['raw'] or '')} characters")
     canonical = found["canonical"]
     entries = len(canonical.get("entry") or []) if canonical else 0
     typer.echo(f"canonical: {entries} resources; state {found['state']}")

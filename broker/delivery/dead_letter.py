@@ -26,6 +26,7 @@ from typing import Any, Literal
 import redis
 
 from broker import keys, trail
+from broker.audit.events import record as audit_record
 from broker.envelope import new_id
 
 __all__ = [
@@ -33,7 +34,8 @@ __all__ = [
     "Status",
 ]
 
-Status = Literal["open", "replaying", "delivered", "discarded"]
+Status = Literal["open", "replaying", "delivered", "discarded", "edited"]
+"""``edited``: superseded by an edited copy, a new message (``broker.delivery.edit``)."""
 
 # Parking also tells the message store (KEYS[3], broker.trail's `st` record) in the same call.
 _PARK_IF_HELD = """
@@ -226,19 +228,47 @@ class DeadLetterStore:
         """Subscribers that have dead letters."""
         return sorted(k.decode().removeprefix("pl:dl:") for k in self.client.scan_iter("pl:dl:*"))
 
-    def audit(self, action: str, *, who: str, why: str, subscriber: str, target: str) -> None:
-        """Append an operator action to ``pl:audit``."""
-        self.client.xadd(
-            keys.AUDIT,
-            {
-                "action": action,
-                "who": who,
-                "why": why,
-                "subscriber": subscriber,
-                "target": target,
-                "at": str(time.time()),
-            },
+    def audit(
+        self,
+        action: str,
+        *,
+        who: str,
+        why: str,
+        subscriber: str,
+        target: str,
+        envelope: str | None = None,
+        details: dict[str, Any] | None = None,
+        pipe: Any = None,
+    ) -> None:
+        """Send an operator's action or view to the audit trail (``broker.audit``).
+
+        ``action`` is the trail's name (``message.replayed``) or one of the names the dead
+        letters' history uses (``replayed``, ``viewed``…), translated. ``target`` is the dead
+        letter or the message acted on; ``details`` ids and digests; on ``pipe``, with the
+        action's MULTI.
+        """
+        name = _AUDIT_ACTIONS.get(action, action)
+        targets: dict[str, Any] = {"envelope": envelope}
+        targets["envelope" if name == "message.resent" else "dead_letter"] = target or None
+        audit_record(
+            pipe if pipe is not None else self.client,
+            name,
+            who=who,
+            why=why,
+            details=details,
+            subscriber=subscriber or None,
+            **targets,
         )
+
+
+_AUDIT_ACTIONS = {
+    "viewed": "content.viewed",
+    "replayed": "message.replayed",
+    "edited and replayed": "message.edited",
+    "discarded": "message.discarded",
+    "resent": "message.resent",
+}
+"""The dead letters' history names → the audit trail's."""
 
 
 def _searchable(record: dict[str, Any]) -> str:

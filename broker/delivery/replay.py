@@ -1,6 +1,7 @@
 """Operator actions on deliveries: replay or discard a dead letter, correct it, resend anything.
 
-Every action is recorded on the dead letter's history and in ``pl:audit`` with who and why.
+Every action is recorded on the dead letter's history and in the audit trail (``broker.audit``,
+through ``pl:store`` on the action's own MULTI) with who and why.
 Replays are idempotent for receivers: the envelope id and its deterministic resource ids stay the
 same, FHIR deliveries are conditional updates, and HL7 v2 deliveries keep the inbound MSH-10.
 
@@ -16,17 +17,20 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from broker import keys, trail
-from broker.canonical import validate_bundle
+from broker.audit.reasons import ReasonError, check_reason
+from broker.canonical import check, validate_bundle
 from broker.delivery.dead_letter import DeadLetterStore
-from broker.envelope import Envelope
+from broker.delivery.edit import changes, diff_digest, patient_identifiers
+from broker.envelope import Envelope, MessageState, new_id
 from broker.errors import BrokerError
 
-__all__ = ["MessageNotFound", "OperationError", "Operations"]
+__all__ = ["IdentityEditRefused", "MessageNotFound", "OperationError", "Operations"]
 
 Enqueue = Callable[[str, list[Any]], None]
 """Queues a Celery task by name with its arguments."""
@@ -40,6 +44,10 @@ class OperationError(BrokerError):
 
 class MessageNotFound(OperationError):
     """Raised when neither Redis nor the message store holds the message an action names."""
+
+
+class IdentityEditRefused(OperationError):
+    """Raised when an edit changes a patient's identifiers without the ``identity.edit`` right."""
 
 
 class Operations:
@@ -101,10 +109,17 @@ class Operations:
             {"action": action, "who": who, "why": why, "at": time.time(), **extra}
         )
         self.store.save(record)
-        self.store.audit(
-            action, who=who, why=why, subscriber=record["subscriber"], target=record["id"]
-        )
         pipe = self.client.pipeline(transaction=True)
+        self.store.audit(
+            action,
+            who=who,
+            why=why,
+            subscriber=record["subscriber"],
+            target=record["id"],
+            envelope=record["envelope_id"],
+            details={k: v for k, v in extra.items() if isinstance(v, str | int)},
+            pipe=pipe,
+        )
         trail.acted(
             pipe,
             record["subscriber"],
@@ -126,18 +141,155 @@ class Operations:
         who: str,
         why: str,
         corrected: dict[str, Any] | None = None,
+        identity_edit: bool = False,
     ) -> dict[str, Any]:
-        """Send a dead letter again, as it was or with a corrected canonical Bundle.
+        """Send a dead letter again as it was, or an edited copy of it as a new message.
 
         For a held patient the release delivers it first, then the patient's parked messages
-        in order. Returns the updated record.
+        in order. Returns the updated record. With ``corrected`` see ``edit``.
 
         Raises:
-            OperationError: unknown subscriber or dead letter, or not open.
-            CanonicalError: the corrected Bundle is not valid FHIR R4.
+            OperationError: unknown subscriber or dead letter, or not open; of an edit, a
+                reason that says nothing or an identity change without ``identity_edit``.
+            CanonicalError: the corrected Bundle is not valid FHIR R4 or fails the checks.
         """
         with self._exclusive(dead_id):
-            return self._replay(subscriber, dead_id, who=who, why=why, corrected=corrected)
+            if corrected is not None:
+                return self._edit(
+                    subscriber,
+                    dead_id,
+                    who=who,
+                    why=why,
+                    corrected=corrected,
+                    identity_edit=identity_edit,
+                )
+            return self._replay(subscriber, dead_id, who=who, why=why, corrected=None)
+
+    def _edit(
+        self,
+        subscriber: str,
+        dead_id: str,
+        *,
+        who: str,
+        why: str,
+        corrected: dict[str, Any],
+        identity_edit: bool,
+    ) -> dict[str, Any]:
+        """Take an edited copy of a dead letter's message in as a new message, for its subscriber.
+
+        The original is kept as it was (the dead letter becomes ``edited``, its message
+        ``edited`` for the subscriber); the copy gets a new id, ``edit_of`` the original and
+        ``edit`` the diff, passes the checks every mapped message passes, and takes the
+        original's place: at the head of a held patient's parked messages, else in the queue.
+        """
+        try:
+            reason = check_reason(why)
+        except ReasonError as exc:
+            raise OperationError(str(exc)) from exc
+        record = self._record(subscriber, dead_id)
+        if record["status"] != "open":
+            msg = f"dead letter {dead_id} is {record['status']}; only an open dead letter can be edited"
+            raise OperationError(msg)
+        original = self._original(record)
+        validate_bundle(corrected)
+        check(original.event or "", corrected)
+        if original.bundle is None:
+            msg = f"message {original.id} has no canonical form to edit"
+            raise OperationError(msg)
+        identity = patient_identifiers(original.bundle) != patient_identifiers(corrected)
+        if identity and not identity_edit:
+            msg = (
+                "the edit changes the patient's identifiers (PID-3, Patient.identifier): "
+                "that needs the identity.edit permission (admin)"
+            )
+            raise IdentityEditRefused(msg)
+        diff = changes(original.bundle, corrected)
+        if not diff:
+            msg = "the corrected message is the same as the original; replay it instead"
+            raise OperationError(msg)
+        copy = original.model_copy(
+            update={
+                "id": new_id(),
+                "bundle": corrected,
+                "journal_id": None,
+                "received_at": datetime.now(UTC),
+                "state": MessageState.ROUTED,
+                "reason": None,
+                "edit_of": original.id,
+                "edit": {"who": who, "why": reason, "dead_letter": dead_id, "diff": diff},
+            }
+        )
+        facts = {
+            "edited_to": copy.id,
+            "paths": ",".join(c["path"] for c in diff)[:1000],
+            "diff_sha256": diff_digest(diff),
+            "identity_changed": int(identity),
+        }
+        record["status"] = "edited"
+        record["history"].append(
+            {"action": "edited", "who": who, "why": reason, "at": time.time(), **facts}
+        )
+        self.store.save(record)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.envelope(copy.id), copy.model_dump_json(), ex=self.retention_s)
+        trail.edited(pipe, copy, subscriber)
+        trail.acted(pipe, subscriber, original.id, "edited", who=who, why=reason, target=dead_id)
+        trail.state(pipe, subscriber, original.id, "edited", reason=f"replaced by {copy.id}")
+        self.store.audit(
+            "message.edited",
+            who=who,
+            why=reason,
+            subscriber=subscriber,
+            target=dead_id,
+            envelope=original.id,
+            details=facts,
+            pipe=pipe,
+        )
+        pipe.execute()
+        if record["holds_patient"]:
+            self._take_head(subscriber, record["patient"], original.id, copy.id)
+            self.enqueue("passerelle.release_patient", [subscriber, record["patient"]])
+        else:
+            self._queue(subscriber, copy, None)
+        return record
+
+    def _original(self, record: dict[str, Any]) -> Envelope:
+        """The dead letter's message as it was (Redis, the record, else the message store)."""
+        raw = self.client.get(keys.envelope(record["envelope_id"]))
+        if raw is not None:
+            return Envelope.model_validate_json(raw)
+        if record.get("envelope"):
+            return Envelope.model_validate(record["envelope"])
+        found = self._find(record["envelope_id"])
+        if found is None:
+            msg = f"dead letter {record['id']} kept no payload and its message is gone; nothing to edit"
+            raise OperationError(msg)
+        return found
+
+    def _take_head(self, subscriber: str, patient: str, old_id: str, new_id_: str) -> None:
+        """Put the edited copy in the original's place at the head of the patient's parked
+        messages (rewritten in one MULTI, watched: a message parked meanwhile is not lost)."""
+        stream = keys.parked(subscriber, patient)
+        while True:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(stream)
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = pipe.xrange(stream)
+                if not entries or entries[0][1].get(b"env") != old_id.encode():
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.delete(stream)
+                for index, (_, fields) in enumerate(entries):
+                    moved = dict(fields)
+                    if index == 0:
+                        moved[b"env"] = new_id_.encode()
+                        moved.pop(b"dead", None)
+                    pipe.xadd(stream, moved)
+                try:
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+                return
 
     def _replay(
         self, subscriber: str, dead_id: str, *, who: str, why: str, corrected: dict[str, Any] | None
@@ -246,10 +398,12 @@ class Operations:
         pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
+        self.store.audit(
+            "resent", who=who, why=why, subscriber=subscriber, target=envelope_id, pipe=pipe
+        )
         self._queue(subscriber, envelope, None, pipe=pipe)
         pipe.execute()
         self.enqueue("passerelle.drain_outbound", [subscriber, envelope.partition or 0])
-        self.store.audit("resent", who=who, why=why, subscriber=subscriber, target=envelope_id)
 
     def _find(self, envelope_id: str) -> Envelope | None:
         """The envelope from Redis, else from the message store; ``None`` if neither has it.

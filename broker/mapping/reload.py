@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from broker.audit import sink as audit_sink
 from broker.errors import MappingSpecError
 from broker.log import get_logger
 from broker.mapping.layers import MappingRoots, layers
@@ -32,6 +33,16 @@ from broker.mapping.loader import MappingSet
 __all__ = ["MappingWatcher", "RejectedReload"]
 
 log = get_logger(__name__)
+
+
+def _audit_rejected(rejected: RejectedReload) -> None:
+    """Tell the audit trail a changed set was refused (by this process), where and why."""
+    audit_sink.send(
+        "mappings.rejected",
+        who=f"passerelle:{os.getpid()}",
+        why=rejected.reason[:500],
+        details={"file": rejected.file, "line": rejected.line},
+    )
 
 
 def _fingerprint(directory: MappingRoots) -> tuple[tuple[str, int, int], ...]:
@@ -141,6 +152,7 @@ class MappingWatcher:
                     problems=len(problems),
                 )
                 self.rejected = RejectedReload(time.time(), first.file, first.line, first.reason)
+                _audit_rejected(self.rejected)
                 return
             fresh = MappingSet.load(self.directory, full_validation=self._mappings.full_validation)
         except MappingSpecError as exc:
@@ -148,15 +160,20 @@ class MappingWatcher:
                 "mappings.rejected", file=exc.file, line=exc.line, key=exc.key, reason=exc.reason
             )
             self.rejected = RejectedReload(time.time(), exc.file, exc.line, exc.reason)
+            _audit_rejected(self.rejected)
             return
         except OSError as exc:
             log.error("mappings.rejected", error=str(exc))
             self.rejected = RejectedReload(time.time(), None, None, str(exc))
+            _audit_rejected(self.rejected)
             return
         self._mappings = fresh
         fhir = fresh.fhir
-        log.info(
+        serving = [f"{r.id}@{r.sha256[:12]}" for r in fresh.refs]
+        fhir_files = [f"{m.id}@{m.sha256[:12]}" for m in fhir.files()] if fhir is not None else []
+        log.info("mappings.reloaded", mappings=serving, fhir=fhir_files)
+        audit_sink.send(
             "mappings.reloaded",
-            mappings=[f"{r.id}@{r.sha256[:12]}" for r in fresh.refs],
-            fhir=[f"{m.id}@{m.sha256[:12]}" for m in fhir.files()] if fhir is not None else [],
+            who=f"passerelle:{os.getpid()}",
+            details={"mappings": serving, "fhir": fhir_files},
         )

@@ -232,7 +232,14 @@ def show(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
         )
         result = _summary(row, found[row.id])
         result["identifiers"] = [dict(i._mapping) for i in ids]
+        edits = list(
+            connection.scalars(
+                sa.select(messages.c.id).where(messages.c.edit_of == row.id).order_by(messages.c.id)
+            )
+        )
     result.update(
+        edit_of=row.edit_of,
+        edits=edits,
         content_type=row.content_type,
         mappings=json.loads(row.mappings or "[]"),
         findings=json.loads(row.findings or "[]"),
@@ -250,7 +257,9 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
         return None
     with engine.connect() as connection:
         row = connection.execute(
-            sa.select(messages.c.raw, messages.c.canonical).where(messages.c.id == message_id)
+            sa.select(messages.c.raw, messages.c.canonical, messages.c.edit).where(
+                messages.c.id == message_id
+            )
         ).one()
         tried = connection.execute(
             sa.select(attempts)
@@ -291,6 +300,7 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
     raw: bytes | None = row.raw
     result["raw"] = raw.decode("utf-8", "replace") if raw is not None else None
     result["canonical"] = json.loads(row.canonical) if row.canonical else None
+    result["edit"] = json.loads(row.edit) if row.edit else None
     for delivery in result["deliveries"]:
         delivery["attempt_log"] = by_subscriber.pop(delivery["subscriber"], [])
     for subscriber, tries in sorted(by_subscriber.items()):

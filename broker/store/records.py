@@ -190,6 +190,8 @@ def message_row(
         "ack": _text(ack),
         "ack_code": ack_code(ack),
         "stored_at": now,
+        "edit_of": env.get("edit_of"),
+        "edit": json_text(env["edit"]) if env.get("edit") else None,
     }
 
 
@@ -220,4 +222,6 @@ def rejected_row(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[
         "ack": _text(ack),
         "ack_code": ack_code(ack),
         "stored_at": now,
+        "edit_of": None,
+        "edit": None,
     }

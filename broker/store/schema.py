@@ -29,6 +29,7 @@ from sqlalchemy import (
 __all__ = [
     "actions",
     "attempts",
+    "audit",
     "consents",
     "deliveries",
     "identifiers",
@@ -72,11 +73,14 @@ messages = Table(
     Column("ack", Text, comment="the ACK sent to the sender"),
     Column("ack_code", String(8)),
     Column("stored_at", Double, nullable=False),
+    Column("edit_of", String(64), comment="the message this one corrects (an operator's edit)"),
+    Column("edit", Text, comment="JSON: who, why and the diff from the original (patient data)"),
     Index(None, "received_at"),
     Index(None, "control_id"),
     Index(None, "adapter", "received_at"),
     Index(None, "event", "received_at"),
     Index(None, "state", "received_at"),
+    Index(None, "edit_of"),
 )
 
 identifiers = Table(
@@ -199,3 +203,23 @@ consents = Table(
     Index(None, "system", "value"),
     Index(None, "created_at"),
 )
+
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False, comment="1, 2, 3… no gaps"),
+    Column("record", String(48), nullable=False, comment="the pl:store entry it came from"),
+    Column("at", Double, nullable=False),
+    Column("actor", String(256), nullable=False, comment="who: a user, a token, a process"),
+    Column("action", String(64), nullable=False),
+    Column("targets", Text, nullable=False, comment="JSON: envelope, subscriber, patient ref…"),
+    Column("reason", Text, nullable=False, comment="the purpose or reason given"),
+    Column("details", Text, nullable=False, comment="JSON: ids and digests, never content"),
+    Column("prev", String(64), nullable=False, comment="the previous entry's hash"),
+    Column("hash", String(64), nullable=False, comment="HMAC-SHA256(key, prev + entry)"),
+    UniqueConstraint("record"),
+    Index(None, "at"),
+    Index(None, "action", "at"),
+)
+"""The audit trail (``broker.audit``): append-only, hash-chained; one writer appends."""

@@ -15,7 +15,7 @@ pending entries are read first when it starts again.
 Redis then keeps only what is in flight (docs/reliability.md §15): after the commit, in the MULTI
 that acknowledges the batch, the writer drops the envelope (``pl:env:ID``) of every message of
 the batch that the store holds and that is final for every subscriber (delivered, filtered,
-discarded), unless an operator queued it again meanwhile (``pl:reopened``, counted by
+discarded, edited), unless an operator queued it again meanwhile (``pl:reopened``, counted by
 ``broker.trail.state``), and marks per partition the last journal entry whose message is stored
 (``pl:stored``), up to which housekeeping trims the journal. Where no writer runs, nothing is
 dropped: envelopes expire after the retention, as they always did.
@@ -34,9 +34,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker import keys
+from broker.audit.registrations import note_registrations
 from broker.log import get_logger
 from broker.settings import Settings
-from broker.store import retention
+from broker.store import ledger, retention
 from broker.store.records import (
     identifier_rows,
     message_row,
@@ -52,7 +53,7 @@ log = get_logger(__name__)
 CONSUMER = "writer"
 """The writer's consumer name: fixed, so a restarted writer reads its own pending entries."""
 PURGE_INTERVAL_S = 600.0
-FINAL = ("delivered", "filtered", "discarded")
+FINAL = ("delivered", "filtered", "discarded", "edited")
 """A subscriber's states after which nothing more is sent unless an operator asks again."""
 SPAN_SLACK = 4
 """A partition's span of journal entries is read whole when at most this many times as long as
@@ -100,6 +101,10 @@ class Batch:
     """Partition → the last journal entry whose message the batch stores."""
     records: int = 0
     """How many records the batch's ``pl:store`` entries held."""
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    """The audit entries to append (``broker.store.ledger``), in the order of their records."""
+    audit_head: tuple[int, str] | None = None
+    """The audit chain's head once the batch committed (``None``: nothing appended)."""
 
     def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
         """Set one subscriber's state of one message (the last change of the batch wins)."""
@@ -141,7 +146,9 @@ class StoreWriter:
         self._drop = client.register_script(_DROP)
         self._statements = self._compile()
         self._sql: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
+        self.audit = ledger.WriterAudit(settings)
         self.ensure_groups()
+        note_registrations(client, settings.adapters_dir)
 
     def ensure_groups(self) -> None:
         """Create the ``store`` consumer group on both streams (from their first entry)."""
@@ -218,6 +225,7 @@ class StoreWriter:
             pipe.xdel(keys.STORE, *done)
         if read[keys.REJECTED]:
             pipe.xack(keys.REJECTED, keys.STORE_GROUP, *[i for i, _ in read[keys.REJECTED]])
+        self.audit.anchor(pipe, batch.audit_head)
         replies = pipe.execute()
         log.info(
             "store.batch",
@@ -241,6 +249,9 @@ class StoreWriter:
         envelopes, journal = self._load(wanted)
         for record_id, record in records:
             kind = record.get("k")
+            if kind == "aud":
+                batch.audit.append(ledger.event(record_id, record, now))
+                continue
             envelope_id = str(record["env"])
             batch.touched.add(envelope_id)
             if kind == "msg":
@@ -360,6 +371,8 @@ class StoreWriter:
                 "policy": str(record.get("pol") or "") or None,
             }
         )
+        if outcome == "delivered":
+            batch.audit.append(ledger.disclosure(record_id, record))
         state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")
         batch.delivery(envelope_id, subscriber, at, state=state, reason=error)
 
@@ -462,6 +475,7 @@ class StoreWriter:
             ):
                 if rows:
                     self._execute_many(connection, table.name, rows)
+            batch.audit_head = self.audit.append(connection, batch.audit)
             if not batch.deliveries:
                 return
             rows = [{"attempts": 0, **row} for row in batch.deliveries.values()]

@@ -9,6 +9,7 @@ from celery import Celery
 
 from broker import standby
 from broker.adapters.spec import AdapterSpec
+from broker.audit import sink as audit_sink
 from broker.config import Config, load_config
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender, make_sender
@@ -39,6 +40,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.settings.effective_redis_url)
+        audit_sink.configure(self.client)  # mapping reloads, into the audit trail
         hand = standby.hand if self.settings.standby_s > 0 else None
         self.kicker = Kicker(self.celery, self.client, hand)
         self.dead_letters = DeadLetterStore(self.client)

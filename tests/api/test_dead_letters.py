@@ -21,6 +21,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
+from broker.testing import audit_events
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -99,8 +100,8 @@ def add_dead(
 
 
 def audit(client: redis.Redis) -> list[dict[str, str]]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.AUDIT)  # type: ignore[assignment]
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    """The audit events sent (waiting for the store's writer in ``pl:store``)."""
+    return audit_events(client)
 
 
 ROUTES = [
@@ -226,10 +227,10 @@ def test_showing_one_returns_the_record_and_is_audited(
     assert record["envelope"]["bundle"] == envelope["bundle"]
     assert record["patient"] == envelope["partition_key"]
     (entry,) = audit(redis_client)
-    assert entry["action"] == "viewed"
+    assert entry["action"] == "content.viewed"
     assert entry["who"] == "api"
     assert entry["subscriber"] == SUB
-    assert entry["target"] == dead_id
+    assert entry["dead_letter"] == dead_id
 
 
 @pytest.mark.parametrize("dead_id", ["0123456789abcdef0123456789ab", "a:b", "*"])
@@ -256,7 +257,7 @@ def test_replay_of_a_held_patient_releases_it(
     assert record["history"][-1]["who"] == "api"
     assert record["history"][-1]["why"] == "receiver fixed"
     assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
-    assert audit(redis_client)[-1]["action"] == "replayed"
+    assert audit(redis_client)[-1]["action"] == "message.replayed"
 
 
 def test_replay_without_hold_queues_the_message(
@@ -312,25 +313,88 @@ def test_replay_with_nothing_kept_is_409(
     assert "nothing to replay" in reply.json()["detail"]
 
 
-def test_replay_with_a_corrected_bundle(
-    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
-) -> None:
-    """A valid corrected Bundle replaces the stored envelope's and is recorded by its hash."""
-    dead_id = add_dead(redis_client, envelope, hold=False)
+def _corrected(envelope: dict[str, Any], **patient_changes: Any) -> dict[str, Any]:
     corrected = json.loads(json.dumps(envelope["bundle"]))
     patient = next(e for e in corrected["entry"] if e["resource"]["resourceType"] == "Patient")
-    patient["resource"]["birthDate"] = "1962-03-13"
+    patient["resource"].update(patient_changes)
+    return corrected
+
+
+def test_an_edit_is_a_new_message_linked_to_the_original(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], recorder: Recorder
+) -> None:
+    """The corrected Bundle becomes a new envelope (new id, ``edit_of`` the original, the diff);
+    the original envelope is untouched, the dead letter is ``edited``, the copy is queued."""
+    dead_id = add_dead(redis_client, envelope, hold=False)
+    original = redis_client.get(keys.envelope(envelope["id"]))
+    corrected = _corrected(envelope, birthDate="1962-03-13")
+    why = "INC-3301 birth date typo confirmed by the ward"
     reply = client.post(
         f"/api/dead-letters/{SUB}/{dead_id}/replay",
-        json={"why": "birth date typo", "corrected_bundle": corrected},
+        json={"why": why, "corrected_bundle": corrected},
         headers=AUTH,
     )
-    assert reply.status_code == 202
-    step = reply.json()["history"][-1]
-    assert step["action"] == "edited and replayed"
-    assert len(step["corrected_sha256"]) == 64
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
-    assert stored["bundle"] == corrected
+    assert reply.status_code == 202, reply.text
+    record = reply.json()
+    assert record["status"] == "edited"
+    step = record["history"][-1]
+    assert step["action"] == "edited"
+    new_id = step["edited_to"]
+    assert new_id != envelope["id"]
+    assert redis_client.get(keys.envelope(envelope["id"])) == original, "the original is kept"
+    copy = json.loads(redis_client.get(keys.envelope(new_id)) or b"{}")
+    assert copy["bundle"] == corrected
+    assert copy["edit_of"] == envelope["id"]
+    assert [c["path"] for c in copy["edit"]["diff"]] == [
+        next(
+            f"entry[{i}].resource.birthDate"
+            for i, e in enumerate(corrected["entry"])
+            if e["resource"]["resourceType"] == "Patient"
+        )
+    ]
+    queued: list[Any] = redis_client.xrange(keys.outbound(SUB, envelope["partition"]))  # type: ignore[assignment]
+    assert [e[1][b"env"].decode() for e in queued] == [new_id]
+    (event,) = [e for e in audit(redis_client) if e["action"] == "message.edited"]
+    assert (event["envelope"], event["dead_letter"], event["why"]) == (envelope["id"], dead_id, why)
+
+
+@pytest.mark.parametrize("why", [".", "typo", "   fix   "])
+def test_an_edit_without_a_real_reason_is_refused(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any], why: str
+) -> None:
+    """An edit's reason must say something: 422, and nothing is queued or changed."""
+    dead_id = add_dead(redis_client, envelope, hold=False)
+    reply = client.post(
+        f"/api/dead-letters/{SUB}/{dead_id}/replay",
+        json={"why": why, "corrected_bundle": _corrected(envelope, birthDate="1962-03-13")},
+        headers=AUTH,
+    )
+    assert reply.status_code == 422
+    assert "reason" in reply.text
+    assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"
+    assert not [e for e in audit(redis_client) if e["action"] == "message.edited"]
+
+
+def test_an_edit_of_the_patients_identifiers_needs_identity_edit(
+    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+) -> None:
+    """Changing Patient.identifier without identity.edit: 403 naming the permission."""
+    dead_id = add_dead(redis_client, envelope, hold=False)
+    forged = _corrected(envelope)
+    patient = next(e for e in forged["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["resource"]["identifier"][0]["value"] = "ZZ000001"
+    body = {"why": "INC-3302 wrong patient selected", "corrected_bundle": forged}
+    client.app.middleware_stack = None  # built again, with this middleware, on the next request
+
+    @client.app.middleware("http")
+    async def operator(request, call_next):  # the roles' verdict, as the auth helper sets it
+        request.state.permissions = {"messages.replay", "messages.edit"}
+        return await call_next(request)
+
+    reply = client.post(f"/api/dead-letters/{SUB}/{dead_id}/replay", json=body, headers=AUTH)
+    assert reply.status_code == 403
+    assert "identity.edit" in reply.json()["detail"]
+    assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"
 
 
 def test_an_invalid_corrected_bundle_is_422_operation_outcome(
@@ -342,7 +406,7 @@ def test_an_invalid_corrected_bundle_is_422_operation_outcome(
     corrected["type"] = "collection"
     reply = client.post(
         f"/api/dead-letters/{SUB}/{dead_id}/replay",
-        json={"why": "fix", "corrected_bundle": corrected},
+        json={"why": "INC-3303 fix the message type", "corrected_bundle": corrected},
         headers=AUTH,
     )
     assert reply.status_code == 422
@@ -398,7 +462,11 @@ def test_discard_releases_the_patient(
     assert reply.json()["status"] == "discarded"
     assert recorder.tasks == [("passerelle.release_patient", [SUB, envelope["partition_key"]])]
     entry = audit(redis_client)[-1]
-    assert (entry["action"], entry["who"], entry["why"]) == ("discarded", "api", "sent by fax")
+    assert (entry["action"], entry["who"], entry["why"]) == (
+        "message.discarded",
+        "api",
+        "sent by fax",
+    )
 
 
 def test_bulk_replay_by_text(
@@ -449,7 +517,11 @@ def test_resend_queues_a_stored_message(
     assert reply.json() == {"envelope_id": envelope["id"], "to": SUB, "status": "queued"}
     assert recorder.tasks == [("passerelle.drain_outbound", [SUB, 3])]
     entry = audit(redis_client)[-1]
-    assert (entry["action"], entry["target"], entry["who"]) == ("resent", envelope["id"], "api")
+    assert (entry["action"], entry["envelope"], entry["who"]) == (
+        "message.resent",
+        envelope["id"],
+        "api",
+    )
 
 
 def test_resend_errors(
@@ -495,7 +567,7 @@ def test_a_corrected_bundle_nested_too_deep_is_422_not_500(
     patient["resource"]["extension"] = [nested]
     reply = client.post(
         f"/api/dead-letters/{SUB}/{dead_id}/replay",
-        json={"why": "fix", "corrected_bundle": corrected},
+        json={"why": "INC-3304 fix the nesting", "corrected_bundle": corrected},
         headers=AUTH,
     )
     assert reply.status_code == 422

@@ -13,9 +13,11 @@ from broker import keys
 from broker.api import create_app
 from broker.envelope import Envelope
 from broker.settings import Settings
+from broker.testing import audit_events
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WHY = {"reason": "INC-1001 checking what the lab received"}
 
 
 @pytest.fixture(name="client")
@@ -29,7 +31,7 @@ def test_stored_envelope_is_returned(client: TestClient, redis_client: redis.Red
     """The envelope JSON stored at pl:env:<id> is returned as it was stored."""
     envelope = Envelope(source="chu-rabat-adt", event="ADT^A01", control_id="SYN1")
     redis_client.set(keys.envelope(envelope.id), envelope.model_dump_json())
-    reply = client.get(f"/api/messages/{envelope.id}", headers=AUTH)
+    reply = client.get(f"/api/messages/{envelope.id}", params=WHY, headers=AUTH)
     assert reply.status_code == 200
     assert reply.headers["content-type"] == "application/json"
     assert Envelope.model_validate(reply.json()) == envelope
@@ -37,8 +39,18 @@ def test_stored_envelope_is_returned(client: TestClient, redis_client: redis.Red
 
 def test_unknown_id_is_404(client: TestClient) -> None:
     """An id with no stored envelope is a 404."""
-    reply = client.get("/api/messages/0123456789abcdef0123456789ab", headers=AUTH)
+    reply = client.get("/api/messages/0123456789abcdef0123456789ab", params=WHY, headers=AUTH)
     assert reply.status_code == 404
+
+
+def test_the_envelope_needs_a_reason(client: TestClient, redis_client: redis.Redis) -> None:
+    """It holds the canonical message: 422 without a reason, and nothing is read or recorded."""
+    envelope = Envelope(source="chu-rabat-adt", event="ADT^A01", control_id="SYN2")
+    redis_client.set(keys.envelope(envelope.id), envelope.model_dump_json())
+    reply = client.get(f"/api/messages/{envelope.id}", headers=AUTH)
+    assert reply.status_code == 422
+    assert "reason" in reply.json()["detail"]
+    assert not [e for e in audit_events(redis_client) if e["action"] == "content.viewed"]
 
 
 @pytest.mark.parametrize("bad_id", ["*", "a:b", "x" * 65])
@@ -47,4 +59,4 @@ def test_ids_outside_the_id_alphabet_are_404(
 ) -> None:
     """Ids with pattern or separator characters never reach Redis and answer 404."""
     redis_client.set(keys.envelope(bad_id), "{}")
-    assert client.get(f"/api/messages/{bad_id}", headers=AUTH).status_code == 404
+    assert client.get(f"/api/messages/{bad_id}", params=WHY, headers=AUTH).status_code == 404

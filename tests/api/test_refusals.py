@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from broker import keys
 from broker.api import create_app
 from broker.settings import Settings
+from broker.testing import audit_events
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,7 +54,7 @@ def test_rejected_list_has_reasons_but_no_content(
     ]
     one = client.get(f"/api/rejected/{entry.decode()}", headers=AUTH).json()
     assert base64.b64decode(one["raw_base64"]) == raw
-    assert redis_client.xrevrange(keys.AUDIT, count=1)[0][1][b"action"] == b"viewed"
+    assert audit_events(redis_client)[-1]["action"] == "content.viewed"
 
 
 def test_quarantine_lists_failed_messages(client: TestClient, redis_client: redis.Redis) -> None:

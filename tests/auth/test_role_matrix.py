@@ -68,6 +68,9 @@ EXPECTED = {
     ("POST", "/api/consent"): "policy.write",
     ("POST", "/api/consent/{consent_id}/revoke"): "policy.write",
     ("GET", "/api/policy/explain"): "policy.read",
+    ("GET", "/api/audit"): "audit.read",
+    ("GET", "/api/audit/verify"): "audit.read",
+    ("GET", "/api/audit/export"): "audit.read",
     ("POST", "/inbound/{adapter_id}/hl7v2"): "inbound.post",
     ("POST", "/inbound/{adapter_id}/fhir"): "inbound.post",
     ("GET", "/docs"): PUBLIC,
@@ -150,7 +153,7 @@ def test_the_openapi_schema_shows_each_operations_permission(world) -> None:
         for method, operation in item.items()
     }
     assert operations == {k: v for k, v in EXPECTED.items() if k in operations}
-    assert len(operations) == 25  # every API route; pages and docs are not in the schema
+    assert len(operations) == 28  # every API route; pages and docs are not in the schema
 
 
 def _api_routes(app: FastAPI) -> list[tuple[str, str, str]]:

@@ -16,7 +16,7 @@ from broker import keys
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT
-from broker.testing import CliRun, run_cli
+from broker.testing import CliRun, audit_events, run_cli
 
 SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
@@ -84,9 +84,9 @@ def queued_tasks(client: redis.Redis) -> list[str]:
     return [json.loads(m)["headers"]["task"] for m in raw]
 
 
-def audit(client: redis.Redis) -> list[dict[bytes, bytes]]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.AUDIT)  # type: ignore[assignment]
-    return [fields for _, fields in entries]
+def audit(client: redis.Redis) -> list[dict[str, str]]:
+    """The audit events sent (waiting for the store's writer in ``pl:store``)."""
+    return audit_events(client)
 
 
 def one_error_line(done: CliRun) -> str:
@@ -155,8 +155,8 @@ def test_show_prints_the_record_and_audits_it(
     assert shown["id"] == dead_id
     assert shown["envelope"]["bundle"] == envelope["bundle"]
     (fields,) = audit(redis_client)
-    assert fields[b"action"] == b"viewed"
-    assert fields[b"who"] == b"nadia"
+    assert fields["action"] == "content.viewed"
+    assert fields["who"] == "nadia"
 
 
 def test_show_unknown_fails_with_one_line(env: Env, redis_client: redis.Redis) -> None:
@@ -186,18 +186,23 @@ def test_replay_queues_the_release_and_records_who_and_why(
 def test_replay_with_a_corrected_fhir_bundle(
     env: Env, redis_client: redis.Redis, envelope: dict[str, Any], tmp_path: Path
 ) -> None:
-    """`replay --payload bundle.json` sends the corrected Bundle and records the edit."""
+    """`replay --payload bundle.json` takes the corrected Bundle in as a new message."""
     dead_id = add_dead(redis_client, envelope, hold=False)
     corrected = json.loads(json.dumps(envelope["bundle"]))
     patient = next(e for e in corrected["entry"] if e["resource"]["resourceType"] == "Patient")
     patient["resource"]["birthDate"] = "1962-03-13"
     path = tmp_path / "fixed.json"
     path.write_text("\n  " + json.dumps(corrected))
-    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
+    why = "INC-3305 birth date typo"
+    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", why, "--payload", str(path))
     assert done.code == 0, done.stderr
-    assert record(redis_client, dead_id)["history"][-1]["action"] == "edited and replayed"
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    step = record(redis_client, dead_id)["history"][-1]
+    assert step["action"] == "edited"
+    stored = json.loads(redis_client.get(keys.envelope(step["edited_to"])) or b"{}")
     assert stored["bundle"] == corrected
+    assert stored["edit_of"] == envelope["id"]
+    original = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    assert original["bundle"] == envelope["bundle"], "the original is kept as it was"
     assert queued_tasks(redis_client) == ["passerelle.drain_outbound"]
 
 
@@ -208,9 +213,11 @@ def test_replay_with_a_corrected_hl7_message(
     dead_id = add_dead(redis_client, envelope, hold=False)
     path = tmp_path / "fixed.hl7"
     path.write_bytes(SAMPLE.read_bytes().replace(b"|19620312|", b"|19620313|"))
-    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
+    why = "INC-3306 birth date typo"
+    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", why, "--payload", str(path))
     assert done.code == 0, done.stderr
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    edited_to = record(redis_client, dead_id)["history"][-1]["edited_to"]
+    stored = json.loads(redis_client.get(keys.envelope(edited_to)) or b"{}")
     (patient,) = [
         e["resource"]
         for e in stored["bundle"]["entry"]
@@ -243,7 +250,8 @@ def test_replay_refuses_an_invalid_bundle(
     dead_id = add_dead(redis_client, envelope)
     path = tmp_path / "fixed.json"
     path.write_text(json.dumps({**envelope["bundle"], "type": "collection"}))
-    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "x", "--payload", str(path))
+    why = "INC-3307 wrong bundle type"
+    done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", why, "--payload", str(path))
     assert done.code == 1
     assert "Bundle.type" in one_error_line(done)
     assert record(redis_client, dead_id)["status"] == "open"
@@ -282,7 +290,7 @@ def test_replay_message_to_a_subscriber(
     entries: list[Any] = redis_client.xrange(keys.outbound(SUB, 3))  # type: ignore[assignment]
     assert [e[1][b"env"].decode() for e in entries] == [envelope["id"]]
     (fields,) = audit(redis_client)
-    assert (fields[b"action"], fields[b"who"]) == (b"resent", b"nadia")
+    assert (fields["action"], fields["who"]) == ("message.resent", "nadia")
 
 
 def test_replay_of_an_unknown_message_fails_with_one_line(env: Env) -> None:

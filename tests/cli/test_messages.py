@@ -118,3 +118,98 @@ def test_a_store_that_cannot_be_used_is_one_line(tmp_path, url, says):
     assert not run.crashed
     assert says in run.stderr
     assert run.stderr.strip().count("\n") == 0
+
+
+def _env_redis(broker):
+    return {**_env(broker), "PASSERELLE_REDIS_URL": broker.settings.effective_redis_url}
+
+
+class TestAudited:
+    """``trace`` shows content only with a reason, recorded; ``audit verify|export|show``."""
+
+    def _id(self, broker):
+        run = run_cli("messages", "search", "--control-id", "CL-1", "--json", env=_env(broker))
+        return json.loads(run.stdout)[0]["id"]
+
+    def test_trace_withholds_the_content_without_a_reason(self, written):
+        """No --reason: raw and canonical are null and the output says how to see them."""
+        broker, _ = written
+        run = run_cli("messages", "trace", self._id(broker), "--json", env=_env_redis(broker))
+        assert run.code == 0, run.stderr
+        traced = json.loads(run.stdout)
+        assert traced["raw"] is None
+        assert traced["canonical"] is None
+        assert "--reason" in traced["content"]
+
+    def test_trace_with_a_reason_shows_the_content_and_records_the_view(self, written):
+        """``--reason``: the raw message, and a ``content.viewed`` entry with the reason."""
+        broker, _ = written
+        message = self._id(broker)
+        why = "INC-7781 the DMP says the patient is missing"
+        run = run_cli(
+            "messages", "trace", message, "--reason", why, "--json", env=_env_redis(broker)
+        )
+        assert run.code == 0, run.stderr
+        assert json.loads(run.stdout)["raw"].startswith("MSH|")
+        broker.write_store()
+        shown = run_cli("audit", "show", "--action", "content.viewed", "--json", env=_env(broker))
+        assert shown.code == 0, shown.stderr
+        (entry,) = json.loads(shown.stdout)
+        assert (entry["reason"], entry["targets"]["envelope"]) == (why, message)
+
+    @pytest.mark.parametrize("reason", ["", ".", "why not"])
+    def test_a_reason_that_says_nothing_is_exit_2(self, written, reason):
+        """Blank or too short: exit 2, one line, no content."""
+        broker, _ = written
+        run = run_cli("messages", "trace", self._id(broker), "--reason", reason, env=_env(broker))
+        assert run.code == 2
+        assert "reason" in run.stderr
+        assert "MSH|" not in run.stdout
+
+    def test_without_redis_no_content_is_shown(self, written):
+        """The view cannot be recorded (Redis unreachable): exit 1, nothing shown."""
+        broker, _ = written
+        env = {**_env(broker), "PASSERELLE_REDIS_URL": "redis://127.0.0.1:1/0"}
+        why = "INC-7782 checking what was sent"
+        run = run_cli("messages", "trace", self._id(broker), "--reason", why, env=env)
+        assert run.code == 1
+        assert "audit trail" in run.stderr
+        assert "MSH|" not in run.stdout
+
+    def test_audit_verify_is_exit_0_then_exit_1_naming_the_altered_entry(self, written):
+        """Intact: exit 0; after an UPDATE of entry 2: exit 1 naming entry 2 and ``altered``."""
+        import sqlalchemy as sa
+
+        broker, _ = written
+        run = run_cli("audit", "verify", env=_env_redis(broker))
+        assert run.code == 0, run.stderr
+        assert run.stdout.startswith("intact: 3 entries")  # registrations, two disclosures
+        with broker.store.begin() as connection:
+            connection.execute(sa.text("UPDATE audit SET actor = 'x' WHERE seq = 2"))
+        run = run_cli("audit", "verify", env=_env_redis(broker))
+        assert run.code == 1
+        assert "entry 2 (altered)" in run.stderr
+        assert not run.crashed
+
+    def test_audit_verify_names_a_deleted_tail(self, written):
+        """The last entry deleted: exit 1, ``truncated``, thanks to Redis's anchor."""
+        import sqlalchemy as sa
+
+        broker, _ = written
+        with broker.store.begin() as connection:
+            connection.execute(sa.text("DELETE FROM audit WHERE seq = 3"))
+        run = run_cli("audit", "verify", "--json", env=_env_redis(broker))
+        assert run.code == 1
+        assert json.loads(run.stdout)["problem"] == "truncated"
+
+    def test_audit_export_as_fhir(self, written):
+        """A Bundle of AuditEvents, each with the DICOM type and the broker's subtype."""
+        from fhir.resources.R4B.bundle import Bundle
+
+        broker, _ = written
+        run = run_cli("audit", "export", "--format", "fhir", env=_env(broker))
+        assert run.code == 0, run.stderr
+        bundle = Bundle.model_validate_json(run.stdout)
+        codes = sorted(e.resource.subtype[0].code for e in bundle.entry)
+        assert codes == ["message.delivered", "message.delivered", "registrations.changed"]
+        assert run_cli("audit", "export", "--format", "xml", env=_env(broker)).code == 2

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pydantic import SecretStr
 
-from broker import keys
 from broker.ack import read_ack
 from broker.api import create_app
+from broker.store.schema import audit
 from broker.testing import EagerBroker, free_port, running_listeners, wait_until
 from passerelle_demo.synthetic import adt, patients
 
@@ -171,13 +172,12 @@ def test_a_click_on_replay_delivers_the_dead_letter(page: Page, broker: EagerBro
     off_the_browser_thread(broker.run)  # the worker runs the queued release
     assert broker.fhir_control_ids().count("DEAD-1") == 1
     # The audit trail names the console as the actor, with the reason given.
-    actions = [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in broker.client.xrange(keys.AUDIT)
-    ]
-    assert {(a["action"], a["who"], a["why"]) for a in actions} >= {
-        ("viewed", "console", ""),
-        ("replayed", "console", "receiver fixed its birthDate check"),
+    off_the_browser_thread(broker.write_store)
+    with broker.store.connect() as connection:
+        actions = list(connection.execute(sa.select(audit.c.action, audit.c.actor, audit.c.reason)))
+    assert {tuple(a) for a in actions} >= {
+        ("content.viewed", "console", ""),
+        ("message.replayed", "console", "receiver fixed its birthDate check"),
     }
 
 
@@ -247,10 +247,15 @@ def test_a_search_by_control_id_leads_to_the_trace(page: Page, broker: EagerBrok
     expect(page.get_by_role("heading", level=1)).to_have_text("Trace of TRACE-1")
     expect(page.locator('#summary dd[data-field="control_id"]')).to_have_text("TRACE-1")
     expect(page.locator('#summary dd[data-field="event"]')).to_have_text("ADT^A01")
-    # The content is folded until asked for; then the bytes received, one segment per line.
+    # The content is withheld until a reason is given (the view is audited), and folded until
+    # asked for; then the bytes received, one segment per line.
     raw = page.locator("#raw pre")
     expect(raw).to_be_hidden()
     page.get_by_text("Raw message as received").click()
+    expect(raw).to_contain_text("withheld")
+    expect(raw).not_to_contain_text(a.family)
+    page.get_by_label("Reason to see the content").fill("INC-9001 the DMP misses a visit")
+    page.get_by_role("button", name="Show the content").click()
     expect(raw).to_be_visible()
     expect(raw).to_contain_text("MSH|^~\\&|")
     expect(raw).to_contain_text("|TRACE-1|")

@@ -23,6 +23,9 @@ from broker.settings import REPO_ROOT
 from broker.testing import wait_for_port, wait_until
 from passerelle_demo.loopback import LoopbackStack
 
+REASON = {"reason": "INC-2002 checking the FHIR intake"}
+"""The envelope route returns content: it needs a reason (docs/security.md, "Audit trail")."""
+
 pytestmark = pytest.mark.integration
 
 ADAPTER = "chu-rabat-fhir"
@@ -192,7 +195,7 @@ class TestTransactionBundle:
         envelope = envelope_id(reply)
 
         def stored() -> dict[str, Any] | None:
-            found = api.get(f"/api/messages/{envelope}")
+            found = api.get(f"/api/messages/{envelope}", params=REASON)
             return found.json() if found.status_code == 200 else None
 
         assert wait_until(stored, 60), stack.logs()
@@ -238,7 +241,7 @@ class TestMessageBundle:
             return int(stats.get(b"delivered:lab-legacy", 0)) >= 1
 
         assert wait_until(acknowledged, 30), stack.logs()
-        record = api.get(f"/api/messages/{envelope}").json()
+        record = api.get(f"/api/messages/{envelope}", params=REASON).json()
         assert record["event"] == "ADT^A01"
         assert api.get("/api/dead-letters/lab-legacy").json() == []
 
@@ -317,7 +320,7 @@ class TestRefusals:
         assert entry["adapter"] == ADAPTER
         assert "patient" in entry["reason"]
         assert "Observation.subject" in entry["reason"]
-        assert api.get(f"/api/messages/{envelope}").json()["state"] == "failed"
+        assert api.get(f"/api/messages/{envelope}", params=REASON).json()["state"] == "failed"
 
 
 def test_the_fhir_site_registration_is_the_repository_file() -> None:

@@ -78,7 +78,7 @@ def test_the_good_results_arrive_and_the_dropped_ones_are_visible(stack):
     assert stack.fhir.invalid == 0
 
     envelope_id = bundle["identifier"]["value"]
-    envelope = _api(stack, f"/api/messages/{envelope_id}")
+    envelope = _api(stack, f"/api/messages/{envelope_id}?reason=INC-2001+checking+the+mapping")
     dropped = [f for f in envelope["findings"] if f["code"] == "segment-dropped"]
     assert [f["location"] for f in dropped] == [
         "PATIENT_RESULT(1)/ORDER_OBSERVATION(1)/OBSERVATION(16)/OBX",

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from broker import keys
 from broker.ack import read_ack
 from broker.store import Search, StoreWriter, purge, search, trace
-from broker.store.schema import actions, attempts, deliveries, identifiers, messages
+from broker.store.schema import actions, attempts, audit, deliveries, identifiers, messages
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
 DMP = "dmp-national"
@@ -144,7 +144,7 @@ def _counts(engine):
     with engine.connect() as connection:
         return {
             t.name: connection.execute(sa.select(sa.func.count()).select_from(t)).scalar()
-            for t in (messages, identifiers, deliveries, attempts, actions)
+            for t in (messages, identifiers, deliveries, attempts, actions, audit)
         }
 
 
@@ -174,6 +174,7 @@ def test_a_batch_written_twice_adds_nothing(make_broker, tmp_path):
     once = _counts(broker.store)
     assert once["messages"] == 3
     assert once["attempts"] == 6  # two per message for the lab, one per ADT for the DMP
+    assert once["audit"] == 3  # the registrations, one disclosure per ADT to the DMP
     pending = broker.client.xpending(keys.STORE, keys.STORE_GROUP)["pending"]
     assert pending > 0, "the killed writer acknowledged nothing"
     assert killed.committed > pending, "several records per entry (a drain's batch)"

@@ -107,12 +107,18 @@
     return article;
   }
 
+  /** The raw and canonical message come only with a reason, and that view is audited. */
+  function bodies(m) {
+    const withheld = m.raw === null && m.canonical === null && m.content !== "shown";
+    content("raw", withheld ? t("trace.content_withheld") : lines(m.raw));
+    content("canonical", withheld ? t("trace.content_withheld") : m.canonical ? JSON.stringify(m.canonical, null, 2) : "");
+  }
+
   function render(m) {
     document.getElementById("title").textContent = t("trace.of", { control_id: m.control_id || m.id });
     summary(m);
-    content("raw", lines(m.raw));
+    bodies(m);
     content("ack", lines(m.ack));
-    content("canonical", m.canonical ? JSON.stringify(m.canonical, null, 2) : "");
     list("findings", (m.findings || []).map((f) => [f.severity, f.location, f.code, f.message].filter(Boolean).join(" · ")));
     list("unmapped", (m.unmapped || []).map(String));
     const subscribers = document.getElementById("subscribers");
@@ -145,6 +151,17 @@
       else if (error.status !== 401) show("error", t("common.error", { detail: error.message }));
     }
   }
+
+  document.getElementById("content-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const reason = document.getElementById("content-reason").value;
+    try {
+      bodies(await api("/api/messages/" + encodeURIComponent(id) + "/trace?reason=" + encodeURIComponent(reason)));
+      show("error", "");
+    } catch (error) {
+      if (error.status !== 401) show("error", t("common.error", { detail: error.message }));
+    }
+  });
 
   load();
 })();
