@@ -21,6 +21,8 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
+from broker.store import connect, upgrade
+from broker.store.credentials import add_user, create_token
 from broker.testing import audit_events
 
 TOKEN = "synthetic-test-token"
@@ -376,22 +378,35 @@ def test_an_edit_without_a_real_reason_is_refused(
 
 
 def test_an_edit_of_the_patients_identifiers_needs_identity_edit(
-    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+    settings: Settings,
+    redis_client: redis.Redis,
+    recorder: Recorder,
+    envelope: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
-    """Changing Patient.identifier without identity.edit: 403 naming the permission."""
+    """An operator (messages.edit, not identity.edit) changing Patient.identifier: 403 naming
+    the permission, and the dead letter stays open."""
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    engine = connect(url, create=True)
+    upgrade(engine)
+    now = time.time()
+    add_user(engine, "youssef.amrani", "operator", adapter=None, by="test", now=now)
+    made, _ = create_token(engine, "youssef.amrani", by="test", now=now, expires_at=None)
+    app = create_app(settings.model_copy(update={"store_url": url}))
+    ops = Operations(redis_client, recorder, subscribers=[SUB], retention_s=3600)
+    app.dependency_overrides[get_operations] = lambda: ops
     dead_id = add_dead(redis_client, envelope, hold=False)
     forged = _corrected(envelope)
     patient = next(e for e in forged["entry"] if e["resource"]["resourceType"] == "Patient")
     patient["resource"]["identifier"][0]["value"] = "ZZ000001"
     body = {"why": "INC-3302 wrong patient selected", "corrected_bundle": forged}
-    client.app.middleware_stack = None  # built again, with this middleware, on the next request
-
-    @client.app.middleware("http")
-    async def operator(request, call_next):  # the roles' verdict, as the auth helper sets it
-        request.state.permissions = {"messages.replay", "messages.edit"}
-        return await call_next(request)
-
-    reply = client.post(f"/api/dead-letters/{SUB}/{dead_id}/replay", json=body, headers=AUTH)
+    with TestClient(app) as client:
+        reply = client.post(
+            f"/api/dead-letters/{SUB}/{dead_id}/replay",
+            json=body,
+            headers={"Authorization": f"Bearer {made.token}"},
+        )
+    engine.dispose()
     assert reply.status_code == 403
     assert "identity.edit" in reply.json()["detail"]
     assert DeadLetterStore(redis_client).get(SUB, dead_id)["status"] == "open"

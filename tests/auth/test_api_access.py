@@ -165,7 +165,17 @@ def test_a_session_names_who_and_the_role_and_the_api_obeys_the_role(
     assert replay.status_code == 403
     assert replay.json() == {"detail": "the role auditor lacks the permission messages.replay"}
     trace = client.get("/console/messages/0123456789abcdef0123456789ab")
+    assert 'id="content-form"' in trace.text  # an auditor reads content, with a reason
+
+
+def test_a_token_narrowed_without_content_sees_no_bodies(
+    client: TestClient, engine: sa.Engine, redis_client
+) -> None:
+    narrowed = ["overview.read", "messages.read"]
+    _login(client, token_for(engine, "salma.tazi", "integrator", permissions=narrowed))
+    trace = client.get("/console/messages/0123456789abcdef0123456789ab")
     assert 'id="raw"' not in trace.text
+    assert 'id="content-form"' not in trace.text
     assert "messages.content" in trace.text  # why the bodies are not shown
 
 

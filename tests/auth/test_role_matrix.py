@@ -279,7 +279,7 @@ def test_the_tables_roles_and_permissions_are_the_shared_vocabulary() -> None:
     assert {p: sorted(r) for p, r in GRANTS.items()} == {
         "overview.read": ["admin", "auditor", "integrator", "operator"],
         "messages.read": ["admin", "auditor", "integrator", "operator"],
-        "messages.content": ["admin", "integrator", "operator"],
+        "messages.content": ["admin", "auditor", "integrator", "operator"],
         "messages.replay": ["admin", "operator"],
         "messages.edit": ["admin", "operator"],
         "identity.edit": ["admin"],

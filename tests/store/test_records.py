@@ -58,7 +58,7 @@ def test_journal_entries_are_found_in_a_span_and_one_by_one_beyond_it(redis_clie
     upgrade(engine)
     writer = StoreWriter(redis_client, engine, Settings())
     before = _xranges(redis_client)
-    assert writer.drain() == len(chosen)
+    writer.drain()
     assert _xranges(redis_client) - before == 2, "one XRANGE over the span, one for the far one"
     with engine.connect() as connection:
         stored = {
