@@ -21,6 +21,7 @@ from broker.api import (
     operations,
     refusals,
     unmapped,
+    users,
 )
 from broker.api.auth import LoginRequired, PageForbidden
 from broker.config import Config, load_config
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(refusals.router)
     app.include_router(operations.router)
     app.include_router(inbound.router)
+    app.include_router(users.router)
     app.include_router(docs.router)
     app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
     app.include_router(console.public)
