@@ -5,8 +5,9 @@ A password is hashed with **Argon2id** (RFC 9106), the ``cryptography`` package'
 no new dependency: memory-hard, it makes each guess cost memory as well as time, which hurts the
 graphics cards and custom chips that make guessing fast more than scrypt's cost does for the same
 login delay. :data:`CURRENT` holds OWASP's first recommended Argon2id set (19 MiB, 2 passes, one
-lane): 25-80 ms a login on a busy 2-core machine (median 40 ms), and little memory per concurrent login (at most
-:data:`KDF_SLOTS` at once per process, so a flood of logins cannot exhaust memory).
+lane): 25-80 ms a login on a busy 2-core machine (median 40 ms), and little memory per
+concurrent login (at most :data:`KDF_SLOTS` at once per process, so a flood of logins cannot
+exhaust memory).
 
 The store keeps the standard PHC string, ``$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>``: the
 parameters travel with each hash, a 16-byte random salt is drawn for every password, and raising
