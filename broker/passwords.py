@@ -2,9 +2,9 @@
 
 A password is hashed with **Argon2id** (RFC 9106), the ``cryptography`` package's
 (``cryptography.hazmat.primitives.kdf.argon2``, OpenSSL 3.2+; the pinned wheel bundles it), so
-no new dependency: memory-hard, it makes each guess cost memory as well as time, which hurts the
-graphics cards and custom chips that make guessing fast more than scrypt's cost does for the same
-login delay. :data:`CURRENT` holds OWASP's first recommended Argon2id set (19 MiB, 2 passes, one
+no new dependency. Memory-hard like scrypt (each guess costs memory as well as time, which is
+what graphics cards and custom chips lack), with its time and memory costs set independently,
+it is the first choice of RFC 9106 and OWASP today. :data:`CURRENT` holds OWASP's first recommended Argon2id set (19 MiB, 2 passes, one
 lane): 25-80 ms a login on a busy 2-core machine (median 40 ms), and little memory per
 concurrent login (at most :data:`KDF_SLOTS` at once per process, so a flood of logins cannot
 exhaust memory).
