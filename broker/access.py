@@ -1,4 +1,4 @@
-"""Who is this? The one place that checks credentials: tokens and console sessions.
+"""Who is this? The one place that checks credentials: tokens, passwords and console sessions.
 
 Two kinds of token open the API and the console:
 
@@ -9,13 +9,19 @@ Two kinds of token open the API and the console:
   system, kept in the store as their SHA-256 (``broker.store.credentials``), each with its
   user's role (or fewer permissions), an expiry and a revocation.
 
+A person may also log in to the console with a name and password (``broker.passwords``: an
+Argon2id hash in the store). Every password login runs the KDF exactly once, against a dummy hash
+when the name is unknown or has no password, so its duration does not say which names exist;
+a hash made with older parameters is re-hashed on a successful login.
+
 Checking a stored token costs one indexed read; :class:`Authenticator` keeps each verdict for
 :data:`REVOCATION_DELAY_S` seconds in the process, so a revoked or expired token, or a disabled
 user, is refused within that delay, and a busy client costs one read per token per delay. The
 cache is keyed by the token's SHA-256, never the token.
 
-A console session is a signed cookie naming the credential it was opened with; every request
-checks that credential again (through the same cache), so revoking a token ends its sessions.
+A console session is a signed cookie naming the credential it was opened with (a token's id, or
+``password:<id>`` where a new password gets a new id); every request checks that credential again
+(through the same cache), so revoking a token or changing a password ends its sessions.
 The cookie is signed with a key derived from the bootstrap token: changing it ends every
 session. A session carries its CSRF token: the console's pages send it back in the
 ``X-CSRF-Token`` header (or a ``csrf`` form field) with every POST; the cookie alone, which a
@@ -39,15 +45,25 @@ import sqlalchemy as sa
 
 from broker.errors import AccessError, BrokerError, ServiceUnavailable
 from broker.log import get_logger
-from broker.roles import permissions_of
+from broker.passwords import hash_password, needs_rehash, verify, verify_nothing
+from broker.roles import SENDER, permissions_of
 from broker.settings import Settings
 from broker.store import check_current, connect
-from broker.store.credentials import StoredToken, find_token, touch
+from broker.store.credentials import (
+    StoredPassword,
+    StoredToken,
+    find_password,
+    find_password_session,
+    find_token,
+    rehash_password,
+    touch,
+)
 from broker.tokens import digest, digests_match, token_id
 
 __all__ = [
     "BOOTSTRAP",
     "CSRF_HEADER",
+    "PASSWORD_CREDENTIAL",
     "REVOCATION_DELAY_S",
     "SESSION_COOKIE",
     "SESSION_TTL_S",
@@ -70,6 +86,8 @@ REVOCATION_DELAY_S = 5.0
 read again: the longest a revoked token, an expired one or a disabled user still gets in."""
 BOOTSTRAP = "bootstrap"
 """The credential id of the bootstrap token (stored tokens have 12 hex digits)."""
+PASSWORD_CREDENTIAL = "password:"
+"""The prefix of a password session's credential: ``password:<the password's public id>``."""
 TOUCH_EVERY_S = 60.0
 """A token's ``last_used_at`` is written at most this often (it is kept to the minute)."""
 _CACHE_SIZE = 4096
@@ -92,7 +110,8 @@ class Principal:
             ``api`` (as a bearer) or ``console`` (in a console session).
         role: the credential's role.
         permissions: what it may do (its role's, or fewer).
-        credential: the token's public id, or :data:`BOOTSTRAP`.
+        credential: the token's public id, :data:`BOOTSTRAP`, or ``password:<id>`` for a
+            password login.
         adapter: a sender's inbound adapter, else ``None``.
         expires_at: when the credential expires (epoch seconds), ``None``: never.
     """
@@ -145,6 +164,15 @@ def _principal(stored: StoredToken, now: float) -> Principal:
     )
 
 
+def _password_principal(stored: StoredPassword) -> Principal:
+    return Principal(
+        stored.user,
+        stored.role,
+        permissions_of(stored.role),
+        f"{PASSWORD_CREDENTIAL}{stored.id}",
+    )
+
+
 class Authenticator:
     """Checks bearer tokens and console sessions for one process (the API's ``app.state``).
 
@@ -174,6 +202,43 @@ class Authenticator:
             raise CredentialRefused("invalid API token")
         presented_digest = digest(presented)
         return self._verified(f"d:{presented_digest}", found, presented_digest)
+
+    def password(self, name: str, presented: str) -> Principal:
+        """The principal of a person's name and password (a console login).
+
+        The KDF runs once whatever the outcome (against a dummy hash for an unknown name, a user
+        without a password or a sender), so the time taken does not tell which names exist. A
+        hash made with older parameters is replaced by one made with today's.
+
+        Raises:
+            CredentialRefused: an unknown user, one without a password, a wrong password, or a
+                disabled user; the message says which (for the access event, not the client).
+            ServiceUnavailable: the store cannot be read.
+        """
+        try:
+            engine = self._store()
+            stored = find_password(engine, name) if len(name) <= 128 else None
+        except sa.exc.DBAPIError as exc:
+            msg = (
+                f"passwords cannot be checked: the store cannot be read ({type(exc.orig).__name__})"
+            )
+            raise ServiceUnavailable(msg) from exc
+        if stored is None or stored.hash is None or stored.role == SENDER:
+            verify_nothing(presented)
+            raise CredentialRefused(
+                "unknown user" if stored is None else "the user has no password"
+            )
+        if not verify(stored.hash, presented):
+            raise CredentialRefused("wrong password")
+        if not stored.active:
+            msg = f"the user {stored.user} is disabled"
+            raise CredentialRefused(msg)
+        if needs_rehash(stored.hash):
+            try:
+                rehash_password(engine, stored.user, stored.hash, hash_password(presented))
+            except sa.exc.DBAPIError as exc:  # the next login tries again
+                _log.warning("access.rehash_failed", error=type(exc.orig).__name__)
+        return _password_principal(stored)
 
     def session(self, session: Session) -> Principal:
         """The principal of a console session: its credential, checked again.
@@ -219,6 +284,8 @@ class Authenticator:
     def _look_up(
         self, credential: str, presented_digest: str | None, now: float
     ) -> Principal | CredentialRefused:
+        if credential.startswith(PASSWORD_CREDENTIAL):
+            return self._password_session(credential.removeprefix(PASSWORD_CREDENTIAL))
         try:
             engine = self._store()
             stored = find_token(engine, credential)
@@ -240,6 +307,18 @@ class Authenticator:
                 _log.warning("access.touch_failed", error=type(exc.orig).__name__)
         return principal
 
+    def _password_session(self, password_id: str) -> Principal | CredentialRefused:
+        try:
+            stored = find_password_session(self._store(), password_id)
+        except sa.exc.DBAPIError as exc:
+            msg = f"credentials cannot be checked: the store cannot be read ({type(exc.orig).__name__})"
+            raise ServiceUnavailable(msg) from exc
+        if stored is None:
+            return CredentialRefused("the password of this session has been changed")
+        if not stored.active:
+            return CredentialRefused(f"the user {stored.user} is disabled")
+        return _password_principal(stored)
+
     def _store(self) -> sa.Engine:
         if self._engine is None:
             try:
@@ -259,7 +338,7 @@ class Session:
     Attributes:
         who: who logged in (a user's name; ``console`` for the bootstrap token).
         role: the role at login (the pages show it; every request checks the credential again).
-        credential: the token's public id, or :data:`BOOTSTRAP`.
+        credential: the token's public id, :data:`BOOTSTRAP` or ``password:<id>``.
         issued_at: epoch seconds of the login.
         csrf: the token every POST of this session must send back.
     """

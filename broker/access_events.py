@@ -1,4 +1,5 @@
-"""What happened to access, into the audit trail: logins, tokens created and revoked, user changes.
+"""What happened to access, into the audit trail: logins and lockouts, tokens created and revoked,
+user and password changes.
 
 Every part that changes or checks access calls :func:`record` and nothing else: it sends an
 ``access.KIND`` event to the chain's writer through ``pl:store`` (``broker.audit.sink``: the
@@ -19,9 +20,11 @@ __all__ = ["KINDS", "record"]
 
 KINDS = frozenset(
     {
-        "login",  # a console login with a token (who: the token's user)
+        "login",  # a console login (who: the user; method: password or token)
         "login_failed",  # a console login refused (who: "unknown"; reason: why)
+        "login_locked",  # failed logins locked a name or an address out (reason: which, how long)
         "logout",
+        "password_set",  # a person's password set or reset (user: whose)
         "token_created",
         "token_revoked",
         "user_added",
@@ -31,7 +34,7 @@ KINDS = frozenset(
 )
 """The kinds of access event; another kind is a programming error."""
 
-IDS = frozenset({"user", "token_id", "role", "adapter", "peer", "reason", "permissions"})
+IDS = frozenset({"user", "token_id", "role", "adapter", "peer", "reason", "permissions", "method"})
 """The keys an event may carry besides who acted (each on ``broker.log.ALLOWED_KEYS``)."""
 
 _log = get_logger("broker.access")

@@ -56,6 +56,10 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
                                   stored yet: its envelope stays meanwhile (broker.trail.state)
     pl:stored            hash     journal partition → the last entry whose message the store holds
                                   (housekeeping trims the journal up to it)
+    pl:login:fail:user:H string   failed password logins of one user name (H: part of its SHA-256),
+    pl:login:fail:peer:H          and of one client address; expiring (broker.throttle)
+    pl:login:lock:user:H string   present while that name (or address) is locked out; its TTL is
+    pl:login:lock:peer:H          what is left of the lockout (broker.throttle)
 """
 
 from __future__ import annotations

@@ -1020,14 +1020,18 @@ def _logging_for_one_invocation() -> Iterator[None]:
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str | None] | None = None, app: typer.Typer | None = None
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    app: typer.Typer | None = None,
+    input: str | None = None,
 ) -> CliRun:
     """Run ``passerelle ARGS`` in this process (typer's CliRunner), from the repository root.
 
     ``env`` is laid over ``os.environ`` for the invocation (``None`` unsets a variable). The
     command configures logging as it does when run, on the invocation's stderr, and the
     process's logging is restored after. ``app`` is the command to run, by default
-    ``broker.cli.app``; a test of plug-ins passes one from ``broker.cli.build_app()``. What
+    ``broker.cli.app``; a test of plug-ins passes one from ``broker.cli.build_app()``.
+    ``input`` is the command's standard input (and what it is asked, hidden or not). What
     needs a real process (the installed entry point, signals, ``serve``) still needs a
     subprocess; this costs about a third of one.
     """
@@ -1044,7 +1048,7 @@ def run_cli(
     os.chdir(REPO_ROOT)
     try:
         with _logging_for_one_invocation():
-            result = CliRunner().invoke(app, list(args), env=dict(env or {}))
+            result = CliRunner().invoke(app, list(args), env=dict(env or {}), input=input)
     finally:
         os.chdir(here)
     return CliRun(result.exit_code, result.stdout, result.stderr, result.exception)

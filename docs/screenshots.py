@@ -65,7 +65,7 @@ def settled(stack: LoopbackStack, control_id: str) -> bool:
 def log_in(page: Page) -> None:
     page.goto("/console/login?next=%2Fconsole%2F")
     page.get_by_label("Token", exact=True).fill(API_TOKEN)
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Log in with the token").click()
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
 
 

@@ -23,6 +23,7 @@ from broker.api import (
     policy,
     refusals,
     unmapped,
+    users,
 )
 from broker.api.auth import LoginRequired, PageForbidden
 from broker.audit import sink as audit_sink
@@ -121,6 +122,7 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     app.include_router(operations.router)
     app.include_router(policy.router)
     app.include_router(inbound.router)
+    app.include_router(users.router)
     app.include_router(docs.router)
     app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
     app.include_router(console.public)

@@ -1,10 +1,12 @@
-"""``passerelle users add|list|disable|enable`` and ``passerelle tokens create|list|revoke``.
+"""``passerelle users add|list|passwd|disable|enable`` and ``passerelle tokens create|list|revoke``.
 
 They write the store the settings name (``PASSERELLE_STORE_URL``, by default SQLite in the data
 directory), like ``passerelle messages``; the running API sees a change within
 ``broker.access.REVOCATION_DELAY_S`` seconds. Each change is recorded as done by
 ``cli:<login>`` (``broker.access_events``). A token is printed once, by ``tokens create``:
-Passerelle keeps only its SHA-256.
+Passerelle keeps only its SHA-256. A password is never an argument (the shell's history and
+``ps`` would show it): ``users passwd`` asks for it twice without echo, or reads one line from
+standard input with ``--password-stdin``.
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
 """
@@ -142,7 +144,67 @@ def list_users(as_json: JsonOpt = False, data_dir: DataDirOpt = None) -> None:
     for user in found:
         state = "active" if user["active"] else "disabled"
         adapter = user["adapter"] or "-"
-        typer.echo(f"{user['name']}  {user['role']}  {adapter}  {state}  {user['tokens']} token(s)")
+        password = "  password" if user["password"] else ""
+        typer.echo(
+            f"{user['name']}  {user['role']}  {adapter}  {state}  {user['tokens']} token(s)"
+            + password
+        )
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: one line of standard input, or asked twice without echo."""
+    import sys
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            fail("--password-stdin: standard input is empty; give the password on one line", 2)
+        return line.removesuffix("\n").removesuffix("\r")
+    first = typer.prompt("New password", hide_input=True)
+    if typer.prompt("Again", hide_input=True) != first:
+        fail("the two passwords differ; nothing was changed")
+    return str(first)
+
+
+@users_app.command("passwd")
+def set_password(
+    name: Annotated[str, typer.Argument(help="The person (not a sender: it uses its token).")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from one line of stdin (scripts)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Set or reset a person's console password (asked twice, or --password-stdin).
+
+    At least 12 characters, not the user's name; its previous sessions end.
+    """
+    from broker import access_events
+    from broker.access import REVOCATION_DELAY_S
+    from broker.errors import AccessError
+    from broker.store.credentials import find_password
+    from broker.store.credentials import set_password as run_set
+
+    engine = _engine(data_dir)
+    if find_password(engine, name) is None:  # before asking for a password
+        fail(f"no user {name!r} (`passerelle users list`)")
+    password = _read_password(password_stdin)
+    who = _who()
+    try:
+        user = run_set(engine, name, password, now=time.time())
+    except AccessError as exc:
+        fail(str(exc))
+    access_events.record("password_set", who, user=name)
+    if as_json:
+        print_json(_times(user))
+        return
+    typer.echo(
+        f"password of {name} set; its console sessions opened with the previous one end within "
+        f"{REVOCATION_DELAY_S:g} s"
+    )
 
 
 def _set_active(name: str, active: bool, as_json: bool, data_dir: Any) -> None:

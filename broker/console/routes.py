@@ -8,17 +8,22 @@ buttons its role may use; the API refuses the rest anyway. Pages are HTML shells
 come from the JSON API, which the pages' scripts fetch with the session cookie and, for actions,
 the session's CSRF token. No route here is in the OpenAPI schema: they are pages, not the API.
 
-Logging in takes any token (a person's, or the bootstrap token); the session names who and the
-role. Logins, refused logins and logouts are recorded (``broker.access_events``).
+A person logs in with a name and password; systems and the bootstrap admin with a token (any
+role's), on the same page. Failed password logins are counted per name and per client address
+and lock them out for a while (``broker.throttle``); the session names who, the role and the
+credential (a token's id or the password's). Logins, refused logins, lockouts and logouts are
+recorded (``broker.access_events``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
+import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -27,6 +32,7 @@ from fastapi.templating import Jinja2Templates
 from broker import access_events, guard
 from broker.access import (
     CSRF_HEADER,
+    PASSWORD_CREDENTIAL,
     SESSION_COOKIE,
     SESSION_TTL_S,
     CredentialRefused,
@@ -37,6 +43,7 @@ from broker.access import (
 from broker.console import i18n
 from broker.errors import ServiceUnavailable
 from broker.settings import Settings
+from broker.throttle import LoginThrottle
 
 __all__ = [
     "LOGIN",
@@ -150,13 +157,79 @@ def root() -> RedirectResponse:
 
 @public.get(LOGIN)
 def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-    """The login form: the API token."""
-    return _render(request, "login.html", session=None, next=_safe_next(next), error=None)
+    """The login forms: name and password, or a token."""
+    return _render(request, "login.html", session=None, next=_safe_next(next), error=None, user="")
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A login refused: the message to show (a catalogue key) and the status."""
+
+    error: str
+    status: int
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    client: redis.Redis = request.app.state.redis
+    return LoginThrottle(client)
+
+
+def _token_login(request: Request, token: str, peer: str) -> Principal | _Refused:
+    """The principal of a token login, or why it is refused."""
+    try:
+        return guard.authenticator(request).bearer(token)
+    except CredentialRefused as exc:
+        access_events.record("login_failed", "unknown", peer=peer, reason=str(exc), method="token")
+        return _Refused(error="login.wrong", status=401)
+    except ServiceUnavailable:
+        return _Refused(error="login.unavailable", status=503)
+
+
+def _password_login(request: Request, name: str, password: str, peer: str) -> Principal | _Refused:
+    """The principal of a name and password, or why it is refused.
+
+    A locked-out name or address is refused before the password is checked; each refusal
+    counts towards a lockout. The name typed is recorded only when it is a user's (it might be
+    a password typed in the wrong field).
+    """
+    throttle = _throttle(request)
+    try:
+        lockout = throttle.locked(name, peer)
+        if lockout is not None:
+            reason = f"{lockout.scope} locked out for another {lockout.seconds:.0f} s"
+            access_events.record(
+                "login_failed", "unknown", peer=peer, reason=reason, method="password"
+            )
+            return _Refused(error="login.locked", status=429)
+        try:
+            principal = guard.authenticator(request).password(name, password)
+        except CredentialRefused as exc:
+            user = None if str(exc) == "unknown user" else name
+            access_events.record(
+                "login_failed", "unknown", user=user, peer=peer, reason=str(exc), method="password"
+            )
+            for started in throttle.failed(name, peer):
+                access_events.record(
+                    "login_locked",
+                    "unknown",
+                    user=user if started.scope == "user" else None,
+                    peer=peer,
+                    reason=(
+                        f"{started.failures} failed logins: {started.scope} locked out "
+                        f"for {started.seconds:.0f} s"
+                    ),
+                )
+            return _Refused(error="login.wrong_password", status=401)
+        throttle.succeeded(name)
+    except ServiceUnavailable:
+        return _Refused(error="login.password_unavailable", status=503)
+    return principal
 
 
 @public.post(LOGIN)
 async def login(request: Request) -> Response:
-    """Check the token (any role's); on success open a session (the cookie) and go on."""
+    """Check the name and password, or the token (any role's); on success open a session (the
+    cookie) and go on."""
     form = await _form(request)
     settings: Settings = request.app.state.settings
     target = _safe_next(form.get("next"))
@@ -169,33 +242,35 @@ async def login(request: Request) -> Response:
             next=target,
             error="login.not_configured",
             status_code=401,
+            user=form.get("user", ""),
         )
-    try:
-        principal = await run_in_threadpool(
-            guard.authenticator(request).bearer, form.get("token", "")
+    by_password = "token" not in form
+    if by_password:
+        outcome = await run_in_threadpool(
+            _password_login, request, form.get("user", ""), form.get("password", ""), peer
         )
-    except CredentialRefused as exc:
-        access_events.record("login_failed", "unknown", peer=peer, reason=str(exc))
-        return _render(
-            request, "login.html", session=None, next=target, error="login.wrong", status_code=401
-        )
-    except ServiceUnavailable:
+    else:
+        outcome = await run_in_threadpool(_token_login, request, form["token"], peer)
+    if isinstance(outcome, _Refused):
         return _render(
             request,
             "login.html",
             session=None,
             next=target,
-            error="login.unavailable",
-            status_code=503,
+            error=outcome.error,
+            status_code=outcome.status,
+            user=form.get("user", ""),
         )
+    principal = outcome
     _, cookie = open_session(settings, principal)
     access_events.record(
         "login",
         principal.who,
         user=principal.who,
-        token_id=principal.credential,
+        token_id=None if by_password else principal.credential,
         role=principal.role,
         peer=peer,
+        method="password" if by_password else "token",
     )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
@@ -228,7 +303,13 @@ async def logout(request: Request) -> Response:
     form = await _form(request)
     if not session.csrf_matches(form.get("csrf")):
         return Response("missing or wrong CSRF token", status_code=403, media_type="text/plain")
-    access_events.record("logout", session.who, token_id=session.credential)
+    by_password = session.credential.startswith(PASSWORD_CREDENTIAL)
+    access_events.record(
+        "logout",
+        session.who,
+        token_id=None if by_password else session.credential,
+        method="password" if by_password else "token",
+    )
     response = RedirectResponse(LOGIN, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -1,34 +1,44 @@
-"""Users and their API tokens in the store: add, list, disable; create, list, revoke, look up.
+"""Users, their passwords and API tokens in the store: add, list, disable; set a password;
+create, list, revoke, look up.
 
 A user is a person (``admin``, ``integrator``, ``operator``, ``auditor``) or a sending system
 (``sender``, bound to one inbound adapter). Its tokens carry its role, or a narrower list of
 the role's permissions; each may expire and be revoked. The store keeps a token's SHA-256
-(``broker.tokens``), never the token. Nothing is deleted: a disabled user and a revoked token
+(``broker.tokens``), never the token. A person may also have a password, kept as its Argon2id
+hash (``broker.passwords``) with a public id that names the console sessions it opened: a new
+password gets a new id, which ends those sessions. Nothing is deleted: a disabled user and a revoked token
 stay, so the audit trail's names keep meaning something.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from broker.errors import AccessError
+from broker.passwords import check_policy, hash_password
 from broker.roles import ROLES, SENDER, narrowed
 from broker.store.schema import tokens, users
 from broker.tokens import NewToken, new_token
 
 __all__ = [
+    "StoredPassword",
     "StoredToken",
     "add_user",
     "create_token",
+    "find_password",
+    "find_password_session",
     "find_token",
     "list_tokens",
     "list_users",
+    "rehash_password",
     "revoke_token",
     "set_active",
+    "set_password",
     "touch",
 ]
 
@@ -66,6 +76,25 @@ class StoredToken:
     last_used_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPassword:
+    """A user's row as a password login needs it.
+
+    Attributes:
+        user: the user's name.
+        role: the user's role.
+        active: the user is enabled.
+        hash: the password's PHC string, ``None``: the user has no password.
+        id: the password's public id (what its sessions carry), ``None`` without one.
+    """
+
+    user: str
+    role: str
+    active: bool
+    hash: str | None
+    id: str | None
+
+
 def _user_row(connection: sa.Connection, name: str) -> sa.Row[Any] | None:
     return connection.execute(sa.select(users).where(users.c.name == name)).first()
 
@@ -79,6 +108,8 @@ def _user(row: sa.Row[Any]) -> dict[str, Any]:
         "created_at": row.created_at,
         "created_by": row.created_by,
         "updated_at": row.updated_at,
+        "password": row.password_hash is not None,
+        "password_changed_at": row.password_changed_at,
     }
 
 
@@ -122,7 +153,7 @@ def add_user(
             "updated_at": now,
         }
         connection.execute(sa.insert(users).values(**row))
-    return {**row, "active": True}
+    return {**row, "active": True, "password": False, "password_changed_at": None}
 
 
 def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
@@ -157,6 +188,76 @@ def set_active(
         row = _user_row(connection, name)
     assert row is not None
     return _user(row)
+
+
+def set_password(engine: sa.Engine, name: str, password: str, *, now: float) -> dict[str, Any]:
+    """Give a person a new password (policy checked, hashed); its previous password's sessions
+    end (the new password has a new id). Who did it is the caller's access event.
+
+    Raises:
+        AccessError: no such user, a sender (it logs in with its token), or a password the
+            policy refuses (the message says why, never the password).
+    """
+    with engine.connect() as connection:
+        owner = _user_row(connection, name)
+    if owner is None:
+        msg = f"no user {name!r} (`passerelle users list`)"
+        raise AccessError(msg)
+    if owner.role == SENDER:
+        msg = f"{name!r} is a sending system: it uses its token, never a password"
+        raise AccessError(msg)
+    try:
+        check_policy(name, password)
+    except ValueError as exc:
+        raise AccessError(str(exc)) from exc
+    hashed = hash_password(password)  # outside the transaction: it takes tens of milliseconds
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(users)
+            .where(users.c.name == name)
+            .values(
+                password_hash=hashed,
+                password_id=secrets.token_hex(6),
+                password_changed_at=now,
+                updated_at=now,
+            )
+        )
+        row = _user_row(connection, name)
+    assert row is not None
+    return _user(row)
+
+
+def _password(row: sa.Row[Any] | None) -> StoredPassword | None:
+    if row is None:
+        return None
+    return StoredPassword(row.name, row.role, bool(row.active), row.password_hash, row.password_id)
+
+
+def find_password(engine: sa.Engine, name: str) -> StoredPassword | None:
+    """The user ``name`` as a password login needs it, or ``None``: no such user."""
+    with engine.connect() as connection:
+        return _password(_user_row(connection, name))
+
+
+def find_password_session(engine: sa.Engine, password_id: str) -> StoredPassword | None:
+    """The user whose current password has the id ``password_id``, or ``None``: the password
+    was changed since (or never existed)."""
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(users).where(users.c.password_id == password_id)).first()
+    return _password(row)
+
+
+def rehash_password(engine: sa.Engine, name: str, old: str, new: str) -> bool:
+    """Replace the hash ``old`` of ``name``'s password with ``new`` (the same password under
+    today's parameters); its id, and so its sessions, stay. Whether it was replaced: not when
+    the password changed meanwhile."""
+    with engine.begin() as connection:
+        done = connection.execute(
+            sa.update(users)
+            .where(users.c.name == name, users.c.password_hash == old)
+            .values(password_hash=new)
+        )
+    return bool(done.rowcount)
 
 
 def create_token(

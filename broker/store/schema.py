@@ -162,6 +162,18 @@ users = Table(
     Column("created_at", Double, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("updated_at", Double, nullable=False),
+    Column(
+        "password_hash",
+        String(256),
+        comment="Argon2id PHC string (parameters, salt, hash); null: no password",
+    ),
+    Column(
+        "password_id",
+        String(32),
+        comment="names the sessions the password opened; new at each change",
+    ),
+    Column("password_changed_at", Double),
+    UniqueConstraint("password_id"),
 )
 
 tokens = Table(

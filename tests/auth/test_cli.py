@@ -164,3 +164,62 @@ def test_a_store_without_schema_says_what_to_run(tmp_path: Path) -> None:
     run = run_cli("users", "list", env=env)
     assert run.code == 1
     assert "passerelle store" in run.stderr
+
+
+PASSWORD = "Tajine aux olives 2026"
+
+
+def _checker(store_url: str) -> Authenticator:
+    return Authenticator(Settings(store_url=store_url, api_token=SecretStr("bootstrap-for-test")))
+
+
+def test_users_passwd_reads_the_password_from_stdin(env: Env, store_url: str) -> None:
+    ok(cli(env, "users", "add", "amina.benali", "--role", "operator"))
+    run = ok(
+        run_cli(
+            "users", "passwd", "amina.benali", "--password-stdin", env=env, input=PASSWORD + "\n"
+        )
+    )
+    assert "password of amina.benali set" in run.stdout
+    assert PASSWORD not in run.stdout + run.stderr
+    assert _checker(store_url).password("amina.benali", PASSWORD).role == "operator"
+    assert (
+        "amina.benali  operator  -  active  0 token(s)  password"
+        in ok(cli(env, "users", "list")).stdout
+    )
+
+
+def test_users_passwd_asks_twice_without_echo(env: Env, store_url: str) -> None:
+    ok(cli(env, "users", "add", "amina.benali", "--role", "operator"))
+    run = ok(run_cli("users", "passwd", "amina.benali", env=env, input=f"{PASSWORD}\n{PASSWORD}\n"))
+    assert PASSWORD not in run.stdout + run.stderr  # asked, never echoed
+    assert _checker(store_url).password("amina.benali", PASSWORD).who == "amina.benali"
+    differ = run_cli(
+        "users", "passwd", "amina.benali", env=env, input=f"{PASSWORD}\nautre chose 12\n"
+    )
+    assert differ.code == 1
+    assert "the two passwords differ" in differ.stderr
+    with pytest.raises(CredentialRefused, match="wrong password"):
+        _checker(store_url).password("amina.benali", "autre chose 12")
+
+
+def test_users_passwd_refuses_with_one_line(env: Env) -> None:
+    ok(cli(env, "users", "add", "amina.benali", "--role", "operator"))
+    ok(cli(env, "users", "add", "labo-casa", "--role", "sender", "--adapter", "labo-casa-oru"))
+    for name, given, code, reason in (
+        ("amina.benali", "court\n", 1, "at least 12 characters"),
+        ("amina.benali", "amina.benali-2026\n", 1, "the user's name"),
+        ("labo-casa", PASSWORD + "\n", 1, "uses its token, never a password"),
+        ("nobody", PASSWORD + "\n", 1, "no user 'nobody'"),
+        ("amina.benali", "", 2, "standard input is empty"),
+    ):
+        run = run_cli("users", "passwd", name, "--password-stdin", env=env, input=given)
+        assert run.code == code, run.stderr
+        assert reason in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+        assert given.strip() == "" or given.strip() not in run.stderr
+
+
+def test_a_password_is_never_an_argument(env: Env) -> None:
+    run = cli(env, "users", "passwd", "amina.benali", PASSWORD)
+    assert run.code == 2

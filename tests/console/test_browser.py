@@ -107,7 +107,7 @@ def log_in(page: Page, path: str = "/console/") -> None:
     page.goto(path)
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
     page.get_by_label("Token", exact=True).fill(TOKEN)
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Log in with the token").click()
     expect(page).to_have_url(re.compile(re.escape(path) + "$"))
 
 
@@ -200,6 +200,28 @@ def test_pages_without_a_session_lead_to_the_login_page(page: Page) -> None:
         expect(page).to_have_url(re.compile(r"/console/login\?next=%2Fconsole%2F"))
     reply = page.request.get("/api/overview")
     assert reply.status == 401
+
+
+def test_a_person_logs_in_with_a_name_and_password(page: Page, broker: EagerBroker) -> None:
+    """The login page's first form: a user's name and password open a session as that user;
+    a wrong password leaves the browser on the login page with the reason."""
+    from broker.store import connect, upgrade
+    from broker.store.credentials import add_user, set_password
+
+    engine = connect(broker.settings.effective_store_url, create=True)
+    upgrade(engine)
+    add_user(engine, "amina.benali", "operator", adapter=None, by="test", now=0.0)
+    set_password(engine, "amina.benali", "Tajine aux olives 2026", now=0.0)
+    engine.dispose()
+    page.goto("/console/")
+    page.get_by_label("User name").fill("amina.benali")
+    page.get_by_label("Password").fill("not the password at all")
+    page.get_by_role("button", name="Log in", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("not accepted")
+    page.get_by_label("Password").fill("Tajine aux olives 2026")
+    page.get_by_role("button", name="Log in", exact=True).click()
+    expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+    expect(page.locator("header")).to_contain_text("amina.benali")
 
 
 def test_the_other_pages_in_french(page: Page, broker: EagerBroker) -> None:
