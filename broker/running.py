@@ -25,7 +25,7 @@ from broker.settings import Settings
 
 __all__ = ["Runtime", "api_url", "find", "forget", "runtime_path", "token_file", "write"]
 
-_NOT_SHARED = frozenset({"api_token"})
+_NOT_SHARED = frozenset({"api_token", "data_key"})
 """Settings left out of the file: secrets (the token is in ``token_file``, owner-only)."""
 
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 
-from broker import keys
+from broker import keys, sealing
 from broker.api.auth import Caller, require
 from broker.api.health import get_redis
 from broker.errors import BrokerError
@@ -146,7 +146,9 @@ def get_message(
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
     raw = client.get(keys.envelope(envelope_id))
     if raw is not None:
-        return Response(content=raw, media_type="application/json")
+        return Response(
+            content=sealing.open(raw, envelope_id, "env"), media_type="application/json"
+        )
     try:
         store = get_store(request)
     except HTTPException:

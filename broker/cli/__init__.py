@@ -32,6 +32,7 @@ import typer
 from broker.cli._common import DataDirOpt, fail, load_settings
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
+from broker.cli.keys import keys_app
 from broker.cli.mappings import mappings_app
 from broker.cli.messages import messages_app
 from broker.cli.ops import replay
@@ -73,6 +74,7 @@ def build_app() -> typer.Typer:
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(policy_app, name="policy")
     app.add_typer(consent_app, name="consent")
+    app.add_typer(keys_app, name="keys")
     register_plugins(app)
     app.callback()(_main_options)
     return app

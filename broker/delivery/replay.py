@@ -243,7 +243,7 @@ class Operations:
         # One MULTI: the envelope is (re)set with the record that marks it re-queued
         # (pl:reopened), so the store's writer cannot drop it between the two.
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
+        pipe.set(keys.envelope(envelope.id), envelope.sealed(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
         self._queue(subscriber, envelope, None, pipe=pipe)
@@ -259,7 +259,7 @@ class Operations:
         """
         raw = self.client.get(keys.envelope(envelope_id))
         if raw is not None:
-            return Envelope.model_validate_json(raw)
+            return Envelope.unsealed(raw, envelope_id)
         if self.stored is None:
             return None
         try:
@@ -273,7 +273,7 @@ class Operations:
         raw = self.client.get(keys.envelope(record["envelope_id"]))
         found: Envelope | None = None
         if raw is not None:
-            found = Envelope.model_validate_json(raw)
+            found = Envelope.unsealed(raw, record["envelope_id"])
         elif record.get("envelope"):
             found = Envelope.model_validate(record["envelope"])
         else:
@@ -288,7 +288,7 @@ class Operations:
         if corrected is not None:
             validate_bundle(corrected)
             envelope = envelope.model_copy(update={"bundle": corrected})
-        self.client.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
+        self.client.set(keys.envelope(envelope.id), envelope.sealed(), ex=self.retention_s)
         return envelope
 
     def _queue(

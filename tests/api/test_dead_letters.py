@@ -21,6 +21,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.replay import Operations
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
+from broker.testing import stored_envelope_json
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -329,7 +330,7 @@ def test_replay_with_a_corrected_bundle(
     step = reply.json()["history"][-1]
     assert step["action"] == "edited and replayed"
     assert len(step["corrected_sha256"]) == 64
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    stored = json.loads(stored_envelope_json(redis_client, envelope["id"]) or b"{}")
     assert stored["bundle"] == corrected
 
 

@@ -16,7 +16,7 @@ from broker import keys
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT
-from broker.testing import CliRun, run_cli
+from broker.testing import CliRun, run_cli, stored_envelope_json
 
 SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
@@ -37,6 +37,7 @@ def fixture_env(
         PASSERELLE_ADAPTERS_DIR=str(dead_letter_adapters),
         PASSERELLE_MAPPINGS_DIR=str(REPO_ROOT / "mappings"),
         PASSERELLE_DATA_DIR=str(tmp_path / "var"),
+        PASSERELLE_DATA_KEY=os.environ["PASSERELLE_DATA_KEY"],  # the suite's (tests/conftest.py)
     )
     return env
 
@@ -196,7 +197,7 @@ def test_replay_with_a_corrected_fhir_bundle(
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
     assert done.code == 0, done.stderr
     assert record(redis_client, dead_id)["history"][-1]["action"] == "edited and replayed"
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    stored = json.loads(stored_envelope_json(redis_client, envelope["id"]) or b"{}")
     assert stored["bundle"] == corrected
     assert queued_tasks(redis_client) == ["passerelle.drain_outbound"]
 
@@ -210,7 +211,7 @@ def test_replay_with_a_corrected_hl7_message(
     path.write_bytes(SAMPLE.read_bytes().replace(b"|19620312|", b"|19620313|"))
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", "typo", "--payload", str(path))
     assert done.code == 0, done.stderr
-    stored = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
+    stored = json.loads(stored_envelope_json(redis_client, envelope["id"]) or b"{}")
     (patient,) = [
         e["resource"]
         for e in stored["bundle"]["entry"]
