@@ -81,7 +81,7 @@ def reencrypt(
     """Seal again with the current key every stored body on an old key (store, then Redis)."""
     from broker.cli.ops import connect
     from broker.datakeys import use
-    from broker.errors import BrokerError
+    from broker.errors import BrokerError, ServiceUnavailable
     from broker.ops.reencrypt import reencrypt_redis
     from broker.store import connect as connect_store
     from broker.store.reencrypt import Progress, reencrypt_store
@@ -93,8 +93,13 @@ def reencrypt(
 
     try:
         use(settings)
-        engine = connect_store(settings.effective_store_url)
-        done = reencrypt_store(engine, after=after, batch=batch, on_batch=told)
+        try:
+            engine = connect_store(settings.effective_store_url)
+        except ServiceUnavailable as exc:  # no store yet (no writer ever ran): Redis only
+            typer.echo(f"store: skipped ({exc})")
+            done = Progress()
+        else:
+            done = reencrypt_store(engine, after=after, batch=batch, on_batch=told)
         redis_done = reencrypt_redis(connect(settings), batch=batch)
     except BrokerError as exc:
         fail(str(exc))
