@@ -108,6 +108,8 @@ def write(settings: Settings, *, pid: int | None = None, path: Path | None = Non
     shared["adapters_dir"] = str(settings.adapters_dir.resolve())
     if settings.mappings_dir is not None:
         shared["mappings_dir"] = str(settings.mappings_dir.resolve())
+    if settings.data_key_file is not None:
+        shared["data_key_file"] = str(settings.data_key_file.resolve())
     token = token_file(settings)
     document = {
         "pid": os.getpid() if pid is None else pid,

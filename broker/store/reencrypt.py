@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from broker import sealing
+from broker.errors import DataKeyError
 from broker.store.schema import messages
 
 __all__ = ["Progress", "reencrypt_store"]
@@ -55,8 +56,6 @@ def reencrypt_store(
     ring = sealing.active()
     if ring is None:
         msg = "encryption is off (PASSERELLE_DATA_ENCRYPTION=off): there is no key to re-encrypt to"
-        from broker.errors import DataKeyError
-
         raise DataKeyError(msg)
     current = ring.current
     progress = Progress(last_id=after)

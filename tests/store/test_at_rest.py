@@ -175,3 +175,28 @@ def test_a_flipped_byte_in_the_store_is_a_clear_error(make_broker, store_url):
             broker.operations().resend(message_id, DMP, who="ops@example.test", why="a test")
     finally:
         sealing.install(suite)
+
+
+def test_data_written_before_encryption_reads_and_reencrypt_seals_it(make_broker, store_url):
+    """Messages journalled, routed and stored with encryption off (the version before) read
+    the same once it is on; ``reencrypt`` then seals them, and nothing is left in clear."""
+    broker = make_broker(store_url=store_url, retry=HOLD)
+    patient = _patient()
+    suite = sealing.active()
+    try:
+        sealing.install(None)
+        _everything(broker, patient)
+    finally:
+        sealing.install(suite)
+    assert patient.family.encode() in _store_bytes(broker.store), "not written in clear"
+    traced = [trace(broker.store, i) for i in _stored_ids(broker)]
+    assert patient.family in " ".join(t["raw"] or "" for t in traced)
+    assert broker.dead_letters.find(DMP)[0]["envelope"]["bundle"]["resourceType"] == "Bundle"
+    assert reencrypt_store(broker.store).resealed == 3
+    assert reencrypt_redis(broker.client).dead_letters == 1
+    assert patient.family.encode() not in _store_bytes(broker.store)
+    for name in broker.client.scan_iter(match="pl:env:*"):
+        assert sealing.key_id_of(broker.client.get(name)) == "ktest-1"
+    assert count_streams(broker.client)["clear"] >= 1, "journal entries stay as written"
+    traced = [trace(broker.store, i) for i in _stored_ids(broker)]
+    assert patient.family in " ".join(t["raw"] or "" for t in traced)
