@@ -24,7 +24,7 @@ from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender
 from broker.dispatch import DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope
-from broker.errors import DataKeyError, SealedDataError
+from broker.errors import SealedDataError
 from broker.log import get_logger
 from broker.policy import ConsentLookup
 from broker.settings import Settings
@@ -147,8 +147,10 @@ def drain_outbound(
                         envelope = Envelope.model_validate_json(
                             sealing.open(raw, envelope_id, "env")
                         )
-                    except (DataKeyError, SealedDataError) as exc:
-                        unreadable = str(exc)  # names the key id or the failed check
+                    except SealedDataError as exc:
+                        # Altered: never sendable. (A key this worker lacks, DataKeyError, fails
+                        # the drain instead: the entry waits for a worker that has the key.)
+                        unreadable = str(exc)  # names the record and the failed check
                 if unreadable is not None:
                     trail.flush(pipe, records)
                     dead_letters.add(

@@ -9,13 +9,15 @@ purpose (ordering, search by identifier: docs/security.md) and are not markers h
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import sqlalchemy as sa
 
 from broker import keys, sealing
 from broker.datakeys import parse_keys
 from broker.delivery.replay import OperationError
-from broker.errors import SealedDataError
+from broker.errors import DataKeyError, SealedDataError
 from broker.ops.reencrypt import count_streams, reencrypt_redis
 from broker.store import trace
 from broker.store.reencrypt import reencrypt_store
@@ -200,3 +202,69 @@ def test_data_written_before_encryption_reads_and_reencrypt_seals_it(make_broker
     assert count_streams(broker.client)["clear"] >= 1, "journal entries stay as written"
     traced = [trace(broker.store, i) for i in _stored_ids(broker)]
     assert patient.family in " ".join(t["raw"] or "" for t in traced)
+
+
+def _journal(broker, envelope_id: str, raw: bytes) -> None:
+    """A journal entry as the listener writes it, with ``raw`` as given, and its drain queued."""
+    from datetime import UTC, datetime
+
+    broker.client.xgroup_create(keys.inbound(0), keys.PIPELINE_GROUP, id="0", mkstream=True)
+    broker.client.xadd(
+        keys.inbound(0),
+        {
+            "id": envelope_id,
+            "source": "chu-rabat-adt",
+            "content_type": "application/hl7-v2",
+            "received_at": datetime.now(UTC).isoformat(),
+            "charset": "utf-8",
+            "raw": raw,
+            "peer": "127.0.0.1:0",
+        },
+    )
+    broker.celery.send_task("passerelle.drain_inbound", args=[0])
+
+
+def test_an_altered_journal_entry_is_quarantined_with_why_and_the_next_goes_on(make_broker):
+    """Sealed for another envelope: quarantined, the reason naming the check; then a good
+    message of the same partition is delivered."""
+    broker = make_broker(partitions=1)
+    patient = _patient()
+    moved = sealing.seal(adt(patient, "A01", control_id="MV-1").encode(), "someone-else", "raw")
+    _journal(broker, "01a2400000000000000000000001", moved)
+    broker.run()
+    ((_, quarantined),) = broker.client.xrange(keys.QUARANTINE)
+    assert b"fails authentication" in quarantined[b"reason"]
+    broker.receive(adt(patient, "A01", control_id="MV-2"))
+    broker.run()
+    assert broker.fhir_control_ids() == ["MV-2"]
+
+
+def test_a_key_the_worker_lacks_fails_the_drain_and_the_entry_waits(make_broker):
+    """Sealed with a key not in this worker's ring: the drain fails naming it, the entry stays
+    unacknowledged (not quarantined); with the key back, it is delivered."""
+    broker = make_broker(partitions=1)
+    patient = _patient()
+    other = parse_keys("k-elsewhere:" + "D" * 43 + "=", "test")
+    raw = adt(patient, "A01", control_id="NK-1").encode()
+    _journal(
+        broker,
+        "01a2400000000000000000000002",
+        other.seal(raw, "01a2400000000000000000000002", "raw"),
+    )
+    with pytest.raises(DataKeyError, match="k-elsewhere"):
+        broker.run()
+    assert broker.client.xlen(keys.QUARANTINE) == 0
+    assert broker.client.xpending(keys.inbound(0), keys.PIPELINE_GROUP)["pending"] == 1
+    suite = sealing.active()
+    try:
+        sealing.install(
+            parse_keys(
+                f"ktest-1:{base64.b64encode(bytes(range(32))).decode()},k-elsewhere:{'D' * 43}=",
+                "t",
+            )
+        )
+        broker.celery.send_task("passerelle.drain_inbound", args=[0])
+        broker.run()
+    finally:
+        sealing.install(suite)
+    assert broker.fhir_control_ids() == ["NK-1"]
