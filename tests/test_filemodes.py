@@ -57,6 +57,7 @@ def test_an_upgrade_tightens_what_an_earlier_version_left_readable(tmp_path):
     link out of the directory is left alone."""
     data = tmp_path / "data"
     (data / "redis").mkdir(parents=True)
+    (data / "redis").chmod(0o755)
     aof = data / "redis" / "appendonly.aof"
     aof.write_text("*1\r\n")
     aof.chmod(0o644)
