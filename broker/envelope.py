@@ -120,3 +120,21 @@ class Envelope(BaseModel):
     """The message this one corrects (an operator's edit-and-replay: ``broker.delivery.edit``)."""
     edit: dict[str, Any] | None = None
     """Of an edit: who, why and the diff from the original (patient data: kept by the store)."""
+
+    def sealed(self) -> bytes:
+        """This envelope's JSON as ``pl:env:ID`` keeps it: sealed for its id (``broker.sealing``)."""
+        from broker import sealing
+
+        return sealing.seal(self.model_dump_json().encode(), self.id, "env")
+
+    @classmethod
+    def unsealed(cls, stored: bytes, envelope_id: str) -> Envelope:
+        """The envelope ``pl:env:ENVELOPE_ID`` holds (sealed, or JSON written before sealing).
+
+        Raises:
+            DataKeyError: sealed with a key this process lacks.
+            SealedDataError: altered, or copied from another envelope's key.
+        """
+        from broker import sealing
+
+        return cls.model_validate_json(sealing.open(stored, envelope_id, "env"))

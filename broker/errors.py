@@ -7,7 +7,8 @@ The tree (repeated in ``docs/errors.md``)::
     │   ├── SpecError               a YAML file is wrong; names file, line and key
     │   │   ├── MappingSpecError
     │   │   └── AdapterSpecError
-    │   └── ServiceUnavailable      Redis or another required service cannot be reached
+    │   ├── ServiceUnavailable      Redis or another required service cannot be reached
+    │   └── DataKeyError            no data key, a malformed key, or a body sealed with an unknown key
     ├── MessageError                one message is wrong; never retried; drives AE/AR
     │   ├── ParseError
     │   │   ├── HL7v2ParseError     carries the segment/field location
@@ -17,7 +18,8 @@ The tree (repeated in ``docs/errors.md``)::
     │   ├── CanonicalError          the mapped FHIR Bundle breaks FHIR R4 or a broker invariant
     │   └── RejectedError           refused at the edge before journalling (size, duplicate frame, …)
     ├── JournalError                the journal could not accept the message (AR, HTTP 503)
-├── AccessError                 a user or token change is refused (unknown user, role mismatch…)
+    ├── AccessError                 a user or token change is refused (unknown user, role mismatch…)
+    ├── SealedDataError             a stored body fails its authentication (altered, or moved between records)
     └── DeliveryError               carries destination + attempt
         ├── RetryableDeliveryError  timeout, connection refused, 5xx, AE/AR/no ACK from MLLP peer
         └── PermanentDeliveryError  4xx: the receiver will never accept this payload
@@ -34,6 +36,7 @@ __all__ = [
     "BrokerError",
     "CanonicalError",
     "ConfigurationError",
+    "DataKeyError",
     "DeliveryError",
     "FHIRParseError",
     "HL7v2ParseError",
@@ -46,6 +49,7 @@ __all__ = [
     "PermanentDeliveryError",
     "RejectedError",
     "RetryableDeliveryError",
+    "SealedDataError",
     "ServiceUnavailable",
     "SpecError",
 ]
@@ -89,6 +93,22 @@ class MappingSpecError(SpecError):
 
 class ServiceUnavailable(ConfigurationError):
     """Raised when a service the process needs (Redis) cannot be reached or started."""
+
+
+class DataKeyError(ConfigurationError):
+    """Raised when the data keys are missing or malformed, or a body names a key not configured.
+
+    Carries ``key_id`` (the unknown key's id) when a stored body names one.
+    """
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class SealedDataError(BrokerError):
+    """Raised when a sealed body fails AES-GCM authentication: it was altered, truncated, or
+    moved from the record it was sealed for. Never answered with the bytes it held."""
 
 
 class MessageError(BrokerError):

@@ -2,9 +2,10 @@
 
 Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id)::
 
-    pl:in:P              stream   raw inbound messages (the journal); group ``pipeline``
+    pl:in:P              stream   raw inbound messages (the journal; ``raw`` sealed for the envelope id,
+                                  broker.sealing); group ``pipeline``
     pl:out:SUB:P         stream   canonical envelope ids queued for one subscriber; group ``deliver``
-    pl:env:ID            string   an Envelope as JSON, while in flight: dropped by the store's writer once
+    pl:env:ID            string   an Envelope as JSON, sealed (broker.sealing), while in flight: dropped by the store's writer once
                                   the store holds the message, final for every subscriber (else the
                                   retention TTL)
     pl:dedupe:B:SHARD    hash     dedupe records of the messages received in time bucket B (Redis
@@ -15,8 +16,10 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
                                   window (broker.intake.journal)
     pl:dedupe:SRC:HASH   string   before bucketed records: the reply sent for one message of adapter
                                   SRC (read, never written, for one dedupe window after the upgrade)
-    pl:rejected          stream   input refused at the edge, with its reason (kept, never dropped)
-    pl:quarantine        stream   journalled messages that failed parse/map/validation
+    pl:rejected          stream   input refused at the edge, with its reason and its bytes (sealed for
+                                  the entry's ``id`` field: broker.sealing); kept retention_rejected_s
+    pl:quarantine        stream   journalled messages that failed parse/map/validation (ids and reasons;
+                                  kept retention_quarantine_s)
     pl:dead:SUB          stream   the history of a subscriber's dead letters (one entry each, never edited)
     pl:dl:SUB            hash     dead-letter id → JSON record with its current status
     pl:dlopen:SUB        set      the ids of SUB's open dead letters (kept with each status change)
@@ -45,6 +48,8 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:kick:STREAM       string   a drain task for STREAM is already queued
     pl:stats             hash     counters: received, rejected, delivered:SUB, failed:SUB, …
     pl:trimmed           string   the retention trim ran within the last minute
+    pl:purged            string   the purge of rejected, quarantine and dead letters ran within ten
+                                  minutes (broker.ops.retention)
     pl:pressure          string   why the listeners answer AR "retry later" now (expires by itself)
     pl:rates             list     recent samples of the counters and backlogs, newest first (capped, TTL)
     pl:timings           stream   per-hop timestamps, only with PASSERELLE_TIMINGS on (broker.timing; capped)
@@ -77,6 +82,7 @@ __all__ = [
     "INCIDENTS",
     "PIPELINE_GROUP",
     "PRESSURE",
+    "PURGED",
     "QUARANTINE",
     "RATES",
     "REJECTED",
@@ -121,6 +127,7 @@ STATS = "pl:stats"
 AUDIT = "pl:audit"
 AUDIT_HEAD = "pl:audit:head"
 TRIMMED = "pl:trimmed"
+PURGED = "pl:purged"
 PRESSURE = "pl:pressure"
 RATES = "pl:rates"
 TIMINGS = "pl:timings"

@@ -27,6 +27,7 @@ ALLOWED_KEYS = frozenset(
     | {
         "ack_code", "action", "adapter", "adapters", "address", "allow_from", "after_s",
         "appendfsync", "at",
+        "changed", "key_id", "rejected", "quarantine", "dead_letters",
         "attempt", "attempts", "cap", "channel", "client", "col", "control_id", "correlation_id",
         "dead_letter", "delay_s", "delivered", "destination", "drains", "dropped", "entry",
         "envelope_id", "exit_code", "fhir", "file", "handled", "held", "host", "http", "key",

@@ -25,7 +25,7 @@ from broker.settings import Settings
 
 __all__ = ["Runtime", "api_url", "find", "forget", "runtime_path", "token_file", "write"]
 
-_NOT_SHARED = frozenset({"api_token"})
+_NOT_SHARED = frozenset({"api_token", "data_key"})
 """Settings left out of the file: secrets (the token is in ``token_file``, owner-only)."""
 
 
@@ -108,6 +108,8 @@ def write(settings: Settings, *, pid: int | None = None, path: Path | None = Non
     shared["adapters_dir"] = str(settings.adapters_dir.resolve())
     if settings.mappings_dir is not None:
         shared["mappings_dir"] = str(settings.mappings_dir.resolve())
+    if settings.data_key_file is not None:
+        shared["data_key_file"] = str(settings.data_key_file.resolve())
     token = token_file(settings)
     document = {
         "pid": os.getpid() if pid is None else pid,

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     audit_key_file: Path | None = None
     """A file holding the audit key; when neither is set, ``serve`` (and the store's writer)
     generate ``data_dir/audit-key``, readable by its owner only."""
+    data_encryption: Literal["on", "off"] = "on"
+    """Seal stored message bodies with AES-GCM (``broker.sealing``); ``off`` only for development."""
+    data_key: SecretStr | None = None
+    """The data keys, ``ID:BASE64`` separated by commas, the current (sealing) key first."""
+    data_key_file: Path | None = None
+    """A file of data keys, one ``ID BASE64`` a line, the current key first (``broker.datakeys``);
+    when neither is set, ``serve`` generates ``data_dir/data-key``. Keep it outside the data
+    directory in production."""
 
     partitions: int = Field(8, ge=1, le=256)
     """Patient partitions per stream: the unit of ordering and of parallel delivery."""
@@ -157,6 +165,22 @@ class Settings(BaseSettings):
     """How long the store keeps delivery attempts, by when they were made."""
     store_retention_actions_s: int = Field(365 * 86_400, ge=60)
     """How long the store keeps operator actions (replay, discard…), by when they were taken."""
+    store_retention_by_state_s: dict[str, int] = Field(
+        default_factory=lambda: {"rejected": 30 * 86_400, "failed": 90 * 86_400}
+    )
+    """Per message state, how long the store keeps such a message instead of
+    ``store_retention_messages_s`` (JSON: ``{"rejected": 2592000}``)."""
+    retention_audit_s: int = Field(10 * 365 * 86_400, ge=86_400)
+    """How long the audit trail is kept (ten years by default; the audit trail's own purge
+    reads it)."""
+    retention_dead_letters_s: int = Field(90 * 86_400, ge=60)
+    """A dead letter resolved (delivered or discarded) this long ago leaves Redis with its
+    history entry; an open one is kept until an operator resolves it."""
+    retention_rejected_s: int = Field(30 * 86_400, ge=60)
+    """How long ``pl:rejected`` keeps input refused at the edge (once the store has it)."""
+    retention_quarantine_s: int = Field(30 * 86_400, ge=60)
+    """How long ``pl:quarantine`` keeps the entries of messages that failed the pipeline (the
+    message itself is in the store, under the ``failed`` state's retention)."""
     alerts_file: Path | None = None
     """Passerelle's own alert rules (``broker.ops.alerts``), YAML; ``None``: the default rules."""
     alert_webhook_url: str | None = None

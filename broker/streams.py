@@ -35,6 +35,8 @@ __all__ = [
     "has_work",
     "idle_with_work",
     "read_batch",
+    "stream_id",
+    "undone_floor",
 ]
 
 CONSUMER = "drainer"
@@ -481,3 +483,39 @@ def idle_with_work(
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def undone_floor(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
+    """The id of the oldest entry of ``stream`` that ``group`` has not finished, or ``None``.
+
+    Unfinished: read and not acknowledged (the pending list's smallest id), or not read yet
+    (after the group's last-delivered id). A stream without the group is all unfinished.
+    ``None`` when there is no such stream (nothing to trim).
+    """
+    try:
+        groups: Any = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return None
+    named = (
+        g
+        for g in groups
+        if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group
+    )
+    info = next(named, None)
+    if info is None:
+        return (0, 0)
+    floors = []
+    if int(info["pending"]):
+        summary: Any = client.xpending(stream, group)
+        if summary and summary.get("min"):
+            floors.append(stream_id(summary["min"]))
+    last = stream_id(info["last-delivered-id"])
+    floors.append((last[0], last[1] + 1))
+    return min(floors)

@@ -25,8 +25,10 @@ from pydantic import SecretStr
 
 from broker.audit.key import ensure_key
 from broker.children import die_with_parent
+from broker.datakeys import ensure_data_key, use_later
 from broker.embedded import EmbeddedRedis
 from broker.errors import ServiceUnavailable
+from broker.filemodes import PRIVATE_UMASK, tighten
 from broker.log import get_logger
 from broker.settings import Settings
 
@@ -63,7 +65,7 @@ def ensure_api_token(settings: Settings) -> Settings:
         return settings
     path = settings.data_dir / "api-token"
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
 
@@ -92,8 +94,9 @@ class Supervisor:
     def __init__(
         self, settings: Settings, roles: tuple[str, ...] = ROLES, log_dir: Path | None = None
     ) -> None:
-        self.settings = ensure_api_token(settings)
+        self.settings = ensure_data_key(ensure_api_token(settings))
         ensure_key(self.settings)  # the audit chain's, before the store's writer starts
+        use_later(self.settings)
         self.roles = roles
         self.log_dir = log_dir
         self.redis: EmbeddedRedis | None = None
@@ -104,7 +107,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Start Redis (embedded unless configured), then every role's process."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        changed = tighten(self.settings.data_dir)
+        if changed:
+            log.warning("data_dir.tightened", changed=changed)
         if self.settings.redis_url is None:
             self.redis = EmbeddedRedis(self.settings)
             self.redis.start()
@@ -136,6 +141,7 @@ class Supervisor:
             # Own session: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
             start_new_session=True,
             preexec_fn=die_with_parent,
+            umask=PRIVATE_UMASK,  # the files every role creates are owner-only
         )
 
     def watch_once(self) -> None:

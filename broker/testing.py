@@ -59,8 +59,10 @@ __all__ = [
     "audit_events",
     "envelope_control_ids",
     "free_port",
+    "raw_of",
     "run_cli",
     "running_listeners",
+    "stored_envelope_json",
     "wait_for_port",
     "wait_until",
     "write_adapter",
@@ -98,6 +100,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def raw_of(fields: dict[bytes, bytes]) -> bytes:
+    """The bytes a journal or ``pl:rejected`` entry keeps, opened (both are sealed for the
+    entry's ``id`` field: ``broker.sealing``)."""
+    from broker import sealing
+
+    return sealing.open(fields[b"raw"], fields.get(b"id", b"").decode(), "raw")
+
+
+def stored_envelope_json(client: Any, envelope_id: str) -> bytes | None:
+    """The JSON of the envelope ``pl:env:ENVELOPE_ID`` holds, opened; ``None`` when absent."""
+    from broker import keys, sealing
+
+    stored: bytes | None = client.get(keys.envelope(envelope_id))
+    return sealing.open(stored, envelope_id, "env") if stored is not None else None
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> bool:
@@ -404,8 +422,9 @@ class EagerBroker:
         """Start the peers, write the registrations, load the configuration, connect."""
         import redis as redis_sync
 
-        from broker import standby
+        from broker import sealing, standby
         from broker.config import load_config
+        from broker.datakeys import DEFAULT_FILE, ensure_data_key, ring_text, use
         from broker.dispatch import Kicker
         from broker.mapping import MappingSet
         from broker.settings import Settings
@@ -420,6 +439,14 @@ class EagerBroker:
             redis_url=self.redis_url,
             **self._settings_overrides,
         )
+        # As serve does (datakeys.ensure_data_key): the data dir holds the keys it seals with,
+        # so a command that finds this broker by its data dir alone opens its bodies.
+        if not sealing.ready():
+            use(ensure_data_key(settings))
+        ring = sealing.active()
+        if ring is not None and not (self.data_dir / DEFAULT_FILE).exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / DEFAULT_FILE).write_text(ring_text(ring), encoding="utf-8")
         # Loading and compiling the base mappings takes most of a second, and a test module
         # starts an EagerBroker per test: they are loaded once per process and set of roots.
         # The registrations are loaded and checked against them as every process does.
@@ -782,13 +809,12 @@ def envelope_control_ids(
     """Envelope id → MSH-10 of the envelopes found: in Redis, else in the message store.
 
     What a FHIR capture saw (``Bundle.identifier`` is the envelope id) turned back into what
-    the test sent. Redis first: its envelopes are read by their head (``GETRANGE``, not the
-    Bundle). The store's writer drops an envelope only after committing its message, so one
+    the test sent. Redis first: each envelope opened (``broker.sealing``), its head searched. The store's writer drops an envelope only after committing its message, so one
     gone from Redis is in ``store``.
     """
     import re
 
-    from broker import keys
+    from broker import keys, sealing
 
     found: dict[str, str] = {}
     pattern = re.compile(rb'"control_id":"([^"]*)"')
@@ -797,9 +823,10 @@ def envelope_control_ids(
         chunk = unique[start : start + 5000]
         pipe = client.pipeline(transaction=False)
         for envelope_id in chunk:
-            pipe.getrange(keys.envelope(envelope_id), 0, 1023)
-        for envelope_id, head in zip(chunk, pipe.execute(), strict=True):
-            if match := pattern.search(head or b""):
+            pipe.get(keys.envelope(envelope_id))
+        for envelope_id, stored in zip(chunk, pipe.execute(), strict=True):
+            head = sealing.open(stored, envelope_id, "env")[:1024] if stored else b""
+            if match := pattern.search(head):
                 found[envelope_id] = match.group(1).decode()
     missing = [e for e in unique if e not in found]
     if store is not None and missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -59,6 +60,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is None and LoopbackStack.running:
         left = ", ".join(sorted(str(stack.data_dir) for stack in LoopbackStack.running))
         pytest.fail(f"a LoopbackStack is still running during {item.nodeid}: {left}")
+
+
+TEST_DATA_KEYS = "ktest-1:" + base64.b64encode(bytes(range(32))).decode()
+"""The suite's data key (``broker.sealing``): every test seals and opens bodies as production
+does; child processes (serve, the integration stack) get it through the environment."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_keys() -> Iterator[str]:
+    """Bodies at rest are sealed in every test with the suite's own key, never a user's."""
+    from broker import sealing
+    from broker.datakeys import parse_keys
+
+    before = os.environ.get("PASSERELLE_DATA_KEY")
+    os.environ["PASSERELLE_DATA_KEY"] = TEST_DATA_KEYS
+    sealing.install(parse_keys(TEST_DATA_KEYS, "tests"))
+    yield TEST_DATA_KEYS
+    if before is None:
+        os.environ.pop("PASSERELLE_DATA_KEY", None)
+    else:
+        os.environ["PASSERELLE_DATA_KEY"] = before
+
+
+@pytest.fixture(autouse=True)
+def _suite_ring(_data_keys: str) -> None:
+    """Each test starts with the suite's ring installed (a CLI command run in-process defers
+    to its own settings' keys: ``broker.datakeys.use_later``)."""
+    from broker import sealing
+    from broker.datakeys import parse_keys
+
+    sealing.install(parse_keys(_data_keys, "tests"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,7 +20,7 @@ from broker.config import load_config
 from broker.ops.metrics import prometheus_text
 from broker.ops.overview import overview
 from broker.settings import Settings
-from broker.testing import free_port, running_listeners, wait_until, write_adapter
+from broker.testing import free_port, raw_of, running_listeners, wait_until, write_adapter
 from passerelle_demo.synthetic import adt, patients
 from tests.tlsca import Pki
 
@@ -108,7 +108,7 @@ class TestTransportSecurity:
     @staticmethod
     def journalled(client: redis.Redis, settings: Settings) -> list[bytes]:
         return [
-            fields[b"raw"]
+            raw_of(fields)
             for partition in range(settings.partitions)
             for _, fields in client.xrange(keys.inbound(partition))
         ]

@@ -28,7 +28,7 @@ from broker.api import (
 from broker.api.auth import LoginRequired, PageForbidden
 from broker.audit import sink as audit_sink
 from broker.config import Config, load_config
-from broker.errors import AdapterSpecError, BrokerError
+from broker.errors import AdapterSpecError, BrokerError, DataKeyError, SealedDataError
 from broker.guard import check_routes
 from broker.log import get_logger
 from broker.settings import Settings
@@ -142,6 +142,14 @@ def create_app(settings: Settings, *, client: redis.Redis | None = None) -> Fast
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
         _log.warning("api.redis_error", path=request.url.path, error=exc.__class__.__name__)
         return JSONResponse({"detail": "Redis is unavailable; try again later"}, status_code=503)
+
+    @app.exception_handler(DataKeyError)
+    @app.exception_handler(SealedDataError)
+    async def unreadable(request: Request, exc: BrokerError) -> JSONResponse:
+        # The message names the record, the field and the key id, never the content.
+        _log.error("api.unreadable", path=request.url.path, error=exc.__class__.__name__)
+        detail = f"stored data cannot be read: {exc}"
+        return JSONResponse({"detail": detail}, status_code=500)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
 
-from broker import audit, keys
+from broker import audit, keys, sealing
 from broker.api.auth import Caller, Who, require
 from broker.api.health import get_redis
 from broker.audit.reasons import ReasonError, check_reason
@@ -241,7 +241,9 @@ def get_message(
     )
     raw = client.get(keys.envelope(envelope_id))
     if raw is not None:
-        return Response(content=raw, media_type="application/json")
+        return Response(
+            content=sealing.open(raw, envelope_id, "env"), media_type="application/json"
+        )
     try:
         store = get_store(request)
     except HTTPException:

@@ -111,7 +111,7 @@ def explain_policy(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subscriber {subscriber!r}")
     client = request.app.state.redis
     raw = client.get(keys.envelope(message))
-    envelope = Envelope.model_validate_json(raw) if raw is not None else None
+    envelope = Envelope.unsealed(raw, message) if raw is not None else None
     if envelope is None:
         envelope = stored_envelope(store, message)
     if envelope is None or envelope.bundle is None:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from broker import audit, keys
 from broker.api.auth import Who, require
 from broker.api.health import get_redis
+from broker.intake.journal import rejected_raw
 
 __all__ = ["router"]
 
@@ -34,7 +35,7 @@ def _sizes(fields: dict[bytes, bytes]) -> dict[str, Any]:
     An over-size input keeps only its first bytes (``Journal.reject``); ``bytes`` is still the
     whole input's size, so the operator sees what was sent.
     """
-    kept = len(fields.get(b"raw", b""))
+    kept = len(rejected_raw(fields))
     size = fields.get(b"size")
     sha256 = fields.get(b"sha256")
     return {
@@ -89,7 +90,7 @@ def show_rejected(
         "peer": _text(fields.get(b"peer")),
         "reason": _text(fields.get(b"reason")),
         **_sizes(fields),
-        "raw_base64": base64.b64encode(fields.get(b"raw", b"")).decode(),
+        "raw_base64": base64.b64encode(rejected_raw(fields)).decode(),
     }
 
 

@@ -34,6 +34,7 @@ from broker.cli._common import DataDirOpt, fail, load_settings
 from broker.cli.audit import audit_app
 from broker.cli.check import check
 from broker.cli.dead_letters import dead_letters_app
+from broker.cli.keys import keys_app
 from broker.cli.mappings import mappings_app
 from broker.cli.messages import messages_app
 from broker.cli.ops import replay
@@ -76,6 +77,7 @@ def build_app() -> typer.Typer:
     app.add_typer(policy_app, name="policy")
     app.add_typer(consent_app, name="consent")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
     register_plugins(app)
     app.callback()(_main_options)
     return app

@@ -97,9 +97,13 @@ def load_settings(
     if http_port is not None:
         overrides["http_port"] = http_port
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValueError as exc:
         fail(f"invalid settings: {exc}")
+    from broker.datakeys import use_later
+
+    use_later(settings)  # the keys these settings name open and seal bodies in this process
+    return settings
 
 
 def _running_settings() -> dict[str, Any]:

@@ -231,7 +231,7 @@ def _map_hl7v2(
     stored = client.get(keys.envelope(record["envelope_id"]))
     kept: Envelope | None = None
     if stored is not None:
-        kept = Envelope.model_validate_json(stored)
+        kept = Envelope.unsealed(stored, record["envelope_id"])
     elif record.get("envelope"):
         kept = Envelope.model_validate(record["envelope"])
     else:

@@ -93,7 +93,7 @@ def _envelope(
 
     raw = client.get(keys.envelope(message))
     if raw is not None:
-        return Envelope.model_validate_json(raw)
+        return Envelope.unsealed(raw, message)
     try:
         return stored(message)
     except BrokerError:

@@ -34,6 +34,9 @@ def _checked(
     http_port: int | None = None,
 ) -> Settings:
     """The role's settings, logging set up from them, once the configuration is checked."""
+    from broker.filemodes import private_process
+
+    private_process()  # every file a long-running role creates is owner-only
     settings = load_settings(
         adapters=adapters, mappings=mappings, data_dir=data_dir, http_port=http_port
     )
@@ -61,7 +64,7 @@ def serve(
     from broker.errors import BrokerError
     from broker.supervisor import Supervisor
 
-    settings = _checked(adapters, mappings, data_dir, http_port)
+    settings = _checked(adapters, mappings, data_dir, http_port)  # sets the owner-only umask
     _https(settings)  # before any process starts: the API child would fail alone
     supervisor = Supervisor(settings)
     try:
@@ -132,8 +135,10 @@ def worker(adapters: AdaptersOpt = None, mappings: MappingsOpt = None) -> None:
 
 def beat() -> None:
     """Run Celery beat: the periodic re-kick of streams with lag or a dead drainer's entries."""
+    from broker.filemodes import private_process
     from broker.worker.celery_app import create_celery
 
+    private_process()
     settings = load_settings()
     log_as_configured(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

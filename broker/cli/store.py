@@ -56,9 +56,11 @@ def run(ctx: typer.Context, data_dir: DataDirOpt = None) -> None:
     import redis
     import sqlalchemy as sa
 
+    from broker.filemodes import private_process
     from broker.log import get_logger
     from broker.store import StoreWriter
 
+    private_process()  # the SQLite file and its -wal and -shm: owner-only
     settings = load_settings(data_dir=data_dir)
     log_as_configured(settings)
     engine = _upgraded(settings)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import redis
 
-from broker import keys, trail
+from broker import keys, sealing, trail
 from broker.audit.events import record as audit_record
 from broker.envelope import new_id
 
@@ -109,7 +109,7 @@ class DeadLetterStore:
             "dead_lettered_at": now,
             "status": "open",
             "holds_patient": holds,
-            "envelope": json.loads(envelope_json) if envelope_json else None,
+            "envelope": _kept(envelope_json),
             "history": [],
         }
         pipe.hset(keys.dead_records(subscriber), dead_id, json.dumps(record))
@@ -155,13 +155,13 @@ class DeadLetterStore:
     def get(self, subscriber: str, dead_id: str) -> dict[str, Any] | None:
         """One dead letter's record, or None."""
         raw = self.client.hget(keys.dead_records(subscriber), dead_id)
-        return json.loads(raw) if raw else None
+        return _opened(json.loads(raw)) if raw else None
 
     def save(self, record: dict[str, Any]) -> None:
         """Write back a record after changing its status or history; the open index with it."""
         subscriber, dead_id = record["subscriber"], record["id"]
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.dead_records(subscriber), dead_id, json.dumps(record))
+        pipe.hset(keys.dead_records(subscriber), dead_id, json.dumps(_resealed(record)))
         if record["status"] == "open":
             pipe.sadd(keys.dead_open(subscriber), dead_id)
         else:
@@ -212,7 +212,7 @@ class DeadLetterStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Dead letters of one subscriber, newest first, filtered by status, time and reason text."""
-        records = [json.loads(v) for v in self.client.hvals(keys.dead_records(subscriber))]
+        records = [_opened(json.loads(v)) for v in self.client.hvals(keys.dead_records(subscriber))]
         chosen = [
             r
             for r in records
@@ -269,6 +269,34 @@ _AUDIT_ACTIONS = {
     "resent": "message.resent",
 }
 """The dead letters' history names → the audit trail's."""
+
+
+def _kept(envelope_json: bytes | None) -> dict[str, Any] | str | None:
+    """The envelope as a dead letter keeps it: the sealed bytes of ``pl:env:ID`` in their text
+    form (copied, not sealed again), or the JSON as it is when encryption is off."""
+    if not envelope_json:
+        return None
+    if sealing.is_sealed(envelope_json):
+        return sealing.as_text(envelope_json)
+    parsed: dict[str, Any] = json.loads(envelope_json)
+    return parsed
+
+
+def _opened(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its envelope opened (a record written in clear is read as it is)."""
+    kept = record.get("envelope")
+    if isinstance(kept, str):
+        record["envelope"] = json.loads(sealing.open_text(kept, record["envelope_id"], "env"))
+    return record
+
+
+def _resealed(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a record to write back, its envelope sealed again (``_opened`` opened it)."""
+    kept = record.get("envelope")
+    if not isinstance(kept, dict):
+        return record
+    text = json.dumps(kept, separators=(",", ":"))
+    return {**record, "envelope": sealing.seal_text(text, record["envelope_id"], "env")}
 
 
 def _searchable(record: dict[str, Any]) -> str:

@@ -17,13 +17,14 @@ import time
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, latency, timing, trail
+from broker import keys, latency, sealing, timing, trail
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.attempt import attempt
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.delivery.send import Sender
 from broker.dispatch import DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope
+from broker.errors import SealedDataError
 from broker.log import get_logger
 from broker.policy import ConsentLookup
 from broker.settings import Settings
@@ -140,24 +141,33 @@ def drain_outbound(
                 ):
                     handled.append(entry_id)
                     continue
-                if raw is None:
+                unreadable = "the envelope expired before delivery" if raw is None else None
+                if raw is not None:
+                    try:
+                        envelope = Envelope.model_validate_json(
+                            sealing.open(raw, envelope_id, "env")
+                        )
+                    except SealedDataError as exc:
+                        # Altered: never sendable. (A key this worker lacks, DataKeyError, fails
+                        # the drain instead: the entry waits for a worker that has the key.)
+                        unreadable = str(exc)  # names the record and the failed check
+                if unreadable is not None:
                     trail.flush(pipe, records)
                     dead_letters.add(
                         pipe,
                         subscriber=sub,
                         envelope_id=envelope_id,
-                        envelope_json=None,
+                        envelope_json=raw,
                         partition=partition,
                         patient=patient,
                         entry_id=entry_id,
-                        reason="the envelope expired before delivery",
+                        reason=unreadable,
                         attempts=[],
                         hold=False,
                     )
                     handled.append(entry_id)
                     continue
                 started = timing.start(settings)
-                envelope = Envelope.model_validate_json(raw)
                 outcome = attempt(client, subscriber, sender, entry_id, envelope, consents=consents)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 outcome.record(records, sub, envelope_id)

@@ -81,7 +81,7 @@ def release_patient(
                 envelope_id = fields[b"env"].decode()
                 raw: bytes | None = client.get(keys.envelope(envelope_id))
                 head_dead: bytes | None = client.hget(keys.held(sub), patient)
-                envelope = Envelope.model_validate_json(raw) if raw is not None else None
+                envelope = Envelope.unsealed(raw, envelope_id) if raw is not None else None
                 outcome = (
                     attempt(
                         client,

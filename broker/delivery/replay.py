@@ -231,7 +231,7 @@ class Operations:
         )
         self.store.save(record)
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(keys.envelope(copy.id), copy.model_dump_json(), ex=self.retention_s)
+        pipe.set(keys.envelope(copy.id), copy.sealed(), ex=self.retention_s)
         trail.edited(pipe, copy, subscriber)
         trail.acted(pipe, subscriber, original.id, "edited", who=who, why=reason, target=dead_id)
         trail.state(pipe, subscriber, original.id, "edited", reason=f"replaced by {copy.id}")
@@ -257,7 +257,7 @@ class Operations:
         """The dead letter's message as it was (Redis, the record, else the message store)."""
         raw = self.client.get(keys.envelope(record["envelope_id"]))
         if raw is not None:
-            return Envelope.model_validate_json(raw)
+            return Envelope.unsealed(raw, record["envelope_id"])
         if record.get("envelope"):
             return Envelope.model_validate(record["envelope"])
         found = self._find(record["envelope_id"])
@@ -395,7 +395,7 @@ class Operations:
         # One MULTI: the envelope is (re)set with the record that marks it re-queued
         # (pl:reopened), so the store's writer cannot drop it between the two.
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
+        pipe.set(keys.envelope(envelope.id), envelope.sealed(), ex=self.retention_s)
         trail.acted(pipe, subscriber, envelope_id, "resent", who=who, why=why, target=envelope_id)
         trail.state(pipe, subscriber, envelope_id, "replayed", reason=why)
         self.store.audit(
@@ -413,7 +413,7 @@ class Operations:
         """
         raw = self.client.get(keys.envelope(envelope_id))
         if raw is not None:
-            return Envelope.model_validate_json(raw)
+            return Envelope.unsealed(raw, envelope_id)
         if self.stored is None:
             return None
         try:
@@ -427,7 +427,7 @@ class Operations:
         raw = self.client.get(keys.envelope(record["envelope_id"]))
         found: Envelope | None = None
         if raw is not None:
-            found = Envelope.model_validate_json(raw)
+            found = Envelope.unsealed(raw, record["envelope_id"])
         elif record.get("envelope"):
             found = Envelope.model_validate(record["envelope"])
         else:
@@ -442,7 +442,7 @@ class Operations:
         if corrected is not None:
             validate_bundle(corrected)
             envelope = envelope.model_copy(update={"bundle": corrected})
-        self.client.set(keys.envelope(envelope.id), envelope.model_dump_json(), ex=self.retention_s)
+        self.client.set(keys.envelope(envelope.id), envelope.sealed(), ex=self.retention_s)
         return envelope
 
     def _queue(

@@ -11,8 +11,9 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from broker import keys
+from broker import keys, sealing
 from broker.dispatch import KICK_FLAG_TTL_S
+from broker.envelope import new_id
 from broker.errors import JournalError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "dedupe_bucket_s",
     "dedupe_digest",
     "dedupe_slot",
+    "rejected_raw",
 ]
 
 REJECTED_HEAD_BYTES = 64 * 1024
@@ -170,6 +172,18 @@ def _unpack_id(value: bytes) -> str:
     return value.hex()
 
 
+def rejected_raw(fields: dict[bytes, bytes]) -> bytes:
+    """The bytes a ``pl:rejected`` entry keeps, opened (``Journal.reject`` sealed them).
+
+    Raises:
+        DataKeyError: sealed with a key this process lacks.
+        SealedDataError: altered, or copied from another entry.
+    """
+    raw = fields.get(b"raw") or b""
+    record = (fields.get(b"id") or b"").decode()
+    return sealing.open(raw, record, "raw")
+
+
 def _refusal(exc: Exception) -> str:
     """The AR text for a journal append Redis refused or could not take."""
     # Under `noeviction` a full Redis refuses writes: "OOM command not allowed when used memory
@@ -264,6 +278,8 @@ class Journal:
             partition,
         ]
         for name, value in fields.items():
+            if name == "raw":  # sealed once here; the store copies the sealed bytes as they are
+                value = sealing.seal(value, str(fields["id"]), "raw")
             args.extend((name, value))
         try:
             reply = await self._script(
@@ -326,14 +342,18 @@ class Journal:
         Raises:
             JournalError: Redis could not be reached.
         """
-        entry: dict[str, str | bytes | int] = {"source": source, "raw": raw, "peer": peer}
+        # The id binds the sealed bytes to this entry (Redis names the entry only once added).
+        rejected_id = new_id()
+        entry: dict[str, str | bytes | int] = {"id": rejected_id, "source": source, "peer": peer}
         if size is not None:
             head = raw[: self.rejected_head_bytes]
             digest = f", sha256 {sha256}" if sha256 else ""
             reason = f"{reason} (kept: the first {len(head)} of {size} bytes{digest})"
-            entry.update(raw=head, size=size, kept=len(head))
+            raw = head
+            entry.update(size=size, kept=len(head))
             if sha256:
                 entry["sha256"] = sha256
+        entry["raw"] = sealing.seal(raw, rejected_id, "raw")
         entry["reason"] = reason
         if ack is not None:
             entry["ack"] = ack

@@ -26,13 +26,16 @@ from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicke
 from broker.errors import SpecError
 from broker.log import get_logger
 from broker.ops import alerts, notify, rates
+from broker.ops.retention import purge_redis
 from broker.ops.stats import group_stats
 from broker.settings import Settings
-from broker.streams import idle_with_work
+from broker.streams import idle_with_work, stream_id, undone_floor
 
 __all__ = ["check_alerts", "index_dead_letters", "pressure", "rekick", "trim", "undone_floor"]
 
 log = get_logger(__name__)
+PURGE_INTERVAL_S = 600
+"""How often beat purges rejected input, quarantine and resolved dead letters by age."""
 _INDEX_OPEN = """
 redis.call('DEL', KEYS[2])
 local all = redis.call('HGETALL', KEYS[1])
@@ -56,7 +59,7 @@ def rekick(
     """Queue a drain for every stream with work and no live drainer (lost tasks, dead workers).
 
     A partition waiting out a retry's back-off (``pl:hold:SUB:P``) is left to its scheduled
-    retry. Then :func:`trim`, :func:`pressure`, the rates' sample and :func:`check_alerts`
+    retry. Then :func:`trim`, the Redis purge (``broker.ops.retention``), :func:`pressure`, the rates' sample and :func:`check_alerts`
     run, as beat's one periodic task.
 
     Args:
@@ -91,11 +94,20 @@ def rekick(
         task, args = drains[index]
         kicked += kicker.kick(task, args, force=True)
     trim(client, subscribers=subscribers, settings=settings)
+    if client.set(keys.PURGED, b"1", nx=True, ex=PURGE_INTERVAL_S):
+        purged = purge_redis(client, settings)
+        if any(purged.values()):
+            log.info("redis.purged", **purged)
     pressure(client, subscribers=subscribers, settings=settings)
     rates.record(client, registered=[sub.id for sub in subscribers], settings=settings)
     index_dead_letters(client)
     check_alerts(client, adapters=adapters, subscribers=subscribers, settings=settings)
     return kicked
+
+
+def _text(value: bytes | str) -> str:
+    """A name Redis returned, as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def index_dead_letters(client: redis.Redis) -> int:
@@ -108,7 +120,7 @@ def index_dead_letters(client: redis.Redis) -> int:
         return 0
     index = client.register_script(_INDEX_OPEN)
     prefix = keys.dead_records("")
-    found = [_stream_text(k) for k in client.scan_iter(match=f"{prefix}*", count=1_000)]
+    found = [_text(k) for k in client.scan_iter(match=f"{prefix}*", count=1_000)]
     for key in found:
         sub = key.removeprefix(prefix)
         opened = index(keys=[key, keys.dead_open(sub)])
@@ -198,16 +210,17 @@ def trim(client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: S
     XTRIM MINID cuts by entry id, i.e. by arrival time. An entry its consumer group has not yet
     read, or read and not acknowledged, is never cut however old: the cut stops at the oldest
     of them, so a drain still reaches it (a queued message whose envelope expired becomes a
-    dead letter, §6 of docs/reliability.md). Dead letters, rejections and quarantine are kept.
+    dead letter, §6 of docs/reliability.md). Dead letters, rejections and quarantine have their own
+    retention (``broker.ops.retention``, run by :func:`rekick` every ``PURGE_INTERVAL_S``).
     """
     if not client.set(keys.TRIMMED, b"1", nx=True, ex=60):
         return
-    cutoff = _stream_id(f"{int((time.time() - settings.retention_s) * 1000)}-0")
+    cutoff = stream_id(f"{int((time.time() - settings.retention_s) * 1000)}-0")
     marks: dict[bytes, bytes] = client.hgetall(keys.STORED)
     streams: list[tuple[str, str, tuple[int, int]]] = []
     for partition in range(settings.partitions):
         mark = marks.get(str(partition).encode())
-        stored = _stream_id(mark) if mark else (0, 0)
+        stored = stream_id(mark) if mark else (0, 0)
         journal_cut = max(cutoff, (stored[0], stored[1] + 1)) if mark else cutoff
         streams.append((keys.inbound(partition), keys.PIPELINE_GROUP, journal_cut))
         # Acknowledged is done: (2**63, 0) leaves the cut to the consumer group's floor alone.
@@ -224,39 +237,3 @@ def trim(client: redis.Redis, *, subscribers: Sequence[AdapterSpec], settings: S
         if minid > (0, 0):
             pipe.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
     pipe.execute()
-
-
-def _stream_id(value: bytes | str) -> tuple[int, int]:
-    """A stream entry id (``ms-seq``) as a comparable pair."""
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _stream_text(value: bytes | str) -> str:
-    """A name Redis returned, as text."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def undone_floor(client: redis.Redis, stream: str, group: str) -> tuple[int, int] | None:
-    """The id of the oldest entry of ``stream`` that ``group`` has not finished, or ``None``.
-
-    Unfinished: read and not acknowledged (the pending list's smallest id), or not read yet
-    (after the group's last-delivered id). A stream without the group is all unfinished.
-    ``None`` when there is no such stream (nothing to trim).
-    """
-    try:
-        groups: Any = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return None
-    info = next((g for g in groups if _stream_text(g["name"]) == group), None)
-    if info is None:
-        return (0, 0)
-    floors = []
-    if int(info["pending"]):
-        summary: Any = client.xpending(stream, group)
-        if summary and summary.get("min"):
-            floors.append(_stream_id(summary["min"]))
-    last = _stream_id(info["last-delivered-id"])
-    floors.append((last[0], last[1] + 1))
-    return min(floors)

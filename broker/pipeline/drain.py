@@ -15,12 +15,12 @@ from typing import Any
 import redis
 from structlog.contextvars import clear_contextvars
 
-from broker import keys, timing, trail
+from broker import keys, sealing, timing, trail
 from broker.ack import build_ack, should_acknowledge
 from broker.adapters.spec import AdapterSpec
 from broker.dispatch import DRAIN_APP_ACKS, DRAIN_INBOUND, DRAIN_OUTBOUND, Kicker
 from broker.envelope import Envelope, MessageState
-from broker.errors import MessageError
+from broker.errors import MessageError, SealedDataError
 from broker.log import get_logger
 from broker.mapping import MappingSet
 from broker.parsing.hl7v2 import decode, parse
@@ -118,10 +118,14 @@ def drain_inbound(
             for entry_id, fields in entries:
                 try:
                     received = envelope_from_journal(entry_id, fields)
-                    raw = fields[b"raw"]
-                except (KeyError, ValueError):
+                    raw = sealing.open(fields[b"raw"], received.id, "raw")
+                except (KeyError, ValueError, SealedDataError) as exc:
                     # Never a poison pill: an entry this code cannot read is set aside, not retried.
+                    # (A key this worker lacks, DataKeyError, is its configuration's fault: the
+                    # drain fails and the entry waits for a worker that has the key.)
                     reason = "the journal entry lacks id, source, received_at or raw"
+                    if isinstance(exc, SealedDataError):
+                        reason = str(exc)  # names the record and the failed check, never content
                     pipe.xadd(
                         keys.QUARANTINE, {"entry": entry_id, "stream": stream, "reason": reason}
                     )
@@ -159,7 +163,9 @@ def drain_inbound(
                     pipe.xadd(keys.outbound(destination.id, partition), entry)
                     touched[destination.id] += 1
                 pipe.set(
-                    keys.envelope(envelope.id), envelope.model_dump_json(), ex=settings.retention_s
+                    keys.envelope(envelope.id),
+                    sealing.seal(envelope.model_dump_json().encode(), envelope.id, "env"),
+                    ex=settings.retention_s,
                 )
                 counts[envelope.state.value] = counts.get(envelope.state.value, 0) + 1
                 if envelope.bundle is not None:

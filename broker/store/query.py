@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from broker import sealing
 from broker.envelope import Envelope
 from broker.errors import ServiceUnavailable
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
@@ -297,10 +298,12 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
             }
             for a in done
         ]
-    raw: bytes | None = row.raw
+    raw: bytes | None = sealing.open(row.raw, message_id, "raw") if row.raw is not None else None
     result["raw"] = raw.decode("utf-8", "replace") if raw is not None else None
-    result["canonical"] = json.loads(row.canonical) if row.canonical else None
-    result["edit"] = json.loads(row.edit) if row.edit else None
+    canonical = sealing.open_text(row.canonical, message_id, "canonical") if row.canonical else None
+    result["canonical"] = json.loads(canonical) if canonical else None
+    edit = sealing.open_text(row.edit, message_id, "edit") if row.edit else None
+    result["edit"] = json.loads(edit) if edit else None
     for delivery in result["deliveries"]:
         delivery["attempt_log"] = by_subscriber.pop(delivery["subscriber"], [])
     for subscriber, tries in sorted(by_subscriber.items()):
@@ -337,7 +340,9 @@ def stored_envelope(engine: sa.Engine, message_id: str) -> Envelope | None:
         unmapped=json.loads(row.unmapped or "[]"),
         state=row.state,
         reason=row.reason,
-        bundle=json.loads(row.canonical) if row.canonical else None,
+        bundle=json.loads(sealing.open_text(row.canonical, row.id, "canonical"))
+        if row.canonical
+        else None,
     )
 
 

@@ -6,16 +6,19 @@ these are tested on their own. Nothing here logs: rows hold patient data, log li
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime
 from typing import Any
 
 import pydantic_core
 
-from broker import trail
+from broker import sealing, trail
+from broker.errors import DataKeyError, SealedDataError
 
 __all__ = [
     "ack_code",
+    "envelope_data",
     "identifier_rows",
     "message_row",
     "read_records",
@@ -152,6 +155,19 @@ def identifier_rows(message_id: str, bundle: dict[str, Any] | None) -> list[dict
     return list(rows.values())
 
 
+def envelope_data(stored: bytes, envelope_id: str) -> dict[str, Any]:
+    """The JSON of an envelope ``pl:env:ID`` holds, opened (``broker.sealing``).
+
+    One that cannot be opened (an unknown key, altered bytes) is a row without its metadata
+    whose reason says why, rather than a batch the writer can never commit.
+    """
+    try:
+        data: dict[str, Any] = pydantic_core.from_json(sealing.open(stored, envelope_id, "env"))
+    except (DataKeyError, SealedDataError) as exc:
+        return {"reason": f"the envelope could not be read: {exc}"}
+    return data
+
+
 def message_row(
     record: dict[str, Any],
     envelope: dict[str, Any] | None,
@@ -166,10 +182,13 @@ def message_row(
     bundle = env.get("bundle")
     raw = entry.get(b"raw")
     header: dict[str, str | None] = {}
+    message_id = str(record["env"])
     if env.get("control_id") is None and raw and env.get("content_type") != "application/fhir+json":
-        header = sniff_msh(raw)  # a message that failed before the pipeline read its MSH
+        # A message that failed before the pipeline read its MSH; the unreadable stays unread.
+        with contextlib.suppress(DataKeyError, SealedDataError):
+            header = sniff_msh(sealing.open(raw, message_id, "raw"))
     return {
-        "id": str(record["env"]),
+        "id": message_id,
         "received_at": _epoch(env.get("received_at"), now),
         "adapter": env.get("source") or _text(entry.get(b"source")) or "?",
         "peer": _text(entry.get(b"peer")),
@@ -182,8 +201,12 @@ def message_row(
         "reason": env.get("reason"),
         "partition_key": env.get("partition_key"),
         "partition": env.get("partition"),
-        "raw": raw,
-        "canonical": json_text(bundle) if bundle is not None else None,
+        "raw": raw,  # sealed by the journal for this id and field: copied, not sealed again
+        "canonical": (
+            sealing.seal_text(json_text(bundle), message_id, "canonical")
+            if bundle is not None
+            else None
+        ),
         "mappings": json_text(env.get("mappings") or []),
         "findings": json_text(env.get("findings") or []),
         "unmapped": json_text(env.get("unmapped") or []),
@@ -191,17 +214,27 @@ def message_row(
         "ack_code": ack_code(ack),
         "stored_at": now,
         "edit_of": env.get("edit_of"),
-        "edit": json_text(env["edit"]) if env.get("edit") else None,
+        # An edit's diff holds patient data: sealed like the canonical Bundle.
+        "edit": (
+            sealing.seal_text(json_text(env["edit"]), message_id, "edit")
+            if env.get("edit")
+            else None
+        ),
     }
 
 
 def rejected_row(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[str, Any]:
     """The ``messages`` row of input refused at the edge (a ``pl:rejected`` entry)."""
-    raw = fields.get(b"raw") or b""
+    row_id = f"rejected-{entry_id}"
+    try:
+        # Journal.reject sealed them for the entry's own id (Redis names the entry afterwards).
+        raw = sealing.open(fields.get(b"raw") or b"", (fields.get(b"id") or b"").decode(), "raw")
+    except (DataKeyError, SealedDataError) as exc:
+        raw, fields = b"", {**fields, b"reason": f"{_text(fields.get(b'reason'))} ({exc})".encode()}
     msh = sniff_msh(raw)
     ack = fields.get(b"ack")
     return {
-        "id": f"rejected-{entry_id}",
+        "id": row_id,
         "received_at": int(entry_id.partition("-")[0]) / 1000,
         "adapter": _text(fields.get(b"source")) or "?",
         "peer": _text(fields.get(b"peer")),
@@ -214,7 +247,7 @@ def rejected_row(entry_id: str, fields: dict[bytes, bytes], now: float) -> dict[
         "reason": (_text(fields.get(b"reason")) or "")[: trail.REPLY_LIMIT * 4],
         "partition_key": None,
         "partition": None,
-        "raw": raw,
+        "raw": sealing.seal(raw, row_id, "raw") if raw else raw,
         "canonical": None,
         "mappings": "[]",
         "findings": "[]",

@@ -1,6 +1,7 @@
 """Retention: the store forgets by age, per kind, in small batches.
 
-Messages (with their identifiers and per-subscriber states) by when they were received,
+Messages (with their identifiers and per-subscriber states) by when they were received, after
+their state's setting (``store_retention_by_state_s``: rejected and failed ones) or the general one,
 attempts by when they were made, operator actions by when they were taken, each after its own
 setting (``store_retention_messages_s``, ``..._attempts_s``, ``..._actions_s``). Each batch is
 its own short transaction, so a purge never holds a long lock on a store the writer is writing.
@@ -22,13 +23,18 @@ BATCH = 1000
 """Rows deleted per transaction."""
 
 
-def _purge_messages(engine: sa.Engine, cutoff: float, batch: int) -> int:
+def _purge_messages(
+    engine: sa.Engine, cutoff: float, batch: int, where: sa.ColumnElement[bool] | None = None
+) -> int:
+    where = sa.true() if where is None else where
     total = 0
     while True:
         with engine.begin() as connection:
             ids = list(
                 connection.scalars(
-                    sa.select(messages.c.id).where(messages.c.received_at < cutoff).limit(batch)
+                    sa.select(messages.c.id)
+                    .where(messages.c.received_at < cutoff, where)
+                    .limit(batch)
                 )
             )
             if not ids:
@@ -62,13 +68,22 @@ def purge(
 
     Args:
         engine: the store.
-        settings: the three retention settings.
+        settings: the store's retention settings (messages, per state, attempts, actions).
         now: the present (epoch seconds); the clock by default.
         batch: rows per transaction.
     """
     now = time.time() if now is None else now
+    by_state = settings.store_retention_by_state_s
+    purged = {
+        f"messages_{state}": _purge_messages(engine, now - age, batch, messages.c.state == state)
+        for state, age in sorted(by_state.items())
+    }
+    others = messages.c.state.not_in(list(by_state)) if by_state else sa.true()
     return {
-        "messages": _purge_messages(engine, now - settings.store_retention_messages_s, batch),
+        "messages": _purge_messages(
+            engine, now - settings.store_retention_messages_s, batch, others
+        )
+        + sum(purged.values()),
         "attempts": _purge_by_at(
             engine, attempts, now - settings.store_retention_attempts_s, batch
         ),

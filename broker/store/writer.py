@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydantic_core
 import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -39,6 +38,7 @@ from broker.log import get_logger
 from broker.settings import Settings
 from broker.store import ledger, retention
 from broker.store.records import (
+    envelope_data,
     identifier_rows,
     message_row,
     read_records,
@@ -299,9 +299,7 @@ class StoreWriter:
         if not envelope_ids:
             return {}, {}
         raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])
-        envelopes = {
-            i: pydantic_core.from_json(r) for i, r in zip(envelope_ids, raw, strict=True) if r
-        }
+        envelopes = {i: envelope_data(r, i) for i, r in zip(envelope_ids, raw, strict=True) if r}
         located: dict[str, dict[str, str]] = {}  # stream → journal entry id → envelope id
         for envelope_id, envelope in envelopes.items():
             if envelope.get("journal_id") and envelope.get("partition") is not None:

@@ -23,7 +23,7 @@ from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT, Settings
 from broker.store import connect, upgrade
 from broker.store.credentials import add_user, create_token
-from broker.testing import audit_events
+from broker.testing import audit_events, stored_envelope_json
 
 TOKEN = "synthetic-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -344,7 +344,7 @@ def test_an_edit_is_a_new_message_linked_to_the_original(
     new_id = step["edited_to"]
     assert new_id != envelope["id"]
     assert redis_client.get(keys.envelope(envelope["id"])) == original, "the original is kept"
-    copy = json.loads(redis_client.get(keys.envelope(new_id)) or b"{}")
+    copy = json.loads(stored_envelope_json(redis_client, new_id) or b"{}")
     assert copy["bundle"] == corrected
     assert copy["edit_of"] == envelope["id"]
     assert [c["path"] for c in copy["edit"]["diff"]] == [

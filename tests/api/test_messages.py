@@ -60,3 +60,20 @@ def test_ids_outside_the_id_alphabet_are_404(
     """Ids with pattern or separator characters never reach Redis and answer 404."""
     redis_client.set(keys.envelope(bad_id), "{}")
     assert client.get(f"/api/messages/{bad_id}", params=WHY, headers=AUTH).status_code == 404
+
+
+def test_a_sealed_envelope_is_opened_and_a_tampered_one_is_a_clear_500(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    """Sealed at rest, returned as JSON; one flipped byte: 500 naming the envelope, no content."""
+    envelope = Envelope(source="chu-rabat-adt", event="ADT^A01", control_id="SYN2")
+    sealed = envelope.sealed()
+    assert b"SYN2" not in sealed
+    redis_client.set(keys.envelope(envelope.id), sealed)
+    reply = client.get(f"/api/messages/{envelope.id}", params=WHY, headers=AUTH)
+    assert reply.status_code == 200
+    assert Envelope.model_validate(reply.json()) == envelope
+    redis_client.set(keys.envelope(envelope.id), sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    reply = client.get(f"/api/messages/{envelope.id}", params=WHY, headers=AUTH)
+    assert reply.status_code == 500
+    assert f"env of {envelope.id} fails authentication" in reply.json()["detail"]

@@ -16,7 +16,7 @@ from broker import keys
 from broker.delivery.dead_letter import DeadLetterStore
 from broker.dispatch import QUEUE
 from broker.settings import REPO_ROOT
-from broker.testing import CliRun, audit_events, run_cli
+from broker.testing import CliRun, audit_events, run_cli, stored_envelope_json
 
 SUB = "dmp-national"
 SAMPLE = REPO_ROOT / "tests" / "samples" / "hl7v2" / "adt_a01_v251.hl7"
@@ -37,6 +37,7 @@ def fixture_env(
         PASSERELLE_ADAPTERS_DIR=str(dead_letter_adapters),
         PASSERELLE_MAPPINGS_DIR=str(REPO_ROOT / "mappings"),
         PASSERELLE_DATA_DIR=str(tmp_path / "var"),
+        PASSERELLE_DATA_KEY=os.environ["PASSERELLE_DATA_KEY"],  # the suite's (tests/conftest.py)
     )
     return env
 
@@ -198,7 +199,7 @@ def test_replay_with_a_corrected_fhir_bundle(
     assert done.code == 0, done.stderr
     step = record(redis_client, dead_id)["history"][-1]
     assert step["action"] == "edited"
-    stored = json.loads(redis_client.get(keys.envelope(step["edited_to"])) or b"{}")
+    stored = json.loads(stored_envelope_json(redis_client, step["edited_to"]) or b"{}")
     assert stored["bundle"] == corrected
     assert stored["edit_of"] == envelope["id"]
     original = json.loads(redis_client.get(keys.envelope(envelope["id"])) or b"{}")
@@ -217,7 +218,7 @@ def test_replay_with_a_corrected_hl7_message(
     done = run(env, "dead-letters", "replay", SUB, dead_id, "--why", why, "--payload", str(path))
     assert done.code == 0, done.stderr
     edited_to = record(redis_client, dead_id)["history"][-1]["edited_to"]
-    stored = json.loads(redis_client.get(keys.envelope(edited_to)) or b"{}")
+    stored = json.loads(stored_envelope_json(redis_client, edited_to) or b"{}")
     (patient,) = [
         e["resource"]
         for e in stored["bundle"]["entry"]

@@ -15,7 +15,7 @@ import json
 from broker import keys
 from broker.ack import read_ack
 from broker.dispatch import DRAIN_INBOUND, DRAIN_OUTBOUND
-from broker.testing import EagerBroker, wait_until
+from broker.testing import EagerBroker, stored_envelope_json, wait_until
 from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
@@ -107,8 +107,9 @@ class TestRenderingBug:
         receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
         broker.run(DRAIN_INBOUND)
         # A stored envelope the renderer's code does not expect: an entry without its fullUrl.
-        key = keys.envelope(broker.queued(DMP)["X-1"])
-        envelope = json.loads(broker.client.get(key))
+        envelope_id = broker.queued(DMP)["X-1"]
+        key = keys.envelope(envelope_id)
+        envelope = json.loads(stored_envelope_json(broker.client, envelope_id) or b"")
         del envelope["bundle"]["entry"][1]["fullUrl"]
         broker.client.set(key, json.dumps(envelope))
         ran = broker.run(limit=50)  # an endless retry raises instead of passing
@@ -205,4 +206,4 @@ class TestRetryWait:
 
 def _envelopes(broker: EagerBroker) -> list[bytes]:
     """The stored envelopes of everything queued for the FHIR subscriber."""
-    return [broker.client.get(keys.envelope(e)) for e in broker.queued(DMP).values()]
+    return [stored_envelope_json(broker.client, e) for e in broker.queued(DMP).values()]

@@ -30,7 +30,7 @@ from broker.intake.journal import Journal
 from broker.intake.outcome import Outcome, Verdict
 from broker.mapping import MapContext, MappingSet
 from broker.settings import REPO_ROOT
-from broker.testing import StubCelery
+from broker.testing import StubCelery, raw_of
 
 SITE = "chu-rabat-fhir"
 CASES = REPO_ROOT / "mappings" / "tests"
@@ -146,7 +146,7 @@ def _partitions(redis_client: redis.Redis) -> dict[str, int]:
     found = {}
     for partition in range(8):
         for _, fields in cast(list[Any], redis_client.xrange(keys.inbound(partition))):
-            found[json.loads(fields[b"raw"])["id"]] = partition
+            found[json.loads(raw_of(fields))["id"]] = partition
     return found
 
 
@@ -174,7 +174,7 @@ class TestEdge:
         assert json.loads(outcome.reply)["resourceType"] == "OperationOutcome"
         (entry,) = [f for _, f in cast(list[Any], redis_client.xrange(keys.REJECTED))]
         assert entry[b"source"] == SITE.encode()
-        assert entry[b"raw"] == body
+        assert raw_of(entry) == body
         assert entry[b"reason"].startswith(b"HTTP 422: Patient.birthDate")
         assert b"28/11/2026" not in entry[b"reason"]
 

@@ -19,7 +19,7 @@ from broker.intake.journal import Journal, dedupe_digest
 from broker.intake.outcome import Verdict
 from broker.listen import mllp_server
 from broker.parsing.hl7v2 import parse
-from broker.testing import QueuedTask, StubCelery
+from broker.testing import QueuedTask, StubCelery, raw_of
 from passerelle_demo.synthetic import adt, patients
 
 ADAPTER = AdapterSpec(
@@ -72,7 +72,7 @@ class TestIntake:
         assert (ack.code, ack.control_id) == ("AA", "ING0001")
         partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER), 8)
         entries = redis_client.xrange(keys.inbound(partition))
-        assert [e[1][b"raw"] for e in entries] == [message]
+        assert [raw_of(e[1]) for e in entries] == [message]
         assert celery.queued == [QueuedTask("passerelle.drain_inbound", (partition,))]
 
     def test_a_journalled_message_gets_its_aa_when_the_kick_cannot_be_queued(
@@ -93,7 +93,7 @@ class TestIntake:
 
         ack = read_ack(run(go()))
         assert (ack.code, ack.control_id) == ("AA", "ING0001")
-        assert [f[b"raw"] for f in journalled(redis_client)] == [message]
+        assert [raw_of(f) for f in journalled(redis_client)] == [message]
 
     def test_a_duplicate_gets_an_aa_for_its_control_id_and_is_journalled_once(
         self, redis_url, redis_client, message
@@ -183,7 +183,7 @@ class TestIntake:
         assert outcome.verdict == {"AE": Verdict.UNREADABLE, "AR": Verdict.REFUSED}[code]
         assert text in ack.text
         ((_, fields),) = redis_client.xrange(keys.REJECTED)
-        assert fields[b"raw"] == payload
+        assert raw_of(fields) == payload
         assert text in fields[b"reason"].decode()
 
     def test_an_unreachable_journal_gets_ar_never_aa(self, tmp_path, message):
@@ -226,7 +226,7 @@ class TestDedupeIsPerAdapter:
 
         acks = run(go())
         assert [a.code for a in acks] == ["AA", "AA"]
-        assert sorted((f[b"source"], f[b"raw"]) for f in journalled(redis_client)) == sorted(
+        assert sorted((f[b"source"], raw_of(f)) for f in journalled(redis_client)) == sorted(
             [(b"chu-casa-adt", from_b), (b"chu-rabat-adt", from_a)]
         )
 
@@ -351,7 +351,7 @@ class TestSenders:
         assert err.split("|")[2] == "MSH^1^4"
         assert journalled(redis_client) == []
         ((_, fields),) = redis_client.xrange(keys.REJECTED)
-        assert fields[b"raw"] == text
+        assert raw_of(fields) == text
         assert fields[b"source"] == b"chu-rabat-adt"
         assert fields[b"reason"].decode() == ack.text
 
@@ -398,7 +398,7 @@ class TestOversize:
         assert journalled(redis_client) == []
         ((_, fields),) = redis_client.xrange(keys.REJECTED)
         digest = hashlib.sha256(payload).hexdigest()
-        assert fields[b"raw"] == payload[:1024]
+        assert raw_of(fields) == payload[:1024]
         assert (fields[b"size"], fields[b"kept"]) == (str(len(payload)).encode(), b"1024")
         assert fields[b"sha256"] == digest.encode()
         assert f"kept: the first 1024 of {len(payload)} bytes, sha256 {digest}" in (

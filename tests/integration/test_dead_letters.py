@@ -16,7 +16,7 @@ from broker.intake.hl7v2 import partition_key
 from broker.parsing.hl7v2 import parse
 from broker.store import stored_envelope
 from broker.store.schema import audit
-from broker.testing import wait_until
+from broker.testing import stored_envelope_json, wait_until
 from broker.worker.celery_app import create_celery
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.synthetic import Patient, adt, patients
@@ -60,7 +60,7 @@ def fhir_envelopes(stack: LoopbackStack) -> dict[str, dict]:
     in Redis while in flight, else as the message store rebuilds it."""
     out = {}
     for envelope_id in stack.fhir.envelope_ids:
-        raw = stack.redis.get(keys.envelope(envelope_id))
+        raw = stored_envelope_json(stack.redis, envelope_id)
         if raw is not None:
             envelope = json.loads(raw)
         elif stack.store is not None and (kept := stored_envelope(stack.store, envelope_id)):

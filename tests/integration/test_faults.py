@@ -31,7 +31,7 @@ from broker.ack import read_ack
 from broker.adapters.mllp import AsyncMllpClient, MllpClient, MllpError, frame
 from broker.parsing.hl7v2 import parse
 from broker.store.schema import messages
-from broker.testing import wait_until
+from broker.testing import raw_of, wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.fhir_capture import HeldRequest
 from passerelle_demo.peers.sender import ack_code, patient_key, send
@@ -165,7 +165,7 @@ def journal_control_ids(stack: LoopbackStack) -> list[str]:
     for partition in range(stack.settings.partitions):
         for _, fields in stack.redis.xrange(keys.inbound(partition)):
             if b"raw" in fields:
-                by_envelope[fields[b"id"].decode()] = parse(fields[b"raw"].decode()).control_id
+                by_envelope[fields[b"id"].decode()] = parse(raw_of(fields).decode()).control_id
     if stack.store is not None:
         query = sa.select(messages.c.id, messages.c.control_id).where(
             messages.c.state != "rejected"

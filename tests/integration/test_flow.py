@@ -13,7 +13,7 @@ from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient, frame
 from broker.parsing.hl7v2 import parse
-from broker.testing import wait_until
+from broker.testing import raw_of, wait_until
 from passerelle_demo.synthetic import adt, oru_r01, patients, stream
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def send_all(port: int, messages: list[str]) -> list[str]:
 def journalled(stack, control: str) -> bool:
     for partition in range(stack.settings.partitions):
         for _, fields in stack.redis.xrange(keys.inbound(partition)):
-            if b"raw" in fields and parse(fields[b"raw"].decode("utf-8")).control_id == control:
+            if b"raw" in fields and parse(raw_of(fields).decode("utf-8")).control_id == control:
                 return True
     return False
 

@@ -146,8 +146,7 @@ def _queue_labelled(
     broker, original: str, bundle_level: str | None, encounter_level: str | None, suffix: str
 ) -> str:
     """Queue for the DMP a copy of message ``original`` with confidentiality labels; drain."""
-    raw = broker.client.get(keys.envelope(original))
-    envelope = Envelope.model_validate_json(raw)
+    envelope = Envelope.unsealed(broker.client.get(keys.envelope(original)), original)
     bundle = json.loads(json.dumps(envelope.bundle))
     if bundle_level:
         bundle["meta"] = {"security": [{"system": LABELS, "code": bundle_level}]}
@@ -155,7 +154,7 @@ def _queue_labelled(
         if encounter_level and entry["resource"]["resourceType"] == "Encounter":
             entry["resource"]["meta"] = {"security": [{"system": LABELS, "code": encounter_level}]}
     labelled = envelope.model_copy(update={"id": envelope.id[:-4] + suffix, "bundle": bundle})
-    broker.client.set(keys.envelope(labelled.id), labelled.model_dump_json())
+    broker.client.set(keys.envelope(labelled.id), labelled.sealed())
     partition = labelled.partition or 0
     broker.client.xadd(
         keys.outbound(DMP, partition),

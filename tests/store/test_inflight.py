@@ -15,6 +15,7 @@ from broker.ack import read_ack
 from broker.delivery.replay import MessageNotFound
 from broker.store import StoreWriter, trace
 from broker.store.schema import messages
+from broker.testing import raw_of
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
 DMP = "dmp-national"
@@ -219,7 +220,7 @@ def test_trim_cuts_the_stored_journal_and_acknowledged_queues(make_broker):
     client = broker.client
 
     def journal() -> list[str]:
-        return [f[b"raw"].split(b"|")[9].decode() for _, f in client.xrange(keys.inbound(0))]
+        return [raw_of(f).split(b"|")[9].decode() for _, f in client.xrange(keys.inbound(0))]
 
     assert journal() == ["TR-1", "TR-2", "TR-3"]
     client.delete(keys.TRIMMED)

@@ -189,7 +189,11 @@ def test_retention_purges_each_kind_by_its_own_age(scenario):
     broker, _ = scenario
     before = _counts(broker.store)
     later = broker.settings.model_copy(
-        update={"store_retention_messages_s": 60, "store_retention_attempts_s": 10**8}
+        update={
+            "store_retention_messages_s": 60,
+            "store_retention_attempts_s": 10**8,
+            "store_retention_by_state_s": {},  # every state by the messages' age
+        }
     )
     import time
 
