@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -41,6 +42,22 @@ from broker.testing import wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.sender import SendResult, patient_key, send_messages
 from passerelle_demo.synthetic import stream
+
+TYPICAL_POLICY: dict[str, Any] = {
+    "id": "bench-care",
+    "purpose": "TREAT",
+    "remove": ["Patient.telecom", "Patient.address.line"],
+    "pseudonymise": {
+        "key_env": "PASSERELLE_BENCH_PSEUDONYM_KEY",
+        "identifiers": [
+            {
+                "system": "https://passerelle.ma/fhir/sid/cin",
+                "as": "urn:passerelle:pseudonym:bench:cin",
+            }
+        ],
+    },
+}
+"""``--policy``: what a subscriber that must not see the CIN typically gets (docs/security.md)."""
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -176,11 +193,19 @@ def main() -> None:
         "--no-saturation", action="store_true", help="skip the saturation (as fast as ACKed) phases"
     )
     parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="give the FHIR subscriber a typical data-sharing policy (remove two elements, "
+        "pseudonymise the CIN; TYPICAL_POLICY)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="a quick check: steady 25 and 100/s for 10 s each, no saturation phases",
     )
     args = parser.parse_args()
+    if args.policy:  # the pseudonymisation key, for this run only (the workers inherit it)
+        os.environ.setdefault("PASSERELLE_BENCH_PSEUDONYM_KEY", secrets.token_hex(32))
     if args.smoke:
         args.no_saturation = True
         if args.rates == parser.get_default("rates"):
@@ -238,6 +263,7 @@ def main() -> None:
             appendfsync=args.appendfsync,
             timings=run_steady_phases and not args.no_timings,
             log_level="WARNING",
+            policies={"dmp-national": TYPICAL_POLICY} if args.policy else None,
         ) as stack,
     ):
         run_phase(stack, "warm-up", warm, args.connections, to_lab=False)

@@ -61,6 +61,7 @@ class LoopbackStack:
         peers: tuple[Any, Any] | None = None,
         inbound: dict[str, Any] | None = None,
         events: dict[str, list[str]] | None = None,
+        policies: dict[str, dict[str, Any]] | None = None,
         **settings: Any,
     ) -> None:
 
@@ -75,6 +76,7 @@ class LoopbackStack:
         self._ack_timeout_s = ack_timeout_s
         self._inbound = inbound or {}
         self._events = events
+        self._policies = policies
         self._settings_overrides = settings
         self.settings: Settings | None = None
         self.supervisor: Any = None
@@ -104,6 +106,7 @@ class LoopbackStack:
             ack_timeout_s=self._ack_timeout_s,
             inbound=self._inbound,
             events=self._events,
+            policies=self._policies,
         )
         options: dict[str, Any] = {
             "data_dir": self.data_dir,
