@@ -113,8 +113,9 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_NoTraceback())
-    # Per-request and per-task lines from libraries drown the broker's own canonical lines.
-    for noisy in ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace"):
+    # Per-request and per-task lines from libraries drown the broker's own canonical lines (and
+    # alembic's plugin and context lines are printed at every start of a role that opens the store).
+    for noisy in ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace", "alembic"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
