@@ -53,7 +53,7 @@ def _subscriber(policy: dict[str, Any] | None) -> AdapterSpec:
         "direction": "outbound",
         "transport": "fhir-rest",
         "url": "http://127.0.0.1:1/fhir",
-            "insecure_http": True,
+        "insecure_http": True,
         "subscribe": {"events": ["ADT^*"]},
     }
     if policy is not None:
