@@ -17,7 +17,7 @@ from broker import keys
 from broker.ack import AckReply, read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
-from broker.testing import wait_for_port, wait_until
+from broker.testing import raw_of, wait_for_port, wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.synthetic import adt, patients
 
@@ -64,7 +64,7 @@ def journalled(stack: LoopbackStack, control: str) -> bool:
     assert stack.settings is not None
     for partition in range(stack.settings.partitions):
         for _, fields in stack.redis.xrange(keys.inbound(partition)):
-            if f"|{control}|".encode() in fields.get(b"raw", b""):
+            if b"raw" in fields and f"|{control}|".encode() in raw_of(fields):
                 return True
     return False
 

@@ -13,7 +13,7 @@ from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
 from broker.store.schema import messages
-from broker.testing import wait_until
+from broker.testing import stored_envelope_json, wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.synthetic import adt, patients
 
@@ -29,8 +29,9 @@ def send(stack: LoopbackStack, text: str) -> str:
 def mapping_hash(stack: LoopbackStack, control_id: str) -> str:
     """The hl7v2-adt mapping's hash a message was mapped with (Redis, else the store's row)."""
     found = []
-    for key in stack.redis.scan_iter("pl:env:*"):
-        envelope = json.loads(stack.redis.get(key) or b"{}")
+    for key in stack.redis.scan_iter(keys.envelope("*")):
+        envelope_id = key.decode().removeprefix(keys.envelope(""))
+        envelope = json.loads(stored_envelope_json(stack.redis, envelope_id) or b"{}")
         if envelope.get("control_id") == control_id:
             found = envelope["mappings"]
     if not found and stack.store is not None:

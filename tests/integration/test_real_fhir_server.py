@@ -33,11 +33,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from broker import keys
 from broker.ack import read_ack
 from broker.adapters.mllp import MllpClient
 from broker.settings import REPO_ROOT
 from broker.store.schema import messages
-from broker.testing import wait_for_port, wait_until
+from broker.testing import stored_envelope_json, wait_for_port, wait_until
 from passerelle_demo.loopback import LoopbackStack
 from passerelle_demo.peers.mllp_capture import MllpCapture
 
@@ -820,8 +821,9 @@ def test_redelivering_every_envelope_creates_no_new_resource(run: Run) -> None:
     Runs last in this module: it changes what the server holds.
     """
     envelopes = {}
-    for key in run.stack.redis.scan_iter("pl:env:*"):
-        envelope = json.loads(run.stack.redis.get(key) or b"{}")
+    for key in run.stack.redis.scan_iter(keys.envelope("*")):
+        envelope_id = key.decode().removeprefix(keys.envelope(""))
+        envelope = json.loads(stored_envelope_json(run.stack.redis, envelope_id) or b"{}")
         if envelope.get("bundle") is not None:
             envelopes[envelope["id"]] = datetime.fromisoformat(envelope["received_at"]).timestamp()
     # Those the store's writer dropped from Redis (delivered to every subscriber) are resent
