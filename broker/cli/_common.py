@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    import sqlalchemy
+
     from broker.settings import Settings
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "log_as_configured",
     "log_errors_only",
     "mapping_roots",
+    "open_store",
     "print_json",
 ]
 
@@ -146,6 +149,22 @@ def log_errors_only() -> None:
     from broker import log
 
     log.configure_logging("console", "ERROR")
+
+
+def open_store(data_dir: Path | None) -> tuple[Settings, sqlalchemy.Engine]:
+    """The settings and the message store they name, its schema checked; exit 1 with one line
+    when the store cannot be used (unreachable, or its schema not current)."""
+    from broker.errors import BrokerError
+    from broker.store import check_current, connect
+
+    log_errors_only()
+    settings = load_settings(data_dir=data_dir)
+    try:
+        engine = connect(settings.effective_store_url)
+        check_current(engine)
+    except BrokerError as exc:
+        fail(str(exc))
+    return settings, engine
 
 
 def print_json(data: Any) -> None:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from broker.cli._common import DataDirOpt, fail, load_settings, log_errors_only, print_json
+from broker.cli._common import (
+    DataDirOpt,
+    fail,
+    open_store,
+    print_json,
+)
 from broker.cli.messages import parse_time
 
 if TYPE_CHECKING:
@@ -45,13 +50,9 @@ ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: t
 def _open(data_dir: Any) -> tuple[Settings, sqlalchemy.Engine, bytes]:
     from broker.audit import load_key
     from broker.errors import BrokerError
-    from broker.store import check_current, connect
 
-    log_errors_only()
-    settings = load_settings(data_dir=data_dir)
+    settings, engine = open_store(data_dir)
     try:
-        engine = connect(settings.effective_store_url)
-        check_current(engine)
         key = load_key(settings)
     except BrokerError as exc:
         fail(str(exc))

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from broker.cli._common import DataDirOpt, fail, load_settings, log_errors_only, print_json
+from broker.cli._common import (
+    DataDirOpt,
+    fail,
+    load_settings,
+    open_store,
+    print_json,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -74,17 +80,7 @@ def _record(data_dir: Any, action: str, *, required: bool, **values: Any) -> Non
 
 def _engine(data_dir: Any) -> sqlalchemy.Engine:
     """The store the settings name, its schema checked (exit 1 with one line otherwise)."""
-    from broker.errors import BrokerError
-    from broker.store import check_current, connect
-
-    log_errors_only()
-    settings = load_settings(data_dir=data_dir)
-    try:
-        engine = connect(settings.effective_store_url)
-        check_current(engine)
-    except BrokerError as exc:
-        fail(str(exc))
-    return engine
+    return open_store(data_dir)[1]
 
 
 def search(

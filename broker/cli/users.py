@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from broker.cli._common import DataDirOpt, fail, load_settings, log_errors_only, print_json
+from broker.cli._common import (
+    DataDirOpt,
+    fail,
+    open_store,
+    print_json,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -80,17 +85,7 @@ def _who() -> str:
 
 def _engine(data_dir: Any) -> sqlalchemy.Engine:
     """The store the settings name, its schema checked (exit 1 with one line otherwise)."""
-    from broker.errors import BrokerError
-    from broker.store import check_current, connect
-
-    log_errors_only()
-    settings = load_settings(data_dir=data_dir)
-    try:
-        engine = connect(settings.effective_store_url)
-        check_current(engine)
-    except BrokerError as exc:
-        fail(str(exc))
-    return engine
+    return open_store(data_dir)[1]
 
 
 def _iso(epoch: float | None) -> str | None:
