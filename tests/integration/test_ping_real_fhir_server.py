@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.testing import run_cli, write_adapter
+from broker.testing import run_cli, wait_until, write_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,8 @@ def test_ping_reports_the_real_server_s_software_and_fhir_version(fhir_server: A
     assert report["details"]["status"] == 200
     assert report["details"]["fhir_version"] == "4.0.1"
     assert "Medplum" in report["details"]["software"]
-    assert "/fhir/metadata" in fhir_server.logs()
+    # The server logs the request once it has answered it: a moment after the reply arrived.
+    assert wait_until(lambda: "/fhir/metadata" in fhir_server.logs(), 10), fhir_server.logs()
 
 
 def test_ping_of_a_wrong_base_is_the_server_s_http_error(fhir_server: Any, tmp_path):
