@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.errors import SpecError
 
-__all__ = ["LineMap", "load_model", "parse_yaml", "read_yaml"]
+__all__ = ["LineMap", "beside_registration", "load_model", "parse_yaml", "read_yaml"]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's parser when PyYAML has it: the pure-Python one took most of a mappings load
@@ -130,3 +130,28 @@ def load_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -
         first = problems[0]
         first.problems = problems  # type: ignore[attr-defined]
         raise first from None
+
+
+def beside_registration(
+    value: Path, context: dict[str, Any] | None, *, must_exist: bool = False
+) -> Path:
+    """A path a registration names: relative ones are read from the registration file's
+    directory (``file`` in the validation context of :func:`load_model`), else from the working
+    directory; ``~`` expanded.
+
+    Raises:
+        ValueError: with ``must_exist``, no file there (pydantic reports it at its line).
+    """
+    value = value.expanduser()
+    if not value.is_absolute():
+        file = (context or {}).get("file")
+        value = (Path(file).parent if file is not None else Path.cwd()) / value
+    if not must_exist:
+        return value
+    if not value.is_file():
+        msg = (
+            f"no such file {str(value)!r} (a relative path is read from the registration "
+            "file's directory)"
+        )
+        raise ValueError(msg)
+    return value.resolve()

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from broker.yamlspec import beside_registration
+
 __all__ = ["OAuthSpec", "load_signing_key"]
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -116,17 +118,7 @@ class OAuthSpec(BaseModel):
     def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        value = value.expanduser()
-        if not value.is_absolute():
-            file = (info.context or {}).get("file")
-            value = (Path(file).parent if file is not None else Path.cwd()) / value
-        if not value.is_file():
-            msg = (
-                f"no such file {str(value)!r} (a relative path is read from the registration "
-                "file's directory)"
-            )
-            raise ValueError(msg)
-        return value.resolve()
+        return beside_registration(value, info.context, must_exist=True)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> OAuthSpec:

@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from broker.yamlspec import beside_registration
+
 __all__ = ["TlsSpec"]
 
 
@@ -58,19 +60,7 @@ class TlsSpec(BaseModel):
     def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        value = value.expanduser()
-        if not value.is_absolute():
-            context = info.context or {}
-            file = context.get("file")
-            base = Path(file).parent if file is not None else Path.cwd()
-            value = base / value
-        if not value.is_file():
-            msg = (
-                f"no such file {str(value)!r} (a relative path is read from the registration "
-                "file's directory)"
-            )
-            raise ValueError(msg)
-        return value.resolve()
+        return beside_registration(value, info.context, must_exist=True)
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> TlsSpec:

@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from broker.policy.paths import ElementPath, parse_path
+from broker.yamlspec import beside_registration
 
 __all__ = [
     "CONFIDENTIALITY",
@@ -120,13 +121,7 @@ class Pseudonymise(BaseModel):
     @field_validator("key_file")
     @classmethod
     def _beside_the_registration(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        value = value.expanduser()
-        if not value.is_absolute():
-            file = (info.context or {}).get("file")
-            value = (Path(file).parent if file is not None else Path.cwd()) / value
-        return value
+        return None if value is None else beside_registration(value, info.context)
 
     @model_validator(mode="after")
     def _read_key(self) -> Pseudonymise:
