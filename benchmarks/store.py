@@ -58,14 +58,17 @@ def _fill(client: redis.Redis, count: int) -> None:
         envelope_id = new_id()
         journal_id = f"{1_700_000_000_000 + number}-0"
         pipe.xadd(
-            keys.inbound(0), {"id": envelope_id, "raw": raw, "peer": "127.0.0.1:1"}, id=journal_id
+            keys.inbound(0),
+            {"id": envelope_id, "raw": sealing.seal(raw.encode(), envelope_id, "raw")}
+            | {"peer": "127.0.0.1:1"},
+            id=journal_id,
         )
         envelope = Envelope.model_validate(
             {**bundles[number % len(people)], "id": envelope_id, "journal_id": journal_id}
         ).model_copy(
             update={"state": MessageState.ROUTED, "control_id": f"B-{number}", "partition": 0}
         )
-        pipe.set(keys.envelope(envelope_id), envelope.model_dump_json())
+        pipe.set(keys.envelope(envelope_id), envelope.sealed())  # as the pipeline leaves it
         routed.append({"k": "msg", "env": envelope_id, "st": "routed", "to": "a,b"})
         for subscriber, records in attempts.items():
             trail.attempted(
@@ -89,11 +92,11 @@ def _fill(client: redis.Redis, count: int) -> None:
 
 def _measure(client: redis.Redis, url: str, count: int, batch: int) -> float:
     client.flushdb()
+    sealing.install(KeyRing({"bench": os.urandom(32)}))  # as production: bodies sealed
     _fill(client, count)
     engine = connect(url, create=True)
     upgrade(engine)
     settings = Settings(store_batch_size=batch)
-    sealing.install(KeyRing({"bench": os.urandom(32)}))  # as production: bodies sealed
     writer = StoreWriter(client, engine, settings)
     tune_gc()  # as `passerelle store` does
     started = time.perf_counter()

@@ -15,6 +15,7 @@ record (unique), and a batch read again after a crash skips the records already 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
@@ -27,7 +28,7 @@ from broker.audit.key import ensure_key, patient_ref
 from broker.settings import Settings
 from broker.store.schema import audit, identifiers, messages
 
-__all__ = ["SYSTEM", "Ledger", "WriterAudit", "disclosure", "event"]
+__all__ = ["SYSTEM", "Known", "Ledger", "WriterAudit", "disclosure", "event"]
 
 SYSTEM = "passerelle"
 """The actor of what the broker does by itself (a delivery)."""
@@ -102,6 +103,17 @@ def disclosure(entry_id: str, details: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Known:
+    """What a disclosure tells of its message: the ``messages`` row's patient key, event and
+    adapter, and the values of its ``identifiers`` rows."""
+
+    partition_key: str | None
+    event: str | None
+    adapter: str
+    identifiers: tuple[str, ...] = ()
+
+
 class Ledger:
     """Links and inserts pending entries after the chain's head.
 
@@ -113,9 +125,18 @@ class Ledger:
         self.key = key
 
     def append(
-        self, connection: sa.Connection, pending: list[dict[str, Any]]
+        self,
+        connection: sa.Connection,
+        pending: list[dict[str, Any]],
+        known: dict[str, Known] | None = None,
     ) -> tuple[int, str] | None:
         """Append ``pending`` (in order) on ``connection``'s transaction.
+
+        Args:
+            connection: the writer's transaction.
+            pending: the entries, in the order their records came.
+            known: what the writer's batch already holds of its messages (id → :class:`Known`):
+                their disclosures are not looked up again in the tables.
 
         Returns:
             The new head ``(seq, hash)``, or ``None`` when nothing was appended.
@@ -130,7 +151,7 @@ class Ledger:
         fresh = [p for p in pending if p["record"] not in seen]
         if not fresh:
             return None
-        self._patients(connection, fresh)
+        self._patients(connection, fresh, known or {})
         head = connection.execute(
             sa.select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
         ).first()
@@ -161,7 +182,9 @@ class Ledger:
         connection.exec_driver_sql(statement, rows)
         return seq, prev
 
-    def _patients(self, connection: sa.Connection, fresh: list[dict[str, Any]]) -> None:
+    def _patients(
+        self, connection: sa.Connection, fresh: list[dict[str, Any]], known: dict[str, Known]
+    ) -> None:
         """Give each disclosure its patient's references and the message's event and source.
 
         ``patient`` is the reference of the identity (``system|value``, the one the message is
@@ -169,15 +192,18 @@ class Ledger:
         carries (CIN, IPP, insurance number…), so an auditor who holds any of them, or a search
         made by one, finds the disclosure.
         """
+        # Most disclosures are of the batch's own messages (routed and delivered within one
+        # drain's batch): those come from the rows in hand, the rest from the tables.
+        found: dict[str, Any] = dict(known)
+        values: dict[str, set[str]] = {i: set(k.identifiers) for i, k in known.items()}
         wanted = sorted(
             {
                 p["targets"]["envelope"]
                 for p in fresh
                 if p["action"] == "message.delivered" and "patient" not in p["targets"]
             }
+            - found.keys()
         )
-        found: dict[str, Any] = {}
-        values: dict[str, set[str]] = {}
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             query = sa.select(
@@ -205,7 +231,7 @@ class Ledger:
                 continue  # sent before the store held it, or purged: the ids stay
             if message.partition_key:
                 item["targets"]["patient"] = ref(message.partition_key)
-            if envelope_id in values:
+            if values.get(envelope_id):
                 item["targets"]["identifiers"] = sorted(ref(v) for v in values[envelope_id])
             item["details"]["event"] = message.event
             item["details"]["source"] = message.adapter
@@ -226,10 +252,13 @@ class WriterAudit:
         self.anchors = AnchorFile(settings.data_dir / ANCHOR_FILE)
 
     def append(
-        self, connection: sa.Connection, pending: list[dict[str, Any]]
+        self,
+        connection: sa.Connection,
+        pending: list[dict[str, Any]],
+        known: dict[str, Known] | None = None,
     ) -> tuple[int, str] | None:
         """``Ledger.append`` on the writer's transaction."""
-        return self.ledger.append(connection, pending)
+        return self.ledger.append(connection, pending, known)
 
     def anchor(self, pipe: Any, head: tuple[int, str] | None) -> None:
         """Queue the committed head on the acknowledging MULTI, and note it for the file."""

@@ -25,6 +25,7 @@ __all__ = [
     "StoredEnvelopes",
     "search",
     "show",
+    "stored_bundle",
     "stored_envelope",
     "trace",
 ]
@@ -258,9 +259,13 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
         return None
     with engine.connect() as connection:
         row = connection.execute(
-            sa.select(messages.c.raw, messages.c.canonical, messages.c.edit).where(
-                messages.c.id == message_id
-            )
+            sa.select(
+                messages.c.id,
+                messages.c.raw,
+                messages.c.canonical,
+                messages.c.envelope,
+                messages.c.edit,
+            ).where(messages.c.id == message_id)
         ).one()
         tried = connection.execute(
             sa.select(attempts)
@@ -300,8 +305,7 @@ def trace(engine: sa.Engine, message_id: str) -> dict[str, Any] | None:
         ]
     raw: bytes | None = sealing.open(row.raw, message_id, "raw") if row.raw is not None else None
     result["raw"] = raw.decode("utf-8", "replace") if raw is not None else None
-    canonical = sealing.open_text(row.canonical, message_id, "canonical") if row.canonical else None
-    result["canonical"] = json.loads(canonical) if canonical else None
+    result["canonical"] = stored_bundle(row)
     edit = sealing.open_text(row.edit, message_id, "edit") if row.edit else None
     result["edit"] = json.loads(edit) if edit else None
     for delivery in result["deliveries"]:
@@ -340,10 +344,21 @@ def stored_envelope(engine: sa.Engine, message_id: str) -> Envelope | None:
         unmapped=json.loads(row.unmapped or "[]"),
         state=row.state,
         reason=row.reason,
-        bundle=json.loads(sealing.open_text(row.canonical, row.id, "canonical"))
-        if row.canonical
-        else None,
+        bundle=stored_bundle(row),
     )
+
+
+def stored_bundle(row: Any) -> dict[str, Any] | None:
+    """The canonical Bundle a ``messages`` row holds: in its envelope (as Redis held it, sealed
+    for ``env``), or, in rows written before migration 0007, alone in ``canonical``."""
+    if row.envelope is not None:
+        bundle: dict[str, Any] | None = json.loads(sealing.open(row.envelope, row.id, "env")).get(
+            "bundle"
+        )
+        return bundle
+    if row.canonical:
+        return json.loads(sealing.open_text(row.canonical, row.id, "canonical"))  # type: ignore[no-any-return]
+    return None
 
 
 class StoredEnvelopes:

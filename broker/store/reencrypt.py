@@ -2,10 +2,10 @@
 
 After ``passerelle keys rotate`` the store still holds bodies sealed with the old key (the ring
 opens them). This pass reads the ``messages`` rows in id order, a batch per transaction, and
-seals again every ``raw`` and ``canonical`` that is not sealed with the current key, including
-those written in clear before encryption was turned on. It is resumable: it returns the last
-id it finished, and a pass started again ``after`` it goes on from there (a pass from the
-start only rewrites what is still on an old key).
+seals again every ``raw``, ``envelope``, ``canonical`` and ``edit`` that is not sealed with the
+current key, including those written in clear before encryption was turned on. It is
+resumable: it returns the last id it finished, and a pass started again ``after`` it goes on
+from there (a pass from the start only rewrites what is still on an old key).
 """
 
 from __future__ import annotations
@@ -62,7 +62,13 @@ def reencrypt_store(
     while True:
         with engine.begin() as connection:
             rows = connection.execute(
-                sa.select(messages.c.id, messages.c.raw, messages.c.canonical)
+                sa.select(
+                    messages.c.id,
+                    messages.c.raw,
+                    messages.c.canonical,
+                    messages.c.envelope,
+                    messages.c.edit,
+                )
                 .where(messages.c.id > progress.last_id)
                 .order_by(messages.c.id)
                 .limit(batch)
@@ -75,6 +81,12 @@ def reencrypt_store(
                 if row.canonical and sealing.key_id_of(row.canonical) != current:
                     text = sealing.open_text(row.canonical, row.id, "canonical")
                     values["canonical"] = sealing.seal_text(text, row.id, "canonical")
+                if row.edit and sealing.key_id_of(row.edit) != current:
+                    text = sealing.open_text(row.edit, row.id, "edit")
+                    values["edit"] = sealing.seal_text(text, row.id, "edit")
+                if row.envelope is not None and sealing.key_id_of(row.envelope) != current:
+                    body = sealing.open(row.envelope, row.id, "env")
+                    values["envelope"] = ring.seal(body, row.id, "env")
                 if values:
                     connection.execute(
                         messages.update().where(messages.c.id == row.id).values(**values)

@@ -66,7 +66,11 @@ messages = Table(
         "partition", Integer, comment="the patient partition of its journal and delivery streams"
     ),
     Column("raw", LargeBinary, comment="the bytes received"),
-    Column("canonical", Text, comment="the canonical FHIR R4 message Bundle (JSON)"),
+    Column(
+        "canonical",
+        Text,
+        comment="the canonical FHIR R4 message Bundle (JSON); rows written before 0007",
+    ),
     Column("mappings", Text, comment="JSON list of {id, sha256}"),
     Column("findings", Text, comment="JSON list of quality findings"),
     Column("unmapped", Text, comment="JSON list of fields no rule read"),
@@ -75,6 +79,12 @@ messages = Table(
     Column("stored_at", Double, nullable=False),
     Column("edit_of", String(64), comment="the message this one corrects (an operator's edit)"),
     Column("edit", Text, comment="JSON: who, why and the diff from the original (patient data)"),
+    Column(
+        "envelope",
+        LargeBinary,
+        comment="the envelope (canonical Bundle and metadata, JSON) as Redis held it: "
+        "sealed for the message id and field env",
+    ),
     Index(None, "received_at"),
     Index(None, "control_id"),
     Index(None, "adapter", "received_at"),

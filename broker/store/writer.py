@@ -106,6 +106,18 @@ class Batch:
     audit_head: tuple[int, str] | None = None
     """The audit chain's head once the batch committed (``None``: nothing appended)."""
 
+    def known(self) -> dict[str, ledger.Known]:
+        """What the batch's own message rows tell its disclosures (``ledger.Known``)."""
+        values: dict[str, list[str]] = {}
+        for row in self.identifiers:
+            values.setdefault(row["message_id"], []).append(row["value"])
+        return {
+            m["id"]: ledger.Known(
+                m["partition_key"], m["event"], m["adapter"], tuple(values.get(m["id"], ()))
+            )
+            for m in self.messages
+        }
+
     def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
         """Set one subscriber's state of one message (the last change of the batch wins)."""
         row = self.deliveries.setdefault(
@@ -141,6 +153,7 @@ class StoreWriter:
         self._backlog = True  # read our own pending entries first (a crash left them)
         self._per_entry = FIRST_RECORDS_PER_ENTRY
         self._next_purge = 0.0
+        self._known: dict[str, ledger.Known] = {}
         dialect = engine.dialect.name
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._drop = client.register_script(_DROP)
@@ -286,7 +299,7 @@ class StoreWriter:
             if fields:
                 batch.messages.append(rejected_row(entry_id, fields, now))
         for envelope_id in wanted:
-            envelope = envelopes.get(envelope_id) or {}
+            envelope = (envelopes.get(envelope_id) or ({}, b""))[0]
             partition, journal_id = envelope.get("partition"), envelope.get("journal_id")
             if partition is not None and journal_id:
                 batch.journal[int(partition)] = str(journal_id)  # in journal order: the last wins
@@ -294,12 +307,14 @@ class StoreWriter:
 
     def _load(
         self, envelope_ids: list[str]
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[bytes, bytes]]]:
-        """The envelopes (``MGET``) and, in a second trip, their journal entries (``XRANGE``)."""
+    ) -> tuple[dict[str, tuple[dict[str, Any], bytes]], dict[str, dict[bytes, bytes]]]:
+        """The envelopes (``MGET``: each opened, and as Redis holds it) and, in a second trip,
+        their journal entries (``XRANGE``)."""
         if not envelope_ids:
             return {}, {}
         raw: list[bytes | None] = self.client.mget([keys.envelope(i) for i in envelope_ids])
-        envelopes = {i: envelope_data(r, i) for i, r in zip(envelope_ids, raw, strict=True) if r}
+        loaded = {i: (envelope_data(r, i), r) for i, r in zip(envelope_ids, raw, strict=True) if r}
+        envelopes = {i: data for i, (data, _) in loaded.items()}
         located: dict[str, dict[str, str]] = {}  # stream → journal entry id → envelope id
         for envelope_id, envelope in envelopes.items():
             if envelope.get("journal_id") and envelope.get("partition") is not None:
@@ -324,19 +339,19 @@ class StoreWriter:
         ):
             if entries:
                 journal[envelope_id] = entries[0][1]
-        return envelopes, journal
+        return loaded, journal
 
     @staticmethod
     def _message(
         batch: Batch,
         record: dict[str, Any],
-        envelopes: dict[str, dict[str, Any]],
+        envelopes: dict[str, tuple[dict[str, Any], bytes]],
         journal: dict[str, dict[bytes, bytes]],
         now: float,
     ) -> None:
         envelope_id = str(record["env"])
-        envelope = envelopes.get(envelope_id)
-        row = message_row(record, envelope, journal.get(envelope_id), now)
+        envelope, stored = envelopes.get(envelope_id) or (None, None)
+        row = message_row(record, envelope, journal.get(envelope_id), now, stored)
         batch.messages.append(row)
         batch.identifiers.extend(identifier_rows(envelope_id, (envelope or {}).get("bundle")))
         at = row["received_at"]
@@ -473,7 +488,11 @@ class StoreWriter:
             ):
                 if rows:
                     self._execute_many(connection, table.name, rows)
-            batch.audit_head = self.audit.append(connection, batch.audit)
+            # The batch's messages and the last batch's: a message's attempts are often read a
+            # batch after its routing (drains flush routing and delivery apart).
+            known = batch.known()
+            batch.audit_head = self.audit.append(connection, batch.audit, self._known | known)
+            self._known = known
             if not batch.deliveries:
                 return
             rows = [{"attempts": 0, **row} for row in batch.deliveries.values()]

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from broker import keys
 from broker.ack import read_ack
 from broker.audit import load_key, patient_ref, read_anchors
-from broker.store.schema import audit, messages
+from broker.store import StoreWriter
+from broker.store.schema import audit, identifiers, messages
 from broker.store.verify import verify
 from passerelle_demo.synthetic import adt, patients
 
@@ -230,3 +231,37 @@ def test_a_disclosure_names_the_policy_and_purpose_of_the_delivery_record():
     decoded = {k.decode(): v.decode() for k, v in raw.items()}
     assert event("9-0", raw, 0.0) == event("9-0", decoded, 0.0)
     assert event("9-0", raw, 0.0)["targets"] == {"envelope": "e1"}
+
+
+def test_a_disclosure_names_its_patient_however_the_batches_fall(make_broker, store_url):
+    """Written one ``pl:store`` entry per batch, a message's routing and its two subscribers'
+    attempts fall in three batches: a disclosure's patient then comes from the batch in hand,
+    from the writer's last batch, or from the tables; each names the same patient references,
+    event and source as the stored message."""
+    broker = make_broker(store_url=store_url)
+    people = [p for p in patients(6, seed=43) if p.cin][:2]
+    for number, person in enumerate(people):
+        assert read_ack(broker.receive(adt(person, "A01", control_id=f"AB-{number}"))).code == "AA"
+    broker.run()
+    one_by_one = broker.settings.model_copy(update={"store_batch_size": 1})
+    writer = StoreWriter(broker.client, broker.store, one_by_one)
+    batches = 0
+    while writer.write_batch():
+        batches += 1
+    assert batches >= 3, "the records were not spread over several batches"
+    key = load_key(broker.settings)
+    with broker.store.connect() as connection:
+        stored = {r.id: r for r in connection.execute(sa.select(messages))}
+        values: dict[str, set[str]] = {}
+        for row in connection.execute(sa.select(identifiers)):
+            values.setdefault(row.message_id, set()).add(row.value)
+    delivered = [e for e in _entries(broker.store) if e["action"] == "message.delivered"]
+    assert len(delivered) == 4
+    for entry in delivered:
+        targets, details = json.loads(entry["targets"]), json.loads(entry["details"])
+        message = stored[targets["envelope"]]
+        assert targets["patient"] == patient_ref(key, message.partition_key)
+        assert targets["identifiers"] == sorted(patient_ref(key, v) for v in values[message.id])
+        assert (details["event"], details["source"]) == (message.event, message.adapter)
+    verdict = _verify(broker)
+    assert verdict.ok, verdict.reason

@@ -8,14 +8,15 @@ refused at the edge. What is asserted is what the store answers, against what th
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import sqlalchemy as sa
 
-from broker import keys
+from broker import keys, sealing
 from broker.ack import read_ack
-from broker.store import Search, StoreWriter, purge, search, trace
+from broker.store import Search, StoreWriter, purge, search, stored_envelope, trace
 from broker.store.schema import actions, attempts, audit, deliveries, identifiers, messages
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
@@ -251,3 +252,37 @@ def test_the_running_writer_lets_records_gather_and_still_stops_at_once(make_bro
     stop.set()  # it is lingering now (an hour): the stop must end it
     thread.join(30)
     assert not thread.is_alive(), "the writer did not stop while letting records gather"
+
+
+def test_the_store_keeps_the_envelope_as_redis_held_it(make_broker, store_url):
+    """The row holds the very bytes of ``pl:env:ID`` (sealed for the message), not the Bundle
+    serialised and sealed again; the trace reads the Bundle from them."""
+    broker = make_broker(store_url=store_url)
+    patient = next(p for p in patients(5, seed=908) if p.cin)
+    assert read_ack(broker.receive(adt(patient, "A01", control_id="ENV-1"))).code == "AA"
+    broker.run()
+    (key,) = broker.client.scan_iter(keys.envelope("*"))
+    held = broker.client.get(key)
+    assert broker.write_store() > 0
+    assert broker.client.get(key) is None, "delivered everywhere: Redis let it go"
+    with broker.store.connect() as connection:
+        row = connection.execute(sa.select(messages)).one()
+    assert row.envelope == held
+    assert row.canonical is None
+    assert patient.family.encode() not in row.envelope, "sealed, as in Redis"
+    found = trace(broker.store, row.id)
+    names = [
+        e["resource"]["name"][0]["family"]
+        for e in found["canonical"]["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert names == [patient.family]
+    # A row written before migration 0007 has its Bundle alone, sealed in ``canonical``.
+    bundle = found["canonical"]
+    before = sealing.seal_text(json.dumps(bundle), row.id, "canonical")
+    with broker.store.begin() as connection:
+        connection.execute(
+            messages.update().where(messages.c.id == row.id).values(envelope=None, canonical=before)
+        )
+    assert trace(broker.store, row.id)["canonical"] == bundle
+    assert stored_envelope(broker.store, row.id).bundle == bundle
