@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -158,7 +159,9 @@ class StoreWriter:
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._drop = client.register_script(_DROP)
         self._statements = self._compile()
-        self._sql: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
+        self._sql: dict[
+            tuple[str, tuple[str, ...]], tuple[str, Callable[[Any], tuple[Any, ...]]]
+        ] = {}
         self.audit = ledger.WriterAudit(settings)
         self.ensure_groups()
         note_registrations(client, settings.adapters_dir)
@@ -473,9 +476,12 @@ class StoreWriter:
         columns = tuple(rows[0])
         if (found := self._sql.get((table, columns))) is None:
             compiled = statement.compile(dialect=connection.dialect, column_keys=list(columns))
-            found = self._sql[(table, columns)] = (str(compiled), list(compiled.positiontup or []))
-        sql, names = found
-        connection.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
+            names = list(compiled.positiontup or [])
+            # itemgetter builds each row's tuple in C (a generator per row cost ~10 µs a message).
+            pick = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
+            found = self._sql[(table, columns)] = (str(compiled), pick)
+        sql, pick = found
+        connection.exec_driver_sql(sql, [pick(row) for row in rows])
 
     def commit(self, batch: Batch) -> None:
         """Write a batch's rows in one transaction; rows already there are left as they are."""
