@@ -161,6 +161,32 @@ def dead_letter_adapters(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.fixture
+def written_audit(
+    tmp_path: Path, redis_client: redis.Redis
+) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """(tests/api, tests/cli: views of content) A call that runs the store's writer over what
+    waits in ``pl:store`` (a SQLite store of its own) and returns the audit trail, oldest first,
+    as ``passerelle audit show --json`` prints it."""
+    from broker.settings import Settings
+    from broker.store import connect, upgrade
+    from broker.store.auditlog import AuditQuery, entries
+    from broker.store.writer import StoreWriter
+
+    data_dir = tmp_path / "audit-writer"
+    data_dir.mkdir()
+    engine = connect(f"sqlite:///{data_dir / 'store.sqlite3'}", create=True)
+    upgrade(engine)
+    writer = StoreWriter(redis_client, engine, Settings(data_dir=data_dir))
+
+    def written() -> list[dict[str, Any]]:
+        writer.drain()
+        return entries(engine, AuditQuery(limit=None))
+
+    yield written
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def envelope() -> dict[str, Any]:
     """A canonical envelope (as JSON data) of the synthetic ADT^A01 sample, in partition 3."""

@@ -1,9 +1,10 @@
 """Dead-letter routes: list, read, replay (as it was or corrected), discard and bulk replay.
 
-Listings are summaries without the patient identifier or the payload (``messages.read``);
-reading one dead letter returns everything, the envelope included (``messages.content``), and is
-recorded in the audit stream as ``viewed``. Replaying and discarding need ``messages.replay``; a
-replay with a corrected Bundle needs ``messages.edit`` too.
+Listings are summaries without the patient identifier or the payload (``messages.read``).
+Reading one dead letter needs ``messages.content``: without a ``reason`` (``broker.api.content``)
+it answers the record with its envelope and patient ``null`` (audited as ``message.viewed``),
+with one the whole record (audited as ``content.viewed`` with the reason). Replaying and
+discarding need ``messages.replay``; a replay with a corrected Bundle needs ``messages.edit`` too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
 from broker.api.auth import Caller, Who, lacking, require
+from broker.api.content import SHOWN, ReasonQuery, given_reason, withheld
 from broker.api.operations import (
     ID_PATTERN,
     SUBSCRIBER_PATTERN,
@@ -31,10 +33,14 @@ from broker.delivery.replay import IdentityEditRefused, OperationError, Operatio
 from broker.errors import CanonicalError
 from broker.ops.overview import dead_letter_counts
 
-__all__ = ["REPLY_CHARS", "router", "summary"]
+__all__ = ["CONTENT_FIELDS", "REPLY_CHARS", "WITHHELD", "detail", "router", "summary"]
 
 REPLY_CHARS = 200
 """A summary's last reply is cut to this many characters."""
+
+CONTENT_FIELDS = ("envelope", "patient")
+"""What a dead letter holds of the patient: the envelope (canonical Bundle) and the patient key."""
+WITHHELD = withheld("the envelope (the canonical Bundle) and the patient")
 
 router = APIRouter(prefix="/api/dead-letters", tags=["dead letters"])
 _READ = [Depends(require("messages.read"))]
@@ -64,6 +70,23 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "dead_lettered_at": record["dead_lettered_at"],
         "holds_patient": record["holds_patient"],
     }
+
+
+def detail(record: dict[str, Any], *, shown: bool, how: str = WITHHELD) -> dict[str, Any]:
+    """One dead letter as a view shows it: the record, plus its message's adapter, event and
+    control id (metadata, as a trace shows them); without ``shown`` its ``CONTENT_FIELDS`` are
+    ``None`` and ``content`` says how to see them (``how``)."""
+    envelope = record.get("envelope") or {}
+    out = {
+        **record,
+        "adapter": envelope.get("source"),
+        "event": envelope.get("event"),
+        "control_id": envelope.get("control_id") or envelope.get("correlation_id"),
+        "content": SHOWN if shown else how,
+    }
+    if not shown:
+        out.update(dict.fromkeys(CONTENT_FIELDS))
+    return out
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -172,15 +195,32 @@ def list_dead_letters(
 @router.get(
     "/{subscriber}/{dead_id}",
     dependencies=[Depends(require("messages.content"))],
-    responses={404: {"description": "Unknown dead letter"}},
+    responses={
+        404: {"description": "Unknown dead letter"},
+        422: {"description": "A reason too short to say anything"},
+    },
 )
 def show_dead_letter(
-    subscriber: SubscriberPath, dead_id: DeadIdPath, ops: Ops, who: Who
+    subscriber: SubscriberPath,
+    dead_id: DeadIdPath,
+    ops: Ops,
+    who: Who,
+    reason: ReasonQuery = None,
 ) -> dict[str, Any]:
-    """The whole record, envelope and patient data included; the view is audited."""
+    """One dead letter: its attempts, status and history; its envelope and patient only with a
+    ``reason`` (else ``null``, and ``content`` says why). The view is audited either way."""
+    why = given_reason(reason)
     record = _record(ops, subscriber, dead_id)
-    ops.store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id)
-    return record
+    ops.store.audit(
+        "content.viewed" if why else "message.viewed",
+        who=who,
+        why=why or "",
+        subscriber=subscriber,
+        target=dead_id,
+        envelope=record["envelope_id"],
+        details={"view": "dead_letter"},
+    )
+    return detail(record, shown=why is not None)
 
 
 @router.post(

@@ -25,8 +25,8 @@ from fastapi.responses import Response
 
 from broker import audit, keys, sealing
 from broker.api.auth import Caller, Who, require
+from broker.api.content import SHOWN, ReasonQuery, given_reason, withheld
 from broker.api.health import get_redis
-from broker.audit.reasons import ReasonError, check_reason
 from broker.errors import BrokerError
 from broker.settings import Settings
 from broker.store import MAX_LIMIT, Search, check_current, connect, search, trace
@@ -39,21 +39,7 @@ WITHHELD_NO_PERMISSION = "withheld: reading message bodies needs the permission 
 
 _ENVELOPE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NOT_FOUND = "no message with this id (unknown, not stored yet, or purged)"
-WITHHELD = "withheld: give a reason (`reason=`) to see the raw and canonical message; it is audited"
-ReasonQuery = Annotated[
-    str | None,
-    Query(description="Why the content is read; required to see it, recorded in the audit trail."),
-]
-
-
-def _reason(reason: str | None) -> str | None:
-    """The reason given, checked; 422 when it is blank or too short to say anything."""
-    if reason is None:
-        return None
-    try:
-        return check_reason(reason)
-    except ReasonError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+WITHHELD = withheld("the raw and canonical message")
 
 
 def audit_key(request: Request) -> bytes:
@@ -180,7 +166,7 @@ def trace_message(
     The raw and canonical message only with ``messages.content`` and a ``reason`` (else
     ``null``, and ``content`` says why); the view is audited either way.
     """
-    why = _reason(reason)
+    why = given_reason(reason)
     found = trace(store, envelope_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NOT_FOUND)
@@ -192,7 +178,7 @@ def trace_message(
         found["raw"] = found["canonical"] = found["edit"] = None
         found["content"] = WITHHELD
     else:
-        found["content"] = "shown"
+        found["content"] = SHOWN
     audit.record(
         client,
         "content.viewed" if why else "message.viewed",
@@ -224,7 +210,7 @@ def get_message(
 
     It holds the canonical message: a ``reason`` is required, and the view is audited with it.
     """
-    why = _reason(reason)
+    why = given_reason(reason)
     if why is None:
         msg = "this route returns the message's content: give a reason (`reason=`); it is audited"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)

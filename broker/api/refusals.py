@@ -1,6 +1,8 @@
 """What the broker kept but did not deliver: refused at the edge, or failed after journalling.
 
-Listings need ``messages.read``; one refused input with its bytes needs ``messages.content``.
+Listings need ``messages.read``. One refused input needs ``messages.content``, and its bytes a
+``reason`` too (``broker.api.content``): without one they are ``null`` (audited as
+``message.viewed``), with one they are shown (audited as ``content.viewed`` with the reason).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from broker import audit, keys
 from broker.api.auth import Who, require
+from broker.api.content import SHOWN, ReasonQuery, given_reason, withheld
 from broker.api.health import get_redis
 from broker.intake.journal import rejected_raw
 
@@ -23,6 +26,7 @@ router = APIRouter(prefix="/api", tags=["refusals"])
 
 _ENTRY = re.compile(r"^\d{1,20}-\d{1,20}$")
 Limit = Annotated[int, Query(ge=1, le=1000)]
+_WITHHELD = withheld("the bytes received")
 
 
 def _text(value: bytes | None) -> str:
@@ -67,30 +71,49 @@ def list_rejected(
     ]
 
 
-@router.get("/rejected/{entry_id}", dependencies=[Depends(require("messages.content"))])
+@router.get(
+    "/rejected/{entry_id}",
+    dependencies=[Depends(require("messages.content"))],
+    responses={
+        404: {"description": "Unknown entry"},
+        422: {"description": "A reason too short to say anything"},
+    },
+)
 def show_rejected(
     entry_id: Annotated[str, Path(description="The entry id from the list.")],
     client: Annotated[redis.Redis, Depends(get_redis)],
     who: Who,
+    reason: ReasonQuery = None,
 ) -> dict[str, Any]:
-    """One refused input with its bytes (base64: they may not be text); the view is audited.
+    """One refused input; its bytes (base64: they may not be text) only with a ``reason`` (else
+    ``null``, and ``content`` says why). The view is audited either way.
 
     Of an over-size input the bytes are its first ``kept_bytes`` (see ``list_rejected``).
     """
+    why = given_reason(reason)
     found: list[tuple[bytes, dict[bytes, bytes]]] = (
         client.xrange(keys.REJECTED, min=entry_id, max=entry_id) if _ENTRY.match(entry_id) else []
     )
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
     fields = found[0][1]
-    audit.record(client, "content.viewed", who=who, why="rejected input", rejected=entry_id)
+    audit.record(
+        client,
+        "content.viewed" if why else "message.viewed",
+        who=who,
+        why=why or "",
+        details={"view": "rejected"},
+        rejected=entry_id,
+    )
+    raw = rejected_raw(fields) if why else None
     return {
         "id": entry_id,
         "adapter": _text(fields.get(b"source")),
         "peer": _text(fields.get(b"peer")),
         "reason": _text(fields.get(b"reason")),
         **_sizes(fields),
-        "raw_base64": base64.b64encode(rejected_raw(fields)).decode(),
+        "raw_base64": base64.b64encode(raw).decode() if raw is not None else None,
+        "content": SHOWN if why else _WITHHELD,
     }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "DataDirOpt",
     "MappingsOpt",
     "PortOpt",
+    "content_reason",
     "fail",
     "load_settings",
     "log_as_configured",
@@ -49,6 +50,19 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where Redis data, logs and tokens live.")
 ]
 PortOpt = Annotated[int | None, typer.Option("--http-port", help="Port of the HTTP API.")]
+
+
+def content_reason(reason: str | None) -> str | None:
+    """``--reason`` checked (``broker.audit.reasons``): ``None`` when not given; exit 2 with
+    its problem when it is blank or too short to say anything."""
+    from broker.audit.reasons import ReasonError, check_reason
+
+    if reason is None:
+        return None
+    try:
+        return check_reason(reason)
+    except ReasonError as exc:
+        fail(f"--reason: {exc}", 2)
 
 
 def fail(message: str, code: int = 1, *, every_line: bool = False) -> NoReturn:

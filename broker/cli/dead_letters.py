@@ -1,7 +1,9 @@
 """``passerelle dead-letters list|show|replay|discard|replay-all``: a subscriber's dead letters.
 
 They work on a running broker's Redis, as ``passerelle replay`` does (``broker.cli.ops``); every
-action is recorded with who and why, and every view of patient data is audited.
+action is recorded with who and why, and every view is audited: ``show`` prints a dead letter's
+envelope and patient only with ``--reason`` (a real one, ``broker.audit.reasons``), recorded
+with the view before anything is printed.
 
 Exit codes: 0 done, 1 refused or failed (one line on stderr), 2 usage errors.
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from broker.cli._common import fail, print_json
+from broker.cli._common import content_reason, fail, print_json
 from broker.cli.ops import (
     ByOpt,
     WhyOpt,
@@ -134,12 +136,29 @@ def list_command(
         typer.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[3]]))
 
 
+_WITHHELD = "withheld: give --reason to see the envelope (the canonical Bundle) and the patient"
+"""``content`` of a dead letter shown without ``--reason``."""
+
+
 @dead_letters_app.command("show")
-def show_command(subscriber: SubscriberArg, dead_id: DeadIdArg, by: ByOpt = None) -> None:
-    """The whole dead letter as JSON, payload and patient data included; the view is audited."""
+def show_command(
+    subscriber: SubscriberArg,
+    dead_id: DeadIdArg,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            help="Why you read the content: shows the envelope and the patient; audited.",
+        ),
+    ] = None,
+    by: ByOpt = None,
+) -> None:
+    """One dead letter as JSON: attempts, status, history; its envelope and patient only with
+    --reason. The view is audited either way."""
+    from broker.api.dead_letters import detail
     from broker.delivery.dead_letter import DeadLetterStore
 
-    who = who_acts(by)
+    why, who = content_reason(reason), who_acts(by)
     settings = ops_settings()
     client = connect(settings)
     check_subscriber(settings, client, subscriber)
@@ -147,8 +166,18 @@ def show_command(subscriber: SubscriberArg, dead_id: DeadIdArg, by: ByOpt = None
     record = attempt(lambda: store.get(subscriber, dead_id))
     if record is None:
         fail(f"no dead letter {dead_id} for subscriber {subscriber}")
-    attempt(lambda: store.audit("viewed", who=who, why="", subscriber=subscriber, target=dead_id))
-    print_json(record)
+    attempt(
+        lambda: store.audit(
+            "content.viewed" if why else "message.viewed",
+            who=who,
+            why=why or "",
+            subscriber=subscriber,
+            target=dead_id,
+            envelope=record["envelope_id"],
+            details={"view": "dead_letter"},
+        )
+    )
+    print_json(detail(record, shown=why is not None, how=_WITHHELD))
 
 
 @dead_letters_app.command("replay")

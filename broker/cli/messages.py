@@ -21,6 +21,7 @@ import typer
 
 from broker.cli._common import (
     DataDirOpt,
+    content_reason,
     fail,
     load_settings,
     open_store,
@@ -222,15 +223,9 @@ def trace(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Where one message went: raw → canonical → every attempt per subscriber, and actions."""
-    from broker.audit.reasons import ReasonError, check_reason
     from broker.store import trace as run_trace
 
-    why = None
-    if reason is not None:
-        try:
-            why = check_reason(reason)
-        except ReasonError as exc:
-            fail(f"--reason: {exc}", 2)
+    why = content_reason(reason)
     found = _found(run_trace(_engine(data_dir), message_id), message_id)
     _record(
         data_dir,

@@ -101,6 +101,11 @@ def add_dead(
     return dead_id
 
 
+def views(written_audit: Any) -> list[dict[str, Any]]:
+    """The views of the audit trail, once the store's writer wrote it."""
+    return [e for e in written_audit() if e["action"].endswith(".viewed")]
+
+
 def audit(client: redis.Redis) -> list[dict[str, str]]:
     """The audit events sent (waiting for the store's writer in ``pl:store``)."""
     return audit_events(client)
@@ -217,22 +222,76 @@ def test_listing_an_unknown_subscriber_is_404(client: TestClient) -> None:
     assert "nobody" in reply.json()["detail"]
 
 
-def test_showing_one_returns_the_record_and_is_audited(
-    client: TestClient, redis_client: redis.Redis, envelope: dict[str, Any]
+REASON = "INC-5120 the DMP refuses the birth date"
+
+
+def test_showing_one_without_a_reason_withholds_the_content(
+    client: TestClient,
+    redis_client: redis.Redis,
+    envelope: dict[str, Any],
+    written_audit: Any,
 ) -> None:
-    """GET one dead letter returns the full record with its envelope and audits the view."""
+    """GET one dead letter without a reason: its metadata and attempts, the envelope and the
+    patient ``null``, ``content`` saying how to see them; recorded as ``message.viewed``."""
     dead_id = add_dead(redis_client, envelope)
     reply = client.get(f"/api/dead-letters/{SUB}/{dead_id}", headers=AUTH)
     assert reply.status_code == 200
     record = reply.json()
-    assert record["id"] == dead_id
+    assert (record["id"], record["status"], len(record["attempts"])) == (dead_id, "open", 1)
+    assert (record["envelope"], record["patient"]) == (None, None)
+    assert record["control_id"] == envelope["control_id"]
+    assert "reason=" in record["content"]
+    assert PATIENT_VALUE not in reply.text
+    assert envelope["partition_key"] not in reply.text
+    (entry,) = views(written_audit)
+    assert (entry["action"], entry["actor"], entry["reason"]) == ("message.viewed", "api", "")
+    assert entry["targets"] == {
+        "dead_letter": dead_id,
+        "envelope": envelope["id"],
+        "subscriber": SUB,
+    }
+
+
+def test_showing_one_with_a_reason_returns_the_record_and_audits_the_reason(
+    client: TestClient,
+    redis_client: redis.Redis,
+    envelope: dict[str, Any],
+    written_audit: Any,
+) -> None:
+    """GET one dead letter with a reason: the whole record, envelope and patient included;
+    recorded as ``content.viewed`` with that reason."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.get(
+        f"/api/dead-letters/{SUB}/{dead_id}", params={"reason": REASON}, headers=AUTH
+    )
+    assert reply.status_code == 200
+    record = reply.json()
     assert record["envelope"]["bundle"] == envelope["bundle"]
     assert record["patient"] == envelope["partition_key"]
-    (entry,) = audit(redis_client)
-    assert entry["action"] == "content.viewed"
-    assert entry["who"] == "api"
-    assert entry["subscriber"] == SUB
-    assert entry["dead_letter"] == dead_id
+    assert record["content"] == "shown"
+    (entry,) = views(written_audit)
+    assert (entry["action"], entry["actor"], entry["reason"]) == ("content.viewed", "api", REASON)
+    assert entry["targets"]["dead_letter"] == dead_id
+
+
+@pytest.mark.parametrize("reason", ["", "   ", ".", "why not"])
+def test_showing_one_with_a_reason_that_says_nothing_is_422(
+    client: TestClient,
+    redis_client: redis.Redis,
+    envelope: dict[str, Any],
+    written_audit: Any,
+    reason: str,
+) -> None:
+    """A blank or too short reason: 422 with the reason's problem, nothing shown or recorded."""
+    dead_id = add_dead(redis_client, envelope)
+    reply = client.get(
+        f"/api/dead-letters/{SUB}/{dead_id}", params={"reason": reason}, headers=AUTH
+    )
+    assert reply.status_code == 422
+    assert "reason" in reply.json()["detail"]
+    assert "Traceback" not in reply.text
+    assert PATIENT_VALUE not in reply.text
+    assert views(written_audit) == []
 
 
 @pytest.mark.parametrize("dead_id", ["0123456789abcdef0123456789ab", "a:b", "*"])

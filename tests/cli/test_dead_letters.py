@@ -145,19 +145,65 @@ def test_usage_errors_exit_2(env: Env, args: tuple[str, ...]) -> None:
     assert done.code == 2, done.stderr
 
 
-def test_show_prints_the_record_and_audits_it(
-    env: Env, redis_client: redis.Redis, envelope: dict[str, Any]
+REASON = "INC-5121 the DMP refuses the birth date"
+
+
+def views(written_audit: Any) -> list[dict[str, Any]]:
+    """The views of the audit trail, once the store's writer wrote it."""
+    return [e for e in written_audit() if e["action"].endswith(".viewed")]
+
+
+def test_show_without_a_reason_prints_no_content_and_says_how(
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], written_audit: Any
 ) -> None:
-    """`show` prints the full record as JSON and records the view with who."""
+    """`show` without --reason: the record's metadata as JSON, envelope and patient null and
+    `content` naming --reason; recorded as `message.viewed` with who."""
     dead_id = add_dead(redis_client, envelope)
     done = run(env, "dead-letters", "show", SUB, dead_id, "--by", "nadia")
     assert done.code == 0, done.stderr
     shown = json.loads(done.stdout)
-    assert shown["id"] == dead_id
+    assert (shown["id"], shown["status"]) == (dead_id, "open")
+    assert (shown["envelope"], shown["patient"]) == (None, None)
+    assert "--reason" in shown["content"]
+    assert PATIENT_VALUE not in done.stdout
+    (entry,) = views(written_audit)
+    assert (entry["action"], entry["actor"], entry["reason"]) == ("message.viewed", "nadia", "")
+    assert entry["targets"]["dead_letter"] == dead_id
+
+
+def test_show_with_a_reason_prints_the_record_and_audits_the_reason(
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], written_audit: Any
+) -> None:
+    """`show --reason`: the full record with its envelope; `content.viewed` with the reason."""
+    dead_id = add_dead(redis_client, envelope)
+    done = run(env, "dead-letters", "show", SUB, dead_id, "--reason", REASON, "--by", "nadia")
+    assert done.code == 0, done.stderr
+    shown = json.loads(done.stdout)
     assert shown["envelope"]["bundle"] == envelope["bundle"]
-    (fields,) = audit(redis_client)
-    assert fields["action"] == "content.viewed"
-    assert fields["who"] == "nadia"
+    assert shown["patient"] == envelope["partition_key"]
+    (entry,) = views(written_audit)
+    assert (entry["action"], entry["actor"], entry["reason"]) == (
+        "content.viewed",
+        "nadia",
+        REASON,
+    )
+    assert (entry["targets"]["dead_letter"], entry["targets"]["envelope"]) == (
+        dead_id,
+        envelope["id"],
+    )
+
+
+@pytest.mark.parametrize("reason", ["", ".", "why not"])
+def test_show_with_a_reason_that_says_nothing_is_exit_2(
+    env: Env, redis_client: redis.Redis, envelope: dict[str, Any], written_audit: Any, reason: str
+) -> None:
+    """Blank or too short: exit 2 with one line naming --reason; nothing shown or recorded."""
+    dead_id = add_dead(redis_client, envelope)
+    done = run(env, "dead-letters", "show", SUB, dead_id, "--reason", reason)
+    assert done.code == 2
+    assert "--reason" in one_error_line(done)
+    assert done.stdout == ""
+    assert views(written_audit) == []
 
 
 def test_show_unknown_fails_with_one_line(env: Env, redis_client: redis.Redis) -> None:

@@ -9,6 +9,7 @@ missing); Playwright only drives it, it downloads nothing.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -175,9 +176,63 @@ def test_a_click_on_replay_delivers_the_dead_letter(page: Page, broker: EagerBro
     off_the_browser_thread(broker.write_store)
     with broker.store.connect() as connection:
         actions = list(connection.execute(sa.select(audit.c.action, audit.c.actor, audit.c.reason)))
+    # Opening the dead letter read its metadata only; nothing of its content was viewed.
     assert {tuple(a) for a in actions} >= {
-        ("content.viewed", "console", ""),
+        ("message.viewed", "console", ""),
         ("message.replayed", "console", "receiver fixed its birthDate check"),
+    }
+    assert "content.viewed" not in {a.action for a in actions}
+
+
+def test_an_edit_loads_the_bundle_with_the_reason_the_form_asks_once(
+    page: Page, broker: EagerBroker
+) -> None:
+    """The Bundle is loaded only once the form's "Why" is given, and that view is audited with
+    it; the same reason then goes with the edit-and-replay, asked once."""
+    (patient,) = patients(1, seed=79)
+    broker.fhir.fail_next(1, "reject")
+    send(broker, (patient, "A01", "DEAD-3"))
+    log_in(page, "/console/dead-letters")
+    page.locator('#subscribers tr[data-id="dmp-national"]').get_by_role("button").click()
+    page.locator("#letters tbody tr[data-id]").first.get_by_role("button", name="Show").click()
+    detail = page.locator("#one")
+    expect(detail.locator('dd[data-field="control_id"]')).to_have_text("DEAD-3")
+    page.get_by_text("Edit, then replay").click()
+    bundle = page.get_by_label("Corrected canonical Bundle")
+    page.get_by_role("button", name="Load the Bundle").click()
+    expect(page.locator("#error")).to_contain_text("Say why first")
+    expect(bundle).to_have_value("")
+    assert patient.family not in page.content()
+
+    why = "INC-7001 the DMP refuses the birth date"
+    detail.get_by_label("Why").fill(why)
+    page.get_by_role("button", name="Load the Bundle").click()
+    expect(bundle).to_have_value(re.compile(re.escape(patient.family)))
+    corrected = json.loads(bundle.input_value())
+    (person,) = [
+        e["resource"] for e in corrected["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+    person["birthDate"] = "1980-02-03"
+    bundle.fill(json.dumps(corrected))
+    detail.get_by_role("button", name="Replay").click()
+    expect(page.locator("#notice")).to_contain_text("queued for replay")
+
+    off_the_browser_thread(broker.run)
+    assert broker.fhir_control_ids().count("DEAD-3") == 1
+    (sent,) = [
+        e["resource"]
+        for e in broker.fhir.received[-1]["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert sent["birthDate"] == "1980-02-03"
+    off_the_browser_thread(broker.write_store)
+    with broker.store.connect() as connection:
+        rows = connection.execute(sa.select(audit.c.action, audit.c.actor, audit.c.reason))
+        actions = {tuple(a) for a in rows}
+    assert actions >= {
+        ("message.viewed", "console", ""),
+        ("content.viewed", "console", why),
+        ("message.edited", "console", why),
     }
 
 

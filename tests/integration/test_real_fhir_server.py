@@ -583,13 +583,12 @@ def describe_dead_letters(api: httpx.Client, letters: list[dict[str, Any]]) -> s
     """Each dead letter with its event and the server's answer, for a diagnosable failure."""
     lines = []
     for letter in letters:
+        # Without a reason: the metadata (event, control id, adapter), never the envelope.
         full = api.get(f"/api/dead-letters/{SUBSCRIBER}/{letter['id']}").json()
-        envelope = full.get("envelope") or {}
         attempts = full.get("attempts") or []
         last = attempts[-1] if attempts else {}
-        sender_id = envelope.get("control_id") or envelope.get("correlation_id")
         lines.append(
-            f"- {envelope.get('event')} {sender_id} from {envelope.get('source')}: "
+            f"- {full.get('event')} {full.get('control_id')} from {full.get('adapter')}: "
             f"{full.get('reason')}\n    {last.get('reply') or last.get('error')}"
         )
     return "\n".join(lines)

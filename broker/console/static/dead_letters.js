@@ -1,5 +1,7 @@
 /* Dead letters: per subscriber, one subscriber's list, one dead letter with its attempts, and
-   the actions of the API (replay, edit-and-replay, discard), each asking why. */
+   the actions of the API (replay, edit-and-replay, discard), each asking why. A dead letter is
+   opened without its content; its Bundle (patient data) is loaded only to edit it, with the
+   reason the form already asks for, and that view is audited with it. */
 "use strict";
 
 (() => {
@@ -67,17 +69,20 @@
     );
   }
 
+  function letterPath(sub, id) {
+    return `/api/dead-letters/${encodeURIComponent(sub)}/${encodeURIComponent(id)}`;
+  }
+
   async function openOne(sub, id) {
     go(sub, id);
-    const record = await api(`/api/dead-letters/${encodeURIComponent(sub)}/${encodeURIComponent(id)}`);
+    const record = await api(letterPath(sub, id));
     current = record;
     const section = document.getElementById("one");
-    const envelope = record.envelope || {};
     const values = {
       id: record.id,
       subscriber: record.subscriber,
       envelope_id: record.envelope_id,
-      control_id: envelope.control_id || "—",
+      control_id: record.control_id || "—",
       status: t("dead.status." + record.status),
       dead_lettered_at: when(record.dead_lettered_at),
       holds_patient: record.holds_patient ? t("common.yes") : t("common.no"),
@@ -113,11 +118,25 @@
     section.scrollIntoView({ block: "start" });
   }
 
+  /** The Bundle is read with the form's "why": one reason for the view and the edit it serves. */
   const loadBundle = document.getElementById("load-bundle");
   if (loadBundle) {
-    loadBundle.addEventListener("click", () => {
-      const bundle = current && current.envelope ? current.envelope.bundle : null;
-      document.getElementById("bundle").value = bundle ? JSON.stringify(bundle, null, 2) : "";
+    loadBundle.addEventListener("click", async () => {
+      if (!current) return;
+      const why = document.getElementById("why").value.trim();
+      if (!why) {
+        show("error", t("dead.why_for_bundle"));
+        document.getElementById("why").focus();
+        return;
+      }
+      try {
+        const record = await api(letterPath(current.subscriber, current.id) + "?reason=" + encodeURIComponent(why));
+        const bundle = record.envelope ? record.envelope.bundle : null;
+        document.getElementById("bundle").value = bundle ? JSON.stringify(bundle, null, 2) : "";
+        show("error", "");
+      } catch (error) {
+        fail(error);
+      }
     });
   }
 
