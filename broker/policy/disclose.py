@@ -11,6 +11,7 @@ envelope as it is: the cost is a subscription check and a dictionary look-up per
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,17 +191,19 @@ def disclose(
     )
     if policy is None and not applying:
         return Disclosure(envelope)
-    blocked = next((c for c in applying if c.action == "block"), None)
-    if blocked is not None:
-        why = f"the patient's consent {blocked.id} blocks sharing with {subscriber.id}"
-        return Disclosure(None, reason=why, policy=label, consents=applying)
-    restricted = next((c for c in applying if c.action == "restrict"), None)
+    restricted = None
+    if applying:
+        blocked = next((c for c in applying if c.action == "block"), None)
+        if blocked is not None:
+            why = f"the patient's consent {blocked.id} blocks sharing with {subscriber.id}"
+            return Disclosure(None, reason=why, policy=label, consents=applying)
+        restricted = next((c for c in applying if c.action == "restrict"), None)
     shaped, changes = _shape(policy, bundle, restricted)
     if shaped is None:
         why = "nothing is left to send once the policy and consents are applied"
         return Disclosure(None, reason=why, policy=label, changes=changes, consents=applying)
     return Disclosure(
-        envelope.model_copy(update={"bundle": shaped}),
+        envelope if shaped is bundle else envelope.model_copy(update={"bundle": shaped}),
         policy=label,
         changes=changes,
         consents=applying,
@@ -223,7 +226,8 @@ def _shape(
 ) -> tuple[dict[str, Any] | None, list[Change]]:
     """The Bundle as the policy (and a restricting consent) let it leave, and what changed.
 
-    Returns ``None`` for the Bundle when no resource but the MessageHeader is left.
+    Returns ``None`` for the Bundle when no resource but the MessageHeader is left, and
+    ``bundle`` itself when nothing changes.
 
     Copy on write: a resource is replaced by a new object only where something changes, and
     the new one shares every unchanged element with the canonical Bundle; an entry nothing
@@ -241,7 +245,8 @@ def _shape(
     kinds: list[Any] = []
     dropped: set[str] = set()
     for index, entry in enumerate(bundle.get("entry") or []):
-        resource = entry.get("resource") or {}
+        original = entry.get("resource")
+        resource = original or {}
         kind = str(resource.get("resourceType"))
         why = None
         if kind != "MessageHeader":
@@ -259,7 +264,7 @@ def _shape(
                 dropped.add(str(entry["fullUrl"]))
             continue
         entries.append(entry)
-        resources.append(resource if resource is entry.get("resource") else None)
+        resources.append(original if resource is original else None)
         kinds.append(resource.get("resourceType"))
     if kinds.count("MessageHeader") == len(kinds):
         return None, changes
@@ -273,6 +278,7 @@ def _shape(
         ]
         for resource in resources:
             _drop_references(resource, dropped)
+    originals = list(resources)
     if minimum is not None and restricted is not None:
         for index, resource in enumerate(resources):
             kept = None if resource is None else minimum.get(str(resource.get("resourceType")))
@@ -304,14 +310,14 @@ def _shape(
                 for index, item in enumerate(policy.pseudonymise.identifiers)
                 if counts.get(item.system)
             )
-    out = dict(bundle)
-    out["entry"] = [
-        entry
-        if resource is None or resource is entry.get("resource")
-        else entry | {"resource": resource}
-        for entry, resource in zip(entries, resources, strict=True)
+    shaped = [
+        entry if resource is original else entry | {"resource": resource}
+        for entry, resource, original in zip(entries, resources, originals, strict=True)
     ]
-    return out, changes
+    original = bundle.get("entry") or []
+    if len(shaped) == len(original) and all(map(operator.is_, shaped, original)):
+        return bundle, changes
+    return bundle | {"entry": shaped}, changes
 
 
 def _apply_rules(

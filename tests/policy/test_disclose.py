@@ -269,3 +269,12 @@ def test_an_identifier_in_a_dict_subclass_is_pseudonymised(canonical, monkeypatc
     assert shown.envelope is not None
     subject = _entry(shown.envelope.bundle, "Encounter")["resource"]["subject"]
     assert subject["identifier"] == {"system": PSEUDO, "value": _expected("EF3")}
+
+
+def test_a_policy_that_changes_nothing_returns_the_envelope_itself(canonical):
+    """Nothing to remove, mask or pseudonymise in this message: no copy of the envelope."""
+    policy = {"purpose": "TREAT", "remove": ["Observation.note"], "events": ["ADT^*"]}
+    shown = disclose(_subscriber(policy), canonical, lambda: Consents([]))
+    assert shown.envelope is canonical
+    assert shown.changes == []
+    assert shown.policy == "research/TREAT"
