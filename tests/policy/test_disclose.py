@@ -122,15 +122,15 @@ def nested(canonical) -> Envelope:
     return canonical.model_copy(update={"bundle": bundle})
 
 
-@pytest.fixture(params=[True, False], ids=["pre-check", "walk everything"])
-def precheck(request, monkeypatch):
-    """Run with and without the pre-check that skips resources holding no pseudonymised system."""
+@pytest.fixture(params=[True, False], ids=["counted first", "walk everything"])
+def counted(request, monkeypatch):
+    """Run with and without the count of the system's strings that lets the walk stop early."""
     from broker.policy import pseudonyms
 
     monkeypatch.setattr(pseudonyms, "_REFERENTS_LIST_VALUES", request.param)
 
 
-def test_an_identifier_nested_in_another_resource_is_pseudonymised(nested, monkeypatch, precheck):
+def test_an_identifier_nested_in_another_resource_is_pseudonymised(nested, monkeypatch, counted):
     """Reference.identifier in an Encounter (and one in a list of lists) is found and replaced."""
     monkeypatch.setenv("PASSERELLE_PSEUDONYM_KEY", KEY)
     shown = disclose(
@@ -159,7 +159,7 @@ def test_an_identifier_nested_in_another_resource_is_pseudonymised(nested, monke
 
 
 def test_a_resource_naming_the_system_without_such_an_identifier_is_left_as_it_is(
-    canonical, monkeypatch, precheck
+    canonical, monkeypatch, counted
 ):
     """The system as a Coding's system or a string is no Identifier: nothing changes, no label."""
     monkeypatch.setenv("PASSERELLE_PSEUDONYM_KEY", KEY)
@@ -177,7 +177,7 @@ def test_a_resource_naming_the_system_without_such_an_identifier_is_left_as_it_i
     assert _entry(shown.envelope.bundle, "Practitioner") is _entry(bundle, "Practitioner")
 
 
-def test_the_canonical_bundle_is_unchanged_by_every_rule_at_once(nested, monkeypatch, precheck):
+def test_the_canonical_bundle_is_unchanged_by_every_rule_at_once(nested, monkeypatch, counted):
     """remove, mask and pseudonymise on the same resources leave the canonical Bundle as it was."""
     monkeypatch.setenv("PASSERELLE_PSEUDONYM_KEY", KEY)
     before = copy.deepcopy(nested.bundle)
@@ -206,7 +206,7 @@ def test_the_canonical_bundle_is_unchanged_by_every_rule_at_once(nested, monkeyp
     assert encounter["subject"] == {"extension": [{"url": ABSENT_URL, "valueCode": "masked"}]}
 
 
-def test_entries_nothing_changes_are_the_canonical_entries(canonical, monkeypatch, precheck):
+def test_entries_nothing_changes_are_the_canonical_entries(canonical, monkeypatch, counted):
     """Copy on write: what a policy does not touch is shared, not copied."""
     monkeypatch.setenv("PASSERELLE_PSEUDONYM_KEY", KEY)
     policy = {"purpose": "HRESCH", "remove": ["Patient.telecom"], "pseudonymise": PSEUDONYMISE}
@@ -222,7 +222,7 @@ def test_entries_nothing_changes_are_the_canonical_entries(canonical, monkeypatc
 
 
 def test_two_subscribers_with_different_policies_get_independent_results(
-    canonical, monkeypatch, precheck
+    canonical, monkeypatch, counted
 ):
     """Disclosing to one subscriber changes neither the envelope nor another's disclosure."""
     monkeypatch.setenv("PASSERELLE_PSEUDONYM_KEY", KEY)
@@ -252,7 +252,7 @@ def test_two_subscribers_with_different_policies_get_independent_results(
     assert "meta" not in two
 
 
-def test_an_identifier_in_a_dict_subclass_is_pseudonymised(canonical, monkeypatch, precheck):
+def test_an_identifier_in_a_dict_subclass_is_pseudonymised(canonical, monkeypatch, counted):
     """Not JSON, but a Bundle built in process may hold one: the CIN in it is replaced too."""
     from collections import OrderedDict
 
