@@ -5,7 +5,8 @@ delivery drain runs it before rendering: with no policy (the subscription check 
 consent snapshot: what every subscriber without a policy pays), with a typical policy (remove
 ``Patient.telecom`` and ``Patient.address.line``, pseudonymise the CIN), and with that policy
 plus one consent entry on another patient (the registry is not empty). Then the cost of one
-policy path walked over the JSON against fhirpathpy evaluating it (why paths are walked).
+policy path walked over the JSON (removing ``Patient.address.line`` copy on write) against
+fhirpathpy merely evaluating it (why paths are walked).
 Last, the consent registry's per-batch check (``ConsentLookup``: one GET of its version on a
 private Redis, the snapshot cached), which a drain pays once per batch, not per message.
 Best and median of 7 rounds, in microseconds of process CPU per message (per batch for the last).
@@ -98,7 +99,7 @@ def main() -> None:
     walked = parse_path("Patient.address.line")
     fhirpath = compile_path("Patient.address.line")
     for name, run in (
-        ("path walk (Patient.address.line holders)", lambda: list(walked._holders(patient))),
+        ("path walk (remove Patient.address.line)", lambda: walked.removed(patient)),
         ("fhirpathpy (Patient.address.line)", lambda: fhirpath(patient)),
     ):
         best, median = _cpu_us(run, 2000)
