@@ -25,8 +25,8 @@ ALLOWED_KEYS = frozenset(
     {"event", "level", "timestamp", "logger", "error", "frames"}
     # ids, places and counts: what every event of the broker may carry, never message content
     | {
-        "ack_code", "action", "adapter", "adapters", "address", "allow_from", "after_s",
-        "appendfsync", "at",
+        "ack_code", "action", "actions", "adapter", "adapters", "address", "allow_from", "after_s",
+        "appendfsync", "at", "audit",
         "changed", "key_id", "rejected", "quarantine", "dead_letters",
         "attempt", "attempts", "cap", "channel", "client", "col", "control_id", "correlation_id",
         "dead_letter", "delay_s", "delivered", "destination", "drains", "dropped", "entry",
@@ -35,6 +35,7 @@ ALLOWED_KEYS = frozenset(
         "partition", "path", "peer", "permission", "permissions", "pid", "port", "problems", "reason",
         "reasons", "records",
         "request_id", "resource_type", "restarts", "role", "roles", "route", "rule", "seconds",
+        "seq_first", "seq_last",
         "size", "skipped", "source", "status", "stream", "subject", "subscriber", "summary",
         "task", "task_id", "tls", "token_id", "unfinished", "url", "user", "version", "who",
     }

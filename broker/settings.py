@@ -171,8 +171,9 @@ class Settings(BaseSettings):
     """Per message state, how long the store keeps such a message instead of
     ``store_retention_messages_s`` (JSON: ``{"rejected": 2592000}``)."""
     retention_audit_s: int = Field(10 * 365 * 86_400, ge=86_400)
-    """How long the audit trail is kept (ten years by default; the audit trail's own purge
-    reads it)."""
+    """How long the audit trail is kept (ten years by default; law 09-08, the CNDP filing and
+    the hospital's policy decide): older entries are pruned, vouched for by an ``audit.pruned``
+    entry (``broker.store.pruning``)."""
     retention_dead_letters_s: int = Field(90 * 86_400, ge=60)
     """A dead letter resolved (delivered or discarded) this long ago leaves Redis with its
     history entry; an open one is kept until an operator resolves it."""

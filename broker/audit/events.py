@@ -24,10 +24,12 @@ from typing import Any
 from broker import keys
 from broker.audit.chain import dumps
 
-__all__ = ["ACTIONS", "REASON_LIMIT", "record"]
+__all__ = ["ACTIONS", "PRUNED", "REASON_LIMIT", "record"]
 
 REASON_LIMIT = 2000
 """A reason is kept up to this many characters."""
+PRUNED = "audit.pruned"
+"""The action of the entry a prune appends before it removes entries (``broker.store.pruning``)."""
 
 ACTIONS = {
     "message.delivered": "a subscriber received a message (a disclosure)",
@@ -43,6 +45,7 @@ ACTIONS = {
     "registrations.changed": "adapter registrations were added, changed or removed",
     "audit.verified": "the chain was verified",
     "audit.exported": "the trail was exported",
+    PRUNED: "the trail's oldest entries, past its retention, were removed (this entry vouches)",
 }
 """The actions the broker records, and what each means (``access.*`` come from
 ``broker.access_events``: logins, tokens)."""

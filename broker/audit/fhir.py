@@ -34,6 +34,7 @@ _TYPES = {
     "message.discarded": ("110110", "Patient Record", "D"),
     "audit.verified": ("110101", "Audit Log Used", "E"),
     "audit.exported": ("110101", "Audit Log Used", "R"),
+    "audit.pruned": ("110101", "Audit Log Used", "D"),
 }
 
 

@@ -1,7 +1,9 @@
 """``passerelle audit verify|export|show``: the audit trail, from the command line.
 
 ``verify`` walks the chain and checks its head against the anchors (Redis's, the anchors'
-file); exit 0 intact, 1 with the first bad seq and why. ``export`` writes JSON or a FHIR R4
+file), and its first entry against the prunes that vouch for the ones retention removed (each
+listed: "entries 1–1200 pruned on DATE by retention (vouched by entry N)"); exit 0 intact, 1
+with the first bad seq and why. ``export`` writes JSON or a FHIR R4
 Bundle of AuditEvent resources to stdout; ``show`` lists entries. Verifying and exporting are
 recorded in the trail when the broker's Redis answers.
 
@@ -104,7 +106,12 @@ def verify_command(
         print_json(verdict.as_dict())
     elif verdict.ok:
         where = ", ".join(verdict.anchors) or "no anchor found"
-        typer.echo(f"intact: {verdict.entries} entries, head {verdict.head_seq} (anchors: {where})")
+        first = f", from entry {verdict.first_seq}" if verdict.first_seq > 1 else ""
+        typer.echo(
+            f"intact: {verdict.entries} entries{first}, head {verdict.head_seq} (anchors: {where})"
+        )
+        for pruned in verdict.pruned:
+            typer.echo(f"  {pruned}")
     if not verdict.ok:
         fail(f"not intact at entry {verdict.first_bad} ({verdict.problem}): {verdict.reason}")
     if client is None:

@@ -3,11 +3,14 @@
 ``passerelle store`` alone runs the writer (a long-running role that ``serve`` supervises): it
 brings the schema up to date, then moves ``pl:store`` and ``pl:rejected`` into the store until
 SIGTERM. ``upgrade`` runs the migrations and nothing else; ``purge`` deletes what is older than
-the retention settings.
+the retention settings, the audit trail's oldest entries included (it then anchors the chain's
+new head, the ``audit.pruned`` entry, as the writer would: in Redis when it answers, and in the
+anchors' file).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import typer
@@ -103,14 +106,48 @@ def upgrade(data_dir: DataDirOpt = None) -> None:
     typer.echo(f"the message store is at revision {current_revision(engine)}")
 
 
+def _anchor(settings: Settings, engine: sqlalchemy.Engine) -> None:
+    """The chain's head after a prune, to Redis (when it answers) and to the anchors' file."""
+    import redis
+
+    from broker.audit.anchor import ANCHOR_FILE, AnchorFile, queue_head
+    from broker.store.ledger import head
+
+    with engine.connect() as connection:
+        newest = head(connection)
+    if newest is None:
+        return
+    client = redis.Redis.from_url(
+        settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=2
+    )
+    try:
+        pipe = client.pipeline(transaction=True)
+        queue_head(pipe, newest[0], newest[1], time.time())
+        pipe.execute()
+    except redis.RedisError:
+        typer.echo("note: the broker's Redis did not answer; the new head is in the file", err=True)
+    anchors = AnchorFile(settings.data_dir / ANCHOR_FILE)
+    anchors.note(*newest)
+    anchors.flush()
+
+
 @store_app.command()
 def purge(data_dir: DataDirOpt = None, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Delete messages, attempts and actions older than their retention settings."""
+    """Delete messages, attempts, actions and audit entries older than their retention."""
+    from broker.errors import BrokerError
     from broker.store import purge as run_purge
 
     settings = load_settings(data_dir=data_dir)
-    purged = run_purge(_upgraded(settings), settings)
+    engine = _upgraded(settings)
+    try:
+        purged = run_purge(engine, settings)
+    except BrokerError as exc:
+        fail(str(exc))
+    if purged["audit"]:
+        _anchor(settings, engine)
     if as_json:
         print_json(purged)
         return
-    typer.echo(", ".join(f"{count} {kind}" for kind, count in purged.items()) + " purged")
+    labels = {"audit": "audit entries"}
+    said = (f"{count} {labels.get(kind, kind)}" for kind, count in purged.items())
+    typer.echo(", ".join(said) + " purged")

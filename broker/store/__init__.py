@@ -5,7 +5,8 @@ and ``pl:rejected``, searchable by the CLI (``passerelle messages``) and the API
 (``/api/messages``). ``schema`` holds the tables, ``migrations`` Alembic's revisions, ``db``
 the engine and the upgrade, ``records`` the rows made from Redis, ``writer`` the loop,
 ``query`` the reads, ``retention`` the purge; the audit trail's table is appended by ``ledger``
-(in the writer's transaction), checked by ``verify`` and read by ``auditlog``.
+(in the writer's transaction), pruned by ``pruning`` (for ``retention``), checked by ``verify``
+and read by ``auditlog``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 Messages (with their identifiers and per-subscriber states) by when they were received, after
 their state's setting (``store_retention_by_state_s``: rejected and failed ones) or the general one,
 attempts by when they were made, operator actions by when they were taken, each after its own
-setting (``store_retention_messages_s``, ``..._attempts_s``, ``..._actions_s``). Each batch is
-its own short transaction, so a purge never holds a long lock on a store the writer is writing.
-``passerelle store purge`` runs it; the writer runs it every ten minutes.
+setting (``store_retention_messages_s``, ``..._attempts_s``, ``..._actions_s``), and the audit
+trail's oldest entries after ``retention_audit_s``, once an entry of the chain vouches for them
+(``broker.store.pruning``). Each batch is its own short transaction, so a purge never holds a
+long lock on a store the writer is writing. ``passerelle store purge`` runs it; the writer runs
+it every ten minutes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import sqlalchemy as sa
 
 from broker.settings import Settings
+from broker.store.pruning import prune
 from broker.store.schema import actions, attempts, deliveries, identifiers, messages
 
 __all__ = ["BATCH", "purge"]
@@ -62,15 +65,26 @@ def _purge_by_at(engine: sa.Engine, table: sa.Table, cutoff: float, batch: int) 
 
 
 def purge(
-    engine: sa.Engine, settings: Settings, *, now: float | None = None, batch: int = BATCH
+    engine: sa.Engine,
+    settings: Settings,
+    *,
+    now: float | None = None,
+    batch: int = BATCH,
+    key: bytes | None = None,
 ) -> dict[str, int]:
     """Delete what is older than its retention; return how many of each kind went.
 
     Args:
         engine: the store.
-        settings: the store's retention settings (messages, per state, attempts, actions).
+        settings: the store's retention settings (messages, per state, attempts, actions,
+            audit).
         now: the present (epoch seconds); the clock by default.
         batch: rows per transaction.
+        key: the audit key (the writer's); else loaded from ``settings`` when entries of the
+            audit trail are old enough to go.
+
+    Raises:
+        ConfigurationError: audit entries are old enough to go, and no audit key is configured.
     """
     now = time.time() if now is None else now
     by_state = settings.store_retention_by_state_s
@@ -88,4 +102,5 @@ def purge(
             engine, attempts, now - settings.store_retention_attempts_s, batch
         ),
         "actions": _purge_by_at(engine, actions, now - settings.store_retention_actions_s, batch),
+        "audit": prune(engine, settings, now=now, batch=batch, key=key),
     }

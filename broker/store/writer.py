@@ -188,10 +188,27 @@ class StoreWriter:
                 while not stop() and time.monotonic() < linger_until:
                     time.sleep(min(0.05, self.settings.store_linger_s))
             if self.clock() >= self._next_purge:
-                purged = retention.purge(self.engine, self.settings, now=self.clock())
-                if any(purged.values()):
-                    log.info("store.purged", **purged)
+                self.purge()
                 self._next_purge = self.clock() + PURGE_INTERVAL_S
+
+    def purge(self) -> dict[str, int]:
+        """Purge by age (``broker.store.retention``); anchor the chain's head if a prune moved it.
+
+        In the loop, between batches: the audit trail's prune appends to the chain the writer
+        owns without waiting for anyone.
+        """
+        purged = retention.purge(
+            self.engine, self.settings, now=self.clock(), key=self.audit.ledger.key
+        )
+        if purged["audit"]:
+            with self.engine.connect() as connection:
+                newest = ledger.head(connection)
+            pipe = self.client.pipeline(transaction=True)
+            self.audit.anchor(pipe, newest)
+            pipe.execute()
+        if any(purged.values()):
+            log.info("store.purged", **purged)
+        return purged
 
     def drain(self) -> int:
         """Write every record waiting now, batch after batch, without blocking; return how many."""

@@ -93,9 +93,37 @@ def test_store_upgrade_then_purge(tmp_path):
     assert (tmp_path / "store.sqlite3").exists()
     purged = run_cli("store", "purge", "--json", env=env)
     assert purged.code == 0, purged.stderr
-    assert json.loads(purged.stdout) == {"messages": 0, "attempts": 0, "actions": 0}
+    assert json.loads(purged.stdout) == {"messages": 0, "attempts": 0, "actions": 0, "audit": 0}
     searched = run_cli("messages", "search", "--json", env=env)
     assert (searched.code, json.loads(searched.stdout)) == (0, [])
+
+
+def test_store_purge_prunes_the_audit_trail_and_verify_lists_the_prune(make_broker):
+    """Three entries told of 5 days ago, kept 2 days: ``store purge`` says 3 audit entries
+    went and anchors the ``audit.pruned`` entry (5); ``audit verify`` is intact from entry 4
+    and names the prune."""
+    import time
+
+    from broker import keys
+    from broker.audit import record
+
+    broker = make_broker()
+    now = time.time()
+    for number in range(3):
+        record(
+            broker.client, "message.viewed", who="nadia", at=now - 5 * 86_400, envelope=f"e{number}"
+        )
+    broker.write_store()  # 1-3, then 4: the writer's first start (registrations)
+    env = {**_env_redis(broker), "PASSERELLE_RETENTION_AUDIT_S": str(2 * 86_400)}
+    run = run_cli("store", "purge", env=env)
+    assert run.code == 0, run.stderr
+    assert run.stdout.strip().endswith("3 audit entries purged")
+    assert int(broker.client.hget(keys.AUDIT_HEAD, "seq")) == 5
+    verified = run_cli("audit", "verify", env=_env_redis(broker))
+    assert verified.code == 0, verified.stderr
+    assert verified.stdout.startswith("intact: 2 entries, from entry 4, head 5")
+    assert "entries 1–3 pruned on " in verified.stdout
+    assert "by retention (vouched by entry 5)" in verified.stdout
 
 
 @pytest.mark.parametrize(

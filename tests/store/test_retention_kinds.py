@@ -3,7 +3,8 @@
 Real Redis and the real drains and writer (EagerBroker) on SQLite and PostgreSQL; the present
 is moved with ``now=``, never waited for. Kinds: rejected input and quarantine entries
 (``pl:rejected``, ``pl:quarantine``), resolved dead letters (open ones are kept however old),
-and the store's messages by state (rejected, failed, the rest), attempts and actions.
+and the store's messages by state (rejected, failed, the rest), attempts, actions and the audit
+trail.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import time
 import sqlalchemy as sa
 
 from broker import keys
+from broker.audit import load_key, read_anchors
 from broker.ops.retention import purge_redis
 from broker.store import purge
-from broker.store.schema import messages
+from broker.store.schema import audit, messages
+from broker.store.verify import verify
 from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
@@ -29,6 +32,7 @@ AGES = {
     "store_retention_messages_s": 40 * DAY,
     "store_retention_attempts_s": 50 * DAY,
     "store_retention_actions_s": 60 * DAY,
+    "retention_audit_s": 70 * DAY,
 }
 
 
@@ -109,7 +113,8 @@ def _states(broker) -> list[str]:
 
 
 def test_store_messages_go_by_state_at_their_own_age(make_broker, store_url):
-    """Rejected rows at 5 days, failed at 15, the others at 40; attempts at 50, actions at 60."""
+    """Rejected rows at 5 days, failed at 15, the others at 40; attempts at 50, actions at 60,
+    audit entries at 70 (vouched for by a new one)."""
     broker, settings = _scenario(make_broker, store_url)
     now = time.time()
     assert {"failed", "rejected", "routed"} <= set(_states(broker))
@@ -124,10 +129,17 @@ def test_store_messages_go_by_state_at_their_own_age(make_broker, store_url):
     assert at(14)["messages"] == 0
     assert at(16)["messages"] == 1
     assert "failed" not in _states(broker)
-    assert at(39) == {"messages": 0, "attempts": 0, "actions": 0}
+    assert at(39) == {"messages": 0, "attempts": 0, "actions": 0, "audit": 0}
     assert at(41)["messages"] == total - 2
     assert _states(broker) == []
     assert at(49)["attempts"] == 0
     assert at(51)["attempts"] > 0
     assert at(59)["actions"] == 0
     assert at(61)["actions"] == 1
+    with broker.store.connect() as connection:
+        chained = connection.scalar(sa.select(sa.func.count()).select_from(audit))
+    assert at(69)["audit"] == 0
+    assert at(71)["audit"] == chained, "every entry, vouched for by one new entry"
+    anchors = read_anchors(broker.client, None)  # Redis's: the head before, pruned too
+    assert anchors[0].seq == chained
+    assert verify(broker.store, load_key(broker.settings), anchors).ok

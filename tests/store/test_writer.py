@@ -199,7 +199,7 @@ def test_retention_purges_each_kind_by_its_own_age(scenario):
     import time
 
     purged = purge(broker.store, later, now=time.time() + 3600, batch=2)
-    assert purged == {"messages": 3, "attempts": 0, "actions": 0}
+    assert purged == {"messages": 3, "attempts": 0, "actions": 0, "audit": 0}
     after = _counts(broker.store)
     assert (after["messages"], after["identifiers"], after["deliveries"]) == (0, 0, 0)
     assert after["attempts"] == before["attempts"]
