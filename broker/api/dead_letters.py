@@ -211,15 +211,7 @@ def show_dead_letter(
     ``reason`` (else ``null``, and ``content`` says why). The view is audited either way."""
     why = given_reason(reason)
     record = _record(ops, subscriber, dead_id)
-    ops.store.audit(
-        "content.viewed" if why else "message.viewed",
-        who=who,
-        why=why or "",
-        subscriber=subscriber,
-        target=dead_id,
-        envelope=record["envelope_id"],
-        details={"view": "dead_letter"},
-    )
+    ops.store.viewed(record, who=who, why=why)
     return detail(record, shown=why is not None)
 
 

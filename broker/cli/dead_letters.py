@@ -166,17 +166,7 @@ def show_command(
     record = attempt(lambda: store.get(subscriber, dead_id))
     if record is None:
         fail(f"no dead letter {dead_id} for subscriber {subscriber}")
-    attempt(
-        lambda: store.audit(
-            "content.viewed" if why else "message.viewed",
-            who=who,
-            why=why or "",
-            subscriber=subscriber,
-            target=dead_id,
-            envelope=record["envelope_id"],
-            details={"view": "dead_letter"},
-        )
-    )
+    attempt(lambda: store.viewed(record, who=who, why=why))
     print_json(detail(record, shown=why is not None, how=_WITHHELD))
 
 

@@ -228,6 +228,19 @@ class DeadLetterStore:
         """Subscribers that have dead letters."""
         return sorted(k.decode().removeprefix("pl:dl:") for k in self.client.scan_iter("pl:dl:*"))
 
+    def viewed(self, record: dict[str, Any], *, who: str, why: str | None) -> None:
+        """Audit a view of one dead letter: ``content.viewed`` with the reason given for its
+        envelope and patient, ``message.viewed`` when they were withheld (no reason)."""
+        self.audit(
+            "content.viewed" if why else "message.viewed",
+            who=who,
+            why=why or "",
+            subscriber=str(record["subscriber"]),
+            target=str(record["id"]),
+            envelope=record["envelope_id"],
+            details={"view": "dead_letter"},
+        )
+
     def audit(
         self,
         action: str,
