@@ -121,6 +121,19 @@ class Envelope(BaseModel):
     edit: dict[str, Any] | None = None
     """Of an edit: who, why and the diff from the original (patient data: kept by the store)."""
 
+    @property
+    def sent_control_id(self) -> str:
+        """The MSH-10 an HL7 v2 copy of this message goes out with: the sender's control id.
+
+        An operator's edit is a new message and gets its own, ``E`` and the 16 random hex digits
+        of its id (17 characters, within MSH-10's 20 in HL7 v2.3–2.4): a receiver that drops a
+        control id it has seen would otherwise take the correction for the original. The store
+        keeps the sender's control id, so a search by it finds the original and its edits.
+        """
+        if self.edit_of is not None:
+            return "E" + self.id[-16:]
+        return self.control_id or self.id
+
     def sealed(self) -> bytes:
         """This envelope's JSON as ``pl:env:ID`` keeps it: sealed for its id (``broker.sealing``)."""
         from broker import sealing

@@ -68,7 +68,7 @@ def explain(
             payload = mappings().render_hl7v2(
                 shown.bundle,
                 version=subscriber.version,
-                control_id=shown.control_id or shown.id,
+                control_id=shown.sent_control_id,
                 receiving_application=subscriber.receiving_application or subscriber.id,
                 receiving_facility=subscriber.receiving_facility or "",
                 charset=subscriber.charset,

@@ -313,7 +313,7 @@ class MllpSender:
         text = self.mappings().render_hl7v2(
             envelope.bundle,
             version=self.adapter.version,
-            control_id=envelope.control_id or envelope.id,
+            control_id=envelope.sent_control_id,
             receiving_application=self.adapter.receiving_application or self.adapter.id,
             receiving_facility=self.adapter.receiving_facility or "",
             charset=self.adapter.charset,

@@ -15,10 +15,12 @@ import sqlalchemy as sa
 
 from broker import keys
 from broker.delivery.replay import IdentityEditRefused, OperationError
-from broker.store import show, trace
+from broker.store import Search, search, show, trace
 from broker.store.schema import audit
+from passerelle_demo.synthetic import adt, patients
 
 DMP = "dmp-national"
+LAB = "lab-legacy"
 WHY = "INC-5501 birth date corrected by the admissions office"
 
 
@@ -128,3 +130,28 @@ def test_an_edit_that_fails_the_canonical_check_is_refused(held):
             DMP, letter["id"], who="admin", why=WHY, corrected=broken, identity_edit=True
         )
     assert broker.dead_letters.get(DMP, letter["id"])["status"] == "open"
+
+
+def test_an_edit_sent_as_hl7_v2_has_its_own_control_id(make_broker):
+    """The lab refused ED-1 for good; its corrected copy goes out with MSH-10 ``E`` + 16 hex
+    digits (a receiver that drops control ids it has seen would drop ED-1 again); the store
+    still finds the copy by the sender's ED-1."""
+    broker = make_broker(retry={"max_attempts": 1})
+    broker.lab.mode = "reject"
+    patient = patients(1, seed=1243)[0]
+    broker.receive(adt(patient, "A01", control_id="ED-1"))
+    broker.run()
+    (letter,) = broker.dead_letters.find(LAB)
+    broker.lab.mode = "ack"
+    record = broker.operations().replay(
+        LAB, letter["id"], who="nadia", why=WHY, corrected=_edited(letter, birthDate="1970-01-02")
+    )
+    new_id = record["history"][-1]["edited_to"]
+    broker.run()
+    sent = broker.lab.control_ids()[-1]
+    assert sent == "E" + new_id[-16:]
+    assert len(sent) <= 20, "MSH-10 is 20 characters at most in HL7 v2.3 and v2.4"
+    assert broker.lab.messages[-1].answer == "AA"
+    broker.write_store()
+    found = {item["id"] for item in search(broker.store, Search(control_id="ED-1")).items}
+    assert found == {letter["envelope_id"], new_id}
