@@ -120,6 +120,13 @@ class TestEscapes:
         assert unescape(escape(value)) == value
         assert "|" not in escape(value)
 
+    def test_escape_follows_the_message_delimiters(self):
+        """With ``#`` as the field separator and ``!`` as the escape character, those are
+        escaped, and a ``|`` (an ordinary character there) is left alone."""
+        delims = Delimiters(field="#", component="^", repetition="~", escape="!", subcomponent="&")
+        assert escape("a#b|c!d\re", delims) == "a!F!b|c!E!d!.br!e"
+        assert escape("plain | text", delims) == "plain | text"
+
     def test_component_escape_is_resolved_through_paths(self):
         """A value read by path is unescaped with the message's own delimiters."""
         message = parse("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rNTE|1||Na\\S\\K ratio")
