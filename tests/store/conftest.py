@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from broker.audit import load_key, read_anchors
+from broker.store.schema import audit
+from broker.store.verify import Verdict, verify
 from broker.testing import free_port
 
 SHARED_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/"
@@ -147,3 +150,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.sqlite3'}"
     url: str = request.getfixturevalue("empty_postgres")
     return url
+
+
+def audit_entries(engine: sa.Engine) -> list[dict[str, object]]:
+    """(tests/store: the audit trail) Every audit entry of the store, in ``seq`` order."""
+    with engine.connect() as connection:
+        return [
+            dict(r._mapping) for r in connection.execute(sa.select(audit).order_by(audit.c.seq))
+        ]
+
+
+def verify_trail(broker: object) -> Verdict:
+    """(tests/store: the audit trail) ``verify`` of an EagerBroker's store, with its anchors."""
+    settings = broker.settings  # type: ignore[attr-defined]
+    anchors = read_anchors(broker.client, settings.data_dir / "audit-anchors")  # type: ignore[attr-defined]
+    return verify(broker.store, load_key(settings), anchors)  # type: ignore[attr-defined]

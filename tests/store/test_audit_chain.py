@@ -15,11 +15,12 @@ import sqlalchemy as sa
 
 from broker import keys
 from broker.ack import read_ack
-from broker.audit import load_key, patient_ref, read_anchors
+from broker.audit import load_key, patient_ref
 from broker.store import StoreWriter
-from broker.store.schema import audit, identifiers, messages
+from broker.store.schema import identifiers, messages
 from broker.store.verify import verify
 from passerelle_demo.synthetic import adt, patients
+from tests.store.conftest import audit_entries, verify_trail
 
 
 @pytest.fixture
@@ -35,22 +36,10 @@ def chained(make_broker, store_url):
     return broker, people
 
 
-def _entries(engine):
-    with engine.connect() as connection:
-        return [
-            dict(r._mapping) for r in connection.execute(sa.select(audit).order_by(audit.c.seq))
-        ]
-
-
-def _verify(broker):
-    anchors = read_anchors(broker.client, broker.settings.data_dir / "audit-anchors")
-    return verify(broker.store, load_key(broker.settings), anchors)
-
-
 def test_every_delivered_copy_is_a_disclosure_with_the_patients_keyed_reference(chained):
     """3 messages × 2 subscribers = 6 ``message.delivered`` entries, seq 1..6, linked."""
     broker, people = chained
-    entries = _entries(broker.store)
+    entries = audit_entries(broker.store)
     delivered = [e for e in entries if e["action"] == "message.delivered"]
     assert len(delivered) == 6
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
@@ -65,7 +54,7 @@ def test_every_delivered_copy_is_a_disclosure_with_the_patients_keyed_reference(
             assert person.cin not in text, "no national identifier in the trail"
             assert person.family not in text, "no name in the trail"
     assert all(len(json.loads(e["details"])["digest"]) == 64 for e in delivered)
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason
     assert verdict.head_seq == len(entries)
     with broker.store.connect() as connection:
@@ -77,7 +66,7 @@ def test_the_redis_anchor_follows_the_head(chained):
     """``pl:audit:head`` holds the last committed (seq, hash)."""
     broker, _ = chained
     head = broker.client.hgetall(keys.AUDIT_HEAD)
-    last = _entries(broker.store)[-1]
+    last = audit_entries(broker.store)[-1]
     assert int(head[b"seq"]) == last["seq"]
     assert head[b"hash"].decode() == last["hash"]
 
@@ -85,7 +74,7 @@ def test_the_redis_anchor_follows_the_head(chained):
 def test_writing_the_same_records_again_appends_nothing(chained):
     """A batch read twice (a crash between commit and XACK) does not fork or lengthen the chain."""
     broker, _ = chained
-    before = _entries(broker.store)
+    before = audit_entries(broker.store)
     writer = broker._store_writer
     pending = [
         {
@@ -101,7 +90,7 @@ def test_writing_the_same_records_again_appends_nothing(chained):
     ]
     with broker.store.begin() as connection:
         assert writer.audit.append(connection, pending) is None
-    assert _entries(broker.store) == before
+    assert audit_entries(broker.store) == before
 
 
 def _tamper(engine, *statements):
@@ -114,7 +103,7 @@ def test_an_altered_entry_is_named(chained):
     """UPDATE of one column of entry 3: verify fails at 3, ``altered``."""
     broker, _ = chained
     _tamper(broker.store, ("UPDATE audit SET actor = 'someone else' WHERE seq = 3", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 3, "altered")
 
 
@@ -125,7 +114,7 @@ def test_an_altered_entry_with_a_recomputed_plain_hash_is_named(chained):
     broker, _ = chained
     forged = hashlib.sha256(b"forged").hexdigest()
     _tamper(broker.store, ("UPDATE audit SET reason = 'x', hash = :h WHERE seq = 2", {"h": forged}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.first_bad, verdict.problem) == (2, "altered")
 
 
@@ -133,21 +122,21 @@ def test_a_deleted_entry_is_named(chained):
     """DELETE of entry 4: verify fails at 4, ``deleted``."""
     broker, _ = chained
     _tamper(broker.store, ("DELETE FROM audit WHERE seq = 4", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 4, "deleted")
 
 
 def test_a_deletion_hidden_by_renumbering_is_named(chained):
     """Entry 4 deleted and the later ones renumbered down: verify fails at 4."""
     broker, _ = chained
-    last = len(_entries(broker.store))
+    last = len(audit_entries(broker.store))
     statements = [("DELETE FROM audit WHERE seq = 4", {})]
     statements += [
         ("UPDATE audit SET seq = :new WHERE seq = :old", {"new": seq - 1, "old": seq})
         for seq in range(5, last + 1)
     ]
     _tamper(broker.store, *statements)
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok is False
     assert verdict.first_bad == 4
     assert verdict.problem in ("reordered", "altered", "broken")
@@ -162,7 +151,7 @@ def test_reordered_entries_are_named(chained):
         ("UPDATE audit SET seq = 2 WHERE seq = 5", {}),
         ("UPDATE audit SET seq = 5 WHERE seq = -2", {}),
     )
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 2, "reordered")
     assert "written as entry 5" in verdict.reason
 
@@ -170,10 +159,10 @@ def test_reordered_entries_are_named(chained):
 def test_a_deleted_tail_is_named_by_the_anchor(chained):
     """DELETE of the last two entries: the chain alone still verifies, the anchor does not."""
     broker, _ = chained
-    last = len(_entries(broker.store))
+    last = len(audit_entries(broker.store))
     _tamper(broker.store, ("DELETE FROM audit WHERE seq >= :s", {"s": last - 1}))
     assert verify(broker.store, load_key(broker.settings), []).ok, "the shorter chain holds"
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, last - 1, "truncated")
 
 
@@ -182,10 +171,10 @@ def test_the_anchor_file_catches_a_truncation_redis_forgot(chained):
     broker, _ = chained
     writer = broker._store_writer
     writer.audit.anchors.flush()
-    last = len(_entries(broker.store))
+    last = len(audit_entries(broker.store))
     broker.client.delete(keys.AUDIT_HEAD)
     _tamper(broker.store, ("DELETE FROM audit WHERE seq = :s", {"s": last}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.first_bad, verdict.problem) == (last, "truncated")
 
 
@@ -199,15 +188,15 @@ def test_registration_changes_are_recorded_by_file(chained, tmp_path):
     for source in sorted(broker.settings.adapters_dir.glob("*.yaml")):
         (directory / source.name).write_bytes(source.read_bytes())
     assert note_registrations(broker.client, directory) is False, "as the writer saw them at start"
-    first = [e for e in _entries(broker.store) if e["action"] == "registrations.changed"]
+    first = [e for e in audit_entries(broker.store) if e["action"] == "registrations.changed"]
     assert len(first) == 1, "the writer's first start recorded them all as added"
     changed = sorted(directory.glob("*.yaml"))[0]
     changed.write_bytes(changed.read_bytes() + b"\n# retuned\n")
     assert note_registrations(broker.client, directory) is True
     broker.write_store()
-    entries = [e for e in _entries(broker.store) if e["action"] == "registrations.changed"]
+    entries = [e for e in audit_entries(broker.store) if e["action"] == "registrations.changed"]
     assert json.loads(entries[-1]["details"])["changed"] == [changed.name]
-    assert _verify(broker).ok
+    assert verify_trail(broker).ok
 
 
 def test_a_disclosure_names_the_policy_and_purpose_of_the_delivery_record():
@@ -255,7 +244,7 @@ def test_a_disclosure_names_its_patient_however_the_batches_fall(make_broker, st
         values: dict[str, set[str]] = {}
         for row in connection.execute(sa.select(identifiers)):
             values.setdefault(row.message_id, set()).add(row.value)
-    delivered = [e for e in _entries(broker.store) if e["action"] == "message.delivered"]
+    delivered = [e for e in audit_entries(broker.store) if e["action"] == "message.delivered"]
     assert len(delivered) == 4
     for entry in delivered:
         targets, details = json.loads(entry["targets"]), json.loads(entry["details"])
@@ -263,5 +252,5 @@ def test_a_disclosure_names_its_patient_however_the_batches_fall(make_broker, st
         assert targets["patient"] == patient_ref(key, message.partition_key)
         assert targets["identifiers"] == sorted(patient_ref(key, v) for v in values[message.id])
         assert (details["event"], details["source"]) == (message.event, message.adapter)
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason

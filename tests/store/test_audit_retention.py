@@ -22,8 +22,7 @@ from broker.audit import load_key, read_anchors, record
 from broker.store import StoreWriter, purge
 from broker.store.ledger import Ledger
 from broker.store.pruning import vouch
-from broker.store.schema import audit
-from broker.store.verify import verify
+from tests.store.conftest import audit_entries, verify_trail
 
 DAY = 86_400
 
@@ -50,22 +49,10 @@ def trail(make_broker, store_url):
     broker.write_store()
     _record(broker, [0, 0], now)
     broker.write_store()
-    entries = _entries(broker.store)
+    entries = audit_entries(broker.store)
     assert [e["seq"] for e in entries] == list(range(1, 10))
     assert entries[6]["action"] == "registrations.changed"
     return broker, now
-
-
-def _entries(engine):
-    with engine.connect() as connection:
-        return [
-            dict(r._mapping) for r in connection.execute(sa.select(audit).order_by(audit.c.seq))
-        ]
-
-
-def _verify(broker):
-    anchors = read_anchors(broker.client, broker.settings.data_dir / "audit-anchors")
-    return verify(broker.store, load_key(broker.settings), anchors)
 
 
 def _kept(broker, days):
@@ -82,10 +69,10 @@ def test_a_prune_removes_exactly_the_old_entries_and_vouches_for_them(trail):
     """Kept 60 days: 1–3 go, one ``audit.pruned`` entry (seq 10) names them and the hash of
     3, which entry 4's ``prev`` is; ``verify`` is intact from entry 4 and says so."""
     broker, now = trail
-    before = _entries(broker.store)
+    before = audit_entries(broker.store)
     purged = purge(broker.store, _kept(broker, 60), now=now, batch=2)
     assert purged["audit"] == 3
-    after = _entries(broker.store)
+    after = audit_entries(broker.store)
     assert [e["seq"] for e in after] == [4, 5, 6, 7, 8, 9, 10]
     assert after[:6] == before[3:], "the kept entries are untouched"
     pruned = after[-1]
@@ -105,7 +92,7 @@ def test_a_prune_removes_exactly_the_old_entries_and_vouches_for_them(trail):
     }
     assert after[0]["prev"] == before[2]["hash"]
     assert pruned["prev"] == before[-1]["hash"], "linked after the head"
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason
     assert (verdict.first_seq, verdict.head_seq, verdict.entries) == (4, 10, 7)
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -124,9 +111,9 @@ def test_the_writers_purge_anchors_the_prune_entry(trail):
         a for a in read_anchors(None, broker.settings.data_dir / "audit-anchors") if a.seq == 10
     ]
     assert file_anchor.hash == head[b"hash"].decode()
-    assert _verify(broker).ok
+    assert verify_trail(broker).ok
     _sql(broker.store, ("DELETE FROM audit WHERE seq = 10", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 1, "deleted")
 
 
@@ -135,7 +122,7 @@ def test_deleting_the_oldest_kept_entry_after_a_prune_is_named(trail):
     broker, now = trail
     purge(broker.store, _kept(broker, 60), now=now)
     _sql(broker.store, ("DELETE FROM audit WHERE seq = 4", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 4, "deleted")
     assert "no prune vouches" in verdict.reason
 
@@ -144,7 +131,7 @@ def test_deleting_the_first_entries_of_a_never_pruned_chain_is_named(trail):
     """Entries 1–2 deleted, no prune: ``deleted`` at 1, as before retention existed."""
     broker, _ = trail
     _sql(broker.store, ("DELETE FROM audit WHERE seq <= 2", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 1, "deleted")
     assert verdict.reason.startswith("entries 1–2 are missing")
 
@@ -154,7 +141,7 @@ def test_a_prune_entry_forged_with_plain_sql_is_named(trail, how):
     """Entries 1–3 deleted and an ``audit.pruned`` entry that vouches for them written without
     the key (appended after the head, or an entry rewritten into one): ``altered`` there."""
     broker, now = trail
-    entries = _entries(broker.store)
+    entries = audit_entries(broker.store)
     details = json.dumps(
         {"first": 1, "last": 3, "count": 3, "last_hash": entries[2]["hash"], "before": now}
     )
@@ -174,7 +161,7 @@ def test_a_prune_entry_forged_with_plain_sql_is_named(trail, how):
             {"details": details},
         )
     _sql(broker.store, ("DELETE FROM audit WHERE seq <= 3", {}), change)
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, seq, "altered")
 
 
@@ -184,13 +171,13 @@ def test_two_successive_prunes_verify(trail):
     broker, now = trail
     assert purge(broker.store, _kept(broker, 60), now=now)["audit"] == 3
     assert purge(broker.store, _kept(broker, 30), now=now)["audit"] == 3
-    assert [e["seq"] for e in _entries(broker.store)] == [7, 8, 9, 10, 11]
-    verdict = _verify(broker)
+    assert [e["seq"] for e in audit_entries(broker.store)] == [7, 8, 9, 10, 11]
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason
     assert verdict.first_seq == 7
     assert [p.split(" pruned")[0] for p in verdict.pruned] == ["entries 1–3", "entries 4–6"]
     _sql(broker.store, ("DELETE FROM audit WHERE seq = 7", {}))
-    assert (_verify(broker).first_bad, _verify(broker).problem) == (7, "deleted")
+    assert (verify_trail(broker).first_bad, verify_trail(broker).problem) == (7, "deleted")
 
 
 def test_a_prune_cut_short_is_vouched_for_and_finished_by_the_next(trail):
@@ -203,11 +190,11 @@ def test_a_prune_cut_short_is_vouched_for_and_finished_by_the_next(trail):
     assert vouched is not None
     assert (vouched.first, vouched.last, vouched.head[0]) == (1, 3, 10)
     _sql(broker.store, ("DELETE FROM audit WHERE seq = 1", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason
     assert verdict.first_seq == 2
     assert purge(broker.store, _kept(broker, 60), now=now)["audit"] == 2
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert verdict.ok, verdict.reason
     assert verdict.first_seq == 4
     assert [p.split(" pruned")[0] for p in verdict.pruned] == ["entries 1–3", "entries 2–3"]
@@ -218,26 +205,26 @@ def test_a_prune_never_erases_a_tampered_entry(trail):
     still names entry 2."""
     broker, now = trail
     _sql(broker.store, ("UPDATE audit SET actor = 'someone else' WHERE seq = 2", {}))
-    before = _entries(broker.store)
+    before = audit_entries(broker.store)
     with capture_logs() as logs:
         assert purge(broker.store, _kept(broker, 60), now=now)["audit"] == 0
     (refused,) = [e for e in logs if e["event"] == "audit.prune_refused"]
     assert (refused["seq_first"], refused["seq_last"]) == (1, 3)
     assert refused["reason"] == "entry 2 does not match its hash"
-    assert _entries(broker.store) == before
-    verdict = _verify(broker)
+    assert audit_entries(broker.store) == before
+    verdict = verify_trail(broker)
     assert (verdict.first_bad, verdict.problem) == (2, "altered")
 
 
 def test_entries_younger_than_the_retention_are_all_kept(trail):
     """The default retention (ten years): nothing goes, no ``audit.pruned`` entry is appended."""
     broker, now = trail
-    before = _entries(broker.store)
+    before = audit_entries(broker.store)
     assert broker.settings.retention_audit_s == 10 * 365 * DAY
     assert purge(broker.store, broker.settings, now=now)["audit"] == 0
     assert purge(broker.store, _kept(broker, 101), now=now)["audit"] == 0
-    assert _entries(broker.store) == before
-    assert _verify(broker).reason == "9 entries intact"
+    assert audit_entries(broker.store) == before
+    assert verify_trail(broker).reason == "9 entries intact"
 
 
 def test_the_writer_appends_after_a_prune_that_holds_the_chain_instead_of_failing(trail):
@@ -256,13 +243,13 @@ def test_the_writer_appends_after_a_prune_that_holds_the_chain_instead_of_failin
     thread.join(10.0)
     assert outcome == [2], outcome
     assert vouched is not None
-    entries = _entries(broker.store)
+    entries = audit_entries(broker.store)
     assert [e["action"] for e in entries[9:]] == [
         "audit.pruned",
         "message.viewed",
         "message.viewed",
     ]
-    assert _verify(broker).ok
+    assert verify_trail(broker).ok
 
 
 def _write(broker):
@@ -288,5 +275,5 @@ def test_a_prune_entry_whose_hash_is_not_the_kept_entrys_prev_is_named(trail):
     with broker.store.begin() as connection:
         Ledger(load_key(broker.settings)).append(connection, [entry])
     _sql(broker.store, ("DELETE FROM audit WHERE seq <= 3", {}))
-    verdict = _verify(broker)
+    verdict = verify_trail(broker)
     assert (verdict.ok, verdict.first_bad, verdict.problem) == (False, 4, "broken")
