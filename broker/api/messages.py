@@ -179,14 +179,7 @@ def trace_message(
         found["content"] = WITHHELD
     else:
         found["content"] = SHOWN
-    audit.record(
-        client,
-        "content.viewed" if why else "message.viewed",
-        who=who,
-        why=why or "",
-        details={"view": "trace"},
-        envelope=envelope_id,
-    )
+    audit.viewed(client, who=who, why=why, view="trace", envelope=envelope_id)
     return found
 
 

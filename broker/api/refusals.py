@@ -97,14 +97,7 @@ def show_rejected(
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no rejected input with this id")
     fields = found[0][1]
-    audit.record(
-        client,
-        "content.viewed" if why else "message.viewed",
-        who=who,
-        why=why or "",
-        details={"view": "rejected"},
-        rejected=entry_id,
-    )
+    audit.viewed(client, who=who, why=why, view="rejected", rejected=entry_id)
     raw = rejected_raw(fields) if why else None
     return {
         "id": entry_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from broker.audit.anchor import ANCHOR_FILE, Anchor, read_anchors
 from broker.audit.chain import GENESIS, link
-from broker.audit.events import ACTIONS, record
+from broker.audit.events import ACTIONS, record, viewed
 from broker.audit.key import ensure_key, load_key, patient_ref
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "patient_ref",
     "read_anchors",
     "record",
+    "viewed",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 from broker import keys
 from broker.audit.chain import dumps
 
-__all__ = ["ACTIONS", "PRUNED", "REASON_LIMIT", "record"]
+__all__ = ["ACTIONS", "PRUNED", "REASON_LIMIT", "record", "viewed"]
 
 REASON_LIMIT = 2000
 """A reason is kept up to this many characters."""
@@ -83,3 +83,17 @@ def record(
         "d": dumps(details or {}),
     }
     pipe.xadd(keys.STORE, fields)
+
+
+def viewed(pipe: Any, *, who: str, why: str | None, view: str, **targets: Any) -> None:
+    """Queue the event of one view of a message or a record (``view``: ``trace``,
+    ``dead_letter``, ``rejected``): ``content.viewed`` with the reason when its content was
+    shown, ``message.viewed`` when it was withheld for want of one (``why`` is ``None``)."""
+    record(
+        pipe,
+        "content.viewed" if why else "message.viewed",
+        who=who,
+        why=why or "",
+        details={"view": view},
+        **targets,
+    )

@@ -27,6 +27,7 @@ import redis
 
 from broker import keys, sealing, trail
 from broker.audit.events import record as audit_record
+from broker.audit.events import viewed as audit_viewed
 from broker.envelope import new_id
 
 __all__ = [
@@ -231,14 +232,14 @@ class DeadLetterStore:
     def viewed(self, record: dict[str, Any], *, who: str, why: str | None) -> None:
         """Audit a view of one dead letter: ``content.viewed`` with the reason given for its
         envelope and patient, ``message.viewed`` when they were withheld (no reason)."""
-        self.audit(
-            "content.viewed" if why else "message.viewed",
+        audit_viewed(
+            self.client,
             who=who,
-            why=why or "",
+            why=why,
+            view="dead_letter",
             subscriber=str(record["subscriber"]),
-            target=str(record["id"]),
             envelope=record["envelope_id"],
-            details={"view": "dead_letter"},
+            dead_letter=str(record["id"]),
         )
 
     def audit(
