@@ -19,7 +19,7 @@ writes every version it declares (``target.versions``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ or ("where()", (element, equal, value))."""
 SET_ID = "%set_id"
 ITEM = "%item"
 """The segment's item itself, for functions that read several of its elements (OBX-4)."""
+_FUNCTION_STEPS = frozenset({"resolve()", "ofType()", "first()", "where()"})
 
 
 def _parse(path: str) -> tuple[bool, list[Step]]:
@@ -83,7 +84,10 @@ def _parse(path: str) -> tuple[bool, list[Step]]:
 
 def eval_path(steps: list[Step], start: Any, index: dict[str, dict[str, Any]]) -> list[Any]:
     """Evaluate parsed path steps from ``start``; ``index`` maps fullUrl → resource."""
-    current = [start]
+    return _eval(steps, [start], index)
+
+
+def _eval(steps: Sequence[Step], current: list[Any], index: dict[str, dict[str, Any]]) -> list[Any]:
     for name, position in steps:
         nxt: list[Any] = []
         if name == "resolve()":
@@ -160,7 +164,7 @@ class _Segment:
     required: bool
     fields: tuple[_Field, ...]
     each: Reader | None = None
-    linked_by: list[Step] | None = None
+    linked_by: Reader | None = None
     children: tuple[_Segment, ...] = ()
     versions: frozenset[str] | None = None
 
@@ -177,12 +181,13 @@ class _Segment:
             ]
         if self.linked_by is not None:
             url = r.urls.get(id(parent))
+            linked_by = self.linked_by
             found = [
                 i
                 for i in found
                 if any(
                     isinstance(ref, dict) and ref.get("reference") == url
-                    for ref in eval_path(self.linked_by, i, r.index)
+                    for ref in linked_by(i, r, 0)
                 )
             ]
         return found
@@ -210,6 +215,42 @@ class _Segment:
             r.lines.append(d.field.join(fields))
             for child in self.children:
                 child.write(item, r)
+
+
+def _compile_path(steps: list[Step], *, on_bundle: bool = False) -> Reader:
+    """A reader of ``eval_path(steps, item or the Bundle)`` that follows single elements without
+    building lists. The list it gives may be the Bundle's own: read it, never change it.
+
+    The leading element names are followed one value at a time while each is an object, as
+    nearly every path is at run time (``birthDate``, ``period.start``); the first list, or the
+    first function step, hands over to ``_eval`` (``birthDate``: 0.40 -> 0.26 µs).
+    """
+    names = []
+    for name, position in steps:
+        if name in _FUNCTION_STEPS:
+            break
+        names.append((name, position))
+    rest = steps[len(names) :]
+    tails = [steps[i + 1 :] for i in range(len(names))]
+
+    def read(item: Any, r: _Render, set_id: int) -> list[Any]:
+        current = r.bundle if on_bundle else item
+        for i, (name, position) in enumerate(names):
+            if not isinstance(current, dict):
+                return []
+            value = current.get(name)
+            if value is None:
+                return []
+            if isinstance(value, list):
+                if position is not None:
+                    value = value[position : position + 1]
+                return _eval(tails[i], value, r.index) if tails[i] else value
+            if position:
+                return []
+            current = value
+        return _eval(rest, [current], r.index) if rest else [current]
+
+    return read
 
 
 @dataclass
@@ -356,12 +397,13 @@ def _compile_segment(
             reason = "linked_by needs a parent segment whose item the references point at"
             raise _where(file, lines, (*key, "linked_by"), reason)
         try:
-            on_bundle, linked_by = _parse(seg.linked_by)
+            on_bundle, steps = _parse(seg.linked_by)
         except ValueError as exc:
             raise _where(file, lines, (*key, "linked_by"), str(exc)) from None
         if on_bundle:
             reason = "linked_by is an element path of each item, not of %bundle"
             raise _where(file, lines, (*key, "linked_by"), reason)
+        linked_by = _compile_path(steps)
     fields = tuple(
         _compile_field(fld, spec, file, lines, (*key, "fields", i))
         for i, fld in enumerate(seg.fields)
@@ -418,10 +460,7 @@ def _path_reader(text: str, file: str, lines: LineMap, key: tuple[str | int, ...
     except ValueError as exc:
         raise _where(file, lines, key, str(exc)) from None
 
-    def read(item: Any, r: _Render, set_id: int) -> list[Any]:
-        return eval_path(steps, r.bundle if on_bundle else item, r.index)
-
-    return read
+    return _compile_path(steps, on_bundle=on_bundle)
 
 
 def _compile_test(spec: Condition, file: str, lines: LineMap, key: tuple[str | int, ...]) -> Test:
