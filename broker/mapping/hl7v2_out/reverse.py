@@ -162,11 +162,13 @@ class _Segment:
     name: str
     resource: str | None
     required: bool
-    fields: tuple[_Field, ...]
+    plans: dict[str, tuple[_Field, ...]]
+    """HL7 version → the field entries written in it, in order; absent: not written in it."""
+    blank: tuple[str, ...]
+    """The segment name and an empty string per field up to the highest field number."""
     each: Reader | None = None
     linked_by: Reader | None = None
     children: tuple[_Segment, ...] = ()
-    versions: frozenset[str] | None = None
 
     def items(self, parent: Any, r: _Render) -> list[Any]:
         if self.each is None:
@@ -193,26 +195,36 @@ class _Segment:
         return found
 
     def write(self, parent: Any, r: _Render) -> None:
-        if self.versions is not None and r.version not in self.versions:
+        plan = self.plans.get(r.version)
+        if plan is None:
             return
         d = r.d
         for set_id, item in enumerate(self.items(parent, r), 1):
-            fields: list[str] = [self.name]
-            for spec in self.fields:
-                if spec.versions is not None and r.version not in spec.versions:
-                    continue
-                if len(fields) > spec.number and fields[spec.number]:
+            fields = list(self.blank)
+            last = 0
+            for spec in plan:
+                number = spec.number
+                if fields[number]:
                     continue  # an earlier entry for this field gave a value
                 if spec.when is not None and not spec.when(item, r):
                     continue
                 values = spec.read(item, r, set_id)
-                reps = [text for text in (spec.write(v, d) for v in values) if text]
-                while len(fields) <= spec.number:
-                    fields.append("")
-                fields[spec.number] = d.repetition.join(reps)
-            while len(fields) > 1 and not fields[-1]:
-                fields.pop()
-            r.lines.append(d.field.join(fields))
+                if len(values) == 1:  # nearly always: no list of repetitions to build
+                    text = spec.write(values[0], d)
+                elif values:
+                    reps = []
+                    for value in values:
+                        rep = spec.write(value, d)
+                        if rep:
+                            reps.append(rep)
+                    text = d.repetition.join(reps)
+                else:
+                    continue
+                if text:
+                    fields[number] = text
+                    if number > last:
+                        last = number
+            r.lines.append(d.field.join(fields[: last + 1]))
             for child in self.children:
                 child.write(item, r)
 
@@ -412,15 +424,15 @@ def _compile_segment(
         _compile_segment(child, spec, file, lines, (*key, "segments", i), top=False)
         for i, child in enumerate(seg.segments)
     )
+    versions = version_range(seg.since, seg.until)
+    plans = {
+        version: tuple(f for f in fields if f.versions is None or version in f.versions)
+        for version in HL7_VERSIONS
+        if versions is None or version in versions
+    }
+    blank = (seg.segment, *[""] * max((f.number for f in fields), default=0))
     return _Segment(
-        seg.segment,
-        seg.resource,
-        seg.required,
-        fields,
-        each,
-        linked_by,
-        children,
-        version_range(seg.since, seg.until),
+        seg.segment, seg.resource, seg.required, plans, blank, each, linked_by, children
     )
 
 
