@@ -188,3 +188,43 @@ def test_the_cin_goes_back_to_hl7_as_nnmar() -> None:
         "type": {"coding": [{"system": V2_0203, "code": "NI"}]},
     }
     assert OUTBOUND["cx"](ident, DEFAULT) == "BE123456^^^MA^NNMAR"
+
+
+@pytest.mark.parametrize(
+    ("function", "element", "expected"),
+    [
+        pytest.param(
+            "xpn",
+            {"family": "EL^AMRANI", "given": ["Fatima", "Zahra|Z"], "use": "official"},
+            "EL\\S\\AMRANI^Fatima^Zahra\\F\\Z^^^^L",
+            id="xpn",
+        ),
+        pytest.param(
+            "xad",
+            {"line": ["12 rue Oued Ziz", "Bloc A&B"], "city": "Rabat~Salé"},
+            "12 rue Oued Ziz^Bloc A\\T\\B^Rabat\\R\\Salé",
+            id="xad",
+        ),
+        pytest.param(
+            "cx",
+            {"value": "IPP\\1", "assigner": {"display": "CHU\rRABAT"}},
+            "IPP\\E\\1^^^CHU\\.br\\RABAT",
+            id="cx",
+        ),
+        pytest.param(
+            "pl", {"location": {"display": "CARDIO|2, room 204"}}, "CARDIO\\F\\2^204", id="pl"
+        ),
+        pytest.param(
+            "xcn",
+            {"identifier": [{"value": "MED^1"}], "name": [{"family": "BENNIS", "given": []}]},
+            "MED\\S\\1^BENNIS",
+            id="xcn",
+        ),
+    ],
+)
+def test_outbound_components_are_escaped_one_by_one(
+    function: str, element: dict[str, object], expected: str
+) -> None:
+    """A delimiter inside a component is escaped (v2.5.1 §2.7.1); the separators between
+    components are not, and trailing empty components are left out."""
+    assert OUTBOUND[function](element, DEFAULT) == expected

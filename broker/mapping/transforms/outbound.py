@@ -39,10 +39,19 @@ __all__ = [
 
 
 def _join(parts: Sequence[str], sep: str) -> str:
-    out = list(parts)
-    while out and not out[-1]:
-        out.pop()
-    return sep.join(out)
+    end = len(parts)
+    while end and not parts[end - 1]:
+        end -= 1
+    return sep.join(parts[:end])
+
+
+def _components(parts: list[str], d: Delimiters) -> str:
+    """``parts`` escaped and joined as components, without the trailing empty ones."""
+    plain = "".join(parts)
+    # Nearly always nothing to escape: one search of the whole instead of one per part.
+    if escape(plain, d) != plain:
+        parts = [escape(p, d) for p in parts]
+    return _join(parts, d.component)
 
 
 def out_string(value: Any, d: Delimiters) -> str:
@@ -55,6 +64,9 @@ def out_date(value: Any, d: Delimiters) -> str:
     return str(value)[:10].replace("-", "") if value else ""
 
 
+_TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
+
+
 def out_datetime(value: Any, d: Delimiters) -> str:
     """FHIR dateTime → HL7 DTM ``YYYYMMDDHHMMSS+ZZZZ``."""
     if not value:
@@ -63,7 +75,7 @@ def out_datetime(value: Any, d: Delimiters) -> str:
     day, _, rest = text.partition("T")
     out = day.replace("-", "")
     if rest:
-        m = re.match(r"^(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})?$", rest)
+        m = _TIME.match(rest)
         if m:
             zone = m.group(4) or ""
             out += m.group(1) + m.group(2) + m.group(3)
@@ -82,8 +94,7 @@ def out_cx(value: Any, d: Delimiters) -> str:
         # FHIR types the CIN NI (v2-0203 has no per-country NNxxx code); in HL7 v2 it is NNMAR,
         # table 0203 NNxxx with Morocco's ISO 3166 code, as the senders write it.
         authority, type_code = authority or "MA", "NNMAR"
-    parts = [escape(value["value"], d), "", "", escape(authority, d), escape(type_code, d)]
-    return _join(parts, d.component)
+    return _components([value["value"], "", "", authority, type_code], d)
 
 
 _USE_TO_0200 = {
@@ -111,7 +122,7 @@ def out_xpn(value: Any, d: Delimiters) -> str:
         "",
         _USE_TO_0200.get(value.get("use", ""), ""),
     ]
-    return _join([escape(p, d) for p in parts], d.component)
+    return _components(parts, d)
 
 
 def out_xad(value: Any, d: Delimiters) -> str:
@@ -128,7 +139,7 @@ def out_xad(value: Any, d: Delimiters) -> str:
         value.get("country", ""),
         {"home": "H", "work": "B", "temp": "C", "old": "BA"}.get(value.get("use", ""), ""),
     ]
-    return _join([escape(p, d) for p in parts], d.component)
+    return _components(parts, d)
 
 
 def out_xtn(value: Any, d: Delimiters) -> str:
@@ -215,7 +226,11 @@ def out_pl(value: Any, d: Delimiters) -> str:
     if not isinstance(value, dict):
         return ""
     display = str((value.get("location") or {}).get("display", ""))
-    return _join([escape(p, d) for p in pl_parts(display)], d.component)
+    return _components(pl_parts(display), d)
+
+
+_ROOM_BED = re.compile(r"(?:(.*?), )?room (.*?)(?:, bed (.*))?")
+_BED = re.compile(r"(?:(.*?), )?()bed (.*)")
 
 
 def pl_parts(display: str) -> list[str]:
@@ -224,9 +239,7 @@ def pl_parts(display: str) -> list[str]:
     A display written by another system (FHIR input: ``Cardiologie B``) is the point of care.
     """
     poc, room, bed = display, "", ""
-    m = re.fullmatch(r"(?:(.*?), )?room (.*?)(?:, bed (.*))?", display) or re.fullmatch(
-        r"(?:(.*?), )?()bed (.*)", display
-    )
+    m = _ROOM_BED.fullmatch(display) or _BED.fullmatch(display)
     if m:
         poc, room, bed = m.group(1) or "", m.group(2) or "", m.group(3) or ""
     return [poc, room, bed]
@@ -246,7 +259,7 @@ def out_xcn(value: Any, d: Delimiters) -> str:
         name.get("family", ""),
         given[0] if given else "",
     ]
-    return _join([escape(p, d) for p in parts], d.component)
+    return _components(parts, d)
 
 
 # The first name wins: SCT, not the older SNM, for SNOMED CT.
@@ -313,7 +326,7 @@ def out_ce(value: Any, d: Delimiters) -> str:
     if not isinstance(value, dict):
         return ""
     parts = _coded(value, str(value.get("text", "")))
-    return _join([escape(p, d) for p in parts], d.component)
+    return _components(parts, d)
 
 
 def out_cwe(value: Any, d: Delimiters) -> str:
@@ -326,7 +339,7 @@ def out_cwe(value: Any, d: Delimiters) -> str:
         return out_ce(value, d)
     parts = _coded(value, "")
     parts += [""] * (8 - len(parts)) + [text]
-    return _join([escape(p, d) for p in parts], d.component)
+    return _components(parts, d)
 
 
 def out_number(value: Any, d: Delimiters) -> str:
