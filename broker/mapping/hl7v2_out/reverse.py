@@ -265,6 +265,10 @@ def _compile_path(steps: list[Step], *, on_bundle: bool = False) -> Reader:
     return read
 
 
+_MSH_9_3 = frozenset(HL7_VERSIONS[HL7_VERSIONS.index("2.3.1") :])
+"""The versions whose MSH-9 has a third component, the message structure."""
+
+
 @dataclass
 class CompiledOutbound:
     """An outbound mapping ready to render; see ``render``."""
@@ -272,6 +276,17 @@ class CompiledOutbound:
     spec: OutboundSpec
     file: str
     segments: tuple[_Segment, ...]
+    _events: dict[str, str] = field(init=False, repr=False)
+    """Trigger → event (``A01`` → ``ADT^A01``); any text after a caret names the event."""
+    _renders: frozenset[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._events = {}
+        for event in self.spec.target.events:
+            for at, char in enumerate(event):
+                if char == "^":
+                    self._events.setdefault(event[at + 1 :], event)
+        self._renders = frozenset(self.versions)
 
     def triggers(self) -> set[str]:
         """The trigger events (``A01``) this mapping renders."""
@@ -319,11 +334,11 @@ class CompiledOutbound:
             first.setdefault(resource.get("resourceType", ""), resource)
         header = first.get("MessageHeader", {})
         trigger = (header.get("eventCoding") or {}).get("code", "")
-        event = next((e for e in self.spec.target.events if e.endswith(f"^{trigger}")), None)
+        event = self._events.get(str(trigger))
         if event is None:
             msg = f"the outbound mapping {self.spec.id} does not render event {trigger or '(none)'}"
             raise NoMappingError(msg, location="MessageHeader.eventCoding")
-        if version not in self.versions:
+        if version not in self._renders:
             msg = (
                 f"the outbound mapping {self.spec.id} writes HL7 v{', v'.join(self.versions)}, "
                 f"not v{version}"
@@ -334,7 +349,7 @@ class CompiledOutbound:
         msh9 = f"{code}{d.component}{trigger}"
         # MSH-9.3 message structure exists from v2.3.1 on (v2.3.1 §2.24.1.9); v2.3 has two
         # components.
-        if structure and HL7_VERSIONS.index(version) >= HL7_VERSIONS.index("2.3.1"):
+        if structure and version in _MSH_9_3:
             msh9 += f"{d.component}{structure}"
         # MSH fields, v2.5.1 §2.14.9: 3/4 sender, 5/6 receiver, 7 time, 9 type, 10 control id,
         # 11 processing id (P: production), 12 version id, 18 character set (§2.14.9.18: empty
