@@ -228,3 +228,24 @@ def test_outbound_components_are_escaped_one_by_one(
     """A delimiter inside a component is escaped (v2.5.1 §2.7.1); the separators between
     components are not, and trailing empty components are left out."""
     assert OUTBOUND[function](element, DEFAULT) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(5, "5", id="integer"),
+        pytest.param(-12, "-12", id="negative"),
+        pytest.param(5.4, "5.4", id="decimal"),
+        pytest.param(5.0, "5.0", id="decimal-kept-precision"),
+        pytest.param(1e-07, "0.0000001", id="small-no-exponent"),
+        pytest.param(1e16, "10000000000000000", id="large-no-exponent"),
+        pytest.param("0.50", "0.50", id="text"),
+        pytest.param(True, "", id="boolean"),
+        pytest.param("", "", id="empty"),
+        pytest.param("abc", "", id="not-a-number"),
+    ],
+)
+def test_out_number_writes_nm_without_exponent(value: object, expected: str) -> None:
+    """A FHIR number becomes HL7 NM: optional sign, digits and one point, never an exponent
+    (v2.5.1 §2A.47); what is not a number is left empty."""
+    assert OUTBOUND["number"](value, DEFAULT) == expected

@@ -77,8 +77,8 @@ def out_datetime(value: Any, d: Delimiters) -> str:
     if rest:
         m = _TIME.match(rest)
         if m:
-            zone = m.group(4) or ""
-            out += m.group(1) + m.group(2) + m.group(3)
+            hours, minutes, seconds, zone = m.groups("")
+            out += hours + minutes + seconds
             out += "+0000" if zone == "Z" else zone.replace(":", "")
     return out
 
@@ -344,6 +344,13 @@ def out_cwe(value: Any, d: Delimiters) -> str:
 
 def out_number(value: Any, d: Delimiters) -> str:
     """A FHIR decimal or integer → HL7 NM: digits and one point, never an exponent (§2A.47)."""
+    # JSON numbers are nearly always already NM as Python writes them (0.9 -> 0.2 µs a value).
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        text = str(value)
+        if "e" not in text and "n" not in text:  # not 1e-07, inf or nan
+            return text
     if isinstance(value, bool) or not isinstance(value, int | float | str) or value == "":
         return ""
     try:
