@@ -122,3 +122,49 @@ def test_version_bounds_choose_the_entries() -> None:
     ]
     assert _render(fields, {}, "2.3") == "ZPT|OLD"
     assert _render(fields, {}, "2.5.1") == "ZPT|NEW||X"
+
+
+@pytest.mark.parametrize(
+    ("when", "patient", "written"),
+    [
+        pytest.param({"path": "a", "present": True}, {"a": "x"}, True, id="present"),
+        pytest.param({"path": "a", "present": True}, {"a": []}, False, id="empty-list-absent"),
+        pytest.param({"path": "a", "present": False}, {}, True, id="absent"),
+        pytest.param({"path": "a", "equals": "x"}, {"a": ["x", "y"]}, True, id="equals-first"),
+        pytest.param({"path": "a", "equals": "y"}, {"a": ["x", "y"]}, False, id="equals-not-2nd"),
+        pytest.param({"path": "a", "in": ["1", "2"]}, {"a": 2}, True, id="in-as-text"),
+        pytest.param({"path": "a", "matches": "x+"}, {"a": "xxy"}, False, id="matches-whole"),
+        pytest.param(
+            {"all": [{"path": "a", "present": True}, {"path": "b", "present": False}]},
+            {"a": "x"},
+            True,
+            id="all",
+        ),
+        pytest.param(
+            {"all": [{"path": "a", "present": True}, {"path": "b", "present": False}]},
+            {"a": "x", "b": "y"},
+            False,
+            id="all-one-fails",
+        ),
+        pytest.param(
+            {"any": [{"path": "a", "present": True}, {"path": "b", "present": True}]},
+            {"b": "y"},
+            True,
+            id="any",
+        ),
+        pytest.param(
+            {"any": [{"path": "a", "present": True}, {"path": "b", "present": True}]},
+            {},
+            False,
+            id="any-none-holds",
+        ),
+        pytest.param({"not": {"path": "a", "present": True}}, {}, True, id="not"),
+    ],
+)
+def test_when_chooses_whether_an_entry_applies(
+    when: dict[str, Any], patient: dict[str, Any], written: bool
+) -> None:
+    """An entry with ``when:`` writes only when its test on the item holds; ``equals``, ``in``
+    and ``matches`` test the first value as text."""
+    fields = [{"field": 1, "value": "W", "when": when}, {"field": 1, "value": "-"}]
+    assert _render(fields, patient) == ("ZPT|W" if written else "ZPT|-")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from broker.errors import MappingSpecError, NoMappingError
@@ -498,12 +499,15 @@ def _compile_test(spec: Condition, file: str, lines: LineMap, key: tuple[str | i
             for name, i, part in spec.parts
         ]
         if spec.op == "all":
-            return lambda item, r: all(t(item, r) for t in parts)
+            return partial(_every, parts)
         if spec.op == "any":
-            return lambda item, r: any(t(item, r) for t in parts)
+            return partial(_some, parts)
         only = parts[0]
         return lambda item, r: not only(item, r)
     read = _path_reader(spec.path, file, lines, (*key, "path"))
+    if spec.present is not None:
+        present = spec.present
+        return lambda item, r: bool(read(item, r, 0)) == present
     pattern = None
     if spec.matches is not None:
         try:
@@ -514,8 +518,6 @@ def _compile_test(spec: Condition, file: str, lines: LineMap, key: tuple[str | i
 
     def test(item: Any, r: _Render) -> bool:
         values = read(item, r, 0)
-        if spec.present is not None:
-            return bool(values) == spec.present
         text = str(values[0]) if values and not isinstance(values[0], dict | list) else ""
         if spec.equals is not None:
             return text == spec.equals
@@ -524,6 +526,21 @@ def _compile_test(spec: Condition, file: str, lines: LineMap, key: tuple[str | i
         return text in (spec.in_ or ())
 
     return test
+
+
+# all() and any() over a generator cost ~0.4 µs more per test (a few per OBX).
+def _every(tests: list[Test], item: Any, r: _Render) -> bool:
+    for test in tests:  # noqa: SIM110 (speed, above)
+        if not test(item, r):
+            return False
+    return True
+
+
+def _some(tests: list[Test], item: Any, r: _Render) -> bool:
+    for test in tests:  # noqa: SIM110 (speed, above)
+        if test(item, r):
+            return True
+    return False
 
 
 def _set_id(item: Any, r: _Render, set_id: int) -> list[Any]:

@@ -291,8 +291,10 @@ def _coding_system_name(coding: dict[str, Any]) -> str:
         # from v2.7 CWE-3 is required when CWE-1 is valued (§2A.13), so say "local".
         return LOCAL_CODING_SYSTEM if coding.get("code") else ""
     name = _REVERSE_CODING_SYSTEMS.get(system) or _OUT_CODING_SYSTEMS.get(system, "")
+    if name:
+        return name
     local = _LOCAL_CODE_URN.match(system)
-    if not name and local:
+    if local:
         # identity.local_code_system: named by the sender's coding system (99zzz), else by field.
         name = local.group(1).upper() if not _FIELD_SLUG.match(local.group(1)) else "L"
     if not name and system.startswith("http://terminology.hl7.org/CodeSystem/v2-"):
