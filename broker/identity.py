@@ -194,14 +194,18 @@ def _mapping_system(
             continue
         if rule.type is not None and rule.type != type_code:
             continue
-        slugs = {
-            "{authority}": slug(authority),
-            "{facility}": slug(facility or authority),
-            "{sender}": slug(sender),
-        }
         system = rule.system
-        for placeholder, value in slugs.items():
+        if "{" not in system:
+            return system
+        # Slugs only for the placeholders the system holds: most rules hold one or none, and
+        # this runs for every identifier of every message.
+        for placeholder, text in (
+            ("{authority}", authority),
+            ("{facility}", facility or authority),
+            ("{sender}", sender),
+        ):
             if placeholder in system:
+                value = slug(text)
                 if not value:
                     break
                 system = system.replace(placeholder, value)
