@@ -51,7 +51,7 @@ class ValueMap:
     spec: ValueMapSpec
 
     def apply(self, value: SourceValue, env: Env) -> Any:
-        code = value.comp(1).strip()
+        code = value.code()
         found = self.spec.values.get(code)
         if found is None:
             found = self.spec.default

@@ -392,6 +392,12 @@ class Guard:
     """The compiled sub-conditions of ``all:``, ``any:`` or ``not:`` (``op``)."""
     op: str | None = None
     """``spec.op``, read once at load: guards run several times per OBX."""
+    present: bool | None = None
+    """``spec.present``, read once at load like ``op``."""
+    equals: str | None = None
+    """``spec.equals``, read once at load."""
+    codes: frozenset[str] = frozenset()
+    """``spec.in_`` as a set, read once at load."""
 
     def holds(self, scope: Scope) -> bool:
         if self.source is None:
@@ -411,16 +417,16 @@ class Guard:
                             return False
                     return True
                 return not parts[0].holds(scope)
-            return bool(scope.find(self.segment)) == self.spec.present
+            return bool(scope.find(self.segment)) == self.present
         value = self.source.first(scope)
-        if self.spec.present is not None:
-            return (value is not None) == self.spec.present
-        code = value.comp(1).strip() if value is not None else ""
-        if self.spec.equals is not None:
-            return code == self.spec.equals
+        if self.present is not None:
+            return (value is not None) == self.present
+        code = value.code() if value is not None else ""
+        if self.equals is not None:
+            return code == self.equals
         if self.pattern is not None:
             return self.pattern.fullmatch(code) is not None
-        return code in (self.spec.in_ or ())
+        return code in self.codes
 
 
 SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
@@ -443,7 +449,7 @@ def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard |
         if spec.present is None:
             reason = "a segment name alone can only be tested with present: true|false"
             raise where.error((*key, "path"), reason)
-        return Guard(None, spec.path, spec)
+        return Guard(None, spec.path, spec, present=spec.present)
     pattern = None
     if spec.matches is not None:
         try:
@@ -452,7 +458,15 @@ def compile_condition(spec: Condition | None, where: Where, key: Key) -> Guard |
             at = f" at position {exc.pos}" if exc.pos is not None else ""
             reason = f"invalid regular expression: {exc.msg}{at}; expected a Python regex"
             raise where.error((*key, "matches"), reason) from None
-    return Guard(compile_reader(spec.path, where, (*key, "path")), "", spec, pattern)
+    return Guard(
+        compile_reader(spec.path, where, (*key, "path")),
+        "",
+        spec,
+        pattern,
+        present=spec.present,
+        equals=spec.equals,
+        codes=frozenset(spec.in_ or ()),
+    )
 
 
 def group_order(groups: dict[str, GroupSpec], where: Where) -> list[str]:

@@ -28,7 +28,7 @@ __all__ = [
 class SourceValue:
     """One value read by a rule's source path: a field repetition or one of its components."""
 
-    __slots__ = ("_comps", "delims", "path", "raw", "rep", "segment")
+    __slots__ = ("_code", "_comps", "delims", "path", "raw", "rep", "segment")
 
     def __init__(self, raw: str, segment: Segment, path: Path, rep: int) -> None:
         self.raw = raw
@@ -40,12 +40,23 @@ class SourceValue:
         # components of one value (XPN five, CX four) and conditions read a value's first
         # component again for each condition on it (ORU^R01: ~900 comp calls per message).
         self._comps: list[str] | None = None
+        self._code: str | None = None
 
     def _components(self) -> list[str]:
         comps = self._comps
         if comps is None:
             comps = self._comps = self.raw.split(self.delims.component)
         return comps
+
+    def code(self) -> str:
+        """The first component, unescaped and stripped: what conditions and value maps compare.
+
+        Kept once found: every condition on OBX-2 compares it (~15 per ORU^R01 OBSERVATION).
+        """
+        code = self._code
+        if code is None:
+            code = self._code = self.comp(1).strip()
+        return code
 
     @property
     def text(self) -> str:
