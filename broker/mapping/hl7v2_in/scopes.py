@@ -38,6 +38,7 @@ __all__ = [
     "field_numbers",
     "group_order",
     "group_scopes",
+    "group_segments",
 ]
 
 
@@ -504,22 +505,41 @@ def group_scopes(
 ) -> dict[str | None, list[Scope]]:
     """Every instance of every group, by group name (``None`` → ``[root]``), in message order.
 
-    ``order`` lists parents before children (``group_order``).
-    A group's start segments are local to it: an ORDER_OBSERVATION sent without ORC never reads
-    another order's ORC from the enclosing PATIENT_RESULT.
+    ``order`` lists parents before children (``group_order``). The instances are those of
+    ``group_segments``, each a scope inside the instance of its ``within`` group holding it.
     """
     found: dict[str | None, list[Scope]] = {None: [root]}
+    for name, instances in group_segments(groups, order, root.segments).items():
+        if name is None:
+            continue
+        group = groups[name]
+        local = frozenset({*group.start_names, *(group.members or ())})
+        parents = found[group.within]
+        found[name] = [Scope(name, chunk, parents[index], local) for index, chunk in instances]
+    return found
+
+
+def group_segments(
+    groups: dict[str, GroupSpec], order: list[str], segments: list[Segment]
+) -> dict[str | None, list[tuple[int, list[Segment]]]]:
+    """The segments of every instance of every group, by group name, in message order.
+
+    Each instance is the index of the instance of its ``within`` group that holds it, and its
+    segments; ``None`` → ``[(0, segments)]``, the whole message. ``order`` lists parents before
+    children (``group_order``). A group's start segments are local to it: an
+    ORDER_OBSERVATION sent without ORC never reads another order's ORC from the enclosing
+    PATIENT_RESULT. The unmapped report places segments with this, without building scopes.
+    """
+    found: dict[str | None, list[tuple[int, list[Segment]]]] = {None: [(0, segments)]}
     for name in order:
         group = groups[name]
         rank = {start: i for i, start in enumerate(group.start_names)}
         members = set(group.members) if group.members is not None else None
-        local = frozenset({*rank, *(members or ())})
-        instances: list[Scope] = []
-        for parent in found[group.within]:
-            chunks: list[list[Segment]] = []
+        instances: list[tuple[int, list[Segment]]] = []
+        for index, (_, parent) in enumerate(found[group.within]):
             current: list[Segment] | None = None
             latest = 0
-            for segment in parent.segments:
+            for segment in parent:
                 position = rank.get(segment.name)
                 if position is not None:
                     # [ORC] OBR: an OBR continues an instance that has seen only its ORC; an
@@ -528,13 +548,12 @@ def group_scopes(
                         current.append(segment)
                     else:
                         current = [segment]
-                        chunks.append(current)
+                        instances.append((index, current))
                     latest = position
                 elif current is not None:
                     if members is None or segment.name in members:
                         current.append(segment)
                     else:
                         current = None
-            instances.extend(Scope(name, chunk, parent, local) for chunk in chunks)
         found[name] = instances
     return found

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from functools import lru_cache
 
 from broker.mapping.hl7v2_in.engine import ENGINE_READS, CompiledMapping
-from broker.mapping.hl7v2_in.scopes import Scope, field_numbers, group_scopes
+from broker.mapping.hl7v2_in.scopes import field_numbers, group_segments
 from broker.mapping.spec import HL7_VERSIONS
 from broker.parsing.hl7v2 import Message, Segment
 
@@ -76,13 +76,12 @@ def _places(mapping: CompiledMapping, message: Message) -> dict[int, str]:
     """id(segment) → the innermost declared group holding it, for segments that do not start it."""
     if not mapping.groups:
         return {}
-    root = Scope(None, message.segments, None)
-    scopes = group_scopes(mapping.groups, mapping.group_order, root)
+    instances = group_segments(mapping.groups, mapping.group_order, message.segments)
     places: dict[int, str] = {}
     for name in mapping.group_order:  # parents first: an inner group overrides its parent
         starts = mapping.groups[name].start_names
-        for scope in scopes[name]:
-            for segment in scope.segments:
+        for _, segments in instances[name]:
+            for segment in segments:
                 if segment.name in starts:
                     places.pop(id(segment), None)
                 else:
