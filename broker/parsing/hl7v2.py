@@ -292,12 +292,22 @@ def component_of(repetition: str, component: int, sub: int, delims: Delimiters) 
 class Message:
     """A tokenized HL7 v2 message: its delimiters and segments in order."""
 
-    __slots__ = ("delims", "segments", "text")
+    __slots__ = ("_header", "delims", "segments", "text")
 
     def __init__(self, text: str, delims: Delimiters, segments: list[Segment]) -> None:
         self.text = text
         self.delims = delims
         self.segments = segments
+        # MSH values the properties below gave, by (field, component): routing, mapping and
+        # the unmapped report ask for the event, version and control id ~16 times per message.
+        self._header: dict[tuple[int, int], str] = {}
+
+    def _msh_value(self, number: int, component: int = 1) -> str:
+        key = (number, component)
+        found = self._header.get(key)
+        if found is None:
+            found = self._header[key] = self.msh.value(number, component)
+        return found
 
     @property
     def msh(self) -> Segment:
@@ -319,12 +329,12 @@ class Message:
     @property
     def message_type(self) -> str:
         """MSH-9.1, the message code (``ADT``)."""
-        return self.msh.value(9, 1)
+        return self._msh_value(9, 1)
 
     @property
     def trigger_event(self) -> str:
         """MSH-9.2, the trigger event (``A01``)."""
-        return self.msh.value(9, 2)
+        return self._msh_value(9, 2)
 
     @property
     def event(self) -> str:
@@ -335,22 +345,22 @@ class Message:
     @property
     def structure(self) -> str:
         """MSH-9.3, the message structure (``ADT_A01``), when the sender gave it."""
-        return self.msh.value(9, 3)
+        return self._msh_value(9, 3)
 
     @property
     def control_id(self) -> str:
         """MSH-10, the message control id the ACK's MSA-2 echoes."""
-        return self.msh.value(10)
+        return self._msh_value(10)
 
     @property
     def version(self) -> str:
         """MSH-12.1, the version id (``2.5.1``)."""
-        return self.msh.value(12)
+        return self._msh_value(12)
 
     @property
     def processing_id(self) -> str:
         """MSH-11.1: P (production), T (training) or D (debugging)."""
-        return self.msh.value(11)
+        return self._msh_value(11)
 
     def get(self, path: str) -> str:
         """The first value at ``path`` (see the module's grammar), ``""`` when absent."""

@@ -28,7 +28,7 @@ __all__ = [
 class SourceValue:
     """One value read by a rule's source path: a field repetition or one of its components."""
 
-    __slots__ = ("delims", "path", "raw", "rep", "segment")
+    __slots__ = ("_code", "_comps", "delims", "path", "raw", "rep", "segment")
 
     def __init__(self, raw: str, segment: Segment, path: Path, rep: int) -> None:
         self.raw = raw
@@ -36,6 +36,27 @@ class SourceValue:
         self.path = path
         self.rep = rep
         self.delims: Delimiters = segment.delims
+        # ``raw`` split into components, on the first ``comp``: transforms read several
+        # components of one value (XPN five, CX four) and conditions read a value's first
+        # component again for each condition on it (ORU^R01: ~900 comp calls per message).
+        self._comps: list[str] | None = None
+        self._code: str | None = None
+
+    def _components(self) -> list[str]:
+        comps = self._comps
+        if comps is None:
+            comps = self._comps = self.raw.split(self.delims.component)
+        return comps
+
+    def code(self) -> str:
+        """The first component, unescaped and stripped: what conditions and value maps compare.
+
+        Kept once found: every condition on OBX-2 compares it (~15 per ORU^R01 OBSERVATION).
+        """
+        code = self._code
+        if code is None:
+            code = self._code = self.comp(1).strip()
+        return code
 
     @property
     def text(self) -> str:
@@ -44,16 +65,18 @@ class SourceValue:
 
     def comp_raw(self, number: int) -> str:
         """Component ``number`` as sent (escapes and subcomponents kept); ``""`` when absent."""
-        comps = self.raw.split(self.delims.component)
+        comps = self._components()
         return comps[number - 1] if number <= len(comps) else ""
 
     def comp(self, number: int, sub: int = 1) -> str:
         """Component ``number`` (subcomponent ``sub``), unescaped; ``""`` when absent."""
-        d = self.delims
-        comps = self.raw.split(d.component)
+        comps = self._comps
+        if comps is None:
+            comps = self._comps = self.raw.split(self.delims.component)
         if number > len(comps):
             return ""
         value = comps[number - 1]
+        d = self.delims
         if d.subcomponent in value or sub > 1:
             subs = value.split(d.subcomponent)
             value = subs[sub - 1] if sub <= len(subs) else ""
