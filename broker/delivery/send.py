@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import pydantic_core
 
 from broker.ack import read_ack
-from broker.adapters.https import connection_for, tls_reason
+from broker.adapters.https import MalformedReplyError, connection_for, tls_reason
 from broker.adapters.mllp import MllpClient, MllpError
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.oauth import TokenSource
@@ -124,7 +124,8 @@ class FhirRestSender:
         """POST, with one retry on a fresh token when the server refuses the cached one (401).
 
         Raises:
-            RetryableDeliveryError: no answer, a failed TLS handshake, or no token.
+            RetryableDeliveryError: no answer, a failed TLS handshake, a malformed reply, or no
+                token.
         """
         try:
             status, reply_body = self._post(body)
@@ -136,6 +137,9 @@ class FhirRestSender:
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
         except ssl.SSLError as exc:
             msg = f"TLS handshake with {self.url} failed ({tls_reason(exc)})"
+            raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
+        except MalformedReplyError as exc:
+            msg = f"{self.url} sent a malformed HTTP reply ({exc})"
             raise RetryableDeliveryError(msg, destination=self.adapter.id) from exc
         except (OSError, http.client.HTTPException) as exc:
             msg = f"cannot reach {self.url} ({type(exc).__name__})"
