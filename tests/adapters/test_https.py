@@ -11,7 +11,13 @@ import io
 
 import pytest
 
-from broker.adapters.https import MalformedReplyError, _read_fields, connection_for
+from broker.adapters.https import (
+    MalformedReplyError,
+    RequestHead,
+    _read_fields,
+    connection_for,
+    exchange,
+)
 from tests.scripted_http import CLOSE, ScriptedPeer, reply
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -177,4 +183,126 @@ class TestReplies:
             conn = connection_for(peer.url, timeout=5, context=None)
             with pytest.raises(MalformedReplyError, match="header line 2"):
                 _post(conn)
+            conn.close()
+
+
+def _recorded(conn_class: type[http.client.HTTPConnection], *args: object) -> type:
+    class Recording(conn_class):  # type: ignore[valid-type,misc]
+        """http.client's connection, the bytes it would send kept instead."""
+
+        def send(self, data: bytes) -> None:
+            self.sent.append(bytes(data))
+
+    Recording.sent = []
+    return Recording
+
+
+FIELDS = {
+    "Content-Type": "application/fhir+json",
+    "Accept": "application/fhir+json",
+    "User-Agent": "passerelle",
+}
+
+
+class TestRequestHead:
+    """The encoded request is byte for byte what http.client's request() sends."""
+
+    @pytest.mark.parametrize(
+        ("conn_class", "host", "port"),
+        [
+            pytest.param(http.client.HTTPConnection, "127.0.0.1", 8080, id="http-port"),
+            pytest.param(http.client.HTTPConnection, "fhir.example.org", None, id="http-default"),
+            pytest.param(http.client.HTTPConnection, "fhir.example.org", 80, id="http-80"),
+            pytest.param(http.client.HTTPSConnection, "dmp.example.ma", None, id="https-default"),
+            pytest.param(http.client.HTTPSConnection, "dmp.example.ma", 8443, id="https-port"),
+            pytest.param(http.client.HTTPConnection, "::1", 8080, id="ipv6"),
+            pytest.param(http.client.HTTPConnection, "fe80::1%eth0", 8080, id="ipv6-zone"),
+            pytest.param(http.client.HTTPConnection, "bücher.example", 8080, id="idna"),
+        ],
+    )
+    @pytest.mark.parametrize(
+        "more",
+        [
+            pytest.param((), id="no-token"),
+            pytest.param((("Authorization", "Bearer a.b-c"),), id="token"),
+        ],
+    )
+    def test_the_bytes_are_http_clients(self, conn_class, host, port, more) -> None:
+        """Request line, Host, Accept-Encoding, Content-Length, the fields in order, the body."""
+        recording = _recorded(conn_class)(host, port)
+        body = '{"resourceType":"Bundle","type":"transaction","note":"é"}'.encode()
+        recording.request("POST", "/fhir/R4", body, {**FIELDS, **dict(more)})
+        ours = RequestHead(conn_class(host, port), "POST", "/fhir/R4", FIELDS)
+        assert ours.encode(body, *more) == b"".join(recording.sent)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("Bearer x\r\nX-Injected: 1", id="crlf"),
+            pytest.param("Bearer x\nX-Injected: 1", id="lf"),
+            pytest.param("Bearer x\rX", id="cr"),
+            pytest.param("Bearer ☃", id="beyond-latin-1"),
+        ],
+    )
+    def test_a_value_that_would_inject_a_field_is_refused(self, value: str) -> None:
+        """As http.client's putheader: a ValueError, nothing encoded."""
+        head = RequestHead(http.client.HTTPConnection("127.0.0.1", 8080), "POST", "/fhir", FIELDS)
+        with pytest.raises(ValueError):  # noqa: PT011 (http.client raises a plain ValueError)
+            head.encode(b"{}", ("Authorization", value))
+        with pytest.raises(ValueError):  # noqa: PT011
+            _recorded(http.client.HTTPConnection)("127.0.0.1", 8080).request(
+                "POST", "/fhir", b"{}", {"Authorization": value}
+            )
+
+    def test_a_path_with_a_control_character_is_refused(self) -> None:
+        """As http.client's putrequest: InvalidURL."""
+        with pytest.raises(http.client.InvalidURL):
+            RequestHead(http.client.HTTPConnection("127.0.0.1", 8080), "POST", "/fhir x", FIELDS)
+
+
+class TestExchange:
+    """One request and its reply on a connection: opened when needed, closed when the reply says."""
+
+    def test_the_peer_receives_the_request_and_the_connection_is_kept(self) -> None:
+        """Two exchanges on one connection; the peer got exactly the encoded bytes."""
+        with ScriptedPeer([reply(200, b"{}"), reply(201, b"[]")]) as peer:
+            conn = connection_for(peer.url, timeout=5, context=None)
+            head = RequestHead(conn, "POST", "/fhir", FIELDS)
+            first = exchange(conn, head.encode(b'{"a":1}'), "POST")
+            second = exchange(conn, head.encode(b'{"b":2}'), "POST")
+            conn.close()
+        assert (first, second) == ((200, b"{}"), (201, b"[]"))
+        assert peer.requests == [head.encode(b'{"a":1}'), head.encode(b'{"b":2}')]
+        assert peer.connections == 1
+
+    def test_connection_close_closes_and_the_next_exchange_reconnects(self) -> None:
+        """``Connection: close``: the socket is closed after the body; the next one opens anew."""
+        with ScriptedPeer(
+            [(reply(200, b"{}", "Connection: close"), CLOSE), reply(200, b"{}")]
+        ) as peer:
+            conn = connection_for(peer.url, timeout=5, context=None)
+            head = RequestHead(conn, "POST", "/fhir", FIELDS)
+            exchange(conn, head.encode(b"{}"), "POST")
+            assert conn.sock is None
+            exchange(conn, head.encode(b"{}"), "POST")
+            conn.close()
+        assert peer.connections == 2
+
+    def test_a_chunked_reply_keeps_the_connection(self) -> None:
+        """A chunked body is read to its last chunk and the connection serves the next request."""
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        with ScriptedPeer([chunked, chunked]) as peer:
+            conn = connection_for(peer.url, timeout=5, context=None)
+            head = RequestHead(conn, "POST", "/fhir", FIELDS)
+            assert exchange(conn, head.encode(b"{}"), "POST") == (200, b"{}")
+            assert exchange(conn, head.encode(b"{}"), "POST") == (200, b"{}")
+            conn.close()
+        assert peer.connections == 1
+
+    def test_a_server_that_closes_without_answering_is_remote_disconnected(self) -> None:
+        """No reply at all: http.client's RemoteDisconnected (the sender's cue to reconnect)."""
+        with ScriptedPeer([(b"", CLOSE)]) as peer:
+            conn = connection_for(peer.url, timeout=5, context=None)
+            with pytest.raises(http.client.RemoteDisconnected):
+                exchange(conn, RequestHead(conn, "POST", "/fhir", FIELDS).encode(b"{}"), "POST")
             conn.close()
