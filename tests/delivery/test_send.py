@@ -78,7 +78,7 @@ def _envelope() -> Envelope:
     )
 
 
-def _sender(url: str) -> FhirRestSender:
+def _sender(url: str, timeout: float = 10) -> FhirRestSender:
     adapter = AdapterSpec(
         id="dmp",
         name="DMP",
@@ -88,7 +88,7 @@ def _sender(url: str) -> FhirRestSender:
         url=url,
         subscribe={"events": ["ADT^*"]},
     )
-    return FhirRestSender(adapter, timeout=10)
+    return FhirRestSender(adapter, timeout=timeout)
 
 
 def test_a_failed_entry_in_a_transaction_response_is_permanent(peer) -> None:
@@ -231,3 +231,23 @@ class TestConnection:
             assert sender.send(_envelope()) == "HTTP 200"
             sender.close()
         assert peer.connections == 1
+
+    def test_a_server_that_does_not_answer_in_time_is_retryable(self) -> None:
+        """The request arrives, no reply within the timeout: 'no answer from <url> within 0.3 s'."""
+        with ScriptedPeer([b"", reply(200, TRANSACTION_RESPONSE.encode())]) as peer:
+            sender = _sender(peer.url, timeout=0.3)
+            with pytest.raises(RetryableDeliveryError) as caught:
+                sender.send(_envelope())
+            sender.close()
+        assert str(caught.value) == f"no answer from {peer.url} within 0.3 s"
+        assert len(peer.requests) == 1
+
+    def test_a_refused_connection_is_retryable(self) -> None:
+        """Nothing listens: 'cannot reach <url> (ConnectionRefusedError)', sent once."""
+        with ScriptedPeer([]) as peer:
+            url = peer.url
+        sender = _sender(url)
+        with pytest.raises(RetryableDeliveryError) as caught:
+            sender.send(_envelope())
+        sender.close()
+        assert str(caught.value) == f"cannot reach {url} (ConnectionRefusedError)"
