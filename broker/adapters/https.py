@@ -6,7 +6,8 @@
 :class:`NamedHTTPSConnection` sends that name instead (SNI, and the name checked).
 
 The connections answer with :class:`Response`, which reads the header fields without the
-``email`` package.
+``email`` package. The FHIR sender encodes its requests' head once (:class:`RequestHead`) and
+sends each request in one write (:func:`exchange`): the same bytes as ``conn.request``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ _MAX_LINE = 65536
 _MAX_FIELDS = 100
 """http.client's own limits on a header line's length and on the number of header lines."""
 _END_OF_FIELDS = (b"\r\n", b"\n", b"")
-
-
 _LEGAL_NAME = re.compile(rb"[^:\s][^:\r\n]*")
 _ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])")
 _ILLEGAL_PATH = re.compile("[\x00-\x20\x7f]")
