@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,9 +15,10 @@ import pytest
 from broker.adapters.spec import AdapterSpec
 from broker.delivery.send import FhirRestSender, refused_entry
 from broker.envelope import Envelope
-from broker.errors import PermanentDeliveryError
+from broker.errors import PermanentDeliveryError, RetryableDeliveryError
 from broker.mapping import MapContext, MappingSet
 from broker.parsing.hl7v2 import decode, parse
+from tests.scripted_http import CLOSE, ScriptedPeer, reply
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTCOME = {
@@ -76,7 +78,7 @@ def _envelope() -> Envelope:
     )
 
 
-def _sender(url: str) -> FhirRestSender:
+def _sender(url: str, timeout: float = 10) -> FhirRestSender:
     adapter = AdapterSpec(
         id="dmp",
         name="DMP",
@@ -86,7 +88,7 @@ def _sender(url: str) -> FhirRestSender:
         url=url,
         subscribe={"events": ["ADT^*"]},
     )
-    return FhirRestSender(adapter, timeout=10)
+    return FhirRestSender(adapter, timeout=timeout)
 
 
 def test_a_failed_entry_in_a_transaction_response_is_permanent(peer) -> None:
@@ -179,3 +181,73 @@ def test_a_subscriber_asking_for_conditional_references_receives_them(peer) -> N
         "Practitioner?identifier=urn:passerelle:adapter:chu-rabat-fhir:resource:Practitioner|pr-77"
     )
     assert "Practitioner?" not in json.dumps(bodies[1])
+
+
+TRANSACTION_RESPONSE = json.dumps({"resourceType": "Bundle", "type": "transaction-response"})
+
+
+class TestConnection:
+    """What the sender's keep-alive connection goes through (a scripted peer, byte for byte)."""
+
+    def test_a_malformed_reply_is_retryable_and_the_next_send_reconnects(self) -> None:
+        """A header line without a colon: RetryableDeliveryError saying so; then a fresh connection."""
+        bad = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nnot a field\r\n\r\n{}"
+        ok = reply(200, TRANSACTION_RESPONSE.encode())
+        with ScriptedPeer([bad, ok]) as peer:
+            sender = _sender(peer.url)
+            with pytest.raises(RetryableDeliveryError) as caught:
+                sender.send(_envelope())
+            assert sender.send(_envelope()) == "HTTP 200"
+            sender.close()
+        assert str(caught.value) == (
+            f"{peer.url} sent a malformed HTTP reply (header line 2 is not a field (no name and colon))"
+        )
+        assert peer.connections == 2
+
+    def test_a_connection_the_server_dropped_while_idle_is_opened_again(self) -> None:
+        """The server closes a kept-alive connection silently: the next POST goes on a new one."""
+        ok = reply(200, TRANSACTION_RESPONSE.encode())
+        with ScriptedPeer([(ok, CLOSE), ok]) as peer:
+            sender = _sender(peer.url)
+            assert sender.send(_envelope()) == "HTTP 200"
+            time.sleep(0.05)  # the close reaches the sender's socket
+            assert sender.send(_envelope()) == "HTTP 200"
+            sender.close()
+        assert peer.connections == 2
+        assert len(peer.requests) == 2
+
+    def test_a_chunked_transaction_response_is_read(self) -> None:
+        """A chunked 200 whose entries are all 2xx is a delivery; the connection is kept."""
+        body = json.dumps(
+            {"resourceType": "Bundle", "entry": [{"response": {"status": "201 Created"}}]}
+        ).encode()
+        chunked = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        )
+        with ScriptedPeer([chunked, chunked]) as peer:
+            sender = _sender(peer.url)
+            assert sender.send(_envelope()) == "HTTP 200"
+            assert sender.send(_envelope()) == "HTTP 200"
+            sender.close()
+        assert peer.connections == 1
+
+    def test_a_server_that_does_not_answer_in_time_is_retryable(self) -> None:
+        """The request arrives, no reply within the timeout: 'no answer from <url> within 0.3 s'."""
+        with ScriptedPeer([b"", reply(200, TRANSACTION_RESPONSE.encode())]) as peer:
+            sender = _sender(peer.url, timeout=0.3)
+            with pytest.raises(RetryableDeliveryError) as caught:
+                sender.send(_envelope())
+            sender.close()
+        assert str(caught.value) == f"no answer from {peer.url} within 0.3 s"
+        assert len(peer.requests) == 1
+
+    def test_a_refused_connection_is_retryable(self) -> None:
+        """Nothing listens: 'cannot reach <url> (ConnectionRefusedError)', sent once."""
+        with ScriptedPeer([]) as peer:
+            url = peer.url
+        sender = _sender(url)
+        with pytest.raises(RetryableDeliveryError) as caught:
+            sender.send(_envelope())
+        sender.close()
+        assert str(caught.value) == f"cannot reach {url} (ConnectionRefusedError)"
