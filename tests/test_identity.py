@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -247,3 +247,21 @@ def test_identifier_key_is_the_first_identifier_with_a_system_and_a_value(
 ) -> None:
     """The identity of a Patient (or a reference's identifier): the conditional identifier."""
     assert identifier_key(identifiers) == expected
+
+
+@pytest.mark.parametrize(
+    ("system", "value"),
+    [
+        ("https://passerelle.ma/fhir/sid/cin", "BK123456"),
+        ("urn:oid:2.16.504.1.1", "IPP-0042_a.b~c"),
+        ("https://passerelle.ma/fhir/sid/ipp", "12 34"),
+        ("https://x.ma/a b?c=d&e#f", "a|b/c:d"),
+        ("urn:passerelle:local:chu-rabat", "محمد-1"),
+        ("https://x.ma/%41", "100%"),
+        ("", ""),
+    ],
+)
+def test_conditional_url_escapes_as_quote_does(system: str, value: str) -> None:
+    """Plain texts skip ``quote``; every other text is escaped exactly as ``quote`` escapes it."""
+    expected = f"Patient?identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+    assert conditional_url("Patient", system, value) == expected
