@@ -462,6 +462,8 @@ class StoreWriter:
             table.name: insert(table).on_conflict_do_nothing()
             for table in (messages, identifiers, attempts, actions)
         }
+        if self._insert is not sqlite.insert:
+            statements[attempts.name] = statements[attempts.name].returning(attempts.c.record)
         upsert = insert(deliveries)
         excluded = upsert.excluded
         statements[deliveries.name] = upsert.on_conflict_do_update(
@@ -470,6 +472,7 @@ class StoreWriter:
                 "state": excluded.state,
                 "reason": excluded.reason,
                 "updated_at": excluded.updated_at,
+                "attempts": deliveries.c.attempts + excluded.attempts,
                 "dead_letter": sa.func.coalesce(excluded.dead_letter, deliveries.c.dead_letter),
             },
         )
@@ -477,8 +480,10 @@ class StoreWriter:
 
     def _execute_many(
         self, connection: sa.Connection, table: str, rows: list[dict[str, Any]]
-    ) -> None:
-        """Insert (or upsert) ``rows`` into ``table`` with one ``executemany``.
+    ) -> int:
+        """Insert (or upsert) ``rows`` into ``table`` with one ``executemany``; how many rows it
+        wrote (an insert that did nothing, its row being there, counts none; -1 where the
+        driver cannot tell, never for ``attempts``).
 
         On SQLite the compiled SQL goes to the driver's ``executemany`` with each row as a
         tuple: SQLAlchemy's per-row parameter processing cost ~6 µs a row, a fifth of the
@@ -488,8 +493,9 @@ class StoreWriter:
         """
         statement = self._statements[table]
         if self._insert is not sqlite.insert:
-            connection.execute(statement, rows)
-            return
+            result = connection.execute(statement, rows)
+            # psycopg's executemany tells no rowcount: the attempts' insert returns its new rows.
+            return len(result.all()) if result.returns_rows else int(result.rowcount)
         columns = tuple(rows[0])
         if (found := self._sql.get((table, columns))) is None:
             compiled = statement.compile(dialect=connection.dialect, column_keys=list(columns))
@@ -498,19 +504,22 @@ class StoreWriter:
             pick = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
             found = self._sql[(table, columns)] = (str(compiled), pick)
         sql, pick = found
-        connection.exec_driver_sql(sql, [pick(row) for row in rows])
+        return int(connection.exec_driver_sql(sql, [pick(row) for row in rows]).rowcount)
 
     def commit(self, batch: Batch) -> None:
         """Write a batch's rows in one transaction; rows already there are left as they are."""
         with self.engine.begin() as connection:
-            for table, rows in (
-                (messages, batch.messages),
-                (identifiers, batch.identifiers),
-                (attempts, batch.attempts),
-                (actions, batch.actions),
-            ):
-                if rows:
-                    self._execute_many(connection, table.name, rows)
+            if batch.messages:
+                self._execute_many(connection, messages.name, batch.messages)
+            if batch.identifiers:
+                self._execute_many(connection, identifiers.name, batch.identifiers)
+            tried = (
+                self._execute_many(connection, attempts.name, batch.attempts)
+                if batch.attempts
+                else 0
+            )
+            if batch.actions:
+                self._execute_many(connection, actions.name, batch.actions)
             # The batch's messages and the last batch's: a message's attempts are often read a
             # batch after its routing (drains flush routing and delivery apart).
             known = batch.known()
@@ -518,21 +527,34 @@ class StoreWriter:
             self._known = known
             if not batch.deliveries:
                 return
-            rows = [{"attempts": 0, **row} for row in batch.deliveries.values()]
+            # A subscriber's attempts: the count its row holds plus those the batch added. A batch
+            # read again added none (its attempts were there); one that added only some (never
+            # seen: a batch is committed whole) has every touched row counted again.
+            added: dict[tuple[str, str], int] = {}
+            if tried == len(batch.attempts):
+                for attempt in batch.attempts:
+                    pair = (attempt["message_id"], attempt["subscriber"])
+                    added[pair] = added.get(pair, 0) + 1
+            rows = [
+                {**row, "attempts": added.get(pair, 0)} for pair, row in batch.deliveries.items()
+            ]
             self._execute_many(connection, deliveries.name, rows)
-            # One statement for the batch: each touched message's rows get their exact count.
-            touched = sorted({a["message_id"] for a in batch.attempts})
-            if touched:
-                count = (
-                    sa.select(sa.func.count())
-                    .where(
-                        attempts.c.message_id == deliveries.c.message_id,
-                        attempts.c.subscriber == deliveries.c.subscriber,
-                    )
-                    .scalar_subquery()
-                )
-                connection.execute(
-                    deliveries.update()
-                    .where(deliveries.c.message_id.in_(touched))
-                    .values(attempts=count)
-                )
+            if 0 < tried < len(batch.attempts):
+                self._recount(connection, {a["message_id"] for a in batch.attempts})
+
+    @staticmethod
+    def _recount(connection: sa.Connection, message_ids: Iterable[str]) -> None:
+        """Set the attempts of every delivery row of ``message_ids`` to the rows that exist."""
+        count = (
+            sa.select(sa.func.count())
+            .where(
+                attempts.c.message_id == deliveries.c.message_id,
+                attempts.c.subscriber == deliveries.c.subscriber,
+            )
+            .scalar_subquery()
+        )
+        connection.execute(
+            deliveries.update()
+            .where(deliveries.c.message_id.in_(sorted(message_ids)))
+            .values(attempts=count)
+        )

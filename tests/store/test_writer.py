@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from broker import keys, sealing
 from broker.ack import read_ack
 from broker.store import Search, StoreWriter, purge, search, stored_envelope, trace
+from broker.store.writer import Batch
 from broker.store.schema import actions, attempts, audit, deliveries, identifiers, messages
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
@@ -183,6 +184,33 @@ def test_a_batch_written_twice_adds_nothing(make_broker, tmp_path):
     assert _counts(broker.store) == once
     assert broker.client.xlen(keys.STORE) == 0, "written records are deleted from the stream"
     assert broker.client.xlen(keys.REJECTED) == 1, "refusals stay for /api/refusals"
+
+
+def test_a_subscribers_attempts_are_counted_once_whatever_the_batches(make_broker, store_url):
+    """A delivery row counts its attempts: added batch by batch, the same after a batch written
+    again, and counted from the table after a batch that held some attempts already there."""
+    broker = make_broker(store_url=store_url)
+    writer = StoreWriter(broker.client, broker.store, broker.settings)
+
+    def commit(*tried):
+        batch = Batch()
+        for record_id, subscriber in tried:
+            record = {"env": "m1", "sub": subscriber, "out": "retrying", "at": 1.0, "error": "503"}
+            writer._attempt(batch, record_id, record)
+        writer.commit(batch)
+        with broker.store.connect() as connection:
+            rows = connection.execute(sa.select(deliveries.c.subscriber, deliveries.c.attempts))
+            held = dict(rows.all())
+            rows = connection.execute(
+                sa.select(attempts.c.subscriber, sa.func.count()).group_by(attempts.c.subscriber)
+            )
+            assert held == dict(rows.all())
+        return held
+
+    assert commit(("1-0", "a"), ("1-1", "a"), ("1-2", "b")) == {"a": 2, "b": 1}
+    assert commit(("1-0", "a"), ("1-1", "a"), ("1-2", "b")) == {"a": 2, "b": 1}  # read again
+    assert commit(("1-1", "a"), ("2-0", "a")) == {"a": 3, "b": 1}  # one of two already there
+    assert commit(("3-0", "b")) == {"a": 3, "b": 2}
 
 
 def test_retention_purges_each_kind_by_its_own_age(scenario):
