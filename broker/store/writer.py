@@ -420,16 +420,19 @@ class StoreWriter:
         """
         ids = sorted(message_ids)
         done: list[str] = []
-        open_delivery = (
-            sa.select(deliveries.c.message_id)
-            .where(deliveries.c.message_id == messages.c.id, deliveries.c.state.not_in(FINAL))
-            .exists()
-        )
+        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        final = ", ".join(f"'{state}'" for state in FINAL)
+        # Driver SQL: SQLAlchemy's compiling of the IN list cost more than the query (measured
+        # 3.9 → 2.2 µs a message on SQLite, ``benchmarks/store.py``'s data).
         with self.engine.connect() as connection:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                query = sa.select(messages.c.id).where(messages.c.id.in_(chunk), ~open_delivery)
-                done.extend(connection.scalars(query))
+                query = (
+                    f"SELECT id FROM messages WHERE id IN ({', '.join([marker] * len(chunk))}) "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = messages.id "
+                    f"AND state NOT IN ({final}))"
+                )
+                done.extend(row[0] for row in connection.exec_driver_sql(query, tuple(chunk)))
         return done
 
     def release(self, pipe: Any, batch: Batch, finished: list[str]) -> bool:
