@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from broker import keys, sealing
 from broker.ack import read_ack
 from broker.store import Search, StoreWriter, purge, search, stored_envelope, trace
-from broker.store.writer import Batch
 from broker.store.schema import actions, attempts, audit, deliveries, identifiers, messages
+from broker.store.writer import Batch
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
 DMP = "dmp-national"
