@@ -79,6 +79,12 @@ return dropped
 the envelopes (KEYS[2..n+1]) of those finished (ARGV[2..n+1]) that no operator re-queued."""
 
 
+_KEEP: Any = object()
+"""``Batch.delivery``'s reason when none is given: the row keeps the one it has."""
+_STATES = {"delivered": "delivered", "retrying": "retrying"}
+"""An attempt's outcome → its subscriber's state (any other outcome: ``dead_lettered``)."""
+
+
 def _stream_id(entry_id: str) -> tuple[int, int]:
     """A stream entry id (``MS-SEQ``) as its order."""
     ms, _, seq = entry_id.partition("-")
@@ -119,14 +125,37 @@ class Batch:
             for m in self.messages
         }
 
-    def delivery(self, message_id: str, subscriber: str, at: float, **values: Any) -> None:
-        """Set one subscriber's state of one message (the last change of the batch wins)."""
-        row = self.deliveries.setdefault(
-            (message_id, subscriber),
-            {"message_id": message_id, "subscriber": subscriber, "dead_letter": None},
-        )
-        row.update(values, updated_at=at)
-        row.setdefault("reason", None)
+    def delivery(
+        self,
+        message_id: str,
+        subscriber: str,
+        at: float,
+        state: str,
+        reason: Any = _KEEP,
+        dead_letter: str | None = None,
+    ) -> None:
+        """Set one subscriber's state of one message (the last change of the batch wins).
+
+        A ``reason`` not given keeps the one the batch set before (``None`` on a new row); a
+        ``dead_letter`` not given keeps the one set before.
+        """
+        row = self.deliveries.get((message_id, subscriber))
+        if row is None:
+            self.deliveries[(message_id, subscriber)] = {
+                "message_id": message_id,
+                "subscriber": subscriber,
+                "dead_letter": dead_letter,
+                "state": state,
+                "reason": None if reason is _KEEP else reason,
+                "updated_at": at,
+            }
+            return
+        row["state"] = state
+        row["updated_at"] = at
+        if reason is not _KEEP:
+            row["reason"] = reason
+        if dead_letter is not None:
+            row["dead_letter"] = dead_letter
 
 
 class StoreWriter:
@@ -298,9 +327,9 @@ class StoreWriter:
                     envelope_id,
                     record["sub"],
                     float(record.get("at") or now),
-                    state=record["st"],
-                    reason=record.get("why") or None,
-                    **({"dead_letter": record["dead"]} if record.get("dead") else {}),
+                    record["st"],
+                    record.get("why") or None,
+                    record.get("dead") or None,
                 )
             elif kind == "act":
                 batch.actions.append(
@@ -376,9 +405,9 @@ class StoreWriter:
         batch.identifiers.extend(identifier_rows(envelope_id, (envelope or {}).get("bundle")))
         at = row["received_at"]
         for subscriber in filter(None, str(record.get("to") or "").split(",")):
-            batch.delivery(envelope_id, subscriber, at, state="queued")
+            batch.delivery(envelope_id, subscriber, at, "queued")
         for subscriber, why in (record.get("off") or {}).items():
-            batch.delivery(envelope_id, subscriber, at, state="filtered", reason=why)
+            batch.delivery(envelope_id, subscriber, at, "filtered", why)
 
     @staticmethod
     def _attempt(batch: Batch, record_id: str, record: dict[str, Any]) -> None:
@@ -406,8 +435,7 @@ class StoreWriter:
         )
         if outcome == "delivered":
             batch.audit.append(ledger.disclosure(record_id, record))
-        state = {"delivered": "delivered", "retrying": "retrying"}.get(outcome, "dead_lettered")
-        batch.delivery(envelope_id, subscriber, at, state=state, reason=error)
+        batch.delivery(envelope_id, subscriber, at, _STATES.get(outcome, "dead_lettered"), error)
 
     # --- what Redis no longer needs ------------------------------------------------------------
 
@@ -538,10 +566,9 @@ class StoreWriter:
                 for attempt in batch.attempts:
                     pair = (attempt["message_id"], attempt["subscriber"])
                     added[pair] = added.get(pair, 0) + 1
-            rows = [
-                {**row, "attempts": added.get(pair, 0)} for pair, row in batch.deliveries.items()
-            ]
-            self._execute_many(connection, deliveries.name, rows)
+            for pair, row in batch.deliveries.items():
+                row["attempts"] = added.get(pair, 0)
+            self._execute_many(connection, deliveries.name, list(batch.deliveries.values()))
             if 0 < tried < len(batch.attempts):
                 self._recount(connection, {a["message_id"] for a in batch.attempts})
 
