@@ -17,8 +17,7 @@ records already appended (they are the chain's newest entries).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic_core
 import sqlalchemy as sa
@@ -131,10 +130,10 @@ def head(connection: sa.Connection) -> tuple[int, str] | None:
     return (int(row[0]), str(row[1])) if row is not None else None
 
 
-@dataclass(frozen=True)
-class Known:
+class Known(NamedTuple):
     """What a disclosure tells of its message: the ``messages`` row's patient key, event and
-    adapter, and the values of its ``identifiers`` rows."""
+    adapter, and the values of its ``identifiers`` rows (a tuple: the writer makes one a
+    message, at a quarter of a frozen dataclass's cost)."""
 
     partition_key: str | None
     event: str | None
@@ -251,6 +250,8 @@ class Ledger:
                 refs[text] = patient_ref(self.key, text)
             return refs[text]
 
+        # A message's references, made once for its disclosures (one per subscriber).
+        patients: dict[str, tuple[str | None, list[str] | None]] = {}
         for item in fresh:
             if item["action"] != "message.delivered":
                 continue
@@ -258,10 +259,16 @@ class Ledger:
             message = found.get(envelope_id)
             if message is None:
                 continue  # sent before the store held it, or purged: the ids stay
-            if message.partition_key:
-                item["targets"]["patient"] = ref(message.partition_key)
-            if values.get(envelope_id):
-                item["targets"]["identifiers"] = sorted(ref(v) for v in values[envelope_id])
+            if (refs_of := patients.get(envelope_id)) is None:
+                refs_of = patients[envelope_id] = (
+                    ref(message.partition_key) if message.partition_key else None,
+                    sorted(map(ref, values[envelope_id])) if values.get(envelope_id) else None,
+                )
+            patient, identified = refs_of
+            if patient is not None:
+                item["targets"]["patient"] = patient
+            if identified is not None:
+                item["targets"]["identifiers"] = identified
             item["details"]["event"] = message.event
             item["details"]["source"] = message.adapter
 
