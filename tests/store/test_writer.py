@@ -150,6 +150,14 @@ def _counts(engine):
         }
 
 
+def _attempt_counts(engine):
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(deliveries.c.message_id, deliveries.c.subscriber, deliveries.c.attempts)
+        )
+        return {(r.message_id, r.subscriber): r.attempts for r in rows}
+
+
 class _KilledAfterCommit(StoreWriter):
     """A writer killed between its commit and its XACK (the crash the design must survive)."""
 
@@ -180,8 +188,11 @@ def test_a_batch_written_twice_adds_nothing(make_broker, tmp_path):
     pending = broker.client.xpending(keys.STORE, keys.STORE_GROUP)["pending"]
     assert pending > 0, "the killed writer acknowledged nothing"
     assert killed.committed > pending, "several records per entry (a drain's batch)"
+    counted = _attempt_counts(broker.store)
+    assert sorted(counted.values()) == [1, 1, 2, 2]
     assert broker.write_store() == killed.committed + 1  # its records, read again, and the refusal
     assert _counts(broker.store) == once
+    assert _attempt_counts(broker.store) == counted, "each delivery's attempts counted once"
     assert broker.client.xlen(keys.STORE) == 0, "written records are deleted from the stream"
     assert broker.client.xlen(keys.REJECTED) == 1, "refusals stay for /api/refusals"
 
