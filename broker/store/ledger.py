@@ -46,6 +46,8 @@ SYSTEM = "passerelle"
 LOCK = int.from_bytes(b"pl:audit", "big")
 """PostgreSQL's advisory lock (a bigint) that appenders hold until their transaction ends."""
 _CHUNK = 500
+_REFS = 20_000
+"""How many patient references the ledger keeps between batches (a few MB at most)."""
 _COLUMNS = (*FIELDS, "prev", "hash")
 
 
@@ -150,6 +152,9 @@ class Ledger:
 
     def __init__(self, key: bytes) -> None:
         self.key = key
+        self._refs: dict[str, str] = {}
+        """Identity or identifier value → its reference, across batches (a patient's messages
+        come in several), dropped whole at ``_REFS`` entries."""
 
     def append(
         self,
@@ -243,12 +248,14 @@ class Ledger:
             )
             for row in connection.execute(query):
                 values.setdefault(row.message_id, set()).add(row.value)
-        refs: dict[str, str] = {}
+        refs = self._refs
+        if len(refs) > _REFS:
+            refs.clear()
 
         def ref(text: str) -> str:
-            if text not in refs:
-                refs[text] = patient_ref(self.key, text)
-            return refs[text]
+            if (found := refs.get(text)) is None:
+                found = refs[text] = patient_ref(self.key, text)
+            return found
 
         # A message's references, made once for its disclosures (one per subscriber).
         patients: dict[str, tuple[str | None, list[str] | None]] = {}
