@@ -115,7 +115,7 @@ def lock(connection: sa.Connection) -> None:
     head read (outside any transaction, as pysqlite begins one at the first write) could be
     stale by the time the insert runs. The writer takes it once a batch: measured per
     transaction, 85 µs of CPU on PostgreSQL as driver SQL (190 µs through ``sa.func``), 22 µs
-    on SQLite, next to the writer's 0.18 ms per message (``benchmarks/store.py``).
+    on SQLite, next to the writer's ~0.16 ms per message (``benchmarks/store.py``).
     """
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK})")
