@@ -13,13 +13,14 @@ writer hashes one entry per delivered message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from typing import Any, TypedDict
 
 import pydantic_core
 
-__all__ = ["FIELDS", "GENESIS", "Entry", "canonical", "dumps", "link"]
+__all__ = ["FIELDS", "GENESIS", "Entry", "canonical", "dumps", "keyed", "link", "seal"]
 
 GENESIS = "0" * 64
 """The ``prev`` of the first entry."""
@@ -52,6 +53,20 @@ def canonical(entry: Any) -> bytes:
     return pydantic_core.to_json({name: entry[name] for name in FIELDS})
 
 
+@functools.lru_cache(maxsize=4)
+def keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 of ``key`` over nothing yet: a ``copy()`` of it costs a third less than a
+    new HMAC (the key's pads are hashed once), and the writer makes two a message."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def seal(key: bytes, prev: str, entry: bytes) -> str:
+    """The hash that seals an entry whose canonical bytes are ``entry`` after ``prev``."""
+    mac = keyed(key).copy()
+    mac.update(b"%s\n%s" % (prev.encode(), entry))
+    return mac.hexdigest()
+
+
 def link(key: bytes, prev: str, entry: Any) -> str:
     """The hash that seals ``entry`` after the entry whose hash is ``prev``."""
-    return hmac.new(key, prev.encode() + b"\n" + canonical(entry), hashlib.sha256).hexdigest()
+    return seal(key, prev, canonical(entry))

@@ -9,12 +9,11 @@ who administer the database (docs/security.md, "Audit trail").
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 from pathlib import Path
 
+from broker.audit.chain import keyed
 from broker.errors import ConfigurationError
 from broker.settings import Settings
 
@@ -80,5 +79,6 @@ def patient_ref(key: bytes, identity: str) -> str:
     bare identifier value (a search); the auditor who holds an identifier finds the entries by
     computing the same reference (``passerelle audit show --patient``).
     """
-    digest = hmac.new(key, b"patient\x00" + identity.encode(), hashlib.sha256)
+    digest = keyed(key).copy()
+    digest.update(b"patient\x00" + identity.encode())
     return digest.hexdigest()[:32]

@@ -7,6 +7,7 @@ these are tested on their own. Nothing here logs: rows hold patient data, log li
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from datetime import datetime
 from typing import Any
@@ -87,6 +88,7 @@ def ack_code(ack: bytes | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def reply_codes(reply: str) -> tuple[str | None, int | None]:
     """The ACK code or the HTTP status at the start of a receiver's reply (``AA``, ``HTTP 503``)."""
     if match := _HTTP.match(reply):
@@ -130,6 +132,14 @@ def json_text(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
 
+def _kind(system: str, identifier: dict[str, Any]) -> str:
+    for part, kind in _KINDS:
+        if part in system:
+            return kind
+    codings = (identifier.get("type") or {}).get("coding") or [{}]
+    return str(codings[0].get("code") or "other")
+
+
 def identifier_rows(message_id: str, bundle: dict[str, Any] | None) -> list[dict[str, str]]:
     """One row per patient identifier of the canonical Bundle: CIN, IPP, insurance number…"""
     rows: dict[tuple[str, str], dict[str, str]] = {}
@@ -142,10 +152,7 @@ def identifier_rows(message_id: str, bundle: dict[str, Any] | None) -> list[dict
             value = str(identifier.get("value") or "")[:256]
             if not value:
                 continue
-            kind = next((k for part, k in _KINDS if part in system), None)
-            if kind is None:
-                codings = (identifier.get("type") or {}).get("coding") or [{}]
-                kind = str(codings[0].get("code") or "other")
+            kind = _kind(system, identifier)
             rows[(system, value)] = {
                 "message_id": message_id,
                 "system": system,

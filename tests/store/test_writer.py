@@ -18,6 +18,7 @@ from broker import keys, sealing
 from broker.ack import read_ack
 from broker.store import Search, StoreWriter, purge, search, stored_envelope, trace
 from broker.store.schema import actions, attempts, audit, deliveries, identifiers, messages
+from broker.store.writer import Batch
 from passerelle_demo.synthetic import adt, oru_r01, patients
 
 DMP = "dmp-national"
@@ -149,6 +150,14 @@ def _counts(engine):
         }
 
 
+def _attempt_counts(engine):
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(deliveries.c.message_id, deliveries.c.subscriber, deliveries.c.attempts)
+        )
+        return {(r.message_id, r.subscriber): r.attempts for r in rows}
+
+
 class _KilledAfterCommit(StoreWriter):
     """A writer killed between its commit and its XACK (the crash the design must survive)."""
 
@@ -179,10 +188,40 @@ def test_a_batch_written_twice_adds_nothing(make_broker, tmp_path):
     pending = broker.client.xpending(keys.STORE, keys.STORE_GROUP)["pending"]
     assert pending > 0, "the killed writer acknowledged nothing"
     assert killed.committed > pending, "several records per entry (a drain's batch)"
+    counted = _attempt_counts(broker.store)
+    assert sorted(counted.values()) == [1, 1, 2, 2]
     assert broker.write_store() == killed.committed + 1  # its records, read again, and the refusal
     assert _counts(broker.store) == once
+    assert _attempt_counts(broker.store) == counted, "each delivery's attempts counted once"
     assert broker.client.xlen(keys.STORE) == 0, "written records are deleted from the stream"
     assert broker.client.xlen(keys.REJECTED) == 1, "refusals stay for /api/refusals"
+
+
+def test_a_subscribers_attempts_are_counted_once_whatever_the_batches(make_broker, store_url):
+    """A delivery row counts its attempts: added batch by batch, the same after a batch written
+    again, and counted from the table after a batch that held some attempts already there."""
+    broker = make_broker(store_url=store_url)
+    writer = StoreWriter(broker.client, broker.store, broker.settings)
+
+    def commit(*tried):
+        batch = Batch()
+        for record_id, subscriber in tried:
+            record = {"env": "m1", "sub": subscriber, "out": "retrying", "at": 1.0, "error": "503"}
+            writer._attempt(batch, record_id, record)
+        writer.commit(batch)
+        with broker.store.connect() as connection:
+            rows = connection.execute(sa.select(deliveries.c.subscriber, deliveries.c.attempts))
+            held = dict(rows.all())
+            rows = connection.execute(
+                sa.select(attempts.c.subscriber, sa.func.count()).group_by(attempts.c.subscriber)
+            )
+            assert held == dict(rows.all())
+        return held
+
+    assert commit(("1-0", "a"), ("1-1", "a"), ("1-2", "b")) == {"a": 2, "b": 1}
+    assert commit(("1-0", "a"), ("1-1", "a"), ("1-2", "b")) == {"a": 2, "b": 1}  # read again
+    assert commit(("1-1", "a"), ("2-0", "a")) == {"a": 3, "b": 1}  # one of two already there
+    assert commit(("3-0", "b")) == {"a": 3, "b": 2}
 
 
 def test_retention_purges_each_kind_by_its_own_age(scenario):
