@@ -118,6 +118,7 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("dead_letter", String(64)),
     Column("updated_at", Double, nullable=False),
+    Index(None, "subscriber", "state", "updated_at"),
     Index(None, "state", "updated_at"),
 )
 
