@@ -42,7 +42,7 @@ Layout (``P`` is a patient partition number, ``SUB`` a subscriber's adapter id):
     pl:incidents         hash     open alert incidents (broker.ops.alerts): RULE:SUBJECT → JSON
     pl:alert:since       hash     RULE:SUBJECT → epoch s since which the rule's condition holds
     pl:alert:windows     hash     inbound adapter → its counters at the start of the error-rate window
-    pl:attempts:SUB      hash     stream entry id → JSON list of delivery attempts
+    pl:attempts:SUB      hash     STREAM|ENTRY-ID (attempt_entry) → JSON list of delivery attempts
     pl:hold:SUB:P        string   epoch seconds before which partition P of SUB is not retried
     pl:lock:STREAM       string   the one drainer of STREAM (token, expiring)
     pl:kick:STREAM       string   a drain task for STREAM is already queued
@@ -97,6 +97,7 @@ __all__ = [
     "WAKE",
     "adapter_stats",
     "app_acks",
+    "attempt_entry",
     "dead",
     "dead_open",
     "dead_records",
@@ -227,6 +228,16 @@ def parked(subscriber: str, patient: str) -> str:
 def hold(subscriber: str, partition: int) -> str:
     """Retry-after mark of one subscriber partition."""
     return f"pl:hold:{subscriber}:{partition}"
+
+
+def attempt_entry(stream: str, entry_id: str) -> str:
+    """The field of a queue entry's delivery attempts in ``pl:attempts:SUB``.
+
+    Named by its stream too: an entry id is unique in its stream only. Two partitions of one
+    subscriber appended to in the same millisecond (two journal drains committing together)
+    give their entries the same ids, and attempts kept by id alone were counted for both.
+    """
+    return f"{stream}|{entry_id}"
 
 
 def lock(stream: str) -> str:

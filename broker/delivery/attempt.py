@@ -1,7 +1,8 @@
 """One delivery attempt and what it came to: delivered, retried after a back-off, or dead.
 
-Every failed attempt is recorded in ``pl:attempts:SUB`` (by queue entry) with the error and the
-receiver's reply, so the retry policy can count them and a dead letter can show them all.
+Every failed attempt is recorded in ``pl:attempts:SUB`` (by queue entry: its stream and its id,
+``keys.attempt_entry``) with the error and the receiver's reply, so the retry policy can count
+them and a dead letter can show them all.
 """
 
 from __future__ import annotations
@@ -87,14 +88,15 @@ class Outcome:
 
 
 def _record(
-    client: redis.Redis, subscriber: str, entry_id: str, exc: BaseException
+    client: redis.Redis, subscriber: str, entry: str, exc: BaseException
 ) -> list[dict[str, Any]]:
-    """Append a failed attempt to the entry's record; return every attempt so far."""
+    """Append a failed attempt to the entry's record (``entry``: ``keys.attempt_entry``); return
+    every attempt so far."""
     key = keys.ATTEMPTS + subscriber
-    previous = client.hget(key, entry_id)
+    previous = client.hget(key, entry)
     attempts: list[dict[str, Any]] = json.loads(previous) if previous else []
     attempts.append({"at": time.time(), "error": str(exc), "reply": getattr(exc, "reply", None)})
-    client.hset(key, entry_id, json.dumps(attempts))
+    client.hset(key, entry, json.dumps(attempts))
     return attempts
 
 
@@ -102,7 +104,7 @@ def attempt(
     client: redis.Redis,
     subscriber: AdapterSpec,
     sender: Sender,
-    entry_id: str,
+    entry: str,
     envelope: Envelope,
     *,
     consents: Callable[[], Consents],
@@ -116,13 +118,15 @@ def attempt(
         client: the broker's Redis (the attempts are recorded there).
         subscriber: the subscriber's registration (its retry policy, subscription and policy).
         sender: the subscriber's sender.
-        entry_id: the queue entry (or parked entry) the envelope came from.
+        entry: the queue entry (or parked entry) the envelope came from, named by its stream
+            and its id (``keys.attempt_entry``): the key of its record of attempts, which only
+            that stream's one drainer updates.
         envelope: the canonical message.
         consents: the consent registry's snapshot for this batch (``ConsentLookup``).
     """
     bind(envelope_id=envelope.id, correlation_id=envelope.correlation_id, route=subscriber.id)
     started = time.time()
-    outcome = _attempt(client, subscriber, sender, entry_id, envelope, consents)
+    outcome = _attempt(client, subscriber, sender, entry, envelope, consents)
     outcome.at = started
     outcome.duration_s = time.time() - started
     outcome.digest = getattr(sender, "last_digest", None)
@@ -135,7 +139,7 @@ def _attempt(
     client: redis.Redis,
     subscriber: AdapterSpec,
     sender: Sender,
-    entry_id: str,
+    entry: str,
     envelope: Envelope,
     consents: Callable[[], Consents],
 ) -> Outcome:
@@ -149,7 +153,7 @@ def _attempt(
             return Outcome(filtered=True, reason=reason, policy=policy)
         confirmation = sender.send(disclosure.envelope)
     except RetryableDeliveryError as exc:
-        attempts = _record(client, subscriber.id, entry_id, exc)
+        attempts = _record(client, subscriber.id, entry, exc)
         age = time.time() - attempts[0]["at"]
         if exhausted(subscriber.retry, len(attempts), age):
             return Outcome(
@@ -163,7 +167,7 @@ def _attempt(
     except PermanentDeliveryError as exc:
         return Outcome(
             dead=True,
-            attempts=_record(client, subscriber.id, entry_id, exc),
+            attempts=_record(client, subscriber.id, entry, exc),
             reason=str(exc),
             policy=policy,
         )
@@ -174,6 +178,6 @@ def _attempt(
         reason = (
             f"internal error while rendering or sending ({type(exc).__name__}); see the worker log"
         )
-        attempts = _record(client, subscriber.id, entry_id, exc)
+        attempts = _record(client, subscriber.id, entry, exc)
         return Outcome(dead=True, attempts=attempts, reason=reason, policy=policy)
     return Outcome(delivered=True, reply=confirmation, policy=policy)

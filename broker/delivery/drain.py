@@ -168,7 +168,8 @@ def drain_outbound(
                     handled.append(entry_id)
                     continue
                 started = timing.start(settings)
-                outcome = attempt(client, subscriber, sender, entry_id, envelope, consents=consents)
+                entry = keys.attempt_entry(stream, entry_id)
+                outcome = attempt(client, subscriber, sender, entry, envelope, consents=consents)
                 timing.sent(pipe, settings, sub, entry_id, envelope_id, started)
                 outcome.record(records, sub, envelope_id)
                 if outcome.retry_after is not None:
@@ -227,7 +228,10 @@ def drain_outbound(
             if handled:
                 pipe.xack(stream, keys.DELIVER_GROUP, *handled)
                 pipe.hincrby(keys.STATS, f"delivered:{sub}", batch_delivered)
-                pipe.hdel(keys.ATTEMPTS + sub, *handled)
+                # Also by the id alone, as attempts were kept before: one left by an upgrade
+                # would count as a message retrying for ever (the subscriber_failing alert).
+                attempts_of = [keys.attempt_entry(stream, e) for e in handled]
+                pipe.hdel(keys.ATTEMPTS + sub, *attempts_of, *handled)
                 latency.observe(pipe, sub, latencies)
             # A short batch: most likely nothing more. Finish looks, in the commit's MULTI
             # (atomically with releasing the lock and clearing the kick flag, so no arrival is

@@ -87,7 +87,7 @@ def release_patient(
                         client,
                         subscriber,
                         sender,
-                        entry_id,
+                        keys.attempt_entry(stream, entry_id),
                         envelope,
                         consents=consents,
                     )
@@ -117,7 +117,7 @@ def release_patient(
                     return delivered
                 pipe = client.pipeline(transaction=True)
                 pipe.xdel(stream, entry_id_raw)
-                pipe.hdel(keys.ATTEMPTS + sub, entry_id)
+                pipe.hdel(keys.ATTEMPTS + sub, keys.attempt_entry(stream, entry_id), entry_id)
                 if outcome.delivered:
                     pipe.hincrby(keys.STATS, f"delivered:{sub}", 1)
                 outcome.record(records, sub, envelope_id)

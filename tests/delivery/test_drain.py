@@ -11,6 +11,9 @@ others go on" is checked in the very partition of the failure. Releasing a held 
 from __future__ import annotations
 
 import json
+from collections import Counter
+
+import redis
 
 from broker import keys
 from broker.ack import read_ack
@@ -95,6 +98,48 @@ class TestRetriesExhausted:
         assert broker.dead_letters.find(DMP) == []
         assert broker.fhir.status_counts().get(503) == 6
         assert broker.fhir_control_ids() == ["X-1", "Y-1"]
+
+
+def _partition_of(broker: EagerBroker, subscriber: str, envelope_id: str) -> int:
+    """The partition whose queue for ``subscriber`` holds ``envelope_id``."""
+    for partition in range(broker.settings.partitions):
+        entries = broker.client.xrange(keys.outbound(subscriber, partition))
+        if any(fields[b"env"].decode() == envelope_id for _, fields in entries):
+            return partition
+    raise AssertionError(f"{envelope_id} is queued for {subscriber} nowhere")
+
+
+def _give_the_entry_id_of(client: redis.Redis, stream: str, other: str) -> None:
+    """Queue ``stream``'s one entry again under the id of ``other``'s one entry: what two journal
+    drains committing in the same millisecond give two partitions (an id is unique per stream)."""
+    ((entry_id, _),) = client.xrange(other)
+    ((_, fields),) = client.xrange(stream)
+    client.delete(stream)
+    client.xadd(stream, fields, id=entry_id)
+    client.xgroup_create(stream, keys.DELIVER_GROUP, id="0")
+
+
+class TestEntriesOfTheSameIdInTwoPartitions:
+    def test_each_head_is_tried_as_often_as_the_policy_says(self, make_broker):
+        """Two partitions' heads with the same entry id, both refused: each is sent
+        ``max_attempts`` times, its retries and its dead letter its own (the attempts were kept by
+        entry id alone: one head was dead-lettered after two sends, the other sent four times)."""
+        broker = make_broker(retry={"max_attempts": 3}, partitions=2, deliver_inline=False)
+        broker.lab.mode = "reject"
+        x, y = patients(2, seed=1208)
+        receive(broker, (x, "A01", "X-1"), (y, "A01", "Y-1"))
+        broker.run(DRAIN_INBOUND)
+        queued = broker.queued(LAB)
+        px, py = (_partition_of(broker, LAB, queued[c]) for c in ("X-1", "Y-1"))
+        assert px != py, "the two patients must be in different partitions"
+        _give_the_entry_id_of(broker.client, keys.outbound(LAB, py), keys.outbound(LAB, px))
+        broker.run()
+
+        assert Counter(broker.lab.refused_ids()) == {"X-1": 3, "Y-1": 3}
+        letters = {letter["envelope_id"]: letter for letter in broker.dead_letters.find(LAB)}
+        assert {len(letters[queued[c]]["attempts"]) for c in ("X-1", "Y-1")} == {3}
+        assert broker.client.hget(keys.STATS, f"retried:{LAB}") == b"4"
+        assert broker.client.hlen(keys.ATTEMPTS + LAB) == 0, "a dead letter's attempts are left"
 
 
 class TestRenderingBug:
