@@ -23,8 +23,11 @@ DROPPED_PREFIX = "dropped|"
 log = get_logger(__name__)
 
 
-def envelope_from_journal(entry_id: str, fields: Mapping[bytes, bytes]) -> Envelope:
-    """Rebuild the RECEIVED envelope the edge journalled (without the raw bytes)."""
+def envelope_from_journal(
+    entry_id: str, fields: Mapping[bytes, bytes], partition: int | None = None
+) -> Envelope:
+    """Rebuild the RECEIVED envelope the edge journalled (without the raw bytes), read from
+    journal partition ``partition``."""
     fhir = fields.get(b"content_type") == b"application/fhir+json"
     return Envelope(
         id=fields[b"id"].decode(),
@@ -32,6 +35,7 @@ def envelope_from_journal(entry_id: str, fields: Mapping[bytes, bytes]) -> Envel
         content_type="application/fhir+json" if fhir else "application/hl7-v2",
         received_at=datetime.fromisoformat(fields[b"received_at"].decode()),
         journal_id=entry_id,
+        partition=partition,
     )
 
 
@@ -81,16 +85,12 @@ def process(
             f"internal error while parsing or mapping ({type(exc).__name__}); see the worker log"
         )
         return envelope.model_copy(update={"state": MessageState.FAILED, "reason": reason}), []
-    envelope = envelope.model_copy(update=_facts(result))
+    # One copy for the message's facts and its outcome together (a copy costs about 2 µs).
+    update = _facts(result)
     if result.refused is not None:
-        update = {
-            "state": MessageState.FAILED,
-            "reason": result.refused,
-            "findings": result.findings,
-        }
+        update.update(state=MessageState.FAILED, reason=result.refused, findings=result.findings)
         return envelope.model_copy(update=update), []
-    _log_dropped(envelope, result)
-    return _route(envelope, result, subscribers)
+    return _route(envelope, update, result, subscribers)
 
 
 def _facts(result: MapResult) -> dict[str, Any]:
@@ -157,17 +157,25 @@ def _frames(exc: BaseException) -> list[str]:
 
 
 def _route(
-    envelope: Envelope, result: MapResult, subscribers: Sequence[AdapterSpec]
+    envelope: Envelope,
+    facts: dict[str, Any],
+    result: MapResult,
+    subscribers: Sequence[AdapterSpec],
 ) -> tuple[Envelope, list[AdapterSpec]]:
-    envelope = envelope.model_copy(
+    """The mapped envelope, ROUTED to its subscribers or FILTERED when none wants it."""
+    routed = envelope.model_copy(
         update={
+            **facts,
             "bundle": result.bundle,
             "findings": result.findings,
             "mappings": result.mappings,
             "partition_key": result.partition_key,
             "unmapped": result.unmapped,
+            "state": MessageState.ROUTED,
         }
     )
-    destinations = route(envelope, subscribers)
-    state = MessageState.ROUTED if destinations else MessageState.FILTERED
-    return envelope.model_copy(update={"state": state}), destinations
+    _log_dropped(routed, result)
+    destinations = route(routed, subscribers)  # reads the event and the source only
+    if destinations:
+        return routed, destinations
+    return routed.model_copy(update={"state": MessageState.FILTERED}), destinations

@@ -117,7 +117,7 @@ def drain_inbound(
             counts: dict[str, int] = {}
             for entry_id, fields in entries:
                 try:
-                    received = envelope_from_journal(entry_id, fields)
+                    received = envelope_from_journal(entry_id, fields, partition)
                     raw = sealing.open(fields[b"raw"], received.id, "raw")
                 except (KeyError, ValueError, SealedDataError) as exc:
                     # Never a poison pill: an entry this code cannot read is set aside, not retried.
@@ -152,7 +152,6 @@ def drain_inbound(
                         adapter=envelope.source,
                         reason=envelope.reason,
                     )
-                envelope = envelope.model_copy(update={"partition": partition})
                 trail.routed(records, envelope, destinations, subscribers)
                 for destination in destinations:
                     entry: dict[str, str | int] = {
