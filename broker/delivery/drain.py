@@ -51,6 +51,25 @@ def _envelopes_and_holds(
     return replies[0], {p for p, dead in zip(wanted, found, strict=True) if dead is not None}
 
 
+def _reuse(
+    stored: dict[str, tuple[bytes, Envelope]] | None, envelope_id: str, raw: bytes
+) -> Envelope | None:
+    """The envelope ``stored`` holds for ``raw``, taken out of it; None if it holds none.
+
+    Safe without opening ``raw``: the same bytes are the same sealed JSON, which this very
+    envelope was dumped to (about 25 µs of AES-GCM and validation saved per message). Taken out,
+    so one object serves one delivery only, as a parse of its own did: nothing a sender does to
+    it can reach another subscriber's delivery.
+    """
+    if stored is None:
+        return None
+    found = stored.get(envelope_id)
+    if found is None or found[0] != raw:
+        return None
+    del stored[envelope_id]
+    return found[1]
+
+
 def drain_outbound(
     client: redis.Redis,
     subscriber: AdapterSpec,
@@ -59,6 +78,7 @@ def drain_outbound(
     sender: Sender,
     kicker: Kicker,
     settings: Settings,
+    stored: dict[str, tuple[bytes, Envelope]] | None = None,
 ) -> int:
     """Deliver one subscriber partition's queue in order; return how many were delivered.
 
@@ -69,6 +89,9 @@ def drain_outbound(
         sender: the subscriber's sender.
         kicker: queues the next drain (more work, or a retry after its back-off).
         settings: ``batch_size``, ``claim_idle_s`` (the drainer lock) and ``drain_budget_s``.
+        stored: envelopes this process has just stored, by id, with their sealed bytes (filled
+            by ``drain_inbound``). An entry whose stored bytes are exactly those takes its
+            envelope from here, and out of it, instead of opening and parsing them again.
     """
     clear_contextvars()
     sub = subscriber.id
@@ -144,7 +167,7 @@ def drain_outbound(
                 unreadable = "the envelope expired before delivery" if raw is None else None
                 if raw is not None:
                     try:
-                        envelope = Envelope.model_validate_json(
+                        envelope = _reuse(stored, envelope_id, raw) or Envelope.model_validate_json(
                             sealing.open(raw, envelope_id, "env")
                         )
                     except SealedDataError as exc:

@@ -44,6 +44,7 @@ def drain_inbound(
     kicker: Kicker,
     settings: Settings,
     defer: list[str] | None = None,
+    stored: dict[str, tuple[bytes, Envelope]] | None = None,
 ) -> int:
     """Map every journalled message of one partition in order; queue them for subscribers.
 
@@ -68,6 +69,9 @@ def drain_inbound(
             kicked fresh, when the drain ends with no work left, instead of queueing them. The
             caller then owns those kick flags and must run or queue each drain
             (``broker.worker.inline`` runs them in the same task).
+        stored: receives the envelopes of the last batch queued for a subscriber, by id, each
+            with the sealed bytes stored for it (``pl:env:ID``), so the delivery drains run in
+            the same task need not open and parse them again (``drain_outbound``).
 
     Returns:
         How many journal entries were handled.
@@ -110,6 +114,8 @@ def drain_inbound(
                     continue
                 break
             pipe = client.pipeline(transaction=True)
+            if stored is not None:
+                stored.clear()  # the delivery drains run in line read the last batch's only
             records: trail.Records = []
             touched: Counter[str] = Counter()
             acks: set[str] = set()
@@ -161,11 +167,10 @@ def drain_inbound(
                     }
                     pipe.xadd(keys.outbound(destination.id, partition), entry)
                     touched[destination.id] += 1
-                pipe.set(
-                    keys.envelope(envelope.id),
-                    sealing.seal(envelope.model_dump_json().encode(), envelope.id, "env"),
-                    ex=settings.retention_s,
-                )
+                sealed = sealing.seal(envelope.model_dump_json().encode(), envelope.id, "env")
+                pipe.set(keys.envelope(envelope.id), sealed, ex=settings.retention_s)
+                if stored is not None and destinations:
+                    stored[envelope.id] = (sealed, envelope)
                 counts[envelope.state.value] = counts.get(envelope.state.value, 0) + 1
                 if envelope.bundle is not None:
                     tally = unmapped.setdefault(envelope.source, Counter())

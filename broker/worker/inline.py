@@ -26,6 +26,7 @@ import redis
 from broker.adapters.spec import AdapterSpec
 from broker.delivery import Sender, drain_outbound
 from broker.dispatch import DRAIN_OUTBOUND, Kicker
+from broker.envelope import Envelope
 from broker.mapping import MappingSet
 from broker.pipeline.drain import drain_inbound
 from broker.settings import Settings
@@ -61,6 +62,7 @@ def drain_and_deliver(
         How many journal entries were handled.
     """
     fed: list[str] = []
+    stored: dict[str, tuple[bytes, Envelope]] = {}  # the last batch's: read again by the drains
     done = drain_inbound(
         client,
         partition,
@@ -70,6 +72,7 @@ def drain_and_deliver(
         kicker=kicker,
         settings=settings,
         defer=fed,
+        stored=stored,
     )
     if kicker.hand is not None and done <= INLINE_MAX_MESSAGES:
         fed[1:] = [s for s in fed[1:] if not kicker.hand(client, DRAIN_OUTBOUND, [s, partition])]
@@ -89,6 +92,7 @@ def drain_and_deliver(
                 sender=subscriber_sender,
                 kicker=kicker,
                 settings=settings.model_copy(update={"drain_budget_s": left}),
+                stored=stored,
             )
     finally:
         for subscriber in fed:  # their flags are set: each gets its task

@@ -252,3 +252,29 @@ class TestRetryWait:
 def _envelopes(broker: EagerBroker) -> list[bytes]:
     """The stored envelopes of everything queued for the FHIR subscriber."""
     return [stored_envelope_json(broker.client, e) for e in broker.queued(DMP).values()]
+
+
+class TestReuse:
+    """``_reuse``: the envelope this process stored, only for exactly the bytes it stored."""
+
+    def test_the_same_bytes_give_the_stored_envelope_once(self):
+        from broker.delivery.drain import _reuse
+        from broker.envelope import Envelope
+
+        envelope = Envelope(source="chu-rabat-adt")
+        stored = {envelope.id: (b"sealed", envelope)}
+
+        assert _reuse(stored, envelope.id, b"sealed") is envelope
+        assert stored == {}, "one object serves one delivery"
+        assert _reuse(stored, envelope.id, b"sealed") is None
+
+    def test_other_bytes_or_no_store_are_parsed_as_before(self):
+        from broker.delivery.drain import _reuse
+        from broker.envelope import Envelope
+
+        envelope = Envelope(source="chu-rabat-adt")
+        stored = {envelope.id: (b"sealed", envelope)}
+
+        assert _reuse(stored, envelope.id, b"rewritten") is None
+        assert envelope.id in stored
+        assert _reuse(None, envelope.id, b"sealed") is None

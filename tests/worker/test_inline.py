@@ -136,3 +136,28 @@ def test_a_delivery_drain_raising_in_line_still_leaves_the_others_queued(make_br
         broker.call(DRAIN_INBOUND, 0)
 
     assert broker.celery.kicked(DRAIN_OUTBOUND) == [keys.outbound(LAB, 0)]
+
+
+def test_the_first_delivery_in_line_takes_the_envelope_the_journal_drain_stored(
+    make_broker, monkeypatch
+):
+    """One stored envelope is not opened again for the first subscriber; the second opens its own."""
+    from broker import sealing
+
+    opened: list[str] = []
+    real_open = sealing.open
+
+    def counting_open(stored: bytes, record_id: str, kind: str) -> bytes:
+        if kind == "env":
+            opened.append(record_id)
+        return real_open(stored, record_id, kind)
+
+    monkeypatch.setattr(sealing, "open", counting_open)
+    broker = make_broker(partitions=1)
+    receive(broker, 1, seed=1405)
+
+    broker.call(DRAIN_INBOUND, 0)
+
+    assert len(opened) == 1, "one subscriber took the pipeline's envelope, the other parsed it"
+    assert broker.fhir_control_ids() == ["M-0"]
+    assert broker.lab.control_ids() == ["M-0"]
