@@ -292,7 +292,7 @@ def component_of(repetition: str, component: int, sub: int, delims: Delimiters) 
 class Message:
     """A tokenized HL7 v2 message: its delimiters and segments in order."""
 
-    __slots__ = ("_header", "delims", "segments", "text")
+    __slots__ = ("_event", "_header", "delims", "segments", "text")
 
     def __init__(self, text: str, delims: Delimiters, segments: list[Segment]) -> None:
         self.text = text
@@ -301,6 +301,7 @@ class Message:
         # MSH values the properties below gave, by (field, component): routing, mapping and
         # the unmapped report ask for the event, version and control id ~16 times per message.
         self._header: dict[tuple[int, int], str] = {}
+        self._event: str | None = None
 
     def _msh_value(self, number: int, component: int = 1) -> str:
         key = (number, component)
@@ -339,8 +340,11 @@ class Message:
     @property
     def event(self) -> str:
         """``MSH-9.1^MSH-9.2``, e.g. ``ADT^A01``; routing's unit of subscription."""
-        trigger = self.trigger_event
-        return f"{self.message_type}^{trigger}" if trigger else self.message_type
+        event = self._event
+        if event is None:  # kept: mapping and routing ask for it several times per message
+            trigger = self.trigger_event
+            event = self._event = f"{self.message_type}^{trigger}" if trigger else self.message_type
+        return event
 
     @property
     def structure(self) -> str:

@@ -333,10 +333,21 @@ def compile_rule(
     if value_map is not None:
         vmap = value_map
 
+        if not repeats:
+            # One value: no list to loop over (most map: rules of an ADT^A01, measured).
+            def apply_map_one(scope: Scope, run: Run) -> list[Any]:
+                value = first.first(scope)
+                if value is not None:
+                    mapped = vmap.apply(value, run.env)
+                    if mapped is not None:
+                        return [mapped]
+                return [clone(default)] if default is not None else []
+
+            return rule(apply_map_one)
+
         def apply_map(scope: Scope, run: Run) -> list[Any]:
-            values = first.read(scope) if repeats else [first.first(scope)]
             out = []
-            for value in values:
+            for value in first.read(scope):
                 if value is not None:
                     mapped = vmap.apply(value, run.env)
                     if mapped is not None:
@@ -347,10 +358,21 @@ def compile_rule(
 
         return rule(apply_map)
 
+    if not repeats:
+        # One value, the usual case (PID-7, PID-8, PV1-2...): no list to loop over.
+        def apply_function_one(scope: Scope, run: Run) -> list[Any]:
+            value = first.first(scope)
+            if value is not None:
+                result = fn((value,), run.env, args)
+                if result is not None:
+                    return [result]
+            return [clone(default)] if default is not None else []
+
+        return rule(apply_function_one)
+
     def apply_function(scope: Scope, run: Run) -> list[Any]:
-        values = first.read(scope) if repeats else [first.first(scope)]
         out = []
-        for value in values:
+        for value in first.read(scope):
             if value is not None:
                 result = fn((value,), run.env, args)
                 if result is not None:
