@@ -300,11 +300,11 @@ class Message:
         self.segments = segments
         # MSH values the properties below gave, by (field, component): routing, mapping and
         # the unmapped report ask for the event, version and control id ~16 times per message.
-        self._header: dict[tuple[int, int], str] = {}
+        self._header: dict[int, str] = {}
         self._event: str | None = None
 
     def _msh_value(self, number: int, component: int = 1) -> str:
-        key = (number, component)
+        key = number * 64 + component  # an int: no tuple to build and hash (components < 64)
         found = self._header.get(key)
         if found is None:
             found = self._header[key] = self.msh.value(number, component)
@@ -331,6 +331,16 @@ class Message:
     def message_type(self) -> str:
         """MSH-9.1, the message code (``ADT``)."""
         return self._msh_value(9, 1)
+
+    @property
+    def sending_application(self) -> str:
+        """MSH-3.1, the sending application (``HIS``)."""
+        return self._msh_value(3)
+
+    @property
+    def sending_facility(self) -> str:
+        """MSH-4.1, the sending facility (``CHU-RABAT``)."""
+        return self._msh_value(4)
 
     @property
     def trigger_event(self) -> str:

@@ -30,6 +30,7 @@ class TestParse:
         message = parse(ADT)
         assert (message.event, message.control_id, message.version) == ("ADT^A01", "C1", "2.5.1")
         assert message.structure == "ADT_A01"
+        assert (message.sending_application, message.sending_facility) == ("HIS", "CHU-RABAT")
 
     def test_paths_select_repetitions_components_and_segments(self):
         """PID-3(*).1 reads every identifier; PID-5(2).1 the Arabic-script family name."""

@@ -132,7 +132,7 @@ class Env:
         self.source = source
         self.identifier_systems = identifier_systems
         """The inbound adapter's ``identifier_systems`` (``broker.identity``)."""
-        self.sender = message.msh.value(4)
+        self.sender = message.sending_facility
         """MSH-4.1, the sending facility."""
         self.findings: list[Finding] = []
         self.seen: set[int] = set()
