@@ -213,6 +213,13 @@ def compile_rule(
         constant = spec.value
         target.check_constant(constant, where, (*key, "value"))
 
+        if not isinstance(constant, dict | list):
+            # A string, number or boolean is shared as is: only JSON containers are copied.
+            def apply_scalar(scope: Scope, run: Run) -> list[Any]:
+                return [constant]
+
+            return rule(apply_scalar)
+
         def apply_value(scope: Scope, run: Run) -> list[Any]:
             return [clone(constant)]
 
