@@ -275,3 +275,31 @@ def test_comp_without_an_escape_character_keeps_backslashes() -> None:
     segment = message.segments[1]
     value = SourceValue(segment.fields[3], segment, parse_path("PID-3"), 1)
     assert (value.comp(1), value.comp(2), value.comp(2, 2)) == ("X\\S\\Y", "Z", "z")
+
+
+@pytest.mark.parametrize(
+    "constant",
+    [
+        pytest.param("male", id="string"),
+        pytest.param(7, id="number"),
+        pytest.param({"system": "http://x", "code": "A", "display": "a"}, id="coding"),
+        pytest.param({"coding": [{"system": "http://x", "code": "A"}], "text": "a"}, id="nested"),
+        pytest.param([{"code": "A"}, "B", [1, {"c": [2]}]], id="list"),
+    ],
+)
+def test_a_copier_gives_equal_copies_that_share_nothing(constant: object) -> None:
+    """Each copy of a map entry or value: constant is equal to it and changes nothing in it."""
+    from broker.mapping.hl7v2_in.rules import clone, copier
+
+    original = clone(constant)
+    copy = copier(constant)
+    first, second = copy(), copy()
+    assert first == second == constant
+    if isinstance(first, dict):
+        first["code"] = "changed"
+        first.get("coding", [{}])[0]["code"] = "changed"
+    elif isinstance(first, list):
+        first[0]["code"] = "changed"
+        first[2][1]["c"].append(3)
+    assert constant == original
+    assert second == original

@@ -31,7 +31,17 @@ from broker.mapping.transforms import INBOUND, Env, SourceValue, Transform
 from broker.mapping.where import Key, Where, dotted
 from broker.parsing.hl7v2 import escape
 
-__all__ = ["Instance", "Let", "Rule", "Run", "ValueMap", "clone", "compile_let", "compile_rule"]
+__all__ = [
+    "Instance",
+    "Let",
+    "Rule",
+    "Run",
+    "ValueMap",
+    "clone",
+    "compile_let",
+    "compile_rule",
+    "copier",
+]
 
 
 @dataclass
@@ -45,23 +55,24 @@ class Instance:
     focus: bool
 
 
-@dataclass(frozen=True)
 class ValueMap:
-    name: str
-    spec: ValueMapSpec
+    """A value map (``map:``) ready to run: each entry and the default have their copier."""
+
+    __slots__ = ("copies", "default", "name", "spec")
+
+    def __init__(self, name: str, spec: ValueMapSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.copies = {code: copier(v) for code, v in spec.values.items() if v is not None}
+        self.default = copier(spec.default) if spec.default is not None else None
 
     def apply(self, value: SourceValue, env: Env) -> Any:
-        code = value.code()
-        found = self.spec.values.get(code)
-        if found is None:
-            found = self.spec.default
-            if found is None:
-                table = self.spec.system or f"value map {self.name}"
-                env.warn(
-                    "unknown-code", value, f"the code is not in {table}; the element was left out"
-                )
-                return None
-        return clone(found)
+        copy = self.copies.get(value.code()) or self.default
+        if copy is None:
+            table = self.spec.system or f"value map {self.name}"
+            env.warn("unknown-code", value, f"the code is not in {table}; the element was left out")
+            return None
+        return copy()
 
 
 class Run:
@@ -173,13 +184,36 @@ class Rule:
                     run.trace.append(step)
 
 
+_CONTAINERS = (dict, list)
+
+
+def copier(value: Any) -> Callable[[], Any]:
+    """A function that gives a fresh copy of the JSON constant ``value``, built once at load.
+
+    A dict or list holding no container is copied by its own ``copy`` (a Coding: 0.48 us with
+    ``clone``, 0.05 us so); a scalar is given as it is.
+    """
+    if isinstance(value, dict):
+        if not any(isinstance(v, _CONTAINERS) for v in value.values()):
+            return value.copy
+        entries = {k: copier(v) for k, v in value.items()}
+        return lambda: {k: copy() for k, copy in entries.items()}
+    if isinstance(value, list):
+        if not any(isinstance(v, _CONTAINERS) for v in value):
+            return value.copy
+        items = [copier(v) for v in value]
+        return lambda: [copy() for copy in items]
+    return lambda: value
+
+
 def clone(value: Any) -> Any:
     # Constants are shared by every message; each resource gets its own copy (faster than
     # copy.deepcopy for JSON-shaped data).
+    # Scalars are taken as they are without a call for each (a Coding is three of them).
     if isinstance(value, dict):
-        return {k: clone(v) for k, v in value.items()}
+        return {k: clone(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()}
     if isinstance(value, list):
-        return [clone(v) for v in value]
+        return [clone(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
 
 
@@ -236,8 +270,10 @@ def compile_rule(
 
             return rule(apply_scalar)
 
+        copy = copier(constant)
+
         def apply_value(scope: Scope, run: Run) -> list[Any]:
-            return [clone(constant)]
+            return [copy()]
 
         return rule(apply_value)
 
