@@ -357,7 +357,7 @@ def hl7v2_patient_key(
             authority=pid.value(3, 4, rep=rep).strip(),
             type_code=pid.value(3, 5, rep=rep).strip(),
             facility=pid.value(3, 6, rep=rep).strip(),
-            sender=message.msh.value(4).strip(),
+            sender=message.sending_facility.strip(),
         )
         return key(system, value)
     return None

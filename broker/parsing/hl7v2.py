@@ -292,7 +292,7 @@ def component_of(repetition: str, component: int, sub: int, delims: Delimiters) 
 class Message:
     """A tokenized HL7 v2 message: its delimiters and segments in order."""
 
-    __slots__ = ("_header", "delims", "segments", "text")
+    __slots__ = ("_event", "_header", "delims", "segments", "text")
 
     def __init__(self, text: str, delims: Delimiters, segments: list[Segment]) -> None:
         self.text = text
@@ -300,10 +300,11 @@ class Message:
         self.segments = segments
         # MSH values the properties below gave, by (field, component): routing, mapping and
         # the unmapped report ask for the event, version and control id ~16 times per message.
-        self._header: dict[tuple[int, int], str] = {}
+        self._header: dict[int, str] = {}
+        self._event: str | None = None
 
     def _msh_value(self, number: int, component: int = 1) -> str:
-        key = (number, component)
+        key = number * 64 + component  # an int: no tuple to build and hash (components < 64)
         found = self._header.get(key)
         if found is None:
             found = self._header[key] = self.msh.value(number, component)
@@ -332,6 +333,16 @@ class Message:
         return self._msh_value(9, 1)
 
     @property
+    def sending_application(self) -> str:
+        """MSH-3.1, the sending application (``HIS``)."""
+        return self._msh_value(3)
+
+    @property
+    def sending_facility(self) -> str:
+        """MSH-4.1, the sending facility (``CHU-RABAT``)."""
+        return self._msh_value(4)
+
+    @property
     def trigger_event(self) -> str:
         """MSH-9.2, the trigger event (``A01``)."""
         return self._msh_value(9, 2)
@@ -339,8 +350,11 @@ class Message:
     @property
     def event(self) -> str:
         """``MSH-9.1^MSH-9.2``, e.g. ``ADT^A01``; routing's unit of subscription."""
-        trigger = self.trigger_event
-        return f"{self.message_type}^{trigger}" if trigger else self.message_type
+        event = self._event
+        if event is None:  # kept: mapping and routing ask for it several times per message
+            trigger = self.trigger_event
+            event = self._event = f"{self.message_type}^{trigger}" if trigger else self.message_type
+        return event
 
     @property
     def structure(self) -> str:
@@ -442,6 +456,36 @@ def parse_path(text: str) -> Path:
 
 
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_SEGMENT_NAMES: set[str] = set()
+"""Segment names ``parse`` has already matched with ``_SEGMENT_NAME`` (at most 512 kept)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _delimiters(sep: str, enc: str) -> Delimiters:
+    """The Delimiters of MSH-1 ``sep`` and MSH-2 ``enc``, checked once per pair (cached).
+
+    The usual ``|^~\\&`` gives ``DEFAULT`` itself, which ``escape`` recognises without a lookup.
+
+    Raises:
+        HL7v2ParseError: the characters are not distinct non-alphanumeric ones.
+    """
+    if (
+        sep.isalnum()
+        or sep in "\r\n "
+        or not 2 <= len(enc) <= 5
+        or len(set(enc + sep)) != len(enc) + 1
+        or any(c.isalnum() or c in "\r\n " for c in enc)
+    ):
+        msg = "MSH-1 and MSH-2 must be distinct non-alphanumeric encoding characters such as |^~\\&"
+        raise HL7v2ParseError(msg, location="MSH-2")
+    delims = Delimiters(
+        field=sep,
+        component=enc[0],
+        repetition=enc[1],
+        escape=enc[2] if len(enc) > 2 else "",
+        subcomponent=enc[3] if len(enc) > 3 else "&",
+    )
+    return DEFAULT if delims == DEFAULT else delims
 
 
 def parse(text: str) -> Message:
@@ -467,40 +511,25 @@ def parse(text: str) -> Message:
             "the MSH segment is too short to hold MSH-1 and MSH-2", location="MSH-2"
         )
     sep = body[3]
-    enc = body[4:].split(sep, 1)[0]
-    if (
-        sep.isalnum()
-        or sep in "\r\n "
-        or not 2 <= len(enc) <= 5
-        or len(set(enc + sep)) != len(enc) + 1
-        or any(c.isalnum() or c in "\r\n " for c in enc)
-    ):
-        msg = "MSH-1 and MSH-2 must be distinct non-alphanumeric encoding characters such as |^~\\&"
-        raise HL7v2ParseError(msg, location="MSH-2")
-    delims = Delimiters(
-        field=sep,
-        component=enc[0],
-        repetition=enc[1],
-        escape=enc[2] if len(enc) > 2 else "",
-        subcomponent=enc[3] if len(enc) > 3 else "&",
-    )
+    delims = _delimiters(sep, body[4:].split(sep, 1)[0])
     if "\r" in body:
         lines = body.replace("\r\n", "\r").replace("\n", "\r").split("\r")
     else:
         lines = body.split("\n")
-    segments: list[Segment] = []
-    for index, line in enumerate(lines):
-        line = line.strip("\n")
-        if not line.strip():
+    fields = lines[0].split(sep)
+    fields.insert(1, sep)  # MSH-1 is the separator itself: the standard's numbering needs it
+    segments = [Segment("MSH", fields, delims)]
+    for line in lines[1:]:  # no line holds CR or LF any more
+        if not line or line.isspace():
             continue
         fields = line.split(sep)
         name = fields[0]
-        if index == 0:
-            # MSH-1 is the separator itself, so the standard's numbering needs it inserted.
-            fields.insert(1, sep)
-        elif not _SEGMENT_NAME.match(name):
-            msg = f"segment {len(segments) + 1} has no valid three-character segment name"
-            raise HL7v2ParseError(msg, location=f"segment {len(segments) + 1}")
+        if name not in _SEGMENT_NAMES:
+            if not _SEGMENT_NAME.match(name):
+                msg = f"segment {len(segments) + 1} has no valid three-character segment name"
+                raise HL7v2ParseError(msg, location=f"segment {len(segments) + 1}")
+            if len(_SEGMENT_NAMES) < 512:
+                _SEGMENT_NAMES.add(name)
         segments.append(Segment(name, fields, delims))
     message = Message(body, delims, segments)
     if not message.message_type:

@@ -249,3 +249,57 @@ def test_out_number_writes_nm_without_exponent(value: object, expected: str) -> 
     """A FHIR number becomes HL7 NM: optional sign, digits and one point, never an exponent
     (v2.5.1 §2A.47); what is not a number is left empty."""
     assert OUTBOUND["number"](value, DEFAULT) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reads", "expected"),
+    [
+        pytest.param("A^B^^D", [(1, 1), (2, 1), (3, 1), (5, 1), (1, 2)], ["A", "B", "", "", ""]),
+        pytest.param("A&a2^B", [(1, 1), (1, 2), (1, 3), (2, 1)], ["A", "a2", "", "B"]),
+        pytest.param("A\\S\\x^B", [(1, 1), (2, 1), (2, 2)], ["A^x", "B", ""]),
+        pytest.param("A\\T\\x&y^B", [(1, 1), (1, 2)], ["A&x", "y"]),
+    ],
+)
+def test_comp_reads_components_subcomponents_and_escapes(
+    raw: str, reads: list[tuple[int, int]], expected: list[str]
+) -> None:
+    """A value without subcomponent or escape characters gives its components as they are."""
+    _, value = _value("PID|1||X", "PID-3")
+    value = SourceValue(raw, value.segment, value.path, 1)
+    assert [value.comp(number, sub) for number, sub in reads] == expected
+
+
+def test_comp_without_an_escape_character_keeps_backslashes() -> None:
+    """MSH-2 of two characters has no escape character: a backslash is data."""
+    message = parse("MSH|^~|A|B|C|D|20250101||ADT^A01|C1|P|2.5\rPID|1||X\\S\\Y^Z&z")
+    segment = message.segments[1]
+    value = SourceValue(segment.fields[3], segment, parse_path("PID-3"), 1)
+    assert (value.comp(1), value.comp(2), value.comp(2, 2)) == ("X\\S\\Y", "Z", "z")
+
+
+@pytest.mark.parametrize(
+    "constant",
+    [
+        pytest.param("male", id="string"),
+        pytest.param(7, id="number"),
+        pytest.param({"system": "http://x", "code": "A", "display": "a"}, id="coding"),
+        pytest.param({"coding": [{"system": "http://x", "code": "A"}], "text": "a"}, id="nested"),
+        pytest.param([{"code": "A"}, "B", [1, {"c": [2]}]], id="list"),
+    ],
+)
+def test_a_copier_gives_equal_copies_that_share_nothing(constant: object) -> None:
+    """Each copy of a map entry or value: constant is equal to it and changes nothing in it."""
+    from broker.mapping.hl7v2_in.rules import clone, copier
+
+    original = clone(constant)
+    copy = copier(constant)
+    first, second = copy(), copy()
+    assert first == second == constant
+    if isinstance(first, dict):
+        first["code"] = "changed"
+        first.get("coding", [{}])[0]["code"] = "changed"
+    elif isinstance(first, list):
+        first[0]["code"] = "changed"
+        first[2][1]["c"].append(3)
+    assert constant == original
+    assert second == original

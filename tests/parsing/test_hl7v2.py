@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import HL7v2ParseError
-from broker.parsing.hl7v2 import Delimiters, decode, escape, parse, parse_path, unescape
+from broker.parsing.hl7v2 import (
+    DEFAULT,
+    Delimiters,
+    decode,
+    escape,
+    parse,
+    parse_path,
+    unescape,
+)
 
 ADT = (
     "MSH|^~\\&|HIS|CHU-RABAT|PASSERELLE|MA-DMP|20250301101500||ADT^A01^ADT_A01|C1|P|2.5.1|||||MAR|UNICODE UTF-8\r"
@@ -22,6 +30,7 @@ class TestParse:
         message = parse(ADT)
         assert (message.event, message.control_id, message.version) == ("ADT^A01", "C1", "2.5.1")
         assert message.structure == "ADT_A01"
+        assert (message.sending_application, message.sending_facility) == ("HIS", "CHU-RABAT")
 
     def test_paths_select_repetitions_components_and_segments(self):
         """PID-3(*).1 reads every identifier; PID-5(2).1 the Arabic-script family name."""
@@ -47,6 +56,21 @@ class TestParse:
         message = parse("MSH#*!\\@#A#B#C#D#20250101##ADT*A04#X9#P#2.4\rPID#1##ID1*@*@*AUTH")
         assert message.event == "ADT^A04"
         assert message.get("PID-3.4") == "AUTH"
+
+    def test_usual_delimiters_are_the_default_object(self):
+        """``|^~\\&`` gives DEFAULT itself (``escape`` skips its lookup); others their own."""
+        assert parse(ADT).delims is DEFAULT
+        custom = parse("MSH|^~|A|B|C|D|20250101||ADT^A04|X9|P|2.4").delims
+        assert custom == Delimiters(escape="", subcomponent="&")
+        assert parse("MSH|^~|A|B|C|D|20250101||ADT^A04|X9|P|2.4").delims is custom
+
+    def test_blank_lines_are_skipped_and_names_still_checked(self):
+        """Whitespace-only lines between segments are skipped; a bad name after them is not."""
+        message = parse(ADT.replace("\rZPI", "\r \t\r\rZPI"))
+        assert [s.name for s in message.segments] == ["MSH", "EVN", "PID", "ZPI", "PV1"]
+        with pytest.raises(HL7v2ParseError) as info:
+            parse(ADT.replace("\rZPI", "\r  \rzpi"))
+        assert info.value.location == "segment 4"
 
     @pytest.mark.parametrize(
         ("text", "location"),

@@ -547,7 +547,7 @@ def message_header(
         "eventCoding": {"system": V2_0003, "code": trigger},
         "source": {"endpoint": f"urn:passerelle:adapter:{source}"},
     }
-    name = message.msh.value(3)
+    name = message.sending_application
     if name:
         header["source"]["name"] = name
     if focus:

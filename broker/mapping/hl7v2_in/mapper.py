@@ -49,7 +49,6 @@ def map_hl7v2(
     bundle = message_bundle(ctx.source, control_id, received, header, entries)
     if full_validation:
         validate_bundle(bundle)
-    msh = message.msh
     return MapResult(
         bundle=bundle,
         findings=tuple(env.findings),
@@ -59,6 +58,6 @@ def map_hl7v2(
         version=message.version,
         control_id=control_id,
         correlation_id=control_id,
-        sender=f"{msh.value(3)}^{msh.value(4)}",
+        sender=f"{message.sending_application}^{message.sending_facility}",
         read=env.seen,
     )

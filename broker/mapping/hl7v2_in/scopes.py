@@ -170,19 +170,30 @@ class Source:
             segments = segments[:1]
         out: list[SourceValue] = []
         seen = scope.seen
+        number = p.field
+        repetition = p.repetition
         # field_read: one repetition read (PID-3(2)) leaves the others unread.
-        read_as = p.field if p.repetition is None else 256 + p.field
+        read_as = number if repetition is None else 256 + number
         for segment in segments:
             seen.add(id(segment) * 512 + read_as)
-            reps = segment.repetitions(p.field)
+            # Segment.repetitions, inline: ~7 repeating reads per ADT^A01.
+            fields = segment.fields
+            text = fields[number] if number < len(fields) else ""
+            if not text:
+                continue
+            reps = (
+                [text]
+                if number <= 2 and segment.name == "MSH"
+                else text.split(segment.delims.repetition)
+            )
             chosen: Iterable[tuple[int, str]]
-            if p.repetition is None:
+            if repetition is None:
                 chosen = enumerate(reps, 1)
-            elif p.repetition <= len(reps):
-                chosen = ((p.repetition, reps[p.repetition - 1]),)
+            elif repetition <= len(reps):
+                chosen = ((repetition, reps[repetition - 1]),)
             else:
                 continue
-            for number, rep in chosen:
+            for rep_number, rep in chosen:
                 raw = rep
                 if p.component is not None:
                     comps = rep.split(segment.delims.component)
@@ -191,7 +202,7 @@ class Source:
                         subs = raw.split(segment.delims.subcomponent)
                         raw = subs[p.sub - 1] if p.sub <= len(subs) else ""
                 if raw and raw != '""':
-                    out.append(SourceValue(raw, segment, p, number))
+                    out.append(SourceValue(raw, segment, p, rep_number))
         return out
 
     def first(self, scope: Scope) -> SourceValue | None:

@@ -28,7 +28,7 @@ __all__ = [
 class SourceValue:
     """One value read by a rule's source path: a field repetition or one of its components."""
 
-    __slots__ = ("_code", "_comps", "delims", "path", "raw", "rep", "segment")
+    __slots__ = ("_code", "_comps", "_plain", "delims", "path", "raw", "rep", "segment")
 
     def __init__(self, raw: str, segment: Segment, path: Path, rep: int) -> None:
         self.raw = raw
@@ -41,11 +41,18 @@ class SourceValue:
         # component again for each condition on it (ORU^R01: ~900 comp calls per message).
         self._comps: list[str] | None = None
         self._code: str | None = None
+        self._plain = False
+        """Set with ``_comps``: no subcomponent or escape character in ``raw``, so a component
+        is its own text (most values; XPN, CX and XAD read 4-7 components each)."""
 
     def _components(self) -> list[str]:
         comps = self._comps
         if comps is None:
-            comps = self._comps = self.raw.split(self.delims.component)
+            raw = self.raw
+            d = self.delims
+            comps = self._comps = raw.split(d.component)
+            # An empty escape character never escapes (``unescape`` returns the value as is).
+            self._plain = d.subcomponent not in raw and not (d.escape and d.escape in raw)
         return comps
 
     def code(self) -> str:
@@ -72,10 +79,12 @@ class SourceValue:
         """Component ``number`` (subcomponent ``sub``), unescaped; ``""`` when absent."""
         comps = self._comps
         if comps is None:
-            comps = self._comps = self.raw.split(self.delims.component)
+            comps = self._components()
         if number > len(comps):
             return ""
         value = comps[number - 1]
+        if self._plain and sub == 1:
+            return value
         d = self.delims
         if d.subcomponent in value or sub > 1:
             subs = value.split(d.subcomponent)
@@ -123,7 +132,7 @@ class Env:
         self.source = source
         self.identifier_systems = identifier_systems
         """The inbound adapter's ``identifier_systems`` (``broker.identity``)."""
-        self.sender = message.msh.value(4)
+        self.sender = message.sending_facility
         """MSH-4.1, the sending facility."""
         self.findings: list[Finding] = []
         self.seen: set[int] = set()

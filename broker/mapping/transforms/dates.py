@@ -35,6 +35,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+@lru_cache(maxsize=64)
 def _offset(minutes: int) -> str:
     sign = "+" if minutes >= 0 else "-"
     minutes = abs(minutes)
@@ -50,11 +51,15 @@ def hl7_date(text: str) -> str | None:
     m = _DTM.match(text.strip())
     if not m:
         return None
-    year, month, day = m.group(1), m.group(2), m.group(3)
+    return _day_part(m.group(1), m.group(2), m.group(3))
+
+
+def _day_part(year: str, month: str | None, day: str | None) -> str | None:
+    """The FHIR date of a DT/DTM's year, month and day as ``_DTM`` matched them, or None."""
     if year == "0000":
         return None
     try:
-        if day:
+        if day and month:  # _DTM matches a day only after a month
             date(int(year), int(month), int(day))
             return f"{year}-{month}-{day}"
         if month:
@@ -77,7 +82,7 @@ def hl7_datetime(text: str, timezone: str) -> str | None:
     if not m:
         return None
     year, month, day, hour, minute, second, frac, tz = m.groups()
-    day_part = hl7_date(f"{year}{month or ''}{day or ''}")
+    day_part = _day_part(year, month, day)
     if day_part is None:
         return None
     if hour is None:
