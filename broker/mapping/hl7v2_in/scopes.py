@@ -176,16 +176,7 @@ class Source:
         read_as = number if repetition is None else 256 + number
         for segment in segments:
             seen.add(id(segment) * 512 + read_as)
-            # Segment.repetitions, inline: ~7 repeating reads per ADT^A01.
-            fields = segment.fields
-            text = fields[number] if number < len(fields) else ""
-            if not text:
-                continue
-            reps = (
-                [text]
-                if number <= 2 and segment.name == "MSH"
-                else text.split(segment.delims.repetition)
-            )
+            reps = segment.repetitions(number)
             chosen: Iterable[tuple[int, str]]
             if repetition is None:
                 chosen = enumerate(reps, 1)
