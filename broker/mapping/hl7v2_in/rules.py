@@ -142,12 +142,6 @@ class Rule:
     reads: frozenset[tuple[str, int]] = frozenset()
     """(segment, field) of every source path the rule (with its sub-rules) reads."""
 
-    def __post_init__(self) -> None:
-        # A one-step target (gender, identifier[]) is written here, not through put(): most
-        # rules write one, and this saves a call per value written.
-        self._element: str | None = self.steps[0][0] if len(self.steps) == 1 else None
-        self._append = self.steps[0][1]
-
     def run(self, node: dict[str, Any], scope: Scope, run: Run) -> None:
         try:
             if self.when is not None and not self.when.holds(scope):
@@ -164,17 +158,7 @@ class Rule:
                 msg, mapping=self.file, rule=self.label, source_path=self.source
             ) from exc
         if values:
-            name = self._element
-            if name is None:
-                put(node, self.steps, values)
-            elif not self._append:
-                node[name] = values[0]
-            else:
-                existing = node.get(name)
-                if isinstance(existing, list):
-                    existing.extend(values)
-                else:
-                    node[name] = list(values)
+            put(node, self.steps, values)
             if run.trace is not None and self.traced:
                 origin = self.source or "value"
                 for value in values:
