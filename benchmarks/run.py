@@ -157,6 +157,12 @@ def main() -> None:
         default=300,
         help="messages/s of the paced ADT phase that measures latency below saturation (0: skip)",
     )
+    parser.add_argument(
+        "--paced-seconds",
+        type=float,
+        default=10,
+        help="how long the paced phase sends (its p99 rests on 1 %% of rate x seconds messages)",
+    )
     steady = parser.add_argument_group("steady-load phases")
     steady.add_argument(
         "--rates",
@@ -282,7 +288,10 @@ def main() -> None:
             paced = [
                 t
                 for _, _, t in stream(
-                    int(args.paced_rate * 10), seed=14, mix={"ADT^A01": 1}, control_prefix="BP"
+                    int(args.paced_rate * args.paced_seconds),
+                    seed=14,
+                    mix={"ADT^A01": 1},
+                    control_prefix="BP",
                 )
             ]
             name = f"ADT^A01 at {args.paced_rate:.0f}/s (latency)"
