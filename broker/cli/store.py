@@ -31,7 +31,7 @@ NICENESS = 10
 It orders the writer behind the processes of its own scheduling group only. Under ``serve``
 each role leads its own session, and where Linux's autogroups apply (processes outside a CPU
 cgroup) every session is a group with an equal share, so there it changes nothing; setting the
-writer's autogroup to nice 19 instead measured ACK p99 at 250 msg/s 8.2 -> 15.6 ms, so that is
+writer's autogroup to nice 19 instead measured ACK p99 at ~266 msg/s 8.2 -> 15.6 ms, so that is
 not done (docs/performance.md, 2026-12-05)."""
 store_app = typer.Typer(
     name="store",
