@@ -119,6 +119,7 @@ class Listeners:
         config.watch()
         self.servers: list[MllpServer] = []
         self.client: redis.asyncio.Redis | None = None
+        self.kicker: AsyncKicker | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._peers_changed = asyncio.Event()
         self._refusals: Counter[tuple[str, str]] = Counter()
@@ -144,7 +145,7 @@ class Listeners:
             self.settings.dedupe_window_s,
             rejected_head_bytes=self.settings.rejected_head_bytes,
         )
-        kicker = AsyncKicker(create_celery(self.settings), self.client)
+        kicker = self.kicker = AsyncKicker(create_celery(self.settings), self.client)
         for adapter in self.adapters:
             host, port = adapter.host_port
             intake = HL7v2Intake(
@@ -224,6 +225,8 @@ class Listeners:
                 await self._heartbeat
         for server in self.servers:
             await server.stop()
+        if self.kicker is not None:
+            await self.kicker.settle()  # the drains the last messages kicked are queued
         if self.client is not None and self._refusals:
             with contextlib.suppress(redis.RedisError):
                 await self._write_refusals(self.client.pipeline(transaction=False))

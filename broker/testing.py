@@ -596,14 +596,17 @@ class EagerBroker:
                     settings.dedupe_window_s,
                     rejected_head_bytes=settings.rejected_head_bytes,
                 )
+                kicker = AsyncKicker(self.celery, client)
                 handler = HL7v2Intake(
                     self.adapters[adapter],
                     journal,
                     self.mappings.supports,
                     settings.partitions,
-                    AsyncKicker(self.celery, client),
+                    kicker,
                 )
-                return (await handler.receive(data, peer)).reply
+                reply = (await handler.receive(data, peer)).reply
+                await kicker.settle()  # the drain task is published beside the answer
+                return reply
             finally:
                 await client.aclose()
 

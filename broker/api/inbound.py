@@ -72,12 +72,14 @@ class InboundEdge:
         adapters: enabled inbound ``transport: http`` adapters by id.
         intakes: one intake per adapter, by its ``format``.
         client: the asyncio Redis client the journal uses (closed on shutdown).
+        kicker: queues the drains the intakes kick (settled on shutdown).
         problem: why the edge cannot serve (registrations or mappings failed to load).
     """
 
     adapters: dict[str, AdapterSpec] = field(default_factory=dict)
     intakes: dict[str, Intake] = field(default_factory=dict)
     client: redis.asyncio.Redis | None = None
+    kicker: AsyncKicker | None = None
     problem: str | None = None
 
 
@@ -112,7 +114,7 @@ async def open_inbound(app: FastAPI, config: Config | str) -> None:
         from broker.worker.celery_app import create_celery
 
         celery = create_celery(settings)
-    kicker = AsyncKicker(celery, edge.client)
+    kicker = edge.kicker = AsyncKicker(celery, edge.client)
     config.watch()  # reloads off the event loop that answers requests
     offload.configure(settings.parse_processes)
     for adapter in edge.adapters.values():
@@ -133,8 +135,10 @@ async def open_inbound(app: FastAPI, config: Config | str) -> None:
 
 
 async def close_inbound(app: FastAPI) -> None:
-    """Close the edge's Redis client (lifespan end)."""
+    """Let the last kicks' publishes finish, close the edge's Redis client (lifespan end)."""
     edge: InboundEdge | None = getattr(app.state, "inbound", None)
+    if edge is not None and edge.kicker is not None:
+        await edge.kicker.settle()  # the drains the last messages kicked are queued
     if edge is not None and edge.client is not None:
         await edge.client.aclose()
     offload.shutdown()

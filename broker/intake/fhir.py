@@ -371,11 +371,9 @@ class FHIRIntake:
             first = _accepted(result.duplicate_of) if result.duplicate_of else result.legacy_reply
             return Outcome(Verdict.DUPLICATE, first)
         if result.kick:
-            try:
-                await self.kicker.dispatch(DRAIN_INBOUND, [partition])
-            except Exception as exc:
-                # Journalled and flagged: the periodic re-kick queues the drain within its period.
-                log.warning("inbound.kick_failed", partition=partition, error=type(exc).__name__)
+            # Journalled and flagged: the answer does not wait for Celery's publish (a failed
+            # one is logged, and the periodic re-kick queues the drain within its period).
+            self.kicker.dispatch_soon(DRAIN_INBOUND, [partition])
         log.info(
             "message.received",
             envelope_id=envelope_id,

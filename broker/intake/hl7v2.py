@@ -173,12 +173,9 @@ class HL7v2Intake:
             # and MSH-10 are new. A record from before the upgrade kept the first ACK itself.
             return Outcome(Verdict.DUPLICATE, result.legacy_reply or ack)
         if result.kick:
-            try:
-                await self.kicker.dispatch(DRAIN_INBOUND, [partition])
-            except Exception as exc:
-                # Journalled and flagged: the periodic re-kick queues the drain within its
-                # period, so the sender gets its AA rather than no answer and a resend.
-                log.warning("inbound.kick_failed", partition=partition, error=type(exc).__name__)
+            # Journalled and flagged: the answer does not wait for Celery's publish (a failed
+            # one is logged, and the periodic re-kick queues the drain within its period).
+            self.kicker.dispatch_soon(DRAIN_INBOUND, [partition])
         log.info(
             "message.received",
             envelope_id=envelope_id,

@@ -19,7 +19,7 @@ from broker.adapters.spec import AdapterSpec
 from broker.api import create_app
 from broker.intake.fhir import MAX_JSON_DEPTH
 from broker.settings import Settings
-from broker.testing import StubCelery, raw_of
+from broker.testing import StubCelery, raw_of, wait_until
 from passerelle_demo.synthetic import adt, patients
 
 TOKEN = "synthetic-test-token"
@@ -136,6 +136,8 @@ class TestHL7v2:
         (fields,) = _journalled(redis_client)
         assert raw_of(fields) == _message()
         assert fields[b"source"] == b"hosp-http"
+        # The drain task is published beside the answer (AsyncKicker.dispatch_soon).
+        assert wait_until(lambda: celery.queued, 10, 0.01)
         assert [task.name for task in celery.queued] == ["passerelle.drain_inbound"]
         counts = redis_client.hgetall(keys.adapter_stats("hosp-http"))
         assert counts[b"received"] == b"1"
@@ -268,6 +270,7 @@ class TestFHIR:
         (fields,) = _journalled(redis_client)
         assert fields[b"content_type"] == b"application/fhir+json"
         assert raw_of(fields) == body.encode()
+        assert wait_until(lambda: celery.queued, 10, 0.01)  # published beside the answer
         assert len(celery.queued) == 1
 
     def test_a_resent_resource_is_answered_once_and_journalled_once(

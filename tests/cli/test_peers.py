@@ -58,12 +58,13 @@ def fixture_listener(make_broker: Any) -> Iterator[tuple[EagerBroker, int]]:
     async def start() -> int:
         client = redis.asyncio.Redis.from_url(broker.redis_url)
         journal = Journal(client, broker.settings.dedupe_window_s)
+        kicker = state["kicker"] = AsyncKicker(broker.celery, client)
         intake = HL7v2Intake(
             broker.adapters["chu-rabat-adt"],
             journal,
             broker.mappings.supports,
             broker.settings.partitions,
-            AsyncKicker(broker.celery, client),
+            kicker,
         )
         server = mllp_server("127.0.0.1", 0, intake, max_bytes=1 << 20)
         await server.start()
@@ -75,6 +76,14 @@ def fixture_listener(make_broker: Any) -> Iterator[tuple[EagerBroker, int]]:
         await state["client"].aclose()
 
     port = loop.call(start())
+    eager_run = broker.run
+
+    def run(*names: str, limit: int = 500) -> list[Any]:
+        # The listener publishes a drain task beside its AA: wait for those publishes first.
+        loop.call(state["kicker"].settle())
+        return eager_run(*names, limit=limit)
+
+    broker.run = run  # type: ignore[method-assign]
     try:
         yield broker, port
     finally:

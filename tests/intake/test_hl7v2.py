@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 
 import pytest
 import redis.asyncio
@@ -65,6 +66,7 @@ class TestIntake:
         async def go():
             handler, celery, client = intake(redis_url)
             ack = read_ack((await handler.receive(message, "peer")).reply)
+            await handler.kicker.settle()  # the publish runs beside the answer
             await client.aclose()
             return ack, celery
 
@@ -87,13 +89,54 @@ class TestIntake:
             down.down = True  # every publish fails, the reconnect too
             kicker = AsyncKicker(down, client)
             handler = HL7v2Intake(ADAPTER, journal, lambda *a: True, 8, kicker)
-            answer = (await handler.receive(message, "peer")).reply
+            with capture_logs() as logs:
+                answer = (await handler.receive(message, "peer")).reply
+                await kicker.settle()
             await client.aclose()
-            return answer
+            return answer, logs
 
-        ack = read_ack(run(go()))
+        answer, logs = run(go())
+        ack = read_ack(answer)
         assert (ack.code, ack.control_id) == ("AA", "ING0001")
         assert [raw_of(f) for f in journalled(redis_client)] == [message]
+        (failed,) = [e for e in logs if e["event"] == "inbound.kick_failed"]
+        partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER), 8)
+        assert (failed["stream"], failed["error"]) == (keys.inbound(partition), "ConnectionError")
+        # The flag stays set: the periodic re-kick finds the partition with work and no drainer.
+        assert redis_client.exists(keys.kick(keys.inbound(partition)))
+
+    def test_the_aa_does_not_wait_for_the_drain_tasks_publish(
+        self, redis_url, redis_client, message
+    ):
+        """Celery's publish (a thread, a round trip to Redis) runs beside the answer: a publish
+        that hangs leaves the AA on time, and the task is queued once it goes through."""
+        release = threading.Event()
+
+        class SlowCelery(StubCelery):
+            def send_task(self, *args, **kwargs):
+                assert release.wait(30), "the test never released the publish"
+                super().send_task(*args, **kwargs)
+
+        async def go():
+            client = redis.asyncio.Redis.from_url(redis_url)
+            journal = Journal(client, dedupe_window_s=60, rejected_head_bytes=1024)
+            celery = SlowCelery()
+            kicker = AsyncKicker(celery, client)
+            handler = HL7v2Intake(ADAPTER, journal, lambda *a: True, 8, kicker)
+            try:
+                outcome = await asyncio.wait_for(handler.receive(message, "peer"), 10)
+                queued_at_answer = list(celery.queued)
+            finally:
+                release.set()
+            await kicker.settle()
+            await client.aclose()
+            return outcome, queued_at_answer, celery.queued
+
+        outcome, at_answer, queued = run(go())
+        assert read_ack(outcome.reply).code == "AA"
+        assert at_answer == []
+        partition = keys.partition_of(partition_key(parse(message.decode()), ADAPTER), 8)
+        assert queued == [QueuedTask("passerelle.drain_inbound", (partition,))]
 
     def test_a_duplicate_gets_an_aa_for_its_control_id_and_is_journalled_once(
         self, redis_url, redis_client, message
