@@ -70,7 +70,9 @@ def live_entry(broker: EagerBroker, member: str, seconds: float) -> None:
 
 def test_a_message_for_an_idle_partition_goes_to_the_waiting_worker_not_to_celery(make_broker):
     broker = make_broker(partitions=1)
-    with waiter(broker) as drained:
+    # A budget that outlasts a loaded host's receive: a 2 s one once ran out between the
+    # hand-over and the waiter's pop in CI, and the partition went back to Celery.
+    with waiter(broker, budget_s=6.0) as drained:
         wait_for(lambda: broker.client.zcard(keys.STANDBY) == 1, "the waiter to register")
 
         receive(broker, seed=1501, control_id="S-1")
